@@ -1,0 +1,603 @@
+//! A blocking facade over the engine, for programs without async (in the
+//! manner of `reqwest::blocking`), and the closest to PyMargo's API.
+//!
+//! A blocking [`Engine`] owns its tokio runtime:
+//!
+//! * with `use_progress_thread(true)`, a background thread
+//!   (`courier-progress`) drives the engine's I/O all the time;
+//! * without it (the default, as in Margo), the engine makes progress only
+//!   while some thread is inside one of its blocking calls — `call`,
+//!   `wait_for_finalize`, `Request::wait`, ... — which is also the fastest
+//!   way on one core: the caller's own thread does the I/O.
+//!
+//! Handlers here are plain closures. With `num_rpc_threads(0)` they run on
+//! the progress loop itself (Margo's behaviour: a slow handler delays every
+//! other request); with `n > 0`, on `n` dedicated threads.
+//!
+//! Blocking calls must not be made from inside an async runtime; they
+//! return [`Error::BlockingInAsync`] there instead of deadlocking.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use crate::config::Mode;
+use crate::remote::Request as Outgoing;
+use crate::{Error, HandlerOutput, Result, RpcOptions};
+
+/// The runtime a blocking engine and everything made from it share.
+struct Rt {
+    rt: Option<Runtime>,
+    /// A current-thread runtime only progresses inside `block_on`.
+    needs_driving: bool,
+}
+
+impl Rt {
+    fn runtime(&self) -> &Runtime {
+        // `rt` is only taken in `drop`.
+        self.rt.as_ref().unwrap_or_else(|| unreachable!("runtime used after drop"))
+    }
+
+    fn block_on<F: Future>(&self, what: &'static str, f: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInAsync(what));
+        }
+        Ok(self.runtime().block_on(f))
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Builds a blocking [`Engine`]; the same settings as
+/// [`crate::EngineBuilder`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    inner: crate::EngineBuilder,
+}
+
+impl EngineBuilder {
+    /// See [`crate::EngineBuilder::mode`].
+    #[must_use]
+    pub fn mode(self, mode: Mode) -> Self {
+        Self {
+            inner: self.inner.mode(mode),
+        }
+    }
+
+    /// Client mode.
+    #[must_use]
+    pub fn client(self) -> Self {
+        self.mode(Mode::Client)
+    }
+
+    /// See [`crate::EngineBuilder::use_progress_thread`].
+    #[must_use]
+    pub fn use_progress_thread(self, yes: bool) -> Self {
+        Self {
+            inner: self.inner.use_progress_thread(yes),
+        }
+    }
+
+    /// See [`crate::EngineBuilder::num_rpc_threads`].
+    #[must_use]
+    pub fn num_rpc_threads(self, n: usize) -> Self {
+        Self {
+            inner: self.inner.num_rpc_threads(n),
+        }
+    }
+
+    /// See [`crate::EngineBuilder::max_message_size`].
+    #[must_use]
+    pub fn max_message_size(self, bytes: usize) -> Self {
+        Self {
+            inner: self.inner.max_message_size(bytes),
+        }
+    }
+
+    /// See [`crate::EngineBuilder::config_json`].
+    #[must_use]
+    pub fn config_json(self, json: &str) -> Self {
+        Self {
+            inner: self.inner.config_json(json),
+        }
+    }
+
+    /// See [`crate::EngineBuilder::registry`].
+    #[must_use]
+    pub fn registry(self, registry: crate::transport::Registry) -> Self {
+        Self {
+            inner: self.inner.registry(registry),
+        }
+    }
+
+    /// Starts the runtime (and progress thread, if asked for) and the engine.
+    ///
+    /// # Errors
+    /// Those of [`crate::EngineBuilder::build`]; [`Error::BlockingInAsync`].
+    pub fn build(mut self) -> Result<Engine> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInAsync("blocking::Engine::build"));
+        }
+        let config = self.inner.effective_config()?;
+        let runtime = if config.use_progress_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("courier-progress")
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        }
+        .map_err(|e| Error::Config(format!("cannot start the engine's runtime: {e}")))?;
+        self.inner.progress_provided = true;
+        let rt = Arc::new(Rt {
+            rt: Some(runtime),
+            needs_driving: !config.use_progress_thread,
+        });
+        let engine = rt.block_on("blocking::Engine::build", self.inner.build())??;
+        Ok(Engine { engine, rt })
+    }
+}
+
+/// A blocking Courier engine (see the [module docs](self)).
+pub struct Engine {
+    engine: crate::Engine,
+    rt: Arc<Rt>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::Engine").field(&self.engine).finish()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.engine.is_finalized() {
+            let _ = self.rt.block_on("finalize", self.engine.finalize());
+        }
+    }
+}
+
+impl Engine {
+    /// A server-mode engine for `protocol` with default settings.
+    ///
+    /// # Errors
+    /// See [`EngineBuilder::build`].
+    pub fn new(protocol: &str) -> Result<Self> {
+        Self::builder(protocol).build()
+    }
+
+    /// A builder for an engine speaking `protocol_or_address`.
+    pub fn builder(protocol_or_address: &str) -> EngineBuilder {
+        EngineBuilder {
+            inner: crate::EngineBuilder::new(protocol_or_address),
+        }
+    }
+
+    /// The async engine underneath (use it from async code only).
+    pub fn as_async(&self) -> &crate::Engine {
+        &self.engine
+    }
+
+    /// See [`crate::Engine::address`].
+    pub fn address(&self) -> Address {
+        Address {
+            inner: self.engine.address(),
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// See [`crate::Engine::protocol`].
+    pub fn protocol(&self) -> &str {
+        self.engine.protocol()
+    }
+
+    /// See [`crate::Engine::mode`].
+    pub fn mode(&self) -> Mode {
+        self.engine.mode()
+    }
+
+    /// See [`crate::Engine::config`].
+    pub fn config(&self) -> Value {
+        self.engine.config()
+    }
+
+    /// See [`crate::Engine::enable_remote_shutdown`].
+    pub fn enable_remote_shutdown(&self) {
+        self.engine.enable_remote_shutdown();
+    }
+
+    /// Registers a handler for `name` at provider 0. The handler is a plain
+    /// closure getting a [`Handle`] and the decoded arguments.
+    ///
+    /// # Errors
+    /// See [`crate::Engine::register`].
+    pub fn register<A, F, O>(&self, name: &str, handler: F) -> Result<()>
+    where
+        A: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(Handle, A) -> O + Send + Sync + 'static,
+        O: HandlerOutput + Send + 'static,
+    {
+        self.register_with(name, RpcOptions::default(), handler)
+    }
+
+    /// Registers a handler with options (provider id, one-way).
+    ///
+    /// # Errors
+    /// See [`crate::Engine::register`].
+    pub fn register_with<A, F, O>(&self, name: &str, options: RpcOptions, handler: F) -> Result<()>
+    where
+        A: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(Handle, A) -> O + Send + Sync + 'static,
+        O: HandlerOutput + Send + 'static,
+    {
+        self.engine.register_with(name, options, move |h: crate::Handle, args: A| {
+            std::future::ready(handler(Handle { inner: h }, args))
+        })
+    }
+
+    /// Registers a handler on raw payload bytes.
+    ///
+    /// # Errors
+    /// See [`crate::Engine::register`].
+    pub fn register_raw<F, O>(&self, name: &str, options: RpcOptions, handler: F) -> Result<()>
+    where
+        F: Fn(Handle, Bytes) -> O + Send + Sync + 'static,
+        O: HandlerOutput + Send + 'static,
+    {
+        self.engine.register_raw(name, options, move |h: crate::Handle, payload: Bytes| {
+            std::future::ready(handler(Handle { inner: h }, payload))
+        })
+    }
+
+    /// See [`crate::Engine::registered`].
+    pub fn registered(&self, name: &str, provider_id: u16) -> bool {
+        self.engine.registered(name, provider_id)
+    }
+
+    /// See [`crate::Engine::deregister`].
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`].
+    pub fn deregister(&self, name: &str, provider_id: u16) -> Result<()> {
+        self.engine.deregister(name, provider_id)
+    }
+
+    /// A typed remote function (see [`crate::Engine::remote`]).
+    pub fn remote<A, R>(&self, name: &str) -> RemoteFunction<A, R>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        RemoteFunction {
+            inner: crate::RemoteFunction::new(self.engine.remote_raw(name)),
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// Resolves an address string and connects to it.
+    ///
+    /// # Errors
+    /// See [`crate::Engine::lookup`].
+    pub fn lookup(&self, address: &str) -> Result<Address> {
+        let inner = self.rt.block_on("lookup", self.engine.lookup(address))??;
+        Ok(Address {
+            inner,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// See [`crate::Engine::on_prefinalize`].
+    pub fn on_prefinalize(&self, callback: impl FnOnce() + Send + 'static) {
+        self.engine.on_prefinalize(callback);
+    }
+
+    /// See [`crate::Engine::on_finalize`].
+    pub fn on_finalize(&self, callback: impl FnOnce() + Send + 'static) {
+        self.engine.on_finalize(callback);
+    }
+
+    /// Finalizes the engine (see [`crate::Engine::finalize`]).
+    ///
+    /// # Errors
+    /// [`Error::BlockingInAsync`].
+    pub fn finalize(&self) -> Result<()> {
+        self.rt.block_on("finalize", self.engine.finalize())
+    }
+
+    /// Blocks until the engine is finalized (by `finalize` from another
+    /// thread, or a remote shutdown), serving RPCs meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::BlockingInAsync`].
+    pub fn wait_for_finalize(&self) -> Result<()> {
+        self.rt.block_on("wait_for_finalize", self.engine.wait_for_finalize())
+    }
+
+    /// Whether the engine is finalizing or finalized.
+    pub fn is_finalized(&self) -> bool {
+        self.engine.is_finalized()
+    }
+}
+
+/// The blocking view of a request (see [`crate::Handle`]).
+#[derive(Debug)]
+pub struct Handle {
+    inner: crate::Handle,
+}
+
+impl Handle {
+    /// Sends `value` to the caller. It returns once the response is encoded
+    /// and queued: the engine sends it without blocking the handler.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyResponded`], [`Error::Encode`].
+    pub fn respond<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let payload = postcard::to_allocvec(value).map_err(|source| Error::Encode {
+            rpc: self.inner.rpc_name().to_owned(),
+            what: "response",
+            source,
+        })?;
+        self.inner.respond_detached(payload)
+    }
+
+    /// Sends raw payload bytes to the caller; see [`Handle::respond`].
+    ///
+    /// # Errors
+    /// [`Error::AlreadyResponded`].
+    pub fn respond_raw(&self, payload: &[u8]) -> Result<()> {
+        self.inner.respond_detached(payload.to_vec())
+    }
+
+    /// The sender's address (see [`crate::Handle::address`]). Calls through
+    /// it from inside a handler must use the async API on
+    /// [`Handle::as_async`].
+    pub fn address(&self) -> String {
+        self.inner.address().to_string()
+    }
+
+    /// The provider id the request was sent to.
+    pub fn provider_id(&self) -> u16 {
+        self.inner.provider_id()
+    }
+
+    /// The RPC's name.
+    pub fn rpc_name(&self) -> &str {
+        self.inner.rpc_name()
+    }
+
+    /// The async handle underneath.
+    pub fn as_async(&self) -> &crate::Handle {
+        &self.inner
+    }
+}
+
+/// The blocking form of [`crate::Address`].
+#[derive(Clone)]
+pub struct Address {
+    inner: crate::Address,
+    rt: Arc<Rt>,
+}
+
+impl Address {
+    /// Asks the peer engine to finalize; see [`crate::Address::shutdown`].
+    ///
+    /// # Errors
+    /// [`Error::ShutdownRefused`], connection errors.
+    pub fn shutdown(&self) -> Result<()> {
+        self.rt.block_on("shutdown", self.inner.shutdown())?
+    }
+
+    /// One engine-level round trip; see [`crate::Address::ping`].
+    ///
+    /// # Errors
+    /// Connection errors, timeout.
+    pub fn ping(&self, timeout: Option<Duration>) -> Result<Duration> {
+        self.rt.block_on("ping", self.inner.ping(timeout))?
+    }
+
+    /// The async address underneath.
+    pub fn as_async(&self) -> &crate::Address {
+        &self.inner
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl PartialEq for Address {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+    }
+}
+
+impl Eq for Address {}
+
+impl Hash for Address {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+    }
+}
+
+/// The blocking form of [`crate::RemoteFunction`].
+pub struct RemoteFunction<A: ?Sized, R> {
+    inner: crate::RemoteFunction<A, R>,
+    rt: Arc<Rt>,
+}
+
+impl<A: ?Sized, R> Clone for RemoteFunction<A, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+impl<A: ?Sized, R> fmt::Debug for RemoteFunction<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> RemoteFunction<A, R> {
+    /// A timeout for every call made through this function.
+    #[must_use]
+    pub fn timeout(self, after: Duration) -> Self {
+        Self {
+            inner: self.inner.timeout(after),
+            rt: self.rt,
+        }
+    }
+
+    /// Targets provider 0 at `address`.
+    pub fn on(&self, address: &Address) -> Callable<A, R> {
+        self.on_provider(address, 0)
+    }
+
+    /// Targets provider `provider_id` at `address`.
+    pub fn on_provider(&self, address: &Address, provider_id: u16) -> Callable<A, R> {
+        Callable {
+            inner: self.inner.on_provider(&address.inner, provider_id),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+impl<A: serde::Serialize + ?Sized> RemoteFunction<A, ()> {
+    /// Makes calls one-way; see [`crate::RemoteFunction::disable_response`].
+    #[must_use]
+    pub fn disable_response(self) -> Self {
+        Self {
+            inner: self.inner.disable_response(),
+            rt: self.rt,
+        }
+    }
+}
+
+/// The blocking form of [`crate::Callable`].
+pub struct Callable<A: ?Sized, R> {
+    inner: crate::Callable<A, R>,
+    rt: Arc<Rt>,
+}
+
+impl<A: ?Sized, R> fmt::Debug for Callable<A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R> {
+    /// A timeout for calls through this callable.
+    #[must_use]
+    pub fn timeout(self, after: Duration) -> Self {
+        Self {
+            inner: self.inner.timeout(after),
+            rt: self.rt,
+        }
+    }
+
+    /// Calls the RPC and blocks until its response (or error).
+    ///
+    /// # Errors
+    /// See [`crate::Callable::call`].
+    pub fn call(&self, args: &A) -> Result<R> {
+        self.rt.block_on("call", self.inner.call(args))?
+    }
+
+    /// Starts the call and returns at once with a [`Request`] to
+    /// [`test`](Request::test) or [`wait`](Request::wait) on.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] (the arguments are encoded before returning).
+    pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
+        let (raw, msg) = self.inner.encoded(args)?;
+        let join = self
+            .rt
+            .runtime()
+            .spawn(async move { raw.invoke(Outgoing::Encoded(msg)).await });
+        Ok(Request {
+            join: Some(join),
+            rt: self.rt.clone(),
+            rpc: self.inner.rpc_name().to_owned(),
+            _r: PhantomData,
+        })
+    }
+}
+
+/// A call in flight, from [`Callable::call_nonblocking`].
+pub struct Request<R> {
+    join: Option<JoinHandle<Result<Bytes>>>,
+    rt: Arc<Rt>,
+    rpc: String,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Request<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request").field("rpc", &self.rpc).finish()
+    }
+}
+
+impl<R: serde::de::DeserializeOwned> Request<R> {
+    /// Whether the call has completed (so [`Request::wait`] will not block).
+    /// Without a progress thread, this makes a little progress itself.
+    pub fn test(&self) -> bool {
+        let Some(join) = &self.join else { return true };
+        if !join.is_finished() && self.rt.needs_driving {
+            let _ = self.rt.block_on("test", tokio::task::yield_now());
+        }
+        join.is_finished()
+    }
+
+    /// Blocks until the call completes and returns its result.
+    ///
+    /// # Errors
+    /// Those of [`Callable::call`]; [`Error::BlockingInAsync`].
+    pub fn wait(mut self) -> Result<R> {
+        let Some(join) = self.join.take() else {
+            return Err(Error::Finalized);
+        };
+        let payload = match self.rt.block_on("wait", join)? {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Finalized),
+        };
+        postcard::from_bytes(&payload).map_err(|source| Error::Decode {
+            rpc: self.rpc.clone(),
+            what: "response",
+            source,
+        })
+    }
+}
+
+impl<R> Drop for Request<R> {
+    fn drop(&mut self) {
+        if let Some(join) = self.join.take() {
+            join.abort();
+        }
+    }
+}

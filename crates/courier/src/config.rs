@@ -1,0 +1,151 @@
+//! Engine configuration: the builder's settings and the Margo-style JSON.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// Whether an engine listens for connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Listens at an address, serves RPCs, and can also call others
+    /// (Margo's `MARGO_SERVER_MODE`, the default).
+    #[default]
+    Server,
+    /// Does not listen; calls servers (and can serve RPCs sent back to it on
+    /// the connections it opened).
+    Client,
+}
+
+/// Default maximum message size: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Default connect timeout: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// The engine's settings, as read from JSON and returned (filled in) by
+/// `Engine::config`.
+///
+/// Every key is optional in the JSON; unknown keys are refused so a typo does
+/// not go unnoticed. Margo's names are accepted where they exist
+/// (`rpc_thread_count`, `use_progress_thread`).
+///
+/// ```json
+/// {
+///   "mode": "server",
+///   "listen": "tcp://127.0.0.1:0",
+///   "use_progress_thread": false,
+///   "rpc_thread_count": 0,
+///   "max_message_size": 67108864,
+///   "connect_timeout_ms": 5000,
+///   "default_timeout_ms": null,
+///   "enable_remote_shutdown": false,
+///   "transport": { "nodelay": true }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Server or client.
+    pub mode: Mode,
+    /// Full listen address (`tcp://0.0.0.0:7000`); absent: the protocol's
+    /// default loopback address.
+    pub listen: Option<String>,
+    /// Run the engine's I/O on a dedicated thread.
+    pub use_progress_thread: bool,
+    /// Threads that run handlers; 0 runs them on the progress loop.
+    #[serde(alias = "num_rpc_threads")]
+    pub rpc_thread_count: usize,
+    /// Largest message (header + payload) sent or accepted.
+    pub max_message_size: usize,
+    /// How long connecting to a peer may take.
+    pub connect_timeout_ms: u64,
+    /// Timeout of calls that set none; `null`: wait as long as it takes.
+    pub default_timeout_ms: Option<u64>,
+    /// Accept `shutdown` requests from peers.
+    pub enable_remote_shutdown: bool,
+    /// Options for the transport plugin (override `protocols.toml`'s).
+    pub transport: Map<String, Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Server,
+            listen: None,
+            use_progress_thread: false,
+            rpc_thread_count: 0,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            default_timeout_ms: None,
+            enable_remote_shutdown: false,
+            transport: Map::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a JSON document (an object; every key optional).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending key or the syntax error.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Parses a JSON value (an object; every key optional).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending key.
+    pub fn from_value(value: Value) -> Result<Self> {
+        serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_message_size < crate::frame::HEADER_LEN {
+            return Err(Error::Config(format!(
+                "max_message_size {} is smaller than the {}-byte frame header",
+                self.max_message_size,
+                crate::frame::HEADER_LEN
+            )));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(Error::Config("connect_timeout_ms must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn default_timeout(&self) -> Option<Duration> {
+        self.default_timeout_ms.map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_margo_names_and_refuses_typos() {
+        let c = Config::from_json(r#"{"num_rpc_threads": 2, "use_progress_thread": true}"#).unwrap();
+        assert_eq!(c.rpc_thread_count, 2);
+        assert!(c.use_progress_thread);
+        let err = Config::from_json(r#"{"rpc_threads": 2}"#).unwrap_err().to_string();
+        assert!(err.contains("unknown field `rpc_threads`"), "{err}");
+        let err = Config::from_json("{").unwrap_err().to_string();
+        assert!(err.starts_with("invalid engine configuration"), "{err}");
+    }
+
+    #[test]
+    fn default_round_trips_through_json() {
+        let c = Config::default();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(Config::from_value(v).unwrap(), c);
+    }
+}

@@ -1,0 +1,219 @@
+//! The engine's error type.
+
+use std::time::Duration;
+
+pub use courier_transport::TransportError;
+
+/// Everything that can go wrong in Courier, with messages that say what
+/// failed and where (the RPC, the provider, the address).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A transport-level failure: unknown protocol, malformed address,
+    /// connect refused, message too large, ... (see [`TransportError`]).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+
+    /// The engine's configuration (JSON or builder) is invalid.
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+
+    /// An address uses another protocol than the engine's.
+    #[error("address '{address}' uses protocol '{protocol}', but this engine speaks '{engine}'")]
+    ProtocolMismatch {
+        /// The address given.
+        address: String,
+        /// Its (canonical) protocol.
+        protocol: String,
+        /// The engine's protocol.
+        engine: String,
+    },
+
+    /// Connecting took longer than the configured connect timeout.
+    #[error("timed out connecting to {address} after {after:?}")]
+    ConnectTimeout {
+        /// The address.
+        address: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+
+    /// No response within the call's timeout. The request may still run
+    /// at the server; a late response is discarded.
+    #[error("RPC '{rpc}' to {address} timed out after {after:?}")]
+    Timeout {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+
+    /// The server has no RPC of that name at that provider.
+    #[error("no such RPC '{rpc}' at provider {provider} of {address}")]
+    NoSuchRpc {
+        /// The RPC's name.
+        rpc: String,
+        /// The provider id asked for.
+        provider: u16,
+        /// The server's address.
+        address: String,
+    },
+
+    /// The remote handler returned an error.
+    #[error("RPC '{rpc}' failed at {address}: {message}")]
+    Remote {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+        /// The handler's error message.
+        message: String,
+    },
+
+    /// The remote handler panicked.
+    #[error("RPC '{rpc}' panicked at {address}: {message}")]
+    RemotePanic {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+        /// The panic message.
+        message: String,
+    },
+
+    /// The remote handler finished (or dropped its handle) without responding.
+    #[error("RPC '{rpc}' at {address}: the handler finished without responding")]
+    NoResponse {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+    },
+
+    /// The RPC is registered with `disable_response` at the server, so a
+    /// call that waits for a response would wait forever.
+    #[error(
+        "RPC '{rpc}' at provider {provider} of {address} is one-way (registered with \
+         disable_response): call it through a remote function with disable_response()"
+    )]
+    OneWay {
+        /// The RPC's name.
+        rpc: String,
+        /// The provider id.
+        provider: u16,
+        /// The server's address.
+        address: String,
+    },
+
+    /// Serializing arguments or a response failed.
+    #[error("cannot encode the {what} of RPC '{rpc}': {source}")]
+    Encode {
+        /// The RPC's name.
+        rpc: String,
+        /// "arguments" or "response".
+        what: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// Deserializing a response failed (the two sides disagree on its type).
+    #[error("cannot decode the {what} of RPC '{rpc}': {source}")]
+    Decode {
+        /// The RPC's name.
+        rpc: String,
+        /// "arguments" or "response".
+        what: &'static str,
+        /// The deserializer's error.
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// This engine is finalized (or finalizing): it makes no more calls, and
+    /// calls that were in flight end with this error.
+    #[error("the engine is finalized")]
+    Finalized,
+
+    /// The remote engine is finalizing and refused the request.
+    #[error("{address} is finalizing and refused the request")]
+    RemoteFinalizing {
+        /// The server's address.
+        address: String,
+    },
+
+    /// Remote shutdown was refused: the remote engine did not enable it.
+    #[error("remote shutdown of {address} refused: that engine did not enable remote shutdown")]
+    ShutdownRefused {
+        /// The server's address.
+        address: String,
+    },
+
+    /// The connection failed while the call was in flight (the peer died,
+    /// reset the connection, or sent something invalid).
+    #[error("connection with {address} lost: {reason}")]
+    ConnectionLost {
+        /// The peer's address.
+        address: String,
+        /// What ended it.
+        reason: String,
+    },
+
+    /// The peer answered with a frame that makes no sense for the request.
+    #[error("{address} sent an invalid frame: {reason}")]
+    Protocol {
+        /// The peer's address.
+        address: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// The name is already registered at that provider.
+    #[error("RPC '{rpc}' is already registered at provider {provider}")]
+    AlreadyRegistered {
+        /// The RPC's name.
+        rpc: String,
+        /// The provider id.
+        provider: u16,
+    },
+
+    /// Nothing to deregister.
+    #[error("RPC '{rpc}' is not registered at provider {provider}")]
+    NotRegistered {
+        /// The RPC's name.
+        rpc: String,
+        /// The provider id.
+        provider: u16,
+    },
+
+    /// Provider ids go from 0 to 65534; 65535 is reserved.
+    #[error("provider id {0} is out of range (0..=65534; 65535 is reserved)")]
+    InvalidProviderId(u32),
+
+    /// Two different names hash to the same RPC id (see [`crate::frame::rpc_id`]).
+    #[error("RPC names '{name}' and '{existing}' have the same id {id:#018x}; rename one")]
+    RpcIdCollision {
+        /// The name being registered.
+        name: String,
+        /// The name already registered.
+        existing: String,
+        /// The shared id.
+        id: u64,
+    },
+
+    /// A handler responded twice.
+    #[error("RPC '{rpc}': the handler already responded")]
+    AlreadyResponded {
+        /// The RPC's name.
+        rpc: String,
+    },
+
+    /// A blocking-API call was made from inside an async runtime, where it
+    /// would block a runtime thread.
+    #[error("{0} is a blocking call and cannot run inside an async runtime; use the async API")]
+    BlockingInAsync(&'static str),
+}
+
+/// Shorthand for `Result<T, courier::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

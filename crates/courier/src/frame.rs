@@ -1,0 +1,360 @@
+//! The engine's frame: a fixed 24-byte header in front of every message.
+//!
+//! Transports carry opaque messages; the engine puts this header at the
+//! start of each one. `docs/wire-format.md` is the specification, and the
+//! tests below pin its bytes.
+//!
+//! ```text
+//! offset size field
+//!      0    1 version   (1)
+//!      1    1 kind      (see [`Kind`])
+//!      2    1 flags     (bit 0: no response expected)
+//!      3    1 status    (see [`Status`]; 0 except in error frames)
+//!      4    2 provider  u16 little-endian (65535 is reserved)
+//!      6    2 reserved  must be zero
+//!      8    8 rpc id    u64 little-endian (see [`rpc_id`])
+//!     16    8 sequence  u64 little-endian, per connection and direction
+//!     24    … payload
+//! ```
+
+use bytes::Bytes;
+
+/// The frame version this engine speaks.
+pub const VERSION: u8 = 1;
+
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 24;
+
+/// The provider id Courier reserves (as Margo reserves 65535).
+pub const RESERVED_PROVIDER: u16 = u16::MAX;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// First frame of the side that opened the connection; payload: that
+    /// engine's listening address (UTF-8, empty for a client-mode engine).
+    Hello = 1,
+    /// An RPC request; payload: the arguments.
+    Request = 2,
+    /// A successful response; payload: the response value.
+    Response = 3,
+    /// A failed request; `status` says why, payload: a UTF-8 message.
+    Error = 4,
+    /// Asks the receiving engine to finalize (remote shutdown).
+    Shutdown = 5,
+    /// Liveness probe; answered by a `Pong` with the same sequence.
+    Ping = 6,
+    /// Answer to a `Ping`.
+    Pong = 7,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Hello,
+            2 => Self::Request,
+            3 => Self::Response,
+            4 => Self::Error,
+            5 => Self::Shutdown,
+            6 => Self::Ping,
+            7 => Self::Pong,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a request failed (the status byte of an error frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    /// Success (every frame but `Error`).
+    Ok = 0,
+    /// No RPC with that id at that provider.
+    NoSuchRpc = 1,
+    /// The handler returned an error; payload: its message.
+    HandlerFailed = 2,
+    /// The handler panicked; payload: the panic message.
+    HandlerPanicked = 3,
+    /// The handler finished without responding.
+    NoResponse = 4,
+    /// Remote shutdown is not enabled on the receiving engine.
+    ShutdownRefused = 5,
+    /// The RPC is registered one-way (`disable_response`) but the request
+    /// expects a response.
+    OneWay = 6,
+    /// The receiving engine is finalizing.
+    Finalizing = 7,
+    /// The request frame itself was invalid.
+    BadRequest = 8,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Ok,
+            1 => Self::NoSuchRpc,
+            2 => Self::HandlerFailed,
+            3 => Self::HandlerPanicked,
+            4 => Self::NoResponse,
+            5 => Self::ShutdownRefused,
+            6 => Self::OneWay,
+            7 => Self::Finalizing,
+            8 => Self::BadRequest,
+            _ => return None,
+        })
+    }
+}
+
+/// Flag bit: the sender expects no response (one-way RPC).
+pub const FLAG_NO_RESPONSE: u8 = 0b0000_0001;
+
+const KNOWN_FLAGS: u8 = FLAG_NO_RESPONSE;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the frame is.
+    pub kind: Kind,
+    /// Flag bits ([`FLAG_NO_RESPONSE`]).
+    pub flags: u8,
+    /// Failure reason of an `Error` frame.
+    pub status: Status,
+    /// Provider id of a request (0..=65534).
+    pub provider: u16,
+    /// RPC id of a request (see [`rpc_id`]).
+    pub rpc: u64,
+    /// Sequence number matching a response to its request.
+    pub seq: u64,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Fewer bytes than a header.
+    #[error("frame of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    TooShort(usize),
+    /// A version this engine does not speak.
+    #[error("frame version {0} is not supported (this engine speaks version {VERSION})")]
+    Version(u8),
+    /// An unknown kind byte.
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    /// An unknown status byte.
+    #[error("unknown status {0}")]
+    Status(u8),
+    /// Flag bits this version does not define.
+    #[error("unknown flag bits {0:#04x}")]
+    Flags(u8),
+    /// The reserved field is not zero.
+    #[error("reserved header field is {0:#06x}, not zero")]
+    Reserved(u16),
+}
+
+impl Header {
+    /// A header of `kind` with every other field zero.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            flags: 0,
+            status: Status::Ok,
+            provider: 0,
+            rpc: 0,
+            seq: 0,
+        }
+    }
+
+    /// The header's 24 bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = VERSION;
+        b[1] = self.kind as u8;
+        b[2] = self.flags;
+        b[3] = self.status as u8;
+        b[4..6].copy_from_slice(&self.provider.to_le_bytes());
+        b[8..16].copy_from_slice(&self.rpc.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b
+    }
+
+    /// Decodes the header at the start of `frame`.
+    ///
+    /// # Errors
+    /// [`FrameError`] for a short frame or any field out of range.
+    pub fn decode(frame: &[u8]) -> Result<Self, FrameError> {
+        let Some(b) = frame.get(..HEADER_LEN) else {
+            return Err(FrameError::TooShort(frame.len()));
+        };
+        if b[0] != VERSION {
+            return Err(FrameError::Version(b[0]));
+        }
+        let kind = Kind::from_u8(b[1]).ok_or(FrameError::Kind(b[1]))?;
+        let flags = b[2];
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FrameError::Flags(flags));
+        }
+        let status = Status::from_u8(b[3]).ok_or(FrameError::Status(b[3]))?;
+        let reserved = u16::from_le_bytes([b[6], b[7]]);
+        if reserved != 0 {
+            return Err(FrameError::Reserved(reserved));
+        }
+        let mut rpc = [0u8; 8];
+        rpc.copy_from_slice(&b[8..16]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[16..24]);
+        Ok(Self {
+            kind,
+            flags,
+            status,
+            provider: u16::from_le_bytes([b[4], b[5]]),
+            rpc: u64::from_le_bytes(rpc),
+            seq: u64::from_le_bytes(seq),
+        })
+    }
+
+    /// Whether the no-response flag is set.
+    pub fn no_response(&self) -> bool {
+        self.flags & FLAG_NO_RESPONSE != 0
+    }
+}
+
+/// Splits a received message into its header and payload (without copying).
+///
+/// # Errors
+/// See [`Header::decode`].
+pub fn split(message: &Bytes) -> Result<(Header, Bytes), FrameError> {
+    let header = Header::decode(message)?;
+    Ok((header, message.slice(HEADER_LEN..)))
+}
+
+/// Builds a one-part message: the header followed by a payload encoded by
+/// `encode` into the same buffer (one allocation per message).
+pub(crate) fn with_header<E>(
+    header: &Header,
+    encode: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<Vec<u8>, E> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + 64);
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut buf = encode(buf)?;
+    buf[..HEADER_LEN].copy_from_slice(&header.encode());
+    Ok(buf)
+}
+
+/// Overwrites the header of a message built by [`with_header`].
+pub(crate) fn set_header(message: &mut [u8], header: &Header) {
+    message[..HEADER_LEN].copy_from_slice(&header.encode());
+}
+
+/// The stable 64-bit id of an RPC name: FNV-1a over the name's UTF-8 bytes
+/// (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`).
+///
+/// Both sides compute it from the name, so only the id travels. Two names
+/// with the same id cannot be registered in one engine.
+///
+/// ```
+/// assert_eq!(courier::frame::rpc_id(""), 0xcbf2_9ce4_8422_2325);
+/// assert_eq!(courier::frame::rpc_id("hello"), 0xa430_d846_80aa_bd0b);
+/// ```
+pub const fn rpc_id(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pins the bytes of a request and a response (docs/wire-format.md).
+    #[test]
+    fn request_and_response_bytes_are_pinned() {
+        let req = Header {
+            kind: Kind::Request,
+            flags: 0,
+            status: Status::Ok,
+            provider: 3,
+            rpc: rpc_id("hello"),
+            seq: 7,
+        };
+        assert_eq!(
+            req.encode(),
+            [
+                0x01, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, // version kind flags status provider reserved
+                0x0b, 0xbd, 0xaa, 0x80, 0x46, 0xd8, 0x30, 0xa4, // rpc id "hello"
+                0x07, 0, 0, 0, 0, 0, 0, 0, // sequence
+            ]
+        );
+        let resp = Header {
+            kind: Kind::Response,
+            ..req
+        };
+        let mut msg = resp.encode().to_vec();
+        // postcard's encoding of the String "Good bye Matthieu": varint length, bytes.
+        msg.extend_from_slice(&postcard::to_allocvec("Good bye Matthieu").unwrap());
+        assert_eq!(msg[1], 0x03);
+        assert_eq!(msg[24], 17);
+        assert_eq!(&msg[25..], b"Good bye Matthieu");
+        let (h, payload) = split(&Bytes::from(msg)).unwrap();
+        assert_eq!(h, resp);
+        assert_eq!(payload.len(), 18);
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let good = Header::new(Kind::Ping).encode();
+        assert_eq!(Header::decode(&good[..23]), Err(FrameError::TooShort(23)));
+        let mut b = good;
+        b[0] = 2;
+        assert_eq!(Header::decode(&b), Err(FrameError::Version(2)));
+        let mut b = good;
+        b[1] = 0;
+        assert_eq!(Header::decode(&b), Err(FrameError::Kind(0)));
+        let mut b = good;
+        b[2] = 0x80;
+        assert_eq!(Header::decode(&b), Err(FrameError::Flags(0x80)));
+        let mut b = good;
+        b[3] = 200;
+        assert_eq!(Header::decode(&b), Err(FrameError::Status(200)));
+        let mut b = good;
+        b[7] = 1;
+        assert_eq!(Header::decode(&b), Err(FrameError::Reserved(0x100)));
+    }
+
+    fn any_kind() -> impl Strategy<Value = Kind> {
+        (1u8..=7).prop_map(|k| Kind::from_u8(k).unwrap())
+    }
+
+    fn any_status() -> impl Strategy<Value = Status> {
+        (0u8..=8).prop_map(|s| Status::from_u8(s).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn header_round_trips(kind in any_kind(), status in any_status(), no_resp: bool,
+                              provider: u16, rpc: u64, seq: u64,
+                              payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let h = Header { kind, flags: if no_resp { FLAG_NO_RESPONSE } else { 0 }, status, provider, rpc, seq };
+            let mut msg = h.encode().to_vec();
+            msg.extend_from_slice(&payload);
+            let (back, p) = split(&Bytes::from(msg)).unwrap();
+            prop_assert_eq!(back, h);
+            prop_assert_eq!(&p[..], &payload[..]);
+            prop_assert_eq!(back.no_response(), no_resp);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(h) = Header::decode(&bytes) {
+                // Whatever decodes re-encodes to the same header bytes.
+                prop_assert_eq!(&h.encode()[..], &bytes[..HEADER_LEN]);
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Server side of an RPC: the registered entry, the handle, running a handler.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use courier_transport::{BoxFuture, TransportError};
+use tracing::Instrument;
+
+use crate::address::{Address, Peer};
+use crate::conn::Conn;
+use crate::engine::Inner;
+use crate::frame::{self, Header, Kind, Status};
+use crate::{Error, Result};
+
+/// What a handler may return: `()`, or `Result<(), E>` where `E` displays
+/// (the message is sent to the caller as a remote error).
+pub trait HandlerOutput {
+    /// `Err(message)` to report a failure to the caller.
+    fn into_result(self) -> std::result::Result<(), String>;
+}
+
+impl HandlerOutput for () {
+    fn into_result(self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display> HandlerOutput for std::result::Result<(), E> {
+    fn into_result(self) -> std::result::Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) type RawHandler =
+    Arc<dyn Fn(Handle, Bytes) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
+
+pub(crate) struct RpcEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) provider: u16,
+    pub(crate) disable_response: bool,
+    pub(crate) handler: RawHandler,
+}
+
+pub(crate) fn boxed<F, Fut>(handler: F) -> RawHandler
+where
+    F: Fn(Handle, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerOutput,
+{
+    Arc::new(move |h, p| {
+        let fut = handler(h, p);
+        Box::pin(async move { fut.await.into_result() })
+    })
+}
+
+/// Wraps a typed handler as a raw one: decodes the arguments first.
+pub(crate) fn typed<A, F, Fut>(
+    handler: F,
+) -> impl Fn(Handle, Bytes) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync + 'static
+where
+    A: serde::de::DeserializeOwned + Send + 'static,
+    F: Fn(Handle, A) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerOutput,
+{
+    move |h: Handle, payload: Bytes| -> BoxFuture<'static, std::result::Result<(), String>> {
+        match postcard::from_bytes::<A>(&payload) {
+            Ok(args) => {
+                let fut = handler(h, args);
+                Box::pin(async move { fut.await.into_result() })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(format!("cannot decode the arguments: {e}")))),
+        }
+    }
+}
+
+struct RequestState {
+    inner: Arc<Inner>,
+    conn: Arc<Conn>,
+    entry: Arc<RpcEntry>,
+    header: Header,
+    responded: AtomicBool,
+}
+
+impl RequestState {
+    fn expects_response(&self) -> bool {
+        !self.header.no_response()
+    }
+
+    /// Claims the right to answer; false if already answered (or one-way).
+    fn claim(&self) -> bool {
+        self.expects_response() && !self.responded.swap(true, Ordering::AcqRel)
+    }
+
+    async fn fail(&self, status: Status, message: &str) {
+        if self.claim() {
+            let _ = self.conn.send_error(&self.header, status, message).await;
+        } else if self.expects_response() {
+            tracing::warn!(rpc = %self.entry.name, "handler error after it responded: {message}");
+        } else {
+            tracing::warn!(rpc = %self.entry.name, "one-way handler failed: {message}");
+        }
+    }
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        // A handle dropped without responding, after the handler returned
+        // (a deferred response that never came): tell the caller.
+        if self.claim() {
+            let conn = self.conn.clone();
+            let header = self.header;
+            let name = self.entry.name.clone();
+            self.inner.rt.spawn(async move {
+                tracing::warn!(rpc = %name, "handle dropped without responding");
+                let _ = conn
+                    .send_error(&header, Status::NoResponse, "the handler dropped its handle without responding")
+                    .await;
+            });
+        }
+    }
+}
+
+/// The server-side view of one request (PyMargo's `Handle`): who sent it,
+/// and the way to answer it.
+///
+/// Respond exactly once with [`Handle::respond`] (unless the RPC is one-way).
+/// A handler may keep the handle and respond later, from another task; if
+/// every copy of the handle is dropped without a response, the caller gets
+/// [`Error::NoResponse`] instead of waiting forever.
+pub struct Handle {
+    state: Arc<RequestState>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("rpc", &self.state.entry.name)
+            .field("provider", &self.state.header.provider)
+            .field("peer", &self.state.conn.remote().to_string())
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(inner: Arc<Inner>, conn: Arc<Conn>, entry: Arc<RpcEntry>, header: Header) -> Self {
+        Self {
+            state: Arc::new(RequestState {
+                inner,
+                conn,
+                entry,
+                header,
+                responded: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The sender's address: its listening address if it is a server-mode
+    /// engine, else the address its connection comes from. Calls made to it
+    /// go over the connection the request came on while it lives.
+    pub fn address(&self) -> Address {
+        let conn = &self.state.conn;
+        Address {
+            inner: self.state.inner.clone(),
+            peer: Arc::new(Peer::new(conn.remote().clone(), Some(conn.clone()))),
+        }
+    }
+
+    /// The provider id the request was sent to.
+    pub fn provider_id(&self) -> u16 {
+        self.state.header.provider
+    }
+
+    /// The RPC's name.
+    pub fn rpc_name(&self) -> &str {
+        &self.state.entry.name
+    }
+
+    /// Whether the caller waits for a response (false for one-way RPCs).
+    pub fn expects_response(&self) -> bool {
+        self.state.expects_response()
+    }
+
+    /// Sends `value` back to the caller (postcard-encoded). On a one-way RPC
+    /// this does nothing.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyResponded`]; [`Error::Encode`]; a response over the
+    /// maximum message size (the caller then gets an error too); connection
+    /// errors.
+    pub async fn respond<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        if !self.expects_response() {
+            return Ok(());
+        }
+        let header = self.response_header();
+        let msg = frame::with_header(&header, |buf| postcard::to_extend(value, buf)).map_err(|source| {
+            Error::Encode {
+                rpc: self.rpc_name().to_owned(),
+                what: "response",
+                source,
+            }
+        })?;
+        self.send_response(&[&msg]).await
+    }
+
+    /// Sends raw payload bytes back to the caller; see [`Handle::respond`].
+    ///
+    /// # Errors
+    /// See [`Handle::respond`].
+    pub async fn respond_raw(&self, payload: &[u8]) -> Result<()> {
+        if !self.expects_response() {
+            return Ok(());
+        }
+        let header = self.response_header().encode();
+        self.send_response(&[&header, payload]).await
+    }
+
+    fn response_header(&self) -> Header {
+        Header {
+            kind: Kind::Response,
+            flags: 0,
+            status: Status::Ok,
+            ..self.state.header
+        }
+    }
+
+    async fn send_response(&self, parts: &[&[u8]]) -> Result<()> {
+        if !self.state.claim() {
+            return Err(Error::AlreadyResponded {
+                rpc: self.rpc_name().to_owned(),
+            });
+        }
+        send_claimed(&self.state, parts).await
+    }
+
+    /// Claims the response now and sends `payload` from a task (for the
+    /// blocking API, whose handlers cannot wait for the send).
+    pub(crate) fn respond_detached(&self, payload: Vec<u8>) -> Result<()> {
+        if !self.expects_response() {
+            return Ok(());
+        }
+        if !self.state.claim() {
+            return Err(Error::AlreadyResponded {
+                rpc: self.rpc_name().to_owned(),
+            });
+        }
+        let state = self.state.clone();
+        self.state.inner.rt.spawn(async move {
+            let header = Header {
+                kind: Kind::Response,
+                flags: 0,
+                status: Status::Ok,
+                ..state.header
+            };
+            if let Err(e) = send_claimed(&state, &[&header.encode(), &payload]).await {
+                tracing::warn!(rpc = %state.entry.name, "cannot send the response: {e}");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Sends a response whose right to be sent was claimed.
+async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
+    match state.conn.send(parts).await {
+        Err(Error::Transport(e @ TransportError::MessageTooLarge { .. })) => {
+            let message = format!("the response could not be sent: {e}");
+            let _ = state
+                .conn
+                .send_error(&state.header, Status::HandlerFailed, &message)
+                .await;
+            Err(Error::Transport(e))
+        }
+        other => other,
+    }
+}
+
+/// Runs one request's handler, catching its errors and panics.
+pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
+    let state = handle.state.clone();
+    let span = tracing::debug_span!(
+        "rpc.handle",
+        rpc = %entry.name,
+        provider = entry.provider,
+        peer = %state.conn.remote(),
+        status = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+    );
+    let start = Instant::now();
+    let handler = entry.handler.clone();
+    let outcome = CatchUnwind(Box::pin(async move { handler(handle, payload).await }))
+        .instrument(span.clone())
+        .await;
+    let status = match outcome {
+        Ok(Ok(())) => "ok",
+        Ok(Err(message)) => {
+            state.fail(Status::HandlerFailed, &message).await;
+            "error"
+        }
+        Err(message) => {
+            tracing::warn!(rpc = %entry.name, "handler panicked: {message}");
+            state.fail(Status::HandlerPanicked, &message).await;
+            "panic"
+        }
+    };
+    if Arc::strong_count(&state) == 1 && state.claim() {
+        // The handler is done and nobody kept its handle: no response will come.
+        let _ = state
+            .conn
+            .send_error(&state.header, Status::NoResponse, "the handler finished without responding")
+            .await;
+    }
+    span.record("status", status);
+    span.record("duration_us", start.elapsed().as_micros() as u64);
+}
+
+/// Polls a future, turning a panic into `Err(message)`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

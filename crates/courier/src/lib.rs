@@ -1,0 +1,135 @@
+//! Courier: an RPC engine with pluggable transports, in the manner of Mochi
+//! Margo and PyMargo.
+//!
+//! An [`Engine`] is built for a protocol (`"tcp"`, `"unix"`, and the
+//! `quic` and `shm` plugins as they are built in; Mochi spellings such as
+//! `"ofi+tcp"` and `"na+sm"` work too). A server registers RPCs by name and
+//! provider id; a client looks peers up from address strings and calls them.
+//! Arguments and responses are any serde types, encoded with postcard; a raw
+//! byte layer underneath serves bindings that bring their own encoding.
+//!
+//! # The seed's hello, in Rust
+//!
+//! The server (compare PyMargo's tutorial "RPCs and responses"):
+//!
+//! ```no_run
+//! use courier::{Engine, Handle};
+//!
+//! #[tokio::main]
+//! async fn main() -> courier::Result<()> {
+//!     let engine = Engine::new("tcp").await?;
+//!     engine.register("hello", |handle: Handle, (first, last): (String, String)| async move {
+//!         println!("Hello {first} {last}!");
+//!         handle.respond(&format!("Good bye {first}")).await
+//!     })?;
+//!     println!("Service running at {}", engine.address());
+//!     engine.enable_remote_shutdown();
+//!     engine.wait_for_finalize().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The client:
+//!
+//! ```no_run
+//! use courier::{Engine, Mode};
+//!
+//! #[tokio::main]
+//! async fn main() -> courier::Result<()> {
+//!     let engine = Engine::builder("tcp").mode(Mode::Client).build().await?;
+//!     let hello = engine.remote::<(&str, &str), String>("hello");
+//!     let address = engine.lookup(&std::env::args().nth(1).unwrap_or_default()).await?;
+//!     let response = hello.on(&address).call(&("Matthieu", "Dorier")).await?;
+//!     assert_eq!(response, "Good bye Matthieu");
+//!     address.shutdown().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The same without async, with [`blocking`]:
+//!
+//! ```
+//! use courier::blocking::{Engine, Handle};
+//!
+//! let server = Engine::new("unix")?;
+//! server.register("hello", |handle: Handle, (first, last): (String, String)| {
+//!     handle.respond(&format!("Good bye {first} {last}"))
+//! })?;
+//! let client = Engine::builder("unix").client().build()?;
+//! let hello = client.remote::<(&str, &str), String>("hello");
+//! let address = client.lookup(&server.address())?;
+//! assert_eq!(hello.on(&address).call(&("Matthieu", "Dorier"))?, "Good bye Matthieu Dorier");
+//! # Ok::<(), courier::Error>(())
+//! ```
+//!
+//! # What else is here
+//!
+//! * Providers: [`Engine::register_with`] with [`RpcOptions`]; the same name
+//!   at several provider ids is several RPCs; [`RemoteFunction::on_provider`].
+//! * One-way RPCs: [`RpcOptions::disable_response`] on the server,
+//!   [`RemoteFunction::disable_response`] on the client.
+//! * Timeouts: [`Callable::timeout`] ([`Error::Timeout`]), or a default in the
+//!   JSON config; non-blocking calls: [`blocking::Callable::call_nonblocking`].
+//! * Remote shutdown: [`Engine::enable_remote_shutdown`], [`Address::shutdown`].
+//! * Threads: [`EngineBuilder::use_progress_thread`] and
+//!   [`EngineBuilder::num_rpc_threads`]; Margo-style JSON with
+//!   [`EngineBuilder::config_json`], read back with [`Engine::config`].
+//! * Errors never hang a caller: a handler that fails, panics, or returns
+//!   without responding sends the caller an error with its message.
+//!
+//! The wire format is in [`frame`] and `docs/wire-format.md`; transports and
+//! their plugins live in [`courier_transport`], re-exported as [`transport`].
+
+#![forbid(unsafe_code)]
+
+mod address;
+pub mod blocking;
+mod config;
+mod conn;
+mod engine;
+mod error;
+pub mod frame;
+mod handler;
+mod remote;
+
+pub use address::Address;
+pub use config::{Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_SIZE};
+pub use engine::{Engine, EngineBuilder, RpcOptions};
+pub use error::{Error, Result, TransportError};
+pub use handler::{Handle, HandlerOutput};
+pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
+
+pub use bytes::Bytes;
+/// The transport layer (plugins, registry, addresses).
+pub use courier_transport as transport;
+
+/// The environment variable naming an extra `protocols.toml` that
+/// [`default_registry`] loads on top of the built-in table.
+pub const PROTOCOLS_ENV: &str = "COURIER_PROTOCOLS";
+
+/// The registry engines use unless given another: the built-in protocol
+/// table, the table named by `$COURIER_PROTOCOLS` if set, and the plugins
+/// bundled by this crate's cargo features (`tcp`, `unix`).
+///
+/// Plugins go through the same public path as any user plugin
+/// ([`transport::Registry::with`]); the engine itself names none.
+///
+/// # Errors
+/// [`TransportError::ProtocolTable`] when `$COURIER_PROTOCOLS` names a file
+/// that cannot be read or parsed.
+pub fn default_registry() -> std::result::Result<transport::Registry, TransportError> {
+    #[allow(unused_mut)]
+    let mut registry = transport::Registry::new();
+    if let Some(path) = std::env::var_os(PROTOCOLS_ENV) {
+        registry.load_toml_file(&path)?;
+    }
+    #[cfg(feature = "tcp")]
+    {
+        registry = registry.with(courier_tcp::TcpPlugin);
+    }
+    #[cfg(feature = "unix")]
+    {
+        registry = registry.with(courier_unix::UnixPlugin);
+    }
+    Ok(registry)
+}

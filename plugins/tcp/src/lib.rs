@@ -1,0 +1,207 @@
+//! TCP transport plugin for Courier.
+//!
+//! Addresses are `tcp://<host>:<port>`, IPv4 or IPv6 (`tcp://[::1]:7000`).
+//! Listening on `tcp://` (empty plugin part) binds `127.0.0.1` on an
+//! ephemeral port: never another interface unless asked for by address.
+//! Messages are length-prefixed on the stream (see
+//! [`courier_transport::framing`]); `TCP_NODELAY` is on unless the option
+//! `nodelay = false` is given.
+//!
+//! ```
+//! use courier_tcp::TcpTransport;
+//! use courier_transport::{Connection, Listener, MessageReceiver, MessageSender, Transport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier_transport::TransportError> {
+//! let tcp = TcpTransport::new(1 << 20);
+//! let mut listener = tcp.listen(&"tcp://".parse()?).await?;
+//! let addr = listener.local_addr().clone();
+//! let (client, server) = tokio::join!(tcp.connect(&addr), listener.accept());
+//! let (mut tx, _rx) = client?.split();
+//! let (_tx, mut rx) = server?.split();
+//! tx.send(&[b"ping"]).await?;
+//! assert_eq!(&rx.recv().await?.unwrap()[..], b"ping");
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::Arc;
+
+use courier_transport::stream::{StreamReceiver, StreamSender};
+use courier_transport::{
+    Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
+};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener as TokioListener, TcpStream};
+
+/// The plugin name used in `protocols.toml`.
+pub const PLUGIN_NAME: &str = "tcp";
+
+/// Default listen address when none is given: loopback, ephemeral port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+/// The `tcp` plugin: builds [`TcpTransport`]s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpPlugin;
+
+impl Plugin for TcpPlugin {
+    fn name(&self) -> &str {
+        PLUGIN_NAME
+    }
+
+    fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
+        ctx.check_known_options(PLUGIN_NAME, &["nodelay"])?;
+        Ok(Arc::new(TcpTransport {
+            base: Address::new(ctx.protocol, "")?,
+            max: ctx.max_message_size,
+            nodelay: ctx.bool_option(PLUGIN_NAME, "nodelay", true)?,
+        }))
+    }
+}
+
+/// Messages over TCP streams.
+#[derive(Debug, Clone)]
+pub struct TcpTransport {
+    /// `<protocol>://`, the template of every address this transport prints.
+    base: Address,
+    max: usize,
+    nodelay: bool,
+}
+
+impl TcpTransport {
+    /// A transport for protocol `tcp` with `TCP_NODELAY`, refusing messages
+    /// over `max_message_size` bytes.
+    pub fn new(max_message_size: usize) -> Self {
+        Self {
+            base: Address::new(PLUGIN_NAME, "").unwrap_or_else(|_| unreachable!("'tcp' is a valid name")),
+            max: max_message_size,
+            nodelay: true,
+        }
+    }
+
+    fn address(&self, sock: std::net::SocketAddr) -> Address {
+        self.base.with_rest(sock.to_string())
+    }
+
+    fn connection(&self, stream: TcpStream, peer: Address) -> TcpConnection {
+        if let Err(e) = stream.set_nodelay(self.nodelay) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
+        TcpConnection {
+            stream,
+            peer,
+            max: self.max,
+        }
+    }
+}
+
+fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
+    TransportError::InvalidAddress {
+        address: addr.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Transport for TcpTransport {
+    type Listener = TcpListener;
+    type Connection = TcpConnection;
+
+    fn protocol(&self) -> &str {
+        self.base.protocol()
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    async fn listen(&self, addr: &Address) -> Result<TcpListener, TransportError> {
+        let target = if addr.rest().is_empty() { DEFAULT_LISTEN } else { addr.rest() };
+        let listener = TokioListener::bind(target).await.map_err(|source| {
+            if source.kind() == io::ErrorKind::InvalidInput {
+                invalid(addr, format!("expected host:port ({source})"))
+            } else {
+                TransportError::Listen {
+                    address: addr.to_string(),
+                    source,
+                }
+            }
+        })?;
+        let local = listener.local_addr().map_err(|source| TransportError::Listen {
+            address: addr.to_string(),
+            source,
+        })?;
+        Ok(TcpListener {
+            local_addr: self.address(local),
+            listener,
+            transport: self.clone(),
+        })
+    }
+
+    async fn connect(&self, addr: &Address) -> Result<TcpConnection, TransportError> {
+        if addr.rest().is_empty() {
+            return Err(invalid(addr, "expected host:port after 'tcp://'"));
+        }
+        let stream = TcpStream::connect(addr.rest()).await.map_err(|source| {
+            if source.kind() == io::ErrorKind::InvalidInput {
+                invalid(addr, format!("expected host:port ({source})"))
+            } else {
+                TransportError::Connect {
+                    address: addr.to_string(),
+                    source,
+                }
+            }
+        })?;
+        Ok(self.connection(stream, addr.clone()))
+    }
+}
+
+/// A listening TCP socket.
+#[derive(Debug)]
+pub struct TcpListener {
+    listener: TokioListener,
+    local_addr: Address,
+    transport: TcpTransport,
+}
+
+impl Listener for TcpListener {
+    type Connection = TcpConnection;
+
+    fn local_addr(&self) -> &Address {
+        &self.local_addr
+    }
+
+    async fn accept(&mut self) -> Result<TcpConnection, TransportError> {
+        let (stream, peer) = self.listener.accept().await.map_err(|source| TransportError::Listen {
+            address: self.local_addr.to_string(),
+            source,
+        })?;
+        Ok(self.transport.connection(stream, self.transport.address(peer)))
+    }
+}
+
+/// An established TCP connection.
+#[derive(Debug)]
+pub struct TcpConnection {
+    stream: TcpStream,
+    peer: Address,
+    max: usize,
+}
+
+impl Connection for TcpConnection {
+    type Sender = StreamSender<OwnedWriteHalf>;
+    type Receiver = StreamReceiver<OwnedReadHalf>;
+
+    fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    fn split(self) -> (Self::Sender, Self::Receiver) {
+        let (r, w) = self.stream.into_split();
+        (
+            StreamSender::new(w, self.peer.clone(), self.max),
+            StreamReceiver::new(r, self.peer, self.max),
+        )
+    }
+}

@@ -1,0 +1,1 @@
+//! Micro-benchmarks for Courier (see benches/).

@@ -1,0 +1,1 @@
+//! Shared helpers for the conformance suite (filled in by the suite).

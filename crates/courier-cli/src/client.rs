@@ -1,0 +1,274 @@
+//! `courier call`, `courier ping`, `courier shutdown`: a client-mode engine
+//! speaking the address's protocol.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+use courier::{Address, Engine, Mode};
+
+use crate::{out, CliResult, Fail, TimeoutArg};
+
+/// The long help of the subcommand (clap takes it from the enum variant).
+pub(crate) const CALL_LONG_ABOUT: &str = "Call RPC at ADDR and print its response.\n\n\
+        By default the ARGS are sent as a tuple of strings (postcard-encoded), which is \
+        what an RPC taking (String, String, ...) expects; the response is printed as a \
+        string if it decodes as one, else as hex (nothing for an empty response). \
+        With --raw, the ARGS joined by spaces are sent as raw bytes and the response is \
+        printed as UTF-8. With --u64, each ARG is a number sent as a u64.";
+
+/// The long help of the subcommand (clap takes it from the enum variant).
+pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
+    "Ask the service at ADDR to finalize. It must run with remote \
+    shutdown enabled (`courier serve --enable-remote-shutdown`); otherwise it refuses \
+    and this exits 1.";
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples (against `courier serve`):\n  \
+        courier call tcp://127.0.0.1:PORT hello Matthieu Dorier    # Good bye Matthieu\n  \
+        courier call tcp://127.0.0.1:PORT echo --raw hello world   # hello world\n  \
+        courier call tcp://127.0.0.1:PORT sleep --u64 500 --timeout-ms 100   # times out\n\n\
+        Put `--` before ARGS that start with '-'.")]
+pub(crate) struct CallArgs {
+    /// The service's address, as `courier serve` printed it.
+    address: String,
+
+    /// The RPC's name.
+    rpc: String,
+
+    /// The RPC's arguments (strings, unless --raw or --u64).
+    args: Vec<String>,
+
+    /// The provider id the RPC is registered at.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=65534))]
+    provider: u16,
+
+    #[command(flatten)]
+    timeout: TimeoutArg,
+
+    /// Send the ARGS joined by spaces as raw bytes; print the response as UTF-8.
+    #[arg(long, conflicts_with = "u64")]
+    raw: bool,
+
+    /// Send the ARGS as a tuple of u64 numbers (e.g. for `sleep`).
+    #[arg(long)]
+    u64: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PingArgs {
+    /// The service's address.
+    address: String,
+
+    /// How many pings to send, one after the other.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+
+    #[command(flatten)]
+    timeout: TimeoutArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShutdownArgs {
+    /// The service's address.
+    address: String,
+
+    #[command(flatten)]
+    timeout: TimeoutArg,
+}
+
+/// A client engine for `address`'s protocol, and the looked-up address.
+pub(crate) async fn connect(
+    address: &str,
+    timeout: Option<Duration>,
+) -> CliResult<(Engine, Address)> {
+    let parsed: courier::transport::Address = address.parse()?;
+    let mut builder = Engine::builder(parsed.protocol()).mode(Mode::Client);
+    if let Some(t) = timeout {
+        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+        builder = builder.config_value(serde_json::json!({ "connect_timeout_ms": ms }));
+    }
+    let engine = builder.build().await?;
+    match engine.lookup(address).await {
+        Ok(a) => Ok((engine, a)),
+        Err(e) => {
+            engine.finalize().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Postcard encoding of a tuple of strings: each string after the other.
+pub(crate) fn encode_strings(args: &[String]) -> CliResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    for a in args {
+        buf = postcard::to_extend(a, buf)
+            .map_err(|e| Fail::msg(format!("cannot encode argument {a:?}: {e}")))?;
+    }
+    Ok(buf)
+}
+
+fn encode_u64s(args: &[String]) -> CliResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    for a in args {
+        let n: u64 = a
+            .parse()
+            .map_err(|e| Fail::msg(format!("--u64: argument {a:?} is not a u64: {e}")))?;
+        buf = postcard::to_extend(&n, buf)
+            .map_err(|e| Fail::msg(format!("cannot encode argument {n}: {e}")))?;
+    }
+    Ok(buf)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// How `call` shows a (non-raw) response: the string it encodes, or hex.
+fn render_response(payload: &[u8]) -> String {
+    match postcard::take_from_bytes::<String>(payload) {
+        Ok((s, [])) => s,
+        _ => hex(payload),
+    }
+}
+
+pub(crate) async fn call(args: CallArgs) -> CliResult {
+    let payload = if args.raw {
+        args.args.join(" ").into_bytes()
+    } else if args.u64 {
+        encode_u64s(&args.args)?
+    } else {
+        encode_strings(&args.args)?
+    };
+    let timeout = args.timeout.duration();
+    let (engine, address) = connect(&args.address, timeout).await?;
+    let mut callable = engine
+        .remote_raw(&args.rpc)
+        .on_provider(&address, args.provider);
+    if let Some(t) = timeout {
+        callable = callable.timeout(t);
+    }
+    let result = callable.call(&payload).await;
+    engine.finalize().await;
+    let response = result?;
+    if args.raw {
+        out(String::from_utf8_lossy(&response))
+    } else if response.is_empty() {
+        Ok(())
+    } else {
+        out(render_response(&response))
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+pub(crate) async fn ping(args: PingArgs) -> CliResult {
+    let timeout = args.timeout.duration();
+    let (engine, address) = connect(&args.address, timeout).await?;
+    let result = ping_loop(&address, args.count, timeout).await;
+    engine.finalize().await;
+    result
+}
+
+async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> CliResult {
+    out(format_args!(
+        "PING {address}: {count} engine-level round trips"
+    ))?;
+    let mut times = Vec::with_capacity(count as usize);
+    let mut last_error = None;
+    for seq in 1..=count {
+        match address.ping(timeout).await {
+            Ok(rtt) => {
+                out(format_args!("seq={seq} time={} µs", micros(rtt)))?;
+                times.push(rtt);
+            }
+            Err(e) => {
+                out(format_args!("seq={seq} error: {e}"))?;
+                last_error = Some(e);
+            }
+        }
+    }
+    let lost = count as usize - times.len();
+    let mut summary = format!("--- {address}: {count} sent, {} answered", times.len());
+    if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
+        let total: Duration = times.iter().sum();
+        let avg = total / u32::try_from(times.len()).unwrap_or(u32::MAX);
+        let _ = write!(
+            summary,
+            ", round trip min/avg/max = {}/{}/{} µs",
+            micros(*min),
+            micros(avg),
+            micros(*max)
+        );
+    }
+    out(summary)?;
+    match last_error {
+        None => Ok(()),
+        Some(e) => Err(Fail::msg(format!(
+            "{lost} of {count} pings to {address} failed (last: {e})"
+        ))),
+    }
+}
+
+pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
+    let timeout = args.timeout.duration();
+    let (engine, address) = connect(&args.address, timeout).await?;
+    let work = address.shutdown();
+    let result = match timeout {
+        None => work.await.map_err(Fail::from),
+        Some(t) => match tokio::time::timeout(t, work).await {
+            Ok(r) => r.map_err(Fail::from),
+            Err(_) => Err(Fail::msg(format!(
+                "no answer to the shutdown request from {address} within {} ms",
+                t.as_millis()
+            ))),
+        },
+    };
+    engine.finalize().await;
+    result?;
+    out(format_args!("shutdown requested: {address}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn strings_encode_as_the_tuple_does() {
+        let args = vec!["Matthieu".to_owned(), "Dorier".to_owned()];
+        let tuple = postcard::to_allocvec(&("Matthieu", "Dorier")).unwrap();
+        assert_eq!(encode_strings(&args).unwrap(), tuple);
+        assert_eq!(
+            encode_strings(&[]).unwrap(),
+            postcard::to_allocvec(&()).unwrap()
+        );
+    }
+
+    #[test]
+    fn u64s_encode_as_the_number_does() {
+        assert_eq!(
+            encode_u64s(&["300".to_owned()]).unwrap(),
+            postcard::to_allocvec(&300u64).unwrap()
+        );
+        assert!(encode_u64s(&["-1".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn responses_render_as_string_or_hex() {
+        let s = postcard::to_allocvec("Good bye Matthieu").unwrap();
+        assert_eq!(render_response(&s), "Good bye Matthieu");
+        // Two strings are not one string: shown as hex.
+        let two = postcard::to_allocvec(&("a", "b")).unwrap();
+        assert_eq!(render_response(&two), "01610162");
+        assert_eq!(render_response(&[0xff, 0xff]), "ffff");
+    }
+}

@@ -1,0 +1,92 @@
+//! A plain text table with `|` separators (pastes into Markdown as is).
+
+use crate::{out, CliResult};
+
+/// Column alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Align {
+    Left,
+    Right,
+}
+
+#[derive(Debug)]
+pub(crate) struct Table {
+    header: Vec<String>,
+    align: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles, every column left-aligned.
+    pub(crate) fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            align: vec![Align::Left; header.len()],
+            rows: Vec::new(),
+        }
+    }
+
+    /// Sets the alignment of column `col`.
+    pub(crate) fn align(mut self, col: usize, align: Align) -> Self {
+        if let Some(a) = self.align.get_mut(col) {
+            *a = align;
+        }
+        self
+    }
+
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table's lines.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut width: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let render = |cells: &[String], aligns: &[Align]| {
+            let mut line = String::from("|");
+            for (i, w) in width.iter().enumerate() {
+                let cell = cells.get(i).map_or("", String::as_str);
+                let pad = w.saturating_sub(cell.chars().count());
+                let (left, right) = match aligns.get(i) {
+                    Some(Align::Right) => (pad, 0),
+                    _ => (0, pad),
+                };
+                line.push(' ');
+                line.push_str(&" ".repeat(left));
+                line.push_str(cell);
+                line.push_str(&" ".repeat(right));
+                line.push_str(" |");
+            }
+            line
+        };
+        let mut lines = vec![render(&self.header, &[])];
+        let mut rule = String::from("|");
+        for (i, w) in width.iter().enumerate() {
+            let dashes = "-".repeat(*w + 1);
+            if self.align[i] == Align::Right {
+                rule.push_str(&dashes);
+                rule.push_str(":|");
+            } else {
+                rule.push_str(&dashes);
+                rule.push_str("-|");
+            }
+        }
+        lines.push(rule);
+        for r in &self.rows {
+            lines.push(render(r, &self.align));
+        }
+        lines
+    }
+
+    /// Prints the table on stdout.
+    pub(crate) fn print(&self) -> CliResult {
+        for line in self.lines() {
+            out(line)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! The `courier` binary, run as a user runs it: `protocols`, `serve` with
+//! `call`, `ping` and `shutdown` against it over tcp and unix, errors, and
+//! `demo`.
+//!
+//! Timeouts here are hang guards only; nothing waits on a sleep.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any one command may take before the test gives up on it.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn courier() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.env_remove("RUST_LOG").env_remove("COURIER_PROTOCOLS");
+    cmd
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+    });
+    rx
+}
+
+/// Runs `courier ARGS` to completion; kills it if it outlives the guard.
+fn run(args: &[&str]) -> Run {
+    let mut child = courier()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn courier");
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+    // The pipes close when the process exits.
+    let deadline = Instant::now() + GUARD;
+    let out = stdout.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    let err = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    let (Ok(stdout), Ok(stderr)) = (out, err) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`courier {}` did not finish within {GUARD:?}",
+            args.join(" ")
+        );
+    };
+    let status = child.wait().expect("wait for courier");
+    Run {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A `courier serve` child process; killed on drop unless it has exited.
+struct Server {
+    child: Child,
+    address: String,
+    stdout: Receiver<String>,
+    exited: bool,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = courier()
+            .arg("serve")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn courier serve");
+        let pipe = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            address: String::new(),
+            stdout: rx,
+            exited: false,
+        };
+        let first = server.next_line().expect("serve printed nothing");
+        server.address = first
+            .strip_prefix("Service running at ")
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {first:?}"))
+            .to_owned();
+        server
+    }
+
+    /// The next stdout line; `None` once the process closed stdout.
+    fn next_line(&self) -> Option<String> {
+        match self.stdout.recv_timeout(GUARD) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!("serve wrote nothing within {GUARD:?}"),
+        }
+    }
+
+    /// Waits for the process to exit (its stdout closes first).
+    fn wait_exit(&mut self) -> (ExitStatus, Vec<String>) {
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line() {
+            rest.push(line);
+        }
+        let status = self.child.wait().expect("wait for serve");
+        self.exited = true;
+        (status, rest)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn protocols_lists_the_table_and_what_is_built_in() {
+    let r = run(&["protocols"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    let row = |name: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{}", r.stdout))
+            .to_owned()
+    };
+    assert!(row("tcp").contains("ofi+tcp"), "{}", r.stdout);
+    assert!(row("tcp").contains("available"), "{}", r.stdout);
+    assert!(row("unix").contains("available"), "{}", r.stdout);
+    assert!(row("shm").contains("na+sm"), "{}", r.stdout);
+    assert!(row("shm").contains("not built in"), "{}", r.stdout);
+    assert!(
+        r.stdout.lines().next().unwrap().contains("protocol"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// serve, then call hello / echo / an unknown RPC, ping, shutdown.
+fn serve_call_ping_shutdown(protocol: &str) {
+    let mut server = Server::start(&["--protocol", protocol, "--enable-remote-shutdown"]);
+    let addr = server.address.clone();
+    assert!(addr.starts_with(&format!("{protocol}://")), "{addr}");
+
+    let r = run(&["call", &addr, "hello", "Matthieu", "Dorier"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "Good bye Matthieu\n");
+    assert_eq!(
+        server.next_line().as_deref(),
+        Some("Hello Matthieu Dorier!")
+    );
+
+    let r = run(&["call", &addr, "echo", "--raw", "hello", "world"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "hello world\n");
+
+    // One string argument comes back as that string.
+    let r = run(&["call", &addr, "echo", "one string"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "one string\n");
+
+    let r = run(&["call", &addr, "sleep", "--u64", "1"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "");
+
+    let r = run(&["call", &addr, "no_such_rpc"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.starts_with("courier: "), "{r:?}");
+    assert!(r.stderr.contains("no such RPC 'no_such_rpc'"), "{r:?}");
+
+    let r = run(&["call", &addr, "hello", "--provider", "7", "a", "b"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("at provider 7"), "{r:?}");
+
+    let r = run(&["ping", &addr, "--count", "3"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.starts_with("seq=")).count(),
+        3,
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("3 sent, 3 answered"), "{r:?}");
+    assert!(r.stdout.contains("min/avg/max"), "{r:?}");
+
+    let r = run(&["shutdown", &addr]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    let (status, rest) = server.wait_exit();
+    assert!(
+        status.success(),
+        "serve exited with {status}; stdout after: {rest:?}"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // Nobody there any more.
+    let r = run(&["call", &addr, "hello", "a", "b"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("cannot connect"), "{r:?}");
+}
+
+#[test]
+fn serve_call_ping_shutdown_over_tcp() {
+    serve_call_ping_shutdown("tcp");
+}
+
+#[test]
+fn serve_call_ping_shutdown_over_unix() {
+    serve_call_ping_shutdown("unix");
+}
+
+#[test]
+fn mochi_aliases_work_for_serve_and_call() {
+    let mut server = Server::start(&["--protocol", "ofi+tcp", "--enable-remote-shutdown"]);
+    let addr = server.address.clone();
+    assert!(addr.starts_with("tcp://"), "{addr}");
+    let alias = addr.replacen("tcp://", "ofi+tcp://", 1);
+    let r = run(&["call", &alias, "hello", "Matthieu", "Dorier"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "Good bye Matthieu\n");
+    let r = run(&["shutdown", &alias]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(server.wait_exit().0.success());
+}
+
+#[test]
+fn shutdown_is_refused_unless_enabled_and_timeouts_are_errors() {
+    let server = Server::start(&["--listen", "tcp://127.0.0.1:0"]);
+    let addr = server.address.clone();
+    let r = run(&["shutdown", &addr]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("refused"), "{r:?}");
+    // A sleep far longer than the call's timeout.
+    let r = run(&[
+        "call",
+        &addr,
+        "sleep",
+        "--u64",
+        "3600000",
+        "--timeout-ms",
+        "200",
+    ]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("timed out"), "{r:?}");
+    // Still serving.
+    let r = run(&["call", &addr, "hello", "Matthieu", "Dorier"]);
+    assert_eq!(r.stdout, "Good bye Matthieu\n", "{r:?}");
+    drop(server); // killed through its Child handle
+}
+
+#[test]
+fn call_to_a_dead_address_says_cannot_connect() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let path = std::env::temp_dir().join(format!(
+        "courier-cli-test-{}-nobody.sock",
+        std::process::id()
+    ));
+    let unix = format!("unix://{}", path.display());
+    for addr in [tcp, unix] {
+        let r = run(&["call", &addr, "hello", "a", "b"]);
+        assert_eq!(r.code(), Some(1), "{r:?}");
+        assert!(r.stderr.starts_with("courier: "), "{r:?}");
+        assert!(r.stderr.contains("cannot connect"), "{r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+        let r = run(&["ping", &addr, "--count", "1"]);
+        assert_eq!(r.code(), Some(1), "{r:?}");
+        assert!(r.stderr.contains("cannot connect"), "{r:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_message_and_exit_1() {
+    for args in [
+        &["call", "not-an-address", "hello"][..],
+        &["call", "carrier-pigeon://coop", "hello"][..],
+        &["call", "shm://x", "hello"][..],
+        &["call", "tcp://127.0.0.1:1", "sleep", "--u64", "soon"][..],
+        &["serve", "--protocol", "carrier-pigeon"][..],
+        &["serve", "--config", "{\"no_such_key\": 1}"][..],
+        &["no-such-command"][..],
+        &["call"][..],
+    ] {
+        let r = run(args);
+        assert_eq!(r.code(), Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("courier: "), "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+    }
+    let r = run(&["--help"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout.contains("demo"), "{r:?}");
+}
+
+#[test]
+fn demo_runs_every_built_in_protocol() {
+    let r = run(&["demo", "--calls", "50"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    for protocol in ["tcp", "unix"] {
+        let row = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {protocol} ")))
+            .unwrap_or_else(|| panic!("no row for {protocol}:\n{}", r.stdout));
+        assert!(row.contains(&format!("{protocol}://")), "{row}");
+        assert!(row.contains("| ok "), "{row}");
+        assert!(row.contains("exit 0"), "{row}");
+    }
+}
+
+#[test]
+fn demo_fails_for_a_protocol_that_is_not_built_in() {
+    let r = run(&["demo", "--protocols", "tcp,na+sm", "--calls", "5"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("| tcp ") && l.contains("exit 0")),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("demo over na+sm failed"), "{r:?}");
+    assert!(r.stderr.contains("not built in"), "{r:?}");
+}

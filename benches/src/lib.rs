@@ -1,1 +1,88 @@
-//! Micro-benchmarks for Courier (see benches/).
+//! Shared helpers for Courier's micro-benchmarks: latency statistics and
+//! table printing. The benchmarks themselves are in `benches/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Latency figures of one measured loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// Median, in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, in microseconds.
+    pub p99_us: f64,
+    /// Mean, in microseconds.
+    pub mean_us: f64,
+    /// Iterations per second over the measured loop.
+    pub per_s: f64,
+}
+
+/// Records durations in nanoseconds.
+#[derive(Debug)]
+pub struct Recorder {
+    hist: Histogram<u64>,
+    start: Instant,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    /// An empty recorder (1 ns to 60 s, 3 significant digits).
+    pub fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            start: Instant::now(),
+        }
+    }
+
+    /// Records one duration.
+    pub fn record(&mut self, d: Duration) {
+        let _ = self
+            .hist
+            .record(d.as_nanos().clamp(1, 60_000_000_000) as u64);
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> Stats {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        Stats {
+            p50_us: self.hist.value_at_quantile(0.50) as f64 / 1e3,
+            p99_us: self.hist.value_at_quantile(0.99) as f64 / 1e3,
+            mean_us: self.hist.mean() / 1e3,
+            per_s: self.hist.len() as f64 / elapsed,
+        }
+    }
+}
+
+/// Iterations from the environment (`COURIER_BENCH_ITERS`), or `default`.
+pub fn iterations(default: usize) -> usize {
+    std::env::var("COURIER_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints one row of a result table.
+pub fn row(label: &str, s: &Stats, floor: Option<&Stats>) {
+    let ratio = floor.map_or_else(String::new, |f| format!("{:>8.2}x", s.p50_us / f.p50_us));
+    println!(
+        "{label:<44} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {ratio}",
+        s.p50_us, s.p99_us, s.mean_us, s.per_s
+    );
+}
+
+/// Prints the table header.
+pub fn header(title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "layer", "p50 µs", "p99 µs", "mean µs", "per s", "p50/raw"
+    );
+}

@@ -27,7 +27,10 @@ async fn main() {
 async fn run(address: &str) -> Result<(), Box<dyn std::error::Error>> {
     // The protocol is the address's: "tcp://..." makes a tcp engine.
     let parsed: courier::transport::Address = address.parse()?;
-    let engine = Engine::builder(parsed.protocol()).mode(Mode::Client).build().await?;
+    let engine = Engine::builder(parsed.protocol())
+        .mode(Mode::Client)
+        .build()
+        .await?;
     let hello = engine
         .remote::<(&str, &str), String>("hello")
         .timeout(Duration::from_secs(10));

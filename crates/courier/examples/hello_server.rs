@@ -21,10 +21,13 @@ async fn main() {
 
 async fn serve(protocol: &str) -> courier::Result<()> {
     let engine = Engine::new(protocol).await?;
-    engine.register("hello", |handle: Handle, (first, last): (String, String)| async move {
-        println!("Hello {first} {last}!");
-        handle.respond(&format!("Good bye {first}")).await
-    })?;
+    engine.register(
+        "hello",
+        |handle: Handle, (first, last): (String, String)| async move {
+            println!("Hello {first} {last}!");
+            handle.respond(&format!("Good bye {first}")).await
+        },
+    )?;
     println!("Service running at {}", engine.address());
     engine.enable_remote_shutdown();
     engine.wait_for_finalize().await;

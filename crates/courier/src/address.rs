@@ -121,11 +121,13 @@ impl Address {
         };
         match timeout {
             None => work.await,
-            Some(after) => tokio::time::timeout(after, work).await.map_err(|_| Error::Timeout {
-                rpc: name.to_owned(),
-                address: self.to_string(),
-                after,
-            })?,
+            Some(after) => tokio::time::timeout(after, work)
+                .await
+                .map_err(|_| Error::Timeout {
+                    rpc: name.to_owned(),
+                    address: self.to_string(),
+                    after,
+                })?,
         }
     }
 }
@@ -138,7 +140,9 @@ impl fmt::Display for Address {
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Address").field(&self.peer.addr.to_string()).finish()
+        f.debug_tuple("Address")
+            .field(&self.peer.addr.to_string())
+            .finish()
     }
 }
 

@@ -43,7 +43,9 @@ struct Rt {
 impl Rt {
     fn runtime(&self) -> &Runtime {
         // `rt` is only taken in `drop`.
-        self.rt.as_ref().unwrap_or_else(|| unreachable!("runtime used after drop"))
+        self.rt
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime used after drop"))
     }
 
     fn block_on<F: Future>(&self, what: &'static str, f: F) -> Result<F::Output> {
@@ -140,7 +142,9 @@ impl EngineBuilder {
                 .enable_all()
                 .build()
         } else {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
         }
         .map_err(|e| Error::Config(format!("cannot start the engine's runtime: {e}")))?;
         self.inner.progress_provided = true;
@@ -161,7 +165,9 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("blocking::Engine").field(&self.engine).finish()
+        f.debug_tuple("blocking::Engine")
+            .field(&self.engine)
+            .finish()
     }
 }
 
@@ -246,9 +252,10 @@ impl Engine {
         F: Fn(Handle, A) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
-        self.engine.register_with(name, options, move |h: crate::Handle, args: A| {
-            std::future::ready(handler(Handle { inner: h }, args))
-        })
+        self.engine
+            .register_with(name, options, move |h: crate::Handle, args: A| {
+                std::future::ready(handler(Handle { inner: h }, args))
+            })
     }
 
     /// Registers a handler on raw payload bytes.
@@ -260,9 +267,10 @@ impl Engine {
         F: Fn(Handle, Bytes) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
-        self.engine.register_raw(name, options, move |h: crate::Handle, payload: Bytes| {
-            std::future::ready(handler(Handle { inner: h }, payload))
-        })
+        self.engine
+            .register_raw(name, options, move |h: crate::Handle, payload: Bytes| {
+                std::future::ready(handler(Handle { inner: h }, payload))
+            })
     }
 
     /// See [`crate::Engine::registered`].
@@ -326,7 +334,8 @@ impl Engine {
     /// # Errors
     /// [`Error::BlockingInAsync`].
     pub fn wait_for_finalize(&self) -> Result<()> {
-        self.rt.block_on("wait_for_finalize", self.engine.wait_for_finalize())
+        self.rt
+            .block_on("wait_for_finalize", self.engine.wait_for_finalize())
     }
 
     /// Whether the engine is finalizing or finalized.

@@ -133,10 +133,13 @@ mod tests {
 
     #[test]
     fn accepts_margo_names_and_refuses_typos() {
-        let c = Config::from_json(r#"{"num_rpc_threads": 2, "use_progress_thread": true}"#).unwrap();
+        let c =
+            Config::from_json(r#"{"num_rpc_threads": 2, "use_progress_thread": true}"#).unwrap();
         assert_eq!(c.rpc_thread_count, 2);
         assert!(c.use_progress_thread);
-        let err = Config::from_json(r#"{"rpc_threads": 2}"#).unwrap_err().to_string();
+        let err = Config::from_json(r#"{"rpc_threads": 2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `rpc_threads`"), "{err}");
         let err = Config::from_json("{").unwrap_err().to_string();
         assert!(err.starts_with("invalid engine configuration"), "{err}");

@@ -179,7 +179,12 @@ impl Conn {
     }
 
     /// Sends an error frame answering `req`.
-    pub(crate) async fn send_error(&self, req: &Header, status: Status, message: &str) -> Result<()> {
+    pub(crate) async fn send_error(
+        &self,
+        req: &Header,
+        status: Status,
+        message: &str,
+    ) -> Result<()> {
         let h = Header {
             kind: Kind::Error,
             flags: 0,
@@ -265,6 +270,8 @@ fn announce(inner: &Inner, conn: &Conn, payload: &[u8]) {
         Some(a) => {
             let _ = conn.announced.set(a);
         }
-        None => tracing::debug!(peer = %conn.remote(), "ignoring an invalid address in a Hello frame"),
+        None => {
+            tracing::debug!(peer = %conn.remote(), "ignoring an invalid address in a Hello frame")
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use courier_transport::{Address as WireAddr, DynConnection, DynTransport, ProtocolEntry, Registry};
+use courier_transport::{
+    Address as WireAddr, DynConnection, DynTransport, ProtocolEntry, Registry,
+};
 use serde_json::Value;
 use tokio::runtime::{Handle as RtHandle, Runtime};
 use tokio::sync::watch;
@@ -119,7 +121,9 @@ impl Inner {
         let target = addr.clone();
         // The socket is created on the engine's runtime, so that its I/O is
         // driven there (the progress thread, when there is one).
-        let dial = self.rt.spawn(async move { transport.connect_dyn(&target).await });
+        let dial = self
+            .rt
+            .spawn(async move { transport.connect_dyn(&target).await });
         let raw = match tokio::time::timeout(after, dial).await {
             Err(_) => {
                 return Err(Error::ConnectTimeout {
@@ -131,7 +135,11 @@ impl Inner {
             Ok(Ok(r)) => r?,
         };
         let conn = self.start_conn(raw, Some(addr.clone()), false);
-        let hello_addr = self.self_addr.as_ref().map(ToString::to_string).unwrap_or_default();
+        let hello_addr = self
+            .self_addr
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         conn.send(&[&Header::new(Kind::Hello).encode(), hello_addr.as_bytes()])
             .await?;
         Ok(conn)
@@ -164,7 +172,12 @@ impl Inner {
     }
 
     /// Answers a request frame: runs the handler, or says why not.
-    pub(crate) async fn dispatch(self: &Arc<Self>, conn: &Arc<Conn>, header: Header, payload: Bytes) {
+    pub(crate) async fn dispatch(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        header: Header,
+        payload: Bytes,
+    ) {
         let entry = self
             .rpcs
             .read()
@@ -173,7 +186,11 @@ impl Inner {
             .cloned();
         let refuse = |status: Status, message: String| async move {
             if header.no_response() {
-                tracing::debug!(rpc = header.rpc, provider = header.provider, "dropping one-way request: {message}");
+                tracing::debug!(
+                    rpc = header.rpc,
+                    provider = header.provider,
+                    "dropping one-way request: {message}"
+                );
                 return;
             }
             let _ = conn.send_error(&header, status, &message).await;
@@ -183,7 +200,8 @@ impl Inner {
         }
         let Some(entry) = entry else {
             let name = lock_read(&self.names).get(&header.rpc).cloned();
-            let what = name.map_or_else(|| format!("id {:#018x}", header.rpc), |n| format!("'{n}'"));
+            let what =
+                name.map_or_else(|| format!("id {:#018x}", header.rpc), |n| format!("'{n}'"));
             return refuse(
                 Status::NoSuchRpc,
                 format!("no such RPC {what} at provider {}", header.provider),
@@ -207,7 +225,11 @@ impl Inner {
         if !self.remote_shutdown.load(Ordering::Acquire) {
             tracing::info!(peer = %conn.remote(), "refused a remote shutdown (not enabled)");
             let _ = conn
-                .send_error(&header, Status::ShutdownRefused, "remote shutdown is not enabled")
+                .send_error(
+                    &header,
+                    Status::ShutdownRefused,
+                    "remote shutdown is not enabled",
+                )
                 .await;
             return;
         }
@@ -232,7 +254,7 @@ impl Inner {
         for cb in std::mem::take(&mut *lock(&self.pre_finalize)) {
             cb();
         }
-        let _ = self.stop_listener.send(true);
+        self.stop_listener.send_replace(true);
         let done = lock(&self.listener_done).take();
         if let Some(done) = done {
             // The accept loop drops the listener (removing a socket file)
@@ -337,6 +359,7 @@ pub struct EngineBuilder {
     progress_thread: Option<bool>,
     rpc_threads: Option<usize>,
     max_message_size: Option<usize>,
+    connect_timeout: Option<std::time::Duration>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
     pub(crate) progress_provided: bool,
 }
@@ -352,6 +375,7 @@ impl EngineBuilder {
             progress_thread: None,
             rpc_threads: None,
             max_message_size: None,
+            connect_timeout: None,
             progress_provided: false,
         }
     }
@@ -389,6 +413,13 @@ impl EngineBuilder {
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// How long connecting to a peer may take (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, after: std::time::Duration) -> Self {
+        self.connect_timeout = Some(after);
         self
     }
 
@@ -433,6 +464,9 @@ impl EngineBuilder {
         }
         if let Some(n) = self.max_message_size {
             config.max_message_size = n;
+        }
+        if let Some(t) = self.connect_timeout {
+            config.connect_timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
         }
         if self.target.contains("://") {
             config.listen = Some(self.target.clone());
@@ -602,10 +636,9 @@ impl Engine {
     /// mode, an engine has no listening address: this is `<protocol>://`.
     pub fn address(&self) -> Address {
         let inner = self.inner().clone();
-        let addr = inner
-            .self_addr
-            .clone()
-            .unwrap_or_else(|| WireAddr::new(inner.protocol.name.clone(), "").unwrap_or_else(|_| unreachable!()));
+        let addr = inner.self_addr.clone().unwrap_or_else(|| {
+            WireAddr::new(inner.protocol.name.clone(), "").unwrap_or_else(|_| unreachable!())
+        });
         Address {
             peer: Arc::new(Peer::new(addr, None)),
             inner,
@@ -628,8 +661,14 @@ impl Engine {
         let inner = self.inner();
         let mut v = serde_json::to_value(&inner.config).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
-            m.insert("protocol".into(), Value::String(inner.protocol.name.clone()));
-            m.insert("plugin".into(), Value::String(inner.protocol.plugin.clone()));
+            m.insert(
+                "protocol".into(),
+                Value::String(inner.protocol.name.clone()),
+            );
+            m.insert(
+                "plugin".into(),
+                Value::String(inner.protocol.plugin.clone()),
+            );
             m.insert(
                 "enable_remote_shutdown".into(),
                 Value::Bool(inner.remote_shutdown.load(Ordering::Acquire)),
@@ -666,7 +705,12 @@ impl Engine {
     ///
     /// # Errors
     /// See [`Engine::register`].
-    pub fn register_with<A, F, Fut>(&self, name: &str, options: RpcOptions, handler: F) -> Result<()>
+    pub fn register_with<A, F, Fut>(
+        &self,
+        name: &str,
+        options: RpcOptions,
+        handler: F,
+    ) -> Result<()>
     where
         A: serde::de::DeserializeOwned + Send + 'static,
         F: Fn(Handle, A) -> Fut + Send + Sync + 'static,

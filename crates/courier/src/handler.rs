@@ -76,7 +76,9 @@ where
                 let fut = handler(h, args);
                 Box::pin(async move { fut.await.into_result() })
             }
-            Err(e) => Box::pin(std::future::ready(Err(format!("cannot decode the arguments: {e}")))),
+            Err(e) => Box::pin(std::future::ready(Err(format!(
+                "cannot decode the arguments: {e}"
+            )))),
         }
     }
 }
@@ -121,7 +123,11 @@ impl Drop for RequestState {
             self.inner.rt.spawn(async move {
                 tracing::warn!(rpc = %name, "handle dropped without responding");
                 let _ = conn
-                    .send_error(&header, Status::NoResponse, "the handler dropped its handle without responding")
+                    .send_error(
+                        &header,
+                        Status::NoResponse,
+                        "the handler dropped its handle without responding",
+                    )
                     .await;
             });
         }
@@ -150,7 +156,12 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(inner: Arc<Inner>, conn: Arc<Conn>, entry: Arc<RpcEntry>, header: Header) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        conn: Arc<Conn>,
+        entry: Arc<RpcEntry>,
+        header: Header,
+    ) -> Self {
         Self {
             state: Arc::new(RequestState {
                 inner,
@@ -200,13 +211,13 @@ impl Handle {
             return Ok(());
         }
         let header = self.response_header();
-        let msg = frame::with_header(&header, |buf| postcard::to_extend(value, buf)).map_err(|source| {
-            Error::Encode {
+        let msg = frame::with_header(&header, |buf| postcard::to_extend(value, buf)).map_err(
+            |source| Error::Encode {
                 rpc: self.rpc_name().to_owned(),
                 what: "response",
                 source,
-            }
-        })?;
+            },
+        )?;
         self.send_response(&[&msg]).await
     }
 
@@ -314,7 +325,11 @@ pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
         // The handler is done and nobody kept its handle: no response will come.
         let _ = state
             .conn
-            .send_error(&state.header, Status::NoResponse, "the handler finished without responding")
+            .send_error(
+                &state.header,
+                Status::NoResponse,
+                "the handler finished without responding",
+            )
             .await;
     }
     span.record("status", status);

@@ -181,7 +181,10 @@ impl RawCallable {
         let work = self.exchange(request);
         let result = match timeout {
             None => work.instrument(span.clone()).await,
-            Some(after) => match tokio::time::timeout(after, work).instrument(span.clone()).await {
+            Some(after) => match tokio::time::timeout(after, work)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout {
                     rpc: f.name.to_string(),
@@ -390,13 +393,13 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// The raw callable and a request message holding the encoded arguments.
     pub(crate) fn encoded(&self, args: &A) -> Result<(RawCallable, Vec<u8>)> {
         let placeholder = Header::new(Kind::Request);
-        let msg = frame::with_header(&placeholder, |buf| postcard::to_extend(args, buf)).map_err(|source| {
-            Error::Encode {
+        let msg = frame::with_header(&placeholder, |buf| postcard::to_extend(args, buf)).map_err(
+            |source| Error::Encode {
                 rpc: self.rpc_name().to_owned(),
                 what: "arguments",
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok((self.raw.clone(), msg))
     }
 }

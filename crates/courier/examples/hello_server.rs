@@ -1,7 +1,7 @@
 //! The seed's server: `hello_server [PROTOCOL]` (default `tcp`).
 //!
 //! Registers `hello`, prints `Service running at <address>`, enables remote
-//! shutdown and serves until a client shuts it down; then exits 0. On any
+//! shutdown and serves until a client shuts it down (or Ctrl-C); then exits 0. On any
 //! error it prints the message and exits 1.
 
 use courier::{Engine, Handle};
@@ -30,6 +30,11 @@ async fn serve(protocol: &str) -> courier::Result<()> {
     )?;
     println!("Service running at {}", engine.address());
     engine.enable_remote_shutdown();
-    engine.wait_for_finalize().await;
+    // Serve until a client shuts us down, or Ctrl-C (which finalizes
+    // cleanly: a unix socket file is removed).
+    tokio::select! {
+        () = engine.wait_for_finalize() => {}
+        _ = tokio::signal::ctrl_c() => engine.finalize().await,
+    }
     Ok(())
 }

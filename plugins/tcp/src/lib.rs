@@ -75,7 +75,8 @@ impl TcpTransport {
     /// over `max_message_size` bytes.
     pub fn new(max_message_size: usize) -> Self {
         Self {
-            base: Address::new(PLUGIN_NAME, "").unwrap_or_else(|_| unreachable!("'tcp' is a valid name")),
+            base: Address::new(PLUGIN_NAME, "")
+                .unwrap_or_else(|_| unreachable!("'tcp' is a valid name")),
             max: max_message_size,
             nodelay: true,
         }
@@ -117,7 +118,11 @@ impl Transport for TcpTransport {
     }
 
     async fn listen(&self, addr: &Address) -> Result<TcpListener, TransportError> {
-        let target = if addr.rest().is_empty() { DEFAULT_LISTEN } else { addr.rest() };
+        let target = if addr.rest().is_empty() {
+            DEFAULT_LISTEN
+        } else {
+            addr.rest()
+        };
         let listener = TokioListener::bind(target).await.map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidInput {
                 invalid(addr, format!("expected host:port ({source})"))
@@ -128,10 +133,12 @@ impl Transport for TcpTransport {
                 }
             }
         })?;
-        let local = listener.local_addr().map_err(|source| TransportError::Listen {
-            address: addr.to_string(),
-            source,
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| TransportError::Listen {
+                address: addr.to_string(),
+                source,
+            })?;
         Ok(TcpListener {
             local_addr: self.address(local),
             listener,
@@ -173,11 +180,17 @@ impl Listener for TcpListener {
     }
 
     async fn accept(&mut self) -> Result<TcpConnection, TransportError> {
-        let (stream, peer) = self.listener.accept().await.map_err(|source| TransportError::Listen {
-            address: self.local_addr.to_string(),
-            source,
-        })?;
-        Ok(self.transport.connection(stream, self.transport.address(peer)))
+        let (stream, peer) =
+            self.listener
+                .accept()
+                .await
+                .map_err(|source| TransportError::Listen {
+                    address: self.local_addr.to_string(),
+                    source,
+                })?;
+        Ok(self
+            .transport
+            .connection(stream, self.transport.address(peer)))
     }
 }
 

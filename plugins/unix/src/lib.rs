@@ -78,7 +78,8 @@ impl UnixTransport {
     /// `max_message_size` bytes.
     pub fn new(max_message_size: usize) -> Self {
         Self {
-            base: Address::new(PLUGIN_NAME, "").unwrap_or_else(|_| unreachable!("'unix' is a valid name")),
+            base: Address::new(PLUGIN_NAME, "")
+                .unwrap_or_else(|_| unreachable!("'unix' is a valid name")),
             max: max_message_size,
         }
     }
@@ -189,11 +190,12 @@ impl Transport for UnixTransport {
             path: path.clone(),
             private_dir: private.clone(),
         };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| TransportError::Listen {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| TransportError::Listen {
                 address: addr.to_string(),
                 source,
-            })?;
+            },
+        )?;
         Ok(UnixListener {
             listener,
             local_addr: self.base.with_rest(path.display().to_string()),
@@ -204,12 +206,13 @@ impl Transport for UnixTransport {
 
     async fn connect(&self, addr: &Address) -> Result<UnixConnection, TransportError> {
         let path = socket_path(addr)?;
-        let stream = UnixStream::connect(&path)
-            .await
-            .map_err(|source| TransportError::Connect {
-                address: addr.to_string(),
-                source,
-            })?;
+        let stream =
+            UnixStream::connect(&path)
+                .await
+                .map_err(|source| TransportError::Connect {
+                    address: addr.to_string(),
+                    source,
+                })?;
         Ok(self.connection(stream, addr.clone()))
     }
 }
@@ -249,10 +252,14 @@ impl Listener for UnixListener {
     }
 
     async fn accept(&mut self) -> Result<UnixConnection, TransportError> {
-        let (stream, _) = self.listener.accept().await.map_err(|source| TransportError::Listen {
-            address: self.local_addr.to_string(),
-            source,
-        })?;
+        let (stream, _) =
+            self.listener
+                .accept()
+                .await
+                .map_err(|source| TransportError::Listen {
+                    address: self.local_addr.to_string(),
+                    source,
+                })?;
         // An accepting socket's peer is unnamed: describe it by process id.
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let who = match stream.peer_cred().ok().and_then(|c| c.pid()) {
@@ -301,7 +308,10 @@ mod tests {
         let path = PathBuf::from(l.local_addr().rest());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         drop(l);
         assert!(!path.exists());
@@ -327,12 +337,19 @@ mod tests {
     #[tokio::test]
     async fn relative_path_and_missing_socket_are_clear_errors() {
         let t = UnixTransport::new(1024);
-        let err = t.connect(&"unix://tmp/x".parse().unwrap()).await.unwrap_err();
+        let err = t
+            .connect(&"unix://tmp/x".parse().unwrap())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("absolute socket path"), "{err}");
         let err = t
             .connect(&"unix:///nonexistent/courier.sock".parse().unwrap())
             .await
             .unwrap_err();
-        assert!(err.to_string().starts_with("cannot connect to unix:///nonexistent"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot connect to unix:///nonexistent"),
+            "{err}"
+        );
     }
 }

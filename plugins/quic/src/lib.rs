@@ -1,0 +1,1 @@
+//! QUIC transport plugin for Courier (in progress).

@@ -1,0 +1,1 @@
+//! Shared-memory transport plugin for Courier (in progress).

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use courier_transport::{Address as WireAddr, DynReceiver, DynSender};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use crate::engine::Inner;
@@ -32,6 +32,8 @@ pub(crate) struct Conn {
     pending: Mutex<Pending>,
     next_seq: AtomicU64,
     dead: AtomicBool,
+    /// Woken when the connection is killed, to end sends blocked on it.
+    killed: Notify,
     reader: OnceLock<AbortHandle>,
 }
 
@@ -48,6 +50,7 @@ impl Conn {
             }),
             next_seq: AtomicU64::new(1),
             dead: AtomicBool::new(false),
+            killed: Notify::new(),
             reader: OnceLock::new(),
         }
     }
@@ -77,21 +80,52 @@ impl Conn {
     }
 
     /// Sends one message; a failure that breaks the connection kills it.
+    ///
+    /// The write races the connection's death: a send blocked on a peer
+    /// that stopped reading ends with the connection when it is killed
+    /// (by finalize, or by the reader seeing the peer go). If this future is
+    /// dropped while the message is being written, the stream is left
+    /// mid-message, so the connection is killed (the transport contract).
     pub(crate) async fn send(&self, parts: &[&[u8]]) -> Result<()> {
-        let mut guard = self.sender.lock().await;
+        let killed = self.killed.notified();
+        tokio::pin!(killed);
+        killed.as_mut().enable();
+        let mut guard = tokio::select! {
+            biased;
+            () = killed.as_mut() => return Err(self.lost()),
+            g = self.sender.lock() => g,
+        };
+        if self.is_dead() {
+            guard.take();
+            return Err(self.lost());
+        }
         let Some(sender) = guard.as_mut() else {
             return Err(self.lost());
         };
-        match sender.send_dyn(parts).await {
-            Ok(()) => {
+        let mut cancelled = KillIfDropped {
+            conn: self,
+            armed: true,
+        };
+        let outcome = tokio::select! {
+            biased;
+            r = sender.send_dyn(parts) => Some(r),
+            () = killed => None,
+        };
+        cancelled.armed = false;
+        match outcome {
+            None => {
+                guard.take();
+                Err(self.lost())
+            }
+            Some(Ok(())) => {
                 if self.is_dead() {
                     // Killed while we were writing: close now.
                     guard.take();
                 }
                 Ok(())
             }
-            Err(e) if !e.is_fatal_to_connection() => Err(e.into()),
-            Err(e) => {
+            Some(Err(e)) if !e.is_fatal_to_connection() => Err(e.into()),
+            Some(Err(e)) => {
                 guard.take();
                 drop(guard);
                 let reason = e.to_string();
@@ -170,6 +204,7 @@ impl Conn {
         };
         // Dropping the senders wakes every waiting call.
         drop(calls);
+        self.killed.notify_waiters();
         if let Ok(mut s) = self.sender.try_lock() {
             s.take();
         }
@@ -197,6 +232,21 @@ impl Conn {
     }
 }
 
+/// Kills the connection if a send is dropped part way (see [`Conn::send`]).
+struct KillIfDropped<'a> {
+    conn: &'a Conn,
+    armed: bool,
+}
+
+impl Drop for KillIfDropped<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn
+                .kill("a message was cancelled part way through being sent");
+        }
+    }
+}
+
 /// The reason recorded on connections closed by finalize.
 pub(crate) const FINALIZED: &str = "the engine was finalized";
 
@@ -207,6 +257,10 @@ pub(crate) async fn read_loop(
     mut rx: Box<dyn DynReceiver>,
     expect_hello: bool,
 ) {
+    let _forget = ForgetConn {
+        inner: &inner,
+        id: conn.id,
+    };
     let mut expect_hello = expect_hello;
     let reason = loop {
         let msg = match rx.recv_dyn().await {
@@ -255,7 +309,19 @@ pub(crate) async fn read_loop(
         }
     };
     conn.kill(&reason);
-    inner.forget_conn(conn.id);
+}
+
+/// Removes a connection from the engine's table when its reader ends,
+/// including when the reader is aborted.
+struct ForgetConn<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for ForgetConn<'_> {
+    fn drop(&mut self) {
+        self.inner.forget_conn(self.id);
+    }
 }
 
 fn announce(inner: &Inner, conn: &Conn, payload: &[u8]) {

@@ -51,13 +51,16 @@
 //! ```
 //! use courier::blocking::{Engine, Handle};
 //!
-//! let server = Engine::new("unix")?;
+//! // The server serves from its own progress thread, since this one thread
+//! // is also the client (a server without one serves only while a thread
+//! // blocks in it, e.g. in `wait_for_finalize`, as in Margo).
+//! let server = Engine::builder("unix").use_progress_thread(true).build()?;
 //! server.register("hello", |handle: Handle, (first, last): (String, String)| {
 //!     handle.respond(&format!("Good bye {first} {last}"))
 //! })?;
 //! let client = Engine::builder("unix").client().build()?;
 //! let hello = client.remote::<(&str, &str), String>("hello");
-//! let address = client.lookup(&server.address())?;
+//! let address = client.lookup(&server.address().to_string())?;
 //! assert_eq!(hello.on(&address).call(&("Matthieu", "Dorier"))?, "Good bye Matthieu Dorier");
 //! # Ok::<(), courier::Error>(())
 //! ```

@@ -1,0 +1,50 @@
+//! `conformance_server <PROTOCOL>`: a Courier server for the process tests
+//! of the conformance suite (`tests/tests/process_kill.rs`).
+//!
+//! It registers
+//!
+//! * `echo` (`String` → `String`): answers its argument;
+//! * `hang` (`String` → never): prints `GOT hang` on stdout once the request
+//!   is being handled, then keeps the request open until the process dies;
+//!
+//! enables remote shutdown, prints `ADDRESS <address>` on stdout, and serves
+//! until shut down (exit 0). On an error it prints the message on stderr and
+//! exits 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use courier::{Engine, Handle};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(protocol) = std::env::args().nth(1) else {
+        eprintln!("usage: conformance_server <PROTOCOL>");
+        std::process::exit(2);
+    };
+    if let Err(e) = serve(&protocol).await {
+        eprintln!("conformance_server: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(protocol: &str) -> courier::Result<()> {
+    let engine = Engine::new(protocol).await?;
+    engine.register("echo", |h: Handle, text: String| async move {
+        h.respond(&text).await
+    })?;
+    engine.register("hang", |h: Handle, _text: String| async move {
+        // Stdout is line-buffered: the test sees this line now.
+        println!("GOT hang");
+        // Hold the handle (no response, no NoResponse error) until killed.
+        std::future::pending::<()>().await;
+        drop(h);
+    })?;
+    engine.enable_remote_shutdown();
+    println!("ADDRESS {}", engine.address());
+    engine.wait_for_finalize().await;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Garbage on the socket, on every stream protocol: a raw connection that
+//! writes bytes that are not a valid Courier stream is closed by the server
+//! (the raw read ends: end of stream or a reset), and the server keeps
+//! answering normal clients. A raw connection that writes *valid* bytes is
+//! answered, with the bytes `docs/wire-format.md` pins — so the raw
+//! connections themselves are sound. And the other way round: a "server"
+//! that answers a client engine with garbage loses the connection, not the
+//! client's call.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use courier::frame::{rpc_id, Header, Kind, HEADER_LEN};
+use courier::transport::framing::PREAMBLE;
+use courier::Error;
+use courier_conformance::{
+    self as cc, call_hello, garbage, guard, length_prefixed, preamble_and_hello, raw_connect,
+    register_hello, wait_for_close, Closed, RawListener, RawSocket,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Starts a server with hello, connects a raw socket, writes `bytes`,
+/// optionally half-closes, and checks that the server closes the raw
+/// connection and still answers a normal client.
+async fn server_drops(proto: &str, bytes: &[u8], hang_up_after: bool) -> Closed {
+    let server = cc::server(proto).await;
+    register_hello(&server);
+    let client = cc::client(proto).await;
+    let address = guard("lookup", client.lookup(&server.address().to_string()))
+        .await
+        .unwrap();
+    // The server is up and serving before the garbage arrives.
+    assert_eq!(
+        call_hello(&client, &address).await.unwrap(),
+        "Good bye Matthieu"
+    );
+
+    let mut raw = raw_connect(&server.address().to_string()).await.unwrap();
+    // The server may close before reading everything; a write error then is fine.
+    let _ = raw.write_all(bytes).await;
+    if hang_up_after {
+        let _ = raw.shutdown().await;
+    }
+    let closed = wait_for_close(&mut raw, "the server closing a garbage connection").await;
+
+    assert_eq!(
+        call_hello(&client, &address).await.unwrap(),
+        "Good bye Matthieu",
+        "the server stopped serving after garbage"
+    );
+    let other = cc::client(proto).await;
+    let fresh = guard("lookup", other.lookup(&server.address().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        call_hello(&other, &fresh).await.unwrap(),
+        "Good bye Matthieu"
+    );
+    closed
+}
+
+/// Bytes that do not start with the preamble (a port scanner, an HTTP client).
+async fn random_bytes(proto: &str) {
+    server_drops(proto, &garbage(4096, 0x5eed), false).await;
+    server_drops(proto, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", false).await;
+}
+
+/// The right preamble, then a length prefix of 0xFFFF_FFFF (4 GiB): refused
+/// from the prefix alone.
+async fn huge_length_prefix(proto: &str) {
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+    let closed = server_drops(proto, &bytes, false).await;
+    assert!(
+        matches!(closed, Closed::Eof(0) | Closed::Error(_, 0)),
+        "the server answered a 4 GiB announcement: {closed:?}"
+    );
+}
+
+/// The preamble, a valid length, and a frame header with version 2.
+async fn bad_frame_version(proto: &str) {
+    let mut header = Header::new(Kind::Hello).encode();
+    header[0] = 2;
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&length_prefixed(&header, b""));
+    server_drops(proto, &bytes, false).await;
+}
+
+/// The preamble, a length announcing a 24-byte frame, 10 of its bytes, then
+/// hang up (half-close): the server closes its side too.
+async fn half_frame_then_hang_up(proto: &str) {
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    bytes.extend_from_slice(&Header::new(Kind::Hello).encode()[..10]);
+    server_drops(proto, &bytes, true).await;
+}
+
+/// A valid request that is not preceded by a Hello.
+async fn request_without_hello(proto: &str) {
+    let mut header = Header::new(Kind::Request);
+    header.rpc = rpc_id("hello");
+    header.seq = 1;
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&length_prefixed(&header.encode(), &hello_args()));
+    server_drops(proto, &bytes, false).await;
+}
+
+/// A second Hello on a connection.
+async fn second_hello(proto: &str) {
+    let mut bytes = preamble_and_hello();
+    bytes.extend_from_slice(&length_prefixed(&Header::new(Kind::Hello).encode(), b""));
+    server_drops(proto, &bytes, false).await;
+}
+
+/// postcard's encoding of `("Matthieu", "Dorier")`.
+fn hello_args() -> Vec<u8> {
+    let mut args = vec![8];
+    args.extend_from_slice(b"Matthieu");
+    args.push(6);
+    args.extend_from_slice(b"Dorier");
+    args
+}
+
+async fn read_message(raw: &mut Box<dyn RawSocket>) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    guard("a length prefix", raw.read_exact(&mut len))
+        .await
+        .unwrap();
+    let mut message = vec![0u8; u32::from_le_bytes(len) as usize];
+    guard("a message", raw.read_exact(&mut message))
+        .await
+        .unwrap();
+    message
+}
+
+/// Control: hand-written valid bytes (preamble, Hello, a hello request at
+/// sequence 7) are answered with the pinned response bytes; garbage after
+/// that on the same connection gets it closed.
+async fn valid_bytes_are_answered(proto: &str) {
+    let server = cc::server(proto).await;
+    register_hello(&server);
+    let mut raw = raw_connect(&server.address().to_string()).await.unwrap();
+    let mut request = Header::new(Kind::Request);
+    request.rpc = rpc_id("hello");
+    request.seq = 7;
+    let mut bytes = preamble_and_hello();
+    bytes.extend_from_slice(&length_prefixed(&request.encode(), &hello_args()));
+    raw.write_all(&bytes).await.unwrap();
+
+    let mut preamble = [0u8; 4];
+    guard("the preamble", raw.read_exact(&mut preamble))
+        .await
+        .unwrap();
+    assert_eq!(preamble, PREAMBLE);
+    let response = read_message(&mut raw).await;
+    let header = Header::decode(&response).unwrap();
+    assert_eq!(header.kind, Kind::Response);
+    assert_eq!(header.seq, 7);
+    assert_eq!(header.rpc, rpc_id("hello"));
+    let mut expected = vec![17];
+    expected.extend_from_slice(b"Good bye Matthieu");
+    assert_eq!(&response[HEADER_LEN..], &expected[..]);
+    assert_eq!(response.len(), 42);
+
+    let mut bad = Header::new(Kind::Ping).encode();
+    bad[7] = 1; // reserved field not zero
+    raw.write_all(&length_prefixed(&bad, b"")).await.unwrap();
+    wait_for_close(&mut raw, "the server closing after a bad frame").await;
+}
+
+/// Plays the server's side of a raw connection from a client engine:
+/// reads the client's preamble, its Hello, and one request; returns the
+/// request's header.
+async fn read_client_request(raw: &mut Box<dyn RawSocket>) -> Header {
+    let mut preamble = [0u8; 4];
+    guard("the client's preamble", raw.read_exact(&mut preamble))
+        .await
+        .unwrap();
+    assert_eq!(preamble, PREAMBLE);
+    let hello = read_message(raw).await;
+    assert_eq!(Header::decode(&hello).unwrap().kind, Kind::Hello);
+    let request = read_message(raw).await;
+    let header = Header::decode(&request).unwrap();
+    assert_eq!(header.kind, Kind::Request);
+    header
+}
+
+/// The other direction: a "server" that answers a call with garbage. The
+/// call ends with `ConnectionLost` (not a hang) and the client closes that
+/// connection.
+async fn garbage_from_the_server(proto: &str) {
+    let (listener, peer) = RawListener::bind(proto).await;
+    let client = cc::client(proto).await;
+    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
+    let address = found.unwrap();
+    let call = {
+        let c = client.remote::<u32, u32>("double").on(&address);
+        tokio::spawn(async move { c.call(&1).await })
+    };
+    let request = read_client_request(&mut raw).await;
+    assert_eq!(request.rpc, rpc_id("double"));
+    raw.write_all(&garbage(64, 7)).await.unwrap();
+    let err = guard("a call answered with garbage", call)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+    wait_for_close(&mut raw, "the client closing a garbage connection").await;
+}
+
+/// A response to no call in flight (a stray sequence number) is ignored;
+/// the real response that follows answers the call.
+async fn stray_response_is_ignored(proto: &str) {
+    let (listener, peer) = RawListener::bind(proto).await;
+    let client = cc::client(proto).await;
+    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
+    let address = found.unwrap();
+    let call = {
+        let c = client.remote::<u32, u32>("double").on(&address);
+        tokio::spawn(async move { c.call(&21).await })
+    };
+    let request = read_client_request(&mut raw).await;
+    let response = Header {
+        kind: Kind::Response,
+        ..request
+    };
+    let stray = Header {
+        seq: request.seq + 1000,
+        ..response
+    };
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&length_prefixed(&stray.encode(), &[99]));
+    bytes.extend_from_slice(&length_prefixed(&response.encode(), &[42]));
+    raw.write_all(&bytes).await.unwrap();
+    let answer = guard("a call after a stray response", call).await.unwrap();
+    assert_eq!(answer.unwrap(), 42);
+}
+
+macro_rules! bad_input_tests {
+    ($($proto:ident),* $(,)?) => {$(
+        mod $proto {
+            const PROTO: &str = stringify!($proto);
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn random_bytes() {
+                super::random_bytes(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn huge_length_prefix() {
+                super::huge_length_prefix(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn bad_frame_version() {
+                super::bad_frame_version(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn half_frame_then_hang_up() {
+                super::half_frame_then_hang_up(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn request_without_hello() {
+                super::request_without_hello(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn second_hello() {
+                super::second_hello(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn valid_bytes_are_answered() {
+                super::valid_bytes_are_answered(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn garbage_from_the_server() {
+                super::garbage_from_the_server(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn stray_response_is_ignored() {
+                super::stray_response_is_ignored(PROTO).await;
+            }
+        }
+    )*};
+}
+
+courier_conformance::for_each_protocol!(bad_input_tests);

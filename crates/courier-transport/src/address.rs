@@ -38,7 +38,10 @@ impl Address {
     /// # Errors
     /// [`TransportError::InvalidAddress`] when the protocol name is empty or
     /// holds characters other than ASCII letters, digits, `+`, `-`, `_` and `.`.
-    pub fn new(protocol: impl Into<String>, rest: impl Into<String>) -> Result<Self, TransportError> {
+    pub fn new(
+        protocol: impl Into<String>,
+        rest: impl Into<String>,
+    ) -> Result<Self, TransportError> {
         let protocol = protocol.into();
         let rest = rest.into();
         check_protocol_name(&protocol).map_err(|reason| TransportError::InvalidAddress {

@@ -206,7 +206,10 @@ mod tests {
     fn refuses_bad_preamble_early() {
         let mut d = Deframer::new(1024);
         d.extend(b"GE");
-        assert!(matches!(d.next_message(), Err(DeframeError::BadPreamble(_))));
+        assert!(matches!(
+            d.next_message(),
+            Err(DeframeError::BadPreamble(_))
+        ));
     }
 
     #[test]
@@ -233,7 +236,10 @@ mod tests {
         d.extend(&s);
         assert!(d.next_message().unwrap().is_none());
         let cap = d.read_buf().capacity();
-        assert!(cap <= 4 * BODY_STEP, "reserved {cap} bytes for a 1 GiB announcement");
+        assert!(
+            cap <= 4 * BODY_STEP,
+            "reserved {cap} bytes for a 1 GiB announcement"
+        );
         assert!(!d.is_idle());
         assert!(d.progress().contains("of 1073741824 bytes"));
     }

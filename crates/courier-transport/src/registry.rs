@@ -34,7 +34,12 @@ impl PluginContext<'_> {
     ///
     /// # Errors
     /// [`TransportError::InvalidOptions`] when present but not a boolean.
-    pub fn bool_option(&self, plugin: &str, key: &str, default: bool) -> Result<bool, TransportError> {
+    pub fn bool_option(
+        &self,
+        plugin: &str,
+        key: &str,
+        default: bool,
+    ) -> Result<bool, TransportError> {
         match self.options.get(key) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -56,7 +61,11 @@ impl PluginContext<'_> {
                 plugin: plugin.to_owned(),
                 reason: format!(
                     "unknown option '{k}' (known: {})",
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             }),
         }
@@ -295,18 +304,18 @@ impl Registry {
         max_message_size: usize,
     ) -> Result<(ProtocolEntry, Arc<dyn DynTransport>), TransportError> {
         let entry = self.resolve(protocol)?;
-        let plugin = self
-            .plugins
-            .get(&entry.plugin)
-            .ok_or_else(|| TransportError::PluginNotAvailable {
-                protocol: entry.name.clone(),
-                plugin: entry.plugin.clone(),
-                available: if self.plugins.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.plugin_names().join(", ")
-                },
-            })?;
+        let plugin =
+            self.plugins
+                .get(&entry.plugin)
+                .ok_or_else(|| TransportError::PluginNotAvailable {
+                    protocol: entry.name.clone(),
+                    plugin: entry.plugin.clone(),
+                    available: if self.plugins.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.plugin_names().join(", ")
+                    },
+                })?;
         let mut options = entry.options.clone();
         for (k, v) in overrides {
             options.insert(k.clone(), v.clone());

@@ -106,10 +106,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> MessageSender for StreamSender<W> {
 
     async fn close(&mut self) -> Result<(), TransportError> {
         self.broken = true;
-        self.io.shutdown().await.map_err(|source| TransportError::Io {
-            peer: self.peer.to_string(),
-            source,
-        })
+        self.io
+            .shutdown()
+            .await
+            .map_err(|source| TransportError::Io {
+                peer: self.peer.to_string(),
+                source,
+            })
     }
 }
 
@@ -164,10 +167,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> MessageReceiver for StreamReceiver<R
                 }
                 return Err(TransportError::Malformed {
                     peer: self.peer.to_string(),
-                    reason: format!(
-                        "the connection closed after {}",
-                        self.deframer.progress()
-                    ),
+                    reason: format!("the connection closed after {}", self.deframer.progress()),
                 });
             }
         }
@@ -209,7 +209,10 @@ mod tests {
         let mut tx = StreamSender::new(a, peer(), 16);
         let mut rx = StreamReceiver::new(b, peer(), 16);
         let err = tx.send(&[&[0u8; 17]]).await.unwrap_err();
-        assert!(matches!(err, TransportError::MessageTooLarge { size: 17, max: 16 }));
+        assert!(matches!(
+            err,
+            TransportError::MessageTooLarge { size: 17, max: 16 }
+        ));
         tx.send(&[b"fits"]).await.unwrap();
         assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"fits");
     }

@@ -166,7 +166,10 @@ pub trait DynConnection: Send + 'static {
 /// Object-safe form of [`MessageSender`].
 pub trait DynSender: Send + 'static {
     /// See [`MessageSender::send`].
-    fn send_dyn<'a>(&'a mut self, parts: &'a [&'a [u8]]) -> BoxFuture<'a, Result<(), TransportError>>;
+    fn send_dyn<'a>(
+        &'a mut self,
+        parts: &'a [&'a [u8]],
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
     /// See [`MessageSender::close`].
     fn close_dyn(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
 }
@@ -232,7 +235,10 @@ impl<C: Connection> DynConnection for C {
 }
 
 impl<S: MessageSender> DynSender for S {
-    fn send_dyn<'a>(&'a mut self, parts: &'a [&'a [u8]]) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn send_dyn<'a>(
+        &'a mut self,
+        parts: &'a [&'a [u8]],
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
         Box::pin(self.send(parts))
     }
 

@@ -43,7 +43,20 @@ where
 }
 
 /// Plain sockets, 4-byte length prefix, no Courier code at all.
-async fn raw_socket(proto: &str, iters: usize) -> Stats {
+/// Keeps the current runtime polling (never parking) while the bench runs:
+/// the raw floor of the "poll before parking" policy.
+fn keep_polling() {
+    tokio::spawn(async {
+        loop {
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+async fn raw_socket(proto: &str, iters: usize, poll: bool) -> Stats {
+    if poll {
+        keep_polling();
+    }
     async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
         let mut buf = vec![0u8; 4 + PAYLOAD];
         while s.read_exact(&mut buf).await.is_ok() {
@@ -72,7 +85,10 @@ async fn raw_socket(proto: &str, iters: usize) -> Stats {
         rec.stats()
     }
     if proto == "tcp" {
-        let addr = server_thread(|tx| async move {
+        let addr = server_thread(move |tx| async move {
+            if poll {
+                keep_polling();
+            }
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap().to_string()).unwrap();
             let (s, _) = l.accept().await.unwrap();
@@ -89,6 +105,9 @@ async fn raw_socket(proto: &str, iters: usize) -> Stats {
         let _ = std::fs::remove_file(&path);
         let p2 = path.clone();
         server_thread(move |tx| async move {
+            if poll {
+                keep_polling();
+            }
             let l = tokio::net::UnixListener::bind(&p2).unwrap();
             tx.send(String::new()).unwrap();
             let (s, _) = l.accept().await.unwrap();
@@ -164,9 +183,14 @@ async fn transport_dyn<T: Transport + Clone>(t: T, iters: usize) -> Stats {
 }
 
 /// A full engine round trip: raw-bytes echo RPC, and the typed hello.
-async fn engine(proto: &'static str, iters: usize, typed: bool) -> Stats {
+async fn engine(proto: &'static str, iters: usize, typed: bool, spin_us: u64) -> Stats {
+    let spin = std::time::Duration::from_micros(spin_us);
     let addr = server_thread(move |tx| async move {
-        let e = Engine::new(proto).await.unwrap();
+        let e = Engine::builder(proto)
+            .progress_spin(spin)
+            .build()
+            .await
+            .unwrap();
         e.register_raw(
             "echo",
             RpcOptions::default(),
@@ -184,7 +208,12 @@ async fn engine(proto: &'static str, iters: usize, typed: bool) -> Stats {
         tx.send(e.address().to_string()).unwrap();
         e.wait_for_finalize().await;
     });
-    let client = Engine::builder(proto).client().build().await.unwrap();
+    let client = Engine::builder(proto)
+        .client()
+        .progress_spin(spin)
+        .build()
+        .await
+        .unwrap();
     let server = client.lookup(&addr).await.unwrap();
     let echo = client.remote_raw("echo").on(&server);
     let hello = client.remote::<(&str, &str), String>("hello").on(&server);
@@ -208,46 +237,71 @@ async fn engine(proto: &'static str, iters: usize, typed: bool) -> Stats {
 
 fn main() {
     let iters = iterations(20_000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for proto in ["tcp", "unix"] {
-            header(&format!(
-                "{proto}: 64-byte round trip, {iters} iterations, server on another thread"
-            ));
-            let raw = raw_socket(proto, iters).await;
-            row(&format!("{proto} raw socket ping-pong"), &raw, Some(&raw));
-            let (st, dy) = if proto == "tcp" {
-                (
-                    transport_static(TcpTransport::new(MAX), iters).await,
-                    transport_dyn(TcpTransport::new(MAX), iters).await,
-                )
-            } else {
-                (
-                    transport_static(UnixTransport::new(MAX), iters).await,
-                    transport_dyn(UnixTransport::new(MAX), iters).await,
-                )
-            };
+    for proto in ["tcp", "unix"] {
+        // A fresh runtime per measurement: a polling task must not outlive it.
+        let run = |f: std::pin::Pin<Box<dyn std::future::Future<Output = Stats>>>| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        };
+        header(&format!(
+            "{proto}: 64-byte round trip, {iters} iterations, server on another thread"
+        ));
+        let raw = run(Box::pin(raw_socket(proto, iters, false)));
+        row(&format!("{proto} raw socket ping-pong"), &raw, Some(&raw));
+        let (st, dy) = if proto == "tcp" {
+            (
+                run(Box::pin(transport_static(TcpTransport::new(MAX), iters))),
+                run(Box::pin(transport_dyn(TcpTransport::new(MAX), iters))),
+            )
+        } else {
+            (
+                run(Box::pin(transport_static(UnixTransport::new(MAX), iters))),
+                run(Box::pin(transport_dyn(UnixTransport::new(MAX), iters))),
+            )
+        };
+        row(
+            &format!("{proto} Transport trait, static dispatch"),
+            &st,
+            Some(&raw),
+        );
+        row(
+            &format!("{proto} Transport trait, dyn (boxed futures)"),
+            &dy,
+            Some(&raw),
+        );
+        let p: &'static str = if proto == "tcp" { "tcp" } else { "unix" };
+        let e = run(Box::pin(engine(p, iters, false, 0)));
+        row(
+            &format!("{proto} engine RPC, raw 64 B echo"),
+            &e,
+            Some(&raw),
+        );
+        let e = run(Box::pin(engine(p, iters, true, 0)));
+        row(&format!("{proto} engine RPC, typed hello"), &e, Some(&raw));
+
+        header(&format!("{proto}: the same, polling before parking"));
+        let polled = run(Box::pin(raw_socket(proto, iters, true)));
+        row(
+            &format!("{proto} raw socket ping-pong, always polling"),
+            &polled,
+            Some(&polled),
+        );
+        for spin in [20, 50, 200] {
+            let e = run(Box::pin(engine(p, iters, false, spin)));
             row(
-                &format!("{proto} Transport trait, static dispatch"),
-                &st,
-                Some(&raw),
-            );
-            row(
-                &format!("{proto} Transport trait, dyn (boxed futures)"),
-                &dy,
-                Some(&raw),
-            );
-            let e = engine(if proto == "tcp" { "tcp" } else { "unix" }, iters, false).await;
-            row(
-                &format!("{proto} engine RPC, raw 64 B echo"),
+                &format!("{proto} engine raw echo, progress_spin_us={spin}"),
                 &e,
-                Some(&raw),
+                Some(&polled),
             );
-            let e = engine(if proto == "tcp" { "tcp" } else { "unix" }, iters, true).await;
-            row(&format!("{proto} engine RPC, typed hello"), &e, Some(&raw));
         }
-    });
+        let e = run(Box::pin(engine(p, iters, true, 50)));
+        row(
+            &format!("{proto} engine typed hello, progress_spin_us=50"),
+            &e,
+            Some(&polled),
+        );
+    }
 }

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Default connect timeout: 5 seconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// Default polling window after activity, in microseconds (see
+/// `docs/benchmarks.md` for the measurements that chose it).
+pub const DEFAULT_PROGRESS_SPIN_US: u64 = 0;
+
 /// The engine's settings, as read from JSON and returned (filled in) by
 /// `Engine::config`.
 ///
@@ -43,6 +47,7 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 ///   "connect_timeout_ms": 5000,
 ///   "default_timeout_ms": null,
 ///   "enable_remote_shutdown": false,
+///   "progress_spin_us": 0,
 ///   "transport": { "nodelay": true }
 /// }
 /// ```
@@ -67,6 +72,10 @@ pub struct Config {
     pub default_timeout_ms: Option<u64>,
     /// Accept `shutdown` requests from peers.
     pub enable_remote_shutdown: bool,
+    /// Polling before parking: after each message, keep the engine's
+    /// runtime polling for this many microseconds before it may sleep
+    /// (Margo's `progress_spindown_msec`). 0: park at once.
+    pub progress_spin_us: u64,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
 }
@@ -82,6 +91,7 @@ impl Default for Config {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             default_timeout_ms: None,
             enable_remote_shutdown: false,
+            progress_spin_us: DEFAULT_PROGRESS_SPIN_US,
             transport: Map::new(),
         }
     }
@@ -120,6 +130,10 @@ impl Config {
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn progress_spin(&self) -> Duration {
+        Duration::from_micros(self.progress_spin_us)
     }
 
     pub(crate) fn default_timeout(&self) -> Option<Duration> {

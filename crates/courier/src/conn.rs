@@ -11,6 +11,7 @@ use tokio::task::AbortHandle;
 
 use crate::engine::Inner;
 use crate::frame::{self, Header, Kind, Status};
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// A reply to a call: the response or error frame's header and payload.
@@ -35,10 +36,16 @@ pub(crate) struct Conn {
     /// Woken when the connection is killed, to end sends blocked on it.
     killed: Notify,
     reader: OnceLock<AbortHandle>,
+    progress: Arc<Progress>,
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, peer: WireAddr, sender: Box<dyn DynSender>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        peer: WireAddr,
+        sender: Box<dyn DynSender>,
+        progress: Arc<Progress>,
+    ) -> Self {
         Self {
             id,
             transport_peer: peer,
@@ -52,6 +59,7 @@ impl Conn {
             dead: AtomicBool::new(false),
             killed: Notify::new(),
             reader: OnceLock::new(),
+            progress,
         }
     }
 
@@ -118,6 +126,7 @@ impl Conn {
                 Err(self.lost())
             }
             Some(Ok(())) => {
+                self.progress.activity();
                 if self.is_dead() {
                     // Killed while we were writing: close now.
                     guard.take();
@@ -264,7 +273,10 @@ pub(crate) async fn read_loop(
     let mut expect_hello = expect_hello;
     let reason = loop {
         let msg = match rx.recv_dyn().await {
-            Ok(Some(m)) => m,
+            Ok(Some(m)) => {
+                conn.progress.activity();
+                m
+            }
             Ok(None) => break "the peer closed the connection".to_owned(),
             Err(e) => {
                 tracing::warn!(peer = %conn.remote(), "closing connection: {e}");

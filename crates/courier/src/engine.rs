@@ -19,6 +19,7 @@ use crate::config::{Config, Mode};
 use crate::conn::{read_loop, Conn, FINALIZED};
 use crate::frame::{Header, Kind, Status, RESERVED_PROVIDER};
 use crate::handler::{Handle, RawHandler, RpcEntry};
+use crate::progress::Progress;
 use crate::remote::{RawRemoteFunction, RemoteFunction};
 use crate::{Error, Result};
 
@@ -62,6 +63,9 @@ pub(crate) struct Inner {
     pub(crate) rt: RtHandle,
     /// Where handlers run.
     pub(crate) handler_rt: RtHandle,
+    /// The polling-before-parking policy.
+    pub(crate) progress: Arc<Progress>,
+    spinner: Mutex<Option<AbortHandle>>,
     rpcs: RwLock<HashMap<(u64, u16), Arc<RpcEntry>>>,
     names: RwLock<HashMap<u64, String>>,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
@@ -155,7 +159,7 @@ impl Inner {
         let peer = dialed.unwrap_or_else(|| raw.peer_addr().clone());
         let (tx, rx) = raw.split_dyn();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn::new(id, peer, tx));
+        let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone()));
         lock(&self.conns).insert(id, conn.clone());
         let task = self
             .rt
@@ -270,6 +274,9 @@ impl Inner {
         if let Some(l) = lock(&self.listener).take() {
             l.abort();
         }
+        if let Some(s) = lock(&self.spinner).take() {
+            s.abort();
+        }
         let conns: Vec<Arc<Conn>> = lock(&self.conns).drain().map(|(_, c)| c).collect();
         for c in conns {
             c.kill(FINALIZED);
@@ -360,6 +367,7 @@ pub struct EngineBuilder {
     rpc_threads: Option<usize>,
     max_message_size: Option<usize>,
     connect_timeout: Option<std::time::Duration>,
+    progress_spin: Option<std::time::Duration>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
     pub(crate) progress_provided: bool,
 }
@@ -376,6 +384,7 @@ impl EngineBuilder {
             rpc_threads: None,
             max_message_size: None,
             connect_timeout: None,
+            progress_spin: None,
             progress_provided: false,
         }
     }
@@ -423,6 +432,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How long the engine keeps polling after a message before it parks
+    /// (see the `progress_spin_us` key of [`Config`]); zero parks at once.
+    #[must_use]
+    pub fn progress_spin(mut self, window: std::time::Duration) -> Self {
+        self.progress_spin = Some(window);
+        self
+    }
+
     /// A Margo-style JSON configuration (see [`Config`]). Settings made
     /// with the other builder methods take precedence over it.
     #[must_use]
@@ -464,6 +481,9 @@ impl EngineBuilder {
         }
         if let Some(n) = self.max_message_size {
             config.max_message_size = n;
+        }
+        if let Some(w) = self.progress_spin {
+            config.progress_spin_us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
         }
         if let Some(t) = self.connect_timeout {
             config.connect_timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -541,6 +561,7 @@ impl EngineBuilder {
             config.listen = Some(a.to_string());
         }
 
+        let progress = Arc::new(Progress::new(config.progress_spin()));
         let (finalized, _) = watch::channel(false);
         let (stop_listener, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -551,6 +572,8 @@ impl EngineBuilder {
             self_addr,
             rt: rt.clone(),
             handler_rt,
+            progress: progress.clone(),
+            spinner: Mutex::new(None),
             rpcs: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
@@ -565,6 +588,10 @@ impl EngineBuilder {
             pre_finalize: Mutex::new(Vec::new()),
             on_finalize: Mutex::new(Vec::new()),
         });
+        if progress.enabled() {
+            let task = rt.spawn(progress.run());
+            *lock(&inner.spinner) = Some(task.abort_handle());
+        }
         if let Some(listener) = listener {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let task = rt.spawn(accept_loop(inner.clone(), listener, done_tx));

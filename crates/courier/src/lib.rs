@@ -93,10 +93,13 @@ mod engine;
 mod error;
 pub mod frame;
 mod handler;
+mod progress;
 mod remote;
 
 pub use address::Address;
-pub use config::{Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_SIZE};
+pub use config::{
+    Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROGRESS_SPIN_US,
+};
 pub use engine::{Engine, EngineBuilder, RpcOptions};
 pub use error::{Error, Result, TransportError};
 pub use handler::{Handle, HandlerOutput};

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader,
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
-/// Calls `$callback! { tcp, unix }`: the one list of protocols the suite runs
+/// Calls `$callback! { tcp, unix, shm }`: the one list of protocols the suite runs
 /// on. Add a protocol here (and, if its addresses are not sockets, an arm to
 /// [`raw_connect`] and [`dead_address`]) to run every scenario on it.
 ///
@@ -44,6 +44,16 @@ use tokio::task::JoinHandle;
 /// ```
 #[macro_export]
 macro_rules! for_each_protocol {
+    ($callback:ident) => {
+        $callback! { tcp, unix, shm }
+    };
+}
+
+/// Calls `$callback! { tcp, unix }`: the protocols whose connections are
+/// framed byte streams (the preamble and length prefixes of
+/// `docs/wire-format.md`), for the tests that write such bytes by hand.
+#[macro_export]
+macro_rules! for_each_stream_protocol {
     ($callback:ident) => {
         $callback! { tcp, unix }
     };
@@ -195,6 +205,18 @@ pub async fn raw_connect(address: &str) -> io::Result<Box<dyn RawSocket>> {
     match proto {
         "tcp" => Ok(Box::new(tokio::net::TcpStream::connect(rest).await?)),
         "unix" => Ok(Box::new(tokio::net::UnixStream::connect(rest).await?)),
+        // The handshake socket of the shm plugin: abstract unless a path.
+        "shm" => {
+            let std_stream = if rest.starts_with('/') {
+                std::os::unix::net::UnixStream::connect(rest)?
+            } else {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(rest.as_bytes())?;
+                std::os::unix::net::UnixStream::connect_addr(&addr)?
+            };
+            std_stream.set_nonblocking(true)?;
+            Ok(Box::new(tokio::net::UnixStream::from_std(std_stream)?))
+        }
         other => panic!(
             "no raw connector for protocol '{other}': add one to courier_conformance::raw_connect"
         ),
@@ -302,6 +324,11 @@ pub fn dead_address(proto: &str) -> String {
             format!("tcp://127.0.0.1:{port}")
         }
         "unix" => format!("unix://{}", unique_temp_path("nobody.sock").display()),
+        "shm" => format!(
+            "shm://courier-conformance-nobody-{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ),
         other => panic!(
             "no dead address for protocol '{other}': add one to courier_conformance::dead_address"
         ),
@@ -315,6 +342,11 @@ pub fn listen_address(proto: &str) -> String {
     match proto {
         "tcp" => "tcp://127.0.0.1:0".to_owned(),
         "unix" => format!("unix://{}", unique_temp_path("engine.sock").display()),
+        "shm" => format!(
+            "shm://courier-conformance-{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ),
         other => panic!(
             "no listen address for protocol '{other}': add one to courier_conformance::listen_address"
         ),
@@ -330,6 +362,8 @@ pub fn malformed_address(proto: &str) -> String {
         "tcp" => "tcp://127.0.0.1".to_owned(),
         // Not an absolute path.
         "unix" => "unix://relative/engine.sock".to_owned(),
+        // A path that is not absolute and an abstract name may not contain.
+        "shm" => "shm://".to_owned(),
         other => panic!(
             "no malformed address for protocol '{other}': add one to courier_conformance::malformed_address"
         ),

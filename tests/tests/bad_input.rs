@@ -244,48 +244,62 @@ macro_rules! bad_input_tests {
             async fn random_bytes() {
                 super::random_bytes(PROTO).await;
             }
+        }
+    )*};
+}
+
+/// Bytes written by hand in the framing of byte-stream transports
+/// (`docs/wire-format.md`): the preamble, length prefixes, frames.
+macro_rules! stream_bad_input_tests {
+    ($($proto:ident),* $(,)?) => {$(
+        mod $proto {
+            const PROTO: &str = stringify!($proto);
 
             #[tokio::test(flavor = "multi_thread")]
             async fn huge_length_prefix() {
-                super::huge_length_prefix(PROTO).await;
+                super::super::huge_length_prefix(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn bad_frame_version() {
-                super::bad_frame_version(PROTO).await;
+                super::super::bad_frame_version(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn half_frame_then_hang_up() {
-                super::half_frame_then_hang_up(PROTO).await;
+                super::super::half_frame_then_hang_up(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn request_without_hello() {
-                super::request_without_hello(PROTO).await;
+                super::super::request_without_hello(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn second_hello() {
-                super::second_hello(PROTO).await;
+                super::super::second_hello(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn valid_bytes_are_answered() {
-                super::valid_bytes_are_answered(PROTO).await;
+                super::super::valid_bytes_are_answered(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn garbage_from_the_server() {
-                super::garbage_from_the_server(PROTO).await;
+                super::super::garbage_from_the_server(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn stray_response_is_ignored() {
-                super::stray_response_is_ignored(PROTO).await;
+                super::super::stray_response_is_ignored(PROTO).await;
             }
         }
     )*};
 }
 
 courier_conformance::for_each_protocol!(bad_input_tests);
+
+mod framed {
+    courier_conformance::for_each_stream_protocol!(stream_bad_input_tests);
+}

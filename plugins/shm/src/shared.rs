@@ -1,0 +1,227 @@
+//! The shared mapping: the crate's only `unsafe` code.
+//!
+//! Three things need it, and nothing else does:
+//!
+//! 1. mapping the segment ([`map`]): safe only if the file cannot be
+//!    truncated under the mapping, which the seals guarantee and `map`
+//!    checks right before mapping;
+//! 2. viewing a ring's control block in the mapping as a [`RingCtl`] (a
+//!    struct of atomics) — [`RingWriter::ctl`], [`RingReader::ctl`];
+//! 3. copying bytes into and out of a ring's data area with
+//!    `ptr::copy_nonoverlapping` — [`RingWriter::write`], [`RingReader::read`],
+//!    [`RingReader::read_append`].
+//!
+//! Each process gets exactly one [`RingWriter`] (for the ring it produces)
+//! and one [`RingReader`] (for the ring it consumes) per mapping, from
+//! [`map`], and they take `&mut self` to copy: within this process nothing
+//! else touches those bytes. The other process follows the same protocol on
+//! its own mapping; if it does not, it can only change the values of bytes
+//! and atomics we read (every bit pattern is a valid `u8` and a valid atomic
+//! integer, and we bound-check every offset against our own copy of the
+//! layout), never make us touch memory outside the mapping.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::ring::{ConsumerMem, ProducerMem, RingCtl};
+use crate::segment::{self, Layout, CTL_LEN, CTL_OFFSET, DATA_OFFSET};
+
+// The layout the header announces is the layout of `RingCtl`, and the control
+// blocks fit before the (page-aligned) data areas.
+const _: () = {
+    assert!(std::mem::size_of::<RingCtl>() == CTL_LEN);
+    assert!(std::mem::align_of::<RingCtl>() == 64);
+    assert!(CTL_OFFSET % 64 == 0 && CTL_LEN % 64 == 0);
+    assert!(CTL_OFFSET + 2 * CTL_LEN <= DATA_OFFSET);
+    assert!(DATA_OFFSET % 4096 == 0);
+};
+
+/// One mapped segment, unmapped when the last ring handle is dropped.
+#[derive(Debug)]
+struct Mapping {
+    /// Owns the mapping (`munmap` on drop).
+    _map: MmapMut,
+    /// Start of the mapping (page-aligned), valid for `layout.total()` bytes
+    /// for as long as `_map` lives.
+    base: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: `Mapping` is a pointer to memory it owns (through `_map`, which is
+// itself `Send + Sync`). Sharing it between threads is sound because every
+// access through `base` is either an atomic operation (the control blocks)
+// or a copy on a range that one `RingWriter`/`RingReader` — unique in this
+// process, used through `&mut self` — has exclusive use of by the ring
+// protocol.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// The control block of ring `ring` (0 or 1).
+    fn ctl(&self, ring: usize) -> &RingCtl {
+        debug_assert!(ring < 2);
+        let offset = self.layout.ctl_offset(ring);
+        // SAFETY: `offset + size_of::<RingCtl>()` is within the mapping
+        // (`CTL_OFFSET + 2 * CTL_LEN <= DATA_OFFSET <= total`, checked at
+        // compile time above) and a multiple of 64 from a page-aligned base,
+        // so the pointer is in bounds and aligned for `RingCtl`
+        // (`align(64)`). `RingCtl` is made of atomic integers only, which have
+        // the layout of plain integers and accept every bit pattern, so the
+        // zero-filled or peer-written bytes are a valid value; atomics allow
+        // the concurrent writes of the other process. The reference cannot
+        // outlive `&self`, and the mapping lives as long as `self`.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<RingCtl>() }
+    }
+
+    /// Pointer to byte `at` of ring `ring`'s data area, checking that
+    /// `len` bytes from there stay inside it.
+    fn data(&self, ring: usize, at: usize, len: usize) -> *mut u8 {
+        let size = self.layout.ring_size();
+        // Our own offsets (the ring masks them and splits wrapping copies):
+        // a failure here is a bug in this crate, never peer input. Checked
+        // in release builds too, because the copies below rely on it.
+        assert!(
+            ring < 2 && at <= size && len <= size - at,
+            "ring copy out of bounds: ring {ring}, offset {at}, length {len}, size {size}"
+        );
+        // SAFETY: `data_offset(ring) + at + len <= data_offset(1) + size ==
+        // total`, the mapping's length, so the resulting pointer (and the
+        // `len` bytes after it) are inside the mapping.
+        unsafe { self.base.as_ptr().add(self.layout.data_offset(ring) + at) }
+    }
+}
+
+/// Maps the segment `fd` (whose header parsed as `layout`) and returns the
+/// writer of ring `produce` and the reader of the other ring, with the
+/// segment's inode number. The caller closes `fd` afterwards: the mapping
+/// stays.
+///
+/// `populate` pre-faults the whole mapping (`MAP_POPULATE`), so the first
+/// messages do not pay page faults. Only the client, which created the
+/// segment and pays for its memory, asks for it: a server that populated
+/// whatever size a client announced would let a client make it allocate.
+pub(crate) fn map(
+    fd: &OwnedFd,
+    layout: Layout,
+    produce: usize,
+    populate: bool,
+) -> io::Result<(RingWriter, RingReader, u64)> {
+    // Re-checked here, right before mapping, because the mapping's safety
+    // depends on it and not on what a caller did before.
+    segment::check_sealed_size(fd, layout)
+        .map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+    let inode = segment::inode(fd)?;
+    let mut options = MmapOptions::new();
+    options.len(layout.total());
+    if populate {
+        options.populate();
+    }
+    // SAFETY: `MmapMut::map_mut` is unsafe because another process could
+    // truncate the file and make accesses to the mapping fault (SIGBUS), or
+    // write it while we hold references into it. Truncation: the file carries
+    // F_SEAL_SHRINK (checked just above, and a seal can never be removed),
+    // and its size, read after the seal was seen, is the `layout.total()`
+    // bytes we map. Concurrent writes: we never make references to the
+    // mapped bytes except to the atomics of the control blocks; data bytes
+    // are only copied with raw pointers (see the module docs).
+    let mut map = unsafe { options.map_mut(fd)? };
+    let base = NonNull::new(map.as_mut_ptr())
+        .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+    let mapping = Arc::new(Mapping {
+        _map: map,
+        base,
+        layout,
+    });
+    let produce = produce & 1;
+    Ok((
+        RingWriter {
+            mapping: mapping.clone(),
+            ring: produce,
+        },
+        RingReader {
+            mapping,
+            ring: 1 - produce,
+        },
+        inode,
+    ))
+}
+
+/// The producer's access to one ring of a mapping.
+#[derive(Debug)]
+pub(crate) struct RingWriter {
+    mapping: Arc<Mapping>,
+    ring: usize,
+}
+
+impl ProducerMem for RingWriter {
+    fn ctl(&self) -> &RingCtl {
+        self.mapping.ctl(self.ring)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.mapping.layout.ring_size() as u64
+    }
+
+    fn write(&mut self, at: usize, src: &[u8]) {
+        let dst = self.mapping.data(self.ring, at, src.len());
+        // SAFETY: `dst..dst + src.len()` is inside the mapping (checked by
+        // `data`). The ring protocol gives the producer exclusive use of the
+        // free part of the ring, which is where the producer writes; this
+        // writer is the only one of this ring in this process and is
+        // borrowed mutably. `src` cannot overlap the mapping: no reference
+        // into the mapped data is ever handed out.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+}
+
+/// The consumer's access to one ring of a mapping.
+#[derive(Debug)]
+pub(crate) struct RingReader {
+    mapping: Arc<Mapping>,
+    ring: usize,
+}
+
+impl ConsumerMem for RingReader {
+    fn ctl(&self) -> &RingCtl {
+        self.mapping.ctl(self.ring)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.mapping.layout.ring_size() as u64
+    }
+
+    fn read(&mut self, at: usize, dst: &mut [u8]) {
+        let src = self.mapping.data(self.ring, at, dst.len());
+        // SAFETY: `src..src + dst.len()` is inside the mapping (checked by
+        // `data`); the consumer has exclusive use of the published part of
+        // the ring, which is where it reads, and this reader is unique in
+        // this process. `dst` is a live `&mut [u8]` of this process, so it
+        // cannot overlap the mapping. A hostile peer writing these bytes
+        // concurrently only changes their values (any `u8` is valid).
+        unsafe { ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    fn read_append(&mut self, at: usize, len: usize, dst: &mut BytesMut) {
+        let src = self.mapping.data(self.ring, at, len);
+        dst.reserve(len);
+        let spare = dst.spare_capacity_mut();
+        assert!(spare.len() >= len, "BytesMut::reserve did not reserve");
+        // SAFETY: the source range is inside the mapping and ours to read
+        // (as in `read`); the destination is `len` bytes of `dst`'s spare
+        // capacity (reserved and checked just above), which cannot overlap
+        // the mapping. After the copy those `len` bytes are initialized, so
+        // extending `dst`'s length over them is sound.
+        unsafe {
+            ptr::copy_nonoverlapping(src, spare.as_mut_ptr().cast::<u8>(), len);
+            dst.set_len(dst.len() + len);
+        }
+    }
+}

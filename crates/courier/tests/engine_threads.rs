@@ -183,10 +183,16 @@ async fn a_handler_can_call_back_its_caller_through_handle_address() {
 #[tokio::test]
 async fn polling_before_parking_serves_calls_and_stops_on_finalize() {
     let spin = Duration::from_micros(200);
-    let server = Engine::builder("tcp").progress_spin(spin).build().await.unwrap();
+    let server = Engine::builder("tcp")
+        .progress_spin(spin)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(server.config()["progress_spin_us"], 200);
     server
-        .register("inc", |h: Handle, x: u32| async move { h.respond(&(x + 1)).await })
+        .register("inc", |h: Handle, x: u32| async move {
+            h.respond(&(x + 1)).await
+        })
         .unwrap();
     let client = Engine::builder("tcp")
         .client()
@@ -201,9 +207,7 @@ async fn polling_before_parking_serves_calls_and_stops_on_finalize() {
         x = inc.call(&x).await.unwrap();
     }
     assert_eq!(x, 200);
-    // The spinner is a task of the engine: finalize ends it, and this
-    // single-threaded test runtime is free again (the test would hang in
-    // `wait_for_finalize` below otherwise).
+    // The spinner is a task of the engine; finalize ends it with the rest.
     client.finalize().await;
     server.finalize().await;
     server.wait_for_finalize().await;

@@ -1,6 +1,7 @@
 //! Shared helpers for Courier's micro-benchmarks: latency statistics and
 //! table printing. The benchmarks themselves are in `benches/`.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};

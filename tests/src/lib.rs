@@ -13,6 +13,7 @@
 //! a generous upper bound on each wait so that a hang fails the test instead
 //! of stalling the run.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt;

@@ -122,8 +122,10 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// Whether the error leaves the connection unusable. Errors that are not
-    /// fatal ([`TransportError::MessageTooLarge`] on send) leave it as it was.
+    /// Whether an error returned by **send** leaves the connection unusable.
+    /// Only [`TransportError::MessageTooLarge`] does not: a sender refuses an
+    /// oversized message before writing anything. (Every error returned by
+    /// `recv` ends the connection, `MessageTooLarge` included.)
     pub fn is_fatal_to_connection(&self) -> bool {
         !matches!(self, Self::MessageTooLarge { .. })
     }

@@ -50,6 +50,36 @@ impl PluginContext<'_> {
         }
     }
 
+    /// Reads a non-negative integer option, with a default when absent.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidOptions`] when present but not a
+    /// non-negative integer.
+    pub fn u64_option(&self, plugin: &str, key: &str, default: u64) -> Result<u64, TransportError> {
+        match self.options.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| TransportError::InvalidOptions {
+                plugin: plugin.to_owned(),
+                reason: format!("option '{key}' must be a non-negative integer, not {v}"),
+            }),
+        }
+    }
+
+    /// Reads a string option, if present.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidOptions`] when present but not a string.
+    pub fn str_option(&self, plugin: &str, key: &str) -> Result<Option<&str>, TransportError> {
+        match self.options.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(TransportError::InvalidOptions {
+                plugin: plugin.to_owned(),
+                reason: format!("option '{key}' must be a string, not {other}"),
+            }),
+        }
+    }
+
     /// Refuses options the plugin does not know (catches typos).
     ///
     /// # Errors

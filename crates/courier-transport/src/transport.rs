@@ -25,8 +25,11 @@
 //!   allocates more than the maximum for one message, whatever a peer sends.
 //! * **Close.** [`MessageSender::close`] is an orderly close: messages already
 //!   sent are delivered, then the peer's `recv` returns `Ok(None)`. A peer that
-//!   vanishes makes `recv` return `Ok(None)` (clean hang-up between messages)
-//!   or an error (hang-up inside a message, reset); both end the connection.
+//!   vanishes without closing makes `recv` return `Ok(None)` or an error —
+//!   which one depends on the medium (a socket hung up between messages
+//!   reads as a clean end; a shared-memory peer that died without closing is
+//!   an error) — and both end the connection. Either way `recv` never hangs
+//!   on a dead peer.
 //! * **Cancellation.** Dropping a `recv` future loses no data. Dropping a
 //!   `send` future part way may leave a partial message on the wire: the
 //!   caller must treat the connection as broken (the engine does).

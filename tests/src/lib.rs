@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader,
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
-/// Calls `$callback! { tcp, unix, shm }`: the one list of protocols the suite runs
+/// Calls `$callback! { tcp, unix, quic, shm }`: the one list of protocols the suite runs
 /// on. Add a protocol here (and, if its addresses are not sockets, an arm to
 /// [`raw_connect`] and [`dead_address`]) to run every scenario on it.
 ///
@@ -45,6 +45,17 @@ use tokio::task::JoinHandle;
 /// ```
 #[macro_export]
 macro_rules! for_each_protocol {
+    ($callback:ident) => {
+        $callback! { tcp, unix, quic, shm }
+    };
+}
+
+/// Calls `$callback! { tcp, unix, shm }`: the protocols whose connections
+/// start on a socket stream a test can open with [`raw_connect`] and write
+/// garbage on (QUIC's are UDP datagrams: see the quic tests of
+/// `bad_input.rs`).
+#[macro_export]
+macro_rules! for_each_socket_protocol {
     ($callback:ident) => {
         $callback! { tcp, unix, shm }
     };
@@ -325,6 +336,14 @@ pub fn dead_address(proto: &str) -> String {
             format!("tcp://127.0.0.1:{port}")
         }
         "unix" => format!("unix://{}", unique_temp_path("nobody.sock").display()),
+        // A UDP port that was just free; the plugin's probe gets "port
+        // unreachable" at once. Any fingerprint will do.
+        "quic" => {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a udp port");
+            let port = s.local_addr().expect("local addr").port();
+            drop(s);
+            format!("quic://127.0.0.1:{port}#sha256={}", "ab".repeat(32))
+        }
         "shm" => format!(
             "shm://courier-conformance-nobody-{}-{}",
             std::process::id(),
@@ -343,6 +362,7 @@ pub fn listen_address(proto: &str) -> String {
     match proto {
         "tcp" => "tcp://127.0.0.1:0".to_owned(),
         "unix" => format!("unix://{}", unique_temp_path("engine.sock").display()),
+        "quic" => "quic://127.0.0.1:0".to_owned(),
         "shm" => format!(
             "shm://courier-conformance-{}-{}",
             std::process::id(),
@@ -365,6 +385,8 @@ pub fn malformed_address(proto: &str) -> String {
         "unix" => "unix://relative/engine.sock".to_owned(),
         // A path that is not absolute and an abstract name may not contain.
         "shm" => "shm://".to_owned(),
+        // No certificate fingerprint (and no CA roots configured).
+        "quic" => "quic://127.0.0.1:4433".to_owned(),
         other => panic!(
             "no malformed address for protocol '{other}': add one to courier_conformance::malformed_address"
         ),

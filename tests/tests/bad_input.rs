@@ -298,7 +298,53 @@ macro_rules! stream_bad_input_tests {
     )*};
 }
 
-courier_conformance::for_each_protocol!(bad_input_tests);
+courier_conformance::for_each_socket_protocol!(bad_input_tests);
+
+/// Garbage UDP datagrams to a quic server's port: ignored, and the server
+/// goes on serving existing and new clients.
+#[tokio::test(flavor = "multi_thread")]
+async fn quic_garbage_datagrams() {
+    let proto = "quic";
+    let server = cc::server(proto).await;
+    register_hello(&server);
+    let client = cc::client(proto).await;
+    let address = guard("lookup", client.lookup(&server.address().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        call_hello(&client, &address).await.unwrap(),
+        "Good bye Matthieu"
+    );
+    let host_port = server
+        .address()
+        .wire()
+        .rest()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_owned();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..64u64 {
+        let junk = garbage(1200, 0x9e37 + i);
+        udp.send_to(&junk, &host_port).await.unwrap();
+    }
+    // A datagram that looks like a QUIC long header with a bogus version.
+    let mut initial = vec![0xc0, 0xde, 0xad, 0xbe, 0xef, 8];
+    initial.extend_from_slice(&garbage(1194, 7));
+    udp.send_to(&initial, &host_port).await.unwrap();
+    assert_eq!(
+        call_hello(&client, &address).await.unwrap(),
+        "Good bye Matthieu"
+    );
+    let other = cc::client(proto).await;
+    let fresh = guard("lookup", other.lookup(&server.address().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        call_hello(&other, &fresh).await.unwrap(),
+        "Good bye Matthieu"
+    );
+}
 
 mod framed {
     courier_conformance::for_each_stream_protocol!(stream_bad_input_tests);

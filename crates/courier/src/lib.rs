@@ -115,7 +115,7 @@ pub const PROTOCOLS_ENV: &str = "COURIER_PROTOCOLS";
 
 /// The registry engines use unless given another: the built-in protocol
 /// table, the table named by `$COURIER_PROTOCOLS` if set, and the plugins
-/// bundled by this crate's cargo features (`tcp`, `unix`, `shm`).
+/// bundled by this crate's cargo features (`tcp`, `unix`, `quic`, `shm`).
 ///
 /// Plugins go through the same public path as any user plugin
 /// ([`transport::Registry::with`]); the engine itself names none.
@@ -136,6 +136,10 @@ pub fn default_registry() -> std::result::Result<transport::Registry, TransportE
     #[cfg(feature = "unix")]
     {
         registry = registry.with(courier_unix::UnixPlugin);
+    }
+    #[cfg(feature = "quic")]
+    {
+        registry = registry.with(courier_quic::QuicPlugin);
     }
     #[cfg(feature = "shm")]
     {

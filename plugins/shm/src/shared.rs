@@ -38,9 +38,9 @@ use crate::segment::{self, Layout, CTL_LEN, CTL_OFFSET, DATA_OFFSET};
 const _: () = {
     assert!(std::mem::size_of::<RingCtl>() == CTL_LEN);
     assert!(std::mem::align_of::<RingCtl>() == 64);
-    assert!(CTL_OFFSET % 64 == 0 && CTL_LEN % 64 == 0);
+    assert!(CTL_OFFSET.is_multiple_of(64) && CTL_LEN.is_multiple_of(64));
     assert!(CTL_OFFSET + 2 * CTL_LEN <= DATA_OFFSET);
-    assert!(DATA_OFFSET % 4096 == 0);
+    assert!(DATA_OFFSET.is_multiple_of(4096));
 };
 
 /// One mapped segment, unmapped when the last ring handle is dropped.

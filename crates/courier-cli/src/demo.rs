@@ -188,7 +188,10 @@ struct Server {
 
 /// Reads a child's output to the end (so the child never blocks on a full
 /// pipe), logging each line, and returns the lines.
-fn drain<R>(lines: tokio::io::Lines<BufReader<R>>, what: String) -> JoinHandle<Vec<String>>
+pub(crate) fn drain<R>(
+    lines: tokio::io::Lines<BufReader<R>>,
+    what: String,
+) -> JoinHandle<Vec<String>>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -204,7 +207,7 @@ where
 }
 
 /// The last lines of a child's stderr, for an error message.
-async fn stderr_tail(task: JoinHandle<Vec<String>>) -> String {
+pub(crate) async fn stderr_tail(task: JoinHandle<Vec<String>>) -> String {
     match tokio::time::timeout(Duration::from_secs(2), task).await {
         Ok(Ok(lines)) if !lines.is_empty() => {
             let from = lines.len().saturating_sub(5);

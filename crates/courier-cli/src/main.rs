@@ -1,11 +1,13 @@
 //! `courier`: serve, call, ping and shut down Courier engines, list the
-//! protocols this build knows, and run a cross-protocol demo.
+//! protocols this build knows, run a cross-protocol demo, and benchmark
+//! every protocol against its raw transport floor.
 //!
 //! Every error is printed as `courier: <message>` on stderr, with exit
 //! status 1. Logs go to stderr too (`-v`, `-vv`, or `RUST_LOG`).
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod client;
 mod demo;
 mod serve;
@@ -77,7 +79,8 @@ pub(crate) fn out(line: impl fmt::Display) -> CliResult {
         courier call tcp://127.0.0.1:PORT hello Matthieu Dorier\n  \
         courier ping tcp://127.0.0.1:PORT\n  \
         courier shutdown tcp://127.0.0.1:PORT\n  \
-        courier demo                                  # all of the above, for every protocol"
+        courier demo                                  # all of the above, for every protocol\n  \
+        courier bench --quick                         # latency and throughput, every protocol"
 )]
 struct Cli {
     /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warn).
@@ -113,6 +116,13 @@ enum Command {
     /// Start a server per protocol, call it, measure it, shut it down.
     #[command(long_about = demo::DEMO_LONG_ABOUT)]
     Demo(demo::DemoArgs),
+    /// Benchmark every protocol: latency and throughput by payload size and
+    /// calls in flight, next to the raw transport floor.
+    #[command(long_about = bench::BENCH_LONG_ABOUT)]
+    Bench(bench::BenchArgs),
+    /// (internal) A peer of `courier bench`, run as its child process.
+    #[command(hide = true)]
+    BenchPeer(bench::peer::PeerArgs),
 }
 
 /// Options shared by the subcommands that talk to a service.
@@ -175,6 +185,8 @@ async fn main() -> ExitCode {
         Command::Ping(args) => client::ping(args).await,
         Command::Shutdown(args) => client::shutdown(args).await,
         Command::Demo(args) => demo::run(args, cli.verbose).await,
+        Command::Bench(args) => bench::run(args, cli.verbose).await,
+        Command::BenchPeer(args) => bench::peer::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

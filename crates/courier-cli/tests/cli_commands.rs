@@ -48,7 +48,30 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
 
 /// Runs `courier ARGS` to completion; kills it if it outlives the guard.
 fn run(args: &[&str]) -> Run {
-    let mut child = courier()
+    run_cmd(courier(), args)
+}
+
+/// Runs `courier ARGS` with `$COURIER_PROTOCOLS` naming a table holding
+/// `toml` (removed afterwards).
+fn run_with_table(args: &[&str], name: &str, toml: &str) -> Run {
+    let path = std::env::temp_dir().join(format!(
+        "courier-cli-test-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, toml).expect("write the protocol table");
+    let mut cmd = courier();
+    cmd.env("COURIER_PROTOCOLS", &path);
+    let r = run_cmd(cmd, args);
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// A protocol table declaring a protocol whose plugin no build has.
+const MISSING_PLUGIN_TABLE: &str =
+    "[protocols.pigeon]\nplugin = \"avian\"\naliases = [\"ipoac\"]\n";
+
+fn run_cmd(mut cmd: Command, args: &[&str]) -> Run {
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -151,7 +174,7 @@ impl Drop for Server {
 
 #[test]
 fn protocols_lists_the_table_and_what_is_built_in() {
-    let r = run(&["protocols"]);
+    let r = run_with_table(&["protocols"], "protocols", MISSING_PLUGIN_TABLE);
     assert_eq!(r.code(), Some(0), "{r:?}");
     let row = |name: &str| {
         r.stdout
@@ -164,7 +187,9 @@ fn protocols_lists_the_table_and_what_is_built_in() {
     assert!(row("tcp").contains("available"), "{}", r.stdout);
     assert!(row("unix").contains("available"), "{}", r.stdout);
     assert!(row("shm").contains("na+sm"), "{}", r.stdout);
-    assert!(row("shm").contains("not built in"), "{}", r.stdout);
+    assert!(row("quic").contains("quic"), "{}", r.stdout);
+    assert!(row("pigeon").contains("ipoac"), "{}", r.stdout);
+    assert!(row("pigeon").contains("not built in"), "{}", r.stdout);
     assert!(
         r.stdout.lines().next().unwrap().contains("protocol"),
         "{}",
@@ -346,7 +371,11 @@ fn demo_runs_every_built_in_protocol() {
 
 #[test]
 fn demo_fails_for_a_protocol_that_is_not_built_in() {
-    let r = run(&["demo", "--protocols", "tcp,na+sm", "--calls", "5"]);
+    let r = run_with_table(
+        &["demo", "--protocols", "tcp,ipoac", "--calls", "5"],
+        "demo-missing",
+        MISSING_PLUGIN_TABLE,
+    );
     assert_eq!(r.code(), Some(1), "{r:?}");
     assert!(
         r.stdout
@@ -354,6 +383,6 @@ fn demo_fails_for_a_protocol_that_is_not_built_in() {
             .any(|l| l.starts_with("| tcp ") && l.contains("exit 0")),
         "{r:?}"
     );
-    assert!(r.stderr.contains("demo over na+sm failed"), "{r:?}");
+    assert!(r.stderr.contains("demo over ipoac failed"), "{r:?}");
     assert!(r.stderr.contains("not built in"), "{r:?}");
 }

@@ -1,0 +1,425 @@
+//! The client side of one measurement, per layer: a warm-up, then `calls`
+//! round trips with `in_flight` outstanding, each timed into an HDR
+//! histogram.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier::transport::{Address as WireAddr, DynReceiver, DynSender, DynTransport};
+use courier::{Bytes, RawCallable};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::SocketKind;
+
+/// What one measurement does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spec {
+    /// Calls kept outstanding.
+    pub(crate) in_flight: usize,
+    /// Calls measured (unless the time cap comes first).
+    pub(crate) calls: u64,
+    /// Calls made first, not measured.
+    pub(crate) warmup: u64,
+    /// No measured call starts after this much time (a warm-up call, after
+    /// a quarter of it).
+    pub(crate) time_cap: Duration,
+}
+
+/// The figures of one measurement (one run).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Figures {
+    /// Median round trip, µs.
+    pub(crate) p50_us: f64,
+    /// 99th percentile, µs.
+    pub(crate) p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub(crate) p999_us: f64,
+    /// Calls completed per second of the measurement.
+    pub(crate) rpcs_per_s: f64,
+    /// Payload MiB per second (payload bytes × calls / elapsed).
+    pub(crate) mib_per_s: f64,
+    /// Calls measured.
+    pub(crate) calls: u64,
+    /// Duration of the measurement, seconds.
+    pub(crate) elapsed_s: f64,
+}
+
+/// A histogram of nanoseconds, 1 ns to 10 minutes, 3 significant digits.
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| format!("histogram: {e}"))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> Result<Figures, String> {
+    let calls = h.len();
+    if calls == 0 {
+        return Err("no call completed within the time cap".into());
+    }
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    Ok(Figures {
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        rpcs_per_s: calls as f64 / secs,
+        mib_per_s: payload as f64 * calls as f64 / secs / f64::from(1u32 << 20),
+        calls,
+        elapsed_s: secs,
+    })
+}
+
+/// Keeps the current runtime polling (a task that yields in a loop) while
+/// it lives: the raw floors' form of "polling before parking".
+#[derive(Debug)]
+pub(crate) struct Spinner(Option<AbortHandle>);
+
+impl Spinner {
+    pub(crate) fn start(enabled: bool) -> Self {
+        Self(enabled.then(|| {
+            tokio::spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .abort_handle()
+        }))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// engine
+// ---------------------------------------------------------------------------
+
+/// `bench.sink` through the client engine: `in_flight` tasks, each calling
+/// in a loop until the calls are used up.
+pub(crate) async fn engine(
+    sink: &RawCallable,
+    payload: &Bytes,
+    spec: &Spec,
+) -> Result<Figures, String> {
+    engine_loop(
+        sink,
+        payload,
+        spec.in_flight,
+        spec.warmup,
+        spec.time_cap / 4,
+    )
+    .await?;
+    let (h, elapsed) =
+        engine_loop(sink, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
+    figures(&h, elapsed, payload.len())
+}
+
+async fn engine_loop(
+    sink: &RawCallable,
+    payload: &Bytes,
+    in_flight: usize,
+    calls: u64,
+    cap: Duration,
+) -> Result<(Histogram<u64>, Duration), String> {
+    let tickets = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + cap;
+    let mut tasks = JoinSet::new();
+    for _ in 0..in_flight {
+        let sink = sink.clone();
+        let payload = payload.clone();
+        let tickets = tickets.clone();
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            while tickets.fetch_add(1, Ordering::Relaxed) < calls {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let reply = sink
+                    .call(&payload)
+                    .await
+                    .map_err(|e| format!("{}: {e}", super::SINK_RPC))?;
+                h.saturating_record(nanos(t0.elapsed()));
+                if !reply.is_empty() {
+                    return Err(format!(
+                        "{} answered {} bytes, not an empty payload",
+                        super::SINK_RPC,
+                        reply.len()
+                    ));
+                }
+            }
+            Ok::<_, String>(h)
+        });
+    }
+    let mut all = histogram()?;
+    // Dropping the set on an error aborts the other tasks.
+    while let Some(joined) = tasks.join_next().await {
+        let h = joined.map_err(|e| format!("a calling task failed: {e}"))??;
+        all.add(&h).map_err(|e| format!("histogram: {e}"))?;
+    }
+    Ok((all, start.elapsed()))
+}
+
+// ---------------------------------------------------------------------------
+// raw transport and plain sockets: one connection, `in_flight` outstanding
+// ---------------------------------------------------------------------------
+
+/// One side of a ping-pong link: send the payload, receive an empty reply.
+trait Link {
+    async fn send(&mut self) -> Result<(), String>;
+    async fn recv(&mut self) -> Result<(), String>;
+}
+
+/// Sends `in_flight` messages, then for each reply sends the next one
+/// (the link is ordered: the oldest message is the one answered).
+async fn pipeline<L: Link>(
+    link: &mut L,
+    in_flight: usize,
+    calls: u64,
+    cap: Duration,
+) -> Result<(Histogram<u64>, Duration), String> {
+    let mut h = histogram()?;
+    let mut pending: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
+    let start = Instant::now();
+    let deadline = start + cap;
+    let mut sent = 0u64;
+    while sent < calls && pending.len() < in_flight {
+        pending.push_back(Instant::now());
+        link.send().await?;
+        sent += 1;
+    }
+    while let Some(t0) = pending.pop_front() {
+        link.recv().await?;
+        let now = Instant::now();
+        h.saturating_record(nanos(now - t0));
+        if sent < calls && now < deadline {
+            pending.push_back(Instant::now());
+            link.send().await?;
+            sent += 1;
+        }
+    }
+    Ok((h, start.elapsed()))
+}
+
+async fn warm_and_measure<L: Link>(
+    link: &mut L,
+    spec: &Spec,
+    payload: usize,
+) -> Result<Figures, String> {
+    pipeline(link, spec.in_flight, spec.warmup, spec.time_cap / 4).await?;
+    let (h, elapsed) = pipeline(link, spec.in_flight, spec.calls, spec.time_cap).await?;
+    figures(&h, elapsed, payload)
+}
+
+struct RawLink {
+    tx: Box<dyn DynSender>,
+    rx: Box<dyn DynReceiver>,
+    payload: Bytes,
+}
+
+impl Link for RawLink {
+    async fn send(&mut self) -> Result<(), String> {
+        self.tx
+            .send_dyn(&[&self.payload])
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn recv(&mut self) -> Result<(), String> {
+        match self.rx.recv_dyn().await {
+            Ok(Some(m)) if m.is_empty() => Ok(()),
+            Ok(Some(m)) => Err(format!(
+                "the raw peer answered {} bytes, not an empty message",
+                m.len()
+            )),
+            Ok(None) => Err("the raw peer closed the connection".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The transport alone: a new connection to the raw peer, used for the
+/// warm-up and the measurement, then closed.
+pub(crate) async fn raw(
+    transport: &Arc<dyn DynTransport>,
+    addr: &WireAddr,
+    payload: &Bytes,
+    spec: &Spec,
+    polling: bool,
+) -> Result<Figures, String> {
+    let conn = transport
+        .connect_dyn(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = conn.split_dyn();
+    let mut link = RawLink {
+        tx,
+        rx,
+        payload: payload.clone(),
+    };
+    let _spin = Spinner::start(polling);
+    let figures = warm_and_measure(&mut link, spec, payload.len()).await?;
+    let _ = link.tx.close_dyn().await;
+    Ok(figures)
+}
+
+struct SocketLink<S> {
+    stream: BufReader<S>,
+    /// The length prefix and the payload, written with one `write_all`.
+    message: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link for SocketLink<S> {
+    async fn send(&mut self) -> Result<(), String> {
+        self.stream
+            .write_all(&self.message)
+            .await
+            .map_err(|e| format!("socket write: {e}"))
+    }
+
+    async fn recv(&mut self) -> Result<(), String> {
+        let mut prefix = [0u8; 4];
+        self.stream
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| format!("socket read: {e}"))?;
+        match u32::from_le_bytes(prefix) {
+            0 => Ok(()),
+            n => Err(format!(
+                "the socket peer answered {n} bytes, not an empty message"
+            )),
+        }
+    }
+}
+
+async fn socket_link<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    payload: &[u8],
+    spec: &Spec,
+    polling: bool,
+) -> Result<Figures, String> {
+    let len = u32::try_from(payload.len()).map_err(|_| "payload over 4 GiB".to_owned())?;
+    let mut message = Vec::with_capacity(4 + payload.len());
+    message.extend_from_slice(&len.to_le_bytes());
+    message.extend_from_slice(payload);
+    let mut link = SocketLink {
+        stream: BufReader::with_capacity(64 << 10, stream),
+        message,
+    };
+    let _spin = Spinner::start(polling);
+    let figures = warm_and_measure(&mut link, spec, payload.len()).await?;
+    let _ = link.stream.shutdown().await;
+    Ok(figures)
+}
+
+/// Plain tokio sockets, a 4-byte little-endian length before each message,
+/// no Courier code: the floor under the tcp and unix plugins.
+pub(crate) async fn socket(
+    kind: SocketKind,
+    address: &str,
+    payload: &[u8],
+    spec: &Spec,
+    polling: bool,
+) -> Result<Figures, String> {
+    let rest = address
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("the socket peer printed a malformed address '{address}'"))?;
+    match kind {
+        SocketKind::Tcp => {
+            let s = tokio::net::TcpStream::connect(rest)
+                .await
+                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+            s.set_nodelay(true)
+                .map_err(|e| format!("TCP_NODELAY on {address}: {e}"))?;
+            socket_link(s, payload, spec, polling).await
+        }
+        #[cfg(unix)]
+        SocketKind::Unix => {
+            let s = tokio::net::UnixStream::connect(rest)
+                .await
+                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+            socket_link(s, payload, spec, polling).await
+        }
+        #[cfg(not(unix))]
+        SocketKind::Unix => Err("unix sockets are not available on this platform".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A link whose peer answers at once: checks the pipeline's accounting.
+    struct Loopback {
+        outstanding: usize,
+        max_outstanding: usize,
+        sent: u64,
+    }
+
+    impl Link for Loopback {
+        async fn send(&mut self) -> Result<(), String> {
+            self.outstanding += 1;
+            self.max_outstanding = self.max_outstanding.max(self.outstanding);
+            self.sent += 1;
+            Ok(())
+        }
+
+        async fn recv(&mut self) -> Result<(), String> {
+            if self.outstanding == 0 {
+                return Err("nothing outstanding".into());
+            }
+            self.outstanding -= 1;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipeline_keeps_n_outstanding_and_makes_every_call() {
+        for (n, calls) in [(1, 10), (4, 100), (32, 10)] {
+            let mut link = Loopback {
+                outstanding: 0,
+                max_outstanding: 0,
+                sent: 0,
+            };
+            let (h, _) = pipeline(&mut link, n, calls, Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!(h.len(), calls);
+            assert_eq!(link.sent, calls);
+            assert_eq!(link.outstanding, 0);
+            assert_eq!(link.max_outstanding, n.min(calls as usize));
+        }
+    }
+
+    #[test]
+    fn figures_from_a_histogram() {
+        let mut h = histogram().unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let f = figures(&h, Duration::from_secs(2), 1 << 20).unwrap();
+        assert!((f.p50_us - 500.0).abs() < 1.0, "{f:?}");
+        assert!((f.p99_us - 990.0).abs() < 1.0, "{f:?}");
+        assert!((f.p999_us - 999.0).abs() < 1.0, "{f:?}");
+        assert!((f.rpcs_per_s - 500.0).abs() < 1e-9);
+        assert!((f.mib_per_s - 500.0).abs() < 1e-9);
+        assert_eq!(f.calls, 1000);
+        assert!(figures(&histogram().unwrap(), Duration::from_secs(1), 0).is_err());
+    }
+}

@@ -1,0 +1,869 @@
+//! `courier bench`: one RPC workload over every protocol, next to the raw
+//! floor of the same transport, with the servers in child processes.
+//!
+//! For each protocol and polling policy, three child processes are started
+//! (each is this executable, re-run as the hidden `courier bench-peer`):
+//!
+//! * **engine**: a server engine with the RPC `bench.sink` (takes the
+//!   payload, responds with an empty payload);
+//! * **raw**: the transport alone (`Registry::create` → `DynTransport`),
+//!   answering every message with an empty message;
+//! * **socket** (tcp and unix plugins only): plain tokio sockets with a
+//!   4-byte length prefix, no Courier code, answering the same way.
+//!
+//! The client side runs in this process on one thread (the CLI's
+//! current-thread runtime), as the peers do. Each measurement is a warm-up,
+//! then a fixed number of calls (fewer for large payloads) with N in
+//! flight, stopped early by a time cap; every round trip goes into an HDR
+//! histogram. `docs/benchmarks.md` documents the workload, the table and
+//! the JSON.
+
+mod chart;
+mod measure;
+pub(crate) mod peer;
+mod report;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use courier::transport::{Address as WireAddr, PluginOptions, ProtocolEntry, Registry};
+use courier::{Bytes, Engine};
+use serde::Serialize;
+
+use crate::{out, CliResult, Fail};
+
+use self::measure::{Figures, Spec};
+use self::peer::PeerProc;
+use self::report::RunResult;
+
+/// The RPC the engine peer serves: S bytes in, an empty response out.
+pub(crate) const SINK_RPC: &str = "bench.sink";
+
+/// Fewest calls in one measurement, whatever the payload size.
+const MIN_CALLS: u64 = 10;
+/// Payload bytes one measurement aims to move (then capped by the call
+/// count): large payloads make fewer calls.
+const BYTES_PER_MEASUREMENT: u64 = 256 << 20;
+const QUICK_BYTES_PER_MEASUREMENT: u64 = 64 << 20;
+/// Most calls per measurement.
+const MAX_CALLS: u64 = 10_000;
+const QUICK_MAX_CALLS: u64 = 2_000;
+/// Time cap of one measurement (its warm-up gets a quarter of it).
+const TIME_CAP_MS: u64 = 5_000;
+const QUICK_TIME_CAP_MS: u64 = 1_000;
+/// A hang guard around one measurement, beyond its time cap.
+const MEASUREMENT_GUARD: Duration = Duration::from_secs(120);
+
+const DEFAULT_SIZES: [usize; 6] = [0, 64, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
+const QUICK_SIZES: [usize; 4] = [0, 64, 64 << 10, 1 << 20];
+const DEFAULT_IN_FLIGHT: [u32; 2] = [1, 32];
+/// The largest payload accepted by `--sizes`.
+const MAX_SIZE: usize = 1 << 30;
+/// Payloads from this size on get a MiB/s figure.
+pub(crate) const THROUGHPUT_FROM: usize = 64 << 10;
+
+/// What is measured: the engine, the transport alone, or plain sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Layer {
+    /// A full RPC through two engines (`bench.sink`).
+    Engine,
+    /// The same transport through the `Transport` trait, no engine.
+    Raw,
+    /// Plain tokio sockets with a length prefix, no Courier code (tcp, unix).
+    Socket,
+}
+
+impl Layer {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Engine => "engine",
+            Self::Raw => "raw",
+            Self::Socket => "socket",
+        }
+    }
+}
+
+/// Where the client and its peers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Pin {
+    /// The client on one CPU, every peer on another: cross-core round trips.
+    Split,
+    /// The client and every peer on one CPU.
+    Same,
+    /// Wherever the scheduler puts them.
+    None,
+}
+
+impl Pin {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Split => "split",
+            Self::Same => "same",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub(crate) fn pin_current_thread(cpu: usize) -> CliResult {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        Ok(())
+    } else {
+        Err(Fail::msg(format!("cannot pin this process to CPU {cpu}")))
+    }
+}
+
+/// The plain-socket floor of a protocol, by the plugin that implements it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketKind {
+    Tcp,
+    Unix,
+}
+
+pub(crate) fn socket_kind(entry: &ProtocolEntry) -> Option<SocketKind> {
+    match entry.plugin.as_str() {
+        "tcp" => Some(SocketKind::Tcp),
+        "unix" if cfg!(unix) => Some(SocketKind::Unix),
+        _ => None,
+    }
+}
+
+/// The policy column: "park" for 0, "spin Nµs" otherwise.
+pub(crate) fn policy_label(spin_us: u64) -> String {
+    if spin_us == 0 {
+        "park".to_owned()
+    } else {
+        format!("spin {spin_us}µs")
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = BENCH_AFTER_HELP)]
+pub(crate) struct BenchArgs {
+    /// Protocols to measure, comma-separated names or aliases (default: every
+    /// protocol whose plugin is built in; see `courier protocols`).
+    #[arg(long, value_name = "P,P,...", value_delimiter = ',')]
+    protocols: Vec<String>,
+
+    /// Payload sizes in bytes, comma-separated, with an optional K, M or G
+    /// suffix in powers of 1024 (4K = 4096) [default: 0,64,4K,64K,1M,16M;
+    /// with --quick 0,64,64K,1M].
+    #[arg(long, value_name = "S,S,...", value_delimiter = ',', value_parser = parse_size)]
+    sizes: Vec<usize>,
+
+    /// Calls kept in flight, comma-separated [default: 1,32].
+    #[arg(long = "in-flight", value_name = "N,N,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    in_flight: Vec<u32>,
+
+    /// Repetitions of every measurement; each figure is the median over the
+    /// runs, with min..max [default: 3; with --quick 1].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: Option<u32>,
+
+    /// A short run: sizes 0,64,64K,1M, 1 run, at most 2000 calls, 64 MiB and
+    /// 1 s per measurement. Options given explicitly take precedence.
+    #[arg(long)]
+    quick: bool,
+
+    /// Polling policies, comma-separated values of the engine's
+    /// `progress_spin_us` (0 parks at once); every measurement runs once per
+    /// policy, on both sides.
+    #[arg(long = "progress-spin-us", value_name = "US,US,...", value_delimiter = ',',
+          default_values_t = [courier::DEFAULT_PROGRESS_SPIN_US])]
+    progress_spin_us: Vec<u64>,
+
+    /// Layers to measure, comma-separated [default: engine,raw,socket]; the
+    /// socket floor exists for the tcp and unix plugins only.
+    #[arg(long, value_name = "L,L,...", value_delimiter = ',', value_enum)]
+    layers: Vec<Layer>,
+
+    /// Most calls in one measurement [default: 10000; with --quick 2000];
+    /// large payloads make fewer: 256 MiB (--quick: 64 MiB) over the
+    /// payload size, at least 10 and twice the calls in flight.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    calls: Option<u64>,
+
+    /// Time cap of one measurement, in milliseconds: no call starts after
+    /// it (a warm-up gets a quarter of it) [default: 5000; with --quick 1000].
+    #[arg(long = "time-cap-ms", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    time_cap_ms: Option<u64>,
+
+    /// Where the processes run: `split` puts this process (the client) on
+    /// the first CPU it may use and every server on the second; `same` puts
+    /// them all on the first; `none` leaves it to the scheduler
+    /// [default: split when two CPUs are available, else none].
+    #[arg(long, value_name = "MODE", value_enum)]
+    pin: Option<Pin>,
+
+    /// Write every figure as JSON to FILE (schema: docs/benchmarks.md).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Draw p50 latency and MiB/s by payload size, per protocol, as SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// Parses `4096`, `4K`, `4KiB`, `1M`, `16MB`, ... (powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| {
+        format!("'{text}' is not a size (a number of bytes, with an optional K, M or G suffix)")
+    })?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown size suffix '{suffix}' (use K, M or G, powers of 1024)"
+            ))
+        }
+    };
+    let bytes = number
+        .checked_mul(1 << shift)
+        .filter(|b| *b <= MAX_SIZE as u64)
+        .ok_or_else(|| format!("'{text}' is over the largest payload, 1 GiB"))?;
+    usize::try_from(bytes).map_err(|_| format!("'{text}' does not fit in memory here"))
+}
+
+/// Formats a payload size as the table shows it: `0 B`, `64 B`, `4 KiB`.
+pub(crate) fn size_label(bytes: usize) -> String {
+    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit {
+            // `unit` is a power of two: whole units when the low bits are zero.
+            return if bytes & (unit - 1) == 0 {
+                format!("{} {name}", bytes / unit)
+            } else {
+                #[allow(clippy::cast_precision_loss)]
+                let v = bytes as f64 / unit as f64;
+                format!("{v:.1} {name}")
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// A protocol to measure, resolved through the registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Proto {
+    /// The canonical name.
+    pub(crate) name: String,
+    pub(crate) plugin: String,
+    pub(crate) socket: Option<SocketKind>,
+}
+
+/// Everything `courier bench` will do, from its options.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) protocols: Vec<Proto>,
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) in_flight: Vec<u32>,
+    pub(crate) runs: u32,
+    pub(crate) policies: Vec<u64>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) max_calls: u64,
+    pub(crate) bytes_per_measurement: u64,
+    pub(crate) time_cap: Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) quick: bool,
+    pub(crate) pin: Pin,
+    /// The CPU of this process (the client), when pinned.
+    pub(crate) client_cpu: Option<usize>,
+    /// The CPU of the peers, when pinned.
+    pub(crate) peer_cpu: Option<usize>,
+    /// The machine, as the JSON describes it (read before pinning).
+    pub(crate) machine: serde_json::Value,
+}
+
+/// Resolves `--pin` against the CPUs this process may use.
+fn cpus(pin: Option<Pin>) -> CliResult<(Pin, Option<usize>, Option<usize>)> {
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    match (pin, ids.as_slice()) {
+        (Some(Pin::None), _) | (None, [] | [_]) => Ok((Pin::None, None, None)),
+        (Some(Pin::Split) | None, [a, b, ..]) => Ok((Pin::Split, Some(*a), Some(*b))),
+        (Some(Pin::Same), [a, ..]) => Ok((Pin::Same, Some(*a), Some(*a))),
+        (Some(Pin::Split), _) => Err(Fail::msg(format!(
+            "--pin split needs two CPUs; this process may use {}",
+            ids.len()
+        ))),
+        (Some(Pin::Same), []) => Err(Fail::msg(
+            "--pin same: cannot read the CPUs this process may use",
+        )),
+    }
+}
+
+impl Plan {
+    fn new(args: &BenchArgs, registry: &Registry) -> CliResult<Self> {
+        let quick = args.quick;
+        let mut sizes = if args.sizes.is_empty() {
+            if quick {
+                QUICK_SIZES.to_vec()
+            } else {
+                DEFAULT_SIZES.to_vec()
+            }
+        } else {
+            args.sizes.clone()
+        };
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut in_flight = if args.in_flight.is_empty() {
+            DEFAULT_IN_FLIGHT.to_vec()
+        } else {
+            args.in_flight.clone()
+        };
+        in_flight.sort_unstable();
+        in_flight.dedup();
+        let mut policies = Vec::new();
+        for p in &args.progress_spin_us {
+            if !policies.contains(p) {
+                policies.push(*p);
+            }
+        }
+        if policies.is_empty() {
+            policies.push(courier::DEFAULT_PROGRESS_SPIN_US);
+        }
+        let mut layers = if args.layers.is_empty() {
+            vec![Layer::Engine, Layer::Raw, Layer::Socket]
+        } else {
+            args.layers.clone()
+        };
+        layers.sort_unstable();
+        layers.dedup();
+
+        // Room for the largest payload behind the engine's header.
+        let largest = sizes.last().copied().unwrap_or(0);
+        let max_message_size =
+            courier::DEFAULT_MAX_MESSAGE_SIZE.max(largest + courier::frame::HEADER_LEN + 4096);
+
+        let (pin, client_cpu, peer_cpu) = cpus(args.pin)?;
+        let names: Vec<String> = if args.protocols.is_empty() {
+            registry
+                .protocols()
+                .filter(|p| registry.is_available(p))
+                .map(|p| p.name.clone())
+                .collect()
+        } else {
+            args.protocols
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let mut protocols: Vec<Proto> = Vec::new();
+        let mut seen = HashSet::new();
+        for name in &names {
+            // `create` says whether the name is known, and whether its plugin
+            // is built in, in the registry's own words; it also checks that
+            // the transport can be built before any child is started.
+            let (entry, _) = registry.create(name, &PluginOptions::new(), max_message_size)?;
+            if seen.insert(entry.name.clone()) {
+                protocols.push(Proto {
+                    socket: socket_kind(&entry),
+                    name: entry.name,
+                    plugin: entry.plugin,
+                });
+            }
+        }
+        if protocols.is_empty() {
+            return Err(Fail::msg(
+                "no protocol to measure: no transport plugin is built in",
+            ));
+        }
+        Ok(Self {
+            protocols,
+            sizes,
+            in_flight,
+            runs: args.runs.unwrap_or(if quick { 1 } else { 3 }),
+            policies,
+            layers,
+            max_calls: args
+                .calls
+                .unwrap_or(if quick { QUICK_MAX_CALLS } else { MAX_CALLS }),
+            bytes_per_measurement: if quick {
+                QUICK_BYTES_PER_MEASUREMENT
+            } else {
+                BYTES_PER_MEASUREMENT
+            },
+            time_cap: Duration::from_millis(args.time_cap_ms.unwrap_or(if quick {
+                QUICK_TIME_CAP_MS
+            } else {
+                TIME_CAP_MS
+            })),
+            max_message_size,
+            quick,
+            pin,
+            client_cpu,
+            peer_cpu,
+            machine: report::machine(),
+        })
+    }
+
+    /// The layers measured for `p` (no socket floor for other plugins).
+    pub(crate) fn layers_for(&self, p: &Proto) -> Vec<Layer> {
+        self.layers
+            .iter()
+            .copied()
+            .filter(|l| *l != Layer::Socket || p.socket.is_some())
+            .collect()
+    }
+
+    /// Calls of one measurement: the byte budget over the size, at least
+    /// `MIN_CALLS` and twice the calls in flight, at most `max_calls`.
+    pub(crate) fn calls(&self, size: usize, in_flight: u32) -> u64 {
+        let by_bytes = self.bytes_per_measurement / (size.max(1) as u64);
+        let floor = MIN_CALLS.max(2 * u64::from(in_flight));
+        by_bytes.max(floor).min(self.max_calls).max(1)
+    }
+
+    /// Calls of the warm-up before a measurement: a tenth, and at least one
+    /// per call in flight.
+    pub(crate) fn warmup(&self, calls: u64, in_flight: u32) -> u64 {
+        (calls / 10).max(u64::from(in_flight)).min(calls)
+    }
+
+    fn spec(&self, size: usize, in_flight: u32) -> Spec {
+        let calls = self.calls(size, in_flight);
+        Spec {
+            in_flight: in_flight as usize,
+            calls,
+            warmup: self.warmup(calls, in_flight),
+            time_cap: self.time_cap,
+        }
+    }
+
+    fn measurements(&self) -> u64 {
+        let per_layer = self.runs as usize * self.sizes.len() * self.in_flight.len();
+        let layers: usize = self
+            .protocols
+            .iter()
+            .map(|p| self.layers_for(p).len())
+            .sum();
+        (per_layer * layers * self.policies.len()) as u64
+    }
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "[{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
+    let registry = courier::default_registry()?;
+    let plan = Plan::new(&args, &registry)?;
+    if let Some(cpu) = plan.client_cpu {
+        // The client runs on this thread (a current-thread runtime).
+        pin_current_thread(cpu)?;
+    }
+    let started = Instant::now();
+    let bar = progress_bar(plan.measurements());
+    let all = async {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (pi, proto) in plan.protocols.iter().enumerate() {
+            for &spin in &plan.policies {
+                let group = Group {
+                    plan: &plan,
+                    registry: &registry,
+                    proto,
+                    proto_index: pi,
+                    spin_us: spin,
+                    verbose,
+                    bar: &bar,
+                };
+                if let Err(e) = group.run(&mut results).await {
+                    errors.push(format!(
+                        "bench over {} ({}) failed: {e}",
+                        proto.name,
+                        policy_label(spin)
+                    ));
+                }
+            }
+        }
+        (results, errors)
+    };
+    // On Ctrl-C or SIGTERM, dropping `all` drops the children's handles,
+    // which kills them.
+    let (results, errors) = tokio::select! {
+        r = all => r,
+        () = crate::serve::stop_signal() => {
+            bar.finish_and_clear();
+            return Err(Fail::msg("bench interrupted"));
+        }
+    };
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+
+    let records = report::aggregate(&plan, &results);
+    if !records.is_empty() || errors.is_empty() {
+        report::print(&plan, &records, elapsed)?;
+    }
+    if let Some(path) = &args.json {
+        report::write_json(path, &plan, &records, &errors, elapsed)?;
+        out(format_args!("results written to {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        chart::write_svg(path, &plan, &records)?;
+        out(format_args!("charts written to {}", path.display()))?;
+    }
+    match errors.split_last() {
+        None => Ok(()),
+        Some((last, rest)) => {
+            for e in rest {
+                eprintln!("courier: {e}");
+            }
+            Err(Fail::msg(last.clone()))
+        }
+    }
+}
+
+/// One protocol under one polling policy: its children, its client side,
+/// and every measurement of it.
+struct Group<'a> {
+    plan: &'a Plan,
+    registry: &'a Registry,
+    proto: &'a Proto,
+    proto_index: usize,
+    spin_us: u64,
+    verbose: u8,
+    bar: &'a indicatif::ProgressBar,
+}
+
+/// The children of a group, stopped (or killed) together.
+#[derive(Debug, Default)]
+struct Peers {
+    engine: Option<PeerProc>,
+    raw: Option<PeerProc>,
+    socket: Option<PeerProc>,
+}
+
+impl Peers {
+    fn all(self) -> impl Iterator<Item = PeerProc> {
+        [self.engine, self.raw, self.socket].into_iter().flatten()
+    }
+}
+
+impl Group<'_> {
+    async fn run(&self, results: &mut Vec<RunResult>) -> Result<(), String> {
+        let layers = self.plan.layers_for(self.proto);
+        let mut peers = Peers::default();
+        let started = self.start_peers(&layers, &mut peers).await;
+        let outcome = match started {
+            Ok(()) => self.measure_all(&layers, &peers, results).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                let mut first_error = None;
+                for p in peers.all() {
+                    if let Err(e) = p.stop().await {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            }
+            Err(e) => {
+                for p in peers.all() {
+                    p.kill().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_peers(&self, layers: &[Layer], peers: &mut Peers) -> Result<(), String> {
+        for &layer in layers {
+            self.bar.set_message(format!(
+                "{}: starting the {} peer",
+                self.proto.name,
+                layer.name()
+            ));
+            let p = PeerProc::spawn(
+                layer,
+                &self.proto.name,
+                self.spin_us,
+                self.plan.max_message_size,
+                self.plan.peer_cpu,
+                self.verbose,
+            )
+            .await?;
+            match layer {
+                Layer::Engine => peers.engine = Some(p),
+                Layer::Raw => peers.raw = Some(p),
+                Layer::Socket => peers.socket = Some(p),
+            }
+        }
+        Ok(())
+    }
+
+    async fn measure_all(
+        &self,
+        layers: &[Layer],
+        peers: &Peers,
+        results: &mut Vec<RunResult>,
+    ) -> Result<(), String> {
+        let plan = self.plan;
+        let spin = Duration::from_micros(self.spin_us);
+        // The client engine, on this thread's runtime, polling as the server does.
+        let client = match &peers.engine {
+            None => None,
+            Some(p) => {
+                let engine = Engine::builder(&self.proto.name)
+                    .client()
+                    .progress_spin(spin)
+                    .max_message_size(plan.max_message_size)
+                    .build()
+                    .await
+                    .map_err(|e| format!("client engine: {e}"))?;
+                match engine.lookup(&p.address).await {
+                    Ok(a) => Some((engine, a)),
+                    Err(e) => {
+                        engine.finalize().await;
+                        return Err(format!("lookup of the engine peer: {e}"));
+                    }
+                }
+            }
+        };
+        let result = self
+            .measure_loop(layers, peers, client.as_ref(), results)
+            .await;
+        if let Some((engine, _)) = client {
+            engine.finalize().await;
+        }
+        result
+    }
+
+    async fn measure_loop(
+        &self,
+        layers: &[Layer],
+        peers: &Peers,
+        client: Option<&(Engine, courier::Address)>,
+        results: &mut Vec<RunResult>,
+    ) -> Result<(), String> {
+        let plan = self.plan;
+        let sink = client.map(|(engine, addr)| engine.remote_raw(SINK_RPC).on(addr));
+        let transport = match &peers.raw {
+            None => None,
+            Some(p) => {
+                let (_, t) = self
+                    .registry
+                    .create(
+                        &self.proto.name,
+                        &PluginOptions::new(),
+                        plan.max_message_size,
+                    )
+                    .map_err(|e| e.to_string())?;
+                let addr: WireAddr = p
+                    .address
+                    .parse()
+                    .map_err(|e| format!("the raw peer's address: {e}"))?;
+                Some((t, addr))
+            }
+        };
+        let largest = plan.sizes.last().copied().unwrap_or(0);
+        let buffer = Bytes::from(vec![0xa5u8; largest]);
+        let polling = self.spin_us > 0;
+        for run in 0..plan.runs {
+            for &size in &plan.sizes {
+                let payload = buffer.slice(..size);
+                for &n in &plan.in_flight {
+                    let spec = plan.spec(size, n);
+                    for &layer in layers {
+                        self.bar.set_message(format!(
+                            "{} {} {} {} ×{n} run {}/{}",
+                            self.proto.name,
+                            policy_label(self.spin_us),
+                            layer.name(),
+                            size_label(size),
+                            run + 1,
+                            plan.runs
+                        ));
+                        let work = async {
+                            match layer {
+                                Layer::Engine => match &sink {
+                                    Some(s) => measure::engine(s, &payload, &spec).await,
+                                    None => Err("no engine peer".to_owned()),
+                                },
+                                Layer::Raw => match &transport {
+                                    Some((t, a)) => {
+                                        measure::raw(t, a, &payload, &spec, polling).await
+                                    }
+                                    None => Err("no raw peer".to_owned()),
+                                },
+                                Layer::Socket => match (&peers.socket, self.proto.socket) {
+                                    (Some(p), Some(kind)) => {
+                                        measure::socket(kind, &p.address, &payload, &spec, polling)
+                                            .await
+                                    }
+                                    _ => Err("no socket peer".to_owned()),
+                                },
+                            }
+                        };
+                        let guard = spec.time_cap * 2 + MEASUREMENT_GUARD;
+                        let figures: Figures = match tokio::time::timeout(guard, work).await {
+                            Ok(Ok(f)) => f,
+                            Ok(Err(e)) => {
+                                return Err(format!(
+                                    "{} layer, {} × {n} in flight: {e}",
+                                    layer.name(),
+                                    size_label(size)
+                                ))
+                            }
+                            Err(_) => {
+                                return Err(format!(
+                                    "{} layer, {} × {n} in flight: no end after {} s",
+                                    layer.name(),
+                                    size_label(size),
+                                    guard.as_secs()
+                                ))
+                            }
+                        };
+                        results.push(RunResult {
+                            proto_index: self.proto_index,
+                            protocol: self.proto.name.clone(),
+                            plugin: self.proto.plugin.clone(),
+                            spin_us: self.spin_us,
+                            layer,
+                            size,
+                            in_flight: n,
+                            figures,
+                        });
+                        self.bar.inc(1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const BENCH_AFTER_HELP: &str = "\
+Workload: the RPC `bench.sink` takes the payload and responds with an empty
+payload (a put). Latency is the full round trip of one call; with N in flight,
+N tasks call in a loop. RPCs/s = calls / elapsed; MiB/s = payload × calls /
+elapsed (payloads of 64 KiB and more). The raw floor sends the same payload
+through the transport alone and gets an empty message back; the socket floor
+does it over plain sockets with a 4-byte length prefix. Ratios divide each
+layer's figure by the raw floor's. Servers run in child processes, started and
+stopped by this command; by default this process runs on one CPU and the
+servers on another (--pin; restrict the CPUs with taskset to choose them).
+
+Examples:
+  courier bench --quick                              # < 30 s, every built-in protocol
+  courier bench --protocols tcp,unix --sizes 0,4K,1M --in-flight 1,8,64
+  courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg";
+
+/// The long help of the subcommand (clap takes it from the enum variant).
+pub(crate) const BENCH_LONG_ABOUT: &str =
+    "Measure the same RPC workload over every protocol (or --protocols), by \
+    payload size and calls in flight, next to the raw floor of the same transport \
+    (and plain sockets for tcp and unix), with each server in a child process. \
+    Prints one table: p50 / p99 / p99.9 latency in µs, RPCs/s, MiB/s, and the \
+    ratios to the raw floor; optionally JSON (--json) and SVG charts (--svg).";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size(" 1G ").unwrap(), 1 << 30);
+        assert_eq!(parse_size("12B").unwrap(), 12);
+        assert!(parse_size("4X").unwrap_err().contains("suffix"));
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("2G").unwrap_err().contains("1 GiB"));
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn sizes_print_as_the_table_shows_them() {
+        assert_eq!(size_label(0), "0 B");
+        assert_eq!(size_label(64), "64 B");
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(1536), "1.5 KiB");
+        assert_eq!(size_label(16 << 20), "16 MiB");
+        assert_eq!(policy_label(0), "park");
+        assert_eq!(policy_label(50), "spin 50µs");
+    }
+
+    fn plan(quick: bool) -> Plan {
+        let args = BenchArgs {
+            protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
+            sizes: Vec::new(),
+            in_flight: Vec::new(),
+            runs: None,
+            quick,
+            progress_spin_us: vec![0, 50, 0],
+            layers: Vec::new(),
+            calls: None,
+            time_cap_ms: None,
+            pin: Some(Pin::None),
+            json: None,
+            svg: None,
+        };
+        Plan::new(&args, &courier::default_registry().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plan_resolves_aliases_and_applies_quick() {
+        let p = plan(true);
+        let names: Vec<&str> = p.protocols.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["tcp", "unix"]);
+        assert_eq!(p.sizes, QUICK_SIZES);
+        assert_eq!(p.in_flight, [1, 32]);
+        assert_eq!(p.policies, [0, 50]);
+        assert_eq!(p.runs, 1);
+        assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2);
+        let p = plan(false);
+        assert_eq!(p.sizes, DEFAULT_SIZES);
+        assert_eq!(p.runs, 3);
+    }
+
+    #[test]
+    fn call_counts_shrink_with_size_within_bounds() {
+        let p = plan(false);
+        assert_eq!(p.calls(0, 1), MAX_CALLS);
+        assert_eq!(p.calls(64 << 10, 1), 4096);
+        assert_eq!(p.calls(16 << 20, 1), 16);
+        assert_eq!(p.calls(16 << 20, 32), 64);
+        assert_eq!(p.calls(1 << 30, 1), MIN_CALLS);
+        assert_eq!(p.warmup(10_000, 32), 1000);
+        assert_eq!(p.warmup(16, 32), 16);
+        assert_eq!(p.warmup(64, 32), 32);
+    }
+}

@@ -1,0 +1,551 @@
+//! From runs to records: medians and spreads, the table, the JSON.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::measure::Figures;
+use super::{policy_label, size_label, Layer, Plan, THROUGHPUT_FROM};
+use crate::table::{Align, Table};
+use crate::{out, CliResult, Fail};
+
+/// One measurement (one run of one combination).
+#[derive(Debug, Clone)]
+pub(crate) struct RunResult {
+    /// Position of the protocol in the plan (the table's order).
+    pub(crate) proto_index: usize,
+    pub(crate) protocol: String,
+    pub(crate) plugin: String,
+    pub(crate) spin_us: u64,
+    pub(crate) layer: Layer,
+    pub(crate) size: usize,
+    pub(crate) in_flight: u32,
+    pub(crate) figures: Figures,
+}
+
+/// One figure over the runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Self {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+}
+
+/// A run's figures as the JSON's `per_run` holds them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct RunFigures {
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    rpcs_per_s: f64,
+    mib_per_s: Option<f64>,
+    calls: u64,
+    elapsed_s: f64,
+}
+
+/// One row of the table and one element of the JSON's `results`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Record {
+    pub(crate) protocol: String,
+    pub(crate) plugin: String,
+    pub(crate) layer: Layer,
+    pub(crate) policy: String,
+    pub(crate) progress_spin_us: u64,
+    pub(crate) payload_bytes: usize,
+    pub(crate) in_flight: u32,
+    pub(crate) runs: usize,
+    pub(crate) calls: u64,
+    pub(crate) p50_us: f64,
+    pub(crate) p50_us_min: f64,
+    pub(crate) p50_us_max: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p99_us_min: f64,
+    pub(crate) p99_us_max: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) p999_us_min: f64,
+    pub(crate) p999_us_max: f64,
+    pub(crate) rpcs_per_s: f64,
+    pub(crate) rpcs_per_s_min: f64,
+    pub(crate) rpcs_per_s_max: f64,
+    pub(crate) mib_per_s: Option<f64>,
+    pub(crate) mib_per_s_min: Option<f64>,
+    pub(crate) mib_per_s_max: Option<f64>,
+    pub(crate) p50_vs_raw: Option<f64>,
+    pub(crate) rpcs_per_s_vs_raw: Option<f64>,
+    pub(crate) per_run: Vec<RunFigures>,
+    #[serde(skip)]
+    proto_index: usize,
+}
+
+/// The fields every record has, in order (the documented schema; a test
+/// checks the JSON against it).
+#[cfg(test)]
+pub(crate) const RECORD_FIELDS: [&str; 27] = [
+    "protocol",
+    "plugin",
+    "layer",
+    "policy",
+    "progress_spin_us",
+    "payload_bytes",
+    "in_flight",
+    "runs",
+    "calls",
+    "p50_us",
+    "p50_us_min",
+    "p50_us_max",
+    "p99_us",
+    "p99_us_min",
+    "p99_us_max",
+    "p999_us",
+    "p999_us_min",
+    "p999_us_max",
+    "rpcs_per_s",
+    "rpcs_per_s_min",
+    "rpcs_per_s_max",
+    "mib_per_s",
+    "mib_per_s_min",
+    "mib_per_s_max",
+    "p50_vs_raw",
+    "rpcs_per_s_vs_raw",
+    "per_run",
+];
+
+/// Groups the runs by (protocol, policy, size, in flight, layer) and
+/// computes medians, spreads and the ratios to the raw floor.
+pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
+    let policy_rank = |spin: u64| plan.policies.iter().position(|p| *p == spin);
+    type Key = (usize, Option<usize>, usize, u32, Layer);
+    let mut groups: BTreeMap<Key, Vec<&RunResult>> = BTreeMap::new();
+    for r in results {
+        groups
+            .entry((
+                r.proto_index,
+                policy_rank(r.spin_us),
+                r.size,
+                r.in_flight,
+                r.layer,
+            ))
+            .or_default()
+            .push(r);
+    }
+    let mut records: Vec<Record> = groups
+        .values()
+        .filter_map(|runs| {
+            let first = runs.first()?;
+            let f = |get: fn(&Figures) -> f64| Spread::of(runs.iter().map(|r| get(&r.figures)));
+            let p50 = f(|x| x.p50_us);
+            let p99 = f(|x| x.p99_us);
+            let p999 = f(|x| x.p999_us);
+            let rate = f(|x| x.rpcs_per_s);
+            let mib = f(|x| x.mib_per_s);
+            let calls = Spread::of(runs.iter().map(|r| r.figures.calls as f64));
+            let throughput = first.size >= THROUGHPUT_FROM;
+            let opt = |v: f64| throughput.then_some(v);
+            Some(Record {
+                protocol: first.protocol.clone(),
+                plugin: first.plugin.clone(),
+                layer: first.layer,
+                policy: policy_label(first.spin_us),
+                progress_spin_us: first.spin_us,
+                payload_bytes: first.size,
+                in_flight: first.in_flight,
+                runs: runs.len(),
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                calls: calls.median.round() as u64,
+                p50_us: p50.median,
+                p50_us_min: p50.min,
+                p50_us_max: p50.max,
+                p99_us: p99.median,
+                p99_us_min: p99.min,
+                p99_us_max: p99.max,
+                p999_us: p999.median,
+                p999_us_min: p999.min,
+                p999_us_max: p999.max,
+                rpcs_per_s: rate.median,
+                rpcs_per_s_min: rate.min,
+                rpcs_per_s_max: rate.max,
+                mib_per_s: opt(mib.median),
+                mib_per_s_min: opt(mib.min),
+                mib_per_s_max: opt(mib.max),
+                p50_vs_raw: None,
+                rpcs_per_s_vs_raw: None,
+                per_run: runs
+                    .iter()
+                    .map(|r| RunFigures {
+                        p50_us: r.figures.p50_us,
+                        p99_us: r.figures.p99_us,
+                        p999_us: r.figures.p999_us,
+                        rpcs_per_s: r.figures.rpcs_per_s,
+                        mib_per_s: opt(r.figures.mib_per_s),
+                        calls: r.figures.calls,
+                        elapsed_s: r.figures.elapsed_s,
+                    })
+                    .collect(),
+                proto_index: first.proto_index,
+            })
+        })
+        .collect();
+    // Ratios to the raw floor of the same protocol, policy, size, in flight.
+    let floors: BTreeMap<(usize, u64, usize, u32), (f64, f64)> = records
+        .iter()
+        .filter(|r| r.layer == Layer::Raw)
+        .map(|r| {
+            (
+                (
+                    r.proto_index,
+                    r.progress_spin_us,
+                    r.payload_bytes,
+                    r.in_flight,
+                ),
+                (r.p50_us, r.rpcs_per_s),
+            )
+        })
+        .collect();
+    for r in &mut records {
+        let key = (
+            r.proto_index,
+            r.progress_spin_us,
+            r.payload_bytes,
+            r.in_flight,
+        );
+        if let Some((p50, rate)) = floors.get(&key) {
+            r.p50_vs_raw = ratio(r.p50_us, *p50);
+            r.rpcs_per_s_vs_raw = ratio(r.rpcs_per_s, *rate);
+        }
+    }
+    records
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// A latency in µs: two decimals below 10, one below 1000, none above.
+fn us(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 1000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A rate: no decimals from 100 on.
+fn rate(v: f64) -> String {
+    if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// "median" alone for one run, "median (min..max)" for several.
+fn spread(runs: usize, median: f64, min: f64, max: f64, fmt: fn(f64) -> String) -> String {
+    if runs <= 1 {
+        fmt(median)
+    } else {
+        format!("{} ({}..{})", fmt(median), fmt(min), fmt(max))
+    }
+}
+
+/// The table's lines (without the lines around it).
+pub(crate) fn table(records: &[Record]) -> Table {
+    let mut t = Table::new(&[
+        "protocol",
+        "policy",
+        "size",
+        "in flight",
+        "layer",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "RPCs/s",
+        "MiB/s",
+        "p50 ÷ raw",
+        "RPCs/s ÷ raw",
+    ]);
+    for col in 2..=11 {
+        if col != 4 {
+            t = t.align(col, Align::Right);
+        }
+    }
+    for r in records {
+        let n = r.runs;
+        let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
+        t.row(vec![
+            r.protocol.clone(),
+            r.policy.clone(),
+            size_label(r.payload_bytes),
+            r.in_flight.to_string(),
+            r.layer.name().to_owned(),
+            spread(n, r.p50_us, r.p50_us_min, r.p50_us_max, us),
+            spread(n, r.p99_us, r.p99_us_min, r.p99_us_max, us),
+            spread(n, r.p999_us, r.p999_us_min, r.p999_us_max, us),
+            spread(n, r.rpcs_per_s, r.rpcs_per_s_min, r.rpcs_per_s_max, rate),
+            match (r.mib_per_s, r.mib_per_s_min, r.mib_per_s_max) {
+                (Some(m), Some(lo), Some(hi)) => spread(n, m, lo, hi, rate),
+                _ => "-".to_owned(),
+            },
+            ratio(r.p50_vs_raw),
+            ratio(r.rpcs_per_s_vs_raw),
+        ]);
+    }
+    t
+}
+
+/// Prints the heading, the table and the legend.
+pub(crate) fn print(plan: &Plan, records: &[Record], elapsed: Duration) -> CliResult {
+    let spread_note = if plan.runs > 1 {
+        format!("median (min..max) of {} runs", plan.runs)
+    } else {
+        "1 run".to_owned()
+    };
+    out(format_args!(
+        "courier bench: `{}` (payload in, empty response out), server in a child process; \
+         {spread_note}; up to {} calls per measurement after a warm-up, capped at {} ms",
+        super::SINK_RPC,
+        plan.max_calls,
+        plan.time_cap.as_millis()
+    ))?;
+    let placement = match (plan.client_cpu, plan.peer_cpu) {
+        (Some(c), Some(p)) if c == p => format!("client and servers on CPU {c}"),
+        (Some(c), Some(p)) => format!("client on CPU {c}, servers on CPU {p}"),
+        _ => "left to the scheduler".to_owned(),
+    };
+    out(format_args!(
+        "placement: {placement} (--pin {})",
+        plan.pin.name()
+    ))?;
+    let m = &plan.machine;
+    out(format_args!(
+        "machine: {} cores, {}, kernel {}",
+        m["cores"],
+        m["cpu_model"].as_str().unwrap_or("unknown CPU"),
+        m["kernel"].as_str().unwrap_or("unknown")
+    ))?;
+    out("")?;
+    table(records).print()?;
+    out("")?;
+    out(
+        "engine: RPC through two engines; raw: the same transport alone (Transport trait); \
+         socket: plain sockets, no Courier code. ÷ raw: this layer's figure over the raw floor's \
+         (same protocol, policy, size, in flight). MiB/s from 64 KiB on.",
+    )?;
+    out(format_args!(
+        "{} measurements in {:.1} s",
+        records.iter().map(|r| r.runs).sum::<usize>(),
+        elapsed.as_secs_f64()
+    ))
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            matches!(
+                key.trim(),
+                "model name" | "Model" | "Hardware" | "cpu model"
+            )
+            .then(|| value.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+}
+
+/// What the JSON says of the machine.
+pub(crate) fn machine() -> Value {
+    json!({
+        "cores": std::thread::available_parallelism().map(std::num::NonZeroUsize::get).ok(),
+        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
+        "cpu_model": cpu_model(),
+        "hostname": read_trimmed("/proc/sys/kernel/hostname"),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn config(plan: &Plan) -> Value {
+    json!({
+        "command": std::env::args().collect::<Vec<_>>(),
+        "protocols": plan.protocols.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "sizes": plan.sizes,
+        "in_flight": plan.in_flight,
+        "runs": plan.runs,
+        "quick": plan.quick,
+        "progress_spin_us": plan.policies,
+        "layers": plan.layers,
+        "max_calls": plan.max_calls,
+        "min_calls": super::MIN_CALLS,
+        "bytes_per_measurement": plan.bytes_per_measurement,
+        "time_cap_ms": u64::try_from(plan.time_cap.as_millis()).unwrap_or(u64::MAX),
+        "max_message_size": plan.max_message_size,
+        "pin": plan.pin,
+        "client_cpu": plan.client_cpu,
+        "peer_cpu": plan.peer_cpu,
+        "courier_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The whole JSON document (fields in this order).
+#[derive(Debug, Serialize)]
+pub(crate) struct Document<'a> {
+    machine: &'a Value,
+    config: Value,
+    elapsed_s: f64,
+    errors: &'a [String],
+    results: &'a [Record],
+}
+
+pub(crate) fn document<'a>(
+    plan: &'a Plan,
+    records: &'a [Record],
+    errors: &'a [String],
+    elapsed: Duration,
+) -> Document<'a> {
+    Document {
+        machine: &plan.machine,
+        config: config(plan),
+        elapsed_s: elapsed.as_secs_f64(),
+        errors,
+        results: records,
+    }
+}
+
+pub(crate) fn write_json(
+    path: &Path,
+    plan: &Plan,
+    records: &[Record],
+    errors: &[String],
+    elapsed: Duration,
+) -> CliResult {
+    let doc = document(plan, records, errors, elapsed);
+    let mut text = serde_json::to_string_pretty(&doc)
+        .map_err(|e| Fail::msg(format!("cannot encode the results as JSON: {e}")))?;
+    text.push('\n');
+    std::fs::write(path, text)
+        .map_err(|e| Fail::msg(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = Spread::of([3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of([4.0, 1.0, 2.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert!(Spread::of([]).median.is_nan());
+    }
+
+    #[test]
+    fn numbers_format_for_the_table() {
+        assert_eq!(us(2.71), "2.71");
+        assert_eq!(us(62.15), "62.1");
+        assert_eq!(us(1234.5), "1234");
+        assert_eq!(rate(12.34), "12.3");
+        assert_eq!(rate(15234.6), "15235");
+        assert_eq!(spread(1, 62.1, 1.0, 99.0, us), "62.1");
+        assert_eq!(spread(3, 62.1, 58.0, 70.2, us), "62.1 (58.0..70.2)");
+    }
+
+    #[test]
+    fn machine_has_the_documented_keys() {
+        let m = machine();
+        for k in ["cores", "kernel", "cpu_model", "hostname", "os", "arch"] {
+            assert!(m.get(k).is_some(), "{k}: {m}");
+        }
+        assert!(m["cores"].as_u64().unwrap() >= 1);
+    }
+
+    #[test]
+    fn record_fields_are_the_serialized_ones() {
+        let f = Figures {
+            p50_us: 1.0,
+            p99_us: 2.0,
+            p999_us: 3.0,
+            rpcs_per_s: 4.0,
+            mib_per_s: 5.0,
+            calls: 6,
+            elapsed_s: 7.0,
+        };
+        let runs = [Layer::Engine, Layer::Raw].map(|layer| RunResult {
+            proto_index: 0,
+            protocol: "tcp".into(),
+            plugin: "tcp".into(),
+            spin_us: 0,
+            layer,
+            size: 64 << 10,
+            in_flight: 1,
+            figures: f,
+        });
+        let plan = Plan {
+            protocols: Vec::new(),
+            sizes: vec![64 << 10],
+            in_flight: vec![1],
+            runs: 1,
+            policies: vec![0],
+            layers: vec![Layer::Engine, Layer::Raw],
+            max_calls: 10,
+            bytes_per_measurement: 10,
+            time_cap: Duration::from_secs(1),
+            max_message_size: 1 << 20,
+            quick: true,
+            pin: super::super::Pin::None,
+            client_cpu: None,
+            peer_cpu: None,
+            machine: machine(),
+        };
+        let records = aggregate(&plan, &runs);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].layer, Layer::Engine);
+        assert_eq!(records[0].p50_vs_raw, Some(1.0));
+        let v = serde_json::to_value(&records[0]).unwrap();
+        let obj = v.as_object().unwrap();
+        for k in RECORD_FIELDS {
+            assert!(obj.contains_key(k), "{k}");
+        }
+        assert_eq!(obj.len(), RECORD_FIELDS.len(), "{obj:?}");
+        assert_eq!(v["mib_per_s"], 5.0);
+        assert_eq!(v["layer"], "engine");
+        assert_eq!(v["policy"], "park");
+    }
+}

@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     pub(crate) rt: RtHandle,
     /// Where handlers run.
     pub(crate) handler_rt: RtHandle,
+    /// Whether handlers run on the engine's own runtime (no RPC threads), so
+    /// the reader may give them their first poll itself.
+    inline_handlers: bool,
     /// The polling-before-parking policy.
     pub(crate) progress: Arc<Progress>,
     spinner: Mutex<Option<AbortHandle>>,
@@ -220,8 +223,23 @@ impl Inner {
             .await;
         }
         let handle = Handle::new(self.clone(), conn.clone(), entry.clone(), header);
-        let fut = crate::handler::run(entry, handle, payload);
-        self.handler_rt.spawn(fut);
+        let mut fut = Box::pin(crate::handler::run(entry, handle, payload));
+        if !self.inline_handlers {
+            self.handler_rt.spawn(fut);
+            return;
+        }
+        // Handlers run on this runtime: poll the handler once right here.
+        // Most finish in that one poll (decode, compute, respond), which
+        // saves a task spawn and a trip through the scheduler per request;
+        // one that has to wait goes on as a task of its own, so the reader
+        // is never held up by it.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(fut.as_mut(), cx))
+        })
+        .await;
+        if first.is_pending() {
+            self.handler_rt.spawn(fut);
+        }
     }
 
     /// Answers a shutdown request.
@@ -568,6 +586,7 @@ impl EngineBuilder {
             transport,
             protocol: entry,
             remote_shutdown: AtomicBool::new(config.enable_remote_shutdown),
+            inline_handlers: config.rpc_thread_count == 0,
             config,
             self_addr,
             rt: rt.clone(),

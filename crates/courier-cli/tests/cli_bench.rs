@@ -198,7 +198,11 @@ fn quick_bench_prints_every_row_and_a_complete_json() {
                             panic!("no row for {protocol} {layer} {size} ×{n}:\n{}", r.stdout)
                         });
                     assert_eq!(row.len(), 12, "{row:?}");
-                    assert_eq!(row[1], "park", "{row:?}");
+                    let policy = match courier::DEFAULT_PROGRESS_SPIN_US {
+                        0 => "park".to_owned(),
+                        us => format!("spin {us}µs"),
+                    };
+                    assert_eq!(row[1], policy, "{row:?}");
                     // Every figure is a number, MiB/s only from 64 KiB on.
                     for cell in &row[5..=8] {
                         assert!(cell.parse::<f64>().is_ok(), "{row:?}");

@@ -28,7 +28,7 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// Default polling window after activity, in microseconds (see
 /// `docs/benchmarks.md` for the measurements that chose it).
-pub const DEFAULT_PROGRESS_SPIN_US: u64 = 0;
+pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 
 /// The engine's settings, as read from JSON and returned (filled in) by
 /// `Engine::config`.
@@ -47,7 +47,7 @@ pub const DEFAULT_PROGRESS_SPIN_US: u64 = 0;
 ///   "connect_timeout_ms": 5000,
 ///   "default_timeout_ms": null,
 ///   "enable_remote_shutdown": false,
-///   "progress_spin_us": 0,
+///   "progress_spin_us": 50,
 ///   "transport": { "nodelay": true }
 /// }
 /// ```

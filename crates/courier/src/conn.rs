@@ -116,7 +116,7 @@ impl Conn {
         };
         let outcome = tokio::select! {
             biased;
-            r = sender.send_dyn(parts) => Some(r),
+            r = self.progress.watch(sender.send_dyn(parts)) => Some(r),
             () = killed => None,
         };
         cancelled.armed = false;
@@ -272,7 +272,7 @@ pub(crate) async fn read_loop(
     };
     let mut expect_hello = expect_hello;
     let reason = loop {
-        let msg = match rx.recv_dyn().await {
+        let msg = match conn.progress.watch(rx.recv_dyn()).await {
             Ok(Some(m)) => {
                 conn.progress.activity();
                 m

@@ -64,6 +64,18 @@ impl Progress {
         }
     }
 
+    /// Wraps a transport operation so that every time it is polled — woken
+    /// by its medium: part of a large message arrived, the socket became
+    /// writable again — counts as activity. A message that takes longer than
+    /// the window to move keeps the window open while bytes flow, instead
+    /// of letting the runtime park between its chunks.
+    pub(crate) fn watch<F: std::future::Future + Unpin>(&self, inner: F) -> Watched<'_, F> {
+        Watched {
+            progress: self,
+            inner,
+        }
+    }
+
     /// The spinner: sleeps until activity, then yields until the window
     /// has passed without any.
     pub(crate) async fn run(self: Arc<Self>) {
@@ -79,5 +91,23 @@ impl Progress {
             }
             self.spinning.store(false, Ordering::Relaxed);
         }
+    }
+}
+
+/// See [`Progress::watch`].
+pub(crate) struct Watched<'a, F> {
+    progress: &'a Progress,
+    inner: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Watched<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.progress.activity();
+        std::pin::Pin::new(&mut self.inner).poll(cx)
     }
 }

@@ -349,3 +349,30 @@ async fn quic_garbage_datagrams() {
 mod framed {
     courier_conformance::for_each_stream_protocol!(stream_bad_input_tests);
 }
+
+/// A quic address whose fingerprint is not the server's certificate: the
+/// lookup is refused with both fingerprints named, and the server goes on
+/// serving clients that have the right address.
+#[tokio::test(flavor = "multi_thread")]
+async fn quic_wrong_fingerprint() {
+    let proto = "quic";
+    let server = cc::server(proto).await;
+    register_hello(&server);
+    let good = server.address().to_string();
+    let (host_port, real) = good.split_once("#sha256=").unwrap();
+    // Flip the first hex digit.
+    let flipped = if real.starts_with('0') { "1" } else { "0" };
+    let forged = format!("{host_port}#sha256={flipped}{}", &real[1..]);
+    let client = cc::client(proto).await;
+    let err = guard("lookup with a forged fingerprint", client.lookup(&forged))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(real), "{msg}");
+    assert!(msg.contains(&forged[forged.len() - 64..]), "{msg}");
+    let address = guard("lookup", client.lookup(&good)).await.unwrap();
+    assert_eq!(
+        call_hello(&client, &address).await.unwrap(),
+        "Good bye Matthieu"
+    );
+}

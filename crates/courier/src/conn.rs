@@ -1,8 +1,10 @@
 //! One connection: its sender, its table of calls in flight, its reader task.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 
 use bytes::Bytes;
 use courier_transport::{Address as WireAddr, DynReceiver, DynSender};
@@ -95,13 +97,24 @@ impl Conn {
     /// dropped while the message is being written, the stream is left
     /// mid-message, so the connection is killed (the transport contract).
     pub(crate) async fn send(&self, parts: &[&[u8]]) -> Result<()> {
-        let killed = self.killed.notified();
-        tokio::pin!(killed);
-        killed.as_mut().enable();
-        let mut guard = tokio::select! {
-            biased;
-            () = killed.as_mut() => return Err(self.lost()),
-            g = self.sender.lock() => g,
+        // Fast path: the sender is free and the message goes out in one
+        // poll (the common case); the race against the connection's death
+        // is only set up when something has to wait.
+        let mut guard = match self.sender.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                let killed = self.killed.notified();
+                tokio::pin!(killed);
+                killed.as_mut().enable();
+                if self.is_dead() {
+                    return Err(self.lost());
+                }
+                tokio::select! {
+                    biased;
+                    () = killed => return Err(self.lost()),
+                    g = self.sender.lock() => g,
+                }
+            }
         };
         if self.is_dead() {
             guard.take();
@@ -114,11 +127,29 @@ impl Conn {
             conn: self,
             armed: true,
         };
-        let outcome = tokio::select! {
-            biased;
-            r = self.progress.watch(sender.send_dyn(parts)) => Some(r),
-            () = killed => None,
+        let mut send = self.progress.watch(sender.send_dyn(parts));
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(std::future::Future::poll(Pin::new(&mut send), cx))
+        })
+        .await;
+        let outcome = match first {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => {
+                let killed = self.killed.notified();
+                tokio::pin!(killed);
+                killed.as_mut().enable();
+                if self.is_dead() {
+                    None
+                } else {
+                    tokio::select! {
+                        biased;
+                        r = &mut send => Some(r),
+                        () = killed => None,
+                    }
+                }
+            }
         };
+        drop(send);
         cancelled.armed = false;
         match outcome {
             None => {

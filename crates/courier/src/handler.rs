@@ -304,7 +304,8 @@ pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
         status = tracing::field::Empty,
         duration_us = tracing::field::Empty,
     );
-    let start = Instant::now();
+    // The clock is read only when the span is recorded somewhere.
+    let start = (!span.is_disabled()).then(Instant::now);
     let handler = entry.handler.clone();
     let outcome = CatchUnwind(Box::pin(async move { handler(handle, payload).await }))
         .instrument(span.clone())
@@ -332,8 +333,10 @@ pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
             )
             .await;
     }
-    span.record("status", status);
-    span.record("duration_us", start.elapsed().as_micros() as u64);
+    if let Some(start) = start {
+        span.record("status", status);
+        span.record("duration_us", start.elapsed().as_micros() as u64);
+    }
 }
 
 /// Polls a future, turning a panic into `Err(message)`.

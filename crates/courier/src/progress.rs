@@ -23,12 +23,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// The spin window and the time of the last activity.
+/// The spin window and a count of activity.
 #[derive(Debug)]
 pub(crate) struct Progress {
-    spin_ns: u64,
-    epoch: Instant,
-    last_ns: AtomicU64,
+    spin: Duration,
+    /// Bumped on every activity: a relaxed increment, no clock read, so
+    /// that counting costs nothing on the hot path; only the spinner, which
+    /// has nothing better to do, reads the clock.
+    activity: AtomicU64,
     spinning: AtomicBool,
     wake: Notify,
 }
@@ -36,29 +38,24 @@ pub(crate) struct Progress {
 impl Progress {
     pub(crate) fn new(spin: Duration) -> Self {
         Self {
-            spin_ns: u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
-            epoch: Instant::now(),
-            last_ns: AtomicU64::new(0),
+            spin,
+            activity: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.spin_ns > 0
-    }
-
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        !self.spin.is_zero()
     }
 
     /// Records activity: (re)opens the polling window.
     #[inline]
     pub(crate) fn activity(&self) {
-        if self.spin_ns == 0 {
+        if self.spin.is_zero() {
             return;
         }
-        self.last_ns.store(self.now_ns(), Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
         if !self.spinning.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
@@ -82,14 +79,24 @@ impl Progress {
         loop {
             self.wake.notified().await;
             self.spinning.store(true, Ordering::Relaxed);
-            while self
-                .now_ns()
-                .saturating_sub(self.last_ns.load(Ordering::Relaxed))
-                < self.spin_ns
-            {
+            let mut seen = self.activity.load(Ordering::Relaxed);
+            let mut deadline = Instant::now() + self.spin;
+            loop {
                 tokio::task::yield_now().await;
+                let now = self.activity.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    deadline = Instant::now() + self.spin;
+                } else if Instant::now() >= deadline {
+                    break;
+                }
             }
             self.spinning.store(false, Ordering::Relaxed);
+            // Activity between the last check and the store above would
+            // find `spinning` still set and not notify: look once more.
+            if self.activity.load(Ordering::Relaxed) != seen {
+                self.wake.notify_one();
+            }
         }
     }
 }

@@ -10,6 +10,10 @@
 //! enables remote shutdown, prints `ADDRESS <address>` on stdout, and serves
 //! until shut down (exit 0). On an error it prints the message on stderr and
 //! exits 1.
+//!
+//! `conformance_server --client <ADDRESS>` is a client instead: it looks the
+//! address up, prints `CALLING`, and calls `hang` there, waiting for ever
+//! (the test kills it mid-call).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,10 +26,15 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let Some(protocol) = std::env::args().nth(1) else {
-        eprintln!("usage: conformance_server <PROTOCOL>");
+        eprintln!("usage: conformance_server <PROTOCOL> | --client <ADDRESS>");
         std::process::exit(2);
     };
-    if let Err(e) = serve(&protocol).await {
+    let outcome = if protocol == "--client" {
+        call_hang(&std::env::args().nth(2).unwrap_or_default()).await
+    } else {
+        serve(&protocol).await
+    };
+    if let Err(e) = outcome {
         eprintln!("conformance_server: {e}");
         std::process::exit(1);
     }
@@ -46,5 +55,17 @@ async fn serve(protocol: &str) -> courier::Result<()> {
     engine.enable_remote_shutdown();
     println!("ADDRESS {}", engine.address());
     engine.wait_for_finalize().await;
+    Ok(())
+}
+
+async fn call_hang(address: &str) -> courier::Result<()> {
+    let parsed: courier::transport::Address = address.parse()?;
+    let engine = Engine::builder(parsed.protocol()).client().build().await?;
+    let server = engine.lookup(address).await?;
+    let hang = engine.remote::<String, String>("hang");
+    println!("CALLING");
+    hang.on(&server)
+        .call(&"from a client process".to_owned())
+        .await?;
     Ok(())
 }

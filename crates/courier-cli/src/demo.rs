@@ -93,21 +93,31 @@ impl Row {
     }
 }
 
-pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
-    let registry = courier::default_registry()?;
-    let protocols: Vec<String> = if args.protocols.is_empty() {
+/// The protocols a command runs on: the ones named on its command line
+/// (trimmed, empty names dropped), or every protocol whose plugin is built
+/// in.
+pub(crate) fn selected_protocols(
+    registry: &courier::transport::Registry,
+    named: &[String],
+) -> Vec<String> {
+    if named.is_empty() {
         registry
             .protocols()
             .filter(|p| registry.is_available(p))
             .map(|p| p.name.clone())
             .collect()
     } else {
-        args.protocols
+        named
             .iter()
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
             .collect()
-    };
+    }
+}
+
+pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
+    let registry = courier::default_registry()?;
+    let protocols = selected_protocols(&registry, &args.protocols);
     if protocols.is_empty() {
         return Err(Fail::msg(
             "no protocol to run: no transport plugin is built in",

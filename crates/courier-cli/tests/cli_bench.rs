@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
+mod common;
+
+use common::Run;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -59,77 +59,9 @@ const PER_RUN_FIELDS: [&str; 7] = [
     "elapsed_s",
 ];
 
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// The table rows (lines starting with "| "), as cells, header excluded.
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.stdout
-            .lines()
-            .filter(|l| l.starts_with("| ") && !l.starts_with("| protocol "))
-            .map(|l| {
-                l.trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().to_owned())
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
-    });
-    rx
-}
-
-/// Runs `courier ARGS` to completion (with `COURIER_PROTOCOLS` set to
-/// `table` if given); kills it if it outlives the guard.
+/// Runs `courier ARGS` (with `COURIER_PROTOCOLS` set to `table` if given).
 fn run_with(args: &[&str], table: Option<&Path>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
-    cmd.env_remove("RUST_LOG").env_remove("COURIER_PROTOCOLS");
-    if let Some(t) = table {
-        cmd.env("COURIER_PROTOCOLS", t);
-    }
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn courier");
-    let stdout = read_all(child.stdout.take().unwrap());
-    let stderr = read_all(child.stderr.take().unwrap());
-    let deadline = Instant::now() + GUARD;
-    let out = stdout.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    let err = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    let (Ok(stdout), Ok(stderr)) = (out, err) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "`courier {}` did not finish within {GUARD:?}",
-            args.join(" ")
-        );
-    };
-    let status = child.wait().expect("wait for courier");
-    Run {
-        status,
-        stdout,
-        stderr,
-    }
+    common::run_with(args, table, GUARD)
 }
 
 fn run(args: &[&str]) -> Run {

@@ -6,49 +6,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use common::{courier, run_cmd, Run};
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long any one command may take before the test gives up on it.
 const GUARD: Duration = Duration::from_secs(60);
 
-fn courier() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
-    cmd.env_remove("RUST_LOG").env_remove("COURIER_PROTOCOLS");
-    cmd
-}
-
-/// What a finished command did.
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-/// Reads a pipe to its end on a thread.
-fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
-    });
-    rx
-}
-
 /// Runs `courier ARGS` to completion; kills it if it outlives the guard.
 fn run(args: &[&str]) -> Run {
-    run_cmd(courier(), args)
+    run_cmd(courier(), args, GUARD)
 }
 
 /// Runs `courier ARGS` with `$COURIER_PROTOCOLS` naming a table holding
@@ -61,7 +34,7 @@ fn run_with_table(args: &[&str], name: &str, toml: &str) -> Run {
     std::fs::write(&path, toml).expect("write the protocol table");
     let mut cmd = courier();
     cmd.env("COURIER_PROTOCOLS", &path);
-    let r = run_cmd(cmd, args);
+    let r = run_cmd(cmd, args, GUARD);
     let _ = std::fs::remove_file(&path);
     r
 }
@@ -69,36 +42,6 @@ fn run_with_table(args: &[&str], name: &str, toml: &str) -> Run {
 /// A protocol table declaring a protocol whose plugin no build has.
 const MISSING_PLUGIN_TABLE: &str =
     "[protocols.pigeon]\nplugin = \"avian\"\naliases = [\"ipoac\"]\n";
-
-fn run_cmd(mut cmd: Command, args: &[&str]) -> Run {
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn courier");
-    let stdout = read_all(child.stdout.take().unwrap());
-    let stderr = read_all(child.stderr.take().unwrap());
-    // The pipes close when the process exits.
-    let deadline = Instant::now() + GUARD;
-    let out = stdout.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    let err = stderr.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    let (Ok(stdout), Ok(stderr)) = (out, err) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "`courier {}` did not finish within {GUARD:?}",
-            args.join(" ")
-        );
-    };
-    let status = child.wait().expect("wait for courier");
-    Run {
-        status,
-        stdout,
-        stderr,
-    }
-}
 
 /// A `courier serve` child process; killed on drop unless it has exited.
 struct Server {

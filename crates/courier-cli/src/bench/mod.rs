@@ -351,19 +351,7 @@ impl Plan {
             courier::DEFAULT_MAX_MESSAGE_SIZE.max(largest + courier::frame::HEADER_LEN + 4096);
 
         let (pin, client_cpu, peer_cpu) = cpus(args.pin)?;
-        let names: Vec<String> = if args.protocols.is_empty() {
-            registry
-                .protocols()
-                .filter(|p| registry.is_available(p))
-                .map(|p| p.name.clone())
-                .collect()
-        } else {
-            args.protocols
-                .iter()
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .collect()
-        };
+        let names = crate::demo::selected_protocols(registry, &args.protocols);
         let mut protocols: Vec<Proto> = Vec::new();
         let mut seen = HashSet::new();
         for name in &names {

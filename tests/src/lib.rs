@@ -149,6 +149,21 @@ pub async fn call_hello(client: &Engine, address: &courier::Address) -> courier:
     guard("hello", hello.on(address).call(&("Matthieu", "Dorier"))).await
 }
 
+/// Calls `hello` and asserts the seed's answer.
+pub async fn assert_hello(client: &Engine, address: &courier::Address) {
+    assert_eq!(
+        call_hello(client, address).await.unwrap(),
+        "Good bye Matthieu"
+    );
+}
+
+/// Looks `server` up from `client` (under [`guard`]).
+pub async fn lookup(client: &Engine, server: &Engine) -> courier::Address {
+    guard("lookup", client.lookup(&server.address().to_string()))
+        .await
+        .unwrap()
+}
+
 /// `len` bytes of a pattern that differs with `seed` and with the position
 /// (so a shifted, truncated or repeated chunk does not compare equal).
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -13,8 +13,8 @@ use courier::frame::{rpc_id, Header, Kind, HEADER_LEN};
 use courier::transport::framing::PREAMBLE;
 use courier::Error;
 use courier_conformance::{
-    self as cc, call_hello, garbage, guard, length_prefixed, preamble_and_hello, raw_connect,
-    register_hello, wait_for_close, Closed, RawListener, RawSocket,
+    self as cc, assert_hello, call_hello, garbage, guard, length_prefixed, preamble_and_hello,
+    raw_connect, register_hello, wait_for_close, Closed, RawListener, RawSocket,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,14 +25,9 @@ async fn server_drops(proto: &str, bytes: &[u8], hang_up_after: bool) -> Closed 
     let server = cc::server(proto).await;
     register_hello(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     // The server is up and serving before the garbage arrives.
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 
     let mut raw = raw_connect(&server.address().to_string()).await.unwrap();
     // The server may close before reading everything; a write error then is fine.
@@ -48,13 +43,8 @@ async fn server_drops(proto: &str, bytes: &[u8], hang_up_after: bool) -> Closed 
         "the server stopped serving after garbage"
     );
     let other = cc::client(proto).await;
-    let fresh = guard("lookup", other.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        call_hello(&other, &fresh).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    let fresh = cc::lookup(&other, &server).await;
+    assert_hello(&other, &fresh).await;
     closed
 }
 
@@ -308,13 +298,8 @@ async fn quic_garbage_datagrams() {
     let server = cc::server(proto).await;
     register_hello(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    let address = cc::lookup(&client, &server).await;
+    assert_hello(&client, &address).await;
     let host_port = server
         .address()
         .wire()
@@ -332,18 +317,10 @@ async fn quic_garbage_datagrams() {
     let mut initial = vec![0xc0, 0xde, 0xad, 0xbe, 0xef, 8];
     initial.extend_from_slice(&garbage(1194, 7));
     udp.send_to(&initial, &host_port).await.unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     let other = cc::client(proto).await;
-    let fresh = guard("lookup", other.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        call_hello(&other, &fresh).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    let fresh = cc::lookup(&other, &server).await;
+    assert_hello(&other, &fresh).await;
 }
 
 mod framed {
@@ -371,8 +348,5 @@ async fn quic_wrong_fingerprint() {
     assert!(msg.contains(real), "{msg}");
     assert!(msg.contains(&forged[forged.len() - 64..]), "{msg}");
     let address = guard("lookup", client.lookup(&good)).await.unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }

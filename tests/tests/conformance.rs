@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use courier::{blocking, Bytes, Engine, Error, Handle, Mode, RpcOptions, TransportError};
 use courier_conformance::{
-    self as cc, call_hello, guard, guard_blocking, pattern, register_hello, HANG_GUARD,
+    self as cc, assert_hello, call_hello, guard, guard_blocking, pattern, register_hello,
+    HANG_GUARD,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Barrier, Notify};
@@ -122,16 +123,11 @@ async fn hello(proto: &str) {
         .starts_with(&format!("{proto}://")));
 
     let client = cc::server(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     assert_eq!(address, server.address());
     assert_eq!(address.to_string(), server.address().to_string());
 
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     let (said, sender, rpc, provider, expects_response) =
         recv(&mut rx, "the handler's report").await;
     assert_eq!(said, "Hello Matthieu Dorier!");
@@ -154,20 +150,13 @@ async fn hello_from_client_mode(proto: &str) {
     let client = cc::client(proto).await;
     assert_eq!(client.mode(), Mode::Client);
     assert_eq!(client.address().to_string(), format!("{proto}://"));
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    let address = cc::lookup(&client, &server).await;
+    assert_hello(&client, &address).await;
     let seen = whoconn(&client, &address).await;
     assert!(seen.starts_with(&format!("{proto}://")), "{seen}");
     assert_ne!(seen, server.address().to_string());
     // Looking the same server up again shares the connection.
-    let again = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let again = cc::lookup(&client, &server).await;
     assert_eq!(whoconn(&client, &again).await, seen);
 }
 
@@ -175,14 +164,9 @@ async fn hello_from_client_mode(proto: &str) {
 async fn self_call(proto: &str) {
     let engine = cc::server(proto).await;
     register_hello(&engine);
-    let own = guard("lookup", engine.lookup(&engine.address().to_string()))
-        .await
-        .unwrap();
+    let own = cc::lookup(&engine, &engine).await;
     assert_eq!(own, engine.address());
-    assert_eq!(
-        call_hello(&engine, &own).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&engine, &own).await;
 }
 
 /// The seed's hello with the engine's threads: server and client with a
@@ -202,13 +186,8 @@ async fn hello_with_threads(proto: &str) {
         .build()
         .await
         .unwrap();
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    let address = cc::lookup(&client, &server).await;
+    assert_hello(&client, &address).await;
     guard("ping", address.ping(Some(HANG_GUARD))).await.unwrap();
     guard("server finalize", server.finalize()).await;
     guard("client finalize", client.finalize()).await;
@@ -242,9 +221,7 @@ async fn callback_through_handle_address(proto: &str) {
             }
         })
         .unwrap();
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let relay = client.remote::<String, String>("relay");
     let answer = guard("relay", relay.on(&address).call(&"hi".to_owned())).await;
     assert_eq!(answer.unwrap(), "done");
@@ -255,9 +232,7 @@ async fn callback_through_handle_address(proto: &str) {
 async fn ping(proto: &str) {
     let server = cc::server(proto).await;
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     guard("ping", address.ping(Some(HANG_GUARD))).await.unwrap();
 }
 
@@ -271,9 +246,7 @@ async fn aliases(proto: &str) {
     register_whoconn(&server);
     let rest = server.address().wire().rest().to_owned();
     let client = cc::client(proto).await;
-    let canonical = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let canonical = cc::lookup(&client, &server).await;
     let connection = whoconn(&client, &canonical).await;
     for alias in &entry.aliases {
         // The same peer under its alias: the same connection.
@@ -288,10 +261,7 @@ async fn aliases(proto: &str) {
             .await
             .unwrap();
         assert_eq!(address, server.address(), "{alias}:// is {proto}://");
-        assert_eq!(
-            call_hello(&client, &address).await.unwrap(),
-            "Good bye Matthieu"
-        );
+        assert_hello(&client, &address).await;
     }
 }
 
@@ -348,10 +318,7 @@ async fn listen_on_explicit_address(proto: &str) {
     );
     let client = cc::client(proto).await;
     let found = guard("lookup", client.lookup(&address)).await.unwrap();
-    assert_eq!(
-        call_hello(&client, &found).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &found).await;
     guard("finalize", server.finalize()).await;
 }
 
@@ -398,9 +365,7 @@ async fn provider_ids(proto: &str) {
     );
 
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let whoami = client.remote::<(), String>("whoami");
     for p in [1u16, 2] {
         let answer = guard("whoami", whoami.on_provider(&address, p).call(&())).await;
@@ -428,17 +393,12 @@ async fn provider_ids(proto: &str) {
 async fn register_and_deregister(proto: &str) {
     let server = cc::server(proto).await;
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     assert!(!server.registered("hello", 0));
     register_hello(&server);
     assert!(server.registered("hello", 0));
     assert!(!server.registered("hello", 1));
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 
     server.deregister("hello", 0).unwrap();
     assert!(!server.registered("hello", 0));
@@ -454,10 +414,7 @@ async fn register_and_deregister(proto: &str) {
     );
 
     register_hello(&server);
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// An RPC nobody registered: `NoSuchRpc` at once (the call needs no timeout).
@@ -465,9 +422,7 @@ async fn unknown_rpc(proto: &str) {
     let server = cc::server(proto).await;
     register_hello(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let typed = client.remote::<u32, u32>("no_such_rpc");
     let err = guard("typed call", typed.on(&address).call(&1))
         .await
@@ -482,10 +437,7 @@ async fn unknown_rpc(proto: &str) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NoSuchRpc { .. }), "{err:?}");
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -527,9 +479,7 @@ async fn one_way(proto: &str) {
         .unwrap();
 
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let notify = client.remote::<u32, ()>("notify").disable_response();
     assert!(notify.raw().is_response_disabled());
     for n in 0..10 {
@@ -554,10 +504,7 @@ async fn one_way(proto: &str) {
         ("record", 77)
     );
 
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A call that waits for a response to a one-way RPC is refused with
@@ -579,9 +526,7 @@ async fn one_way_called_with_response(proto: &str) {
         )
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let two_way = client.remote::<u32, ()>("notify");
     let err = guard("call", two_way.on(&address).call(&1))
         .await
@@ -595,10 +540,7 @@ async fn one_way_called_with_response(proto: &str) {
     }
     assert!(err.to_string().contains("disable_response"), "{err}");
     // The refusal happens before any handler is spawned.
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     assert!(
         rx.try_recv().is_err(),
         "the one-way handler ran for a refused call"
@@ -618,9 +560,7 @@ async fn timeout(proto: &str) {
     let release = Arc::new(Notify::new());
     let (mut started, mut done) = register_stall(&server, release.clone());
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let stall = client.remote::<u32, u32>("stall");
 
     let after = Duration::from_millis(100);
@@ -634,10 +574,7 @@ async fn timeout(proto: &str) {
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 
     // Let the timed-out handler answer late; its response must be dropped.
     assert_eq!(recv(&mut started, "the stalled handler").await, 1);
@@ -651,10 +588,7 @@ async fn timeout(proto: &str) {
     assert_eq!(recv(&mut started, "the second handler").await, 2);
     release.notify_one();
     assert_eq!(guard("second call", second).await.unwrap().unwrap(), 4);
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// `default_timeout_ms` from the JSON configuration applies to calls that
@@ -670,9 +604,7 @@ async fn default_timeout_from_config(proto: &str) {
         .await
         .unwrap();
     assert_eq!(client.config()["default_timeout_ms"], 100);
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let stall = client.remote::<u32, u32>("stall");
     let err = guard(
         "call under the default timeout",
@@ -724,9 +656,7 @@ async fn concurrent_calls(proto: &str) {
             .unwrap();
     }
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let double = client.remote::<u64, u64>("double");
     let mut calls = JoinSet::new();
     for i in 0..N {
@@ -757,9 +687,7 @@ async fn payloads_raw(proto: &str) {
     let server = cc::server(proto).await;
     register_echo_raw(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let echo = client.remote_raw("echo_raw");
     for (i, size) in PAYLOAD_SIZES.into_iter().enumerate() {
         let data = pattern(size, i as u8);
@@ -783,9 +711,7 @@ async fn payloads_typed(proto: &str) {
         })
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let echo = client.remote::<Vec<u8>, Vec<u8>>("echo_vec");
     for (i, size) in PAYLOAD_SIZES.into_iter().enumerate() {
         let data = pattern(size, 100 + i as u8);
@@ -810,9 +736,7 @@ async fn request_over_max(proto: &str) {
         .build()
         .await
         .unwrap();
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let before = whoconn(&client, &address).await;
     let big = vec![7u8; 2 << 20];
     let err = guard(
@@ -845,10 +769,7 @@ async fn request_over_max(proto: &str) {
         ),
         "{err:?}"
     );
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     assert_eq!(
         whoconn(&client, &address).await,
         before,
@@ -871,9 +792,7 @@ async fn max_message_boundary(proto: &str) {
         .build()
         .await
         .unwrap();
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let echo = client.remote_raw("echo_raw");
     let fits = pattern(SMALL_MAX - courier::frame::HEADER_LEN, 3);
     let back = guard("echo at the maximum", echo.on(&address).call(&fits))
@@ -916,9 +835,7 @@ async fn response_over_client_max(proto: &str) {
         .build()
         .await
         .unwrap();
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard(
         "call with a too-large response",
         client.remote_raw("big").on(&address).call(b""),
@@ -931,10 +848,7 @@ async fn response_over_client_max(proto: &str) {
         }
         other => panic!("expected ConnectionLost (response too large), got {other:?}"),
     }
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A response over the *server's* maximum cannot be sent: the caller gets a
@@ -954,9 +868,7 @@ async fn response_over_server_max(proto: &str) {
         )
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard(
         "call with an unsendable response",
         client.remote_raw("big").on(&address).call(b""),
@@ -971,10 +883,7 @@ async fn response_over_server_max(proto: &str) {
         }
         other => panic!("expected Remote, got {other:?}"),
     }
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A request over the *server's* maximum: the server drops the connection,
@@ -988,9 +897,7 @@ async fn request_over_server_max(proto: &str) {
     register_hello(&server);
     register_echo_raw(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let big = vec![5u8; 2 << 20];
     let err = guard(
         "call over the server's maximum",
@@ -999,10 +906,7 @@ async fn request_over_server_max(proto: &str) {
     .await
     .unwrap_err();
     assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1020,10 +924,7 @@ async fn remote_shutdown_enabled(proto: &str) {
     let address = guard("lookup", client.lookup(&server_address))
         .await
         .unwrap();
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     guard("shutdown", address.shutdown()).await.unwrap();
     guard("wait_for_finalize", server.wait_for_finalize()).await;
     assert!(server.is_finalized());
@@ -1053,16 +954,11 @@ async fn remote_shutdown_refused(proto: &str) {
     let server = cc::server(proto).await;
     register_hello(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard("shutdown", address.shutdown()).await.unwrap_err();
     assert!(matches!(err, Error::ShutdownRefused { .. }), "{err:?}");
     assert!(!server.is_finalized());
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 
     server.enable_remote_shutdown();
     guard("shutdown", address.shutdown()).await.unwrap();
@@ -1084,9 +980,7 @@ async fn handler_error(proto: &str) {
         )
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard(
         "fail",
         client.remote::<(), ()>("fail").on(&address).call(&()),
@@ -1101,10 +995,7 @@ async fn handler_error(proto: &str) {
         other => panic!("expected Remote, got {other:?}"),
     }
     assert!(err.to_string().contains("boom"), "{err}");
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A panicking handler: the caller gets `RemotePanic` with the panic
@@ -1120,9 +1011,7 @@ async fn handler_panic(proto: &str) {
         })
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard(
         "explode",
         client.remote::<u32, ()>("explode").on(&address).call(&42),
@@ -1136,10 +1025,7 @@ async fn handler_panic(proto: &str) {
         }
         other => panic!("expected RemotePanic, got {other:?}"),
     }
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A handler that returns without responding: `NoResponse`.
@@ -1152,9 +1038,7 @@ async fn handler_no_response(proto: &str) {
         })
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let err = guard(
         "silent",
         client.remote::<(), ()>("silent").on(&address).call(&()),
@@ -1165,10 +1049,7 @@ async fn handler_no_response(proto: &str) {
         matches!(&err, Error::NoResponse { rpc, .. } if rpc == "silent"),
         "{err:?}"
     );
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 /// A handler may hand its handle to another task: that task's response
@@ -1198,9 +1079,7 @@ async fn deferred_and_double_responses(proto: &str) {
         })
         .unwrap();
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let later = client.remote::<u32, u32>("later");
     assert_eq!(
         guard("later", later.on(&address).call(&5)).await.unwrap(),
@@ -1228,9 +1107,7 @@ async fn bad_arguments(proto: &str) {
     let server = cc::server(proto).await;
     register_hello(&server);
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let wrong = client.remote::<(), String>("hello");
     let err = guard("hello with no arguments", wrong.on(&address).call(&()))
         .await
@@ -1241,10 +1118,7 @@ async fn bad_arguments(proto: &str) {
         }
         other => panic!("expected Remote, got {other:?}"),
     }
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1260,9 +1134,7 @@ async fn finalize_client_with_calls_in_flight(proto: &str) {
     let release = Arc::new(Notify::new());
     let (mut started, _done) = register_stall(&server, release.clone());
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let stall = client.remote::<u32, u32>("stall");
     let mut calls = JoinSet::new();
     for n in 0..N {
@@ -1301,9 +1173,7 @@ async fn finalize_server_with_calls_in_flight(proto: &str) {
     let release = Arc::new(Notify::new());
     let (mut started, _done) = register_stall(&server, release.clone());
     let client = cc::client(proto).await;
-    let address = guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap();
+    let address = cc::lookup(&client, &server).await;
     let stall = client.remote::<u32, u32>("stall");
     let mut calls = JoinSet::new();
     for n in 0..N {
@@ -1330,10 +1200,7 @@ async fn dead_server(proto: &str) {
     let client = cc::client(proto).await;
     let address = guard("lookup", client.lookup(&dead)).await.unwrap();
     // A round trip first, so the server is fully up before it finishes.
-    assert_eq!(
-        call_hello(&client, &address).await.unwrap(),
-        "Good bye Matthieu"
-    );
+    assert_hello(&client, &address).await;
     guard("server finalize", server.finalize()).await;
     drop(server);
 

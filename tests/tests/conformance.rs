@@ -240,7 +240,7 @@ async fn ping(proto: &str) {
 /// for building an engine and in addresses.
 async fn aliases(proto: &str) {
     let registry = courier::default_registry().unwrap();
-    let entry = registry.resolve(proto).unwrap().clone();
+    let entry = registry.resolve(proto).unwrap();
     let server = cc::server(proto).await;
     register_hello(&server);
     register_whoconn(&server);
@@ -1652,7 +1652,7 @@ fn every_listed_protocol_is_available() {
             .resolve(proto)
             .unwrap_or_else(|e| panic!("{proto}: {e}"));
         assert!(
-            registry.is_available(entry),
+            registry.is_available(&entry),
             "{proto} has no plugin in this build"
         );
     }

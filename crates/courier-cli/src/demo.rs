@@ -101,9 +101,12 @@ pub(crate) fn selected_protocols(
     named: &[String],
 ) -> Vec<String> {
     if named.is_empty() {
+        // Every protocol whose peers can live in another process (so not
+        // `mem`, which reaches its own process only).
         registry
             .protocols()
             .filter(|p| registry.is_available(p))
+            .filter(|p| registry.reach(p) != Some(courier::transport::Reach::Process))
             .map(|p| p.name.clone())
             .collect()
     } else {
@@ -129,7 +132,7 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
             let mut row = Row::new(p);
             match registry.resolve(p) {
                 Err(e) => row.fail(e.to_string()),
-                Ok(entry) if !registry.is_available(entry) => row.fail(format!(
+                Ok(entry) if !registry.is_available(&entry) => row.fail(format!(
                     "protocol '{}' needs the '{}' transport plugin, which is not built in",
                     entry.name, entry.plugin
                 )),

@@ -65,7 +65,8 @@ pub mod transport;
 pub use address::Address;
 pub use error::TransportError;
 pub use registry::{
-    Plugin, PluginContext, PluginOptions, ProtocolEntry, Registry, BUILTIN_PROTOCOLS_TOML,
+    Layer, LayerEntry, Plugin, PluginContext, PluginOptions, ProtocolEntry, Reach, Registry,
+    BUILTIN_PROTOCOLS_TOML,
 };
 pub use transport::{
     BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender, DynTransport,

@@ -115,6 +115,54 @@ pub trait Plugin: Send + Sync + 'static {
     /// # Errors
     /// [`TransportError::InvalidOptions`] for options it cannot use.
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError>;
+
+    /// How far its connections reach. The default, [`Reach::Host`], is the
+    /// safe answer for a plugin that does not say: tools such as
+    /// `courier bench` use it to decide whether a peer may run in another
+    /// process, and tests whether it may run on another host.
+    fn reach(&self) -> Reach {
+        Reach::Host
+    }
+}
+
+/// How far a transport's connections reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Reach {
+    /// Peers in the same process only (the `mem` plugin).
+    Process,
+    /// Peers on the same host (`unix`, `shm`).
+    Host,
+    /// Peers on other hosts (`tcp`, `quic`).
+    Network,
+}
+
+/// A protocol layer: a plugin that wraps the transport of another protocol,
+/// named `<layer>+<protocol>` as in Mercury's `ofi+tcp`.
+///
+/// `chaos+tcp` is the `tcp` transport seen through the `chaos` layer, which
+/// injects faults; layers stack (`chaos+chaos+unix` is legal, if odd). A
+/// layer never sees RPCs either: it gets the inner transport as an
+/// `Arc<dyn DynTransport>` and returns the transport that wraps it.
+///
+/// The wrapping transport serves the stacked protocol name: it must report
+/// `ctx.protocol` from [`DynTransport::protocol`], give addresses under that
+/// name (`chaos+tcp://127.0.0.1:4000`), and hand the inner transport the
+/// same addresses under the inner name ([`Address::with_protocol`](crate::Address::with_protocol)).
+pub trait Layer: Send + Sync + 'static {
+    /// The layer's name, as written before `+`. It may not contain `+`.
+    fn name(&self) -> &str;
+
+    /// Wraps `inner`. `ctx.protocol` is the stacked canonical name (for
+    /// instance `chaos+tcp`); `ctx.options` are the layer's own options.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidOptions`] for options it cannot use.
+    fn wrap(
+        &self,
+        ctx: &PluginContext<'_>,
+        inner: Arc<dyn DynTransport>,
+    ) -> Result<Arc<dyn DynTransport>, TransportError>;
 }
 
 /// One protocol of the table.
@@ -128,6 +176,22 @@ pub struct ProtocolEntry {
     pub aliases: Vec<String>,
     /// Default plugin options.
     pub options: PluginOptions,
+    /// The layers above the plugin, outermost first, for a stacked protocol
+    /// such as `chaos+tcp` (`["chaos"]`); empty for a plain one.
+    pub layers: Vec<String>,
+}
+
+/// One layer of the table (`[layers.<name>]`): a name for a layer plugin
+/// with default options, so `flaky+tcp` can mean "the chaos layer with these
+/// settings over tcp".
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerEntry {
+    /// The name written before `+`.
+    pub name: String,
+    /// The layer plugin that implements it.
+    pub plugin: String,
+    /// Default options of the layer.
+    pub options: PluginOptions,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +199,16 @@ pub struct ProtocolEntry {
 struct TableFile {
     #[serde(default)]
     protocols: BTreeMap<String, TableEntry>,
+    #[serde(default)]
+    layers: BTreeMap<String, LayerTableEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerTableEntry {
+    plugin: String,
+    #[serde(default)]
+    options: PluginOptions,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +239,8 @@ pub struct Registry {
     /// alias or name -> canonical name
     names: HashMap<String, String>,
     plugins: BTreeMap<String, Arc<dyn Plugin>>,
+    layer_table: BTreeMap<String, LayerEntry>,
+    layer_plugins: BTreeMap<String, Arc<dyn Layer>>,
 }
 
 impl fmt::Debug for Registry {
@@ -172,6 +248,7 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("protocols", &self.protocols.keys().collect::<Vec<_>>())
             .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("layers", &self.layer_plugins.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -200,6 +277,8 @@ impl Registry {
             protocols: BTreeMap::new(),
             names: HashMap::new(),
             plugins: BTreeMap::new(),
+            layer_table: BTreeMap::new(),
+            layer_plugins: BTreeMap::new(),
         }
     }
 
@@ -223,9 +302,53 @@ impl Registry {
                 plugin: name.clone(),
                 aliases: Vec::new(),
                 options: PluginOptions::new(),
+                layers: Vec::new(),
             });
         }
         self.plugins.insert(name, plugin);
+    }
+
+    /// Adds a layer plugin (builder style). If the table has no layer of the
+    /// plugin's name, one is declared for it with no default options.
+    #[must_use]
+    pub fn with_layer(mut self, layer: impl Layer) -> Self {
+        self.add_layer(Arc::new(layer));
+        self
+    }
+
+    /// Adds a layer plugin; see [`Registry::with_layer`]. A layer plugin of
+    /// the same name is replaced. A name that cannot be written before `+`
+    /// (empty, or holding `+` or characters a protocol name may not hold) is
+    /// ignored with a warning.
+    pub fn add_layer(&mut self, layer: Arc<dyn Layer>) {
+        let name = layer.name().to_owned();
+        if let Err(reason) = check_layer_name(&name) {
+            tracing::warn!("layer plugin ignored: {reason}");
+            return;
+        }
+        self.layer_table
+            .entry(name.clone())
+            .or_insert_with(|| LayerEntry {
+                name: name.clone(),
+                plugin: name.clone(),
+                options: PluginOptions::new(),
+            });
+        self.layer_plugins.insert(name, layer);
+    }
+
+    /// Declares (or replaces) a layer name.
+    pub fn insert_layer(&mut self, entry: LayerEntry) {
+        self.layer_table.insert(entry.name.clone(), entry);
+    }
+
+    /// The declared layers, sorted by name.
+    pub fn layers(&self) -> impl Iterator<Item = &LayerEntry> {
+        self.layer_table.values()
+    }
+
+    /// Whether the plugin a layer needs is registered.
+    pub fn is_layer_available(&self, entry: &LayerEntry) -> bool {
+        self.layer_plugins.contains_key(&entry.plugin)
     }
 
     /// Declares (or replaces) a protocol.
@@ -265,10 +388,23 @@ impl Registry {
                 plugin: e.plugin,
                 aliases: e.aliases,
                 options: e.options,
+                layers: Vec::new(),
+            });
+        }
+        let mut layers = Vec::new();
+        for (name, e) in file.layers {
+            check_layer_name(&name).map_err(&err)?;
+            layers.push(LayerEntry {
+                name,
+                plugin: e.plugin,
+                options: e.options,
             });
         }
         for e in entries {
             self.insert_protocol(e);
+        }
+        for e in layers {
+            self.insert_layer(e);
         }
         Ok(())
     }
@@ -286,24 +422,48 @@ impl Registry {
         self.load_toml_str(&text, &path.display().to_string())
     }
 
-    /// Resolves a protocol name or alias to its entry.
+    /// Resolves a protocol name or alias to its entry. A stacked name such
+    /// as `chaos+ofi+tcp` resolves to the entry `chaos+tcp` (layers
+    /// `["chaos"]` over the `tcp` plugin), when no protocol or alias of
+    /// the table is spelled that way already (`ofi+tcp` is an alias, not
+    /// a stack).
     ///
     /// # Errors
-    /// [`TransportError::UnknownProtocol`] listing the known names.
-    pub fn resolve(&self, name: &str) -> Result<&ProtocolEntry, TransportError> {
-        self.names
-            .get(name)
-            .and_then(|canonical| self.protocols.get(canonical))
-            .ok_or_else(|| TransportError::UnknownProtocol {
-                name: name.to_owned(),
-                known: self.known_names().join(", "),
-            })
+    /// [`TransportError::UnknownProtocol`] listing the known names and
+    /// layers.
+    pub fn resolve(&self, name: &str) -> Result<ProtocolEntry, TransportError> {
+        if let Some(entry) = self.names.get(name).and_then(|c| self.protocols.get(c)) {
+            return Ok(entry.clone());
+        }
+        if let Some((layer, rest)) = name.split_once('+') {
+            if let Some(l) = self.layer_table.get(layer) {
+                let inner = self.resolve(rest)?;
+                let mut layers = vec![l.name.clone()];
+                layers.extend(inner.layers.iter().cloned());
+                return Ok(ProtocolEntry {
+                    name: format!("{}+{}", l.name, inner.name),
+                    plugin: inner.plugin,
+                    aliases: inner
+                        .aliases
+                        .iter()
+                        .map(|a| format!("{}+{a}", l.name))
+                        .collect(),
+                    options: inner.options,
+                    layers,
+                });
+            }
+        }
+        Err(TransportError::UnknownProtocol {
+            name: name.to_owned(),
+            known: self.known_names().join(", "),
+        })
     }
 
-    /// Every protocol name and alias, sorted.
+    /// Every protocol name and alias, sorted, then each layer as `<name>+…`.
     pub fn known_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.names.keys().cloned().collect();
         v.sort();
+        v.extend(self.layer_table.keys().map(|l| format!("{l}+…")));
         v
     }
 
@@ -312,9 +472,22 @@ impl Registry {
         self.protocols.values()
     }
 
-    /// Whether the plugin a protocol needs is registered.
+    /// Whether the plugin a protocol needs is registered (and, for a
+    /// stacked protocol, the plugin of every layer).
     pub fn is_available(&self, entry: &ProtocolEntry) -> bool {
         self.plugins.contains_key(&entry.plugin)
+            && entry.layers.iter().all(|l| {
+                self.layer_table
+                    .get(l)
+                    .is_some_and(|e| self.layer_plugins.contains_key(&e.plugin))
+            })
+    }
+
+    /// How far a protocol's connections reach (the plugin's
+    /// [`Plugin::reach`]; layers do not change it), or `None` when its plugin
+    /// is not registered.
+    pub fn reach(&self, entry: &ProtocolEntry) -> Option<Reach> {
+        self.plugins.get(&entry.plugin).map(|p| p.reach())
     }
 
     /// The names of the registered plugins, sorted.
@@ -322,8 +495,14 @@ impl Registry {
         self.plugins.keys().cloned().collect()
     }
 
-    /// Builds a transport for `protocol` (a name or alias), with the table's
-    /// default options overridden by `overrides`.
+    /// Builds a transport for `protocol` (a name, an alias, or a stacked
+    /// name such as `chaos+tcp`), with the table's default options
+    /// overridden by `overrides`.
+    ///
+    /// For a stacked protocol, `overrides` may hold one object per layer,
+    /// under the layer's name (`{"chaos": {"seed": 7}, "nodelay": false}`):
+    /// that object overrides the layer's default options, and the other keys
+    /// go to the plugin at the bottom of the stack.
     ///
     /// # Errors
     /// Unknown protocol, plugin not built in, or options the plugin refuses.
@@ -334,30 +513,93 @@ impl Registry {
         max_message_size: usize,
     ) -> Result<(ProtocolEntry, Arc<dyn DynTransport>), TransportError> {
         let entry = self.resolve(protocol)?;
-        let plugin =
-            self.plugins
-                .get(&entry.plugin)
-                .ok_or_else(|| TransportError::PluginNotAvailable {
-                    protocol: entry.name.clone(),
-                    plugin: entry.plugin.clone(),
-                    available: if self.plugins.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        self.plugin_names().join(", ")
-                    },
-                })?;
+        let not_available = |protocol: &str, plugin: &str| TransportError::PluginNotAvailable {
+            protocol: protocol.to_owned(),
+            plugin: plugin.to_owned(),
+            available: {
+                let mut names = self.plugin_names();
+                names.extend(self.layer_plugins.keys().map(|l| format!("{l} (layer)")));
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            },
+        };
+        let plugin = self
+            .plugins
+            .get(&entry.plugin)
+            .ok_or_else(|| not_available(&entry.name, &entry.plugin))?;
         let mut options = entry.options.clone();
         for (k, v) in overrides {
-            options.insert(k.clone(), v.clone());
+            if !entry.layers.contains(k) {
+                options.insert(k.clone(), v.clone());
+            }
         }
+        // The bottom of the stack serves the protocol without its layers.
+        let base = strip_layers(&entry.name, entry.layers.len());
         let ctx = PluginContext {
-            protocol: &entry.name,
+            protocol: base,
             options: &options,
             max_message_size,
         };
-        let transport = plugin.create(&ctx)?;
-        Ok((entry.clone(), transport))
+        let mut transport = plugin.create(&ctx)?;
+        // Wrap from the innermost layer out.
+        for (depth, layer) in entry.layers.iter().enumerate().rev() {
+            let table = self
+                .layer_table
+                .get(layer)
+                .ok_or_else(|| not_available(&entry.name, layer))?;
+            let wrapper = self
+                .layer_plugins
+                .get(&table.plugin)
+                .ok_or_else(|| not_available(&entry.name, &table.plugin))?;
+            let mut layer_options = table.options.clone();
+            match overrides.get(layer) {
+                None => {}
+                Some(Value::Object(o)) => {
+                    for (k, v) in o {
+                        layer_options.insert(k.clone(), v.clone());
+                    }
+                }
+                Some(other) => {
+                    return Err(TransportError::InvalidOptions {
+                        plugin: table.plugin.clone(),
+                        reason: format!(
+                            "the options of layer '{layer}' must be an object, not {other}"
+                        ),
+                    })
+                }
+            }
+            let stacked = strip_layers(&entry.name, depth);
+            let ctx = PluginContext {
+                protocol: stacked,
+                options: &layer_options,
+                max_message_size,
+            };
+            transport = wrapper.wrap(&ctx, transport)?;
+        }
+        Ok((entry, transport))
     }
+}
+
+/// `name` without its first `n` layers (`strip_layers("a+b+tcp", 1)` is
+/// `b+tcp`); layer names hold no `+`.
+fn strip_layers(name: &str, n: usize) -> &str {
+    let mut rest = name;
+    for _ in 0..n {
+        rest = rest.split_once('+').map_or(rest, |(_, r)| r);
+    }
+    rest
+}
+
+/// Checks that `name` can be written before `+` as a layer.
+fn check_layer_name(name: &str) -> Result<(), String> {
+    check_protocol_name(name)?;
+    if name.contains('+') {
+        return Err(format!("layer name '{name}' contains '+'"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -416,5 +658,141 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.toml") && err.contains("alias"), "{err}");
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A plugin and layer that logs what it is asked to build.
+    struct Logged(&'static str, Log);
+    /// A transport that only knows its protocol name.
+    struct Named(String);
+    impl DynTransport for Named {
+        fn protocol(&self) -> &str {
+            &self.0
+        }
+        fn max_message_size(&self) -> usize {
+            0
+        }
+        fn listen_dyn<'a>(
+            &'a self,
+            _: &'a crate::Address,
+        ) -> crate::BoxFuture<'a, Result<Box<dyn crate::DynListener>, TransportError>> {
+            unimplemented!("not used by these tests")
+        }
+        fn connect_dyn<'a>(
+            &'a self,
+            _: &'a crate::Address,
+        ) -> crate::BoxFuture<'a, Result<Box<dyn crate::DynConnection>, TransportError>> {
+            unimplemented!("not used by these tests")
+        }
+    }
+    impl Plugin for Logged {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
+            let line = format!("create {} {:?}", ctx.protocol, ctx.options);
+            self.1.lock().unwrap().push(line);
+            Ok(Arc::new(Named(ctx.protocol.to_owned())))
+        }
+    }
+    impl Layer for Logged {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn wrap(
+            &self,
+            ctx: &PluginContext<'_>,
+            inner: Arc<dyn DynTransport>,
+        ) -> Result<Arc<dyn DynTransport>, TransportError> {
+            let line = format!(
+                "wrap {} over {} {:?}",
+                ctx.protocol,
+                inner.protocol(),
+                ctx.options
+            );
+            self.1.lock().unwrap().push(line);
+            Ok(Arc::new(Named(ctx.protocol.to_owned())))
+        }
+    }
+
+    fn registry(log: &Log) -> Registry {
+        Registry::new()
+            .with(Logged("tcp", log.clone()))
+            .with_layer(Logged("chaos", log.clone()))
+    }
+
+    #[test]
+    fn stacks_are_built_inside_out_with_their_own_options() {
+        let log = Log::default();
+        let mut r = registry(&log);
+        r.load_toml_str(
+            "[layers.flaky]\nplugin = \"chaos\"\noptions = { drop = 0.5, seed = 1 }\n",
+            "mine.toml",
+        )
+        .unwrap();
+        let overrides: PluginOptions =
+            serde_json::from_str(r#"{"nodelay": false, "flaky": {"seed": 7}}"#).unwrap();
+        let (entry, t) = r.create("chaos+flaky+ofi+tcp", &overrides, 1024).unwrap();
+        assert_eq!(entry.name, "chaos+flaky+tcp");
+        assert_eq!(t.protocol(), "chaos+flaky+tcp");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 3, "{log:?}");
+        assert!(log[0].starts_with("create tcp ") && log[0].contains(r#""nodelay": Bool(false)"#));
+        assert!(
+            !log[0].contains("flaky"),
+            "layer options leak into the plugin: {}",
+            log[0]
+        );
+        assert!(log[1].starts_with("wrap flaky+tcp over tcp "), "{}", log[1]);
+        assert!(
+            log[1].contains("drop") && log[1].contains("Number(7)"),
+            "{}",
+            log[1]
+        );
+        assert!(
+            log[2].starts_with("wrap chaos+flaky+tcp over flaky+tcp {}"),
+            "{}",
+            log[2]
+        );
+    }
+
+    #[test]
+    fn layer_options_must_be_an_object_and_the_layer_plugin_present() {
+        let log = Log::default();
+        let r = registry(&log);
+        let bad: PluginOptions = serde_json::from_str(r#"{"chaos": 3}"#).unwrap();
+        let err = r.create("chaos+tcp", &bad, 1024).err().unwrap().to_string();
+        assert!(err.contains("layer 'chaos' must be an object"), "{err}");
+        let mut r = Registry::new().with(Logged("tcp", log.clone()));
+        r.load_toml_str("[layers.gremlin]\nplugin = \"gremlin\"\n", "mine.toml")
+            .unwrap();
+        let entry = r.resolve("gremlin+tcp").unwrap();
+        assert!(!r.is_available(&entry));
+        let err = r
+            .create("gremlin+tcp", &PluginOptions::new(), 1024)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("'gremlin' transport plugin"), "{err}");
+    }
+
+    #[test]
+    fn stacked_names_resolve_through_layers_and_aliases() {
+        let r = registry(&Log::default());
+        let e = r.resolve("chaos+ofi+tcp").unwrap();
+        assert_eq!(e.name, "chaos+tcp");
+        assert_eq!(e.plugin, "tcp");
+        assert_eq!(e.layers, ["chaos"]);
+        assert!(e.aliases.contains(&"chaos+ofi+tcp".to_owned()));
+        assert!(r.is_available(&e));
+        let e = r.resolve("chaos+chaos+tcp").unwrap();
+        assert_eq!((e.name.as_str(), e.layers.len()), ("chaos+chaos+tcp", 2));
+        // An alias spelled with '+' stays an alias, not a stack.
+        assert_eq!(r.resolve("ofi+tcp").unwrap().layers.len(), 0);
+        let err = r.resolve("gremlin+tcp").unwrap_err().to_string();
+        assert!(err.contains("chaos+…"), "{err}");
+        let err = r.resolve("chaos+ipx").unwrap_err().to_string();
+        assert!(err.contains("unknown protocol 'ipx'"), "{err}");
     }
 }

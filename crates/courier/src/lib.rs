@@ -115,7 +115,8 @@ pub const PROTOCOLS_ENV: &str = "COURIER_PROTOCOLS";
 
 /// The registry engines use unless given another: the built-in protocol
 /// table, the table named by `$COURIER_PROTOCOLS` if set, and the plugins
-/// bundled by this crate's cargo features (`tcp`, `unix`, `quic`, `shm`).
+/// bundled by this crate's cargo features (`tcp`, `unix`, `quic`, `shm`,
+/// `mem`, and the `chaos` layer).
 ///
 /// Plugins go through the same public path as any user plugin
 /// ([`transport::Registry::with`]); the engine itself names none.
@@ -144,6 +145,10 @@ pub fn default_registry() -> std::result::Result<transport::Registry, TransportE
     #[cfg(feature = "shm")]
     {
         registry = registry.with(courier_shm::ShmPlugin);
+    }
+    #[cfg(feature = "mem")]
+    {
+        registry = registry.with(courier_mem::MemPlugin);
     }
     Ok(registry)
 }

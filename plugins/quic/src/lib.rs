@@ -164,6 +164,10 @@ impl Plugin for QuicPlugin {
         PLUGIN_NAME
     }
 
+    fn reach(&self) -> courier_transport::Reach {
+        courier_transport::Reach::Network
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         let config = QuicConfig::from_options(ctx)?;
         let transport = QuicTransport::build(

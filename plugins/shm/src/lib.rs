@@ -238,6 +238,10 @@ impl Plugin for ShmPlugin {
         PLUGIN_NAME
     }
 
+    fn reach(&self) -> courier_transport::Reach {
+        courier_transport::Reach::Host
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         ctx.check_known_options(PLUGIN_NAME, OPTIONS)?;
         let mut transport = ShmTransport::new(ctx.max_message_size);

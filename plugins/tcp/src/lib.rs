@@ -51,6 +51,10 @@ impl Plugin for TcpPlugin {
         PLUGIN_NAME
     }
 
+    fn reach(&self) -> courier_transport::Reach {
+        courier_transport::Reach::Network
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         ctx.check_known_options(PLUGIN_NAME, &["nodelay"])?;
         Ok(Arc::new(TcpTransport {

@@ -57,6 +57,10 @@ impl Plugin for UnixPlugin {
         PLUGIN_NAME
     }
 
+    fn reach(&self) -> courier_transport::Reach {
+        courier_transport::Reach::Host
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         ctx.check_known_options(PLUGIN_NAME, &[])?;
         Ok(Arc::new(UnixTransport {

@@ -92,7 +92,7 @@ pub(crate) async fn run(args: PeerArgs) -> CliResult {
         Layer::Socket => {
             let registry = courier::default_registry()?;
             let entry = registry.resolve(&args.protocol)?;
-            match socket_kind(entry) {
+            match socket_kind(&entry) {
                 Some(SocketKind::Tcp) => tcp_peer(&args, polling, stop).await,
                 #[cfg(unix)]
                 Some(SocketKind::Unix) => unix_peer(&args, polling, stop).await,

@@ -1,0 +1,358 @@
+//! In-process transport plugin for Courier: messages over tokio channels.
+//!
+//! `mem` connects engines that live in the same process, with no socket and
+//! no system call: a fast transport for the unit tests of code built on
+//! Courier, and the smallest complete plugin — the one to copy when writing
+//! your own (`docs/writing-a-transport.md` walks through it).
+//!
+//! Addresses are `mem://<name>`. Listening on `mem://` picks a fresh name;
+//! listening on a name in use fails with "address in use". Names live in a
+//! process-wide table, so any engine of the process can connect to any
+//! other; a dropped listener frees its name and refuses new connections.
+//!
+//! Each direction of a connection is a bounded channel of whole messages
+//! (option `queue_messages`, default [`DEFAULT_QUEUE_MESSAGES`]): a sender
+//! whose peer does not read waits for room, as on a socket.
+//!
+//! ```
+//! use courier_mem::MemTransport;
+//! use courier_transport::{Connection, Listener, MessageReceiver, MessageSender, Transport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier_transport::TransportError> {
+//! let mem = MemTransport::new(1 << 20);
+//! let mut listener = mem.listen(&"mem://".parse()?).await?;
+//! let addr = listener.local_addr().clone();
+//! let (client, server) = tokio::join!(mem.connect(&addr), listener.accept());
+//! let (mut tx, _rx) = client?.split();
+//! let (_tx, mut rx) = server?.split();
+//! tx.send(&[b"ping"]).await?;
+//! assert_eq!(&rx.recv().await?.unwrap()[..], b"ping");
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use courier_transport::transport::message_len;
+use courier_transport::{
+    Address, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
+    PluginContext, Reach, Transport, TransportError,
+};
+use tokio::sync::mpsc;
+
+/// The plugin name used in `protocols.toml`.
+pub const PLUGIN_NAME: &str = "mem";
+
+/// Messages a direction holds before its sender waits.
+pub const DEFAULT_QUEUE_MESSAGES: usize = 128;
+
+/// The `mem` plugin: builds [`MemTransport`]s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemPlugin;
+
+impl Plugin for MemPlugin {
+    fn name(&self) -> &str {
+        PLUGIN_NAME
+    }
+
+    fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
+        // Refuse typos in options before reading any of them.
+        ctx.check_known_options(PLUGIN_NAME, &["queue_messages"])?;
+        let queue = ctx.u64_option(PLUGIN_NAME, "queue_messages", DEFAULT_QUEUE_MESSAGES as u64)?;
+        let queue = usize::try_from(queue)
+            .ok()
+            .filter(|q| *q > 0)
+            .ok_or_else(|| TransportError::InvalidOptions {
+                plugin: PLUGIN_NAME.to_owned(),
+                reason: format!("option 'queue_messages' must be at least 1, not {queue}"),
+            })?;
+        Ok(Arc::new(MemTransport {
+            base: Address::new(ctx.protocol, "")?,
+            max: ctx.max_message_size,
+            queue,
+        }))
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Process
+    }
+}
+
+/// Messages over in-process channels.
+#[derive(Debug, Clone)]
+pub struct MemTransport {
+    /// `<protocol>://`, the template of every address this transport prints.
+    base: Address,
+    max: usize,
+    queue: usize,
+}
+
+impl MemTransport {
+    /// A transport for protocol `mem`, refusing messages over
+    /// `max_message_size` bytes.
+    pub fn new(max_message_size: usize) -> Self {
+        Self {
+            base: Address::new(PLUGIN_NAME, "")
+                .unwrap_or_else(|_| unreachable!("'mem' is a valid name")),
+            max: max_message_size,
+            queue: DEFAULT_QUEUE_MESSAGES,
+        }
+    }
+}
+
+/// The two channel ends one side of a connection holds.
+type Half = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
+
+/// A connection on its way to a listener: the listener's half, and the
+/// address the connecting side goes by.
+type Incoming = (Half, Address);
+
+/// Listening names: each with its listener's generation and the channel
+/// that takes connections to it.
+type Names = HashMap<String, (u64, mpsc::UnboundedSender<Incoming>)>;
+
+/// The process-wide table of listening names.
+fn names() -> &'static Mutex<Names> {
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    NAMES.get_or_init(Mutex::default)
+}
+
+/// Unique numbers for fresh names, listener generations and client names.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn check_name(addr: &Address) -> Result<(), TransportError> {
+    let bad = addr
+        .rest()
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')));
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(TransportError::InvalidAddress {
+            address: addr.to_string(),
+            reason: format!("a mem name holds letters, digits and -_./ only, not '{c}'"),
+        }),
+    }
+}
+
+impl Transport for MemTransport {
+    type Listener = MemListener;
+    type Connection = MemConnection;
+
+    fn protocol(&self) -> &str {
+        self.base.protocol()
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    async fn listen(&self, addr: &Address) -> Result<MemListener, TransportError> {
+        check_name(addr)?;
+        let name = if addr.rest().is_empty() {
+            format!("anon-{}", next_id())
+        } else {
+            addr.rest().to_owned()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let generation = next_id();
+        let mut table = names().lock().unwrap_or_else(|p| p.into_inner());
+        // A name whose listener is gone (its channel closed) is free again.
+        if table.get(&name).is_some_and(|(_, t)| !t.is_closed()) {
+            return Err(TransportError::Listen {
+                address: addr.to_string(),
+                source: io::Error::new(io::ErrorKind::AddrInUse, "the mem name is in use"),
+            });
+        }
+        table.insert(name.clone(), (generation, tx));
+        Ok(MemListener {
+            local: self.base.with_rest(name),
+            generation,
+            incoming: rx,
+            max: self.max,
+        })
+    }
+
+    async fn connect(&self, addr: &Address) -> Result<MemConnection, TransportError> {
+        check_name(addr)?;
+        let refused = |why: &str| TransportError::Connect {
+            address: addr.to_string(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, why.to_owned()),
+        };
+        let listener = names()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr.rest())
+            .map(|(_, tx)| tx.clone())
+            .ok_or_else(|| refused("no mem listener of that name"))?;
+        // Two channels, one per direction; each side keeps one sender and
+        // the other direction's receiver.
+        let (to_server, server_rx) = mpsc::channel(self.queue);
+        let (to_client, client_rx) = mpsc::channel(self.queue);
+        let client_name = self.base.with_rest(format!("client-{}", next_id()));
+        listener
+            .send(((to_client, server_rx), client_name))
+            .map_err(|_| refused("the mem listener was dropped"))?;
+        Ok(MemConnection::new(
+            addr.with_protocol(self.base.protocol()),
+            (to_server, client_rx),
+            self.max,
+        ))
+    }
+}
+
+/// A listening name; dropping it frees the name.
+#[derive(Debug)]
+pub struct MemListener {
+    local: Address,
+    generation: u64,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    max: usize,
+}
+
+impl Listener for MemListener {
+    type Connection = MemConnection;
+
+    fn local_addr(&self) -> &Address {
+        &self.local
+    }
+
+    async fn accept(&mut self) -> Result<MemConnection, TransportError> {
+        // The table holds a sender, so the channel never ends while we live.
+        match self.incoming.recv().await {
+            Some((half, peer)) => Ok(MemConnection::new(peer, half, self.max)),
+            None => Err(TransportError::Closed {
+                peer: self.local.to_string(),
+            }),
+        }
+    }
+}
+
+impl Drop for MemListener {
+    fn drop(&mut self) {
+        let mut table = names().lock().unwrap_or_else(|p| p.into_inner());
+        // Remove the name only if it is still ours (not re-bound since).
+        if table
+            .get(self.local.rest())
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            table.remove(self.local.rest());
+        }
+    }
+}
+
+/// One end of an in-process connection.
+#[derive(Debug)]
+pub struct MemConnection {
+    peer: Address,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    max: usize,
+}
+
+impl MemConnection {
+    fn new(peer: Address, (tx, rx): Half, max: usize) -> Self {
+        Self { peer, tx, rx, max }
+    }
+}
+
+impl Connection for MemConnection {
+    type Sender = MemSender;
+    type Receiver = MemReceiver;
+
+    fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    fn split(self) -> (MemSender, MemReceiver) {
+        (
+            MemSender {
+                peer: self.peer.clone(),
+                tx: Some(self.tx),
+                max: self.max,
+            },
+            MemReceiver {
+                rx: self.rx,
+                max: self.max,
+            },
+        )
+    }
+}
+
+/// The sending direction: `None` once closed.
+#[derive(Debug)]
+pub struct MemSender {
+    peer: Address,
+    tx: Option<mpsc::Sender<Bytes>>,
+    max: usize,
+}
+
+impl MessageSender for MemSender {
+    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let len = message_len(parts);
+        // The contract: refuse an oversized message before sending anything,
+        // and stay usable.
+        if len > self.max {
+            return Err(TransportError::MessageTooLarge {
+                size: len as u64,
+                max: self.max,
+            });
+        }
+        let tx = self.tx.as_ref().ok_or_else(|| TransportError::Closed {
+            peer: self.peer.to_string(),
+        })?;
+        let mut message = BytesMut::with_capacity(len);
+        for part in parts {
+            message.extend_from_slice(part);
+        }
+        // Waiting here is the backpressure; dropping this future part way
+        // sends nothing (tokio's `Sender::send` is cancel-safe).
+        tx.send(message.freeze())
+            .await
+            .map_err(|_| TransportError::Io {
+                peer: self.peer.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the peer dropped the connection",
+                ),
+            })
+    }
+
+    async fn close(&mut self) -> Result<(), TransportError> {
+        // Dropping the channel's sender: the peer reads what was sent, then
+        // `None`.
+        self.tx = None;
+        Ok(())
+    }
+}
+
+/// The receiving direction.
+#[derive(Debug)]
+pub struct MemReceiver {
+    rx: mpsc::Receiver<Bytes>,
+    max: usize,
+}
+
+impl MessageReceiver for MemReceiver {
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        // Cancel-safe: a message is only taken out by a completed `recv`.
+        match self.rx.recv().await {
+            // The two ends may have been built with different maxima.
+            Some(m) if m.len() > self.max => Err(TransportError::MessageTooLarge {
+                size: m.len() as u64,
+                max: self.max,
+            }),
+            Some(m) => Ok(Some(m)),
+            // The peer closed, or dropped its end: a clean end either way.
+            None => Ok(None),
+        }
+    }
+}

@@ -17,14 +17,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use courier::{Engine, Handle};
+/// The helpers shared with plugin authors live in `courier-testkit`.
+pub use courier_testkit::{
+    assert_hello, call_hello, client, guard, guard_blocking, lookup, pattern, register_hello,
+    server, HANG_GUARD,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
@@ -77,105 +79,6 @@ macro_rules! protocol_names {
 
 /// The protocols of [`for_each_protocol!`], as strings.
 pub const PROTOCOLS: &[&str] = for_each_protocol!(protocol_names);
-
-/// Upper bound on any single wait in the suite. It is a hang guard only: no
-/// test passes or fails because something was fast or slow within it.
-pub const HANG_GUARD: Duration = Duration::from_secs(30);
-
-/// Awaits `fut`, panicking (naming `what`) if it takes longer than
-/// [`HANG_GUARD`]: a hang becomes a test failure.
-pub async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(HANG_GUARD, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("hang guard: {what} did not finish within {HANG_GUARD:?}"),
-    }
-}
-
-/// Runs blocking code `f` on its own thread and waits for it at most
-/// [`HANG_GUARD`]: the blocking-API twin of [`guard`]. A panic in `f` is
-/// re-raised here.
-pub fn guard_blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let v = f();
-        let _ = done_tx.send(());
-        v
-    });
-    match done_rx.recv_timeout(HANG_GUARD) {
-        // Disconnected: `f` panicked (the sender was dropped unwinding).
-        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("hang guard: {what} did not finish within {HANG_GUARD:?}")
-        }
-    }
-}
-
-/// A server-mode engine for `proto` with default settings.
-pub async fn server(proto: &str) -> Engine {
-    Engine::new(proto)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start a {proto} server engine: {e}"))
-}
-
-/// A client-mode engine for `proto` with default settings.
-pub async fn client(proto: &str) -> Engine {
-    Engine::builder(proto)
-        .client()
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("cannot start a {proto} client engine: {e}"))
-}
-
-/// Registers the seed's `hello`: takes `(first, last)`, answers
-/// `"Good bye {first}"`.
-pub fn register_hello(engine: &Engine) {
-    engine
-        .register(
-            "hello",
-            |handle: Handle, (first, _last): (String, String)| async move {
-                handle.respond(&format!("Good bye {first}")).await
-            },
-        )
-        .expect("register hello");
-}
-
-/// Calls the seed's `hello("Matthieu", "Dorier")` at `address` from `client`
-/// (under [`guard`]).
-pub async fn call_hello(client: &Engine, address: &courier::Address) -> courier::Result<String> {
-    let hello = client.remote::<(&str, &str), String>("hello");
-    guard("hello", hello.on(address).call(&("Matthieu", "Dorier"))).await
-}
-
-/// Calls `hello` and asserts the seed's answer.
-pub async fn assert_hello(client: &Engine, address: &courier::Address) {
-    assert_eq!(
-        call_hello(client, address).await.unwrap(),
-        "Good bye Matthieu"
-    );
-}
-
-/// Looks `server` up from `client` (under [`guard`]).
-pub async fn lookup(client: &Engine, server: &Engine) -> courier::Address {
-    guard("lookup", client.lookup(&server.address().to_string()))
-        .await
-        .unwrap()
-}
-
-/// `len` bytes of a pattern that differs with `seed` and with the position
-/// (so a shifted, truncated or repeated chunk does not compare equal).
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            (i as u64)
-                .wrapping_mul(31)
-                .wrapping_add(u64::from(seed))
-                .wrapping_rem(251) as u8
-        })
-        .collect()
-}
 
 /// Deterministic bytes that are not a Courier stream: they do not start with
 /// the preamble `CRR\x01` (xorshift, seeded).

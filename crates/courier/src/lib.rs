@@ -150,5 +150,58 @@ pub fn default_registry() -> std::result::Result<transport::Registry, TransportE
     {
         registry = registry.with(courier_mem::MemPlugin);
     }
+    for extra in installed().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        match extra {
+            Installed::Plugin(p) => registry.add_plugin(p.clone()),
+            Installed::Layer(l) => registry.add_layer(l.clone()),
+        }
+    }
     Ok(registry)
+}
+
+/// A plugin or layer added to every default registry of the process.
+enum Installed {
+    Plugin(std::sync::Arc<dyn transport::Plugin>),
+    Layer(std::sync::Arc<dyn transport::Layer>),
+}
+
+fn installed() -> &'static std::sync::Mutex<Vec<Installed>> {
+    static INSTALLED: std::sync::OnceLock<std::sync::Mutex<Vec<Installed>>> =
+        std::sync::OnceLock::new();
+    INSTALLED.get_or_init(Default::default)
+}
+
+/// Adds a transport plugin to every [`default_registry`] of this process
+/// from now on, so `Engine::new("<its protocol>")`, the `courier` command
+/// built with [`courier-cli`](https://docs.rs/courier-cli) and the
+/// conformance suite of `courier-testkit` all find it. A plugin of the same
+/// name (a bundled one too) is replaced.
+///
+/// This is the one-line way to plug a transport in; to keep it to one
+/// engine instead, give that engine its own registry with
+/// [`EngineBuilder::registry`].
+///
+/// Installing the same plugin again (by name) replaces the earlier one.
+///
+/// ```
+/// # #[cfg(feature = "mem")] {
+/// # use courier_mem::MemPlugin as MyPlugin;
+/// courier::install_plugin(MyPlugin);
+/// let registry = courier::default_registry()?;
+/// assert!(registry.plugin_names().contains(&"mem".to_owned()));
+/// # }
+/// # Ok::<(), courier::TransportError>(())
+/// ```
+pub fn install_plugin(plugin: impl transport::Plugin) {
+    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|i| !matches!(i, Installed::Plugin(p) if p.name() == plugin.name()));
+    all.push(Installed::Plugin(std::sync::Arc::new(plugin)));
+}
+
+/// Adds a layer plugin (see [`transport::Layer`]) to every
+/// [`default_registry`] of this process from now on; see [`install_plugin`].
+pub fn install_layer(layer: impl transport::Layer) {
+    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|i| !matches!(i, Installed::Layer(l) if l.name() == layer.name()));
+    all.push(Installed::Layer(std::sync::Arc::new(layer)));
 }

@@ -95,18 +95,20 @@ impl Row {
 
 /// The protocols a command runs on: the ones named on its command line
 /// (trimmed, empty names dropped), or every protocol whose plugin is built
-/// in.
+/// in — leaving out those that reach their own process only (`mem`) unless
+/// `in_process_too`, since `demo` serves from child processes.
 pub(crate) fn selected_protocols(
     registry: &courier::transport::Registry,
     named: &[String],
+    in_process_too: bool,
 ) -> Vec<String> {
     if named.is_empty() {
-        // Every protocol whose peers can live in another process (so not
-        // `mem`, which reaches its own process only).
         registry
             .protocols()
             .filter(|p| registry.is_available(p))
-            .filter(|p| registry.reach(p) != Some(courier::transport::Reach::Process))
+            .filter(|p| {
+                in_process_too || registry.reach(p) != Some(courier::transport::Reach::Process)
+            })
             .map(|p| p.name.clone())
             .collect()
     } else {
@@ -120,7 +122,7 @@ pub(crate) fn selected_protocols(
 
 pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
     let registry = courier::default_registry()?;
-    let protocols = selected_protocols(&registry, &args.protocols);
+    let protocols = selected_protocols(&registry, &args.protocols, false);
     if protocols.is_empty() {
         return Err(Fail::msg(
             "no protocol to run: no transport plugin is built in",

@@ -2,7 +2,9 @@
 //! floor of the same transport, with the servers in child processes.
 //!
 //! For each protocol and polling policy, three child processes are started
-//! (each is this executable, re-run as the hidden `courier bench-peer`):
+//! (each is this executable, re-run as the hidden `courier bench-peer`; for
+//! a protocol that reaches its own process only, such as `mem`, the same
+//! peers run on threads of this process instead):
 //!
 //! * **engine**: a server engine with the RPC `bench.sink` (takes the
 //!   payload, responds with an empty payload);
@@ -35,7 +37,7 @@ use serde::Serialize;
 use crate::{out, CliResult, Fail};
 
 use self::measure::{Figures, Spec};
-use self::peer::PeerProc;
+use self::peer::Peer;
 use self::report::RunResult;
 
 /// The RPC the engine peer serves: S bytes in, an empty response out.
@@ -261,6 +263,9 @@ pub(crate) struct Proto {
     pub(crate) name: String,
     pub(crate) plugin: String,
     pub(crate) socket: Option<SocketKind>,
+    /// Its connections reach this process only (`mem`): the peers run on
+    /// threads here instead of in child processes.
+    pub(crate) in_process: bool,
 }
 
 /// Everything `courier bench` will do, from its options.
@@ -351,7 +356,7 @@ impl Plan {
             courier::DEFAULT_MAX_MESSAGE_SIZE.max(largest + courier::frame::HEADER_LEN + 4096);
 
         let (pin, client_cpu, peer_cpu) = cpus(args.pin)?;
-        let names = crate::demo::selected_protocols(registry, &args.protocols);
+        let names = crate::demo::selected_protocols(registry, &args.protocols, true);
         let mut protocols: Vec<Proto> = Vec::new();
         let mut seen = HashSet::new();
         for name in &names {
@@ -361,6 +366,7 @@ impl Plan {
             let (entry, _) = registry.create(name, &PluginOptions::new(), max_message_size)?;
             if seen.insert(entry.name.clone()) {
                 protocols.push(Proto {
+                    in_process: registry.reach(&entry) == Some(courier::transport::Reach::Process),
                     socket: socket_kind(&entry),
                     name: entry.name,
                     plugin: entry.plugin,
@@ -546,13 +552,13 @@ struct Group<'a> {
 /// The children of a group, stopped (or killed) together.
 #[derive(Debug, Default)]
 struct Peers {
-    engine: Option<PeerProc>,
-    raw: Option<PeerProc>,
-    socket: Option<PeerProc>,
+    engine: Option<Peer>,
+    raw: Option<Peer>,
+    socket: Option<Peer>,
 }
 
 impl Peers {
-    fn all(self) -> impl Iterator<Item = PeerProc> {
+    fn all(self) -> impl Iterator<Item = Peer> {
         [self.engine, self.raw, self.socket].into_iter().flatten()
     }
 }
@@ -592,13 +598,14 @@ impl Group<'_> {
                 self.proto.name,
                 layer.name()
             ));
-            let p = PeerProc::spawn(
+            let p = Peer::start(
                 layer,
                 &self.proto.name,
                 self.spin_us,
                 self.plan.max_message_size,
                 self.plan.peer_cpu,
                 self.verbose,
+                self.proto.in_process,
             )
             .await?;
             match layer {
@@ -629,7 +636,7 @@ impl Group<'_> {
                     .build()
                     .await
                     .map_err(|e| format!("client engine: {e}"))?;
-                match engine.lookup(&p.address).await {
+                match engine.lookup(p.address()).await {
                     Ok(a) => Some((engine, a)),
                     Err(e) => {
                         engine.finalize().await;
@@ -668,7 +675,7 @@ impl Group<'_> {
                     )
                     .map_err(|e| e.to_string())?;
                 let addr: WireAddr = p
-                    .address
+                    .address()
                     .parse()
                     .map_err(|e| format!("the raw peer's address: {e}"))?;
                 Some((t, addr))
@@ -706,7 +713,7 @@ impl Group<'_> {
                                 },
                                 Layer::Socket => match (&peers.socket, self.proto.socket) {
                                     (Some(p), Some(kind)) => {
-                                        measure::socket(kind, &p.address, &payload, &spec, polling)
+                                        measure::socket(kind, p.address(), &payload, &spec, polling)
                                             .await
                                     }
                                     _ => Err("no socket peer".to_owned()),
@@ -758,8 +765,8 @@ N tasks call in a loop. RPCs/s = calls / elapsed; MiB/s = payload × calls /
 elapsed (payloads of 64 KiB and more). The raw floor sends the same payload
 through the transport alone and gets an empty message back; the socket floor
 does it over plain sockets with a 4-byte length prefix. Ratios divide each
-layer's figure by the raw floor's. Servers run in child processes, started and
-stopped by this command; by default this process runs on one CPU and the
+layer's figure by the raw floor's. Servers run in child processes (on threads
+for in-process protocols such as mem), started and stopped by this command; by default this process runs on one CPU and the
 servers on another (--pin; restrict the CPUs with taskset to choose them).
 
 Examples:

@@ -73,6 +73,10 @@ fn stdin_closed() -> CliResult<tokio::sync::oneshot::Receiver<()>> {
     Ok(rx)
 }
 
+/// How a peer tells its parent where it listens: a line on stdout (a child
+/// process) or a channel (a peer thread).
+type Announce = Box<dyn FnOnce(&str) -> CliResult + Send>;
+
 /// `courier bench-peer`.
 pub(crate) async fn run(args: PeerArgs) -> CliResult {
     if let Some(cpu) = args.cpu {
@@ -85,17 +89,27 @@ pub(crate) async fn run(args: PeerArgs) -> CliResult {
             () = crate::serve::stop_signal() => {}
         }
     };
+    let announce: Announce = Box::new(|address| out(format_args!("{PEER_READY}{address}")));
+    serve(args, announce, stop).await
+}
+
+/// Serves one layer until `stop` resolves.
+async fn serve(
+    args: PeerArgs,
+    announce: Announce,
+    stop: impl std::future::Future<Output = ()>,
+) -> CliResult {
     let polling = args.progress_spin_us > 0;
     match args.layer {
-        Layer::Engine => engine_peer(&args, stop).await,
-        Layer::Raw => raw_peer(&args, polling, stop).await,
+        Layer::Engine => engine_peer(&args, announce, stop).await,
+        Layer::Raw => raw_peer(&args, polling, announce, stop).await,
         Layer::Socket => {
             let registry = courier::default_registry()?;
             let entry = registry.resolve(&args.protocol)?;
             match socket_kind(&entry) {
-                Some(SocketKind::Tcp) => tcp_peer(&args, polling, stop).await,
+                Some(SocketKind::Tcp) => tcp_peer(&args, polling, announce, stop).await,
                 #[cfg(unix)]
-                Some(SocketKind::Unix) => unix_peer(&args, polling, stop).await,
+                Some(SocketKind::Unix) => unix_peer(&args, polling, announce, stop).await,
                 _ => Err(Fail::msg(format!(
                     "protocol '{}' (plugin '{}') has no plain-socket floor (tcp and unix only)",
                     entry.name, entry.plugin
@@ -105,7 +119,11 @@ pub(crate) async fn run(args: PeerArgs) -> CliResult {
     }
 }
 
-async fn engine_peer(args: &PeerArgs, stop: impl std::future::Future<Output = ()>) -> CliResult {
+async fn engine_peer(
+    args: &PeerArgs,
+    announce: Announce,
+    stop: impl std::future::Future<Output = ()>,
+) -> CliResult {
     let engine = Engine::builder(&args.protocol)
         .progress_spin(Duration::from_micros(args.progress_spin_us))
         .max_message_size(args.max_message_size)
@@ -118,7 +136,7 @@ async fn engine_peer(args: &PeerArgs, stop: impl std::future::Future<Output = ()
     );
     let ready = registered
         .map_err(Fail::from)
-        .and_then(|()| out(format_args!("{PEER_READY}{}", engine.address())));
+        .and_then(|()| announce(&engine.address().to_string()));
     if ready.is_ok() {
         stop.await;
     }
@@ -129,6 +147,7 @@ async fn engine_peer(args: &PeerArgs, stop: impl std::future::Future<Output = ()
 async fn raw_peer(
     args: &PeerArgs,
     polling: bool,
+    announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
     let registry = courier::default_registry()?;
@@ -137,7 +156,7 @@ async fn raw_peer(
     let mut listener = transport
         .listen_dyn(&WireAddr::new(entry.name.clone(), "")?)
         .await?;
-    out(format_args!("{PEER_READY}{}", listener.local_addr()))?;
+    announce(&listener.local_addr().to_string())?;
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -210,14 +229,11 @@ async fn socket_answer<S: AsyncRead + AsyncWrite + Unpin>(stream: S, polling: bo
 async fn tcp_peer(
     args: &PeerArgs,
     polling: bool,
+    announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    out(format_args!(
-        "{PEER_READY}{}://{}",
-        args.protocol,
-        listener.local_addr()?
-    ))?;
+    announce(&format!("{}://{}", args.protocol, listener.local_addr()?))?;
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -270,6 +286,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
 async fn unix_peer(
     args: &PeerArgs,
     polling: bool,
+    announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
     let dir = private_dir()
@@ -278,11 +295,7 @@ async fn unix_peer(
     let served = async {
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| Fail::msg(format!("cannot listen on {}: {e}", path.display())))?;
-        out(format_args!(
-            "{PEER_READY}{}://{}",
-            args.protocol,
-            path.display()
-        ))?;
+        announce(&format!("{}://{}", args.protocol, path.display()))?;
         let mut conns = JoinSet::new();
         tokio::pin!(stop);
         loop {
@@ -312,6 +325,152 @@ async fn unix_peer(
 // ---------------------------------------------------------------------------
 // The parent's side.
 // ---------------------------------------------------------------------------
+
+/// A peer of the bench: a child process, or — for a protocol that reaches
+/// its own process only, such as `mem` — a thread of this process with its
+/// own one-thread runtime, as the child would have.
+#[derive(Debug)]
+pub(crate) enum Peer {
+    Proc(Box<PeerProc>),
+    Thread(PeerThread),
+}
+
+impl Peer {
+    /// Starts a peer: in a child process, or on a thread when `in_process`.
+    pub(crate) async fn start(
+        layer: Layer,
+        protocol: &str,
+        spin_us: u64,
+        max_message_size: usize,
+        cpu: Option<usize>,
+        verbose: u8,
+        in_process: bool,
+    ) -> Result<Self, String> {
+        if in_process {
+            let args = PeerArgs {
+                layer,
+                protocol: protocol.to_owned(),
+                progress_spin_us: spin_us,
+                max_message_size,
+                cpu,
+            };
+            PeerThread::spawn(args).await.map(Self::Thread)
+        } else {
+            PeerProc::spawn(layer, protocol, spin_us, max_message_size, cpu, verbose)
+                .await
+                .map(|p| Self::Proc(Box::new(p)))
+        }
+    }
+
+    /// The address the peer listens at.
+    pub(crate) fn address(&self) -> &str {
+        match self {
+            Self::Proc(p) => &p.address,
+            Self::Thread(t) => &t.address,
+        }
+    }
+
+    /// Asks the peer to stop and waits for it.
+    pub(crate) async fn stop(self) -> Result<(), String> {
+        match self {
+            Self::Proc(p) => p.stop().await,
+            Self::Thread(t) => t.stop().await,
+        }
+    }
+
+    /// Stops the peer at once.
+    pub(crate) async fn kill(self) {
+        match self {
+            Self::Proc(p) => p.kill().await,
+            Self::Thread(t) => {
+                let _ = t.stop().await;
+            }
+        }
+    }
+}
+
+/// A peer on a thread of this process.
+#[derive(Debug)]
+pub(crate) struct PeerThread {
+    what: String,
+    address: String,
+    /// Dropping it asks the peer to stop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<CliResult>>,
+}
+
+impl PeerThread {
+    async fn spawn(args: PeerArgs) -> Result<Self, String> {
+        let what = format!(
+            "the {} peer ({}, in process)",
+            args.layer.name(),
+            args.protocol
+        );
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel::<String>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-peer".into())
+            .spawn(move || -> CliResult {
+                if let Some(cpu) = args.cpu {
+                    super::pin_current_thread(cpu)?;
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let announce: Announce = Box::new(move |address| {
+                    let _ = address_tx.send(address.to_owned());
+                    Ok(())
+                });
+                let stop = async move {
+                    let _ = stop_rx.await;
+                };
+                runtime.block_on(serve(args, announce, stop))
+            })
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        match tokio::time::timeout(STARTUP_GUARD, address_rx).await {
+            Ok(Ok(address)) => Ok(Self {
+                what,
+                address,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(_)) => {
+                // The thread ended without an address: its result says why.
+                let why = match tokio::task::spawn_blocking(move || thread.join()).await {
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    _ => "it stopped".to_owned(),
+                };
+                Err(format!("{what} did not start: {why}"))
+            }
+            Err(_) => Err(format!(
+                "{what} gave no address within {} s",
+                STARTUP_GUARD.as_secs()
+            )),
+        }
+    }
+
+    async fn stop(mut self) -> Result<(), String> {
+        drop(self.stop.take());
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let joined = tokio::time::timeout(
+            EXIT_GUARD,
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(Ok(Ok(())))) => Ok(()),
+            Ok(Ok(Ok(Err(e)))) => Err(format!("{}: {e}", self.what)),
+            Ok(_) => Err(format!("{} panicked", self.what)),
+            Err(_) => Err(format!(
+                "{} did not stop within {} s",
+                self.what,
+                EXIT_GUARD.as_secs()
+            )),
+        }
+    }
+}
 
 /// A `courier bench-peer` child process. Dropping it kills the child.
 #[derive(Debug)]

@@ -1,0 +1,272 @@
+//! `courier`: serve, call, ping and shut down Courier engines, list the
+//! protocols this build knows, run a cross-protocol demo, and benchmark
+//! every protocol against its raw transport floor.
+//!
+//! Every error is printed as `courier: <message>` on stderr, with exit
+//! status 1. Logs go to stderr too (`-v`, `-vv`, or `RUST_LOG`).
+//!
+//! The command is also a library, so a program that brings its own
+//! transport plugin gets the whole `courier` command — `serve`, `call`,
+//! `demo`, `bench` — for it, without editing Courier:
+//!
+//! ```no_run
+//! # use courier_mem::MemPlugin as MyPlugin;
+//! fn main() -> std::process::ExitCode {
+//!     courier::install_plugin(MyPlugin);
+//!     courier_cli::main()
+//! }
+//! ```
+//!
+//! (`courier bench` starts its peers by running the current executable
+//! again, so they have the plugin too.)
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod client;
+mod demo;
+mod serve;
+mod table;
+
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The error every subcommand returns: a message for the user.
+#[derive(Debug)]
+pub(crate) struct Fail(String);
+
+impl Fail {
+    pub(crate) fn msg(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<courier::Error> for Fail {
+    fn from(e: courier::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<courier::TransportError> for Fail {
+    fn from(e: courier::TransportError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Self(format!("i/o error: {e}"))
+    }
+}
+
+pub(crate) type CliResult<T = ()> = Result<T, Fail>;
+
+/// Writes one line to stdout and flushes it; an error (a closed pipe) is
+/// returned, never a panic as with `println!`.
+pub(crate) fn out(line: impl fmt::Display) -> CliResult {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Fail::msg(format!("cannot write to stdout: {e}")))
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "courier",
+    version,
+    about = "Serve, call, ping and shut down Courier RPC engines",
+    long_about = "Serve, call, ping and shut down Courier RPC engines.\n\n\
+        Courier is an RPC engine with pluggable transports in the manner of Mochi \
+        Margo / PyMargo. Addresses look like tcp://127.0.0.1:41235 or \
+        unix:///tmp/courier-.../engine.sock; the protocol before :// picks the \
+        transport (Mochi spellings such as ofi+tcp work too; see `courier protocols`).",
+    after_help = "Quick start:\n  \
+        courier serve --enable-remote-shutdown        # prints: Service running at tcp://127.0.0.1:PORT\n  \
+        courier call tcp://127.0.0.1:PORT hello Matthieu Dorier\n  \
+        courier ping tcp://127.0.0.1:PORT\n  \
+        courier shutdown tcp://127.0.0.1:PORT\n  \
+        courier demo                                  # all of the above, for every protocol\n  \
+        courier bench --quick                         # latency and throughput, every protocol"
+)]
+struct Cli {
+    /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warn).
+    /// RUST_LOG, when set, takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every protocol this build knows: aliases, plugin, availability.
+    #[command(
+        long_about = "List every protocol of the protocol table (the built-in protocols.toml, \
+            plus $COURIER_PROTOCOLS if set): its name, the aliases accepted for it, the \
+            transport plugin that implements it, and whether that plugin is built into \
+            this program (\"available\") or not (\"not built in\")."
+    )]
+    Protocols,
+    /// Run a service with the RPCs hello, echo and sleep.
+    #[command(long_about = serve::SERVE_LONG_ABOUT)]
+    Serve(serve::ServeArgs),
+    /// Call an RPC on a service and print its response.
+    #[command(long_about = client::CALL_LONG_ABOUT)]
+    Call(client::CallArgs),
+    /// Measure engine-level round trips to a service (no handler runs).
+    Ping(client::PingArgs),
+    /// Ask a service to shut down (it must run with remote shutdown enabled).
+    #[command(long_about = client::SHUTDOWN_LONG_ABOUT)]
+    Shutdown(client::ShutdownArgs),
+    /// Start a server per protocol, call it, measure it, shut it down.
+    #[command(long_about = demo::DEMO_LONG_ABOUT)]
+    Demo(demo::DemoArgs),
+    /// Benchmark every protocol: latency and throughput by payload size and
+    /// calls in flight, next to the raw transport floor.
+    #[command(long_about = bench::BENCH_LONG_ABOUT)]
+    Bench(bench::BenchArgs),
+    /// (internal) A peer of `courier bench`, run as its child process.
+    #[command(hide = true)]
+    BenchPeer(bench::peer::PeerArgs),
+}
+
+/// Options shared by the subcommands that talk to a service.
+#[derive(Debug, Args, Clone, Copy)]
+pub(crate) struct TimeoutArg {
+    /// Give up after this many milliseconds (connecting, and each request);
+    /// 0 waits forever.
+    #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 10_000)]
+    pub(crate) timeout_ms: u64,
+}
+
+impl TimeoutArg {
+    pub(crate) fn duration(self) -> Option<std::time::Duration> {
+        (self.timeout_ms > 0).then(|| std::time::Duration::from_millis(self.timeout_ms))
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("courier: ignoring RUST_LOG={spec:?}: {e}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the `courier` command on this process's arguments, with the plugins
+/// of [`courier::default_registry`] (those bundled, and any added with
+/// [`courier::install_plugin`] before this call); returns the exit status.
+pub fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("courier: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("courier: {}", text.trim_end());
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Protocols => protocols(),
+        Command::Serve(args) => serve::run(args).await,
+        Command::Call(args) => client::call(args).await,
+        Command::Ping(args) => client::ping(args).await,
+        Command::Shutdown(args) => client::shutdown(args).await,
+        Command::Demo(args) => demo::run(args, cli.verbose).await,
+        Command::Bench(args) => bench::run(args, cli.verbose).await,
+        Command::BenchPeer(args) => bench::peer::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("courier: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `courier protocols`.
+fn protocols() -> CliResult {
+    use courier::transport::Reach;
+    let registry = courier::default_registry()?;
+    let mut t = table::Table::new(&["protocol", "aliases", "plugin", "reach", "status"]);
+    let status = |available: bool| {
+        if available {
+            "available"
+        } else {
+            "not built in"
+        }
+    };
+    for p in registry.protocols() {
+        let aliases = if p.aliases.is_empty() {
+            "-".to_owned()
+        } else {
+            p.aliases.join(", ")
+        };
+        let reach = match registry.reach(p) {
+            Some(Reach::Process) => "process",
+            Some(Reach::Host) => "host",
+            Some(Reach::Network) => "network",
+            _ => "-",
+        };
+        t.row(vec![
+            p.name.clone(),
+            aliases,
+            p.plugin.clone(),
+            reach.to_owned(),
+            status(registry.is_available(p)).to_owned(),
+        ]);
+    }
+    for l in registry.layers() {
+        t.row(vec![
+            format!("{}+<protocol>", l.name),
+            "-".to_owned(),
+            format!("{} (layer)", l.plugin),
+            "-".to_owned(),
+            status(registry.is_layer_available(l)).to_owned(),
+        ]);
+    }
+    t.print()
+}

@@ -10,7 +10,18 @@
 //! [`DynTransport`] (through blanket impls), which is what the engine holds
 //! after it resolved a protocol name through the [`Registry`](crate::Registry).
 //!
+//! # What a transport may assume
+//!
+//! * Its futures run on a tokio runtime (multi-threaded or current-thread),
+//!   and must be `Send`.
+//! * After [`Connection::split`], the sender and the receiver are used from
+//!   different tasks at once — each by one task at a time (`&mut self`).
+//! * `listen` and `connect` may run concurrently on one transport (`&self`).
+//!
 //! # The contract
+//!
+//! The public crate `courier-testkit` checks each clause below on a
+//! transport (`courier_testkit::transport`), and the engine on top of it.
 //!
 //! * **Message boundaries.** One `send` of parts `[a, b, c]` arrives as exactly
 //!   one message `a ++ b ++ c` from one `recv`. An empty message is a message.

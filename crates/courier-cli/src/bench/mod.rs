@@ -598,16 +598,14 @@ impl Group<'_> {
                 self.proto.name,
                 layer.name()
             ));
-            let p = Peer::start(
+            let args = peer::PeerArgs {
                 layer,
-                &self.proto.name,
-                self.spin_us,
-                self.plan.max_message_size,
-                self.plan.peer_cpu,
-                self.verbose,
-                self.proto.in_process,
-            )
-            .await?;
+                protocol: self.proto.name.clone(),
+                progress_spin_us: self.spin_us,
+                max_message_size: self.plan.max_message_size,
+                cpu: self.plan.peer_cpu,
+            };
+            let p = Peer::start(args, self.verbose, self.proto.in_process).await?;
             match layer {
                 Layer::Engine => peers.engine = Some(p),
                 Layer::Raw => peers.raw = Some(p),

@@ -36,27 +36,27 @@ pub(crate) struct PeerArgs {
     /// What to serve: `engine` (the RPC bench.sink), `raw` (the transport
     /// alone), `socket` (plain sockets, tcp and unix plugins only).
     #[arg(long, value_enum)]
-    layer: Layer,
+    pub(crate) layer: Layer,
 
     /// The protocol (name or alias).
     #[arg(long, value_name = "P")]
-    protocol: String,
+    pub(crate) protocol: String,
 
     /// Polling policy: the engine's `progress_spin_us`; for the raw and
     /// socket peers, any value above 0 keeps the runtime polling while a
     /// connection is open.
     #[arg(long = "progress-spin-us", value_name = "US",
           default_value_t = courier::DEFAULT_PROGRESS_SPIN_US)]
-    progress_spin_us: u64,
+    pub(crate) progress_spin_us: u64,
 
     /// The largest message accepted.
     #[arg(long = "max-message-size", value_name = "BYTES",
           default_value_t = courier::DEFAULT_MAX_MESSAGE_SIZE)]
-    max_message_size: usize,
+    pub(crate) max_message_size: usize,
 
     /// Pin the peer (its one runtime thread) to this CPU.
     #[arg(long, value_name = "CPU")]
-    cpu: Option<usize>,
+    pub(crate) cpu: Option<usize>,
 }
 
 /// Resolves when stdin reaches its end (read on a plain thread, which does
@@ -338,25 +338,14 @@ pub(crate) enum Peer {
 impl Peer {
     /// Starts a peer: in a child process, or on a thread when `in_process`.
     pub(crate) async fn start(
-        layer: Layer,
-        protocol: &str,
-        spin_us: u64,
-        max_message_size: usize,
-        cpu: Option<usize>,
+        args: PeerArgs,
         verbose: u8,
         in_process: bool,
     ) -> Result<Self, String> {
         if in_process {
-            let args = PeerArgs {
-                layer,
-                protocol: protocol.to_owned(),
-                progress_spin_us: spin_us,
-                max_message_size,
-                cpu,
-            };
             PeerThread::spawn(args).await.map(Self::Thread)
         } else {
-            PeerProc::spawn(layer, protocol, spin_us, max_message_size, cpu, verbose)
+            PeerProc::spawn(&args, verbose)
                 .await
                 .map(|p| Self::Proc(Box::new(p)))
         }
@@ -489,14 +478,14 @@ pub(crate) struct PeerProc {
 impl PeerProc {
     /// Starts `courier bench-peer --layer L --protocol P ...` and waits for
     /// its address.
-    pub(crate) async fn spawn(
-        layer: Layer,
-        protocol: &str,
-        spin_us: u64,
-        max_message_size: usize,
-        cpu: Option<usize>,
-        verbose: u8,
-    ) -> Result<Self, String> {
+    pub(crate) async fn spawn(args: &PeerArgs, verbose: u8) -> Result<Self, String> {
+        let PeerArgs {
+            layer,
+            protocol,
+            progress_spin_us: spin_us,
+            max_message_size,
+            cpu,
+        } = args;
         let what = format!("the {} peer ({protocol})", layer.name());
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the courier executable: {e}"))?;

@@ -150,5 +150,9 @@ pub fn default_registry() -> std::result::Result<transport::Registry, TransportE
     {
         registry = registry.with(courier_mem::MemPlugin);
     }
+    #[cfg(feature = "chaos")]
+    {
+        registry = registry.with_layer(courier_chaos::ChaosLayer);
+    }
     Ok(registry)
 }

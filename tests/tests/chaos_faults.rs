@@ -299,6 +299,28 @@ async fn no_options_change_nothing(proto: &str) {
     }
 }
 
+/// A chaos engine calls a plain engine of the inner protocol: the bytes on
+/// the wire are the same; the client only puts `chaos+` before the address.
+async fn a_chaos_client_calls_a_plain_server(proto: &str) {
+    let inner = proto.strip_prefix("chaos+").unwrap();
+    let server = courier_conformance::server(inner).await;
+    register_hello(&server);
+    let client = engine(proto, Mode::Client, r#"{"duplicate": 1.0, "grace": 1}"#).await;
+    let address = guard(
+        "lookup",
+        client.lookup(&format!("chaos+{}", server.address())),
+    )
+    .await
+    .unwrap();
+    // The server's responses are duplicated by the client's end.
+    for _ in 0..3 {
+        assert_eq!(
+            call_hello(&client, &address).await.unwrap(),
+            "Good bye Matthieu"
+        );
+    }
+}
+
 macro_rules! chaos_suite {
     ($($module:ident => $proto:literal),* $(,)?) => {$(
         mod $module {
@@ -307,6 +329,11 @@ macro_rules! chaos_suite {
             #[tokio::test]
             async fn no_options_change_nothing() {
                 super::no_options_change_nothing(PROTO).await;
+            }
+
+            #[tokio::test]
+            async fn a_chaos_client_calls_a_plain_server() {
+                super::a_chaos_client_calls_a_plain_server(PROTO).await;
             }
 
             #[tokio::test]

@@ -469,3 +469,50 @@ async fn a_held_message_goes_on_alone_after_the_window() {
         "held for the window"
     );
 }
+
+#[tokio::test]
+async fn protocols_toml_documents_every_option_and_its_example_preset_works() {
+    let table = courier_transport::BUILTIN_PROTOCOLS_TOML;
+    for key in [
+        "seed",
+        "latency_us",
+        "jitter_us",
+        "drop",
+        "duplicate",
+        "reorder",
+        "reorder_window_us",
+        "reset",
+        "reset_after",
+        "grace",
+        "direction",
+    ] {
+        assert!(
+            table.contains(&format!("#   {key} ")),
+            "protocols.toml does not document the chaos option '{key}'"
+        );
+        // And the layer knows it.
+        let mut options = serde_json::Map::new();
+        options.insert(key.to_owned(), json!(0));
+        let known = try_chaos(Value::Object(options))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            !known.as_ref().is_err_and(|e| e.contains("unknown option")),
+            "{key}: {known:?}"
+        );
+    }
+    // The commented example preset, uncommented, is a working layer.
+    let start = table.find("# [layers.flaky]").expect("the example preset");
+    let preset: String = table[start..]
+        .lines()
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    let mut r = registry();
+    r.load_toml_str(&preset, "the example preset").unwrap();
+    let (_, t) = r.create("flaky+mem", &PluginOptions::new(), MAX).unwrap();
+    assert_eq!(t.protocol(), "flaky+mem");
+    // The built-in table declares the chaos layer itself.
+    let entry = Registry::new().resolve("chaos+tcp").unwrap();
+    assert_eq!(entry.layers, ["chaos"]);
+}

@@ -99,7 +99,8 @@ enum Command {
         long_about = "List every protocol of the protocol table (the built-in protocols.toml, \
             plus $COURIER_PROTOCOLS if set): its name, the aliases accepted for it, the \
             transport plugin that implements it, and whether that plugin is built into \
-            this program (\"available\") or not (\"not built in\")."
+            this program (\"available\") or not (\"not built in\"). Then the layers, \
+            written before a protocol's name: `chaos+…` is `chaos+tcp`, `chaos+unix`, ..."
     )]
     Protocols,
     /// Run a service with the RPCs hello, echo and sleep.
@@ -216,6 +217,20 @@ fn protocols() -> CliResult {
             p.name.clone(),
             aliases,
             p.plugin.clone(),
+            status.to_owned(),
+        ]);
+    }
+    // Layers go before any protocol: `chaos+tcp`.
+    for l in registry.layers() {
+        let status = if registry.is_layer_available(l) {
+            "available"
+        } else {
+            "not built in"
+        };
+        t.row(vec![
+            format!("{}+…", l.name),
+            "-".to_owned(),
+            format!("{} (layer)", l.plugin),
             status.to_owned(),
         ]);
     }

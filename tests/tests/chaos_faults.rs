@@ -1,8 +1,8 @@
 //! The engine's timeouts and error paths, driven through the `chaos` layer
 //! (`plugins/chaos`): lost requests and responses, resets, duplicated and
 //! reordered messages, and replay from a seed. Every scenario runs over
-//! `chaos+tcp`, `chaos+unix` and `chaos+mem`, as one test per (protocol,
-//! scenario): `tcp::lost_requests_time_out`, ...
+//! `chaos+tcp`, `chaos+unix`, `chaos+mem`, `chaos+shm` and `chaos+quic`, as
+//! one test per (protocol, scenario): `tcp::lost_requests_time_out`, ...
 //!
 //! Both engines of a scenario are built with the same chaos options (the
 //! `"chaos"` object of the JSON config's `"transport"`); `direction` picks
@@ -373,4 +373,6 @@ chaos_suite! {
     tcp => "chaos+tcp",
     unix => "chaos+unix",
     mem => "chaos+mem",
+    shm => "chaos+shm",
+    quic => "chaos+quic",
 }

@@ -29,8 +29,9 @@
 //! direction. The same seed therefore injects the same faults in the same
 //! messages of the same connection, however tasks interleave across
 //! connections. Each injected fault is logged at debug level (target
-//! `courier_chaos`) with the seed, the connection and the message number;
-//! `seed = "random"` draws a seed and logs it at info level.
+//! `courier_chaos`) with the seed, the connection and the message number,
+//! and a transport built with faults logs its options, seed included, at
+//! info level (`seed = "random"` draws a fresh seed: that line says which).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -282,7 +282,7 @@ impl MessageSender for ChaosSender {
             return inner.send_dyn(parts).await;
         }
         let t = plan.trace;
-        tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = n, peer = %self.peer, "chaos: reset the connection");
+        tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = n, peer = %self.peer, "chaos: reset the connection");
         let reason = format!(
             "connection reset by the chaos layer (seed {}, {}, message {n} from the {})",
             t.seed, t.conn, t.sender
@@ -407,21 +407,21 @@ impl RecvPlan {
         });
         let faulted = n > o.grace;
         if faulted && r_drop < o.drop {
-            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = n, "chaos: dropped a message");
+            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = n, "chaos: dropped a message");
             return;
         }
         let copies = if faulted && r_dup < o.duplicate {
-            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = n, "chaos: duplicated a message");
+            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = n, "chaos: duplicated a message");
             2
         } else {
             1
         };
         if let Some(h) = self.held.take() {
-            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = h.number, "chaos: reordered message {} after message {n}", h.number);
+            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = h.number, "chaos: reordered message {} after message {n}", h.number);
             self.push(ready_at, message, copies);
             self.push(ready_at.or(h.ready_at), h.message, h.copies);
         } else if faulted && r_reorder < o.reorder {
-            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = n, "chaos: held a message back");
+            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = n, "chaos: held a message back");
             self.held = Some(Held {
                 message,
                 copies,
@@ -439,7 +439,7 @@ impl RecvPlan {
     fn release_held(&mut self, why: &str) {
         if let Some(h) = self.held.take() {
             let t = self.trace;
-            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message = h.number, "chaos: a held message goes on alone ({why})");
+            tracing::debug!(seed = t.seed, connection = %t.conn, from = %t.sender, message_number = h.number, "chaos: a held message goes on alone ({why})");
             self.push(h.ready_at, h.message, h.copies);
         }
     }

@@ -248,6 +248,16 @@ mod mem {
     courier_testkit::conformance_tests!("mem");
 }
 
+/// The chaos layer with no options is a passthrough: the whole suite holds
+/// through it, over a stream and a message transport.
+mod chaos_tcp {
+    courier_testkit::conformance_tests!("chaos+tcp");
+}
+
+mod chaos_shm {
+    courier_testkit::conformance_tests!("chaos+shm");
+}
+
 /// Scenarios whose peer is a raw byte-stream listener the test controls.
 macro_rules! stream_conformance_tests {
     ($($proto:ident),* $(,)?) => {$(

@@ -114,7 +114,8 @@ enum Command {
         long_about = "List every protocol of the protocol table (the built-in protocols.toml, \
             plus $COURIER_PROTOCOLS if set): its name, the aliases accepted for it, the \
             transport plugin that implements it, and whether that plugin is built into \
-            this program (\"available\") or not (\"not built in\")."
+            this program (\"available\") or not (\"not built in\"). Then the layers, \
+            written before a protocol's name: `chaos+…` is `chaos+tcp`, `chaos+unix`, ..."
     )]
     Protocols,
     /// Run a service with the RPCs hello, echo and sleep.
@@ -261,7 +262,7 @@ fn protocols() -> CliResult {
     }
     for l in registry.layers() {
         t.row(vec![
-            format!("{}+<protocol>", l.name),
+            format!("{}+…", l.name),
             "-".to_owned(),
             format!("{} (layer)", l.plugin),
             "-".to_owned(),

@@ -133,6 +133,8 @@ fn protocols_lists_the_table_and_what_is_built_in() {
     assert!(row("quic").contains("quic"), "{}", r.stdout);
     assert!(row("pigeon").contains("ipoac"), "{}", r.stdout);
     assert!(row("pigeon").contains("not built in"), "{}", r.stdout);
+    assert!(row("chaos+…").contains("chaos (layer)"), "{}", r.stdout);
+    assert!(row("chaos+…").contains("available"), "{}", r.stdout);
     assert!(
         r.stdout.lines().next().unwrap().contains("protocol"),
         "{}",

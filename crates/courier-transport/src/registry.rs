@@ -65,6 +65,21 @@ impl PluginContext<'_> {
         }
     }
 
+    /// Reads a number option (an integer or a float: `1` and `1.0` both
+    /// read as `1.0`), with a default when absent.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidOptions`] when present but not a number.
+    pub fn f64_option(&self, plugin: &str, key: &str, default: f64) -> Result<f64, TransportError> {
+        match self.options.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| TransportError::InvalidOptions {
+                plugin: plugin.to_owned(),
+                reason: format!("option '{key}' must be a number, not {v}"),
+            }),
+        }
+    }
+
     /// Reads a string option, if present.
     ///
     /// # Errors

@@ -150,6 +150,10 @@ pub fn default_registry() -> std::result::Result<transport::Registry, TransportE
     {
         registry = registry.with(courier_mem::MemPlugin);
     }
+    #[cfg(feature = "chaos")]
+    {
+        registry = registry.with_layer(courier_chaos::ChaosLayer);
+    }
     for extra in installed().lock().unwrap_or_else(|p| p.into_inner()).iter() {
         match extra {
             Installed::Plugin(p) => registry.add_plugin(p.clone()),

@@ -57,14 +57,20 @@ fn server() -> &'static Server {
                 h.respond_raw(&p).await
             })
             .unwrap_or_else(|e| panic!("{e}"));
-            e.register("typed", |h: Handle, s: String| async move { h.respond(&s).await })
-                .unwrap_or_else(|e| panic!("{e}"));
+            e.register("typed", |h: Handle, s: String| async move {
+                h.respond(&s).await
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
             e.register_raw("fail", RpcOptions::default(), |_h: Handle, _p| async move {
                 Err::<(), _>("refused on purpose")
             })
             .unwrap_or_else(|e| panic!("{e}"));
-            e.register_raw("silent", RpcOptions::default(), |_h: Handle, _p| async move {})
-                .unwrap_or_else(|e| panic!("{e}"));
+            e.register_raw(
+                "silent",
+                RpcOptions::default(),
+                |_h: Handle, _p| async move {},
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             e.register_raw(
                 "oneway",
                 RpcOptions::default().disable_response(),

@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(e.to_string().contains("fuzz") || e.to_string().contains("bytes"), "{e}");
+                    assert!(
+                        e.to_string().contains("fuzz") || e.to_string().contains("bytes"),
+                        "{e}"
+                    );
                     break;
                 }
             }

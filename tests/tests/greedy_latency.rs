@@ -57,9 +57,11 @@ async fn scenario(proto: &str, name: &str) {
         .await
         .unwrap();
     server
-        .register_raw("echo", RpcOptions::default(), |h: Handle, p: Bytes| async move {
-            h.respond_raw(&p).await
-        })
+        .register_raw(
+            "echo",
+            RpcOptions::default(),
+            |h: Handle, p: Bytes| async move { h.respond_raw(&p).await },
+        )
         .unwrap();
     server
         .register_raw("never", RpcOptions::default(), |h: Handle, _p| async move {

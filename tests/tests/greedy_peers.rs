@@ -354,6 +354,64 @@ async fn raw_shutdown_is_refused(proto: &str) {
     ));
 }
 
+/// `max_connections` with engines only, for every protocol (quic and shm
+/// included, whose connections a raw socket cannot open): with the slots
+/// taken by two clients, a third one's call fails with a clear error (its
+/// connection is closed by the server) while the first two are served;
+/// once one of them finalizes, the third gets in.
+async fn extra_client_is_refused(proto: &str) {
+    let server = server_with(proto, r#"{"max_connections": 2}"#).await;
+    let a = cc::client(proto).await;
+    let b = cc::client(proto).await;
+    let to_a = cc::lookup(&a, &server).await;
+    let to_b = cc::lookup(&b, &server).await;
+    assert_hello(&a, &to_a).await;
+    assert_hello(&b, &to_b).await;
+
+    let c = cc::client(proto).await;
+    let addr = server.address().to_string();
+    // The connection is refused when the server accepts it: the lookup may
+    // still succeed (the transport connected), the call may not.
+    let refused = match guard("lookup over the limit", c.lookup(&addr)).await {
+        Err(e) => e,
+        Ok(to_c) => cc::call_hello(&c, &to_c).await.unwrap_err(),
+    };
+    assert!(
+        matches!(refused, Error::ConnectionLost { .. } | Error::Transport(_)),
+        "{refused:?}"
+    );
+    assert_hello(&a, &to_a).await;
+    assert_hello(&b, &to_b).await;
+
+    guard("finalize a", a.finalize()).await;
+    guard("a new client once a slot is free", async {
+        loop {
+            if let Ok(to_c) = c.lookup(&addr).await {
+                if cc::call_hello(&c, &to_c).await.is_ok() {
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+macro_rules! every_protocol_tests {
+    ($($proto:ident),* $(,)?) => {
+        mod every_protocol {$(
+            mod $proto {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn extra_client_is_refused() {
+                    super::super::extra_client_is_refused(stringify!($proto)).await;
+                }
+            }
+        )*}
+    };
+}
+
+courier_conformance::for_each_protocol!(every_protocol_tests);
+
 macro_rules! greedy_tests {
     ($($proto:ident),* $(,)?) => {$(
         mod $proto {

@@ -131,10 +131,7 @@ async fn read_request(s: &mut TcpStream) -> Header {
     s.read_exact(&mut preamble).await.unwrap();
     assert_eq!(preamble, PREAMBLE);
     loop {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.unwrap();
-        let mut msg = vec![0u8; u32::from_le_bytes(len) as usize];
-        s.read_exact(&mut msg).await.unwrap();
+        let msg = cc::read_message(s).await;
         let h = Header::decode(&msg).unwrap();
         if h.kind == Kind::Request {
             return h;

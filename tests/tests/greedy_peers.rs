@@ -20,7 +20,7 @@ use courier::transport::framing::PREAMBLE;
 use courier::{Engine, Error, Handle, RpcOptions};
 use courier_conformance::{
     self as cc, assert_hello, guard, length_prefixed, preamble_and_hello, raw_connect,
-    register_hello, wait_for_close, RawSocket,
+    read_message, register_hello, wait_for_close,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -44,14 +44,6 @@ fn request(name: &str, seq: u64, one_way: bool, payload: &[u8]) -> Vec<u8> {
         h.flags = FLAG_NO_RESPONSE;
     }
     length_prefixed(&h.encode(), payload)
-}
-
-async fn read_message(raw: &mut Box<dyn RawSocket>) -> Vec<u8> {
-    let mut len = [0u8; 4];
-    raw.read_exact(&mut len).await.unwrap();
-    let mut message = vec![0u8; u32::from_le_bytes(len) as usize];
-    raw.read_exact(&mut message).await.unwrap();
-    message
 }
 
 /// Counts handlers running at once and the most seen; each waits for a
@@ -216,7 +208,7 @@ async fn flood_is_held_to_in_flight_limit(proto: &str) {
     raw = rd.unsplit(guard("the writer", writer).await.unwrap());
     let mut seen = vec![false; N as usize + 1];
     for _ in 0..N {
-        let msg = guard("a response", read_message(&mut raw)).await;
+        let msg = read_message(&mut raw).await;
         let h = Header::decode(&msg).unwrap();
         assert_eq!(h.kind, Kind::Response);
         assert_eq!(&msg[HEADER_LEN..], &h.seq.to_le_bytes());
@@ -318,7 +310,7 @@ async fn reader_that_never_reads(proto: &str) {
         .await
         .unwrap();
     for _ in 0..N {
-        let msg = guard("a large response", read_message(&mut raw)).await;
+        let msg = read_message(&mut raw).await;
         assert_eq!(msg.len(), HEADER_LEN + SIZE);
     }
     assert_eq!(handled.load(Ordering::Acquire), N as usize);
@@ -340,7 +332,7 @@ async fn raw_shutdown_is_refused(proto: &str) {
     guard("the preamble", raw.read_exact(&mut preamble))
         .await
         .unwrap();
-    let msg = guard("the answer to Shutdown", read_message(&mut raw)).await;
+    let msg = read_message(&mut raw).await;
     let answer = Header::decode(&msg).unwrap();
     assert_eq!((answer.kind, answer.seq), (Kind::Error, 3));
     assert_eq!(answer.status, courier::frame::Status::ShutdownRefused);

@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use courier::{Engine, Handle, RpcOptions};
-use courier_conformance::{self as cc, guard, PROTOCOLS};
+use courier_conformance::{self as cc, guard, until, PROTOCOLS};
 use tokio::task::JoinSet;
 
 const IN_FLIGHT: usize = 16;
@@ -122,16 +122,6 @@ async fn round(proto: &str, calls: usize) {
     drop(address);
     guard("client finalize", client.finalize()).await;
     guard("server finalize", server.finalize()).await;
-}
-
-/// Waits (yielding, bounded by the hang guard) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    guard(what, async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

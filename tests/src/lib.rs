@@ -80,6 +80,30 @@ macro_rules! protocol_names {
 /// The protocols of [`for_each_protocol!`], as strings.
 pub const PROTOCOLS: &[&str] = for_each_protocol!(protocol_names);
 
+/// Waits (yielding, bounded by [`HANG_GUARD`]) until `done` holds: for
+/// conditions no event announces, such as a descriptor count.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    guard(what, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// Reads one length-prefixed message (the framing of stream transports)
+/// from a raw stream, under [`guard`]; panics if the stream ends first.
+pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(raw: &mut R) -> Vec<u8> {
+    guard("a message", async {
+        let mut len = [0u8; 4];
+        raw.read_exact(&mut len).await.expect("a length prefix");
+        let mut message = vec![0u8; u32::from_le_bytes(len) as usize];
+        raw.read_exact(&mut message).await.expect("a message");
+        message
+    })
+    .await
+}
+
 /// Deterministic bytes that are not a Courier stream: they do not start with
 /// the preamble `CRR\x01` (xorshift, seeded).
 pub fn garbage(len: usize, seed: u64) -> Vec<u8> {

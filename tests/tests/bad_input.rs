@@ -14,7 +14,7 @@ use courier::transport::framing::PREAMBLE;
 use courier::Error;
 use courier_conformance::{
     self as cc, assert_hello, call_hello, garbage, guard, length_prefixed, preamble_and_hello,
-    raw_connect, register_hello, wait_for_close, Closed, RawListener, RawSocket,
+    raw_connect, read_message, register_hello, wait_for_close, Closed, RawListener, RawSocket,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,18 +108,6 @@ fn hello_args() -> Vec<u8> {
     args.push(6);
     args.extend_from_slice(b"Dorier");
     args
-}
-
-async fn read_message(raw: &mut Box<dyn RawSocket>) -> Vec<u8> {
-    let mut len = [0u8; 4];
-    guard("a length prefix", raw.read_exact(&mut len))
-        .await
-        .unwrap();
-    let mut message = vec![0u8; u32::from_le_bytes(len) as usize];
-    guard("a message", raw.read_exact(&mut message))
-        .await
-        .unwrap();
-    message
 }
 
 /// Control: hand-written valid bytes (preamble, Hello, a hello request at

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use courier::{Engine, Handle};
-use courier_conformance::{self as cc, guard, Process, PROTOCOLS};
+use courier_conformance::{self as cc, guard, until, Process, PROTOCOLS};
 use tokio::sync::{mpsc, Notify};
 
 fn open_fds() -> usize {
@@ -44,16 +44,6 @@ async fn client_mid_call(address: &str, arrived: &mut mpsc::UnboundedReceiver<()
 async fn kill(mut client: Process) {
     client.child.kill().await.unwrap();
     client.wait().await;
-}
-
-/// Waits (yielding, bounded by the hang guard) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    guard(what, async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
 }
 
 async fn client_killed_mid_call(proto: &str) {

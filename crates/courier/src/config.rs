@@ -7,6 +7,21 @@ use serde_json::{Map, Value};
 
 use crate::{Error, Result};
 
+/// Default `max_connections`: connections a server accepts at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default `max_in_flight_per_connection`: requests of one connection whose
+/// handlers run at once before the engine stops reading that connection.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+/// Default `max_queued_response_bytes`: 64 MiB of responses waiting to be
+/// written to one connection before the engine stops reading it.
+pub const DEFAULT_MAX_QUEUED_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Default `hello_timeout_ms`: 10 seconds for an accepted connection to
+/// deliver its first frame.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+
 /// Whether an engine listens for connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +63,10 @@ pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 ///   "default_timeout_ms": null,
 ///   "enable_remote_shutdown": false,
 ///   "progress_spin_us": 50,
+///   "max_connections": 1024,
+///   "max_in_flight_per_connection": 1024,
+///   "max_queued_response_bytes": 67108864,
+///   "hello_timeout_ms": 10000,
 ///   "transport": { "nodelay": true }
 /// }
 /// ```
@@ -76,6 +95,18 @@ pub struct Config {
     /// runtime polling for this many microseconds before it may sleep
     /// (Margo's `progress_spindown_msec`). 0: park at once.
     pub progress_spin_us: u64,
+    /// Connections a server accepts at once; one more is closed as soon as
+    /// it is accepted (see `limits.rs` and `docs/reliability.md`).
+    pub max_connections: usize,
+    /// Requests of one connection in flight at once; at the limit the
+    /// engine stops reading that connection (backpressure) until one ends.
+    pub max_in_flight_per_connection: usize,
+    /// Bytes of responses waiting to be written to one connection; over it,
+    /// the engine stops reading that connection's requests until they drain.
+    pub max_queued_response_bytes: usize,
+    /// How long an accepted connection may take to deliver its first frame
+    /// (the Hello) before it is closed.
+    pub hello_timeout_ms: u64,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
 }
@@ -92,6 +123,10 @@ impl Default for Config {
             default_timeout_ms: None,
             enable_remote_shutdown: false,
             progress_spin_us: DEFAULT_PROGRESS_SPIN_US,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+            max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
+            hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             transport: Map::new(),
         }
     }
@@ -125,11 +160,41 @@ impl Config {
         if self.connect_timeout_ms == 0 {
             return Err(Error::Config("connect_timeout_ms must be positive".into()));
         }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_in_flight_per_connection",
+                self.max_in_flight_per_connection,
+            ),
+            ("hello_timeout_ms", usize::from(self.hello_timeout_ms > 0)),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{key} must be positive")));
+            }
+        }
+        if self.max_in_flight_per_connection > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::Config(format!(
+                "max_in_flight_per_connection {} is over the largest supported, {}",
+                self.max_in_flight_per_connection,
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::Config(format!(
+                "max_connections {} is over the largest supported, {}",
+                self.max_connections,
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
         Ok(())
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
     }
 
     pub(crate) fn progress_spin(&self) -> Duration {
@@ -157,6 +222,27 @@ mod tests {
         assert!(err.contains("unknown field `rpc_threads`"), "{err}");
         let err = Config::from_json("{").unwrap_err().to_string();
         assert!(err.starts_with("invalid engine configuration"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_keys_and_must_be_positive() {
+        let c = Config::from_json(
+            r#"{"max_connections": 3, "max_in_flight_per_connection": 2,
+                "max_queued_response_bytes": 100, "hello_timeout_ms": 50}"#,
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_in_flight_per_connection), (3, 2));
+        assert_eq!((c.max_queued_response_bytes, c.hello_timeout_ms), (100, 50));
+        c.validate().unwrap();
+        for key in [
+            "max_connections",
+            "max_in_flight_per_connection",
+            "hello_timeout_ms",
+        ] {
+            let c = Config::from_json(&format!(r#"{{"{key}": 0}}"#)).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 
 use crate::engine::Inner;
 use crate::frame::{self, Header, Kind, Status};
+use crate::limits::{ConnLimits, ConnectionSlot};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -39,6 +40,8 @@ pub(crate) struct Conn {
     killed: Notify,
     reader: OnceLock<AbortHandle>,
     progress: Arc<Progress>,
+    /// Budgets for the requests this connection brings (`limits.rs`).
+    pub(crate) limits: ConnLimits,
 }
 
 impl Conn {
@@ -47,6 +50,7 @@ impl Conn {
         peer: WireAddr,
         sender: Box<dyn DynSender>,
         progress: Arc<Progress>,
+        limits: ConnLimits,
     ) -> Self {
         Self {
             id,
@@ -62,6 +66,7 @@ impl Conn {
             killed: Notify::new(),
             reader: OnceLock::new(),
             progress,
+            limits,
         }
     }
 
@@ -268,6 +273,7 @@ impl Conn {
             rpc: req.rpc,
             seq: req.seq,
         };
+        let _queued = self.limits.queue(frame::HEADER_LEN + message.len());
         self.send(&[&h.encode(), message.as_bytes()]).await
     }
 }
@@ -291,19 +297,42 @@ impl Drop for KillIfDropped<'_> {
 pub(crate) const FINALIZED: &str = "the engine was finalized";
 
 /// Reads messages until the connection ends, dispatching each one.
+///
+/// `slot` is an accepted connection's place among `max_connections`, given
+/// back when the reader ends. Before each read the reader takes a request
+/// slot (`limits.rs`): a peer over its budget is not read from.
 pub(crate) async fn read_loop(
     inner: Arc<Inner>,
     conn: Arc<Conn>,
     mut rx: Box<dyn DynReceiver>,
     expect_hello: bool,
+    slot: Option<ConnectionSlot>,
 ) {
+    let _slot = slot;
     let _forget = ForgetConn {
         inner: &inner,
         id: conn.id,
     };
     let mut expect_hello = expect_hello;
+    let mut request_slot = None;
     let reason = loop {
-        let msg = match conn.progress.watch(rx.recv_dyn()).await {
+        let received = if expect_hello {
+            // Slowloris: the first frame must come within hello_timeout_ms.
+            let after = inner.config.hello_timeout();
+            match tokio::time::timeout(after, conn.progress.watch(rx.recv_dyn())).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(peer = %conn.remote(), "closing connection: no Hello frame within {after:?}");
+                    break format!("the peer sent no Hello frame within {after:?}");
+                }
+            }
+        } else {
+            if request_slot.is_none() {
+                request_slot = Some(conn.limits.request_slot().await);
+            }
+            conn.progress.watch(rx.recv_dyn()).await
+        };
+        let msg = match received {
             Ok(Some(m)) => {
                 conn.progress.activity();
                 m
@@ -331,7 +360,11 @@ pub(crate) async fn read_loop(
             continue;
         }
         match header.kind {
-            Kind::Request => inner.dispatch(&conn, header, payload).await,
+            Kind::Request => {
+                inner
+                    .dispatch(&conn, header, payload, request_slot.take())
+                    .await
+            }
             Kind::Response | Kind::Error | Kind::Pong => {
                 if !conn.complete(header, payload) {
                     tracing::debug!(peer = %conn.remote(), seq = header.seq, "reply to no call in flight (late, after a timeout?)");

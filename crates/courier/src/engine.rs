@@ -19,6 +19,7 @@ use crate::config::{Config, Mode};
 use crate::conn::{read_loop, Conn, FINALIZED};
 use crate::frame::{Header, Kind, Status, RESERVED_PROVIDER};
 use crate::handler::{Handle, RawHandler, RpcEntry};
+use crate::limits::{ConnLimits, ConnectionSlot, ConnectionSlots, RequestSlot};
 use crate::progress::Progress;
 use crate::remote::{RawRemoteFunction, RemoteFunction};
 use crate::{Error, Result};
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     names: RwLock<HashMap<u64, String>>,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Places for accepted connections (`max_connections`).
+    conn_slots: ConnectionSlots,
     next_conn: AtomicU64,
     remote_shutdown: AtomicBool,
     finalizing: AtomicBool,
@@ -141,7 +144,7 @@ impl Inner {
             Ok(Err(join)) => return Err(Error::Config(format!("connect task failed: {join}"))),
             Ok(Ok(r)) => r?,
         };
-        let conn = self.start_conn(raw, Some(addr.clone()), false);
+        let conn = self.start_conn(raw, Some(addr.clone()), false, None);
         let hello_addr = self
             .self_addr
             .as_ref()
@@ -158,15 +161,21 @@ impl Inner {
         raw: Box<dyn DynConnection>,
         dialed: Option<WireAddr>,
         expect_hello: bool,
+        slot: Option<ConnectionSlot>,
     ) -> Arc<Conn> {
         let peer = dialed.unwrap_or_else(|| raw.peer_addr().clone());
         let (tx, rx) = raw.split_dyn();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone()));
+        let limits = ConnLimits::new(&self.config);
+        let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone(), limits));
         lock(&self.conns).insert(id, conn.clone());
-        let task = self
-            .rt
-            .spawn(read_loop(self.clone(), conn.clone(), rx, expect_hello));
+        let task = self.rt.spawn(read_loop(
+            self.clone(),
+            conn.clone(),
+            rx,
+            expect_hello,
+            slot,
+        ));
         conn.set_reader(task.abort_handle());
         if self.is_finalizing() {
             conn.kill(FINALIZED);
@@ -178,12 +187,15 @@ impl Inner {
         lock(&self.conns).remove(&id);
     }
 
-    /// Answers a request frame: runs the handler, or says why not.
+    /// Answers a request frame: runs the handler, or says why not. `slot`
+    /// (the request's place among the connection's in-flight requests) is
+    /// held by the handler's handle until the request is done.
     pub(crate) async fn dispatch(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         header: Header,
         payload: Bytes,
+        slot: Option<RequestSlot>,
     ) {
         let entry = self
             .rpcs
@@ -222,7 +234,7 @@ impl Inner {
             )
             .await;
         }
-        let handle = Handle::new(self.clone(), conn.clone(), entry.clone(), header);
+        let handle = Handle::new(self.clone(), conn.clone(), entry.clone(), header, slot);
         let mut fut = Box::pin(crate::handler::run(entry, handle, payload));
         if !self.inline_handlers {
             self.handler_rt.spawn(fut);
@@ -580,6 +592,7 @@ impl EngineBuilder {
         }
 
         let progress = Arc::new(Progress::new(config.progress_spin()));
+        let conn_slots = ConnectionSlots::new(config.max_connections);
         let (finalized, _) = watch::channel(false);
         let (stop_listener, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -597,6 +610,7 @@ impl EngineBuilder {
             names: RwLock::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            conn_slots,
             next_conn: AtomicU64::new(1),
             finalizing: AtomicBool::new(false),
             finalized,
@@ -640,10 +654,20 @@ async fn accept_loop(
             accepted = listener.accept_dyn() => {
                 let Some(inner) = weak.upgrade() else { break };
                 match accepted {
-                    Ok(raw) => {
-                        tracing::debug!(peer = %raw.peer_addr(), "accepted a connection");
-                        inner.start_conn(raw, None, true);
-                    }
+                    Ok(raw) => match inner.conn_slots.admit() {
+                        Some(slot) => {
+                            tracing::debug!(peer = %raw.peer_addr(), "accepted a connection");
+                            inner.start_conn(raw, None, true, Some(slot));
+                        }
+                        None => {
+                            tracing::warn!(
+                                peer = %raw.peer_addr(),
+                                "closing an accepted connection: max_connections ({}) reached",
+                                inner.conn_slots.max()
+                            );
+                            drop(raw);
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
                         // Typically out of file descriptors: let some close.

@@ -17,6 +17,7 @@ use crate::address::{Address, Peer};
 use crate::conn::Conn;
 use crate::engine::Inner;
 use crate::frame::{self, Header, Kind, Status};
+use crate::limits::RequestSlot;
 use crate::{Error, Result};
 
 /// What a handler may return: `()`, or `Result<(), E>` where `E` displays
@@ -89,6 +90,9 @@ struct RequestState {
     entry: Arc<RpcEntry>,
     header: Header,
     responded: AtomicBool,
+    /// The request's place among its connection's requests in flight,
+    /// given back when the last handle goes.
+    _slot: Option<RequestSlot>,
 }
 
 impl RequestState {
@@ -161,6 +165,7 @@ impl Handle {
         conn: Arc<Conn>,
         entry: Arc<RpcEntry>,
         header: Header,
+        slot: Option<RequestSlot>,
     ) -> Self {
         Self {
             state: Arc::new(RequestState {
@@ -169,6 +174,7 @@ impl Handle {
                 entry,
                 header,
                 responded: AtomicBool::new(false),
+                _slot: slot,
             }),
         }
     }
@@ -280,7 +286,10 @@ impl Handle {
 
 /// Sends a response whose right to be sent was claimed.
 async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
-    match state.conn.send(parts).await {
+    let queued = state.conn.limits.queue(parts.iter().map(|p| p.len()).sum());
+    let sent = state.conn.send(parts).await;
+    drop(queued);
+    match sent {
         Err(Error::Transport(e @ TransportError::MessageTooLarge { .. })) => {
             let message = format!("the response could not be sent: {e}");
             let _ = state

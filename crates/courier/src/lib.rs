@@ -93,12 +93,15 @@ mod engine;
 mod error;
 pub mod frame;
 mod handler;
+mod limits;
 mod progress;
 mod remote;
 
 pub use address::Address;
 pub use config::{
-    Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROGRESS_SPIN_US,
+    Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_US,
 };
 pub use engine::{Engine, EngineBuilder, RpcOptions};
 pub use error::{Error, Result, TransportError};

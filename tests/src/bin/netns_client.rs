@@ -1,0 +1,91 @@
+//! `netns_client <ADDRESS> <TIMEOUT_MS>`: a Courier client driven line by
+//! line on stdin, for the network-namespace tests
+//! (`tests/tests/netns_partition.rs`), which run it in another namespace
+//! than the server.
+//!
+//! It looks `ADDRESS` up (a server started by `conformance_server`), prints
+//! `READY`, then for each line on stdin:
+//!
+//! * `call`: calls `echo` on the address looked up at the start, with a
+//!   timeout of `TIMEOUT_MS`;
+//! * `fresh`: builds a new client engine (connect timeout `TIMEOUT_MS`),
+//!   looks the address up and calls `echo` there;
+//!
+//! and prints `OK <answer>` or `ERR <error message>`. End of stdin ends it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use courier::Engine;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(address), Some(timeout)) = (args.next(), args.next()) else {
+        eprintln!("usage: netns_client <ADDRESS> <TIMEOUT_MS>");
+        std::process::exit(2);
+    };
+    let timeout = Duration::from_millis(timeout.parse().unwrap_or(2000));
+    let protocol = address.split("://").next().unwrap_or("tcp").to_owned();
+    let client = engine(&protocol, timeout).await;
+    let server = match client.lookup(&address).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("netns_client: {e}");
+            std::process::exit(1);
+        }
+    };
+    let echo = client.remote::<String, String>("echo").timeout(timeout);
+    println!("READY");
+    // Stdin is read on a thread of its own (blocking reads).
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        let outcome = match line.trim() {
+            "call" => echo.on(&server).call(&"over the link".to_owned()).await,
+            "fresh" => {
+                let fresh = engine(&protocol, timeout).await;
+                match fresh.lookup(&address).await {
+                    Ok(a) => {
+                        let r = fresh
+                            .remote::<String, String>("echo")
+                            .timeout(timeout)
+                            .on(&a)
+                            .call(&"fresh".to_owned())
+                            .await;
+                        fresh.finalize().await;
+                        r
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => {
+                println!("ERR unknown command {other:?}");
+                continue;
+            }
+        };
+        match outcome {
+            Ok(answer) => println!("OK {answer}"),
+            Err(e) => println!("ERR {e}"),
+        }
+    }
+}
+
+async fn engine(protocol: &str, timeout: Duration) -> Engine {
+    Engine::builder(protocol)
+        .client()
+        .connect_timeout(timeout)
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("netns_client: {e}");
+            std::process::exit(1)
+        })
+}

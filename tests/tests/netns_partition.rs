@@ -1,0 +1,330 @@
+//! More than one host: a server and a client in two network namespaces
+//! joined by a veth pair, over tcp and quic. The link is cut
+//! (`ip link set … down`) and, separately, partitioned by an nftables rule
+//! that drops the client's packets. While it is down, calls end with a clear
+//! error (a timeout, naming the RPC and the address) — none hangs; once it
+//! is back, calls on the same address succeed again and a new client
+//! connects.
+//!
+//! The namespaces, the veth pair and the nftables table are the test's own
+//! (unique names), removed by a guard even when the test fails. Creating
+//! them needs root (CAP_NET_ADMIN); where that is not permitted, or `ip` or
+//! `nft` is missing, each test prints why and passes without checking
+//! anything (`.ci/run` runs as root and installs `nftables`).
+//!
+//! Loss, delay and duplication are not made here (this kernel has no
+//! `netem`): they come from the chaos transport.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use courier_conformance::{guard, Process};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// The client's call timeout (and connect timeout), in milliseconds. A
+/// bound on how long the test waits for each failing call, not a threshold
+/// any assertion compares against.
+const TIMEOUT_MS: u64 = 1500;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn run_in(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop.
+struct Netns {
+    server_ns: String,
+    client_ns: String,
+    server_ip: String,
+    client_ip: String,
+    server_if: String,
+}
+
+impl Netns {
+    /// Sets the pair up, or says why it cannot be done here.
+    fn create() -> Result<Self, String> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}x{n}", std::process::id() % 100_000);
+        let subnet = (10 + std::process::id() % 200 + n) % 250;
+        let net = Self {
+            server_ns: format!("crs{id}"),
+            client_ns: format!("crc{id}"),
+            server_ip: format!("10.203.{subnet}.1"),
+            client_ip: format!("10.203.{subnet}.2"),
+            server_if: format!("crvs{id}"),
+        };
+        let client_if = format!("crvc{id}");
+        run(&["ip", "netns", "add", &net.server_ns])?;
+        // From here on, drop cleans up whatever was made.
+        run(&["ip", "netns", "add", &net.client_ns])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &net.server_if,
+            "netns",
+            &net.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "netns",
+            &net.client_ns,
+        ])?;
+        for (ns, ifname, ip) in [
+            (&net.server_ns, &net.server_if, &net.server_ip),
+            (&net.client_ns, &client_if, &net.client_ip),
+        ] {
+            run_in(
+                ns,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname],
+            )?;
+            run_in(ns, &["ip", "link", "set", ifname, "up"])?;
+            run_in(ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn link(&self, up: bool) {
+        run_in(
+            &self.server_ns,
+            &[
+                "ip",
+                "link",
+                "set",
+                &self.server_if,
+                if up { "up" } else { "down" },
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Drops every packet from the client at the server's side (and back),
+    /// with an nftables table of the server namespace's own.
+    fn partition(&self) {
+        let rules = format!(
+            "table inet courier_partition {{\n\
+               chain input {{ type filter hook input priority 0; policy accept; ip saddr {c} drop; }}\n\
+               chain output {{ type filter hook output priority 0; policy accept; ip daddr {c} drop; }}\n\
+             }}\n",
+            c = self.client_ip
+        );
+        let path = courier_conformance::unique_temp_path("nft-rules");
+        std::fs::write(&path, rules).unwrap();
+        let outcome = run_in(&self.server_ns, &["nft", "-f", &path.display().to_string()]);
+        let _ = std::fs::remove_file(&path);
+        outcome.unwrap();
+    }
+
+    fn heal(&self) {
+        run_in(
+            &self.server_ns,
+            &["nft", "delete", "table", "inet", "courier_partition"],
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and with it
+        // the other end; its nftables tables go with it too.
+        let _ = run(&["ip", "netns", "del", &self.server_ns]);
+        let _ = run(&["ip", "netns", "del", &self.client_ns]);
+    }
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn unsupported() -> Option<String> {
+    if run(&["ip", "-V"]).is_err() {
+        return Some("the `ip` command (iproute2) is missing".into());
+    }
+    if run(&["nft", "--version"]).is_err() {
+        return Some("the `nft` command is missing (Debian package `nftables`)".into());
+    }
+    None
+}
+
+/// The client process in the client namespace, driven on stdin.
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Client {
+    async fn start(ns: &str, address: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_netns_client")])
+            .args([address, &TIMEOUT_MS.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut c = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(c.line().await, "READY");
+        c
+    }
+
+    async fn line(&mut self) -> String {
+        guard("a line from netns_client", self.stdout.next_line())
+            .await
+            .unwrap()
+            .expect("netns_client ended its output")
+    }
+
+    /// Sends a command; returns the answer line.
+    async fn ask(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.line().await
+    }
+
+    async fn expect_ok(&mut self, command: &str) {
+        let answer = self.ask(command).await;
+        assert!(answer.starts_with("OK "), "{command}: {answer}");
+    }
+
+    /// The command fails, with an error that says it timed out.
+    async fn expect_timeout(&mut self, command: &str) {
+        let answer = self.ask(command).await;
+        assert!(
+            answer.starts_with("ERR ") && answer.contains("timed out"),
+            "{command} while the link is down: {answer}"
+        );
+    }
+
+    async fn stop(mut self) {
+        drop(self.stdin);
+        guard("netns_client to exit", self.child.wait())
+            .await
+            .unwrap();
+    }
+}
+
+async fn start_server(net: &Netns, proto: &str) -> (Process, String) {
+    let listen = format!("{proto}://{}:0", net.server_ip);
+    let mut server = Process::spawn(
+        std::path::Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &net.server_ns,
+            env!("CARGO_BIN_EXE_conformance_server"),
+            &listen,
+        ],
+    );
+    let address = server.expect_line("ADDRESS ").await;
+    (server, address)
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    LinkDown,
+    Partition,
+}
+
+async fn fault_and_recover(proto: &str, fault: Fault) {
+    if let Some(why) = unsupported() {
+        eprintln!("SKIPPED: network namespace test for {proto}: {why}");
+        return;
+    }
+    let net = match Netns::create() {
+        Ok(n) => n,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespace test for {proto}: cannot create namespaces here ({why})");
+            return;
+        }
+    };
+    let (mut server, address) = start_server(&net, proto).await;
+    let mut client = Client::start(&net.client_ns, &address).await;
+    client.expect_ok("call").await;
+
+    match fault {
+        Fault::LinkDown => net.link(false),
+        Fault::Partition => net.partition(),
+    }
+    // Calls on the open connection and new connections both fail, each
+    // within its timeout, with an error that names it.
+    client.expect_timeout("call").await;
+    client.expect_timeout("fresh").await;
+    client.expect_timeout("call").await;
+
+    match fault {
+        Fault::LinkDown => net.link(true),
+        Fault::Partition => net.heal(),
+    }
+    // Back: the same address answers again (the engine reconnects if the
+    // connection did not survive), and a new client gets in.
+    client.expect_ok("fresh").await;
+    let mut answered = false;
+    for _ in 0..5 {
+        // A call whose request was lost while the link was down may need
+        // its transport's retransmission to get through: a few tries, each
+        // bounded by the timeout.
+        if client.ask("call").await.starts_with("OK ") {
+            answered = true;
+            break;
+        }
+    }
+    assert!(
+        answered,
+        "the old address never answered again after the link came back"
+    );
+    client.stop().await;
+    server.child.kill().await.unwrap();
+    drop(net);
+}
+
+macro_rules! netns_tests {
+    ($($proto:ident),* $(,)?) => {$(
+        mod $proto {
+            use super::Fault;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn link_down_then_up() {
+                super::fault_and_recover(stringify!($proto), Fault::LinkDown).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn nftables_partition_then_heal() {
+                super::fault_and_recover(stringify!($proto), Fault::Partition).await;
+            }
+        }
+    )*};
+}
+
+netns_tests!(tcp, quic);

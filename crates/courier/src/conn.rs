@@ -39,6 +39,8 @@ pub(crate) struct Conn {
     killed: Notify,
     reader: OnceLock<AbortHandle>,
     progress: Arc<Progress>,
+    /// What the transport connection offers besides messages (bulk fast path).
+    pub(crate) capabilities: OnceLock<courier_transport::Capabilities>,
 }
 
 impl Conn {
@@ -62,6 +64,7 @@ impl Conn {
             killed: Notify::new(),
             reader: OnceLock::new(),
             progress,
+            capabilities: OnceLock::new(),
         }
     }
 
@@ -338,6 +341,9 @@ pub(crate) async fn read_loop(
                 }
             }
             Kind::Shutdown => inner.remote_shutdown(&conn, header).await,
+            Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
+                crate::bulk::serve(&inner, &conn, header, payload)
+            }
             Kind::Ping => {
                 let pong = Header {
                     kind: Kind::Pong,

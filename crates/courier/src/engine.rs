@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     owned_runtimes: Mutex<Vec<Runtime>>,
     pre_finalize: Mutex<Vec<Callback>>,
     on_finalize: Mutex<Vec<Callback>>,
+    /// Exposed bulk regions and fast-path leases (`crate::bulk`).
+    pub(crate) bulk: crate::bulk::BulkTable,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -160,9 +162,11 @@ impl Inner {
         expect_hello: bool,
     ) -> Arc<Conn> {
         let peer = dialed.unwrap_or_else(|| raw.peer_addr().clone());
+        let capabilities = raw.capabilities_dyn();
         let (tx, rx) = raw.split_dyn();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone()));
+        let _ = conn.capabilities.set(capabilities);
         lock(&self.conns).insert(id, conn.clone());
         let task = self
             .rt
@@ -176,6 +180,7 @@ impl Inner {
 
     pub(crate) fn forget_conn(&self, id: u64) {
         lock(&self.conns).remove(&id);
+        self.bulk.forget_conn(id);
     }
 
     /// Answers a request frame: runs the handler, or says why not.
@@ -606,6 +611,7 @@ impl EngineBuilder {
             owned_runtimes: Mutex::new(owned),
             pre_finalize: Mutex::new(Vec::new()),
             on_finalize: Mutex::new(Vec::new()),
+            bulk: crate::bulk::BulkTable::default(),
         });
         if progress.enabled() {
             let task = rt.spawn(progress.run());

@@ -87,6 +87,7 @@
 
 mod address;
 pub mod blocking;
+pub mod bulk;
 mod config;
 mod conn;
 mod engine;
@@ -97,6 +98,7 @@ mod progress;
 mod remote;
 
 pub use address::Address;
+pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkOptions, BulkRequest};
 pub use config::{
     Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROGRESS_SPIN_US,
 };

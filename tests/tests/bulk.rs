@@ -559,3 +559,79 @@ async fn tcp_256_mib_pull() {
     .unwrap();
     assert!(local.read(|l| region.read(|r| l == r)));
 }
+
+/// A buffer that counts the engine's reads and writes through it: direct
+/// copies bypass them.
+struct Counted {
+    buffer: BulkBuffer,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl courier::BulkMemory for Counted {
+    fn len(&self) -> usize {
+        self.buffer.len()
+    }
+    fn read_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.buffer.read_with(offset, len, f);
+    }
+    fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.buffer.write_with(offset, len, f);
+    }
+    fn direct_addr(&self) -> Option<u64> {
+        self.buffer.direct_addr()
+    }
+}
+
+/// Over shm a 1 MiB pull and push never go through the exposing side's
+/// reads and writes (direct copies); with `direct: false`, or over tcp,
+/// they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_uses_direct_copies() {
+    use courier::BulkMemory as _;
+    for (proto, direct, expect_direct) in [
+        ("shm", true, true),
+        ("shm", false, false),
+        ("tcp", true, false),
+    ] {
+        let (server, client, address) = pair(proto).await;
+        if !direct {
+            messages_only(&client);
+        }
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let data = pattern(1 << 20, 21);
+        let counted = Counted {
+            buffer: BulkBuffer::from(data.clone()),
+            calls: calls.clone(),
+        };
+        let check = counted.buffer.clone();
+        let exposed = server.expose([counted], BulkMode::ReadWrite).unwrap();
+        let local = BulkBuffer::new(1 << 20);
+        let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+        guard(
+            "pull",
+            client.pull(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+        )
+        .await
+        .unwrap();
+        assert!(local.to_vec() == data);
+        local.write(|b| b.fill(3));
+        guard(
+            "push",
+            client.push(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+        )
+        .await
+        .unwrap();
+        assert!(check.read(|b| b.iter().all(|&x| x == 3)));
+        let n = calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            n == 0,
+            expect_direct,
+            "{proto} direct={direct}: {n} accesses through the memory"
+        );
+        assert!(check.len() == 1 << 20);
+    }
+}

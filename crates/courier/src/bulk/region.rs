@@ -138,8 +138,9 @@ impl BulkMemory for BulkBuffer {
 
     fn direct_addr(&self) -> Option<u64> {
         // A boxed slice never moves nor grows: its address is the buffer's
-        // for as long as it lives.
-        Some(self.read(|b| b.as_ptr() as u64))
+        // for as long as it lives. Taken from the mutable view, as a peer
+        // may write through it.
+        Some(self.write(|b| b.as_mut_ptr() as u64))
     }
 }
 

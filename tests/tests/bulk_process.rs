@@ -10,7 +10,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 use courier::{Bulk, BulkBuffer, BulkMode, BulkOp, Error};
-use courier_conformance::{self as cc, guard, pattern, remove_stale_socket, Process};
+use courier_conformance::{
+    self as cc, example_path, guard, pattern, remove_stale_socket, run_to_end, Process,
+};
 
 async fn start_server(proto: &str) -> (Process, String) {
     let mut server = Process::spawn(Path::new(env!("CARGO_BIN_EXE_bulk_server")), &[proto]);
@@ -84,6 +86,35 @@ async fn puller_killed_mid_pull(proto: &str) {
     remove_stale_socket(&server_address);
 }
 
+/// The `blob_store` example as two processes: the client puts and gets
+/// blobs of 0 B, 23 B, 1 MiB and 8 MiB (checking every byte), then shuts
+/// the server down; both exit 0.
+async fn blob_store_two_processes(proto: &str) {
+    let mut server = Process::spawn(&example_path("blob_store"), &["server", proto]);
+    let address = server.expect_line("blob_store serving at ").await;
+    assert!(address.starts_with(&format!("{proto}://")), "{address}");
+    let (status, stdout, stderr) = run_to_end(
+        &example_path("blob_store"),
+        &["client", &address, "0", "23", "1M", "8M"],
+    )
+    .await;
+    assert!(
+        status.success(),
+        "blob_store client: {status:?}; stderr: {stderr}"
+    );
+    let sizes: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split(" bytes: put ").next().unwrap())
+        .collect();
+    assert_eq!(sizes, ["0", "23", "1048576", "8388608"], "{stdout}");
+    let status = server.wait().await;
+    let stderr = server.take_stderr().await;
+    assert!(
+        status.success(),
+        "blob_store server: {status:?}; stderr: {stderr}"
+    );
+}
+
 macro_rules! process_tests {
     ($($proto:ident),* $(,)?) => {$(
         mod $proto {
@@ -95,6 +126,11 @@ macro_rules! process_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn puller_killed_mid_pull() {
                 super::puller_killed_mid_pull(stringify!($proto)).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_store_two_processes() {
+                super::blob_store_two_processes(stringify!($proto)).await
             }
         }
     )*};

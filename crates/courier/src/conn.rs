@@ -342,7 +342,7 @@ pub(crate) async fn read_loop(
             }
             Kind::Shutdown => inner.remote_shutdown(&conn, header).await,
             Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
-                crate::bulk::serve(&inner, &conn, header, payload)
+                crate::bulk::serve(&inner, &conn, header, payload).await
             }
             Kind::Ping => {
                 let pong = Header {

@@ -116,6 +116,7 @@ async fn engine_peer(args: &PeerArgs, stop: impl std::future::Future<Output = ()
         RpcOptions::default(),
         |handle: Handle, _payload: Bytes| async move { handle.respond_raw(&[]).await },
     );
+    let registered = registered.and_then(|()| super::bulk::register_region(&engine));
     let ready = registered
         .map_err(Fail::from)
         .and_then(|()| out(format_args!("{PEER_READY}{}", engine.address())));

@@ -99,19 +99,28 @@ impl BulkTable {
     }
 }
 
-/// Answers a bulk frame. Work is done on a task of its own, so that the
-/// connection's reader goes on reading (and a pull served in both
-/// directions at once cannot block two readers on each other's sends).
-pub(crate) fn serve(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: Bytes) {
+/// Chunks up to this size are answered by the connection's reader itself
+/// (a copy of at most this much, then a send), like a `Ping`; larger ones
+/// on a task of their own.
+const INLINE_UP_TO: u64 = 64 << 10;
+
+/// Answers a bulk frame. Grants and small accesses are answered by the
+/// connection's reader itself (no task hop on the latency path); large
+/// ones on a task of their own, so that the reader goes on reading (and a
+/// pull served in both directions at once cannot block two readers on
+/// each other's sends).
+pub(crate) async fn serve(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: Bytes) {
     if header.kind == Kind::BulkRelease {
         lock(&inner.bulk.leases).remove(&(conn.id, header.seq));
         return;
     }
+    let small = Access::decode(&payload).is_none_or(|a| a.len <= INLINE_UP_TO);
+    if header.kind == Kind::BulkGrant || small {
+        return answer(inner, conn, header, payload).await;
+    }
     let inner2 = inner.clone();
     let conn = conn.clone();
-    inner
-        .rt
-        .spawn(async move { answer(&inner2, &conn, header, payload).await });
+    inner.rt.spawn(async move { answer(&inner2, &conn, header, payload).await });
 }
 
 async fn answer(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: Bytes) {

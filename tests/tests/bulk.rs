@@ -591,7 +591,6 @@ impl courier::BulkMemory for Counted {
 /// they do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_uses_direct_copies() {
-    use courier::BulkMemory as _;
     for (proto, direct, expect_direct) in [
         ("shm", true, true),
         ("shm", false, false),

@@ -830,6 +830,7 @@ mod tests {
 
     fn plan(quick: bool) -> Plan {
         let args = BenchArgs {
+            mode: BenchMode::Rpc,
             protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
             sizes: Vec::new(),
             in_flight: Vec::new(),

@@ -120,7 +120,9 @@ pub(crate) async fn serve(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, 
     }
     let inner2 = inner.clone();
     let conn = conn.clone();
-    inner.rt.spawn(async move { answer(&inner2, &conn, header, payload).await });
+    inner
+        .rt
+        .spawn(async move { answer(&inner2, &conn, header, payload).await });
 }
 
 async fn answer(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: Bytes) {

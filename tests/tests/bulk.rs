@@ -634,3 +634,47 @@ async fn shm_uses_direct_copies() {
         assert!(check.len() == 1 << 20);
     }
 }
+
+/// The blocking facade: a pull and a push that block until done, between
+/// two blocking engines (the server on its own progress thread).
+fn blocking_transfer(proto: &'static str) {
+    use courier::blocking;
+    cc::guard_blocking("blocking transfer", move || {
+        let server = blocking::Engine::builder(proto)
+            .use_progress_thread(true)
+            .build()
+            .unwrap();
+        let region = BulkBuffer::from(&b"This is some bulk data!"[..]);
+        let exposed = server
+            .expose([region.clone()], BulkMode::ReadWrite)
+            .unwrap();
+        let client = blocking::Engine::builder(proto).client().build().unwrap();
+        let address = client.lookup(&server.address().to_string()).unwrap();
+        let local = BulkBuffer::new(23);
+        let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+        client
+            .transfer(BulkOp::Pull, &address, &remote(&exposed), 0, &mine, 0, 23)
+            .unwrap();
+        assert_eq!(local.to_vec(), b"This is some bulk data!");
+        local.write(|b| b[..4].copy_from_slice(b"THAT"));
+        client
+            .transfer(BulkOp::Push, &address, &remote(&exposed), 8, &mine, 0, 4)
+            .unwrap();
+        assert_eq!(region.to_vec(), b"This is THAT bulk data!");
+    });
+}
+
+macro_rules! blocking_tests {
+    ($($proto:ident),* $(,)?) => {
+        mod blocking_api {
+            $(
+                #[test]
+                fn $proto() {
+                    super::blocking_transfer(stringify!($proto));
+                }
+            )*
+        }
+    };
+}
+
+courier_conformance::for_each_protocol!(blocking_tests);

@@ -482,6 +482,66 @@ impl courier::BulkMemory for Stuck {
 static STUCK_SENDERS: std::sync::Mutex<Vec<std::sync::mpsc::Sender<()>>> =
     std::sync::Mutex::new(Vec::new());
 
+/// Memory whose first read tells the test and waits for its go-ahead.
+struct Gate {
+    bytes: BulkBuffer,
+    first: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl courier::BulkMemory for Gate {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    fn read_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) {
+        let first = self.first.lock().unwrap().take();
+        if let Some((tell, go)) = first {
+            tell.send(()).unwrap();
+            go.recv_timeout(cc::HANG_GUARD).unwrap();
+        }
+        self.bytes.read_with(offset, len, f);
+    }
+    fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        self.bytes.write_with(offset, len, f);
+    }
+}
+
+/// The exposing side drops its region while a 16 MiB pull from it is in
+/// flight (the first chunk is being read): the chunks asked for after that
+/// are refused, and the pull ends with `BulkRefused`.
+async fn region_dropped_mid_transfer(proto: &str) {
+    let (server, client, address) = pair(proto).await;
+    let (tell_tx, tell_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        bytes: BulkBuffer::new(16 << 20),
+        first: std::sync::Mutex::new(Some((tell_tx, go_rx))),
+    };
+    let exposed = server.expose([gate], BulkMode::ReadOnly).unwrap();
+    let mine = client
+        .expose([BulkBuffer::new(16 << 20)], BulkMode::WriteOnly)
+        .unwrap();
+    let req = client.transfer_nb(
+        BulkOp::Pull,
+        &address,
+        &remote(&exposed),
+        0,
+        &mine,
+        0,
+        16 << 20,
+    );
+    guard(
+        "first chunk read",
+        tokio::task::spawn_blocking(move || tell_rx.recv_timeout(cc::HANG_GUARD)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(exposed);
+    go_tx.send(()).unwrap();
+    let err = guard("pull", req.wait()).await.unwrap_err();
+    assert_refused(&err, "no region");
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,6 +567,7 @@ macro_rules! bulk_tests {
                 local_checks,
                 rpcs_during_a_large_transfer,
                 timeout,
+                region_dropped_mid_transfer,
             }
         }
     )*};

@@ -542,6 +542,60 @@ async fn region_dropped_mid_transfer(proto: &str) {
     assert_refused(&err, "no region");
 }
 
+/// Immutable `Bytes` as memory: exposed read-only only; pulled from and
+/// pushed from (sent without a copy on the message path), alone and beside
+/// a `BulkBuffer` segment, on the default path and on messages.
+async fn bytes_regions(proto: &str) {
+    let (server, client, address) = pair(proto).await;
+    let data = courier::Bytes::from(pattern(3 << 20, 8));
+    let err = server
+        .expose([data.clone()], BulkMode::ReadWrite)
+        .unwrap_err();
+    assert!(matches!(err, Error::BulkInvalid(_)), "{err:?}");
+    let tail = BulkBuffer::from(pattern(1000, 9));
+    let exposed = server
+        .expose(
+            [
+                std::sync::Arc::new(data.clone()) as std::sync::Arc<dyn courier::BulkMemory>,
+                std::sync::Arc::new(tail.clone()),
+            ],
+            BulkMode::ReadOnly,
+        )
+        .unwrap();
+    let want = [&data[..], &tail.to_vec()].concat();
+    for direct in [true, false] {
+        if !direct {
+            messages_only(&client);
+        }
+        let local = BulkBuffer::new(want.len());
+        let mine = client.expose([local.clone()], BulkMode::WriteOnly).unwrap();
+        // From inside the Bytes (zero-copy pieces) and across into the buffer.
+        guard(
+            "pull",
+            client.pull(&address, &remote(&exposed), 0, &mine, 0, want.len()),
+        )
+        .await
+        .unwrap();
+        assert!(local.to_vec() == want, "direct={direct}");
+
+        let target = BulkBuffer::new(want.len());
+        let theirs = server
+            .expose([target.clone()], BulkMode::WriteOnly)
+            .unwrap();
+        let source = client.expose([data.clone()], BulkMode::ReadOnly).unwrap();
+        guard(
+            "push",
+            client.push(&address, &remote(&theirs), 5, &source, 0, data.len()),
+        )
+        .await
+        .unwrap();
+        assert!(
+            target.read(|t| t[5..5 + data.len()] == data[..]),
+            "direct={direct}"
+        );
+    }
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,6 +622,7 @@ macro_rules! bulk_tests {
                 rpcs_during_a_large_transfer,
                 timeout,
                 region_dropped_mid_transfer,
+                bytes_regions,
             }
         }
     )*};

@@ -325,7 +325,15 @@ pub(crate) struct BulkTable {
     /// Keys are SipHash of a counter under this table's random keys.
     secret: RandomState,
     options: Mutex<Option<BulkOptions>>,
+    /// Message buffers of finished chunks, reused: a fresh megabyte would
+    /// cost a page fault per 4 KiB on its first write.
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most buffers kept for reuse.
+const POOLED_BUFFERS: usize = 16;
+/// Largest buffer kept for reuse.
+const POOLED_MAX: usize = 8 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -350,6 +358,30 @@ impl BulkTable {
     fn options(&self) -> BulkOptions {
         lock(&self.options).unwrap_or_default()
     }
+
+    /// An empty buffer with room for `capacity` bytes, reused if possible.
+    pub(crate) fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let mut pool = lock(&self.buffers);
+        match pool.iter().position(|b| b.capacity() >= capacity) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                drop(pool);
+                Vec::with_capacity(capacity)
+            }
+        }
+    }
+
+    /// Gives a buffer back for reuse.
+    pub(crate) fn recycle(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > POOLED_MAX {
+            return;
+        }
+        buffer.clear();
+        let mut pool = lock(&self.buffers);
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(buffer);
+        }
+    }
 }
 
 impl Engine {
@@ -372,7 +404,8 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::Finalized`]; [`Error::BulkInvalid`] if the segments' lengths
-    /// add up past `u64`.
+    /// add up past `u64`, or a read-only segment (`Bytes`) is exposed
+    /// writable.
     pub fn expose<S: BulkMemory>(
         &self,
         segments: impl IntoIterator<Item = S>,
@@ -391,6 +424,11 @@ impl Engine {
             .collect();
         let region = Region::new(id, key, mode, segments)
             .ok_or_else(|| Error::BulkInvalid("the segments' lengths overflow".into()))?;
+        if mode.writable() && !region.writable() {
+            return Err(Error::BulkInvalid(format!(
+                "a segment is read-only memory (such as Bytes): expose it ReadOnly, not {mode:?}"
+            )));
+        }
         let region = Arc::new(region);
         lock(&table.regions).insert(id, region.clone());
         Ok(Bulk {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
+
 use courier_transport::PeerRange;
 
 use super::BulkMode;
@@ -32,6 +34,21 @@ pub trait BulkMemory: Send + Sync + 'static {
     /// Calls `f` with bytes `offset..offset + len` to overwrite them.
     fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8]));
 
+    /// Bytes `offset..offset + len` as shared bytes, if the memory can hand
+    /// them out without copying (memory that never changes, such as
+    /// [`Bytes`]). The message path then sends them as they are instead of
+    /// copying them into the message. Default: `None`.
+    fn bytes(&self, offset: usize, len: usize) -> Option<Bytes> {
+        let _ = (offset, len);
+        None
+    }
+
+    /// Whether the engine may write it. Memory that returns `false` can
+    /// only be exposed [`BulkMode::ReadOnly`]. Default: `true`.
+    fn writable(&self) -> bool {
+        true
+    }
+
     /// The address of byte 0 in this process, if the memory stays at one
     /// address while exposed: it lets a peer on the same host copy it
     /// directly (the shm fast path, `process_vm_readv`). `None` (the
@@ -51,8 +68,44 @@ impl<T: BulkMemory + ?Sized> BulkMemory for Arc<T> {
     fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8])) {
         (**self).write_with(offset, len, f);
     }
+    fn bytes(&self, offset: usize, len: usize) -> Option<Bytes> {
+        (**self).bytes(offset, len)
+    }
+    fn writable(&self) -> bool {
+        (**self).writable()
+    }
     fn direct_addr(&self) -> Option<u64> {
         (**self).direct_addr()
+    }
+}
+
+/// Immutable bytes, exposed read-only: the message path sends them without
+/// a copy, and the shm fast path copies straight out of them.
+impl BulkMemory for Bytes {
+    fn len(&self) -> usize {
+        Self::len(self)
+    }
+
+    fn read_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) {
+        f(&self[offset..offset + len]);
+    }
+
+    fn write_with(&self, _offset: usize, _len: usize, _f: &mut dyn FnMut(&mut [u8])) {
+        // Never called: `writable` is false, so the region is read-only and
+        // the engine refuses every write before it gets here.
+    }
+
+    fn bytes(&self, offset: usize, len: usize) -> Option<Bytes> {
+        Some(self.slice(offset..offset + len))
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn direct_addr(&self) -> Option<u64> {
+        // `Bytes` never moves its bytes; peers only read them (read-only).
+        Some(self.as_ptr() as u64)
     }
 }
 
@@ -211,6 +264,23 @@ impl Region {
             }
             start = seg_end;
         }
+    }
+
+    /// Bytes `offset..offset + len` as shared pieces, if every segment it
+    /// touches hands them out without copying.
+    pub(crate) fn shared_pieces(&self, offset: usize, len: usize) -> Option<Vec<Bytes>> {
+        let mut pieces = Vec::new();
+        let mut ok = true;
+        self.pieces(offset, len, |seg, at, n, _| match seg.bytes(at, n) {
+            Some(b) if ok && b.len() == n => pieces.push(b),
+            _ => ok = false,
+        });
+        ok.then_some(pieces)
+    }
+
+    /// Whether every segment may be written.
+    pub(crate) fn writable(&self) -> bool {
+        self.segments.iter().all(|(_, s)| s.writable())
     }
 
     /// Appends bytes `offset..offset + len` to `out`.

@@ -164,11 +164,22 @@ async fn answer(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: B
                 )
                 .await;
             }
-            let mut msg = Vec::with_capacity(HEADER_LEN + len);
+            if let Some(pieces) = region.shared_pieces(offset, len) {
+                // Immutable memory: sent as it is, no copy.
+                drop(region);
+                let head = response.encode();
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + pieces.len());
+                parts.push(&head);
+                parts.extend(pieces.iter().map(|p| &p[..]));
+                let _ = conn.send(&parts).await;
+                return;
+            }
+            let mut msg = table.buffer(HEADER_LEN + len);
             msg.extend_from_slice(&response.encode());
             region.append_to(offset, len, &mut msg);
             drop(region);
             let _ = conn.send(&[&msg]).await;
+            table.recycle(msg);
         }
         Kind::BulkPush => {
             let (region, offset, len) = match table.check(&access, "push", |m| m.writable()) {

@@ -192,11 +192,23 @@ impl Job {
                         conn.send(&[&header.encode(), &access.encode()]).await?;
                     }
                     BulkOp::Push => {
-                        let mut msg = Vec::with_capacity(HEADER_LEN + ACCESS_LEN + n);
+                        if let Some(pieces) = self.local.shared_pieces(self.local_start + next, n) {
+                            // Immutable memory: sent as it is, no copy.
+                            let (head, acc) = (header.encode(), access.encode());
+                            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + pieces.len());
+                            parts.push(&head);
+                            parts.push(&acc);
+                            parts.extend(pieces.iter().map(|p| &p[..]));
+                            conn.send(&parts).await?;
+                            next += n;
+                            continue;
+                        }
+                        let mut msg = inner.bulk.buffer(HEADER_LEN + ACCESS_LEN + n);
                         msg.extend_from_slice(&header.encode());
                         msg.extend_from_slice(&access.encode());
                         self.local.append_to(self.local_start + next, n, &mut msg);
                         conn.send(&[&msg]).await?;
+                        inner.bulk.recycle(msg);
                     }
                 }
                 next += n;

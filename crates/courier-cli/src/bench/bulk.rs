@@ -2,10 +2,11 @@
 //! protocol, beside the transport's raw floor (and the plain-socket floor
 //! for tcp and unix) and a single-core `memcpy` of the same size.
 //!
-//! The engine peer (a child process) exposes a region on request
-//! (`bench.bulk_region`); this process pulls from it and pushes into it, one
-//! transfer after another, each transfer pipelining its own chunks (or
-//! copying directly, on shm). The floors move the same number of bytes as
+//! The engine peer (a child process) exposes regions on request
+//! (`bench.bulk_region`); this process pulls from an immutable one (`Bytes`,
+//! sent without a copy) into a `BulkBuffer`, and pushes from immutable bytes
+//! into a `BulkBuffer` of the peer, one transfer after another, each
+//! transfer pipelining its own chunks (or copying directly, on shm). The floors move the same number of bytes as
 //! messages of the transfer's size with as many in flight as a transfer's
 //! window, each answered by an empty message.
 
@@ -21,14 +22,15 @@ use super::peer::PeerProc;
 use super::{policy_label, size_label, BenchArgs, Layer, Plan, Proto};
 use crate::{out, CliResult, Fail};
 
-/// The RPC of the engine peer that exposes a region: a u64 size (LE) in,
-/// the region's handle (`Bulk::to_bytes`) out.
+/// The RPC of the engine peer that exposes a region: a u64 size (LE) and a
+/// kind byte in (0: immutable `Bytes`, read-only; 1: a `BulkBuffer`,
+/// read-write), the region's handle (`Bulk::to_bytes`) out.
 pub(crate) const REGION_RPC: &str = "bench.bulk_region";
 
 const DEFAULT_SIZES: [usize; 5] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
 const QUICK_SIZES: [usize; 2] = [64 << 10, 1 << 20];
 /// Bytes one measurement aims to move; fewer when the time cap comes first.
-const BYTES_PER_MEASUREMENT: u64 = 1 << 30;
+const BYTES_PER_MEASUREMENT: u64 = 256 << 20;
 const QUICK_BYTES_PER_MEASUREMENT: u64 = 128 << 20;
 const MIN_TRANSFERS: u64 = 4;
 
@@ -268,18 +270,30 @@ async fn measure_with(
         .lookup(&engine_peer.address)
         .await
         .map_err(|e| format!("lookup of the engine peer: {e}"))?;
-    let reply = client
-        .remote_raw(REGION_RPC)
-        .on(&address)
-        .call(&(largest as u64).to_le_bytes())
-        .await
-        .map_err(|e| format!("{REGION_RPC}: {e}"))?;
-    let remote = Bulk::from_bytes(&reply).map_err(|e| e.to_string())?;
-    let local = client
+    // Pulls copy from an immutable region of the peer into a buffer here;
+    // pushes from immutable bytes here into a buffer of the peer: the
+    // source is sent without a copy, the destination is written once.
+    let mut handles = Vec::new();
+    for kind in [0u8, 1] {
+        let mut request = (largest as u64).to_le_bytes().to_vec();
+        request.push(kind);
+        let reply = client
+            .remote_raw(REGION_RPC)
+            .on(&address)
+            .call(&request)
+            .await
+            .map_err(|e| format!("{REGION_RPC}: {e}"))?;
+        handles.push(Bulk::from_bytes(&reply).map_err(|e| e.to_string())?);
+    }
+    let (pull_from, push_into) = (handles[0].clone(), handles[1].clone());
+    let pull_into = client
         .expose(
             [BulkBuffer::from(vec![0xa5u8; largest])],
-            BulkMode::ReadWrite,
+            BulkMode::WriteOnly,
         )
+        .map_err(|e| e.to_string())?;
+    let push_from = client
+        .expose([Bytes::from(vec![0xa5u8; largest])], BulkMode::ReadOnly)
         .map_err(|e| e.to_string())?;
     let window = client.bulk_options().window.max(1);
 
@@ -301,11 +315,14 @@ async fn measure_with(
         let mut raws = Vec::new();
         let mut sockets = Vec::new();
         for _ in 0..plan.runs {
-            for (op, into) in [(BulkOp::Pull, &mut pulls), (BulkOp::Push, &mut pushes)] {
+            for (op, remote, local, into) in [
+                (BulkOp::Pull, &pull_from, &pull_into, &mut pulls),
+                (BulkOp::Push, &push_into, &push_from, &mut pushes),
+            ] {
                 // Warm-up, then the measured transfers (stopped by the cap).
                 for _ in 0..2 {
                     client
-                        .transfer(op, &address, &remote, 0, &local, 0, size)
+                        .transfer(op, &address, remote, 0, local, 0, size)
                         .await
                         .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
                 }
@@ -313,7 +330,7 @@ async fn measure_with(
                 let mut done = 0u64;
                 while done < transfers && start.elapsed() < plan.time_cap {
                     client
-                        .transfer(op, &address, &remote, 0, &local, 0, size)
+                        .transfer(op, &address, remote, 0, local, 0, size)
                         .await
                         .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
                     done += 1;

@@ -48,7 +48,7 @@
 //! # How the bytes travel
 //!
 //! **Messages (every transport).** A transfer is cut into chunks
-//! ([`BulkOptions::chunk_size`], 1 MiB by default) and several chunks are in
+//! ([`BulkOptions::chunk_size`], 256 KiB by default) and several chunks are in
 //! flight at once ([`BulkOptions::window`]). A pull sends one small
 //! `BulkPull` request per chunk, answered by a response carrying the bytes;
 //! a push sends `BulkPush` messages carrying the bytes, each acknowledged.
@@ -126,9 +126,11 @@ pub enum BulkOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkOptions {
     /// Bytes per message on the message path (capped so that a chunk fits
-    /// the engine's maximum message size). Default 1 MiB.
+    /// the engine's maximum message size). Default 256 KiB: small enough
+    /// that even a 1 MiB transfer has several chunks to pipeline (one is
+    /// copied while the next travels).
     pub chunk_size: usize,
-    /// Chunks in flight at once, per transfer. Default 4.
+    /// Chunks in flight at once, per transfer. Default 8 (2 MiB).
     pub window: usize,
     /// A transfer that takes longer fails with [`Error::BulkTimeout`].
     /// Default: none.
@@ -144,8 +146,8 @@ pub struct BulkOptions {
 impl Default for BulkOptions {
     fn default() -> Self {
         Self {
-            chunk_size: 1 << 20,
-            window: 4,
+            chunk_size: 256 << 10,
+            window: 8,
             timeout: None,
             direct: true,
             direct_threshold: 64 << 10,

@@ -99,23 +99,26 @@ impl BulkTable {
     }
 }
 
-/// Chunks up to this size are answered by the connection's reader itself
+/// Pulls of up to this size are answered by the connection's reader itself
 /// (a copy of at most this much, then a send), like a `Ping`; larger ones
 /// on a task of their own.
 const INLINE_UP_TO: u64 = 64 << 10;
 
-/// Answers a bulk frame. Grants and small accesses are answered by the
-/// connection's reader itself (no task hop on the latency path); large
-/// ones on a task of their own, so that the reader goes on reading (and a
-/// pull served in both directions at once cannot block two readers on
-/// each other's sends).
+/// Answers a bulk frame. Grants, pushes and small pulls are answered by the
+/// connection's reader itself (no task hop on the latency path; their
+/// answers are small); large pulls on a task of their own, so that the
+/// reader goes on reading (and pulls served in both directions at once
+/// cannot block two readers on each other's sends).
 pub(crate) async fn serve(inner: &Arc<Inner>, conn: &Arc<Conn>, header: Header, payload: Bytes) {
     if header.kind == Kind::BulkRelease {
         lock(&inner.bulk.leases).remove(&(conn.id, header.seq));
         return;
     }
+    // A push is a copy and a small acknowledgement: the reader does it (it
+    // never sends anything large). A pull answers with the bytes: only small
+    // ones inline, so that the reader is never held up by a large send.
     let small = Access::decode(&payload).is_none_or(|a| a.len <= INLINE_UP_TO);
-    if header.kind == Kind::BulkGrant || small {
+    if header.kind != Kind::BulkPull || small {
         return answer(inner, conn, header, payload).await;
     }
     let inner2 = inner.clone();

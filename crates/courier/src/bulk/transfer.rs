@@ -238,63 +238,115 @@ impl Job {
         Ok(())
     }
 
-    /// The fast path: a grant, one direct copy, a release. `Ok(false)`
+    /// The fast path: grants, direct copies, releases, chunk by chunk with
+    /// `window` grants asked ahead (so that the exposing side, answering
+    /// the next grant while this side copies, stays awake). `Ok(false)`
     /// means "use messages" (no stable address there, or the system
-    /// refused the copy).
+    /// refused a copy): nothing needs undoing, the message path copies the
+    /// whole range again.
     async fn direct(&self, inner: &Inner, conn: &Conn, direct: &dyn DirectMemory) -> Result<bool> {
-        let (seq, rx) = conn.register_call()?;
-        let _forget = crate::remote::ForgetOnDrop { conn, seq };
-        let header = Header {
-            seq,
-            ..Header::new(Kind::BulkGrant)
-        };
+        let len = self.access.len as usize;
+        let chunk = self.options.chunk_size.max(64 << 10);
+        let window = self.options.window.max(1);
         let want = match self.op {
             BulkOp::Pull => GRANT_READ,
             BulkOp::Push => GRANT_WRITE,
         };
-        conn.send(&[&header.encode(), &self.access.encode(), &[want]])
-            .await?;
-        let (reply, payload) = rx.await.map_err(|_| conn.lost())?;
-        if reply.kind != Kind::Response {
-            return Err(refused(conn, &reply, &payload));
-        }
-        let ranges = parse_ranges(&payload, self.access.len).ok_or_else(|| Error::Protocol {
-            address: conn.remote().to_string(),
-            reason: "a bulk grant whose ranges do not add up to the range asked for".into(),
-        })?;
-        if ranges.is_empty() {
-            // The peer has no stable address for that memory (or the
-            // transfer is empty): messages.
-            return Ok(false);
-        }
-        let len = self.access.len as usize;
-        let mut outcome = Ok(());
-        match self.op {
-            BulkOp::Pull => self.local.write_pieces(self.local_start, len, |pos, dst| {
-                if outcome.is_ok() {
-                    outcome = direct.read_peer(&sub_ranges(&ranges, pos, dst.len()), dst);
-                }
-            }),
-            BulkOp::Push => self.local.read_pieces(self.local_start, len, |pos, src| {
-                if outcome.is_ok() {
-                    outcome = direct.write_peer(&sub_ranges(&ranges, pos, src.len()), src);
-                }
-            }),
-        }
-        let release = Header {
-            seq,
-            ..Header::new(Kind::BulkRelease)
+        let mut flight = InFlight {
+            conn,
+            queue: VecDeque::with_capacity(window),
         };
-        conn.send(&[&release.encode()]).await?;
-        match outcome {
-            Ok(()) => Ok(true),
-            Err(e) => {
+        let mut next = 0usize;
+        let outcome = loop {
+            while flight.queue.len() < window && next < len {
+                let n = chunk.min(len - next);
+                let (seq, rx) = conn.register_call()?;
+                flight.queue.push_back((seq, rx, next, n));
+                let access = Access {
+                    offset: self.access.offset + next as u64,
+                    len: n as u64,
+                    ..self.access
+                };
+                let header = Header {
+                    seq,
+                    ..Header::new(Kind::BulkGrant)
+                };
+                conn.send(&[&header.encode(), &access.encode(), &[want]])
+                    .await?;
+                next += n;
+            }
+            let Some((seq, rx, at, n)) = flight.queue.pop_front() else {
+                break Ok(true);
+            };
+            let reply = rx.await;
+            conn.forget_call(seq);
+            let (reply, payload) = reply.map_err(|_| conn.lost())?;
+            if reply.kind != Kind::Response {
+                break Err(refused(conn, &reply, &payload));
+            }
+            let Some(ranges) = parse_ranges(&payload, n as u64) else {
+                break Err(Error::Protocol {
+                    address: conn.remote().to_string(),
+                    reason: "a bulk grant whose ranges do not add up to the range asked for".into(),
+                });
+            };
+            if ranges.is_empty() {
+                // The peer has no stable address for that memory.
+                break Ok(false);
+            }
+            let copied = self.copy(direct, &ranges, at, n);
+            release(conn, seq).await?;
+            if let Err(e) = copied {
                 tracing::info!(peer = %conn.remote(), "direct bulk copies refused ({e}); this connection uses messages from now on");
                 lock(&inner.bulk.no_direct).insert(conn.id);
-                Ok(false)
+                break Ok(false);
             }
+        };
+        // Grants asked ahead and not used: release them (the peer answers
+        // frames in order, so each release follows its grant).
+        for (seq, ..) in &flight.queue {
+            release(conn, *seq).await?;
         }
+        outcome
     }
+
+    /// One direct copy of `n` bytes at `at` of the range, with the peer's
+    /// `ranges`.
+    fn copy(
+        &self,
+        direct: &dyn DirectMemory,
+        ranges: &[PeerRange],
+        at: usize,
+        n: usize,
+    ) -> std::io::Result<()> {
+        let mut outcome = Ok(());
+        match self.op {
+            BulkOp::Pull => self
+                .local
+                .write_pieces(self.local_start + at, n, |pos, dst| {
+                    if outcome.is_ok() {
+                        outcome = direct.read_peer(&sub_ranges(ranges, pos, dst.len()), dst);
+                    }
+                }),
+            BulkOp::Push => self
+                .local
+                .read_pieces(self.local_start + at, n, |pos, src| {
+                    if outcome.is_ok() {
+                        outcome = direct.write_peer(&sub_ranges(ranges, pos, src.len()), src);
+                    }
+                }),
+        }
+        outcome
+    }
+}
+
+/// Ends the lease of grant `seq` (one-way).
+async fn release(conn: &Conn, seq: u64) -> Result<()> {
+    let header = Header {
+        seq,
+        ..Header::new(Kind::BulkRelease)
+    };
+    conn.send(&[&header.encode()]).await
 }
 
 /// Parses a grant's ranges: a u32 count, then (u64 address, u64 length)

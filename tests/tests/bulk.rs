@@ -794,3 +794,48 @@ macro_rules! blocking_tests {
 }
 
 courier_conformance::for_each_protocol!(blocking_tests);
+
+/// Memory that announces an address where nothing is mapped: direct copies
+/// from it fail in the kernel (`EFAULT`), as they would under a ptrace
+/// policy that refuses them.
+struct BadAddress(BulkBuffer);
+
+impl courier::BulkMemory for BadAddress {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) {
+        self.0.read_with(offset, len, f);
+    }
+    fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8])) {
+        self.0.write_with(offset, len, f);
+    }
+    fn direct_addr(&self) -> Option<u64> {
+        Some(4096)
+    }
+}
+
+/// Over shm, a direct copy the kernel refuses makes the transfer (and the
+/// connection's later ones) use messages: the bytes still arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_falls_back_to_messages_when_direct_copies_fail() {
+    let (server, client, address) = pair("shm").await;
+    let data = pattern(1 << 20, 31);
+    let exposed = server
+        .expose(
+            [BadAddress(BulkBuffer::from(data.clone()))],
+            BulkMode::ReadWrite,
+        )
+        .unwrap();
+    for round in 0..2 {
+        let local = BulkBuffer::new(1 << 20);
+        let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+        guard(
+            "pull",
+            client.pull(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(local.to_vec() == data, "round {round}");
+    }
+}

@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+pub mod capability;
 mod error;
 pub mod framing;
 mod registry;
@@ -63,6 +64,7 @@ pub mod stream;
 pub mod transport;
 
 pub use address::Address;
+pub use capability::{Capabilities, DirectMemory, PeerRange};
 pub use error::TransportError;
 pub use registry::{
     Layer, LayerEntry, Plugin, PluginContext, PluginOptions, ProtocolEntry, Reach, Registry,

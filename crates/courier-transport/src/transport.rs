@@ -114,6 +114,11 @@ pub trait Connection: Send + 'static {
     /// Splits the connection so the two directions can be used from different
     /// tasks.
     fn split(self) -> (Self::Sender, Self::Receiver);
+
+    /// Optional abilities beyond messages ([`crate::capability`]); none by default.
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities::default()
+    }
 }
 
 /// The sending direction of a connection.
@@ -175,6 +180,8 @@ pub trait DynConnection: Send + 'static {
     fn peer_addr(&self) -> &Address;
     /// See [`Connection::split`].
     fn split_dyn(self: Box<Self>) -> (Box<dyn DynSender>, Box<dyn DynReceiver>);
+    /// See [`Connection::capabilities`].
+    fn capabilities_dyn(&self) -> crate::Capabilities;
 }
 
 /// Object-safe form of [`MessageSender`].
@@ -245,6 +252,10 @@ impl<C: Connection> DynConnection for C {
     fn split_dyn(self: Box<Self>) -> (Box<dyn DynSender>, Box<dyn DynReceiver>) {
         let (s, r) = (*self).split();
         (Box::new(s), Box::new(r))
+    }
+
+    fn capabilities_dyn(&self) -> crate::Capabilities {
+        Connection::capabilities(self)
     }
 }
 

@@ -342,6 +342,50 @@ impl Engine {
     pub fn is_finalized(&self) -> bool {
         self.engine.is_finalized()
     }
+
+    /// Exposes memory for bulk transfers; see [`crate::Engine::expose`].
+    ///
+    /// # Errors
+    /// See [`crate::Engine::expose`].
+    pub fn expose<S: crate::BulkMemory>(
+        &self,
+        segments: impl IntoIterator<Item = S>,
+        mode: crate::BulkMode,
+    ) -> Result<crate::Bulk> {
+        self.engine.expose(segments, mode)
+    }
+
+    /// A bulk transfer that blocks until it ends (PyMargo's
+    /// `engine.transfer(..., blocking=True)`); see
+    /// [`crate::Engine::transfer`]. From a handler, use the async
+    /// [`crate::Handle::pull`] / [`crate::Handle::push`].
+    ///
+    /// # Errors
+    /// See [`crate::Engine::pull`]; [`Error::BlockingInAsync`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer(
+        &self,
+        op: crate::BulkOp,
+        address: &Address,
+        remote: &crate::Bulk,
+        remote_offset: usize,
+        local: &crate::Bulk,
+        local_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.rt.block_on(
+            "transfer",
+            self.engine.transfer(
+                op,
+                &address.inner,
+                remote,
+                remote_offset,
+                local,
+                local_offset,
+                len,
+            ),
+        )?
+    }
 }
 
 /// The blocking view of a request (see [`crate::Handle`]).

@@ -42,6 +42,8 @@ pub(crate) struct Conn {
     progress: Arc<Progress>,
     /// Budgets for the requests this connection brings (`limits.rs`).
     pub(crate) limits: ConnLimits,
+    /// What the transport connection offers besides messages (bulk fast path).
+    pub(crate) capabilities: OnceLock<courier_transport::Capabilities>,
 }
 
 impl Conn {
@@ -67,6 +69,7 @@ impl Conn {
             reader: OnceLock::new(),
             progress,
             limits,
+            capabilities: OnceLock::new(),
         }
     }
 
@@ -371,6 +374,9 @@ pub(crate) async fn read_loop(
                 }
             }
             Kind::Shutdown => inner.remote_shutdown(&conn, header).await,
+            Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
+                crate::bulk::serve(&inner, &conn, header, payload).await
+            }
             Kind::Ping => {
                 let pong = Header {
                     kind: Kind::Pong,

@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     owned_runtimes: Mutex<Vec<Runtime>>,
     pre_finalize: Mutex<Vec<Callback>>,
     on_finalize: Mutex<Vec<Callback>>,
+    /// Exposed bulk regions and fast-path leases (`crate::bulk`).
+    pub(crate) bulk: crate::bulk::BulkTable,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,10 +166,12 @@ impl Inner {
         slot: Option<ConnectionSlot>,
     ) -> Arc<Conn> {
         let peer = dialed.unwrap_or_else(|| raw.peer_addr().clone());
+        let capabilities = raw.capabilities_dyn();
         let (tx, rx) = raw.split_dyn();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let limits = ConnLimits::new(&self.config);
         let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone(), limits));
+        let _ = conn.capabilities.set(capabilities);
         lock(&self.conns).insert(id, conn.clone());
         let task = self.rt.spawn(read_loop(
             self.clone(),
@@ -185,6 +189,7 @@ impl Inner {
 
     pub(crate) fn forget_conn(&self, id: u64) {
         lock(&self.conns).remove(&id);
+        self.bulk.forget_conn(id);
     }
 
     /// Answers a request frame: runs the handler, or says why not. `slot`
@@ -620,6 +625,7 @@ impl EngineBuilder {
             owned_runtimes: Mutex::new(owned),
             pre_finalize: Mutex::new(Vec::new()),
             on_finalize: Mutex::new(Vec::new()),
+            bulk: crate::bulk::BulkTable::default(),
         });
         if progress.enabled() {
             let task = rt.spawn(progress.run());

@@ -209,6 +209,34 @@ pub enum Error {
         rpc: String,
     },
 
+    /// The engine that exposed a bulk region refused an access to it: the
+    /// region is unknown or was dropped, the key does not match (a forged or
+    /// stale handle), the mode forbids it (a push into a read-only region),
+    /// or the range is past its end. Nothing was transferred past the
+    /// refused chunk.
+    #[error("bulk transfer with {address} refused: {reason}")]
+    BulkRefused {
+        /// The exposing engine's address.
+        address: String,
+        /// Its reason.
+        reason: String,
+    },
+
+    /// A bulk transfer's arguments are wrong on this side: the local handle
+    /// is not a region of this process, its mode forbids the operation, or
+    /// a range is past the end of a handle.
+    #[error("invalid bulk transfer: {0}")]
+    BulkInvalid(String),
+
+    /// A bulk transfer did not finish within its timeout.
+    #[error("bulk transfer with {address} timed out after {after:?}")]
+    BulkTimeout {
+        /// The peer's address.
+        address: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+
     /// A blocking-API call was made from inside an async runtime, where it
     /// would block a runtime thread.
     #[error("{0} is a blocking call and cannot run inside an async runtime; use the async API")]

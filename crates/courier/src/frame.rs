@@ -47,6 +47,22 @@ pub enum Kind {
     Ping = 6,
     /// Answer to a `Ping`.
     Pong = 7,
+    /// Bulk: asks for bytes of an exposed region; payload: the 40-byte bulk
+    /// access (`crate::bulk`). Answered by a `Response` carrying the bytes,
+    /// or an `Error` with [`Status::BulkRefused`].
+    BulkPull = 8,
+    /// Bulk: writes bytes into an exposed region; payload: the 40-byte bulk
+    /// access, then the bytes. Answered by an empty `Response`, or an
+    /// `Error` with [`Status::BulkRefused`].
+    BulkPush = 9,
+    /// Bulk fast path: asks where a range of an exposed region is in the
+    /// exposing process's memory; payload: the bulk access and one byte
+    /// (1 read, 2 write). Answered by a `Response` listing the memory
+    /// ranges (the access is leased until `BulkRelease`), or an `Error`.
+    BulkGrant = 10,
+    /// Bulk fast path: ends the lease of a `BulkGrant` (one-way); the
+    /// sequence is the grant's.
+    BulkRelease = 11,
 }
 
 impl Kind {
@@ -59,6 +75,10 @@ impl Kind {
             5 => Self::Shutdown,
             6 => Self::Ping,
             7 => Self::Pong,
+            8 => Self::BulkPull,
+            9 => Self::BulkPush,
+            10 => Self::BulkGrant,
+            11 => Self::BulkRelease,
             _ => return None,
         })
     }
@@ -87,6 +107,9 @@ pub enum Status {
     Finalizing = 7,
     /// The request frame itself was invalid.
     BadRequest = 8,
+    /// A bulk access was refused (unknown or dropped region, wrong key,
+    /// mode, out of bounds); payload: why.
+    BulkRefused = 9,
 }
 
 impl Status {
@@ -101,6 +124,7 @@ impl Status {
             6 => Self::OneWay,
             7 => Self::Finalizing,
             8 => Self::BadRequest,
+            9 => Self::BulkRefused,
             _ => return None,
         })
     }
@@ -307,6 +331,37 @@ mod tests {
         assert_eq!(payload.len(), 18);
     }
 
+    /// Pins the bytes of a bulk pull and its refusal (docs/wire-format.md).
+    #[test]
+    fn bulk_frames_are_pinned() {
+        let pull = Header {
+            seq: 5,
+            ..Header::new(Kind::BulkPull)
+        };
+        assert_eq!(
+            pull.encode(),
+            [
+                0x01, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version BulkPull, rest zero
+                0, 0, 0, 0, 0, 0, 0, 0, // rpc id: unused
+                0x05, 0, 0, 0, 0, 0, 0, 0, // sequence
+            ]
+        );
+        assert_eq!(Header::new(Kind::BulkPush).encode()[1], 0x09);
+        assert_eq!(Header::new(Kind::BulkGrant).encode()[1], 0x0a);
+        assert_eq!(Header::new(Kind::BulkRelease).encode()[1], 0x0b);
+        let refused = Header {
+            kind: Kind::Error,
+            status: Status::BulkRefused,
+            ..pull
+        };
+        let b = refused.encode();
+        assert_eq!((b[1], b[3]), (0x04, 0x09));
+        assert_eq!(Header::decode(&b), Ok(refused));
+        let mut b = pull.encode();
+        b[1] = 12;
+        assert_eq!(Header::decode(&b), Err(FrameError::Kind(12)));
+    }
+
     #[test]
     fn rejects_bad_headers() {
         let good = Header::new(Kind::Ping).encode();
@@ -329,11 +384,11 @@ mod tests {
     }
 
     fn any_kind() -> impl Strategy<Value = Kind> {
-        (1u8..=7).prop_map(|k| Kind::from_u8(k).unwrap())
+        (1u8..=11).prop_map(|k| Kind::from_u8(k).unwrap())
     }
 
     fn any_status() -> impl Strategy<Value = Status> {
-        (0u8..=8).prop_map(|s| Status::from_u8(s).unwrap())
+        (0u8..=9).prop_map(|s| Status::from_u8(s).unwrap())
     }
 
     proptest! {

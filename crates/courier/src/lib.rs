@@ -80,6 +80,20 @@
 //! * Errors never hang a caller: a handler that fails, panics, or returns
 //!   without responding sends the caller an error with its message.
 //!
+//! # Bulk transfers
+//!
+//! Large payloads do not ride inside RPC messages: the caller exposes memory
+//! ([`Engine::expose`], one or several segments, read-only, write-only or
+//! read-write), sends the [`Bulk`] handle inside ordinary arguments, and the
+//! handler pulls from it or pushes into it ([`Handle::pull`],
+//! [`Handle::push`]; [`Engine::transfer`] and the non-blocking
+//! [`Engine::transfer_nb`] from either side). A handle is a capability: the
+//! exposing engine checks its random key, the region's mode and the range on
+//! every access, and refuses a forged, stale or out-of-range one with
+//! [`Error::BulkRefused`]. Bytes travel as chunked, pipelined messages on
+//! every transport, or as one direct copy (`process_vm_readv`) over shm. See
+//! the [`bulk`] module and `docs/bulk.md`.
+//!
 //! The wire format is in [`frame`] and `docs/wire-format.md`; transports and
 //! their plugins live in [`courier_transport`], re-exported as [`transport`].
 
@@ -87,6 +101,7 @@
 
 mod address;
 pub mod blocking;
+pub mod bulk;
 mod config;
 mod conn;
 mod engine;
@@ -98,6 +113,7 @@ mod progress;
 mod remote;
 
 pub use address::Address;
+pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkOptions, BulkRequest};
 pub use config::{
     Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,

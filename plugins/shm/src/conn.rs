@@ -28,14 +28,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::transport::message_len;
-use courier_transport::{Address, Connection, MessageReceiver, MessageSender, TransportError};
+use courier_transport::{
+    Address, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, PeerRange,
+    TransportError,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::ring::{Consumer, Producer, RingError};
 use crate::segment;
-use crate::shared::{RingReader, RingWriter};
+use crate::shared::{self, Direction, LocalBytes, RingReader, RingWriter};
 
 /// A sender publishes at least every this many bytes of a large message, so
 /// the receiver can copy one chunk while the next is written (both copies
@@ -260,6 +263,9 @@ impl Broken {
 pub struct ShmConnection {
     peer: Address,
     segment_id: u64,
+    /// The peer's process id (from the socket's credentials), for the bulk
+    /// fast path.
+    peer_pid: Option<i32>,
     sender: ShmSender,
     receiver: ShmReceiver,
 }
@@ -280,6 +286,7 @@ impl ShmConnection {
         settings: Settings,
     ) -> io::Result<Self> {
         let (writer, reader, segment_id) = rings;
+        let peer_pid = socket.peer_cred().ok().and_then(|c| c.pid());
         let [data0, room0, data1, room1] = efds;
         // (wait for room, signal data) for the ring we produce;
         // (wait for data, signal room) for the ring we consume.
@@ -319,6 +326,7 @@ impl ShmConnection {
         Ok(Self {
             peer,
             segment_id,
+            peer_pid,
             sender,
             receiver,
         })
@@ -342,6 +350,38 @@ impl Connection for ShmConnection {
 
     fn split(self) -> (ShmSender, ShmReceiver) {
         (self.sender, self.receiver)
+    }
+
+    /// Direct copies with the peer process (`process_vm_readv` /
+    /// `process_vm_writev`) for the engine's bulk transfers, when its pid is
+    /// known. Whether the kernel allows them (ptrace policy) shows on the
+    /// first copy: a refusal is an error the engine falls back from.
+    fn capabilities(&self) -> Capabilities {
+        match self.peer_pid {
+            Some(pid) if pid > 0 => Capabilities::with_direct_memory(Arc::new(ProcessVm { pid })),
+            _ => Capabilities::default(),
+        }
+    }
+}
+
+/// The peer process's memory, through `process_vm_readv` / `writev`.
+#[derive(Debug)]
+struct ProcessVm {
+    pid: i32,
+}
+
+impl DirectMemory for ProcessVm {
+    fn read_peer(&self, ranges: &[PeerRange], dst: &mut [u8]) -> io::Result<()> {
+        shared::copy_peer(
+            self.pid,
+            Direction::FromPeer,
+            ranges,
+            LocalBytes::Write(dst),
+        )
+    }
+
+    fn write_peer(&self, ranges: &[PeerRange], src: &[u8]) -> io::Result<()> {
+        shared::copy_peer(self.pid, Direction::ToPeer, ranges, LocalBytes::Read(src))
     }
 }
 

@@ -9,7 +9,10 @@
 //!    struct of atomics) — [`RingWriter::ctl`], [`RingReader::ctl`];
 //! 3. copying bytes into and out of a ring's data area with
 //!    `ptr::copy_nonoverlapping` — [`RingWriter::write`], [`RingReader::read`],
-//!    [`RingReader::read_append`].
+//!    [`RingReader::read_append`];
+//! 4. the bulk fast path's direct copies to and from the peer process
+//!    ([`copy_peer`]: `process_vm_readv` / `process_vm_writev` through
+//!    `libc`, which rustix does not wrap).
 //!
 //! Each process gets exactly one [`RingWriter`] (for the ring it produces)
 //! and one [`RingReader`] (for the ring it consumes) per mapping, from
@@ -223,5 +226,230 @@ impl ConsumerMem for RingReader {
             ptr::copy_nonoverlapping(src, spare.as_mut_ptr().cast::<u8>(), len);
             dst.set_len(dst.len() + len);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Direct copies to and from a peer process (the bulk fast path).
+// ---------------------------------------------------------------------------
+
+/// Most iovecs one `process_vm_readv` / `process_vm_writev` takes
+/// (`IOV_MAX` on Linux).
+const MAX_IOV: usize = 1024;
+
+/// The direction of a direct copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Peer memory → `local`.
+    FromPeer,
+    /// `local` → peer memory.
+    ToPeer,
+}
+
+/// Copies between `local` and the peer process `pid`'s `ranges` (whose
+/// lengths add up to `local.len()`), with `process_vm_readv` (from the
+/// peer) or `process_vm_writev` (to the peer), looping over short copies.
+///
+/// The kernel checks that this process may access the peer's memory
+/// (`PTRACE_MODE_ATTACH_REALCREDS`: the same user and a ptrace policy that
+/// allows it, or `CAP_SYS_PTRACE`) and that every remote range is mapped
+/// in the peer; a refusal is an error (`EPERM`, `ESRCH`, `EFAULT`), never a
+/// fault in this process.
+pub(crate) fn copy_peer(
+    pid: i32,
+    direction: Direction,
+    ranges: &[courier_transport::PeerRange],
+    local: LocalBytes<'_>,
+) -> io::Result<()> {
+    let total: usize = ranges.iter().map(|r| r.len).sum();
+    let mut local = local;
+    // For `Write` the pointer comes from the `&mut` (the kernel writes
+    // through it); for `Read` the kernel only reads through it.
+    let (local_ptr, local_len) = match &mut local {
+        LocalBytes::Read(b) => (b.as_ptr().cast_mut(), b.len()),
+        LocalBytes::Write(b) => (b.as_mut_ptr(), b.len()),
+    };
+    if total != local_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("remote ranges of {total} bytes for a local buffer of {local_len}"),
+        ));
+    }
+    // The remote iovecs: addresses in the peer, never dereferenced here.
+    let mut remote: Vec<libc::iovec> = ranges
+        .iter()
+        .filter(|r| r.len > 0)
+        .map(|r| libc::iovec {
+            iov_base: r.addr as usize as *mut libc::c_void,
+            iov_len: r.len,
+        })
+        .collect();
+    let mut done = 0usize;
+    let mut first = 0usize;
+    while done < local_len {
+        let batch = &remote[first..remote.len().min(first + MAX_IOV)];
+        let batch_len: usize = batch.iter().map(|v| v.iov_len).sum();
+        let local_iov = libc::iovec {
+            // SAFETY: `done + batch_len <= local_len` (the batches split
+            // `ranges`, whose lengths add up to `local_len`), so the
+            // pointer stays inside `local`'s buffer.
+            iov_base: unsafe { local_ptr.add(done) }.cast::<libc::c_void>(),
+            iov_len: batch_len,
+        };
+        // SAFETY: the local iovec covers `batch_len` bytes of `local`, a
+        // live slice borrowed for this whole call: mutably (`Write`) when
+        // the kernel writes it (`process_vm_readv`), shared (`Read`) when
+        // it only reads it (`process_vm_writev`). The remote iovecs are
+        // interpreted by the kernel in the peer's address space only, with
+        // its permission checks; the kernel never touches this process's
+        // memory outside the local iovec. Both arrays outlive the call.
+        let n = unsafe {
+            match direction {
+                Direction::FromPeer => libc::process_vm_readv(
+                    pid,
+                    &local_iov,
+                    1,
+                    batch.as_ptr(),
+                    batch.len() as libc::c_ulong,
+                    0,
+                ),
+                Direction::ToPeer => libc::process_vm_writev(
+                    pid,
+                    &local_iov,
+                    1,
+                    batch.as_ptr(),
+                    batch.len() as libc::c_ulong,
+                    0,
+                ),
+            }
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut n = n as usize;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the kernel copied nothing (a remote range is not mapped in the peer)",
+            ));
+        }
+        done += n;
+        // Skip the remote iovecs fully copied; trim a partly copied one.
+        while n > 0 && first < remote.len() {
+            let v = &mut remote[first];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                first += 1;
+            } else {
+                v.iov_base = (v.iov_base as usize + n) as *mut libc::c_void;
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The local side of a direct copy.
+#[derive(Debug)]
+pub(crate) enum LocalBytes<'a> {
+    /// Copied to the peer.
+    Read(&'a [u8]),
+    /// Filled from the peer.
+    Write(&'a mut [u8]),
+}
+
+#[cfg(test)]
+mod direct_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{copy_peer, Direction, LocalBytes};
+    use courier_transport::PeerRange;
+
+    fn range_of(b: &[u8], from: usize, len: usize) -> PeerRange {
+        PeerRange {
+            addr: b[from..].as_ptr() as u64,
+            len,
+        }
+    }
+
+    /// Copies within this process (always permitted) gather and scatter
+    /// several ranges in order.
+    #[test]
+    fn copies_gather_and_scatter_ranges() {
+        let pid = std::process::id() as i32;
+        let source: Vec<u8> = (0..=255u8).collect();
+        let ranges = [range_of(&source, 10, 5), range_of(&source, 200, 3)];
+        let mut dst = [0u8; 8];
+        copy_peer(
+            pid,
+            Direction::FromPeer,
+            &ranges,
+            LocalBytes::Write(&mut dst),
+        )
+        .unwrap();
+        assert_eq!(dst, [10, 11, 12, 13, 14, 200, 201, 202]);
+
+        let mut target = vec![0u8; 16];
+        let base = target.as_mut_ptr() as u64;
+        let ranges = [
+            PeerRange {
+                addr: base + 1,
+                len: 2,
+            },
+            PeerRange {
+                addr: base + 8,
+                len: 2,
+            },
+        ];
+        copy_peer(
+            pid,
+            Direction::ToPeer,
+            &ranges,
+            LocalBytes::Read(&[7, 8, 9, 10]),
+        )
+        .unwrap();
+        assert_eq!(&target[..11], &[0, 7, 8, 0, 0, 0, 0, 0, 9, 10, 0]);
+    }
+
+    /// Refusals are errors: lengths that do not match, an address not
+    /// mapped, a process that does not exist.
+    #[test]
+    fn refusals_are_errors() {
+        let pid = std::process::id() as i32;
+        let mut dst = [0u8; 4];
+        let bad_len = [PeerRange {
+            addr: dst.as_ptr() as u64,
+            len: 3,
+        }];
+        assert!(copy_peer(
+            pid,
+            Direction::FromPeer,
+            &bad_len,
+            LocalBytes::Write(&mut dst)
+        )
+        .is_err());
+        let unmapped = [PeerRange { addr: 8, len: 4 }];
+        assert!(copy_peer(
+            pid,
+            Direction::FromPeer,
+            &unmapped,
+            LocalBytes::Write(&mut dst)
+        )
+        .is_err());
+        let source = [1u8; 4];
+        let ok = [PeerRange {
+            addr: source.as_ptr() as u64,
+            len: 4,
+        }];
+        // pid_max is at most 2^22: this pid does not exist.
+        let err = copy_peer(
+            i32::MAX,
+            Direction::FromPeer,
+            &ok,
+            LocalBytes::Write(&mut dst),
+        )
+        .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
     }
 }

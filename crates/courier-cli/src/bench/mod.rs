@@ -20,6 +20,7 @@
 //! histogram. `docs/benchmarks.md` documents the workload, the table and
 //! the JSON.
 
+pub(crate) mod bulk;
 mod chart;
 mod measure;
 pub(crate) mod peer;
@@ -88,6 +89,15 @@ impl Layer {
     }
 }
 
+/// `courier bench --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchMode {
+    /// The RPC workload (`bench.sink`).
+    Rpc,
+    /// Bulk transfers (pull and push).
+    Bulk,
+}
+
 /// Where the client and its peers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -146,6 +156,12 @@ pub(crate) fn policy_label(spin_us: u64) -> String {
 #[derive(Debug, Args)]
 #[command(after_help = BENCH_AFTER_HELP)]
 pub(crate) struct BenchArgs {
+    /// What to measure: `rpc` (the RPC workload) or `bulk` (pull and push
+    /// MiB/s by transfer size, 64K..16M by default, beside the raw and
+    /// socket floors and memcpy; see docs/bulk.md).
+    #[arg(long, value_enum, default_value_t = BenchMode::Rpc)]
+    mode: BenchMode,
+
     /// Protocols to measure, comma-separated names or aliases (default: every
     /// protocol whose plugin is built in; see `courier protocols`).
     #[arg(long, value_name = "P,P,...", value_delimiter = ',')]
@@ -474,6 +490,9 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
     if let Some(cpu) = plan.client_cpu {
         // The client runs on this thread (a current-thread runtime).
         pin_current_thread(cpu)?;
+    }
+    if args.mode == BenchMode::Bulk {
+        return bulk::run(&args, &plan, &registry, verbose).await;
     }
     let started = Instant::now();
     let bar = progress_bar(plan.measurements());
@@ -816,6 +835,7 @@ mod tests {
 
     fn plan(quick: bool) -> Plan {
         let args = BenchArgs {
+            mode: BenchMode::Rpc,
             protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
             sizes: Vec::new(),
             in_flight: Vec::new(),

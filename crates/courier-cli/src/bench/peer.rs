@@ -134,6 +134,7 @@ async fn engine_peer(
         RpcOptions::default(),
         |handle: Handle, _payload: Bytes| async move { handle.respond_raw(&[]).await },
     );
+    let registered = registered.and_then(|()| super::bulk::register_region(&engine));
     let ready = registered
         .map_err(Fail::from)
         .and_then(|()| announce(&engine.address().to_string()));

@@ -15,8 +15,8 @@
 //! engines and transports. Courier's own plugins run the same suite (see
 //! `tests/tests/conformance.rs` in the repository).
 //!
-//! Two groups of scenarios are generated, as modules `transport_contract`
-//! and `engine`:
+//! Three groups of scenarios are generated, as modules
+//! `transport_contract`, `engine` and `bulk`:
 //!
 //! * [`transport`]: the transport contract below the engine (message
 //!   boundaries, order under backpressure, both directions at once, maximum
@@ -24,7 +24,10 @@
 //!   listener, many connections, cancel-safe `recv`, 8 MiB messages);
 //! * [`engine`]: the engine over the protocol (the seed's hello, providers,
 //!   one-way RPCs, timeouts, handler errors and panics, size limits, remote
-//!   shutdown, finalize with calls in flight, the blocking API, ...).
+//!   shutdown, finalize with calls in flight, the blocking API, ...);
+//! * [`bulk`]: bulk transfers over the protocol's messages (and its fast
+//!   path, if it has one): PyMargo's bulk programs, ranges, multi-segment
+//!   regions, hostile handles, a region dropped mid-transfer.
 //!
 //! No scenario sleeps to synchronise or asserts on timing: each wait is
 //! bounded by [`guard`], a hang guard that turns a hang into a failure.
@@ -40,6 +43,7 @@ use std::time::Duration;
 
 use courier::{Engine, Handle};
 
+pub mod bulk;
 pub mod engine;
 pub mod transport;
 
@@ -171,7 +175,7 @@ pub fn run<F: Future<Output = ()>>(flavor: &str, what: &str, scenario: F) {
 }
 
 /// Generates the conformance tests for a protocol: modules
-/// `transport_contract` and `engine`, one `#[test]` per scenario.
+/// `transport_contract`, `engine` and `bulk`, one `#[test]` per scenario.
 ///
 /// ```ignore
 /// courier_testkit::conformance_tests!("mem");
@@ -209,6 +213,28 @@ macro_rules! conformance_tests {
                 many_connections,
                 recv_is_cancel_safe,
                 large_messages,
+            }
+        }
+
+        /// Bulk transfers over the protocol (`courier_testkit::bulk`).
+        mod bulk {
+            $crate::__scenarios! { async "multi_thread" bulk:
+                pull_23_bytes,
+                push_at_offset,
+                nonblocking_pull_and_push,
+                ranges_default,
+                ranges_messages,
+                multi_segment,
+                empty_region,
+                hostile_handles,
+                local_checks,
+                rpcs_during_a_large_transfer,
+                timeout,
+                region_dropped_mid_transfer,
+                bytes_regions,
+            }
+            $crate::__scenarios! { blocking bulk:
+                blocking_transfer,
             }
         }
 

@@ -225,7 +225,7 @@ impl Engine {
         let text = address.to_owned();
         let addr = self
             .shared
-            .wait(py, "lookup", async move { engine.lookup(&text).await })?
+            .run(py, "lookup", async move { engine.lookup(&text).await })?
             .map_err(|e| errors::to_py(py, &e))?;
         Ok(Address::new(addr, self.shared.clone()))
     }

@@ -56,7 +56,7 @@ impl Handle {
         };
         if blocking {
             self.shared
-                .wait(py, "Handle.respond", send)?
+                .run(py, "Handle.respond", send)?
                 .map_err(|e| errors::to_py(py, &e))?;
             Ok(None)
         } else {

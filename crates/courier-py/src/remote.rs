@@ -72,7 +72,7 @@ fn resolve(
     let text: String = address.extract()?;
     let engine = shared.engine.clone();
     shared
-        .wait(py, "lookup", async move { engine.lookup(&text).await })?
+        .run(py, "lookup", async move { engine.lookup(&text).await })?
         .map_err(|e| errors::to_py(py, &e))
 }
 
@@ -195,7 +195,7 @@ impl CallableRemoteFunction {
                 .map(|out| (!one_way).then_some(out))
         };
         if blocking {
-            let out = self.shared.wait(py, "call", call)?;
+            let out = self.shared.run(py, "call", call)?;
             outcome(py, out)
         } else {
             let join = self.shared.spawn(call);

@@ -108,6 +108,8 @@ impl Shared {
     }
 
     /// Blocks this thread until `fut` completes, with the GIL released.
+    /// `fut` is polled by this thread only: it must hold no lock of the
+    /// engine while pending (else use [`Self::run`]).
     ///
     /// Between slices of at most [`SIGNAL_CHECK`] it checks for signals,
     /// so Ctrl-C raises KeyboardInterrupt here. Without a progress thread,
@@ -165,6 +167,45 @@ impl Shared {
                 Step::Signals => {}
             }
             py.check_signals()?;
+        }
+    }
+
+    /// Whether this thread runs handlers while it waits (see [`Self::wait`]).
+    fn runs_jobs(&self) -> bool {
+        self.jobs.inline || HANDLER_THREAD_OF.with(|t| t.get()) == queue_id(&self.jobs)
+    }
+
+    /// Waits for `fut` like [`Self::wait`], for futures that may hold a lock
+    /// of the engine while pending (a call, a response, a lookup): when this
+    /// thread may run handlers meanwhile, the future runs as a task of its
+    /// own, so a handler waiting for the same lock cannot wait for a future
+    /// that only its own thread would poll. Dropped (Ctrl-C) it is aborted.
+    pub(crate) fn run<F>(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        what: &str,
+        fut: F,
+    ) -> PyResult<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if !self.runs_jobs() {
+            return self.wait(py, what, fut);
+        }
+        struct AbortOnDrop<T>(JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(self.spawn(fut));
+        match self.wait(py, what, &mut task.0)? {
+            Ok(out) => Ok(out),
+            Err(_) => Err(errors::courier_error(
+                py,
+                format!("{what} was abandoned: the engine's runtime shut down"),
+            )),
         }
     }
 

@@ -6,6 +6,9 @@ import signal
 
 import pytest
 
+import pymargo
+from pymargo.core import Engine
+
 from conftest import HERE, PROTOCOLS, SEED, run_script
 
 PROGRAMS = HERE / "programs"
@@ -15,6 +18,12 @@ PROGRAMS = HERE / "programs"
 def test_ctrl_c_stops_a_server_in_wait_for_finalize(scripts, protocol):
     server = scripts(SEED / "server.py", protocol=protocol)
     address = server.expect_line("Service running at ")
+    # Once it has answered a call it is waiting: its handlers run from
+    # wait_for_finalize (no progress thread).
+    with Engine(protocol, mode=pymargo.client) as client:
+        hello = client.register("hello").on(client.lookup(address))
+        assert hello("Matthieu", lastname="Dorier") == "Good bye Matthieu"
+    assert server.next_line() == "Hello Matthieu Dorier!"
     server.interrupt()
     status = server.wait()
     err = server.stderr()

@@ -66,6 +66,11 @@ impl Jobs {
         Ok(())
     }
 
+    /// A queued job, if any, without waiting.
+    pub(crate) fn try_pop(&self) -> Option<Job> {
+        self.pop()
+    }
+
     fn pop(&self) -> Option<Job> {
         self.lock().pop_front()
     }

@@ -21,7 +21,23 @@ use crate::pickle;
 /// call's own latency does not depend on it.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
+/// How deep handlers may nest on one thread: a handler waiting runs other
+/// requests' handlers (so a handler can call its own engine), up to this
+/// depth; deeper waits only wait.
+const MAX_NESTED_HANDLERS: usize = 8;
+
+/// How long a wait inside a handler lasts before that thread runs other
+/// handlers: long enough for a response or a request to be sent, so only
+/// real waits (a call to this engine itself, a slow peer) nest handlers.
+const NESTED_PATIENCE: Duration = Duration::from_millis(1);
+
+/// The stack of a handler thread: room for nested handlers (each is a
+/// Python call inside a wait), debug builds included.
+const HANDLER_THREAD_STACK: usize = 16 << 20;
+
 thread_local! {
+    /// How many handlers this thread is running, one inside another's wait.
+    static HANDLER_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// The job queue this thread is a dedicated handler thread of (its
     /// address), or 0.
     static HANDLER_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -81,6 +97,7 @@ impl Shared {
                 let weak = Arc::downgrade(&shared);
                 let spawned = std::thread::Builder::new()
                     .name(format!("courier-py-rpc-{i}"))
+                    .stack_size(HANDLER_THREAD_STACK)
                     .spawn(move || handler_thread(&queue, &weak));
                 if spawned.is_err() {
                     // Without its threads the engine cannot serve: refuse
@@ -135,12 +152,8 @@ impl Shared {
             ));
         }
         let rt = self.runtime();
-        // Who runs handlers while waiting: without handler threads, any
-        // thread; with them, a handler thread (a handler calling its own
-        // engine would otherwise wait for itself, as a Margo ULT would not).
-        let runs_jobs =
-            self.jobs.inline || HANDLER_THREAD_OF.with(|t| t.get()) == queue_id(&self.jobs);
-        let jobs = runs_jobs.then_some(&*self.jobs);
+        let jobs = self.runs_jobs().then_some(&*self.jobs);
+        let nested = HANDLER_DEPTH.with(|d| d.get()) > 0;
         let mut fut = std::pin::pin!(fut);
         loop {
             let step = py.detach(|| {
@@ -150,7 +163,19 @@ impl Shared {
                         out = fut.as_mut() => Step::Done(out),
                         job = async {
                             match jobs {
-                                Some(j) => j.next().await,
+                                Some(j) => {
+                                    // Let ready tasks run first (the
+                                    // call or response being waited for,
+                                    // typically); inside a handler, wait a
+                                    // little more, so handlers nest only
+                                    // when the wait is a real one.
+                                    if nested {
+                                        tokio::time::sleep(NESTED_PATIENCE).await;
+                                    } else {
+                                        tokio::task::yield_now().await;
+                                    }
+                                    j.next().await
+                                }
                                 None => std::future::pending().await,
                             }
                         } => Step::Job(job),
@@ -170,9 +195,13 @@ impl Shared {
         }
     }
 
-    /// Whether this thread runs handlers while it waits (see [`Self::wait`]).
+    /// Whether this thread runs handlers while it waits: without handler
+    /// threads, any thread; with them, a handler thread (a handler calling
+    /// its own engine would otherwise wait for itself, where a Margo ULT
+    /// would let others run); not past [`MAX_NESTED_HANDLERS`].
     fn runs_jobs(&self) -> bool {
-        self.jobs.inline || HANDLER_THREAD_OF.with(|t| t.get()) == queue_id(&self.jobs)
+        (self.jobs.inline || HANDLER_THREAD_OF.with(|t| t.get()) == queue_id(&self.jobs))
+            && HANDLER_DEPTH.with(|d| d.get()) < MAX_NESTED_HANDLERS
     }
 
     /// Waits for `fut` like [`Self::wait`], for futures that may hold a lock
@@ -216,7 +245,13 @@ impl Shared {
         if self.progress_thread || !self.jobs.inline {
             return Ok(());
         }
-        self.wait(py, what, tokio::task::yield_now())
+        self.wait(py, what, tokio::task::yield_now())?;
+        if self.runs_jobs() {
+            if let Some(job) = self.jobs.try_pop() {
+                self.run_job(py, job)?;
+            }
+        }
+        Ok(())
     }
 
     /// Finalizes the engine and waits until it is, without raising (for
@@ -243,7 +278,9 @@ impl Shared {
         } = job;
         let rpc = handle.rpc_name().to_owned();
         let handle = Handle::new(handle, self.clone());
+        HANDLER_DEPTH.with(|d| d.set(d.get() + 1));
         let outcome = call_handler(py, handle, &payload, &func);
+        HANDLER_DEPTH.with(|d| d.set(d.get() - 1));
         match outcome {
             Ok(()) => {
                 let _ = done.send(Ok(()));

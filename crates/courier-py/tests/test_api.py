@@ -489,3 +489,13 @@ def test_register_provider_and_remote_decorator(protocol):
         a = engine.address
         assert engine.register("kv_put").on(a, 7)("k", 1) is True
         assert engine.register("kv_get").on(a, 7)("k") == 1
+
+
+def test_many_calls_in_flight(pair):
+    """Hundreds of requests queued at once: handlers that respond while
+    others wait do not pile up on one thread's stack."""
+    server, client = pair
+    server.register("hello", hello)
+    call = client.register("hello").on(client.lookup(str(server.address)))
+    requests = [call(str(i), blocking=False) for i in range(300)]
+    assert [r.wait() for r in requests] == [f"Good bye {i} Doe" for i in range(300)]

@@ -23,22 +23,24 @@ def hello(handle, firstname, lastname):
     handle.respond(f"Good bye {firstname}")
 
 
-def serve(protocol):
-    with Engine(protocol) as engine:
+def serve(protocol, progress_thread, config):
+    with Engine(protocol, use_progress_thread=progress_thread, config=config) as engine:
         engine.register("hello", hello)
         engine.enable_remote_shutdown()
         print(engine.address, flush=True)
         engine.wait_for_finalize()
 
 
-def measure(protocol, calls, warmup):
+def measure(protocol, calls, warmup, progress_thread, config):
+    extra = (["--progress-thread"] if progress_thread else []) + (["--config", config] if config else [])
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", protocol],
+        [sys.executable, __file__, "--serve", protocol, *extra],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         address = server.stdout.readline().strip()
-        with Engine(protocol, mode=pymargo.client) as engine:
+        with Engine(protocol, mode=pymargo.client, use_progress_thread=progress_thread,
+                    config=config) as engine:
             target = engine.lookup(address)
             call = engine.register("hello").on(target)
             for _ in range(warmup):
@@ -71,13 +73,16 @@ def main():
     p.add_argument("--calls", type=int, default=10_000)
     p.add_argument("--warmup", type=int, default=1_000)
     p.add_argument("--protocols", default="tcp,unix,shm")
+    p.add_argument("--progress-thread", action="store_true",
+                   help="use_progress_thread=True in both processes")
+    p.add_argument("--config", default=None, help="engine configuration (JSON) of both processes")
     args = p.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.progress_thread, args.config)
         return
     print(f"{'protocol':<9} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8} {'calls/s':>9}")
     for protocol in args.protocols.split(","):
-        r = measure(protocol, args.calls, args.warmup)
+        r = measure(protocol, args.calls, args.warmup, args.progress_thread, args.config)
         print(f"{protocol:<9} {r['p50_us']:8.1f} {r['p99_us']:8.1f} {r['mean_us']:8.1f} {r['calls_per_s']:9.0f}")
 
 

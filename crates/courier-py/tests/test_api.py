@@ -499,3 +499,11 @@ def test_many_calls_in_flight(pair):
     call = client.register("hello").on(client.lookup(str(server.address)))
     requests = [call(str(i), blocking=False) for i in range(300)]
     assert [r.wait() for r in requests] == [f"Good bye {i} Doe" for i in range(300)]
+
+
+def test_shm_does_not_spin_where_handlers_run_on_the_waiting_thread():
+    with Engine("shm") as inline, Engine("na+sm", use_progress_thread=True) as threaded:
+        assert inline.config["transport"]["spin_us"] == 0
+        assert "spin_us" not in threaded.config["transport"]
+    with Engine("shm", config={"transport": {"spin_us": 20}}) as chosen:
+        assert chosen.config["transport"]["spin_us"] == 20

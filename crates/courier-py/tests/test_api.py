@@ -507,3 +507,18 @@ def test_shm_does_not_spin_where_handlers_run_on_the_waiting_thread():
         assert "spin_us" not in threaded.config["transport"]
     with Engine("shm", config={"transport": {"spin_us": 20}}) as chosen:
         assert chosen.config["transport"]["spin_us"] == 20
+
+
+def test_older_pymargo_register_form(protocol):
+    """register(name, obj, method_name, provider_id), as PyMargo's own
+    older tests write it."""
+
+    class Receiver:
+        def hello_world(self, handle, name):
+            handle.respond("Hello " + name)
+
+    with Engine(protocol) as engine:
+        engine.register("hello_world", Receiver(), "hello_world", 2)
+        assert engine.registered("hello_world", 2) is not None
+        call = engine.register("hello_world").on(engine.lookup(str(engine.address)), 2)
+        assert call("Matthieu") == "Hello Matthieu"

@@ -78,6 +78,9 @@ class Engine(_native.Engine):
         function's ``@remote`` name or qualified name) and returns the
         RemoteFunction for it. ``disable_response=True`` makes the RPC
         one-way: the handler runs, nothing is sent back."""
+        if func is not None and isinstance(provider_id, str):
+            # PyMargo's older form: register(name, obj, method_name, provider_id).
+            func, provider_id, disable_response = getattr(func, provider_id), int(disable_response), False
         if func is None:
             if rpc_name is None:
                 raise ValueError("client-side registration needs the RPC's name")

@@ -1,0 +1,120 @@
+"""Courier's exception classes, and how a handler's exception travels.
+
+A handler that raises sends its caller the text ``Python exception
+<type>: <message>`` (an engine error frame, which Rust clients read as a
+plain message too). The Python caller raises ``RemoteError`` with the type
+name and message as attributes; when the type is a builtin exception
+(``ValueError``, ``KeyError``, ...) the raised object is also an instance
+of that builtin, so ``except ValueError`` works on the caller as it would
+have on the server.
+"""
+
+import builtins
+import logging
+import re
+
+__all__ = ["CourierError", "TimeoutError", "RemoteError"]
+
+_log = logging.getLogger("courier")
+
+PREFIX = "Python exception "
+
+
+class CourierError(RuntimeError):
+    """Base class of every error Courier raises (PyMargo's MargoException).
+
+    A RuntimeError, as PyMargo's errors were.
+    """
+
+
+class TimeoutError(CourierError, builtins.TimeoutError):
+    """A call got no response within its timeout (also a builtin
+    TimeoutError). The request may still run at the server."""
+
+
+class RemoteError(CourierError):
+    """The remote handler failed: it raised (``type_name`` and
+    ``remote_message`` say what), or a Rust handler returned an error
+    (``type_name`` is None)."""
+
+    def __init__(self, message, rpc=None, address=None, type_name=None, remote_message=None):
+        super().__init__(message)
+        self.rpc = rpc
+        self.address = address
+        self.type_name = type_name
+        self.remote_message = remote_message
+
+
+for _cls in (CourierError, TimeoutError, RemoteError):
+    _cls.__module__ = "courier"
+
+_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_mixed = {}
+
+
+def _remote_class(type_name):
+    """RemoteError, mixed with the builtin exception class of that name."""
+    if type_name is None or "." in type_name:
+        return RemoteError
+    if type_name in _mixed:
+        return _mixed[type_name]
+    base = getattr(builtins, type_name, None)
+    cls = RemoteError
+    if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
+        try:
+            cls = type("Remote" + type_name, (RemoteError, base), {"__module__": "courier"})
+            cls("probe")
+        except TypeError:
+            cls = RemoteError
+    _mixed[type_name] = cls
+    return cls
+
+
+def _split(message):
+    """(type name, message) from ``Python exception T: msg``, else (None, message)."""
+    if not message.startswith(PREFIX):
+        return None, message
+    rest = message[len(PREFIX):]
+    type_name, sep, text = rest.partition(": ")
+    if not _TYPE.match(type_name):
+        return None, message
+    return type_name, text if sep else ""
+
+
+def _remote_error(text, rpc, address, message):
+    type_name, remote_message = _split(message)
+    if type_name is None:
+        summary = f"RPC {rpc!r} failed at {address}: {message}"
+    else:
+        summary = f"{type_name}: {remote_message} (raised by the handler of RPC {rpc!r} at {address})"
+    cls = _remote_class(type_name)
+    try:
+        return cls(summary, rpc, address, type_name, remote_message)
+    except TypeError:
+        return RemoteError(summary, rpc, address, type_name, remote_message)
+
+
+def _timeout_error(text):
+    return TimeoutError(text)
+
+
+def _courier_error(text):
+    return CourierError(text)
+
+
+def _type_name(exc):
+    cls = type(exc)
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _describe_handler_error(rpc, exc):
+    """The text sent to the caller of a handler that raised ``exc``; the
+    traceback goes to the ``courier`` logger (stderr by default)."""
+    _log.warning("the handler of RPC %r raised; its caller gets the exception", rpc,
+                 exc_info=(type(exc), exc, exc.__traceback__))
+    text = str(exc)
+    name = _type_name(exc)
+    return f"{PREFIX}{name}: {text}" if text else f"{PREFIX}{name}"

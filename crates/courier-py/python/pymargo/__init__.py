@@ -1,0 +1,25 @@
+"""PyMargo's package names on Courier: ``import pymargo; pymargo.client``
+and ``from pymargo.core import Engine, Handle`` work unchanged.
+
+This is a thin shim over the ``courier`` package, as PyMargo itself ships
+``pymargo`` as a shim over ``mochi.margo``.
+"""
+
+from . import core
+from .core import (  # noqa: F401
+    Address,
+    CallableRemoteFunction,
+    Engine,
+    Handle,
+    MargoException,
+    Provider,
+    RemoteFunction,
+    client,
+    provider,
+    remote,
+    server,
+)
+
+MargoAddress = core.Address
+MargoHandle = core.Handle
+MargoInstance = core.Engine

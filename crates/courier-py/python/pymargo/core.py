@@ -1,0 +1,27 @@
+"""PyMargo's ``pymargo.core`` names, on Courier (see the ``courier`` package)."""
+
+from courier import (  # noqa: F401
+    Address,
+    CallableRemoteFunction,
+    CourierError,
+    Engine,
+    Handle,
+    Provider,
+    RemoteError,
+    RemoteFunction,
+    Request,
+    TimeoutError,
+    client,
+    provider,
+    remote,
+    server,
+)
+
+#: PyMargo's exception type.
+MargoException = CourierError
+
+#: PyMargo's name for the request of a non-blocking call.
+ForwardRequest = Request
+
+# pymargo.bulk (Bulk, read_only/write_only/read_write, push/pull) comes with
+# bulk transfers (issue 9).

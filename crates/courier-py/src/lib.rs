@@ -1,0 +1,47 @@
+//! Python binding of Courier: the native half of the `courier` package
+//! (`courier._native`), on the engine's raw-bytes layer.
+//!
+//! The Python packages (`python/courier`, `python/pymargo`) add PyMargo's
+//! names, the exception classes and the decorators; everything that moves
+//! bytes or waits lives here:
+//!
+//! * [`shared::Shared`] owns the tokio runtime and the engine, and has the
+//!   one way a Python thread waits ([`shared::Shared::wait`]): with the GIL
+//!   released, in slices, checking for signals (Ctrl-C) between them.
+//! * Python handlers never run on a tokio thread. The engine's raw handler
+//!   queues a [`jobs::Job`]; a Python thread runs it with the GIL held,
+//!   outside any runtime, so a handler may make blocking calls itself.
+//!   Without a progress thread or RPC threads (PyMargo's default), the
+//!   thread that is waiting in the engine runs the jobs (as Margo runs
+//!   handlers on its progress loop); otherwise dedicated threads do.
+//!
+//! Bulk transfers (issue 9: `Engine.create_bulk`, `Engine.transfer`,
+//! `pymargo.bulk`) will sit beside [`remote`] in a module of their own.
+
+#![forbid(unsafe_code)]
+
+use pyo3::prelude::*;
+
+mod address;
+mod engine;
+mod errors;
+mod handle;
+mod jobs;
+mod pickle;
+mod remote;
+mod shared;
+
+/// The `courier._native` module.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::Engine>()?;
+    m.add_class::<address::Address>()?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<remote::RemoteFunction>()?;
+    m.add_class::<remote::CallableRemoteFunction>()?;
+    m.add_class::<remote::Request>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
+    Ok(())
+}

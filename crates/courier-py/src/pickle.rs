@@ -1,0 +1,59 @@
+//! Python values to bytes and back, with the `pickle` module (as PyMargo).
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Pickle's highest protocol in every Python this binding supports (3.11+).
+const PROTOCOL: u8 = 5;
+
+fn function<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    let f = cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("pickle")?.getattr(name)?.unbind())
+    })?;
+    Ok(f.bind(py))
+}
+
+/// `pickle.dumps(value)` as bytes.
+pub(crate) fn dumps(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let out = function(py, &DUMPS, "dumps")?.call1((value, PROTOCOL))?;
+    Ok(out.cast_into::<PyBytes>()?.as_bytes().to_vec())
+}
+
+/// `pickle.loads(data)`.
+pub(crate) fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    function(py, &LOADS, "loads")?.call1((PyBytes::new(py, data),))
+}
+
+/// The request payload of a call: the pickled pair `(args, kwargs)`.
+pub(crate) fn dump_arguments(
+    py: Python<'_>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<u8>> {
+    let kwargs = match kwargs {
+        Some(k) => k.clone(),
+        None => PyDict::new(py),
+    };
+    dumps(
+        py,
+        &PyTuple::new(py, [args.as_any(), kwargs.as_any()])?.into_any(),
+    )
+}
+
+/// Reads a request payload back into `(args, kwargs)`.
+pub(crate) fn load_arguments<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+    let pair = loads(py, data)?;
+    let (args, kwargs): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
+    Ok((args.cast_into::<PyTuple>()?, kwargs.cast_into::<PyDict>()?))
+}

@@ -1,0 +1,127 @@
+"""Helpers for the Python tests: protocols, and Python scripts run as
+processes whose output lines a test waits for (never sleeps)."""
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SEED = HERE / "seed"
+
+#: Every transport, as the conformance suite runs them.
+PROTOCOLS = ["tcp", "unix", "quic", "shm"]
+
+#: A guard against a hang, never a pass/fail threshold: a test that waits
+#: this long has failed anyway.
+GUARD_S = 60
+
+
+def script_env(protocol=None):
+    """The environment of a child Python: unbuffered output (so a test sees
+    each line when it is printed), and the protocol override if asked."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("COURIER_PROTOCOL_OVERRIDE", None)
+    env.pop("COURIER_PROTOCOLS", None)
+    if protocol is not None:
+        env["COURIER_PROTOCOL_OVERRIDE"] = protocol
+    return env
+
+
+class Script:
+    """A Python script run as a child process, its stdout read line by line."""
+
+    def __init__(self, path, *args, protocol=None):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(path), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=script_env(protocol),
+        )
+        self.lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._stderr = None
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def next_line(self):
+        try:
+            line = self.lines.get(timeout=GUARD_S)
+        except queue.Empty:
+            raise AssertionError(f"no output within {GUARD_S} s; stderr: {self.stderr()}")
+        if line is None:
+            raise AssertionError(f"the script ended (status {self.wait()}); stderr: {self.stderr()}")
+        return line
+
+    def expect_line(self, prefix):
+        line = self.next_line()
+        assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}; stderr: {self.stderr()}"
+        return line[len(prefix):]
+
+    def remaining_lines(self):
+        out = []
+        while True:
+            line = self.lines.get(timeout=GUARD_S)
+            if line is None:
+                return out
+            out.append(line)
+
+    def wait(self):
+        return self.proc.wait(timeout=GUARD_S)
+
+    def stderr(self):
+        if self._stderr is None:
+            if self.proc.poll() is None:
+                return "(still running)"
+            self._stderr = self.proc.stderr.read()
+        return self._stderr
+
+    def interrupt(self):
+        self.proc.send_signal(signal.SIGINT)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def scripts():
+    """Starts scripts; kills those still running when the test ends."""
+    started = []
+
+    def start(path, *args, protocol=None):
+        s = Script(path, *args, protocol=protocol)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+        for stream in (s.proc.stdout, s.proc.stderr):
+            stream.close()
+
+
+def run_script(path, *args, protocol=None):
+    """Runs a script to its end: (status, stdout, stderr)."""
+    done = subprocess.run(
+        [sys.executable, str(path), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=script_env(protocol),
+        timeout=GUARD_S,
+    )
+    return done.returncode, done.stdout, done.stderr

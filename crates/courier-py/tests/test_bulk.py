@@ -12,6 +12,8 @@ import array
 import gc
 import os
 import pickle
+import signal
+import socket
 
 import pytest
 
@@ -22,7 +24,7 @@ import pymargo.bulk
 from pymargo.bulk import Bulk
 from pymargo.core import Engine
 
-from conftest import HERE, PROTOCOLS, run_script
+from conftest import GUARD_S, HERE, PROTOCOLS, run_script
 
 PROGRAMS = HERE / "programs"
 
@@ -462,3 +464,43 @@ def test_pymargo_bulk_programs_across_processes(scripts, protocol):
         "1 MiB pull: ok",
     ]
     assert server.wait() == 0, server.stderr()
+
+
+def test_ctrl_c_interrupts_a_blocking_transfer(scripts):
+    """The peer is a plain socket that reads the BulkPull and never answers.
+    Without a progress thread, the client's engine sends it only from
+    inside the blocking transfer's wait: once it has arrived, the client is
+    waiting there, and Ctrl-C must end it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(GUARD_S)
+        port = listener.getsockname()[1]
+        client = scripts(PROGRAMS / "blocked_bulk_client.py", f"tcp://127.0.0.1:{port}")
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(GUARD_S)
+            # A frame of 64 bytes (u32 length), version 1, kind 8: BulkPull.
+            received = b""
+            while b"\x40\x00\x00\x00\x01\x08" not in received:
+                chunk = conn.recv(4096)
+                assert chunk, f"the client closed the connection; stderr: {client.stderr()}"
+                received += chunk
+            client.interrupt()
+            assert client.wait() == -signal.SIGINT, client.stderr()
+    assert "KeyboardInterrupt" in client.stderr()
+    assert "client.transfer(" in client.stderr()
+
+
+def test_bulks_after_finalize(protocol):
+    engine = Engine(protocol)
+    buf = bytearray(4)
+    region = engine.create_bulk(buf, pymargo.bulk.read_write)
+    engine.finalize()
+    with pytest.raises(courier.CourierError, match="finaliz"):
+        engine.create_bulk(bytearray(1), pymargo.bulk.read_only)
+    with pytest.raises(courier.CourierError, match="finaliz"):
+        engine.transfer(pymargo.bulk.pull, engine.address, region, 0, region, 0, 4)
+    # The handle outlives its engine harmlessly, and lets its buffer go.
+    assert region.size == 4
+    del region, engine
+    gc.collect()
+    buf.extend(b"more")

@@ -430,6 +430,28 @@ def test_transfer_checks_the_engine(protocol):
         assert buf == DATA
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_transfers_never_take_the_gil(scripts, protocol):
+    """The server process holds its GIL in a Python loop while this process
+    pulls 1 MiB from it and pushes 64 KiB into it: its engine serves both
+    on its own threads, reading and writing the buffers without the GIL,
+    and the loop sees the pushed byte."""
+    server = scripts(PROGRAMS / "gil_holding_server.py", protocol=protocol)
+    address = server.expect_line("Service running at ")
+    data_handle = Bulk.from_base64(None, server.next_line())
+    flag_handle = Bulk.from_base64(None, server.next_line())
+    with Engine(protocol, mode=pymargo.client) as client:
+        target = client.lookup(address)
+        got = bytearray(1 << 20)
+        local = client.create_bulk(got, pymargo.bulk.write_only)
+        client.transfer(pymargo.bulk.pull, target, data_handle, 0, local, 0, len(got))
+        assert got == bytes(range(256)) * 4096
+        flag = client.create_bulk(b"\x07" * (64 << 10), pymargo.bulk.read_only)
+        client.transfer(pymargo.bulk.push, target, flag_handle, 0, flag, 0, 64 << 10)
+        assert server.next_line() == "seen 7"
+    assert server.wait() == 0, server.stderr()
+
+
 @pytest.mark.parametrize("protocol", ["tcp", "unix"])
 def test_a_transfer_times_out(protocol):
     """An engine without a progress thread makes progress only while a

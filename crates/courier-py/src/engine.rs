@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::address::Address;
+use crate::bulk;
 use crate::errors;
 use crate::jobs::{Job, Jobs};
-use crate::remote::RemoteFunction;
+use crate::remote::{RemoteFunction, Request};
 use crate::shared::Shared;
 
 /// When set, every engine this process builds for a bare protocol name
@@ -327,6 +328,60 @@ impl Engine {
             name,
             provider_id,
             disable_response,
+        )
+    }
+
+    /// Exposes `array` for bulk transfers and returns its `Bulk` handle
+    /// (PyMargo's `create_bulk`). `array` is any object with a contiguous
+    /// buffer (bytes, bytearray, memoryview, array.array, numpy arrays), or
+    /// a list or tuple of them exposed end to end; `mode` is
+    /// `courier.bulk.read_only`, `write_only` or `read_write`. Read-only
+    /// memory (bytes) can only be exposed `read_only`. The object stays
+    /// alive and exported (a bytearray cannot resize) while the handle
+    /// lives.
+    fn create_bulk(
+        &self,
+        py: Python<'_>,
+        array: &Bound<'_, PyAny>,
+        mode: &Bound<'_, PyAny>,
+    ) -> PyResult<bulk::Bulk> {
+        bulk::create_bulk(py, &self.shared, array, mode)
+    }
+
+    /// Copies `size` bytes between `origin_handle` (a region of the engine
+    /// at `origin_addr`, from `origin_offset`) and `local_handle` (a region
+    /// of this engine, from `local_offset`): `courier.bulk.pull` copies
+    /// from the origin into the local region, `push` the other way
+    /// (PyMargo's `transfer`). With `blocking=False` it returns a `Request`
+    /// at once (`wait()`, `test()`). `timeout` is in milliseconds (0: none).
+    /// Raises `courier.BulkError` when the transfer is refused or invalid.
+    #[pyo3(signature = (op, origin_addr, origin_handle, origin_offset, local_handle, local_offset, size, blocking=true, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &self,
+        py: Python<'_>,
+        op: &Bound<'_, PyAny>,
+        origin_addr: &Bound<'_, PyAny>,
+        origin_handle: &Bound<'_, PyAny>,
+        origin_offset: usize,
+        local_handle: &Bound<'_, PyAny>,
+        local_offset: usize,
+        size: usize,
+        blocking: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Request>> {
+        bulk::transfer(
+            py,
+            &self.shared,
+            op,
+            origin_addr,
+            origin_handle,
+            origin_offset,
+            local_handle,
+            local_offset,
+            size,
+            blocking,
+            timeout,
         )
     }
 

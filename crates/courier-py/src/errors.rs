@@ -31,8 +31,20 @@ pub(crate) fn courier_error(py: Python<'_>, message: String) -> PyErr {
     make(py, "_courier_error", (message.as_str(),), &message)
 }
 
-/// The Python exception for a Courier error: `courier.TimeoutError` for
-/// timeouts, `courier.RemoteError` (or its subclass for the remote
+/// A `courier.BulkError` with `message`; `address` is the peer's, when the
+/// peer refused.
+pub(crate) fn bulk_error(py: Python<'_>, message: String, address: Option<&str>) -> PyErr {
+    make(
+        py,
+        "_bulk_error",
+        (message.as_str(), address, message.as_str()),
+        &message,
+    )
+}
+
+/// The Python exception for a Courier error: `courier.BulkError` for bulk
+/// transfers (`courier.BulkTimeoutError` past their timeout),
+/// `courier.TimeoutError` for other timeouts, `courier.RemoteError` (or its subclass for the remote
 /// exception's builtin type) for a handler's failure, `courier.CourierError`
 /// for the rest.
 pub(crate) fn to_py(py: Python<'_>, e: &courier::Error) -> PyErr {
@@ -69,6 +81,24 @@ pub(crate) fn to_py(py: Python<'_>, e: &courier::Error) -> PyErr {
                 address.as_str(),
                 format!("panic: {message}"),
             ),
+            &text,
+        ),
+        courier::Error::BulkRefused { address, reason } => make(
+            py,
+            "_bulk_error",
+            (text.as_str(), Some(address.as_str()), reason.as_str()),
+            &text,
+        ),
+        courier::Error::BulkInvalid(reason) => make(
+            py,
+            "_bulk_error",
+            (text.as_str(), None::<&str>, reason.as_str()),
+            &text,
+        ),
+        courier::Error::BulkTimeout { address, .. } => make(
+            py,
+            "_bulk_timeout_error",
+            (text.as_str(), address.as_str()),
             &text,
         ),
         _ => courier_error(py, text),

@@ -15,14 +15,22 @@
 //!   thread that is waiting in the engine runs the jobs (as Margo runs
 //!   handlers on its progress loop); otherwise dedicated threads do.
 //!
-//! Bulk transfers (issue 9: `Engine.create_bulk`, `Engine.transfer`,
-//! `pymargo.bulk`) will sit beside [`remote`] in a module of their own.
+//! * Bulk transfers ([`bulk`]: `Engine.create_bulk`, `Engine.transfer`,
+//!   `Bulk`) expose buffer-protocol objects to the engine through
+//!   [`buffer::PyBufferMemory`], which reads and writes them on the
+//!   engine's reader threads without the GIL.
+//!
+//! `unsafe` is denied everywhere but in [`buffer`], which reads a buffer's
+//! memory through its pinned pointer (its module comment says why that is
+//! sound); nothing else may use it.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use pyo3::prelude::*;
 
 mod address;
+mod buffer;
+mod bulk;
 mod engine;
 mod errors;
 mod handle;
@@ -41,6 +49,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<remote::RemoteFunction>()?;
     m.add_class::<remote::CallableRemoteFunction>()?;
     m.add_class::<remote::Request>()?;
+    m.add_class::<bulk::Bulk>()?;
+    m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())

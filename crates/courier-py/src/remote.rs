@@ -61,7 +61,7 @@ impl RemoteFunction {
 }
 
 /// An address given as an `Address` or as a string to look up.
-fn resolve(
+pub(crate) fn resolve(
     py: Python<'_>,
     shared: &Arc<Shared>,
     address: &Bound<'_, PyAny>,

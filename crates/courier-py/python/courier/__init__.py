@@ -19,13 +19,14 @@ import types
 import weakref
 
 from . import _native
-from ._errors import CourierError, RemoteError, TimeoutError
-from ._native import Address, CallableRemoteFunction, Handle, RemoteFunction, Request
+from ._errors import BulkError, BulkTimeoutError, CourierError, RemoteError, TimeoutError
+from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
+from . import bulk
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
-    "CourierError", "TimeoutError", "RemoteError", "Mode", "client", "server",
-    "remote", "provider", "Provider",
+    "Bulk", "bulk", "CourierError", "TimeoutError", "RemoteError", "BulkError",
+    "BulkTimeoutError", "Mode", "client", "server", "remote", "provider", "Provider",
 ]
 __version__ = _native.__version__
 
@@ -56,6 +57,11 @@ class Engine(_native.Engine):
     (``tcp://0.0.0.0:7000``). ``config`` is a dict or JSON string of
     Courier's engine settings. Use it as a context manager: leaving the
     block finalizes it.
+
+    Bulk transfers: ``create_bulk(array, mode)`` and ``transfer(op,
+    origin_addr, origin_handle, origin_offset, local_handle, local_offset,
+    size, blocking=True, timeout=None)``, with the names of
+    ``courier.bulk``.
 
     Handlers run on the thread that waits in the engine
     (``wait_for_finalize``, a call, ...) unless ``use_progress_thread`` or
@@ -135,10 +141,6 @@ class Engine(_native.Engine):
             name = info["rpc_name"] if prefix is None else f"{prefix}_{info['rpc_name']}"
             result[name] = self.register(name, func, provider_id, info["disable_response"])
         return result
-
-    # Bulk transfers (issue 9) go here: create_bulk(array, mode) and
-    # transfer(op, origin_addr, origin_handle, origin_offset, local_handle,
-    # local_offset, size), with a pymargo.bulk module beside pymargo.core.
 
 
 def remote(rpc_name=None, disable_response=False, service_name=None):

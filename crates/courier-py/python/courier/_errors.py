@@ -13,7 +13,7 @@ import builtins
 import logging
 import re
 
-__all__ = ["CourierError", "TimeoutError", "RemoteError"]
+__all__ = ["CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError"]
 
 _log = logging.getLogger("courier")
 
@@ -45,7 +45,28 @@ class RemoteError(CourierError):
         self.remote_message = remote_message
 
 
-for _cls in (CourierError, TimeoutError, RemoteError):
+class BulkError(CourierError):
+    """A bulk transfer failed or was refused, or a bulk handle cannot be
+    made: ``reason`` says why (the peer refused it: no such region, it was
+    dropped, a forged or stale key, a push into a read-only region, a range
+    past its end; or this side's arguments are wrong), ``address`` is the
+    peer that refused, if one did."""
+
+    def __init__(self, message, address=None, reason=None):
+        super().__init__(message)
+        self.address = address
+        self.reason = message if reason is None else reason
+
+
+class BulkTimeoutError(BulkError, TimeoutError):
+    """A bulk transfer did not finish within its timeout (also a
+    ``courier.TimeoutError`` and a builtin ``TimeoutError``)."""
+
+    def __init__(self, message, address=None):
+        super().__init__(message, address, "timed out")
+
+
+for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutError):
     _cls.__module__ = "courier"
 
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -96,6 +117,14 @@ def _remote_error(text, rpc, address, message):
 
 def _timeout_error(text):
     return TimeoutError(text)
+
+
+def _bulk_error(text, address, reason):
+    return BulkError(text, address, reason)
+
+
+def _bulk_timeout_error(text, address):
+    return BulkTimeoutError(text, address)
 
 
 def _courier_error(text):

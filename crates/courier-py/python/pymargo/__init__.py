@@ -5,7 +5,7 @@ This is a thin shim over the ``courier`` package, as PyMargo itself ships
 ``pymargo`` as a shim over ``mochi.margo``.
 """
 
-from . import core
+from . import bulk, core
 from .core import (  # noqa: F401
     Address,
     CallableRemoteFunction,

@@ -2,6 +2,8 @@
 
 from courier import (  # noqa: F401
     Address,
+    Bulk,
+    BulkError,
     CallableRemoteFunction,
     CourierError,
     Engine,
@@ -22,6 +24,3 @@ MargoException = CourierError
 
 #: PyMargo's name for the request of a non-blocking call.
 ForwardRequest = Request
-
-# pymargo.bulk (Bulk, read_only/write_only/read_write, push/pull) comes with
-# bulk transfers (issue 9).

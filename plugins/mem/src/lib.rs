@@ -356,3 +356,82 @@ impl MessageReceiver for MemReceiver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_in_use_is_refused_and_freed_by_its_listener() {
+        let mem = MemTransport::new(1024);
+        let first = mem.listen(&addr("mem://taken-name")).await.unwrap();
+        let err = mem.listen(&addr("mem://taken-name")).await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::Listen { .. }) && err.to_string().contains("in use"),
+            "{err}"
+        );
+        drop(first);
+        let again = mem.listen(&addr("mem://taken-name")).await.unwrap();
+        assert_eq!(again.local_addr().to_string(), "mem://taken-name");
+    }
+
+    #[tokio::test]
+    async fn unknown_names_are_refused_and_bad_names_are_invalid() {
+        let mem = MemTransport::new(1024);
+        let err = mem.connect(&addr("mem://nobody-here")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("mem://nobody-here")
+                && err.to_string().contains("no mem listener"),
+            "{err}"
+        );
+        for bad in ["mem://a b", "mem://x?y"] {
+            let err = mem.listen(&addr(bad)).await.unwrap_err();
+            assert!(
+                matches!(err, TransportError::InvalidAddress { .. }),
+                "{bad}: {err}"
+            );
+            let err = mem.connect(&addr(bad)).await.unwrap_err();
+            assert!(
+                matches!(err, TransportError::InvalidAddress { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sender_waits_for_room_when_the_peer_does_not_read() {
+        let mem = MemTransport {
+            queue: 2,
+            ..MemTransport::new(1024)
+        };
+        let mut listener = mem.listen(&addr("mem://")).await.unwrap();
+        let target = listener.local_addr().clone();
+        let (client, server) = tokio::join!(mem.connect(&target), listener.accept());
+        let (mut tx, _crx) = client.unwrap().split();
+        let (_stx, mut rx) = server.unwrap().split();
+        tx.send(&[b"1"]).await.unwrap();
+        tx.send(&[b"2"]).await.unwrap();
+        // The queue is full: a third send does not complete until a read.
+        let mut third = Box::pin(tx.send(&[b"3"]));
+        assert!(futures_poll_once(&mut third).await.is_none());
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"1");
+        third.await.unwrap();
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"2");
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"3");
+    }
+
+    /// Polls `fut` once: `Some` if it completed.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *fut).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+}

@@ -773,6 +773,22 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_name_that_cannot_stand_before_plus_is_refused() {
+        let log = Log::default();
+        let r = Registry::new().with_layer(Logged("a+b", log.clone()));
+        assert!(
+            r.layers().all(|l| l.name != "a+b"),
+            "a layer named 'a+b' was registered"
+        );
+        let mut r = Registry::new();
+        let err = r
+            .load_toml_str("[layers.\"x+y\"]\nplugin = \"chaos\"\n", "mine.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mine.toml") && err.contains("'+'"), "{err}");
+    }
+
+    #[test]
     fn layer_options_must_be_an_object_and_the_layer_plugin_present() {
         let log = Log::default();
         let r = registry(&log);

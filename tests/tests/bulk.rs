@@ -179,3 +179,43 @@ async fn shm_falls_back_to_messages_when_direct_copies_fail() {
         assert!(local.to_vec() == data, "round {round}");
     }
 }
+
+/// The JSON configuration's `bulk` object sets the engine's options; with
+/// grants of 64 KiB and two in flight, a 1 MiB pull and push over shm
+/// take sixteen grants each, pipelined, and move every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_bulk_options_from_json_and_pipelined_grants() {
+    let server = courier_testkit::server("shm").await;
+    let client = courier::Engine::builder("shm")
+        .client()
+        .config_json(r#"{"bulk": {"direct_chunk": 65536, "window": 2, "timeout_ms": 60000}}"#)
+        .build()
+        .await
+        .unwrap();
+    let options = client.bulk_options();
+    assert_eq!((options.direct_chunk, options.window), (65536, 2));
+    assert_eq!(options.timeout, Some(std::time::Duration::from_secs(60)));
+    let address = courier_testkit::lookup(&client, &server).await;
+    let len = (1 << 20) + 17;
+    let region = BulkBuffer::from(pattern(len, 41));
+    let exposed = server
+        .expose([region.clone()], BulkMode::ReadWrite)
+        .unwrap();
+    let local = BulkBuffer::new(len);
+    let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+    guard(
+        "pull",
+        client.pull(&address, &remote(&exposed), 0, &mine, 0, len),
+    )
+    .await
+    .unwrap();
+    assert!(local.read(|l| region.read(|r| l == r)));
+    local.write(|b| b.iter_mut().for_each(|x| *x = x.wrapping_add(1)));
+    guard(
+        "push",
+        client.push(&address, &remote(&exposed), 0, &mine, 0, len),
+    )
+    .await
+    .unwrap();
+    assert!(local.read(|l| region.read(|r| l == r)));
+}

@@ -472,6 +472,24 @@ def test_a_transfer_times_out(protocol):
         assert request.test()
 
 
+def test_bulk_options_come_from_the_json_config():
+    """The configuration's ``bulk`` object sets the engine's transfer
+    options: here a default timeout, which a transfer that sets none gets;
+    ``engine.config`` shows them, and a wrong key is refused by name."""
+    config = {"bulk": {"timeout_ms": 100, "window": 4}}
+    with Engine("tcp") as silent, Engine("tcp", mode=pymargo.client, config=config) as client:
+        assert client.config["bulk"]["timeout_ms"] == 100
+        assert client.config["bulk"]["window"] == 4
+        assert client.config["bulk"]["chunk_size"] == 256 << 10
+        region = silent.create_bulk(DATA, pymargo.bulk.read_only)
+        buf, local = sink(client)
+        address = client.lookup(str(silent.address))
+        with pytest.raises(courier.BulkTimeoutError, match="timed out after 100ms"):
+            pull(client, address, region, local)
+    with pytest.raises(courier.CourierError, match="unknown field `chunk`"):
+        Engine("tcp", config={"bulk": {"chunk": 1}})
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_pymargo_bulk_programs_across_processes(scripts, protocol):
     server = scripts(PROGRAMS / "bulk_server.py", protocol=protocol)

@@ -141,6 +141,12 @@ pub struct BulkOptions {
     /// Smallest transfer that uses direct copies (a grant costs a round
     /// trip; a small transfer is cheaper in one message). Default 64 KiB.
     pub direct_threshold: usize,
+    /// Bytes per grant on the direct path. Default 4 MiB: a grant carries
+    /// no data, only addresses, so a transfer of up to 4 MiB costs one
+    /// round trip and one system call; larger ones have several grants in
+    /// flight (`window`), and a region dropped during a transfer stays
+    /// readable for at most the copy of one such piece.
+    pub direct_chunk: usize,
 }
 
 impl Default for BulkOptions {
@@ -151,6 +157,7 @@ impl Default for BulkOptions {
             timeout: None,
             direct: true,
             direct_threshold: 64 << 10,
+            direct_chunk: 4 << 20,
         }
     }
 }
@@ -315,7 +322,7 @@ impl BulkRequest {
 }
 
 /// The engine's exposed regions and the grants in use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BulkTable {
     regions: Mutex<HashMap<u64, Arc<Region>>>,
     /// Grants of the fast path, by (connection, grant sequence): they keep
@@ -326,7 +333,7 @@ pub(crate) struct BulkTable {
     next_id: AtomicU64,
     /// Keys are SipHash of a counter under this table's random keys.
     secret: RandomState,
-    options: Mutex<Option<BulkOptions>>,
+    options: Mutex<BulkOptions>,
     /// Message buffers of finished chunks, reused: a fresh megabyte would
     /// cost a page fault per 4 KiB on its first write.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -342,6 +349,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BulkTable {
+    pub(crate) fn new(options: BulkOptions) -> Self {
+        Self {
+            regions: Mutex::default(),
+            leases: Mutex::default(),
+            no_direct: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            secret: RandomState::new(),
+            options: Mutex::new(options),
+            buffers: Mutex::default(),
+        }
+    }
+
     fn new_key(&self, id: u64) -> u128 {
         let lo = self.secret.hash_one((id, 0x6b65_795f_6c6f_u64));
         let hi = self.secret.hash_one((id, 0x6b65_795f_6869_u64));
@@ -357,8 +376,8 @@ impl BulkTable {
         lock(&self.no_direct).remove(&conn);
     }
 
-    fn options(&self) -> BulkOptions {
-        lock(&self.options).unwrap_or_default()
+    pub(crate) fn options(&self) -> BulkOptions {
+        *lock(&self.options)
     }
 
     /// An empty buffer with room for `capacity` bytes, reused if possible.
@@ -451,7 +470,7 @@ impl Engine {
     /// Sets how this engine runs transfers (chunks, window, timeout, direct
     /// copies).
     pub fn set_bulk_options(&self, options: BulkOptions) {
-        *lock(&self.inner().bulk.options) = Some(options);
+        *lock(&self.inner().bulk.options) = options;
     }
 
     /// How this engine runs transfers.

@@ -67,6 +67,8 @@ pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 ///   "max_in_flight_per_connection": 1024,
 ///   "max_queued_response_bytes": 67108864,
 ///   "hello_timeout_ms": 10000,
+///   "bulk": { "chunk_size": 262144, "window": 8, "timeout_ms": null,
+///             "direct": true, "direct_threshold": 65536, "direct_chunk": 4194304 },
 ///   "transport": { "nodelay": true }
 /// }
 /// ```
@@ -107,8 +109,64 @@ pub struct Config {
     /// How long an accepted connection may take to deliver its first frame
     /// (the Hello) before it is closed.
     pub hello_timeout_ms: u64,
+    /// How bulk transfers run (see [`crate::BulkOptions`]).
+    pub bulk: BulkConfig,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
+}
+
+/// The `bulk` object of [`Config`]: the engine's [`crate::BulkOptions`], as
+/// JSON (every key optional; [`crate::Engine::set_bulk_options`] changes
+/// them later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkConfig {
+    /// Bytes per message on the message path.
+    pub chunk_size: usize,
+    /// Chunks (or grants) in flight at once, per transfer.
+    pub window: usize,
+    /// Timeout of each transfer; `null`: none.
+    pub timeout_ms: Option<u64>,
+    /// Use the transport's direct memory copies when it offers them.
+    pub direct: bool,
+    /// Smallest transfer that uses direct copies.
+    pub direct_threshold: usize,
+    /// Bytes per grant on the direct path.
+    pub direct_chunk: usize,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        crate::BulkOptions::default().into()
+    }
+}
+
+impl From<crate::BulkOptions> for BulkConfig {
+    fn from(o: crate::BulkOptions) -> Self {
+        Self {
+            chunk_size: o.chunk_size,
+            window: o.window,
+            timeout_ms: o
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            direct: o.direct,
+            direct_threshold: o.direct_threshold,
+            direct_chunk: o.direct_chunk,
+        }
+    }
+}
+
+impl From<BulkConfig> for crate::BulkOptions {
+    fn from(c: BulkConfig) -> Self {
+        Self {
+            chunk_size: c.chunk_size,
+            window: c.window,
+            timeout: c.timeout_ms.map(Duration::from_millis),
+            direct: c.direct,
+            direct_threshold: c.direct_threshold,
+            direct_chunk: c.direct_chunk,
+        }
+    }
 }
 
 impl Default for Config {
@@ -127,6 +185,7 @@ impl Default for Config {
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
+            bulk: BulkConfig::default(),
             transport: Map::new(),
         }
     }
@@ -171,6 +230,20 @@ impl Config {
             if value == 0 {
                 return Err(Error::Config(format!("{key} must be positive")));
             }
+        }
+        for (key, value) in [
+            ("bulk.chunk_size", self.bulk.chunk_size),
+            ("bulk.window", self.bulk.window),
+            ("bulk.direct_chunk", self.bulk.direct_chunk),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{key} must be positive")));
+            }
+        }
+        if self.bulk.timeout_ms == Some(0) {
+            return Err(Error::Config(
+                "bulk.timeout_ms must be positive (null: no timeout)".into(),
+            ));
         }
         if self.max_in_flight_per_connection > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(Error::Config(format!(
@@ -242,6 +315,44 @@ mod tests {
             let c = Config::from_json(&format!(r#"{{"{key}": 0}}"#)).unwrap();
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn bulk_options_are_a_json_object() {
+        let c = Config::from_json(
+            r#"{"bulk": {"chunk_size": 65536, "window": 2, "timeout_ms": 1500,
+                         "direct": false, "direct_threshold": 1, "direct_chunk": 131072}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let o = crate::BulkOptions::from(c.bulk);
+        assert_eq!((o.chunk_size, o.window, o.direct_chunk), (65536, 2, 131072));
+        assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
+        assert!(!o.direct);
+        assert_eq!(o.direct_threshold, 1);
+        // Keys left out keep their defaults.
+        let c = Config::from_json(r#"{"bulk": {"window": 3}}"#).unwrap();
+        assert_eq!(
+            crate::BulkOptions::from(c.bulk),
+            crate::BulkOptions {
+                window: 3,
+                ..Default::default()
+            }
+        );
+        let err = Config::from_json(r#"{"bulk": {"chunk": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `chunk`"), "{err}");
+        for bad in [
+            r#"{"chunk_size": 0}"#,
+            r#"{"window": 0}"#,
+            r#"{"direct_chunk": 0}"#,
+            r#"{"timeout_ms": 0}"#,
+        ] {
+            let c = Config::from_json(&format!(r#"{{"bulk": {bad}}}"#)).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("bulk."), "{err}");
         }
     }
 

@@ -598,6 +598,7 @@ impl EngineBuilder {
 
         let progress = Arc::new(Progress::new(config.progress_spin()));
         let conn_slots = ConnectionSlots::new(config.max_connections);
+        let bulk = crate::bulk::BulkTable::new(config.bulk.into());
         let (finalized, _) = watch::channel(false);
         let (stop_listener, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -625,7 +626,7 @@ impl EngineBuilder {
             owned_runtimes: Mutex::new(owned),
             pre_finalize: Mutex::new(Vec::new()),
             on_finalize: Mutex::new(Vec::new()),
-            bulk: crate::bulk::BulkTable::default(),
+            bulk,
         });
         if progress.enabled() {
             let task = rt.spawn(progress.run());
@@ -748,6 +749,12 @@ impl Engine {
             m.insert(
                 "enable_remote_shutdown".into(),
                 Value::Bool(inner.remote_shutdown.load(Ordering::Acquire)),
+            );
+            // As set now (`set_bulk_options` may have changed them).
+            let bulk = crate::config::BulkConfig::from(inner.bulk.options());
+            m.insert(
+                "bulk".into(),
+                serde_json::to_value(bulk).unwrap_or(Value::Null),
             );
         }
         v

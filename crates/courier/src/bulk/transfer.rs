@@ -246,7 +246,7 @@ impl Job {
     /// whole range again.
     async fn direct(&self, inner: &Inner, conn: &Conn, direct: &dyn DirectMemory) -> Result<bool> {
         let len = self.access.len as usize;
-        let chunk = self.options.chunk_size.max(64 << 10);
+        let chunk = self.options.direct_chunk.max(64 << 10);
         let window = self.options.window.max(1);
         let want = match self.op {
             BulkOp::Pull => GRANT_READ,

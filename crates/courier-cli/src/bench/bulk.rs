@@ -48,8 +48,16 @@ pub(crate) fn register_region(engine: &Engine) -> courier::Result<()> {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
                 .and_then(|s| usize::try_from(s).ok());
-            let exposed =
-                size.map(|s| e.expose([BulkBuffer::from(vec![0x5au8; s])], BulkMode::ReadWrite));
+            // Kind 0: the source of pulls, immutable (`Bytes`); else the
+            // destination of pushes, a `BulkBuffer`.
+            let immutable = payload.get(8) == Some(&0);
+            let exposed = size.map(|s| {
+                if immutable {
+                    e.expose([Bytes::from(vec![0x5au8; s])], BulkMode::ReadOnly)
+                } else {
+                    e.expose([BulkBuffer::from(vec![0x5au8; s])], BulkMode::ReadWrite)
+                }
+            });
             let keep = keep.clone();
             async move {
                 let bulk = match exposed {

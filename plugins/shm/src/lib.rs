@@ -93,7 +93,11 @@
 //! messages flow without a single system call. Every 2 µs of spinning it
 //! yields the CPU (`sched_yield`: should the peer wait for this very core,
 //! it runs), and every 20 µs it yields to tokio (other tasks of the thread
-//! run). Then it **parks**: it announces it sleeps by writing a new episode
+//! run). Before the first check it yields once, so that what the last
+//! message woke (the caller of a call, a handler) runs first; on a
+//! current-thread runtime that yield goes through tokio's `yield_now`, or
+//! a caller awaiting in `block_on`, which is no task, would wait for the
+//! 20 µs yield. Then it **parks**: it announces it sleeps by writing a new episode
 //! number into its word of the control block (`data_waiting` or
 //! `room_waiting`, which only it writes), issues a `SeqCst` fence, checks the
 //! ring once more, and only then waits on its eventfd (and on the socket,

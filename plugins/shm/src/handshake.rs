@@ -72,7 +72,24 @@ pub(crate) async fn client(
     let rings = shared::map(&memfd, layout, 0, true)?;
     {
         let all = [&memfd, &efds[0], &efds[1], &efds[2], &efds[3]];
-        segment::send_with_fds(&socket, &HELLO, &segment::borrow_all(&all)).await?;
+        let sent = segment::send_with_fds(&socket, &HELLO, &segment::borrow_all(&all)).await;
+        if let Err(e) = sent {
+            // A server that refuses us before reading (another uid) writes
+            // its reason and hangs up, which can break our send: its reason
+            // is still in our receive queue, and says more than EPIPE.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) {
+                let mut answer = [0u8; 1];
+                if let Ok(1) = read_some(&socket, &mut answer).await {
+                    if answer[0] == REFUSED {
+                        return Err(refusal(&socket).await);
+                    }
+                }
+            }
+            return Err(e);
+        }
     }
     // Mapped here and passed: the descriptor is no longer needed.
     drop(memfd);
@@ -85,28 +102,31 @@ pub(crate) async fn client(
     }
     match answer[0] {
         ACCEPTED => ShmConnection::new(socket, peer, rings, efds, 0, settings),
-        REFUSED => {
-            let mut reason = Vec::new();
-            let mut buf = [0u8; 256];
-            while reason.len() < MAX_REASON {
-                match read_some(&socket, &mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => reason.extend_from_slice(&buf[..n]),
-                }
-            }
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!(
-                    "the server refused the shared segment: {}",
-                    String::from_utf8_lossy(&reason)
-                ),
-            ))
-        }
+        REFUSED => Err(refusal(&socket).await),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unexpected handshake answer {other:#04x} (is it a Courier shm endpoint?)"),
         )),
     }
+}
+
+/// Reads a refusal's reason (after its `REFUSED` byte) into the error.
+async fn refusal(socket: &UnixStream) -> io::Error {
+    let mut reason = Vec::new();
+    let mut buf = [0u8; 256];
+    while reason.len() < MAX_REASON {
+        match read_some(socket, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reason.extend_from_slice(&buf[..n]),
+        }
+    }
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "the server refused the shared segment: {}",
+            String::from_utf8_lossy(&reason)
+        ),
+    )
 }
 
 /// Why a server-side handshake failed.

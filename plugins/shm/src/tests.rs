@@ -335,3 +335,39 @@ async fn plain_unix_clients_and_strangers_get_clear_errors() {
     assert!(matches!(err, TransportError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// A server that refuses before reading (as it does another uid) writes
+/// its reason and hangs up; the client's hello then meets a broken pipe.
+/// The client reports the server's reason, not the broken pipe.
+#[tokio::test]
+async fn a_refusal_before_the_hello_is_reported_with_its_reason() {
+    let (client_end, server_end) = UnixStream::pair().unwrap();
+    let mut answer = vec![segment::REFUSED];
+    answer.extend_from_slice(b"the client runs as uid 65534");
+    refuse_and_hang_up(server_end.into_std().unwrap(), &answer);
+    let settings = crate::conn::Settings {
+        max: 1 << 20,
+        spin: Duration::ZERO,
+    };
+    let err = guard(
+        "handshake",
+        crate::handshake::client(
+            client_end,
+            "shm://refusing".parse().unwrap(),
+            Layout::new(1 << 16).unwrap(),
+            settings,
+        ),
+    )
+    .await
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+}
+
+/// Writes `bytes` and closes, reading nothing: a refusing server.
+fn refuse_and_hang_up(mut socket: std::os::unix::net::UnixStream, bytes: &[u8]) {
+    use std::io::Write;
+    socket.set_nonblocking(false).unwrap();
+    socket.write_all(bytes).unwrap();
+}

@@ -18,28 +18,40 @@ use courier_testkit::bulk::{messages_only, pair, remote};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_256_mib() {
     let (server, client, address) = pair("shm").await;
-    let len = 256 << 20;
-    let region = BulkBuffer::from(pattern(len, 11));
+    pull_then_push(&server, &client, &address, 256 << 20, 11).await;
+}
+
+/// Exposes `len` bytes of a pattern on `server`, pulls them into a buffer
+/// of `client` and checks them, changes every byte there, pushes them back
+/// and checks the server's region.
+async fn pull_then_push(
+    server: &courier::Engine,
+    client: &courier::Engine,
+    address: &courier::Address,
+    len: usize,
+    seed: u8,
+) {
+    let region = BulkBuffer::from(pattern(len, seed));
     let exposed = server
         .expose([region.clone()], BulkMode::ReadWrite)
         .unwrap();
     let local = BulkBuffer::new(len);
     let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
     guard(
-        "256 MiB pull",
-        client.pull(&address, &remote(&exposed), 0, &mine, 0, len),
+        &format!("pull of {len} bytes"),
+        client.pull(address, &remote(&exposed), 0, &mine, 0, len),
     )
     .await
     .unwrap();
     assert!(local.read(|l| region.read(|r| l == r)));
-    local.write(|b| b.fill(0x42));
+    local.write(|b| b.iter_mut().for_each(|x| *x = x.wrapping_add(1)));
     guard(
-        "256 MiB push",
-        client.push(&address, &remote(&exposed), 0, &mine, 0, len),
+        &format!("push of {len} bytes"),
+        client.push(address, &remote(&exposed), 0, &mine, 0, len),
     )
     .await
     .unwrap();
-    assert!(region.read(|r| r.iter().all(|&b| b == 0x42)));
+    assert!(local.read(|l| region.read(|r| l == r)));
 }
 
 /// 256 MiB through messages (tcp), once.
@@ -196,26 +208,5 @@ async fn shm_bulk_options_from_json_and_pipelined_grants() {
     assert_eq!((options.direct_chunk, options.window), (65536, 2));
     assert_eq!(options.timeout, Some(std::time::Duration::from_secs(60)));
     let address = courier_testkit::lookup(&client, &server).await;
-    let len = (1 << 20) + 17;
-    let region = BulkBuffer::from(pattern(len, 41));
-    let exposed = server
-        .expose([region.clone()], BulkMode::ReadWrite)
-        .unwrap();
-    let local = BulkBuffer::new(len);
-    let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
-    guard(
-        "pull",
-        client.pull(&address, &remote(&exposed), 0, &mine, 0, len),
-    )
-    .await
-    .unwrap();
-    assert!(local.read(|l| region.read(|r| l == r)));
-    local.write(|b| b.iter_mut().for_each(|x| *x = x.wrapping_add(1)));
-    guard(
-        "push",
-        client.push(&address, &remote(&exposed), 0, &mine, 0, len),
-    )
-    .await
-    .unwrap();
-    assert!(local.read(|l| region.read(|r| l == r)));
+    pull_then_push(&server, &client, &address, (1 << 20) + 17, 41).await;
 }

@@ -122,8 +122,12 @@ pub enum BulkOp {
     Push,
 }
 
-/// How transfers are run; [`Engine::set_bulk_options`] sets the engine's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How transfers are run; [`Engine::set_bulk_options`] sets the engine's,
+/// and so does the `bulk` object of the JSON configuration
+/// ([`crate::Config`]), where every key is optional and `timeout` is
+/// `timeout_ms` (milliseconds, or `null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BulkOptions {
     /// Bytes per message on the message path (capped so that a chunk fits
     /// the engine's maximum message size). Default 256 KiB: small enough
@@ -134,6 +138,7 @@ pub struct BulkOptions {
     pub window: usize,
     /// A transfer that takes longer fails with [`Error::BulkTimeout`].
     /// Default: none.
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Option<Duration>,
     /// Use the transport's direct memory copies when it offers them.
     /// Default: true.
@@ -159,6 +164,24 @@ impl Default for BulkOptions {
             direct_threshold: 64 << 10,
             direct_chunk: 4 << 20,
         }
+    }
+}
+
+/// `Option<Duration>` as whole milliseconds (`null`: none) in JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 

@@ -109,64 +109,11 @@ pub struct Config {
     /// How long an accepted connection may take to deliver its first frame
     /// (the Hello) before it is closed.
     pub hello_timeout_ms: u64,
-    /// How bulk transfers run (see [`crate::BulkOptions`]).
-    pub bulk: BulkConfig,
+    /// How bulk transfers run ([`crate::BulkOptions`]; its `timeout` is
+    /// `timeout_ms` here).
+    pub bulk: crate::BulkOptions,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
-}
-
-/// The `bulk` object of [`Config`]: the engine's [`crate::BulkOptions`], as
-/// JSON (every key optional; [`crate::Engine::set_bulk_options`] changes
-/// them later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BulkConfig {
-    /// Bytes per message on the message path.
-    pub chunk_size: usize,
-    /// Chunks (or grants) in flight at once, per transfer.
-    pub window: usize,
-    /// Timeout of each transfer; `null`: none.
-    pub timeout_ms: Option<u64>,
-    /// Use the transport's direct memory copies when it offers them.
-    pub direct: bool,
-    /// Smallest transfer that uses direct copies.
-    pub direct_threshold: usize,
-    /// Bytes per grant on the direct path.
-    pub direct_chunk: usize,
-}
-
-impl Default for BulkConfig {
-    fn default() -> Self {
-        crate::BulkOptions::default().into()
-    }
-}
-
-impl From<crate::BulkOptions> for BulkConfig {
-    fn from(o: crate::BulkOptions) -> Self {
-        Self {
-            chunk_size: o.chunk_size,
-            window: o.window,
-            timeout_ms: o
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            direct: o.direct,
-            direct_threshold: o.direct_threshold,
-            direct_chunk: o.direct_chunk,
-        }
-    }
-}
-
-impl From<BulkConfig> for crate::BulkOptions {
-    fn from(c: BulkConfig) -> Self {
-        Self {
-            chunk_size: c.chunk_size,
-            window: c.window,
-            timeout: c.timeout_ms.map(Duration::from_millis),
-            direct: c.direct,
-            direct_threshold: c.direct_threshold,
-            direct_chunk: c.direct_chunk,
-        }
-    }
 }
 
 impl Default for Config {
@@ -185,7 +132,7 @@ impl Default for Config {
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
-            bulk: BulkConfig::default(),
+            bulk: crate::BulkOptions::default(),
             transport: Map::new(),
         }
     }
@@ -240,7 +187,7 @@ impl Config {
                 return Err(Error::Config(format!("{key} must be positive")));
             }
         }
-        if self.bulk.timeout_ms == Some(0) {
+        if self.bulk.timeout == Some(Duration::ZERO) {
             return Err(Error::Config(
                 "bulk.timeout_ms must be positive (null: no timeout)".into(),
             ));
@@ -326,7 +273,7 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        let o = crate::BulkOptions::from(c.bulk);
+        let o = c.bulk;
         assert_eq!((o.chunk_size, o.window, o.direct_chunk), (65536, 2, 131072));
         assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
         assert!(!o.direct);
@@ -334,7 +281,7 @@ mod tests {
         // Keys left out keep their defaults.
         let c = Config::from_json(r#"{"bulk": {"window": 3}}"#).unwrap();
         assert_eq!(
-            crate::BulkOptions::from(c.bulk),
+            c.bulk,
             crate::BulkOptions {
                 window: 3,
                 ..Default::default()

@@ -598,7 +598,7 @@ impl EngineBuilder {
 
         let progress = Arc::new(Progress::new(config.progress_spin()));
         let conn_slots = ConnectionSlots::new(config.max_connections);
-        let bulk = crate::bulk::BulkTable::new(config.bulk.into());
+        let bulk = crate::bulk::BulkTable::new(config.bulk);
         let (finalized, _) = watch::channel(false);
         let (stop_listener, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -751,10 +751,9 @@ impl Engine {
                 Value::Bool(inner.remote_shutdown.load(Ordering::Acquire)),
             );
             // As set now (`set_bulk_options` may have changed them).
-            let bulk = crate::config::BulkConfig::from(inner.bulk.options());
             m.insert(
                 "bulk".into(),
-                serde_json::to_value(bulk).unwrap_or(Value::Null),
+                serde_json::to_value(inner.bulk.options()).unwrap_or(Value::Null),
             );
         }
         v

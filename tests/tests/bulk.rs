@@ -39,7 +39,7 @@ async fn pull_then_push(
     let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
     guard(
         &format!("pull of {len} bytes"),
-        client.pull(address, &remote(&exposed), 0, &mine, 0, len),
+        client.pull(address, &remote(&exposed), &mine),
     )
     .await
     .unwrap();
@@ -47,7 +47,7 @@ async fn pull_then_push(
     local.write(|b| b.iter_mut().for_each(|x| *x = x.wrapping_add(1)));
     guard(
         &format!("push of {len} bytes"),
-        client.push(address, &remote(&exposed), 0, &mine, 0, len),
+        client.push(address, &remote(&exposed), &mine),
     )
     .await
     .unwrap();
@@ -65,7 +65,7 @@ async fn tcp_256_mib_pull() {
     let mine = client.expose([local.clone()], BulkMode::WriteOnly).unwrap();
     guard(
         "256 MiB pull",
-        client.pull(&address, &remote(&exposed), 0, &mine, 0, len),
+        client.pull(&address, &remote(&exposed), &mine),
     )
     .await
     .unwrap();
@@ -124,7 +124,7 @@ async fn shm_uses_direct_copies() {
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
         guard(
             "pull",
-            client.pull(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+            client.pull(&address, &remote(&exposed), &mine),
         )
         .await
         .unwrap();
@@ -132,7 +132,7 @@ async fn shm_uses_direct_copies() {
         local.write(|b| b.fill(3));
         guard(
             "push",
-            client.push(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+            client.push(&address, &remote(&exposed), &mine),
         )
         .await
         .unwrap();
@@ -184,7 +184,7 @@ async fn shm_falls_back_to_messages_when_direct_copies_fail() {
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
         guard(
             "pull",
-            client.pull(&address, &remote(&exposed), 0, &mine, 0, 1 << 20),
+            client.pull(&address, &remote(&exposed), &mine),
         )
         .await
         .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -206,7 +206,8 @@ async fn shm_bulk_options_from_json_and_pipelined_grants() {
         .unwrap();
     let options = client.bulk_options();
     assert_eq!((options.direct_chunk, options.window), (65536, 2));
-    assert_eq!(options.timeout, Some(std::time::Duration::from_secs(60)));
+    // `bulk.timeout_ms`, the key of earlier versions, is `timeouts.bulk_ms`.
+    assert_eq!(client.config()["timeouts"]["bulk_ms"], 60000);
     let address = courier_testkit::lookup(&client, &server).await;
     pull_then_push(&server, &client, &address, (1 << 20) + 17, 41).await;
 }

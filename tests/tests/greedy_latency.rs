@@ -52,7 +52,7 @@ async fn measure(client: &Engine, address: &courier::Address) -> (Duration, Dura
 
 async fn scenario(proto: &str, name: &str) {
     let server = Engine::builder(proto)
-        .config_json(r#"{"hello_timeout_ms": 600000, "max_connections": 2048}"#)
+        .config_json(r#"{"timeouts": {"hello_ms": 600000}, "max_connections": 2048}"#)
         .build()
         .await
         .unwrap();

@@ -1,5 +1,5 @@
 //! Slow and greedy peers against the limits of `limits.rs` (JSON keys
-//! `max_connections`, `hello_timeout_ms`, `max_in_flight_per_connection`,
+//! `max_connections`, `timeouts.hello_ms`, `max_in_flight_per_connection`,
 //! `max_queued_response_bytes`), on every framed-stream protocol, with raw
 //! sockets playing the hostile peer.
 //!
@@ -133,11 +133,11 @@ async fn extra_connection_is_closed(proto: &str) {
     .await;
 }
 
-/// `hello_timeout_ms`: a connection that sends nothing, and one that sends
+/// `timeouts.hello_ms`: a connection that sends nothing, and one that sends
 /// the preamble and half a Hello frame and stalls (slowloris), are both
 /// closed by the server; meanwhile a client is served.
 async fn silent_and_slowloris_are_closed(proto: &str) {
-    let server = server_with(proto, r#"{"hello_timeout_ms": 200}"#).await;
+    let server = server_with(proto, r#"{"timeouts": {"hello_ms": 200}}"#).await;
     let addr = server.address().to_string();
     let mut silent = raw_connect(&addr).await.unwrap();
     let mut slow = raw_connect(&addr).await.unwrap();

@@ -87,8 +87,7 @@ pub(crate) async fn connect(
     let parsed: courier::transport::Address = address.parse()?;
     let mut builder = Engine::builder(parsed.protocol()).mode(Mode::Client);
     if let Some(t) = timeout {
-        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
-        builder = builder.config_value(serde_json::json!({ "connect_timeout_ms": ms }));
+        builder = builder.connect_timeout(t);
     }
     let engine = builder.build().await?;
     match engine.lookup(address).await {
@@ -221,17 +220,7 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
 pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
     let timeout = args.timeout.duration();
     let (engine, address) = connect(&args.address, timeout).await?;
-    let work = address.shutdown();
-    let result = match timeout {
-        None => work.await.map_err(Fail::from),
-        Some(t) => match tokio::time::timeout(t, work).await {
-            Ok(r) => r.map_err(Fail::from),
-            Err(_) => Err(Fail::msg(format!(
-                "no answer to the shutdown request from {address} within {} ms",
-                t.as_millis()
-            ))),
-        },
-    };
+    let result = address.shutdown_within(timeout).await.map_err(Fail::from);
     engine.finalize().await;
     result?;
     out(format_args!("shutdown requested: {address}"))

@@ -383,28 +383,16 @@ pub(crate) fn transfer(
             ))
         }
     }
+    // PyMargo's offsets and size become the ranges of the two handles.
+    let remote = remote.select(origin_offset, size).map_err(|e| errors::to_py(py, &e))?;
+    let local = local.select(local_offset, size).map_err(|e| errors::to_py(py, &e))?;
     let engine = shared.engine.clone();
     let work = async move {
-        let run = engine.transfer(
-            op,
-            &address,
-            &remote,
-            origin_offset,
-            &local,
-            local_offset,
-            size,
-        );
-        let out = match after {
-            None => run.await,
-            Some(after) => match tokio::time::timeout(after, run).await {
-                Ok(r) => r,
-                Err(_) => Err(courier::Error::BulkTimeout {
-                    address: address.to_string(),
-                    after,
-                }),
-            },
-        };
-        out.map(|()| None::<bytes::Bytes>)
+        let mut run = engine.transfer(op, &address, &remote, &local);
+        if let Some(after) = after {
+            run = run.timeout(after);
+        }
+        run.await.map(|()| None::<bytes::Bytes>)
     };
     if blocking {
         let out = shared.run(py, "Engine.transfer", work)?;

@@ -139,10 +139,13 @@ def test_modes_and_config(protocol):
         # Handler threads come with a progress thread.
         assert s.config["use_progress_thread"] is True
         assert s.config["protocol"] == protocol
-    text = json.dumps({"use_progress_thread": True, "default_timeout_ms": 1234})
+    text = json.dumps({"use_progress_thread": True, "timeouts": {"call_ms": 1234}})
     with Engine(protocol, config=text) as e:
         assert e.config["use_progress_thread"] is True
-        assert e.config["default_timeout_ms"] == 1234
+        assert e.config["timeouts"]["call_ms"] == 1234
+    # The key of earlier versions still reads, into the timeouts section.
+    with Engine(protocol, config={"default_timeout_ms": 1234}) as e:
+        assert e.config["timeouts"]["call_ms"] == 1234
     # Keyword arguments win over the same keys in config.
     with Engine(protocol, use_progress_thread=False, options={"use_progress_thread": True}) as e:
         assert e.config["use_progress_thread"] is False

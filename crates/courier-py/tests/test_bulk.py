@@ -474,11 +474,11 @@ def test_a_transfer_times_out(protocol):
 
 def test_bulk_options_come_from_the_json_config():
     """The configuration's ``bulk`` object sets the engine's transfer
-    options: here a default timeout, which a transfer that sets none gets;
-    ``engine.config`` shows them, and a wrong key is refused by name."""
-    config = {"bulk": {"timeout_ms": 100, "window": 4}}
+    options, and ``timeouts.bulk_ms`` the timeout a transfer that sets none
+    gets; ``engine.config`` shows them, and a wrong key is refused by name."""
+    config = {"timeouts": {"bulk_ms": 100}, "bulk": {"window": 4}}
     with Engine("tcp") as silent, Engine("tcp", mode=pymargo.client, config=config) as client:
-        assert client.config["bulk"]["timeout_ms"] == 100
+        assert client.config["timeouts"]["bulk_ms"] == 100
         assert client.config["bulk"]["window"] == 4
         assert client.config["bulk"]["chunk_size"] == 256 << 10
         region = silent.create_bulk(DATA, pymargo.bulk.read_only)

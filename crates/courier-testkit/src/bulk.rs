@@ -67,7 +67,7 @@ pub async fn pull_23_bytes(proto: &str) {
                 async move {
                     let local = BulkBuffer::new(len);
                     let mine = engine.expose([local.clone()], BulkMode::WriteOnly)?;
-                    h.pull(&bulk, 0, &mine, 0, len).await?;
+                    h.pull(&bulk.slice(..len)?, &mine).await?;
                     h.respond(&local.to_vec()).await
                 }
             },
@@ -96,7 +96,7 @@ pub async fn push_at_offset(proto: &str) {
             async move {
                 let text = BulkBuffer::from(&b"Matthieu"[..]);
                 let mine = engine.expose([text], BulkMode::ReadOnly)?;
-                h.push(&bulk, at, &mine, 0, 8).await?;
+                h.push(&bulk.slice(at..)?, &mine).await?;
                 h.respond(&()).await
             }
         })
@@ -115,7 +115,7 @@ pub async fn push_at_offset(proto: &str) {
     );
 }
 
-/// The same two, non-blocking: `transfer_nb`, then `test` and `wait`.
+/// The same two, non-blocking: `Transfer::start`, then `test` and `wait`.
 pub async fn nonblocking_pull_and_push(proto: &str) {
     let (server, client, address) = pair(proto).await;
     let data = pattern(100_000, 7);
@@ -127,7 +127,7 @@ pub async fn nonblocking_pull_and_push(proto: &str) {
     let local = BulkBuffer::new(100_000);
     let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
 
-    let req = client.transfer_nb(BulkOp::Pull, &address, &theirs, 0, &mine, 0, 100_000);
+    let req = client.transfer(BulkOp::Pull, &address, &theirs, &mine).start();
     guard("pull request", async {
         while !req.test() {
             tokio::task::yield_now().await;
@@ -138,7 +138,10 @@ pub async fn nonblocking_pull_and_push(proto: &str) {
     assert_eq!(local.to_vec(), data);
 
     local.write(|b| b.fill(0xab));
-    let req = client.transfer_nb(BulkOp::Push, &address, &theirs, 1000, &mine, 0, 5000);
+    let (at_1000, first_5000) = (theirs.slice(1000..).unwrap(), mine.slice(..5000).unwrap());
+    let req = client
+        .transfer(BulkOp::Push, &address, &at_1000, &first_5000)
+        .start();
     guard("push wait", req.wait()).await.unwrap();
     let mut want = data.clone();
     want[1000..6000].fill(0xab);
@@ -163,10 +166,11 @@ pub async fn ranges(proto: &str, direct: bool) {
 
         let local = BulkBuffer::from(vec![0xee; loff + len + 9]);
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
-        guard(
-            "pull",
-            client.pull(&address, &theirs, roff, &mine, loff, len),
-        )
+        let (their_part, my_part) = (
+            theirs.slice(roff..roff + len).unwrap(),
+            mine.slice(loff..loff + len).unwrap(),
+        );
+        guard("pull", client.pull(&address, &their_part, &my_part))
         .await
         .unwrap_or_else(|e| panic!("pull of {len} bytes: {e}"));
         let got = local.to_vec();
@@ -179,10 +183,7 @@ pub async fn ranges(proto: &str, direct: bool) {
 
         let fresh = pattern(loff + len + 9, len as u8 ^ 0x5a);
         local.write(|b| b.copy_from_slice(&fresh));
-        guard(
-            "push",
-            client.push(&address, &theirs, roff, &mine, loff, len),
-        )
+        guard("push", client.push(&address, &their_part, &my_part))
         .await
         .unwrap_or_else(|e| panic!("push of {len} bytes: {e}"));
         let now = region.to_vec();
@@ -222,10 +223,7 @@ pub async fn multi_segment(proto: &str) {
 
     let halves = [BulkBuffer::new(30_000), BulkBuffer::new(all.len() - 30_000)];
     let mine = client.expose(halves.clone(), BulkMode::ReadWrite).unwrap();
-    guard(
-        "pull all",
-        client.pull(&address, &theirs, 0, &mine, 0, all.len()),
-    )
+    guard("pull all", client.pull(&address, &theirs, &mine))
     .await
     .unwrap();
     assert!([halves[0].to_vec(), halves[1].to_vec()].concat() == all);
@@ -237,10 +235,8 @@ pub async fn multi_segment(proto: &str) {
     let fresh = pattern(all.len(), 9);
     halves[0].write(|b| b.copy_from_slice(&fresh[..30_000]));
     halves[1].write(|b| b.copy_from_slice(&fresh[30_000..]));
-    guard(
-        "push selection",
-        client.push(&address, &sel, 0, &mine, 6, 70_002),
-    )
+    let from_6 = mine.slice(6..6 + 70_002).unwrap();
+    guard("push selection", client.push(&address, &sel, &from_6))
     .await
     .unwrap();
     let now: Vec<u8> = buffers.iter().flat_map(BulkBuffer::to_vec).collect();
@@ -262,10 +258,14 @@ pub async fn empty_region(proto: &str) {
     let mine = client
         .expose([BulkBuffer::new(4)], BulkMode::WriteOnly)
         .unwrap();
-    guard("pull 0", client.pull(&address, &theirs, 0, &mine, 0, 0))
+    guard("pull 0", client.pull(&address, &theirs, &mine))
         .await
         .unwrap();
-    let err = guard("pull 1", client.pull(&address, &theirs, 0, &mine, 0, 1))
+    // One byte of a 0-byte handle: refused locally.
+    let err = theirs.slice(..1).unwrap_err();
+    assert!(matches!(err, Error::BulkInvalid(_)), "{err:?}");
+    // A 4-byte push into it: the destination is too short.
+    let err = guard("push 4", client.push(&address, &theirs, &mine))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BulkInvalid(_)), "{err:?}");
@@ -273,7 +273,7 @@ pub async fn empty_region(proto: &str) {
     drop(exposed);
     let err = guard(
         "pull 0 of a dropped region",
-        client.pull(&address, &theirs, 0, &mine, 0, 0),
+        client.pull(&address, &theirs, &mine),
     )
     .await
     .unwrap_err();
@@ -303,29 +303,25 @@ pub async fn hostile_handles(proto: &str) {
             .expose([BulkBuffer::new(len)], BulkMode::WriteOnly)
             .unwrap();
         let local = BulkBuffer::new(2 * len);
-        let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+        let all_mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
+        let mine = all_mine.slice(..len).unwrap();
 
         let forged = forge(&ro, |f| f.1 ^= 1 << 77);
-        let err = guard(
-            "forged key",
-            client.pull(&address, &forged, 0, &mine, 0, len),
-        )
+        let err = guard("forged key", client.pull(&address, &forged, &mine))
         .await
         .unwrap_err();
         assert_refused(&err, "key does not match");
 
         let longer = forge(&ro, |f| f.4 = 2 * len as u64);
-        let err = guard(
-            "past the end",
-            client.pull(&address, &longer, len / 2, &mine, 0, len),
-        )
+        let past = longer.slice(len / 2..len / 2 + len).unwrap();
+        let err = guard("past the end", client.pull(&address, &past, &mine))
         .await
         .unwrap_err();
         assert_refused(&err, "past the end");
 
         let err = guard(
             "push into read-only",
-            client.push(&address, &remote(&ro), 0, &mine, 0, len),
+            client.push(&address, &remote(&ro), &mine),
         )
         .await
         .unwrap_err();
@@ -339,7 +335,7 @@ pub async fn hostile_handles(proto: &str) {
         let lying = forge(&ro, |f| f.2 = BulkMode::ReadWrite);
         let err = guard(
             "push with a lying mode",
-            client.push(&address, &lying, 0, &mine, 0, len),
+            client.push(&address, &lying, &mine),
         )
         .await
         .unwrap_err();
@@ -347,36 +343,27 @@ pub async fn hostile_handles(proto: &str) {
 
         let err = guard(
             "pull from write-only",
-            client.pull(&address, &remote(&wo), 0, &mine, 0, len),
+            client.pull(&address, &remote(&wo), &mine),
         )
         .await
         .unwrap_err();
         assert_refused(&err, "pull is not allowed");
 
         let unknown = forge(&ro, |f| f.0 += 1000);
-        let err = guard(
-            "unknown region",
-            client.pull(&address, &unknown, 0, &mine, 0, len),
-        )
+        let err = guard("unknown region", client.pull(&address, &unknown, &mine))
         .await
         .unwrap_err();
         assert_refused(&err, "no region");
 
         // Still usable after all that.
-        guard(
-            "good pull",
-            client.pull(&address, &remote(&ro), 0, &mine, 0, len),
-        )
+        guard("good pull", client.pull(&address, &remote(&ro), &mine))
         .await
         .unwrap();
         assert!(local.to_vec()[..len] == pattern(len, 4));
 
         let theirs = remote(&ro);
         drop(ro);
-        let err = guard(
-            "dropped region",
-            client.pull(&address, &theirs, 0, &mine, 0, len),
-        )
+        let err = guard("dropped region", client.pull(&address, &theirs, &mine))
         .await
         .unwrap_err();
         assert_refused(&err, "no region");
@@ -398,12 +385,19 @@ pub async fn local_checks(proto: &str) {
     let wo = client
         .expose([BulkBuffer::new(10)], BulkMode::WriteOnly)
         .unwrap();
+    let (wo_tail, theirs_tail) = (wo.slice(5..).unwrap(), theirs.slice(1..).unwrap());
     let cases = [
-        client.pull(&address, &theirs, 0, &ro, 0, 10).await,
-        client.push(&address, &theirs, 0, &wo, 0, 10).await,
-        client.pull(&address, &theirs, 0, &wo, 5, 10).await,
-        client.pull(&address, &theirs, 1, &wo, 0, 10).await,
-        client.pull(&address, &theirs, 0, &remote(&wo), 0, 10).await,
+        // Pull into read-only, push from write-only.
+        client.pull(&address, &theirs, &ro).await,
+        client.push(&address, &theirs, &wo).await,
+        // A destination shorter than the source, on either side.
+        client.pull(&address, &theirs, &wo_tail).await,
+        client.push(&address, &theirs_tail, &ro).await,
+        // A local handle that came from a peer.
+        client.pull(&address, &theirs, &remote(&wo)).await,
+        // A range past the end of a handle.
+        theirs.slice(5..11).map(|_| ()),
+        theirs.select(usize::MAX, 2).map(|_| ()),
     ];
     for (i, r) in cases.into_iter().enumerate() {
         let err = r.unwrap_err();
@@ -423,15 +417,8 @@ pub async fn rpcs_during_a_large_transfer(proto: &str) {
         .unwrap();
     let local = BulkBuffer::new(16 << 20);
     let mine = client.expose([local.clone()], BulkMode::WriteOnly).unwrap();
-    let req = client.transfer_nb(
-        BulkOp::Pull,
-        &address,
-        &remote(&exposed),
-        0,
-        &mine,
-        0,
-        16 << 20,
-    );
+    let theirs = remote(&exposed);
+    let req = client.pull(&address, &theirs, &mine).start();
     for _ in 0..5 {
         crate::assert_hello(&client, &address).await;
     }
@@ -447,16 +434,11 @@ pub async fn timeout(proto: &str) {
     let mine = client
         .expose([BulkBuffer::new(8)], BulkMode::WriteOnly)
         .unwrap();
-    client.set_bulk_options(BulkOptions {
-        timeout: Some(std::time::Duration::from_millis(200)),
-        ..BulkOptions::default()
-    });
-    let err = guard(
-        "timeout",
-        client.pull(&address, &remote(&exposed), 0, &mine, 0, 8),
-    )
-    .await
-    .unwrap_err();
+    let theirs = remote(&exposed);
+    let pull = client
+        .pull(&address, &theirs, &mine)
+        .timeout(std::time::Duration::from_millis(200));
+    let err = guard("timeout", pull).await.unwrap_err();
     assert!(matches!(err, Error::BulkTimeout { .. }), "{err:?}");
     // Unblock the stuck read (its sender dropped), then end.
     STUCK_SENDERS.lock().unwrap().clear();
@@ -520,15 +502,8 @@ pub async fn region_dropped_mid_transfer(proto: &str) {
     let mine = client
         .expose([BulkBuffer::new(16 << 20)], BulkMode::WriteOnly)
         .unwrap();
-    let req = client.transfer_nb(
-        BulkOp::Pull,
-        &address,
-        &remote(&exposed),
-        0,
-        &mine,
-        0,
-        16 << 20,
-    );
+    let theirs = remote(&exposed);
+    let req = client.pull(&address, &theirs, &mine).start();
     guard(
         "first chunk read",
         tokio::task::spawn_blocking(move || tell_rx.recv_timeout(crate::HANG_GUARD)),
@@ -570,10 +545,7 @@ pub async fn bytes_regions(proto: &str) {
         let local = BulkBuffer::new(want.len());
         let mine = client.expose([local.clone()], BulkMode::WriteOnly).unwrap();
         // From inside the Bytes (zero-copy pieces) and across into the buffer.
-        guard(
-            "pull",
-            client.pull(&address, &remote(&exposed), 0, &mine, 0, want.len()),
-        )
+        guard("pull", client.pull(&address, &remote(&exposed), &mine))
         .await
         .unwrap();
         assert!(local.to_vec() == want, "direct={direct}");
@@ -583,10 +555,8 @@ pub async fn bytes_regions(proto: &str) {
             .expose([target.clone()], BulkMode::WriteOnly)
             .unwrap();
         let source = client.expose([data.clone()], BulkMode::ReadOnly).unwrap();
-        guard(
-            "push",
-            client.push(&address, &remote(&theirs), 5, &source, 0, data.len()),
-        )
+        let at_5 = remote(&theirs).slice(5..).unwrap();
+        guard("push", client.push(&address, &at_5, &source))
         .await
         .unwrap();
         assert!(
@@ -614,12 +584,13 @@ pub fn blocking_transfer(proto: &'static str) {
         let local = BulkBuffer::new(23);
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
         client
-            .transfer(BulkOp::Pull, &address, &remote(&exposed), 0, &mine, 0, 23)
+            .transfer(BulkOp::Pull, &address, &remote(&exposed), &mine)
             .unwrap();
         assert_eq!(local.to_vec(), b"This is some bulk data!");
         local.write(|b| b[..4].copy_from_slice(b"THAT"));
+        let (at_8, first_4) = (remote(&exposed).slice(8..).unwrap(), mine.slice(..4).unwrap());
         client
-            .transfer(BulkOp::Push, &address, &remote(&exposed), 8, &mine, 0, 4)
+            .transfer(BulkOp::Push, &address, &at_8, &first_4)
             .unwrap();
         assert_eq!(region.to_vec(), b"This is THAT bulk data!");
     });

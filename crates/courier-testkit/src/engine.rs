@@ -526,7 +526,7 @@ pub async fn timeout(proto: &str) {
     assert_hello(&client, &address).await;
 }
 
-/// `default_timeout_ms` from the JSON configuration applies to calls that
+/// `timeouts.call_ms` from the JSON configuration applies to calls that
 /// set no timeout; a callable's own timeout overrides it.
 pub async fn default_timeout_from_config(proto: &str) {
     let server = crate::server(proto).await;
@@ -534,11 +534,11 @@ pub async fn default_timeout_from_config(proto: &str) {
     let (mut started, _done) = register_stall(&server, release.clone());
     let client = Engine::builder(proto)
         .client()
-        .config_json(r#"{"default_timeout_ms": 100}"#)
+        .config_json(r#"{"timeouts": {"call_ms": 100}}"#)
         .build()
         .await
         .unwrap();
-    assert_eq!(client.config()["default_timeout_ms"], 100);
+    assert_eq!(client.config()["timeouts"]["call_ms"], 100);
     let address = crate::lookup(&client, &server).await;
     let stall = client.remote::<u32, u32>("stall");
     let err = guard(

@@ -56,8 +56,8 @@ pub const HANG_GUARD: Duration = Duration::from_secs(30);
 
 /// Awaits `fut`, panicking (naming `what`) if it takes longer than
 /// [`HANG_GUARD`]: a hang becomes a test failure.
-pub async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(HANG_GUARD, fut).await {
+pub async fn guard<F: std::future::IntoFuture>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(HANG_GUARD, fut.into_future()).await {
         Ok(v) => v,
         Err(_) => panic!("hang guard: {what} did not finish within {HANG_GUARD:?}"),
     }

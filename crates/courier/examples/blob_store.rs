@@ -59,7 +59,7 @@ async fn server(protocol: &str) -> Result<(), BoxError> {
         async move {
             let buffer = BulkBuffer::new(blob.len());
             let local = engine.expose([buffer.clone()], BulkMode::WriteOnly)?;
-            h.pull(&blob, 0, &local, 0, blob.len()).await?;
+            h.pull(&blob, &local).await?;
             lock(&store).insert(name, buffer);
             h.respond(&()).await
         }
@@ -86,9 +86,9 @@ async fn server(protocol: &str) -> Result<(), BoxError> {
                 )
                 .into());
             }
-            let len = buffer.len();
             let local = engine.expose([buffer], BulkMode::ReadOnly)?;
-            h.push(&into, 0, &local, 0, len).await?;
+            // All of the blob, to the start of the caller's region.
+            h.push(&into, &local).await?;
             h.respond(&()).await.map_err(BoxError::from)
         }
     })?;

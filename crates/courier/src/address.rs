@@ -2,52 +2,17 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_transport::Address as WireAddr;
 
-use crate::conn::Conn;
-use crate::engine::Inner;
+use crate::call::{self, Body};
+use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
-use crate::{Error, Result};
-
-/// A peer's connection state: the current connection, re-established on
-/// demand after it died.
-pub(crate) struct Peer {
-    pub(crate) addr: WireAddr,
-    conn: Mutex<Option<Arc<Conn>>>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-impl Peer {
-    pub(crate) fn new(addr: WireAddr, conn: Option<Arc<Conn>>) -> Self {
-        Self {
-            addr,
-            conn: Mutex::new(conn),
-            connecting: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn live(&self) -> Option<Arc<Conn>> {
-        let slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().filter(|c| !c.is_dead()).cloned()
-    }
-
-    /// The live connection to this peer, connecting if there is none.
-    pub(crate) async fn connection(&self, inner: &Arc<Inner>) -> Result<Arc<Conn>> {
-        if let Some(c) = self.live() {
-            return Ok(c);
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(c) = self.live() {
-            return Ok(c);
-        }
-        let c = inner.connect(&self.addr).await?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-        Ok(c)
-    }
-}
+use crate::peer::Peer;
+use crate::state::EngineState;
+use crate::timeouts;
 
 /// The address of a peer engine, obtained from [`Engine::lookup`](crate::Engine::lookup)
 /// or from [`Handle::address`](crate::Handle::address).
@@ -57,23 +22,37 @@ impl Peer {
 /// through it share one connection, opened again if it dies.
 #[derive(Clone)]
 pub struct Address {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) state: Arc<EngineState>,
     pub(crate) peer: Arc<Peer>,
 }
 
 impl Address {
+    pub(crate) fn new(state: Arc<EngineState>, peer: Arc<Peer>) -> Self {
+        Self { state, peer }
+    }
+
     /// The transport-level address.
     pub fn wire(&self) -> &WireAddr {
         &self.peer.addr
     }
 
-    /// Asks the peer engine to finalize (PyMargo's `address.shutdown()`).
+    /// Asks the peer engine to finalize (PyMargo's `address.shutdown()`),
+    /// waiting for its answer at most the engine's `timeouts.call_ms`.
     ///
     /// # Errors
     /// [`Error::ShutdownRefused`] when the peer did not enable remote
-    /// shutdown; connection errors.
+    /// shutdown; [`Error::Timeout`]; connection errors.
     pub async fn shutdown(&self) -> Result<()> {
-        let (header, payload) = self.exchange(Header::new(Kind::Shutdown), None).await?;
+        self.shutdown_within(None).await
+    }
+
+    /// [`Address::shutdown`], waiting for the answer at most `timeout`
+    /// (`None`: the engine's `timeouts.call_ms`).
+    ///
+    /// # Errors
+    /// See [`Address::shutdown`].
+    pub async fn shutdown_within(&self, timeout: Option<Duration>) -> Result<()> {
+        let (header, payload) = self.control(Kind::Shutdown, "<shutdown>", timeout).await?;
         match (header.kind, header.status) {
             (Kind::Response, _) => Ok(()),
             (Kind::Error, Status::ShutdownRefused) => Err(Error::ShutdownRefused {
@@ -94,41 +73,31 @@ impl Address {
     /// Measures one round trip at the engine level (no handler runs).
     ///
     /// # Errors
-    /// Connection errors, or [`Error::Timeout`] after `timeout`.
+    /// Connection errors, or [`Error::Timeout`] after `timeout` (`None`:
+    /// the engine's `timeouts.call_ms`).
     pub async fn ping(&self, timeout: Option<Duration>) -> Result<Duration> {
         let start = Instant::now();
-        self.exchange(Header::new(Kind::Ping), timeout).await?;
+        self.control(Kind::Ping, "<ping>", timeout).await?;
         Ok(start.elapsed())
     }
 
     /// Sends a control frame and waits for the frame that answers it.
-    async fn exchange(
+    async fn control(
         &self,
-        mut header: Header,
+        kind: Kind,
+        name: &str,
         timeout: Option<Duration>,
     ) -> Result<(Header, bytes::Bytes)> {
-        let name = match header.kind {
-            Kind::Shutdown => "<shutdown>",
-            _ => "<ping>",
-        };
-        let work = async {
-            let conn = self.inner.connection_for(&self.peer).await?;
-            let (seq, rx) = conn.register_call()?;
-            let _forget = crate::remote::ForgetOnDrop { conn: &conn, seq };
-            header.seq = seq;
-            conn.send(&[&header.encode()]).await?;
-            rx.await.map_err(|_| conn.lost())
-        };
-        match timeout {
-            None => work.await,
-            Some(after) => tokio::time::timeout(after, work)
-                .await
-                .map_err(|_| Error::Timeout {
-                    rpc: name.to_owned(),
-                    address: self.to_string(),
-                    after,
-                })?,
-        }
+        let deadline = timeouts::control(&self.state.config.timeouts, timeout);
+        call::exchange(
+            &self.state,
+            &self.peer,
+            Header::new(kind),
+            Body::EMPTY,
+            deadline,
+            timeouts::expired_call(name, &self.peer.addr),
+        )
+        .await
     }
 }
 

@@ -18,7 +18,7 @@
 //! return [`Error::BlockingInAsync`] there instead of deadlocking.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -29,9 +29,15 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+use crate::address::Address as AsyncAddress;
+use crate::bulk::{Bulk, BulkMemory, BulkMode, BulkOp};
+use crate::call::Body;
 use crate::config::Mode;
-use crate::remote::Request as Outgoing;
-use crate::{Error, HandlerOutput, Result, RpcOptions};
+use crate::engine::{Engine as AsyncEngine, EngineBuilder as AsyncBuilder, RpcOptions};
+use crate::error::{Error, Result};
+use crate::handler::{Handle as AsyncHandle, HandlerOutput};
+use crate::remote::{decode_response, Callable as AsyncCallable, RemoteFunction as AsyncRemote};
+use crate::runtime;
 
 /// The runtime a blocking engine and everything made from it share.
 struct Rt {
@@ -65,14 +71,14 @@ impl Drop for Rt {
 }
 
 /// Builds a blocking [`Engine`]; the same settings as
-/// [`crate::EngineBuilder`].
+/// [`AsyncBuilder`].
 #[derive(Debug)]
 pub struct EngineBuilder {
-    inner: crate::EngineBuilder,
+    inner: AsyncBuilder,
 }
 
 impl EngineBuilder {
-    /// See [`crate::EngineBuilder::mode`].
+    /// See [`AsyncBuilder::mode`].
     #[must_use]
     pub fn mode(self, mode: Mode) -> Self {
         Self {
@@ -86,7 +92,7 @@ impl EngineBuilder {
         self.mode(Mode::Client)
     }
 
-    /// See [`crate::EngineBuilder::use_progress_thread`].
+    /// See [`AsyncBuilder::use_progress_thread`].
     #[must_use]
     pub fn use_progress_thread(self, yes: bool) -> Self {
         Self {
@@ -94,7 +100,7 @@ impl EngineBuilder {
         }
     }
 
-    /// See [`crate::EngineBuilder::num_rpc_threads`].
+    /// See [`AsyncBuilder::num_rpc_threads`].
     #[must_use]
     pub fn num_rpc_threads(self, n: usize) -> Self {
         Self {
@@ -102,7 +108,7 @@ impl EngineBuilder {
         }
     }
 
-    /// See [`crate::EngineBuilder::max_message_size`].
+    /// See [`AsyncBuilder::max_message_size`].
     #[must_use]
     pub fn max_message_size(self, bytes: usize) -> Self {
         Self {
@@ -110,7 +116,7 @@ impl EngineBuilder {
         }
     }
 
-    /// See [`crate::EngineBuilder::config_json`].
+    /// See [`AsyncBuilder::config_json`].
     #[must_use]
     pub fn config_json(self, json: &str) -> Self {
         Self {
@@ -118,9 +124,9 @@ impl EngineBuilder {
         }
     }
 
-    /// See [`crate::EngineBuilder::registry`].
+    /// See [`AsyncBuilder::registry`].
     #[must_use]
-    pub fn registry(self, registry: crate::transport::Registry) -> Self {
+    pub fn registry(self, registry: courier_transport::Registry) -> Self {
         Self {
             inner: self.inner.registry(registry),
         }
@@ -129,24 +135,17 @@ impl EngineBuilder {
     /// Starts the runtime (and progress thread, if asked for) and the engine.
     ///
     /// # Errors
-    /// Those of [`crate::EngineBuilder::build`]; [`Error::BlockingInAsync`].
+    /// Those of [`AsyncBuilder::build`]; [`Error::BlockingInAsync`].
     pub fn build(mut self) -> Result<Engine> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::BlockingInAsync("blocking::Engine::build"));
         }
         let config = self.inner.effective_config()?;
         let runtime = if config.use_progress_thread {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("courier-progress")
-                .enable_all()
-                .build()
+            runtime::progress_thread()?
         } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        }
-        .map_err(|e| Error::Config(format!("cannot start the engine's runtime: {e}")))?;
+            runtime::caller_driven()?
+        };
         self.inner.progress_provided = true;
         let rt = Arc::new(Rt {
             rt: Some(runtime),
@@ -159,7 +158,7 @@ impl EngineBuilder {
 
 /// A blocking Courier engine (see the [module docs](self)).
 pub struct Engine {
-    engine: crate::Engine,
+    engine: AsyncEngine,
     rt: Arc<Rt>,
 }
 
@@ -191,12 +190,12 @@ impl Engine {
     /// A builder for an engine speaking `protocol_or_address`.
     pub fn builder(protocol_or_address: &str) -> EngineBuilder {
         EngineBuilder {
-            inner: crate::EngineBuilder::new(protocol_or_address),
+            inner: AsyncBuilder::new(protocol_or_address),
         }
     }
 
     /// The async engine underneath (use it from async code only).
-    pub fn as_async(&self) -> &crate::Engine {
+    pub fn as_async(&self) -> &AsyncEngine {
         &self.engine
     }
 
@@ -253,7 +252,7 @@ impl Engine {
         O: HandlerOutput + Send + 'static,
     {
         self.engine
-            .register_with(name, options, move |h: crate::Handle, args: A| {
+            .register_with(name, options, move |h: AsyncHandle, args: A| {
                 std::future::ready(handler(Handle { inner: h }, args))
             })
     }
@@ -268,7 +267,7 @@ impl Engine {
         O: HandlerOutput + Send + 'static,
     {
         self.engine
-            .register_raw(name, options, move |h: crate::Handle, payload: Bytes| {
+            .register_raw(name, options, move |h: AsyncHandle, payload: Bytes| {
                 std::future::ready(handler(Handle { inner: h }, payload))
             })
     }
@@ -293,7 +292,7 @@ impl Engine {
         R: serde::de::DeserializeOwned,
     {
         RemoteFunction {
-            inner: crate::RemoteFunction::new(self.engine.remote_raw(name)),
+            inner: AsyncRemote::new(self.engine.remote_raw(name)),
             rt: self.rt.clone(),
         }
     }
@@ -347,51 +346,49 @@ impl Engine {
     ///
     /// # Errors
     /// See [`crate::Engine::expose`].
-    pub fn expose<S: crate::BulkMemory>(
+    pub fn expose<S: BulkMemory>(
         &self,
         segments: impl IntoIterator<Item = S>,
-        mode: crate::BulkMode,
-    ) -> Result<crate::Bulk> {
+        mode: BulkMode,
+    ) -> Result<Bulk> {
         self.engine.expose(segments, mode)
     }
 
     /// A bulk transfer that blocks until it ends (PyMargo's
-    /// `engine.transfer(..., blocking=True)`); see
-    /// [`crate::Engine::transfer`]. From a handler, use the async
+    /// `engine.transfer(..., blocking=True)`): all of the source range
+    /// (`remote` for a pull, `local` for a push) to the start of the
+    /// destination range; see [`crate::Engine::transfer`]. Its timeout is
+    /// the engine's `timeouts.bulk_ms`. From a handler, use the async
     /// [`crate::Handle::pull`] / [`crate::Handle::push`].
     ///
     /// # Errors
-    /// See [`crate::Engine::pull`]; [`Error::BlockingInAsync`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn transfer(
-        &self,
-        op: crate::BulkOp,
-        address: &Address,
-        remote: &crate::Bulk,
-        remote_offset: usize,
-        local: &crate::Bulk,
-        local_offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        self.rt.block_on(
-            "transfer",
-            self.engine.transfer(
-                op,
-                &address.inner,
-                remote,
-                remote_offset,
-                local,
-                local_offset,
-                len,
-            ),
-        )?
+    /// See [`crate::Engine::transfer`]; [`Error::BlockingInAsync`].
+    pub fn transfer(&self, op: BulkOp, address: &Address, remote: &Bulk, local: &Bulk) -> Result<()> {
+        let transfer = self.engine.transfer(op, &address.inner, remote, local);
+        self.rt.block_on("transfer", transfer.into_future())?
+    }
+
+    /// Copies all of `remote` into `local`; see [`Engine::transfer`].
+    ///
+    /// # Errors
+    /// See [`Engine::transfer`].
+    pub fn pull(&self, address: &Address, remote: &Bulk, local: &Bulk) -> Result<()> {
+        self.transfer(BulkOp::Pull, address, remote, local)
+    }
+
+    /// Copies all of `local` into `remote`; see [`Engine::transfer`].
+    ///
+    /// # Errors
+    /// See [`Engine::transfer`].
+    pub fn push(&self, address: &Address, remote: &Bulk, local: &Bulk) -> Result<()> {
+        self.transfer(BulkOp::Push, address, remote, local)
     }
 }
 
 /// The blocking view of a request (see [`crate::Handle`]).
 #[derive(Debug)]
 pub struct Handle {
-    inner: crate::Handle,
+    inner: AsyncHandle,
 }
 
 impl Handle {
@@ -435,7 +432,7 @@ impl Handle {
     }
 
     /// The async handle underneath.
-    pub fn as_async(&self) -> &crate::Handle {
+    pub fn as_async(&self) -> &AsyncHandle {
         &self.inner
     }
 }
@@ -443,7 +440,7 @@ impl Handle {
 /// The blocking form of [`crate::Address`].
 #[derive(Clone)]
 pub struct Address {
-    inner: crate::Address,
+    inner: AsyncAddress,
     rt: Arc<Rt>,
 }
 
@@ -465,7 +462,7 @@ impl Address {
     }
 
     /// The async address underneath.
-    pub fn as_async(&self) -> &crate::Address {
+    pub fn as_async(&self) -> &AsyncAddress {
         &self.inner
     }
 }
@@ -498,7 +495,7 @@ impl Hash for Address {
 
 /// The blocking form of [`crate::RemoteFunction`].
 pub struct RemoteFunction<A: ?Sized, R> {
-    inner: crate::RemoteFunction<A, R>,
+    inner: AsyncRemote<A, R>,
     rt: Arc<Rt>,
 }
 
@@ -554,7 +551,7 @@ impl<A: serde::Serialize + ?Sized> RemoteFunction<A, ()> {
 
 /// The blocking form of [`crate::Callable`].
 pub struct Callable<A: ?Sized, R> {
-    inner: crate::Callable<A, R>,
+    inner: AsyncCallable<A, R>,
     rt: Arc<Rt>,
 }
 
@@ -592,7 +589,10 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
         let join = self
             .rt
             .runtime()
-            .spawn(async move { raw.invoke(Outgoing::Encoded(msg)).await });
+            .spawn(async move {
+                let mut msg = msg;
+                raw.invoke(Body::Encoded(&mut msg)).await
+            });
         Ok(Request {
             join: Some(join),
             rt: self.rt.clone(),
@@ -639,11 +639,7 @@ impl<R: serde::de::DeserializeOwned> Request<R> {
             Ok(r) => r?,
             Err(_) => return Err(Error::Finalized),
         };
-        postcard::from_bytes(&payload).map_err(|source| Error::Decode {
-            rpc: self.rpc.clone(),
-            what: "response",
-            source,
-        })
+        decode_response(&self.rpc, &payload)
     }
 }
 

@@ -1,11 +1,15 @@
 //! Engine configuration: the builder's settings and the Margo-style JSON.
+//!
+//! Every setting is a key of one JSON document ([`Config`]); the timeouts
+//! are one section of it ([`Timeouts`]), applied in one place
+//! (`timeouts.rs`), and so are the bulk transfer settings ([`BulkOptions`]).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Default `max_connections`: connections a server accepts at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -18,9 +22,19 @@ pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// written to one connection before the engine stops reading it.
 pub const DEFAULT_MAX_QUEUED_RESPONSE_BYTES: usize = 64 << 20;
 
-/// Default `hello_timeout_ms`: 10 seconds for an accepted connection to
+/// Default `timeouts.hello_ms`: 10 seconds for an accepted connection to
 /// deliver its first frame.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// Default maximum message size: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Default `timeouts.connect_ms`: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Default polling window after activity, in microseconds (see
+/// `docs/benchmarks.md` for the measurements that chose it).
+pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 
 /// Whether an engine listens for connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,15 +49,80 @@ pub enum Mode {
     Client,
 }
 
-/// Default maximum message size: 64 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Every timeout of an engine: the `timeouts` section of the JSON
+/// configuration. Durations are whole milliseconds; `null` means "no
+/// bound".
+///
+/// A call, ping, shutdown request or transfer that sets its own timeout
+/// uses it; one that sets none uses the default here. The crate docs list
+/// which setting bounds what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// How long opening a connection to a peer may take (dial and
+    /// transport handshake). Default 5000.
+    pub connect_ms: u64,
+    /// How long an accepted connection may take to deliver its first frame
+    /// (the Hello) before it is closed. Default 10000.
+    pub hello_ms: u64,
+    /// The bound of every exchange that sets none: RPC calls, pings, remote
+    /// shutdown requests. Default `null`: wait as long as it takes.
+    pub call_ms: Option<u64>,
+    /// The bound of every bulk transfer that sets none. Default `null`.
+    pub bulk_ms: Option<u64>,
+}
 
-/// Default connect timeout: 5 seconds.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            hello_ms: DEFAULT_HELLO_TIMEOUT_MS,
+            call_ms: None,
+            bulk_ms: None,
+        }
+    }
+}
 
-/// Default polling window after activity, in microseconds (see
-/// `docs/benchmarks.md` for the measurements that chose it).
-pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
+/// How bulk transfers are run; [`crate::Engine::set_bulk_options`] sets an
+/// engine's, and so does the `bulk` object of the JSON configuration, where
+/// every key is optional. (A transfer's timeout is `timeouts.bulk_ms`, or
+/// its own [`crate::bulk::Transfer::timeout`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkOptions {
+    /// Bytes per message on the message path (capped so that a chunk fits
+    /// the engine's maximum message size). Default 256 KiB: small enough
+    /// that even a 1 MiB transfer has several chunks to pipeline (one is
+    /// copied while the next travels).
+    pub chunk_size: usize,
+    /// Chunks in flight at once, per transfer. Default 8 (2 MiB).
+    pub window: usize,
+    /// Use the transport's direct memory copies when it offers them.
+    /// Default: true.
+    pub direct: bool,
+    /// Smallest transfer that uses direct copies (a grant costs a round
+    /// trip; a small transfer is cheaper in one message). Default 64 KiB.
+    pub direct_threshold: usize,
+    /// Bytes per grant on the direct path. Default 4 MiB: a grant carries
+    /// no data, only addresses, so a transfer of up to 4 MiB costs one
+    /// round trip and one system call; larger ones have several grants in
+    /// flight (`window`), and a region dropped during a transfer stays
+    /// readable for at most the copy of one such piece. Values under
+    /// 64 KiB are taken as 64 KiB.
+    pub direct_chunk: usize,
+}
+
+impl Default for BulkOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 256 << 10,
+            window: 8,
+            direct: true,
+            direct_threshold: 64 << 10,
+            direct_chunk: 4 << 20,
+        }
+    }
+}
 
 /// The engine's settings, as read from JSON and returned (filled in) by
 /// `Engine::config`.
@@ -59,19 +138,24 @@ pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 ///   "use_progress_thread": false,
 ///   "rpc_thread_count": 0,
 ///   "max_message_size": 67108864,
-///   "connect_timeout_ms": 5000,
-///   "default_timeout_ms": null,
 ///   "enable_remote_shutdown": false,
 ///   "progress_spin_us": 50,
 ///   "max_connections": 1024,
 ///   "max_in_flight_per_connection": 1024,
 ///   "max_queued_response_bytes": 67108864,
-///   "hello_timeout_ms": 10000,
-///   "bulk": { "chunk_size": 262144, "window": 8, "timeout_ms": null,
-///             "direct": true, "direct_threshold": 65536, "direct_chunk": 4194304 },
+///   "timeouts": { "connect_ms": 5000, "hello_ms": 10000,
+///                 "call_ms": null, "bulk_ms": null },
+///   "bulk": { "chunk_size": 262144, "window": 8, "direct": true,
+///             "direct_threshold": 65536, "direct_chunk": 4194304 },
 ///   "transport": { "nodelay": true }
 /// }
 /// ```
+///
+/// The keys of earlier versions are still read, and mapped into
+/// `timeouts`: `connect_timeout_ms` (`timeouts.connect_ms`),
+/// `hello_timeout_ms` (`timeouts.hello_ms`), `default_timeout_ms`
+/// (`timeouts.call_ms`) and `bulk.timeout_ms` (`timeouts.bulk_ms`). Giving
+/// both spellings of one setting is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -87,10 +171,6 @@ pub struct Config {
     pub rpc_thread_count: usize,
     /// Largest message (header + payload) sent or accepted.
     pub max_message_size: usize,
-    /// How long connecting to a peer may take.
-    pub connect_timeout_ms: u64,
-    /// Timeout of calls that set none; `null`: wait as long as it takes.
-    pub default_timeout_ms: Option<u64>,
     /// Accept `shutdown` requests from peers.
     pub enable_remote_shutdown: bool,
     /// Polling before parking: after each message, keep the engine's
@@ -106,12 +186,10 @@ pub struct Config {
     /// Bytes of responses waiting to be written to one connection; over it,
     /// the engine stops reading that connection's requests until they drain.
     pub max_queued_response_bytes: usize,
-    /// How long an accepted connection may take to deliver its first frame
-    /// (the Hello) before it is closed.
-    pub hello_timeout_ms: u64,
-    /// How bulk transfers run ([`crate::BulkOptions`]; its `timeout` is
-    /// `timeout_ms` here).
-    pub bulk: crate::BulkOptions,
+    /// Every timeout ([`Timeouts`]).
+    pub timeouts: Timeouts,
+    /// How bulk transfers run ([`BulkOptions`]).
+    pub bulk: BulkOptions,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
 }
@@ -124,18 +202,55 @@ impl Default for Config {
             use_progress_thread: false,
             rpc_thread_count: 0,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
-            default_timeout_ms: None,
             enable_remote_shutdown: false,
             progress_spin_us: DEFAULT_PROGRESS_SPIN_US,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
-            hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
-            bulk: crate::BulkOptions::default(),
+            timeouts: Timeouts::default(),
+            bulk: BulkOptions::default(),
             transport: Map::new(),
         }
     }
+}
+
+/// Keys of earlier versions: (where, old key, new key in `timeouts`).
+const RENAMED: [(Option<&str>, &str, &str); 4] = [
+    (None, "connect_timeout_ms", "connect_ms"),
+    (None, "hello_timeout_ms", "hello_ms"),
+    (None, "default_timeout_ms", "call_ms"),
+    (Some("bulk"), "timeout_ms", "bulk_ms"),
+];
+
+/// Moves the keys of earlier versions into the `timeouts` section.
+fn upgrade(mut value: Value) -> Result<Value> {
+    let Value::Object(top) = &mut value else {
+        return Ok(value);
+    };
+    for (section, old, new) in RENAMED {
+        let taken = match section {
+            None => top.remove(old),
+            Some(s) => match top.get_mut(s) {
+                Some(Value::Object(inner)) => inner.remove(old),
+                _ => None,
+            },
+        };
+        let Some(v) = taken else { continue };
+        let old_name = section.map_or_else(|| old.to_owned(), |s| format!("{s}.{old}"));
+        let timeouts = top
+            .entry("timeouts")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(timeouts) = timeouts else {
+            return Err(Error::Config("`timeouts` must be an object".into()));
+        };
+        if timeouts.contains_key(new) {
+            return Err(Error::Config(format!(
+                "`{old_name}` and `timeouts.{new}` are the same setting: give only `timeouts.{new}`"
+            )));
+        }
+        timeouts.insert(new.to_owned(), v);
+    }
+    Ok(value)
 }
 
 impl Config {
@@ -144,7 +259,8 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the offending key or the syntax error.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))
+        let value: Value = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_value(value)
     }
 
     /// Parses a JSON value (an object; every key optional).
@@ -152,7 +268,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the offending key.
     pub fn from_value(value: Value) -> Result<Self> {
-        serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))
+        serde_json::from_value(upgrade(value)?).map_err(|e| Error::Config(e.to_string()))
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -163,22 +279,15 @@ impl Config {
                 crate::frame::HEADER_LEN
             )));
         }
-        if self.connect_timeout_ms == 0 {
-            return Err(Error::Config("connect_timeout_ms must be positive".into()));
-        }
+        let t = &self.timeouts;
         for (key, value) in [
             ("max_connections", self.max_connections),
             (
                 "max_in_flight_per_connection",
                 self.max_in_flight_per_connection,
             ),
-            ("hello_timeout_ms", usize::from(self.hello_timeout_ms > 0)),
-        ] {
-            if value == 0 {
-                return Err(Error::Config(format!("{key} must be positive")));
-            }
-        }
-        for (key, value) in [
+            ("timeouts.connect_ms", usize::from(t.connect_ms > 0)),
+            ("timeouts.hello_ms", usize::from(t.hello_ms > 0)),
             ("bulk.chunk_size", self.bulk.chunk_size),
             ("bulk.window", self.bulk.window),
             ("bulk.direct_chunk", self.bulk.direct_chunk),
@@ -187,42 +296,29 @@ impl Config {
                 return Err(Error::Config(format!("{key} must be positive")));
             }
         }
-        if self.bulk.timeout == Some(Duration::ZERO) {
-            return Err(Error::Config(
-                "bulk.timeout_ms must be positive (null: no timeout)".into(),
-            ));
+        for (key, value) in [("timeouts.call_ms", t.call_ms), ("timeouts.bulk_ms", t.bulk_ms)] {
+            if value == Some(0) {
+                return Err(Error::Config(format!(
+                    "{key} must be positive (null: no timeout)"
+                )));
+            }
         }
-        if self.max_in_flight_per_connection > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(Error::Config(format!(
-                "max_in_flight_per_connection {} is over the largest supported, {}",
-                self.max_in_flight_per_connection,
-                tokio::sync::Semaphore::MAX_PERMITS
-            )));
-        }
-        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(Error::Config(format!(
-                "max_connections {} is over the largest supported, {}",
-                self.max_connections,
-                tokio::sync::Semaphore::MAX_PERMITS
-            )));
+        for (key, value) in [
+            ("max_in_flight_per_connection", self.max_in_flight_per_connection),
+            ("max_connections", self.max_connections),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(Error::Config(format!(
+                    "{key} {value} is over the largest supported, {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
         }
         Ok(())
     }
 
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    pub(crate) fn hello_timeout(&self) -> Duration {
-        Duration::from_millis(self.hello_timeout_ms)
-    }
-
     pub(crate) fn progress_spin(&self) -> Duration {
         Duration::from_micros(self.progress_spin_us)
-    }
-
-    pub(crate) fn default_timeout(&self) -> Option<Duration> {
-        self.default_timeout_ms.map(Duration::from_millis)
     }
 }
 
@@ -248,41 +344,81 @@ mod tests {
     fn limits_are_keys_and_must_be_positive() {
         let c = Config::from_json(
             r#"{"max_connections": 3, "max_in_flight_per_connection": 2,
-                "max_queued_response_bytes": 100, "hello_timeout_ms": 50}"#,
+                "max_queued_response_bytes": 100, "timeouts": {"hello_ms": 50}}"#,
         )
         .unwrap();
         assert_eq!((c.max_connections, c.max_in_flight_per_connection), (3, 2));
-        assert_eq!((c.max_queued_response_bytes, c.hello_timeout_ms), (100, 50));
+        assert_eq!((c.max_queued_response_bytes, c.timeouts.hello_ms), (100, 50));
         c.validate().unwrap();
-        for key in [
-            "max_connections",
-            "max_in_flight_per_connection",
-            "hello_timeout_ms",
+        for (json, key) in [
+            (r#"{"max_connections": 0}"#, "max_connections"),
+            (
+                r#"{"max_in_flight_per_connection": 0}"#,
+                "max_in_flight_per_connection",
+            ),
+            (r#"{"timeouts": {"hello_ms": 0}}"#, "timeouts.hello_ms"),
+            (r#"{"timeouts": {"connect_ms": 0}}"#, "timeouts.connect_ms"),
+            (r#"{"timeouts": {"call_ms": 0}}"#, "timeouts.call_ms"),
+            (r#"{"timeouts": {"bulk_ms": 0}}"#, "timeouts.bulk_ms"),
         ] {
-            let c = Config::from_json(&format!(r#"{{"{key}": 0}}"#)).unwrap();
+            let c = Config::from_json(json).unwrap();
             let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(key), "{err}");
+            assert!(err.contains(key), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn timeouts_are_one_section_and_old_keys_still_read() {
+        let c = Config::from_json(
+            r#"{"timeouts": {"connect_ms": 7, "hello_ms": 8, "call_ms": 9, "bulk_ms": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                connect_ms: 7,
+                hello_ms: 8,
+                call_ms: Some(9),
+                bulk_ms: Some(10)
+            }
+        );
+        let old = Config::from_json(
+            r#"{"connect_timeout_ms": 7, "hello_timeout_ms": 8, "default_timeout_ms": 9,
+                "bulk": {"timeout_ms": 10, "window": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.timeouts, c.timeouts);
+        assert_eq!(old.bulk.window, 3);
+        let err = Config::from_json(r#"{"default_timeout_ms": 1, "timeouts": {"call_ms": 2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("default_timeout_ms") && err.contains("timeouts.call_ms"),
+            "{err}"
+        );
+        let err = Config::from_json(r#"{"timeouts": {"call": 2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `call`"), "{err}");
     }
 
     #[test]
     fn bulk_options_are_a_json_object() {
         let c = Config::from_json(
-            r#"{"bulk": {"chunk_size": 65536, "window": 2, "timeout_ms": 1500,
+            r#"{"bulk": {"chunk_size": 65536, "window": 2,
                          "direct": false, "direct_threshold": 1, "direct_chunk": 131072}}"#,
         )
         .unwrap();
         c.validate().unwrap();
         let o = c.bulk;
         assert_eq!((o.chunk_size, o.window, o.direct_chunk), (65536, 2, 131072));
-        assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
         assert!(!o.direct);
         assert_eq!(o.direct_threshold, 1);
         // Keys left out keep their defaults.
         let c = Config::from_json(r#"{"bulk": {"window": 3}}"#).unwrap();
         assert_eq!(
             c.bulk,
-            crate::BulkOptions {
+            BulkOptions {
                 window: 3,
                 ..Default::default()
             }
@@ -295,7 +431,6 @@ mod tests {
             r#"{"chunk_size": 0}"#,
             r#"{"window": 0}"#,
             r#"{"direct_chunk": 0}"#,
-            r#"{"timeout_ms": 0}"#,
         ] {
             let c = Config::from_json(&format!(r#"{{"bulk": {bad}}}"#)).unwrap();
             let err = c.validate().unwrap_err().to_string();

@@ -1,4 +1,6 @@
-//! One connection: its sender, its table of calls in flight, its reader task.
+//! One connection: its sender, its table of calls in flight, and its
+//! death. The reader task is in `reader.rs`, what it does with each frame
+//! in `dispatch.rs`, and the call primitive on top of this in `call.rs`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -7,15 +9,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 
 use bytes::Bytes;
-use courier_transport::{Address as WireAddr, DynReceiver, DynSender};
+use courier_transport::{Address as WireAddr, DynSender};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
-use crate::engine::Inner;
+use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
-use crate::limits::{ConnLimits, ConnectionSlot};
+use crate::limits::ConnLimits;
 use crate::progress::Progress;
-use crate::{Error, Result};
 
 /// A reply to a call: the response or error frame's header and payload.
 pub(crate) type Reply = (Header, Bytes);
@@ -39,7 +40,7 @@ pub(crate) struct Conn {
     /// Woken when the connection is killed, to end sends blocked on it.
     killed: Notify,
     reader: OnceLock<AbortHandle>,
-    progress: Arc<Progress>,
+    pub(crate) progress: Arc<Progress>,
     /// Budgets for the requests this connection brings (`limits.rs`).
     pub(crate) limits: ConnLimits,
     /// What the transport connection offers besides messages (bulk fast path).
@@ -71,6 +72,11 @@ impl Conn {
             limits,
             capabilities: OnceLock::new(),
         }
+    }
+
+    /// Records the address the peer announced in its Hello.
+    pub(crate) fn announce(&self, addr: WireAddr) {
+        let _ = self.announced.set(addr);
     }
 
     /// The peer's address: announced (Hello) or as the transport sees it.
@@ -227,7 +233,7 @@ impl Conn {
 
     /// Completes a call with its reply. Returns false for an unknown sequence
     /// (a late reply after a timeout: dropped).
-    fn complete(&self, header: Header, payload: Bytes) -> bool {
+    pub(crate) fn complete(&self, header: Header, payload: Bytes) -> bool {
         let tx = self.lock_pending().calls.remove(&header.seq);
         match tx {
             Some(tx) => {
@@ -298,128 +304,3 @@ impl Drop for KillIfDropped<'_> {
 
 /// The reason recorded on connections closed by finalize.
 pub(crate) const FINALIZED: &str = "the engine was finalized";
-
-/// Reads messages until the connection ends, dispatching each one.
-///
-/// `slot` is an accepted connection's place among `max_connections`, given
-/// back when the reader ends. Before each read the reader takes a request
-/// slot (`limits.rs`): a peer over its budget is not read from.
-pub(crate) async fn read_loop(
-    inner: Arc<Inner>,
-    conn: Arc<Conn>,
-    mut rx: Box<dyn DynReceiver>,
-    expect_hello: bool,
-    slot: Option<ConnectionSlot>,
-) {
-    let _slot = slot;
-    let _forget = ForgetConn {
-        inner: &inner,
-        id: conn.id,
-    };
-    let mut expect_hello = expect_hello;
-    let mut request_slot = None;
-    let reason = loop {
-        let received = if expect_hello {
-            // Slowloris: the first frame must come within hello_timeout_ms.
-            let after = inner.config.hello_timeout();
-            match tokio::time::timeout(after, conn.progress.watch(rx.recv_dyn())).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(peer = %conn.remote(), "closing connection: no Hello frame within {after:?}");
-                    break format!("the peer sent no Hello frame within {after:?}");
-                }
-            }
-        } else {
-            if request_slot.is_none() {
-                request_slot = Some(conn.limits.request_slot().await);
-            }
-            conn.progress.watch(rx.recv_dyn()).await
-        };
-        let msg = match received {
-            Ok(Some(m)) => {
-                conn.progress.activity();
-                m
-            }
-            Ok(None) => break "the peer closed the connection".to_owned(),
-            Err(e) => {
-                tracing::warn!(peer = %conn.remote(), "closing connection: {e}");
-                break e.to_string();
-            }
-        };
-        let (header, payload) = match frame::split(&msg) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(peer = %conn.remote(), "closing connection: invalid frame: {e}");
-                break format!("invalid frame: {e}");
-            }
-        };
-        if expect_hello {
-            if header.kind != Kind::Hello {
-                tracing::warn!(peer = %conn.remote(), kind = ?header.kind, "closing connection: expected a Hello frame first");
-                break "the peer did not start with a Hello frame".to_owned();
-            }
-            expect_hello = false;
-            announce(&inner, &conn, &payload);
-            continue;
-        }
-        match header.kind {
-            Kind::Request => {
-                inner
-                    .dispatch(&conn, header, payload, request_slot.take())
-                    .await
-            }
-            Kind::Response | Kind::Error | Kind::Pong => {
-                if !conn.complete(header, payload) {
-                    tracing::debug!(peer = %conn.remote(), seq = header.seq, "reply to no call in flight (late, after a timeout?)");
-                }
-            }
-            Kind::Shutdown => inner.remote_shutdown(&conn, header).await,
-            Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
-                crate::bulk::serve(&inner, &conn, header, payload).await
-            }
-            Kind::Ping => {
-                let pong = Header {
-                    kind: Kind::Pong,
-                    ..header
-                };
-                let _ = conn.send(&[&pong.encode()]).await;
-            }
-            Kind::Hello => {
-                tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
-                break "the peer sent a second Hello frame".to_owned();
-            }
-        }
-    };
-    conn.kill(&reason);
-}
-
-/// Removes a connection from the engine's table when its reader ends,
-/// including when the reader is aborted.
-struct ForgetConn<'a> {
-    inner: &'a Inner,
-    id: u64,
-}
-
-impl Drop for ForgetConn<'_> {
-    fn drop(&mut self) {
-        self.inner.forget_conn(self.id);
-    }
-}
-
-fn announce(inner: &Inner, conn: &Conn, payload: &[u8]) {
-    if payload.is_empty() {
-        return;
-    }
-    let parsed = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|s| s.parse::<WireAddr>().ok())
-        .and_then(|a| inner.canonical(&a).ok());
-    match parsed {
-        Some(a) => {
-            let _ = conn.announced.set(a);
-        }
-        None => {
-            tracing::debug!(peer = %conn.remote(), "ignoring an invalid address in a Hello frame")
-        }
-    }
-}

@@ -1,28 +1,29 @@
-//! The engine: its builder, RPC table, connections, and finalize.
+//! The public [`Engine`] and its builder: an engine is built here from its
+//! parts — the state every part shares (`state.rs`), the RPC table and
+//! dispatch (`rpcs.rs`, `dispatch.rs`), the way to connections
+//! (`links.rs`) — and finalized when its last handle goes.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
-use courier_transport::{
-    Address as WireAddr, DynConnection, DynTransport, ProtocolEntry, Registry,
-};
+use courier_transport::{Address as WireAddr, Registry};
 use serde_json::Value;
-use tokio::runtime::{Handle as RtHandle, Runtime};
-use tokio::sync::watch;
-use tokio::task::AbortHandle;
+use tokio::runtime::Handle as RtHandle;
 
-use crate::address::{Address, Peer};
+use crate::address::Address;
 use crate::config::{Config, Mode};
-use crate::conn::{read_loop, Conn, FINALIZED};
-use crate::frame::{Header, Kind, Status, RESERVED_PROVIDER};
-use crate::handler::{Handle, RawHandler, RpcEntry};
-use crate::limits::{ConnLimits, ConnectionSlot, ConnectionSlots, RequestSlot};
-use crate::progress::Progress;
+use crate::dispatch::Dispatcher;
+use crate::error::{Error, Result};
+use crate::handler::{self, Handle, HandlerOutput, RawHandler};
+use crate::links::{self, Links};
+use crate::peer::{Dial, Peer};
+use crate::registry;
 use crate::remote::{RawRemoteFunction, RemoteFunction};
-use crate::{Error, Result};
+use crate::rpcs::RpcTable;
+use crate::runtime;
+use crate::state::{EngineState, Runtimes};
 
 /// Options of one registered RPC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,296 +52,19 @@ impl RpcOptions {
     }
 }
 
-type Callback = Box<dyn FnOnce() + Send>;
-
-/// The state shared by the engine, its tasks, handles and addresses.
-pub(crate) struct Inner {
-    pub(crate) transport: Arc<dyn DynTransport>,
-    pub(crate) protocol: ProtocolEntry,
-    pub(crate) config: Config,
-    /// The listening address (server mode).
-    pub(crate) self_addr: Option<WireAddr>,
-    /// Where engine tasks (accept, readers) run.
-    pub(crate) rt: RtHandle,
-    /// Where handlers run.
-    pub(crate) handler_rt: RtHandle,
-    /// Whether handlers run on the engine's own runtime (no RPC threads), so
-    /// the reader may give them their first poll itself.
-    inline_handlers: bool,
-    /// The polling-before-parking policy.
-    pub(crate) progress: Arc<Progress>,
-    spinner: Mutex<Option<AbortHandle>>,
-    rpcs: RwLock<HashMap<(u64, u16), Arc<RpcEntry>>>,
-    names: RwLock<HashMap<u64, String>>,
-    peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
-    /// Places for accepted connections (`max_connections`).
-    conn_slots: ConnectionSlots,
-    next_conn: AtomicU64,
-    remote_shutdown: AtomicBool,
-    finalizing: AtomicBool,
-    finalized: watch::Sender<bool>,
-    listener: Mutex<Option<AbortHandle>>,
-    listener_done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
-    stop_listener: watch::Sender<bool>,
-    /// Runtimes the engine owns (progress thread, RPC threads).
-    owned_runtimes: Mutex<Vec<Runtime>>,
-    pre_finalize: Mutex<Vec<Callback>>,
-    on_finalize: Mutex<Vec<Callback>>,
-    /// Exposed bulk regions and fast-path leases (`crate::bulk`).
-    pub(crate) bulk: crate::bulk::BulkTable,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Inner {
-    pub(crate) fn is_finalizing(&self) -> bool {
-        self.finalizing.load(Ordering::Acquire)
-    }
-
-    /// Replaces an alias by the canonical protocol name and checks that the
-    /// address is for this engine's protocol.
-    pub(crate) fn canonical(&self, addr: &WireAddr) -> Result<WireAddr> {
-        if addr.protocol() == self.protocol.name {
-            return Ok(addr.clone());
-        }
-        if self.protocol.aliases.iter().any(|a| a == addr.protocol()) {
-            return Ok(addr.with_protocol(&self.protocol.name));
-        }
-        Err(Error::ProtocolMismatch {
-            address: addr.to_string(),
-            protocol: addr.protocol().to_owned(),
-            engine: self.protocol.name.clone(),
-        })
-    }
-
-    pub(crate) async fn connection_for(self: &Arc<Self>, peer: &Peer) -> Result<Arc<Conn>> {
-        if self.is_finalizing() {
-            return Err(Error::Finalized);
-        }
-        peer.connection(self).await
-    }
-
-    /// Opens a connection, introduces this engine, and starts its reader.
-    pub(crate) async fn connect(self: &Arc<Self>, addr: &WireAddr) -> Result<Arc<Conn>> {
-        if self.is_finalizing() {
-            return Err(Error::Finalized);
-        }
-        let after = self.config.connect_timeout();
-        let transport = self.transport.clone();
-        let target = addr.clone();
-        // The socket is created on the engine's runtime, so that its I/O is
-        // driven there (the progress thread, when there is one).
-        let dial = self
-            .rt
-            .spawn(async move { transport.connect_dyn(&target).await });
-        let raw = match tokio::time::timeout(after, dial).await {
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    address: addr.to_string(),
-                    after,
-                })
-            }
-            Ok(Err(join)) => return Err(Error::Config(format!("connect task failed: {join}"))),
-            Ok(Ok(r)) => r?,
-        };
-        let conn = self.start_conn(raw, Some(addr.clone()), false, None);
-        let hello_addr = self
-            .self_addr
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        conn.send(&[&Header::new(Kind::Hello).encode(), hello_addr.as_bytes()])
-            .await?;
-        Ok(conn)
-    }
-
-    /// Registers a new connection and spawns its reader.
-    fn start_conn(
-        self: &Arc<Self>,
-        raw: Box<dyn DynConnection>,
-        dialed: Option<WireAddr>,
-        expect_hello: bool,
-        slot: Option<ConnectionSlot>,
-    ) -> Arc<Conn> {
-        let peer = dialed.unwrap_or_else(|| raw.peer_addr().clone());
-        let capabilities = raw.capabilities_dyn();
-        let (tx, rx) = raw.split_dyn();
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let limits = ConnLimits::new(&self.config);
-        let conn = Arc::new(Conn::new(id, peer, tx, self.progress.clone(), limits));
-        let _ = conn.capabilities.set(capabilities);
-        lock(&self.conns).insert(id, conn.clone());
-        let task = self.rt.spawn(read_loop(
-            self.clone(),
-            conn.clone(),
-            rx,
-            expect_hello,
-            slot,
-        ));
-        conn.set_reader(task.abort_handle());
-        if self.is_finalizing() {
-            conn.kill(FINALIZED);
-        }
-        conn
-    }
-
-    pub(crate) fn forget_conn(&self, id: u64) {
-        lock(&self.conns).remove(&id);
-        self.bulk.forget_conn(id);
-    }
-
-    /// Answers a request frame: runs the handler, or says why not. `slot`
-    /// (the request's place among the connection's in-flight requests) is
-    /// held by the handler's handle until the request is done.
-    pub(crate) async fn dispatch(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        header: Header,
-        payload: Bytes,
-        slot: Option<RequestSlot>,
-    ) {
-        let entry = self
-            .rpcs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(header.rpc, header.provider))
-            .cloned();
-        let refuse = |status: Status, message: String| async move {
-            if header.no_response() {
-                tracing::debug!(
-                    rpc = header.rpc,
-                    provider = header.provider,
-                    "dropping one-way request: {message}"
-                );
-                return;
-            }
-            let _ = conn.send_error(&header, status, &message).await;
-        };
-        if self.is_finalizing() {
-            return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
-        }
-        let Some(entry) = entry else {
-            let name = lock_read(&self.names).get(&header.rpc).cloned();
-            let what =
-                name.map_or_else(|| format!("id {:#018x}", header.rpc), |n| format!("'{n}'"));
-            return refuse(
-                Status::NoSuchRpc,
-                format!("no such RPC {what} at provider {}", header.provider),
-            )
-            .await;
-        };
-        if entry.disable_response && !header.no_response() {
-            return refuse(
-                Status::OneWay,
-                format!("RPC '{}' is registered with disable_response", entry.name),
-            )
-            .await;
-        }
-        let handle = Handle::new(self.clone(), conn.clone(), entry.clone(), header, slot);
-        let mut fut = Box::pin(crate::handler::run(entry, handle, payload));
-        if !self.inline_handlers {
-            self.handler_rt.spawn(fut);
-            return;
-        }
-        // Handlers run on this runtime: poll the handler once right here.
-        // Most finish in that one poll (decode, compute, respond), which
-        // saves a task spawn and a trip through the scheduler per request;
-        // one that has to wait goes on as a task of its own, so the reader
-        // is never held up by it.
-        let first = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(fut.as_mut(), cx))
-        })
-        .await;
-        if first.is_pending() {
-            self.handler_rt.spawn(fut);
-        }
-    }
-
-    /// Answers a shutdown request.
-    pub(crate) async fn remote_shutdown(self: &Arc<Self>, conn: &Arc<Conn>, header: Header) {
-        if !self.remote_shutdown.load(Ordering::Acquire) {
-            tracing::info!(peer = %conn.remote(), "refused a remote shutdown (not enabled)");
-            let _ = conn
-                .send_error(
-                    &header,
-                    Status::ShutdownRefused,
-                    "remote shutdown is not enabled",
-                )
-                .await;
-            return;
-        }
-        tracing::info!(peer = %conn.remote(), "remote shutdown requested");
-        let ack = Header {
-            kind: Kind::Response,
-            ..header
-        };
-        let _ = conn.send(&[&ack.encode()]).await;
-        let inner = self.clone();
-        self.rt.spawn(async move { inner.finalize().await });
-    }
-
-    /// Finalizes: refuses new work, stops listening, ends every connection
-    /// (calls in flight fail with [`Error::Finalized`]), stops owned threads.
-    pub(crate) async fn finalize(self: &Arc<Self>) {
-        if self.finalizing.swap(true, Ordering::AcqRel) {
-            let mut rx = self.finalized.subscribe();
-            let _ = rx.wait_for(|done| *done).await;
-            return;
-        }
-        for cb in std::mem::take(&mut *lock(&self.pre_finalize)) {
-            cb();
-        }
-        self.stop_listener.send_replace(true);
-        let done = lock(&self.listener_done).take();
-        if let Some(done) = done {
-            // The accept loop drops the listener (removing a socket file)
-            // before it answers.
-            let _ = done.await;
-        }
-        self.finish_finalize();
-    }
-
-    /// The synchronous part of finalize (also run when the engine is dropped).
-    fn finish_finalize(&self) {
-        self.finalizing.store(true, Ordering::Release);
-        if let Some(l) = lock(&self.listener).take() {
-            l.abort();
-        }
-        if let Some(s) = lock(&self.spinner).take() {
-            s.abort();
-        }
-        let conns: Vec<Arc<Conn>> = lock(&self.conns).drain().map(|(_, c)| c).collect();
-        for c in conns {
-            c.kill(FINALIZED);
-        }
-        lock(&self.peers).clear();
-        self.rpcs.write().unwrap_or_else(|e| e.into_inner()).clear();
-        for rt in lock(&self.owned_runtimes).drain(..) {
-            rt.shutdown_background();
-        }
-        for cb in std::mem::take(&mut *lock(&self.on_finalize)) {
-            cb();
-        }
-        self.finalized.send_replace(true);
-    }
-}
-
-fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Finalizes the engine when the last [`Engine`] clone is dropped.
 struct Owner {
-    inner: Arc<Inner>,
+    dispatch: Arc<Dispatcher>,
+    /// Held here only: the state reaches it through a weak reference, so
+    /// that no cycle of strong references outlives the engine.
+    _links: Arc<Links>,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if !*self.inner.finalized.borrow() {
-            self.inner.finish_finalize();
+        let state = &self.dispatch.state;
+        if !state.lifecycle.is_finalized() {
+            state.finish_finalize();
         }
     }
 }
@@ -382,7 +106,7 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let i = &self.owner.inner;
+        let i = self.state();
         f.debug_struct("Engine")
             .field("protocol", &i.protocol.name)
             .field("mode", &i.config.mode)
@@ -401,8 +125,9 @@ pub struct EngineBuilder {
     progress_thread: Option<bool>,
     rpc_threads: Option<usize>,
     max_message_size: Option<usize>,
-    connect_timeout: Option<std::time::Duration>,
-    progress_spin: Option<std::time::Duration>,
+    connect_timeout: Option<Duration>,
+    call_timeout: Option<Duration>,
+    progress_spin: Option<Duration>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
     pub(crate) progress_provided: bool,
 }
@@ -419,6 +144,7 @@ impl EngineBuilder {
             rpc_threads: None,
             max_message_size: None,
             connect_timeout: None,
+            call_timeout: None,
             progress_spin: None,
             progress_provided: false,
         }
@@ -460,17 +186,26 @@ impl EngineBuilder {
         self
     }
 
-    /// How long connecting to a peer may take (default 5 s).
+    /// How long connecting to a peer may take (`timeouts.connect_ms`,
+    /// default 5 s).
     #[must_use]
-    pub fn connect_timeout(mut self, after: std::time::Duration) -> Self {
+    pub fn connect_timeout(mut self, after: Duration) -> Self {
         self.connect_timeout = Some(after);
+        self
+    }
+
+    /// The timeout of every call, ping and shutdown request that sets none
+    /// (`timeouts.call_ms`; default: none).
+    #[must_use]
+    pub fn call_timeout(mut self, after: Duration) -> Self {
+        self.call_timeout = Some(after);
         self
     }
 
     /// How long the engine keeps polling after a message before it parks
     /// (see the `progress_spin_us` key of [`Config`]); zero parks at once.
     #[must_use]
-    pub fn progress_spin(mut self, window: std::time::Duration) -> Self {
+    pub fn progress_spin(mut self, window: Duration) -> Self {
         self.progress_spin = Some(window);
         self
     }
@@ -520,8 +255,12 @@ impl EngineBuilder {
         if let Some(w) = self.progress_spin {
             config.progress_spin_us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
         }
+        let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
         if let Some(t) = self.connect_timeout {
-            config.connect_timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+            config.timeouts.connect_ms = millis(t);
+        }
+        if let Some(t) = self.call_timeout {
+            config.timeouts.call_ms = Some(millis(t));
         }
         if self.target.contains("://") {
             config.listen = Some(self.target.clone());
@@ -540,7 +279,7 @@ impl EngineBuilder {
         let mut config = self.effective_config()?;
         let registry = match self.registry.clone() {
             Some(r) => r,
-            None => crate::default_registry()?,
+            None => registry::default_registry()?,
         };
         let protocol_name = match &config.listen {
             Some(listen) => listen.parse::<WireAddr>()?.protocol().to_owned(),
@@ -550,31 +289,21 @@ impl EngineBuilder {
             registry.create(&protocol_name, &config.transport, config.max_message_size)?;
 
         let mut owned = Vec::new();
-        let rt = if config.use_progress_thread && !self.progress_provided {
-            let progress = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("courier-progress")
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Config(format!("cannot start the progress thread: {e}")))?;
+        let io = if config.use_progress_thread && !self.progress_provided {
+            let progress = runtime::progress_thread()?;
             let h = progress.handle().clone();
             owned.push(progress);
             h
         } else {
             RtHandle::current()
         };
-        let handler_rt = if config.rpc_thread_count > 0 {
-            let pool = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.rpc_thread_count)
-                .thread_name("courier-rpc")
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Config(format!("cannot start the RPC threads: {e}")))?;
+        let handlers = if config.rpc_thread_count > 0 {
+            let pool = runtime::rpc_threads(config.rpc_thread_count)?;
             let h = pool.handle().clone();
             owned.push(pool);
             h
         } else {
-            rt.clone()
+            io.clone()
         };
 
         let listener = if config.mode == Mode::Server {
@@ -583,7 +312,7 @@ impl EngineBuilder {
                 None => WireAddr::new(entry.name.clone(), "")?,
             };
             let t = transport.clone();
-            let listener = rt
+            let listener = io
                 .spawn(async move { t.listen_dyn(&listen).await })
                 .await
                 .map_err(|e| Error::Config(format!("listen task failed: {e}")))??;
@@ -596,96 +325,39 @@ impl EngineBuilder {
             config.listen = Some(a.to_string());
         }
 
-        let progress = Arc::new(Progress::new(config.progress_spin()));
-        let conn_slots = ConnectionSlots::new(config.max_connections);
-        let bulk = crate::bulk::BulkTable::new(config.bulk);
-        let (finalized, _) = watch::channel(false);
-        let (stop_listener, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
+        let state = Arc::new(EngineState::new(
             transport,
-            protocol: entry,
-            remote_shutdown: AtomicBool::new(config.enable_remote_shutdown),
-            inline_handlers: config.rpc_thread_count == 0,
+            entry,
             config,
             self_addr,
-            rt: rt.clone(),
-            handler_rt,
-            progress: progress.clone(),
-            spinner: Mutex::new(None),
-            rpcs: RwLock::new(HashMap::new()),
-            names: RwLock::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
-            conns: Mutex::new(HashMap::new()),
-            conn_slots,
-            next_conn: AtomicU64::new(1),
-            finalizing: AtomicBool::new(false),
-            finalized,
-            listener: Mutex::new(None),
-            listener_done: Mutex::new(None),
-            stop_listener,
-            owned_runtimes: Mutex::new(owned),
-            pre_finalize: Mutex::new(Vec::new()),
-            on_finalize: Mutex::new(Vec::new()),
-            bulk,
+            Runtimes {
+                io: io.clone(),
+                handlers,
+                owned,
+            },
+        ));
+        let rpcs = Arc::new(RpcTable::new());
+        // Handlers may hold engine handles: finalize drops them.
+        let table = rpcs.clone();
+        state.on_teardown(Box::new(move || table.clear()));
+        let dispatch = Arc::new(Dispatcher {
+            state: state.clone(),
+            rpcs,
         });
-        if progress.enabled() {
-            let task = rt.spawn(progress.run());
-            *lock(&inner.spinner) = Some(task.abort_handle());
+        let links = Arc::new(Links::new(dispatch.clone()));
+        state.set_dialer(Arc::downgrade(&links) as Weak<dyn Dial>);
+        if state.progress.enabled() {
+            let task = io.spawn(state.progress.clone().run());
+            state.set_spinner(task.abort_handle());
         }
         if let Some(listener) = listener {
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let task = rt.spawn(accept_loop(inner.clone(), listener, done_tx));
-            *lock(&inner.listener) = Some(task.abort_handle());
-            *lock(&inner.listener_done) = Some(done_rx);
+            links::listen(&links, listener);
         }
-        tracing::debug!(protocol = %inner.protocol.name, address = ?inner.self_addr.as_ref().map(ToString::to_string), "engine started");
+        tracing::debug!(protocol = %state.protocol.name, address = ?state.self_addr.as_ref().map(ToString::to_string), "engine started");
         Ok(Engine {
-            owner: Arc::new(Owner { inner }),
+            owner: Arc::new(Owner { dispatch, _links: links }),
         })
     }
-}
-
-async fn accept_loop(
-    inner: Arc<Inner>,
-    mut listener: Box<dyn courier_transport::DynListener>,
-    done: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut stop = inner.stop_listener.subscribe();
-    // Hold only a weak reference while idle, so a dropped engine is not kept
-    // alive by its own accept loop.
-    let weak = Arc::downgrade(&inner);
-    drop(inner);
-    loop {
-        tokio::select! {
-            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            accepted = listener.accept_dyn() => {
-                let Some(inner) = weak.upgrade() else { break };
-                match accepted {
-                    Ok(raw) => match inner.conn_slots.admit() {
-                        Some(slot) => {
-                            tracing::debug!(peer = %raw.peer_addr(), "accepted a connection");
-                            inner.start_conn(raw, None, true, Some(slot));
-                        }
-                        None => {
-                            tracing::warn!(
-                                peer = %raw.peer_addr(),
-                                "closing an accepted connection: max_connections ({}) reached",
-                                inner.conn_slots.max()
-                            );
-                            drop(raw);
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        // Typically out of file descriptors: let some close.
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-    }
-    drop(listener);
-    let _ = done.send(());
 }
 
 impl Engine {
@@ -705,55 +377,53 @@ impl Engine {
         EngineBuilder::new(protocol_or_address)
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.owner.inner
+    /// The engine's state, which handles and addresses share.
+    pub(crate) fn state(&self) -> &Arc<EngineState> {
+        &self.owner.dispatch.state
     }
 
     /// The engine's address, as a client passes it to `lookup`. In client
     /// mode, an engine has no listening address: this is `<protocol>://`.
     pub fn address(&self) -> Address {
-        let inner = self.inner().clone();
-        let addr = inner.self_addr.clone().unwrap_or_else(|| {
-            WireAddr::new(inner.protocol.name.clone(), "").unwrap_or_else(|_| unreachable!())
+        let state = self.state().clone();
+        let addr = state.self_addr.clone().unwrap_or_else(|| {
+            WireAddr::new(state.protocol.name.clone(), "").unwrap_or_else(|_| unreachable!())
         });
-        Address {
-            peer: Arc::new(Peer::new(addr, None)),
-            inner,
-        }
+        Address::new(state, Arc::new(Peer::new(addr, None)))
     }
 
     /// The canonical protocol name (`"tcp"` for an engine built as `"ofi+tcp"`).
     pub fn protocol(&self) -> &str {
-        &self.inner().protocol.name
+        &self.state().protocol.name
     }
 
     /// Server or client.
     pub fn mode(&self) -> Mode {
-        self.inner().config.mode
+        self.state().config.mode
     }
 
     /// The effective configuration, as JSON: every setting with its value,
     /// plus `protocol`, `plugin` and the listening address.
     pub fn config(&self) -> Value {
-        let inner = self.inner();
-        let mut v = serde_json::to_value(&inner.config).unwrap_or(Value::Null);
+        let state = self.state();
+        let mut v = serde_json::to_value(&state.config).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.insert(
                 "protocol".into(),
-                Value::String(inner.protocol.name.clone()),
+                Value::String(state.protocol.name.clone()),
             );
             m.insert(
                 "plugin".into(),
-                Value::String(inner.protocol.plugin.clone()),
+                Value::String(state.protocol.plugin.clone()),
             );
             m.insert(
                 "enable_remote_shutdown".into(),
-                Value::Bool(inner.remote_shutdown.load(Ordering::Acquire)),
+                Value::Bool(state.lifecycle.remote_shutdown_enabled()),
             );
             // As set now (`set_bulk_options` may have changed them).
             m.insert(
                 "bulk".into(),
-                serde_json::to_value(inner.bulk.options()).unwrap_or(Value::Null),
+                serde_json::to_value(state.bulk.options()).unwrap_or(Value::Null),
             );
         }
         v
@@ -761,7 +431,7 @@ impl Engine {
 
     /// Allows peers to shut this engine down (`Address::shutdown`).
     pub fn enable_remote_shutdown(&self) {
-        self.inner().remote_shutdown.store(true, Ordering::Release);
+        self.state().lifecycle.enable_remote_shutdown();
     }
 
     /// Registers a typed handler for `name` at provider 0.
@@ -778,7 +448,7 @@ impl Engine {
         A: serde::de::DeserializeOwned + Send + 'static,
         F: Fn(Handle, A) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future + Send + 'static,
-        Fut::Output: crate::HandlerOutput,
+        Fut::Output: HandlerOutput,
     {
         self.register_with(name, RpcOptions::default(), handler)
     }
@@ -797,9 +467,9 @@ impl Engine {
         A: serde::de::DeserializeOwned + Send + 'static,
         F: Fn(Handle, A) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future + Send + 'static,
-        Fut::Output: crate::HandlerOutput,
+        Fut::Output: HandlerOutput,
     {
-        self.register_raw(name, options, crate::handler::typed(handler))
+        self.register_raw(name, options, handler::typed(handler))
     }
 
     /// Registers a handler on raw payload bytes (for bindings that bring
@@ -811,57 +481,20 @@ impl Engine {
     where
         F: Fn(Handle, Bytes) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future + Send + 'static,
-        Fut::Output: crate::HandlerOutput,
+        Fut::Output: HandlerOutput,
     {
-        let handler: RawHandler = crate::handler::boxed(handler);
-        self.insert_rpc(name, options, handler)
-    }
-
-    fn insert_rpc(&self, name: &str, options: RpcOptions, handler: RawHandler) -> Result<()> {
-        let inner = self.inner();
-        if options.provider_id == RESERVED_PROVIDER {
-            return Err(Error::InvalidProviderId(u32::from(options.provider_id)));
-        }
-        let id = crate::frame::rpc_id(name);
-        {
-            let mut names = inner.names.write().unwrap_or_else(|e| e.into_inner());
-            match names.get(&id) {
-                Some(existing) if existing != name => {
-                    return Err(Error::RpcIdCollision {
-                        name: name.to_owned(),
-                        existing: existing.clone(),
-                        id,
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    names.insert(id, name.to_owned());
-                }
-            }
-        }
-        let mut rpcs = inner.rpcs.write().unwrap_or_else(|e| e.into_inner());
-        let key = (id, options.provider_id);
-        if rpcs.contains_key(&key) {
-            return Err(Error::AlreadyRegistered {
-                rpc: name.to_owned(),
-                provider: options.provider_id,
-            });
-        }
-        rpcs.insert(
-            key,
-            Arc::new(RpcEntry {
-                name: name.into(),
-                provider: options.provider_id,
-                disable_response: options.disable_response,
-                handler,
-            }),
-        );
-        Ok(())
+        let handler: RawHandler = handler::boxed(handler);
+        self.owner.dispatch.rpcs.insert(
+            name,
+            options.provider_id,
+            options.disable_response,
+            handler,
+        )
     }
 
     /// Whether `name` is registered at `provider_id`.
     pub fn registered(&self, name: &str, provider_id: u16) -> bool {
-        lock_read(&self.inner().rpcs).contains_key(&(crate::frame::rpc_id(name), provider_id))
+        self.owner.dispatch.rpcs.contains(name, provider_id)
     }
 
     /// Removes the handler of `name` at `provider_id`; later requests get
@@ -870,19 +503,7 @@ impl Engine {
     /// # Errors
     /// [`Error::NotRegistered`].
     pub fn deregister(&self, name: &str, provider_id: u16) -> Result<()> {
-        let removed = self
-            .inner()
-            .rpcs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(crate::frame::rpc_id(name), provider_id));
-        match removed {
-            Some(_) => Ok(()),
-            None => Err(Error::NotRegistered {
-                rpc: name.to_owned(),
-                provider: provider_id,
-            }),
-        }
+        self.owner.dispatch.rpcs.remove(name, provider_id)
     }
 
     /// A typed remote function for calling `name` on other engines (PyMargo's
@@ -898,7 +519,7 @@ impl Engine {
 
     /// A remote function on raw payload bytes.
     pub fn remote_raw(&self, name: &str) -> RawRemoteFunction {
-        RawRemoteFunction::new(self.inner().clone(), name)
+        RawRemoteFunction::new(self.state().clone(), name)
     }
 
     /// Resolves an address string (`tcp://127.0.0.1:41235`, aliases
@@ -908,48 +529,41 @@ impl Engine {
     /// Malformed address, another protocol than the engine's, connect refused
     /// or timed out, engine finalized.
     pub async fn lookup(&self, address: &str) -> Result<Address> {
-        let inner = self.inner();
-        if inner.is_finalizing() {
+        let state = self.state();
+        if state.is_finalizing() {
             return Err(Error::Finalized);
         }
-        let wire = inner.canonical(&address.parse::<WireAddr>()?)?;
-        let peer = lock(&inner.peers)
-            .entry(wire.clone())
-            .or_insert_with(|| Arc::new(Peer::new(wire, None)))
-            .clone();
-        peer.connection(inner).await?;
-        Ok(Address {
-            inner: inner.clone(),
-            peer,
-        })
+        let wire = state.canonical(&address.parse::<WireAddr>()?)?;
+        let peer = state.peer(wire);
+        state.connection_for(&peer).await?;
+        Ok(Address::new(state.clone(), peer))
     }
 
     /// Registers a callback run when finalize starts, before anything stops.
     pub fn on_prefinalize(&self, callback: impl FnOnce() + Send + 'static) {
-        lock(&self.inner().pre_finalize).push(Box::new(callback));
+        self.state().lifecycle.add_pre_finalize(Box::new(callback));
     }
 
     /// Registers a callback run at the end of finalize.
     pub fn on_finalize(&self, callback: impl FnOnce() + Send + 'static) {
-        lock(&self.inner().on_finalize).push(Box::new(callback));
+        self.state().lifecycle.add_on_finalize(Box::new(callback));
     }
 
     /// Finalizes the engine: it stops listening, closes its connections
     /// (calls in flight end with [`Error::Finalized`]) and its threads.
     /// Finalizing twice is harmless.
     pub async fn finalize(&self) {
-        self.inner().finalize().await;
+        self.state().finalize().await;
     }
 
     /// Whether the engine is finalizing or finalized.
     pub fn is_finalized(&self) -> bool {
-        self.inner().is_finalizing()
+        self.state().is_finalizing()
     }
 
     /// Waits until the engine is finalized, by [`Engine::finalize`] or by a
     /// remote shutdown.
     pub async fn wait_for_finalize(&self) {
-        let mut rx = self.inner().finalized.subscribe();
-        let _ = rx.wait_for(|done| *done).await;
+        self.state().lifecycle.wait_finalized().await;
     }
 }

@@ -18,6 +18,17 @@ pub enum Error {
     #[error("invalid engine configuration: {0}")]
     Config(String),
 
+    /// A runtime the engine starts for itself (the progress thread, the RPC
+    /// threads, a blocking engine's runtime) could not be started.
+    #[error("cannot start {what}: {source}")]
+    Runtime {
+        /// Which runtime.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An address uses another protocol than the engine's.
     #[error("address '{address}' uses protocol '{protocol}', but this engine speaks '{engine}'")]
     ProtocolMismatch {
@@ -119,16 +130,16 @@ pub enum Error {
         source: postcard::Error,
     },
 
-    /// Deserializing a response failed (the two sides disagree on its type).
-    #[error("cannot decode the {what} of RPC '{rpc}': {source}")]
+    /// Deserializing a response failed: the two sides disagree on its type
+    /// (bytes left over after the value are a disagreement too).
+    #[error("cannot decode the {what} of RPC '{rpc}': {reason}")]
     Decode {
         /// The RPC's name.
         rpc: String,
-        /// "arguments" or "response".
+        /// "response".
         what: &'static str,
-        /// The deserializer's error.
-        #[source]
-        source: postcard::Error,
+        /// What the decoder found wrong.
+        reason: String,
     },
 
     /// This engine is finalized (or finalizing): it makes no more calls, and

@@ -1,4 +1,4 @@
-//! Server side of an RPC: the registered entry, the handle, running a handler.
+//! Server side of an RPC: the handle, the handler types, running a handler.
 
 use std::fmt;
 use std::future::Future;
@@ -13,12 +13,13 @@ use bytes::Bytes;
 use courier_transport::{BoxFuture, TransportError};
 use tracing::Instrument;
 
-use crate::address::{Address, Peer};
+use crate::address::Address;
 use crate::conn::Conn;
-use crate::engine::Inner;
+use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
 use crate::limits::RequestSlot;
-use crate::{Error, Result};
+use crate::peer::Peer;
+use crate::state::EngineState;
 
 /// What a handler may return: `()`, or `Result<(), E>` where `E` displays
 /// (the message is sent to the caller as a remote error).
@@ -39,15 +40,10 @@ impl<E: fmt::Display> HandlerOutput for std::result::Result<(), E> {
     }
 }
 
+/// A handler as the engine holds it: raw payload in, `Err(message)` for
+/// the caller on failure.
 pub(crate) type RawHandler =
     Arc<dyn Fn(Handle, Bytes) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
-
-pub(crate) struct RpcEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) provider: u16,
-    pub(crate) disable_response: bool,
-    pub(crate) handler: RawHandler,
-}
 
 pub(crate) fn boxed<F, Fut>(handler: F) -> RawHandler
 where
@@ -72,22 +68,46 @@ where
     Fut::Output: HandlerOutput,
 {
     move |h: Handle, payload: Bytes| -> BoxFuture<'static, std::result::Result<(), String>> {
-        match postcard::from_bytes::<A>(&payload) {
+        match decode_exact::<A>(&payload) {
             Ok(args) => {
                 let fut = handler(h, args);
                 Box::pin(async move { fut.await.into_result() })
             }
-            Err(e) => Box::pin(std::future::ready(Err(format!(
-                "cannot decode the arguments: {e}"
-            )))),
+            Err(why) => {
+                let message = format!(
+                    "cannot decode the arguments of RPC '{}': {why}",
+                    h.rpc_name()
+                );
+                Box::pin(std::future::ready(Err(message)))
+            }
         }
     }
 }
 
+/// Decodes a whole postcard value: bytes left over after it mean that the
+/// two sides disagree on the type (a string sent where a number is
+/// expected decodes its length as the number, and leaves its bytes).
+///
+/// # Errors
+/// Why not, as a message.
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!(
+            "type mismatch: {} of {} bytes are left over after decoding",
+            rest.len(),
+            bytes.len()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 struct RequestState {
-    inner: Arc<Inner>,
+    engine: Arc<EngineState>,
     conn: Arc<Conn>,
-    entry: Arc<RpcEntry>,
+    name: Arc<str>,
     header: Header,
     responded: AtomicBool,
     /// The request's place among its connection's requests in flight,
@@ -109,9 +129,9 @@ impl RequestState {
         if self.claim() {
             let _ = self.conn.send_error(&self.header, status, message).await;
         } else if self.expects_response() {
-            tracing::warn!(rpc = %self.entry.name, "handler error after it responded: {message}");
+            tracing::warn!(rpc = %self.name, "handler error after it responded: {message}");
         } else {
-            tracing::warn!(rpc = %self.entry.name, "one-way handler failed: {message}");
+            tracing::warn!(rpc = %self.name, "one-way handler failed: {message}");
         }
     }
 }
@@ -123,8 +143,8 @@ impl Drop for RequestState {
         if self.claim() {
             let conn = self.conn.clone();
             let header = self.header;
-            let name = self.entry.name.clone();
-            self.inner.rt.spawn(async move {
+            let name = self.name.clone();
+            self.engine.rt.spawn(async move {
                 tracing::warn!(rpc = %name, "handle dropped without responding");
                 let _ = conn
                     .send_error(
@@ -152,7 +172,7 @@ pub struct Handle {
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("rpc", &self.state.entry.name)
+            .field("rpc", &self.state.name)
             .field("provider", &self.state.header.provider)
             .field("peer", &self.state.conn.remote().to_string())
             .finish()
@@ -161,17 +181,17 @@ impl fmt::Debug for Handle {
 
 impl Handle {
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        engine: Arc<EngineState>,
         conn: Arc<Conn>,
-        entry: Arc<RpcEntry>,
+        name: Arc<str>,
         header: Header,
         slot: Option<RequestSlot>,
     ) -> Self {
         Self {
             state: Arc::new(RequestState {
-                inner,
+                engine,
                 conn,
-                entry,
+                name,
                 header,
                 responded: AtomicBool::new(false),
                 _slot: slot,
@@ -184,10 +204,10 @@ impl Handle {
     /// go over the connection the request came on while it lives.
     pub fn address(&self) -> Address {
         let conn = &self.state.conn;
-        Address {
-            inner: self.state.inner.clone(),
-            peer: Arc::new(Peer::new(conn.remote().clone(), Some(conn.clone()))),
-        }
+        Address::new(
+            self.state.engine.clone(),
+            Arc::new(Peer::new(conn.remote().clone(), Some(conn.clone()))),
+        )
     }
 
     /// The provider id the request was sent to.
@@ -197,7 +217,7 @@ impl Handle {
 
     /// The RPC's name.
     pub fn rpc_name(&self) -> &str {
-        &self.state.entry.name
+        &self.state.name
     }
 
     /// Whether the caller waits for a response (false for one-way RPCs).
@@ -269,7 +289,7 @@ impl Handle {
             });
         }
         let state = self.state.clone();
-        self.state.inner.rt.spawn(async move {
+        self.state.engine.rt.spawn(async move {
             let header = Header {
                 kind: Kind::Response,
                 flags: 0,
@@ -277,7 +297,7 @@ impl Handle {
                 ..state.header
             };
             if let Err(e) = send_claimed(&state, &[&header.encode(), &payload]).await {
-                tracing::warn!(rpc = %state.entry.name, "cannot send the response: {e}");
+                tracing::warn!(rpc = %state.name, "cannot send the response: {e}");
             }
         });
         Ok(())
@@ -303,19 +323,18 @@ async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
 }
 
 /// Runs one request's handler, catching its errors and panics.
-pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
+pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     let state = handle.state.clone();
     let span = tracing::debug_span!(
         "rpc.handle",
-        rpc = %entry.name,
-        provider = entry.provider,
+        rpc = %state.name,
+        provider = state.header.provider,
         peer = %state.conn.remote(),
         status = tracing::field::Empty,
         duration_us = tracing::field::Empty,
     );
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
-    let handler = entry.handler.clone();
     let outcome = CatchUnwind(Box::pin(async move { handler(handle, payload).await }))
         .instrument(span.clone())
         .await;
@@ -326,7 +345,7 @@ pub(crate) async fn run(entry: Arc<RpcEntry>, handle: Handle, payload: Bytes) {
             "error"
         }
         Err(message) => {
-            tracing::warn!(rpc = %entry.name, "handler panicked: {message}");
+            tracing::warn!(rpc = %state.name, "handler panicked: {message}");
             state.fail(Status::HandlerPanicked, &message).await;
             "panic"
         }
@@ -371,5 +390,21 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_exact;
+
+    #[test]
+    fn leftover_bytes_are_a_type_mismatch() {
+        assert_eq!(decode_exact::<u64>(&[5]), Ok(5));
+        // A string where a number is expected: its length decodes as the
+        // number, its bytes are left over.
+        let text = postcard::to_allocvec("notanumber").unwrap();
+        let err = decode_exact::<u64>(&text).unwrap_err();
+        assert!(err.contains("type mismatch: 10 of 11 bytes"), "{err}");
+        assert!(decode_exact::<String>(&[]).is_err());
     }
 }

@@ -72,7 +72,8 @@
 //! * One-way RPCs: [`RpcOptions::disable_response`] on the server,
 //!   [`RemoteFunction::disable_response`] on the client.
 //! * Timeouts: [`Callable::timeout`] ([`Error::Timeout`]), or a default in the
-//!   JSON config; non-blocking calls: [`blocking::Callable::call_nonblocking`].
+//!   `timeouts` section of the JSON config ([`Timeouts`]); non-blocking
+//!   calls: [`blocking::Callable::call_nonblocking`].
 //! * Remote shutdown: [`Engine::enable_remote_shutdown`], [`Address::shutdown`].
 //! * Threads: [`EngineBuilder::use_progress_thread`] and
 //!   [`EngineBuilder::num_rpc_threads`]; Margo-style JSON with
@@ -86,8 +87,9 @@
 //! ([`Engine::expose`], one or several segments, read-only, write-only or
 //! read-write), sends the [`Bulk`] handle inside ordinary arguments, and the
 //! handler pulls from it or pushes into it ([`Handle::pull`],
-//! [`Handle::push`]; [`Engine::transfer`] and the non-blocking
-//! [`Engine::transfer_nb`] from either side). A handle is a capability: the
+//! [`Handle::push`]; [`Engine::transfer`] from either side, awaited or
+//! [started](Transfer::start)). A handle carries its range
+//! ([`Bulk::slice`]). A handle is a capability: the
 //! exposing engine checks its random key, the region's mode and the range on
 //! every access, and refuses a forged, stale or out-of-range one with
 //! [`Error::BulkRefused`]. Bytes travel as chunked, pipelined messages on
@@ -99,132 +101,51 @@
 
 #![forbid(unsafe_code)]
 
+// Modules, from the leaves up (no module imports one above it; `.ci/run`
+// checks that no cycle of imports comes back):
+// leaves: error, frame, config, timeouts, progress, limits, lifecycle, rpcs,
+// runtime; the connection: conn, call (the call primitive), peer; the
+// shared state: state; the API below the engine: address, handler, remote,
+// bulk/*; incoming frames: dispatch, reader, links; the engine: engine,
+// bulk (its bulk methods), blocking.
 mod address;
 pub mod blocking;
 pub mod bulk;
+mod call;
 mod config;
 mod conn;
+mod dispatch;
 mod engine;
 mod error;
 pub mod frame;
 mod handler;
+mod lifecycle;
 mod limits;
+mod links;
+mod peer;
 mod progress;
+mod reader;
+mod registry;
 mod remote;
+mod rpcs;
+pub mod runtime;
+mod state;
+mod timeouts;
 
 pub use address::Address;
-pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkOptions, BulkRequest};
+pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use config::{
-    Config, Mode, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
+    BulkOptions, Config, Mode, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_US,
 };
 pub use engine::{Engine, EngineBuilder, RpcOptions};
 pub use error::{Error, Result, TransportError};
 pub use handler::{Handle, HandlerOutput};
+pub use registry::{default_registry, install_layer, install_plugin, PROTOCOLS_ENV};
 pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
 
 pub use bytes::Bytes;
 /// The transport layer (plugins, registry, addresses).
 pub use courier_transport as transport;
 
-/// The environment variable naming an extra `protocols.toml` that
-/// [`default_registry`] loads on top of the built-in table.
-pub const PROTOCOLS_ENV: &str = "COURIER_PROTOCOLS";
-
-/// The registry engines use unless given another: the built-in protocol
-/// table, the table named by `$COURIER_PROTOCOLS` if set, and the plugins
-/// bundled by this crate's cargo features (`tcp`, `unix`, `quic`, `shm`,
-/// `mem`, and the `chaos` layer).
-///
-/// Plugins go through the same public path as any user plugin
-/// ([`transport::Registry::with`]); the engine itself names none.
-///
-/// # Errors
-/// [`TransportError::ProtocolTable`] when `$COURIER_PROTOCOLS` names a file
-/// that cannot be read or parsed.
-pub fn default_registry() -> std::result::Result<transport::Registry, TransportError> {
-    #[allow(unused_mut)]
-    let mut registry = transport::Registry::new();
-    if let Some(path) = std::env::var_os(PROTOCOLS_ENV) {
-        registry.load_toml_file(&path)?;
-    }
-    #[cfg(feature = "tcp")]
-    {
-        registry = registry.with(courier_tcp::TcpPlugin);
-    }
-    #[cfg(feature = "unix")]
-    {
-        registry = registry.with(courier_unix::UnixPlugin);
-    }
-    #[cfg(feature = "quic")]
-    {
-        registry = registry.with(courier_quic::QuicPlugin);
-    }
-    #[cfg(feature = "shm")]
-    {
-        registry = registry.with(courier_shm::ShmPlugin);
-    }
-    #[cfg(feature = "mem")]
-    {
-        registry = registry.with(courier_mem::MemPlugin);
-    }
-    #[cfg(feature = "chaos")]
-    {
-        registry = registry.with_layer(courier_chaos::ChaosLayer);
-    }
-    for extra in installed().lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        match extra {
-            Installed::Plugin(p) => registry.add_plugin(p.clone()),
-            Installed::Layer(l) => registry.add_layer(l.clone()),
-        }
-    }
-    Ok(registry)
-}
-
-/// A plugin or layer added to every default registry of the process.
-enum Installed {
-    Plugin(std::sync::Arc<dyn transport::Plugin>),
-    Layer(std::sync::Arc<dyn transport::Layer>),
-}
-
-fn installed() -> &'static std::sync::Mutex<Vec<Installed>> {
-    static INSTALLED: std::sync::OnceLock<std::sync::Mutex<Vec<Installed>>> =
-        std::sync::OnceLock::new();
-    INSTALLED.get_or_init(Default::default)
-}
-
-/// Adds a transport plugin to every [`default_registry`] of this process
-/// from now on, so `Engine::new("<its protocol>")`, the `courier` command
-/// built with [`courier-cli`](https://docs.rs/courier-cli) and the
-/// conformance suite of `courier-testkit` all find it. A plugin of the same
-/// name (a bundled one too) is replaced.
-///
-/// This is the one-line way to plug a transport in; to keep it to one
-/// engine instead, give that engine its own registry with
-/// [`EngineBuilder::registry`].
-///
-/// Installing the same plugin again (by name) replaces the earlier one.
-///
-/// ```
-/// # #[cfg(feature = "mem")] {
-/// # use courier_mem::MemPlugin as MyPlugin;
-/// courier::install_plugin(MyPlugin);
-/// let registry = courier::default_registry()?;
-/// assert!(registry.plugin_names().contains(&"mem".to_owned()));
-/// # }
-/// # Ok::<(), courier::TransportError>(())
-/// ```
-pub fn install_plugin(plugin: impl transport::Plugin) {
-    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
-    all.retain(|i| !matches!(i, Installed::Plugin(p) if p.name() == plugin.name()));
-    all.push(Installed::Plugin(std::sync::Arc::new(plugin)));
-}
-
-/// Adds a layer plugin (see [`transport::Layer`]) to every
-/// [`default_registry`] of this process from now on; see [`install_plugin`].
-pub fn install_layer(layer: impl transport::Layer) {
-    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
-    all.retain(|i| !matches!(i, Installed::Layer(l) if l.name() == layer.name()));
-    all.push(Installed::Layer(std::sync::Arc::new(layer)));
-}

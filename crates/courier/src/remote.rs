@@ -8,30 +8,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::address::{Address, Peer};
-use crate::conn::Conn;
-use crate::engine::Inner;
+use crate::address::Address;
+use crate::call::{self, Body};
+use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status, FLAG_NO_RESPONSE};
-use crate::{Error, Result};
-
-/// Removes a call from its connection's table when the call ends, however
-/// it ends (response, error, timeout, or the future being dropped).
-pub(crate) struct ForgetOnDrop<'a> {
-    pub(crate) conn: &'a Conn,
-    pub(crate) seq: u64,
-}
-
-impl Drop for ForgetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.conn.forget_call(self.seq);
-    }
-}
+use crate::handler::decode_exact;
+use crate::peer::Peer;
+use crate::state::EngineState;
+use crate::timeouts;
 
 /// A remote function on raw payload bytes; see [`RemoteFunction`] for the
 /// typed one. Made by [`Engine::remote_raw`](crate::Engine::remote_raw).
 #[derive(Clone)]
 pub struct RawRemoteFunction {
-    inner: Arc<Inner>,
+    state: Arc<EngineState>,
     name: Arc<str>,
     id: u64,
     disable_response: bool,
@@ -49,9 +39,9 @@ impl fmt::Debug for RawRemoteFunction {
 }
 
 impl RawRemoteFunction {
-    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> Self {
+    pub(crate) fn new(state: Arc<EngineState>, name: &str) -> Self {
         Self {
-            inner,
+            state,
             name: name.into(),
             id: frame::rpc_id(name),
             disable_response: false,
@@ -126,13 +116,6 @@ impl fmt::Debug for RawCallable {
     }
 }
 
-/// A request message: raw payload bytes, or a buffer that already holds
-/// header space and the encoded arguments.
-pub(crate) enum Request<'a> {
-    Raw(&'a [u8]),
-    Encoded(Vec<u8>),
-}
-
 impl RawCallable {
     /// A timeout for calls through this callable.
     #[must_use]
@@ -155,20 +138,18 @@ impl RawCallable {
     /// [`Error::ConnectionLost`], [`Error::Finalized`], transport errors
     /// (refused, message too large).
     pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
-        self.invoke(Request::Raw(payload)).await
+        self.invoke(Body::Parts(&[payload])).await
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
         &self.function.name
     }
 
-    pub(crate) async fn invoke(&self, request: Request<'_>) -> Result<Bytes> {
+    /// Sends the request and interprets its answer: the client side of
+    /// every RPC, typed or raw, blocking or not.
+    pub(crate) async fn invoke(&self, body: Body<'_>) -> Result<Bytes> {
         let f = &self.function;
-        let inner = &f.inner;
-        let timeout = self
-            .timeout
-            .or(f.timeout)
-            .or_else(|| inner.config.default_timeout());
+        let deadline = timeouts::call(&f.state.config.timeouts, self.timeout, f.timeout);
         let span = tracing::debug_span!(
             "rpc.call",
             rpc = %f.name,
@@ -179,31 +160,6 @@ impl RawCallable {
         );
         // The clock is read only when the span is recorded somewhere.
         let start = (!span.is_disabled()).then(Instant::now);
-        let work = self.exchange(request);
-        let result = match timeout {
-            None => work.instrument(span.clone()).await,
-            Some(after) => match tokio::time::timeout(after, work)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    rpc: f.name.to_string(),
-                    address: self.peer.addr.to_string(),
-                    after,
-                }),
-            },
-        };
-        if let Some(start) = start {
-            span.record("status", if result.is_ok() { "ok" } else { "error" });
-            span.record("duration_us", start.elapsed().as_micros() as u64);
-        }
-        result
-    }
-
-    async fn exchange(&self, request: Request<'_>) -> Result<Bytes> {
-        let f = &self.function;
-        let conn = f.inner.connection_for(&self.peer).await?;
         let mut header = Header {
             kind: Kind::Request,
             flags: 0,
@@ -212,18 +168,24 @@ impl RawCallable {
             rpc: f.id,
             seq: 0,
         };
-        if f.disable_response {
+        let expired = timeouts::expired_call(&f.name, &self.peer.addr);
+        let result = if f.disable_response {
             header.flags = FLAG_NO_RESPONSE;
-            header.seq = conn.next_seq();
-            send_request(&conn, &header, request).await?;
-            return Ok(Bytes::new());
+            call::one_way(&f.state, &self.peer, header, body, deadline, expired)
+                .instrument(span.clone())
+                .await
+                .map(|()| Bytes::new())
+        } else {
+            call::exchange(&f.state, &self.peer, header, body, deadline, expired)
+                .instrument(span.clone())
+                .await
+                .and_then(|(reply, payload)| self.interpret(reply, payload))
+        };
+        if let Some(start) = start {
+            span.record("status", if result.is_ok() { "ok" } else { "error" });
+            span.record("duration_us", start.elapsed().as_micros() as u64);
         }
-        let (seq, rx) = conn.register_call()?;
-        let _forget = ForgetOnDrop { conn: &conn, seq };
-        header.seq = seq;
-        send_request(&conn, &header, request).await?;
-        let (reply, payload) = rx.await.map_err(|_| conn.lost())?;
-        self.interpret(reply, payload)
+        result
     }
 
     fn interpret(&self, reply: Header, payload: Bytes) -> Result<Bytes> {
@@ -258,16 +220,6 @@ impl RawCallable {
                 address,
                 reason: format!("a {kind:?} frame with status {status:?} answered a request"),
             }),
-        }
-    }
-}
-
-async fn send_request(conn: &Conn, header: &Header, request: Request<'_>) -> Result<()> {
-    match request {
-        Request::Raw(payload) => conn.send(&[&header.encode(), payload]).await,
-        Request::Encoded(mut msg) => {
-            frame::set_header(&mut msg, header);
-            conn.send(&[&msg]).await
         }
     }
 }
@@ -380,13 +332,9 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// # Errors
     /// [`Error::Encode`], [`Error::Decode`], and those of [`RawCallable::call`].
     pub async fn call(&self, args: &A) -> Result<R> {
-        let (_, msg) = self.encoded(args)?;
-        let payload = self.raw.invoke(Request::Encoded(msg)).await?;
-        postcard::from_bytes(&payload).map_err(|source| Error::Decode {
-            rpc: self.rpc_name().to_owned(),
-            what: "response",
-            source,
-        })
+        let (_, mut msg) = self.encoded(args)?;
+        let payload = self.raw.invoke(Body::Encoded(&mut msg)).await?;
+        decode_response(self.rpc_name(), &payload)
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
@@ -405,4 +353,17 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
         )?;
         Ok((self.raw.clone(), msg))
     }
+}
+
+/// Decodes a response of RPC `rpc`, all of it.
+///
+/// # Errors
+/// [`Error::Decode`] when the bytes are not one `R` (bytes left over are a
+/// type mismatch too).
+pub(crate) fn decode_response<R: serde::de::DeserializeOwned>(rpc: &str, payload: &[u8]) -> Result<R> {
+    decode_exact(payload).map_err(|reason| Error::Decode {
+        rpc: rpc.to_owned(),
+        what: "response",
+        reason,
+    })
 }

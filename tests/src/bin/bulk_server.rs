@@ -54,7 +54,7 @@ async fn main() {
                 let local = e.expose([BulkBuffer::new(remote.len())], BulkMode::WriteOnly)?;
                 let mut first = true;
                 loop {
-                    h.pull(&remote, 0, &local, 0, remote.len()).await?;
+                    h.pull(&remote, &local).await?;
                     if first {
                         println!("PULLED");
                         first = false;

@@ -327,10 +327,13 @@ async fn measure_with(
                 (BulkOp::Pull, &pull_from, &pull_into, &mut pulls),
                 (BulkOp::Push, &push_into, &push_from, &mut pushes),
             ] {
+                // The first `size` bytes of each side.
+                let part = |b: &courier::Bulk| b.select(0, size).map_err(|e| e.to_string());
+                let (remote, local) = (&part(remote)?, &part(local)?);
                 // Warm-up, then the measured transfers (stopped by the cap).
                 for _ in 0..2 {
                     client
-                        .transfer(op, &address, remote, 0, local, 0, size)
+                        .transfer(op, &address, remote, local)
                         .await
                         .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
                 }
@@ -338,7 +341,7 @@ async fn measure_with(
                 let mut done = 0u64;
                 while done < transfers && start.elapsed() < plan.time_cap {
                     client
-                        .transfer(op, &address, remote, 0, local, 0, size)
+                        .transfer(op, &address, remote, local)
                         .await
                         .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
                     done += 1;

@@ -1,5 +1,5 @@
 //! Exposed memory: the [`BulkMemory`] trait, the ready-made [`BulkBuffer`],
-//! and a region made of one or several segments.
+//! a region's [`BulkMode`], and a region made of one or several segments.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -7,8 +7,33 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use courier_transport::PeerRange;
+use serde::{Deserialize, Serialize};
 
-use super::BulkMode;
+/// What a peer may do with an exposed region (Margo's `HG_BULK_*`).
+///
+/// For the local handle of a transfer, the mode says what the transfer may
+/// do to it: a pull writes into the local region, a push reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BulkMode {
+    /// Peers may read it (pull from it).
+    ReadOnly,
+    /// Peers may write it (push into it).
+    WriteOnly,
+    /// Both.
+    ReadWrite,
+}
+
+impl BulkMode {
+    /// Whether it may be read.
+    pub fn readable(self) -> bool {
+        matches!(self, Self::ReadOnly | Self::ReadWrite)
+    }
+
+    /// Whether it may be written.
+    pub fn writable(self) -> bool {
+        matches!(self, Self::WriteOnly | Self::ReadWrite)
+    }
+}
 
 /// Memory a bulk region is made of: the engine reads and writes it through
 /// these methods, from any thread, while a transfer runs.

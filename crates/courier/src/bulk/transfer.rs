@@ -1,224 +1,191 @@
 //! The side that runs a transfer: checks its own arguments, then moves the
-//! bytes in chunked, pipelined messages, or with direct copies.
+//! bytes in chunked, pipelined messages, or with direct copies. Every chunk
+//! and grant is a call of `call.rs`; the whole transfer is bounded by one
+//! deadline (`timeouts.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use courier_transport::{DirectMemory, PeerRange};
-use tokio::sync::oneshot;
 
-use super::serve::{Access, ACCESS_LEN, GRANT_READ, GRANT_WRITE};
-use super::{lock, Bulk, BulkOp, BulkOptions, Region};
-use crate::address::Peer;
-use crate::conn::{Conn, Reply};
-use crate::engine::Inner;
+use super::handle::Bulk;
+use super::region::Region;
+use super::wire::{parse_ranges, Access, ACCESS_LEN, GRANT_READ, GRANT_WRITE};
+use crate::call::{Body, PendingCall};
+use crate::config::BulkOptions;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status, HEADER_LEN};
-use crate::{Error, Result};
+use crate::peer::Peer;
+use crate::state::EngineState;
+use crate::timeouts::{self, Deadline};
 
-/// Runs one transfer (see [`crate::Engine::transfer`]).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
-    inner: &Arc<Inner>,
-    peer: &Arc<Peer>,
-    op: BulkOp,
-    remote: &Bulk,
-    remote_offset: usize,
-    local: &Bulk,
-    local_offset: usize,
-    len: usize,
-    options: BulkOptions,
-) -> Result<()> {
-    let Some(registration) = &local.local else {
-        return Err(Error::BulkInvalid(
-            "the local handle is not a region of this process (it came from a peer)".into(),
-        ));
-    };
-    let local_region = registration.region.clone();
-    let (local_ok, local_needs) = match op {
-        BulkOp::Pull => (local.desc.mode.writable(), "writable, to pull into it"),
-        BulkOp::Push => (local.desc.mode.readable(), "readable, to push from it"),
-    };
-    if !local_ok {
-        return Err(Error::BulkInvalid(format!(
-            "the local region is exposed {:?}; it must be {local_needs}",
-            local.desc.mode
-        )));
-    }
-    let local_start = within(local, local_offset, len, "local")?;
-    let remote_start = within(remote, remote_offset, len, "remote")?;
-    let access = Access {
-        id: remote.desc.id,
-        key: remote.desc.key,
-        offset: remote_start,
-        len: len as u64,
-    };
-    let job = Job {
-        op,
-        access,
-        local: local_region,
-        // Within the local region, a usize.
-        local_start: local_start as usize,
-        options,
-    };
-    let work = async {
-        if inner.is_finalizing() {
-            return Err(Error::Finalized);
-        }
-        let conn = peer.connection(inner).await?;
-        job.run(inner, &conn).await
-    };
-    match options.timeout {
-        None => work.await,
-        Some(after) => tokio::time::timeout(after, work)
-            .await
-            .map_err(|_| Error::BulkTimeout {
-                address: peer.addr.to_string(),
-                after,
-            })?,
-    }
+/// The direction of a transfer, seen from the side that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BulkOp {
+    /// Copy from the remote region into the local one.
+    Pull,
+    /// Copy from the local region into the remote one.
+    Push,
 }
 
-/// The absolute start of `offset..offset + len` of `handle`, if inside it.
-fn within(handle: &Bulk, offset: usize, len: usize, which: &str) -> Result<u64> {
-    let end = (offset as u64).checked_add(len as u64);
-    if end.is_none_or(|e| e > handle.desc.len) {
-        return Err(Error::BulkInvalid(format!(
-            "bytes {offset}+{len} are past the end of the {which} handle ({} bytes)",
-            handle.desc.len
-        )));
-    }
-    Ok(handle.desc.offset + offset as u64)
+/// Runs one transfer (see [`crate::bulk::Transfer`]): the whole source
+/// range (`remote` for a pull, `local` for a push) is copied to the start of
+/// the destination range, which must be at least as long.
+///
+/// # Errors
+/// See [`crate::Engine::transfer`].
+pub(crate) async fn run(
+    state: &EngineState,
+    peer: &Peer,
+    op: BulkOp,
+    remote: &Bulk,
+    local: &Bulk,
+    options: BulkOptions,
+    deadline: Deadline,
+) -> Result<()> {
+    let job = Job::new(op, remote, local, options)?;
+    deadline
+        .bound(
+            async {
+                let conn = state.connection_for(peer).await?;
+                job.run(state, &conn).await
+            },
+            timeouts::expired_bulk(&peer.addr),
+        )
+        .await
 }
 
 struct Job {
     op: BulkOp,
+    /// The remote range moved (its length is the transfer's).
     access: Access,
     local: Arc<Region>,
     local_start: usize,
     options: BulkOptions,
 }
 
-/// Forgets the calls still in flight when a transfer ends early.
-struct InFlight<'a> {
-    conn: &'a Conn,
-    queue: VecDeque<(u64, oneshot::Receiver<Reply>, usize, usize)>,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        for (seq, ..) in &self.queue {
-            self.conn.forget_call(*seq);
-        }
-    }
-}
-
-/// Maps an answer that is not a `Response` to the caller's error.
-fn refused(conn: &Conn, header: &Header, payload: &[u8]) -> Error {
-    let address = conn.remote().to_string();
-    let message = String::from_utf8_lossy(payload).into_owned();
-    match (header.kind, header.status) {
-        (Kind::Error, Status::BulkRefused) => Error::BulkRefused {
-            address,
-            reason: message,
-        },
-        (Kind::Error, Status::Finalizing) => Error::RemoteFinalizing { address },
-        _ => Error::Protocol {
-            address,
-            reason: format!(
-                "unexpected answer to a bulk access ({:?}, {:?}): {message}",
-                header.kind, header.status
-            ),
-        },
-    }
-}
-
 impl Job {
-    async fn run(&self, inner: &Arc<Inner>, conn: &Arc<Conn>) -> Result<()> {
+    /// Checks the local side of a transfer.
+    fn new(op: BulkOp, remote: &Bulk, local: &Bulk, options: BulkOptions) -> Result<Self> {
+        let Some((region, local_start)) = local.local_range() else {
+            return Err(Error::BulkInvalid(
+                "the local handle is not a region of this process (it came from a peer)".into(),
+            ));
+        };
+        let (local_ok, local_needs) = match op {
+            BulkOp::Pull => (local.mode().writable(), "writable, to pull into it"),
+            BulkOp::Push => (local.mode().readable(), "readable, to push from it"),
+        };
+        if !local_ok {
+            return Err(Error::BulkInvalid(format!(
+                "the local region is exposed {:?}; it must be {local_needs}",
+                local.mode()
+            )));
+        }
+        let (source, destination, len) = match op {
+            BulkOp::Pull => ("remote", "local", remote.len()),
+            BulkOp::Push => ("local", "remote", local.len()),
+        };
+        let room = match op {
+            BulkOp::Pull => local.len(),
+            BulkOp::Push => remote.len(),
+        };
+        if room < len {
+            return Err(Error::BulkInvalid(format!(
+                "the {destination} range ({room} bytes) is shorter than the {source} range \
+                 ({len} bytes) a {op:?} copies into it",
+            )));
+        }
+        Ok(Self {
+            op,
+            access: remote.access().part(0, len),
+            local: region,
+            local_start,
+            options,
+        })
+    }
+
+    async fn run(&self, state: &EngineState, conn: &Arc<Conn>) -> Result<()> {
         let len = self.access.len as usize;
         if self.options.direct && len >= self.options.direct_threshold && len > 0 {
             let direct = conn
                 .capabilities
                 .get()
                 .and_then(|c| c.direct_memory.clone());
-            let refused_before = lock(&inner.bulk.no_direct).contains(&conn.id);
-            if let (Some(direct), false) = (direct, refused_before) {
-                if self.direct(inner, conn, direct.as_ref()).await? {
+            if let (Some(direct), false) = (direct, state.bulk.direct_refused(conn.id)) {
+                if self.direct(state, conn, direct.as_ref()).await? {
                     return Ok(());
                 }
             }
         }
-        self.messages(inner, conn).await
+        self.messages(state, conn).await
+    }
+
+    /// Sends chunk `at..at + n` (a pull asks for it, a push carries it).
+    async fn send_chunk<'c>(
+        &self,
+        state: &EngineState,
+        conn: &'c Conn,
+        at: usize,
+        n: usize,
+    ) -> Result<PendingCall<'c>> {
+        let access = self.access.part(at, n).encode();
+        match self.op {
+            BulkOp::Pull => {
+                conn.start(Header::new(Kind::BulkPull), Body::Parts(&[&access]))
+                    .await
+            }
+            BulkOp::Push => {
+                if let Some(pieces) = self.local.shared_pieces(self.local_start + at, n) {
+                    // Immutable memory: sent as it is, no copy.
+                    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + pieces.len());
+                    parts.push(&access);
+                    parts.extend(pieces.iter().map(|p| &p[..]));
+                    return conn
+                        .start(Header::new(Kind::BulkPush), Body::Parts(&parts))
+                        .await;
+                }
+                let mut msg = state.bulk.buffer(HEADER_LEN + ACCESS_LEN + n);
+                msg.resize(HEADER_LEN, 0);
+                msg.extend_from_slice(&access);
+                self.local.append_to(self.local_start + at, n, &mut msg);
+                let sent = conn
+                    .start(Header::new(Kind::BulkPush), Body::Encoded(&mut msg))
+                    .await;
+                state.bulk.recycle(msg);
+                sent
+            }
+        }
     }
 
     /// The message path: chunks, `window` of them in flight.
-    async fn messages(&self, inner: &Inner, conn: &Conn) -> Result<()> {
+    async fn messages(&self, state: &EngineState, conn: &Conn) -> Result<()> {
         let len = self.access.len as usize;
-        let max = inner.transport.max_message_size();
+        let max = state.transport.max_message_size();
         let chunk = self
             .options
             .chunk_size
             .min(max.saturating_sub(HEADER_LEN + ACCESS_LEN))
             .max(1);
         let window = self.options.window.max(1);
-        let mut flight = InFlight {
-            conn,
-            queue: VecDeque::with_capacity(window),
-        };
+        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> =
+            VecDeque::with_capacity(window);
         let mut next = 0usize;
         let mut first = true;
         // A zero-byte transfer still sends one (empty) access, so that the
         // peer checks the handle.
-        while first || next < len || !flight.queue.is_empty() {
-            while flight.queue.len() < window && (first || next < len) {
+        while first || next < len || !flight.is_empty() {
+            while flight.len() < window && (first || next < len) {
                 first = false;
                 let n = chunk.min(len - next);
-                let (seq, rx) = conn.register_call()?;
-                flight.queue.push_back((seq, rx, next, n));
-                let access = Access {
-                    offset: self.access.offset + next as u64,
-                    len: n as u64,
-                    ..self.access
-                };
-                let header = Header {
-                    seq,
-                    ..Header::new(match self.op {
-                        BulkOp::Pull => Kind::BulkPull,
-                        BulkOp::Push => Kind::BulkPush,
-                    })
-                };
-                match self.op {
-                    BulkOp::Pull => {
-                        conn.send(&[&header.encode(), &access.encode()]).await?;
-                    }
-                    BulkOp::Push => {
-                        if let Some(pieces) = self.local.shared_pieces(self.local_start + next, n) {
-                            // Immutable memory: sent as it is, no copy.
-                            let (head, acc) = (header.encode(), access.encode());
-                            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + pieces.len());
-                            parts.push(&head);
-                            parts.push(&acc);
-                            parts.extend(pieces.iter().map(|p| &p[..]));
-                            conn.send(&parts).await?;
-                            next += n;
-                            continue;
-                        }
-                        let mut msg = inner.bulk.buffer(HEADER_LEN + ACCESS_LEN + n);
-                        msg.extend_from_slice(&header.encode());
-                        msg.extend_from_slice(&access.encode());
-                        self.local.append_to(self.local_start + next, n, &mut msg);
-                        conn.send(&[&msg]).await?;
-                        inner.bulk.recycle(msg);
-                    }
-                }
+                flight.push_back((self.send_chunk(state, conn, next, n).await?, next, n));
                 next += n;
             }
-            let Some((seq, rx, at, n)) = flight.queue.pop_front() else {
+            let Some((pending, at, n)) = flight.pop_front() else {
                 break;
             };
-            let reply = rx.await;
-            conn.forget_call(seq);
-            let (header, payload): (Header, Bytes) = reply.map_err(|_| conn.lost())?;
+            let (header, payload) = pending.reply().await?;
             if header.kind != Kind::Response {
                 return Err(refused(conn, &header, &payload));
             }
@@ -244,7 +211,12 @@ impl Job {
     /// means "use messages" (no stable address there, or the system
     /// refused a copy): nothing needs undoing, the message path copies the
     /// whole range again.
-    async fn direct(&self, inner: &Inner, conn: &Conn, direct: &dyn DirectMemory) -> Result<bool> {
+    async fn direct(
+        &self,
+        state: &EngineState,
+        conn: &Conn,
+        direct: &dyn DirectMemory,
+    ) -> Result<bool> {
         let len = self.access.len as usize;
         let chunk = self.options.direct_chunk.max(64 << 10);
         let window = self.options.window.max(1);
@@ -252,35 +224,24 @@ impl Job {
             BulkOp::Pull => GRANT_READ,
             BulkOp::Push => GRANT_WRITE,
         };
-        let mut flight = InFlight {
-            conn,
-            queue: VecDeque::with_capacity(window),
-        };
+        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> =
+            VecDeque::with_capacity(window);
         let mut next = 0usize;
         let outcome = loop {
-            while flight.queue.len() < window && next < len {
+            while flight.len() < window && next < len {
                 let n = chunk.min(len - next);
-                let (seq, rx) = conn.register_call()?;
-                flight.queue.push_back((seq, rx, next, n));
-                let access = Access {
-                    offset: self.access.offset + next as u64,
-                    len: n as u64,
-                    ..self.access
-                };
-                let header = Header {
-                    seq,
-                    ..Header::new(Kind::BulkGrant)
-                };
-                conn.send(&[&header.encode(), &access.encode(), &[want]])
+                let access = self.access.part(next, n).encode();
+                let pending = conn
+                    .start(Header::new(Kind::BulkGrant), Body::Parts(&[&access, &[want]]))
                     .await?;
+                flight.push_back((pending, next, n));
                 next += n;
             }
-            let Some((seq, rx, at, n)) = flight.queue.pop_front() else {
+            let Some((pending, at, n)) = flight.pop_front() else {
                 break Ok(true);
             };
-            let reply = rx.await;
-            conn.forget_call(seq);
-            let (reply, payload) = reply.map_err(|_| conn.lost())?;
+            let seq = pending.seq();
+            let (reply, payload) = pending.reply().await?;
             if reply.kind != Kind::Response {
                 break Err(refused(conn, &reply, &payload));
             }
@@ -298,14 +259,14 @@ impl Job {
             release(conn, seq).await?;
             if let Err(e) = copied {
                 tracing::info!(peer = %conn.remote(), "direct bulk copies refused ({e}); this connection uses messages from now on");
-                lock(&inner.bulk.no_direct).insert(conn.id);
+                state.bulk.refuse_direct(conn.id);
                 break Ok(false);
             }
         };
         // Grants asked ahead and not used: release them (the peer answers
         // frames in order, so each release follows its grant).
-        for (seq, ..) in &flight.queue {
-            release(conn, *seq).await?;
+        for (pending, ..) in &flight {
+            release(conn, pending.seq()).await?;
         }
         outcome
     }
@@ -349,27 +310,25 @@ async fn release(conn: &Conn, seq: u64) -> Result<()> {
     conn.send(&[&header.encode()]).await
 }
 
-/// Parses a grant's ranges: a u32 count, then (u64 address, u64 length)
-/// each. An empty list is valid (no direct access); otherwise the lengths
-/// must add up to `len`.
-fn parse_ranges(payload: &[u8], len: u64) -> Option<Vec<PeerRange>> {
-    let count = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
-    let body = payload.get(4..)?;
-    if body.len() != count.checked_mul(16)? {
-        return None;
+
+/// Maps an answer that is not a `Response` to the caller's error.
+fn refused(conn: &Conn, header: &Header, payload: &[u8]) -> Error {
+    let address = conn.remote().to_string();
+    let message = String::from_utf8_lossy(payload).into_owned();
+    match (header.kind, header.status) {
+        (Kind::Error, Status::BulkRefused) => Error::BulkRefused {
+            address,
+            reason: message,
+        },
+        (Kind::Error, Status::Finalizing) => Error::RemoteFinalizing { address },
+        _ => Error::Protocol {
+            address,
+            reason: format!(
+                "unexpected answer to a bulk access ({:?}, {:?}): {message}",
+                header.kind, header.status
+            ),
+        },
     }
-    let mut ranges = Vec::with_capacity(count);
-    let mut total = 0u64;
-    for piece in body.chunks_exact(16) {
-        let addr = u64::from_le_bytes(piece[..8].try_into().ok()?);
-        let n = u64::from_le_bytes(piece[8..].try_into().ok()?);
-        total = total.checked_add(n)?;
-        ranges.push(PeerRange {
-            addr,
-            len: usize::try_from(n).ok()?,
-        });
-    }
-    (count == 0 || total == len).then_some(ranges)
 }
 
 /// The part `pos..pos + len` of the byte sequence `ranges` describe.
@@ -414,18 +373,5 @@ mod tests {
             ]
         );
         assert_eq!(sub_ranges(&r, 12, 3), vec![PeerRange { addr: 502, len: 3 }]);
-    }
-
-    #[test]
-    fn grant_ranges_must_add_up() {
-        let mut p = 2u32.to_le_bytes().to_vec();
-        for (a, n) in [(10u64, 4u64), (20, 6)] {
-            p.extend_from_slice(&a.to_le_bytes());
-            p.extend_from_slice(&n.to_le_bytes());
-        }
-        assert_eq!(parse_ranges(&p, 10).map(|r| r.len()), Some(2));
-        assert_eq!(parse_ranges(&p, 11), None);
-        assert_eq!(parse_ranges(&p[..20], 10), None);
-        assert_eq!(parse_ranges(&0u32.to_le_bytes(), 10), Some(vec![]));
     }
 }

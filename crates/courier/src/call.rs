@@ -1,0 +1,185 @@
+//! The call primitive: every exchange that expects an answer — typed and
+//! raw RPC calls, pings, remote shutdown requests, the chunks and grants of
+//! bulk transfers — goes through here.
+//!
+//! On a connection, [`Conn::start`] registers the call (a sequence number
+//! and a slot in the connection's table of calls in flight), sends it, and
+//! returns a [`PendingCall`] that guards the slot: however the call ends
+//! (answer, error, deadline, or the future being dropped), the slot is
+//! freed. [`PendingCall::reply`] awaits the answer. [`Conn::call`] is the
+//! two in one. Above the connection, [`exchange`] is the whole path of one
+//! call to a peer: get (or open) the connection, call, all within the
+//! call's [`Deadline`] (decided in `timeouts.rs`), and the error that names
+//! what ran out of time.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::conn::{Conn, Reply};
+use crate::error::{Error, Result};
+use crate::frame::{self, Header};
+use crate::peer::Peer;
+use crate::state::EngineState;
+use crate::timeouts::Deadline;
+
+/// What follows the header of an outgoing message.
+#[derive(Debug)]
+pub(crate) enum Body<'a> {
+    /// Parts sent after the encoded header.
+    Parts(&'a [&'a [u8]]),
+    /// A whole message whose first `HEADER_LEN` bytes are room for the
+    /// header (built by `frame::with_header`): one buffer, one write.
+    Encoded(&'a mut [u8]),
+}
+
+impl Body<'_> {
+    /// An empty body.
+    pub(crate) const EMPTY: Body<'static> = Body::Parts(&[]);
+
+    async fn send(self, conn: &Conn, header: &Header) -> Result<()> {
+        match self {
+            Body::Parts(parts) => {
+                let head = header.encode();
+                match parts {
+                    [] => conn.send(&[&head]).await,
+                    [one] => conn.send(&[&head, one]).await,
+                    more => {
+                        let mut all: Vec<&[u8]> = Vec::with_capacity(1 + more.len());
+                        all.push(&head);
+                        all.extend_from_slice(more);
+                        conn.send(&all).await
+                    }
+                }
+            }
+            Body::Encoded(msg) => {
+                frame::set_header(msg, header);
+                conn.send(&[msg]).await
+            }
+        }
+    }
+}
+
+/// A call sent and not yet answered. Dropping it forgets the call: a late
+/// answer is then discarded.
+pub(crate) struct PendingCall<'c> {
+    conn: &'c Conn,
+    seq: u64,
+    rx: Option<oneshot::Receiver<Reply>>,
+}
+
+impl PendingCall<'_> {
+    /// The call's sequence number.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Waits for the answer (a `Response` or `Error` frame, or a `Pong`).
+    ///
+    /// # Errors
+    /// The connection's death ([`Error::ConnectionLost`],
+    /// [`Error::Finalized`]).
+    pub(crate) async fn reply(mut self) -> Result<Reply> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(self.conn.lost());
+        };
+        let answer = rx.await;
+        // Answered: the connection already took the call out of its table.
+        self.rx = None;
+        answer.map_err(|_| self.conn.lost())
+    }
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            self.conn.forget_call(self.seq);
+        }
+    }
+}
+
+impl Conn {
+    /// Registers a call and sends it: `header` (its sequence number is set
+    /// here) and `body`.
+    ///
+    /// # Errors
+    /// The connection is dead; the message is too large; the send failed.
+    pub(crate) async fn start(&self, mut header: Header, body: Body<'_>) -> Result<PendingCall<'_>> {
+        let (seq, rx) = self.register_call()?;
+        let pending = PendingCall {
+            conn: self,
+            seq,
+            rx: Some(rx),
+        };
+        header.seq = seq;
+        body.send(self, &header).await?;
+        Ok(pending)
+    }
+
+    /// Sends a call and waits for its answer.
+    ///
+    /// # Errors
+    /// See [`Conn::start`] and [`PendingCall::reply`].
+    pub(crate) async fn call(&self, header: Header, body: Body<'_>) -> Result<Reply> {
+        self.start(header, body).await?.reply().await
+    }
+
+    /// Sends a message that expects no answer (a one-way request), with a
+    /// fresh sequence number.
+    ///
+    /// # Errors
+    /// The connection is dead; the message is too large; the send failed.
+    pub(crate) async fn notify(&self, mut header: Header, body: Body<'_>) -> Result<()> {
+        header.seq = self.next_seq();
+        body.send(self, &header).await
+    }
+}
+
+/// One call to `peer`, all of it within `deadline`: the connection (opened
+/// if there is none), the send, the answer. `expired` makes the error when
+/// the deadline passes.
+///
+/// # Errors
+/// [`Error::Finalized`], connection errors, and `expired`'s.
+pub(crate) async fn exchange(
+    state: &EngineState,
+    peer: &Peer,
+    header: Header,
+    body: Body<'_>,
+    deadline: Deadline,
+    expired: impl FnOnce(Duration) -> Error,
+) -> Result<Reply> {
+    deadline
+        .bound(
+            async {
+                let conn = state.connection_for(peer).await?;
+                conn.call(header, body).await
+            },
+            expired,
+        )
+        .await
+}
+
+/// One message to `peer` that expects no answer, within `deadline` (which
+/// bounds connecting and sending).
+///
+/// # Errors
+/// See [`exchange`].
+pub(crate) async fn one_way(
+    state: &EngineState,
+    peer: &Peer,
+    header: Header,
+    body: Body<'_>,
+    deadline: Deadline,
+    expired: impl FnOnce(Duration) -> Error,
+) -> Result<()> {
+    deadline
+        .bound(
+            async {
+                let conn = state.connection_for(peer).await?;
+                conn.notify(header, body).await
+            },
+            expired,
+        )
+        .await
+}

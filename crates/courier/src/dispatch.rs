@@ -1,0 +1,162 @@
+//! Dispatch of an incoming frame: the connection's reader (`reader.rs`)
+//! hands every frame after the Hello to [`Dispatcher::frame`], which
+//! decides what it is for —
+//!
+//! * a request: its handler runs (or the caller is told why not: no such
+//!   RPC, one-way, finalizing);
+//! * an answer (`Response`, `Error`, `Pong`): the call waiting for it, in
+//!   the connection's table (`call.rs`), gets it;
+//! * a `Ping`: answered with a `Pong` at once;
+//! * a `Shutdown`: the engine finalizes, if remote shutdown is enabled;
+//! * a bulk frame: the exposing side answers it (`bulk/serve.rs`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::bulk::serve::serve as serve_bulk;
+use crate::conn::Conn;
+use crate::frame::{Header, Kind, Status};
+use crate::handler::{self, Handle, RawHandler};
+use crate::limits::RequestSlot;
+use crate::rpcs::RpcTable;
+use crate::state::EngineState;
+
+/// Routes frames to handlers, calls in flight, and the engine.
+pub(crate) struct Dispatcher {
+    pub(crate) state: Arc<EngineState>,
+    pub(crate) rpcs: Arc<RpcTable<RawHandler>>,
+}
+
+impl Dispatcher {
+    /// Does what `header` says with a frame received on `conn`. `slot` is
+    /// the request slot the reader took before reading; a request keeps it
+    /// until its handler is done.
+    ///
+    /// # Errors
+    /// Why the connection must be closed (a second Hello).
+    pub(crate) async fn frame(
+        &self,
+        conn: &Arc<Conn>,
+        header: Header,
+        payload: Bytes,
+        slot: &mut Option<RequestSlot>,
+    ) -> Result<(), String> {
+        match header.kind {
+            Kind::Request => self.request(conn, header, payload, slot.take()).await,
+            Kind::Response | Kind::Error | Kind::Pong => {
+                if !conn.complete(header, payload) {
+                    tracing::debug!(peer = %conn.remote(), seq = header.seq, "reply to no call in flight (late, after a timeout?)");
+                }
+            }
+            Kind::Ping => {
+                let pong = Header {
+                    kind: Kind::Pong,
+                    ..header
+                };
+                let _ = conn.send(&[&pong.encode()]).await;
+            }
+            Kind::Shutdown => self.shutdown(conn, header).await,
+            Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
+                serve_bulk(&self.state, conn, header, payload).await;
+            }
+            Kind::Hello => {
+                tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
+                return Err("the peer sent a second Hello frame".to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a request frame: runs the handler, or says why not. `slot`
+    /// (the request's place among the connection's in-flight requests) is
+    /// held by the handler's handle until the request is done.
+    async fn request(
+        &self,
+        conn: &Arc<Conn>,
+        header: Header,
+        payload: Bytes,
+        slot: Option<RequestSlot>,
+    ) {
+        let state = &self.state;
+        let refuse = |status: Status, message: String| async move {
+            if header.no_response() {
+                tracing::debug!(
+                    rpc = header.rpc,
+                    provider = header.provider,
+                    "dropping one-way request: {message}"
+                );
+                return;
+            }
+            let _ = conn.send_error(&header, status, &message).await;
+        };
+        if state.is_finalizing() {
+            return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
+        }
+        let Some(entry) = self.rpcs.get(header.rpc, header.provider) else {
+            let what = self.rpcs.describe(header.rpc);
+            return refuse(
+                Status::NoSuchRpc,
+                format!("no such RPC {what} at provider {}", header.provider),
+            )
+            .await;
+        };
+        if entry.disable_response && !header.no_response() {
+            return refuse(
+                Status::OneWay,
+                format!("RPC '{}' is registered with disable_response", entry.name),
+            )
+            .await;
+        }
+        let handle = Handle::new(
+            state.clone(),
+            conn.clone(),
+            entry.name.clone(),
+            header,
+            slot,
+        );
+        let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));
+        if !state.inline_handlers {
+            state.handler_rt.spawn(fut);
+            return;
+        }
+        // Handlers run on this runtime: poll the handler once right here.
+        // Most finish in that one poll (decode, compute, respond), which
+        // saves a task spawn and a trip through the scheduler per request;
+        // one that has to wait goes on as a task of its own, so the reader
+        // is never held up by it.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(fut.as_mut(), cx))
+        })
+        .await;
+        if first.is_pending() {
+            state.handler_rt.spawn(fut);
+        }
+    }
+
+    /// Answers a shutdown request.
+    async fn shutdown(&self, conn: &Arc<Conn>, header: Header) {
+        let state = &self.state;
+        if !state.lifecycle.remote_shutdown_enabled() {
+            tracing::info!(peer = %conn.remote(), "refused a remote shutdown (not enabled)");
+            let _ = conn
+                .send_error(
+                    &header,
+                    Status::ShutdownRefused,
+                    "remote shutdown is not enabled",
+                )
+                .await;
+            return;
+        }
+        tracing::info!(peer = %conn.remote(), "remote shutdown requested");
+        let ack = Header {
+            kind: Kind::Response,
+            ..header
+        };
+        let _ = conn.send(&[&ack.encode()]).await;
+        let state = state.clone();
+        self.state
+            .rt
+            .spawn(async move { state.finalize().await });
+    }
+}

@@ -1,0 +1,92 @@
+//! An engine's life: running, finalizing, finalized; whether peers may shut
+//! it down; the callbacks around finalize.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// A callback run around finalize.
+pub(crate) type Callback = Box<dyn FnOnce() + Send>;
+
+/// The lifecycle flags and callbacks of one engine.
+pub(crate) struct Lifecycle {
+    finalizing: AtomicBool,
+    finalized: watch::Sender<bool>,
+    remote_shutdown: AtomicBool,
+    pre_finalize: Mutex<Vec<Callback>>,
+    on_finalize: Mutex<Vec<Callback>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lifecycle {
+    pub(crate) fn new(remote_shutdown: bool) -> Self {
+        Self {
+            finalizing: AtomicBool::new(false),
+            finalized: watch::channel(false).0,
+            remote_shutdown: AtomicBool::new(remote_shutdown),
+            pre_finalize: Mutex::new(Vec::new()),
+            on_finalize: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether finalize has started (or is over).
+    pub(crate) fn is_finalizing(&self) -> bool {
+        self.finalizing.load(Ordering::Acquire)
+    }
+
+    /// Marks finalize as started; true for the first caller only.
+    pub(crate) fn begin_finalize(&self) -> bool {
+        !self.finalizing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether finalize is over.
+    pub(crate) fn is_finalized(&self) -> bool {
+        *self.finalized.borrow()
+    }
+
+    /// Waits until finalize is over.
+    pub(crate) async fn wait_finalized(&self) {
+        let mut rx = self.finalized.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Says that finalize is over (wakes every waiter).
+    pub(crate) fn set_finalized(&self) {
+        self.finalizing.store(true, Ordering::Release);
+        self.finalized.send_replace(true);
+    }
+
+    pub(crate) fn remote_shutdown_enabled(&self) -> bool {
+        self.remote_shutdown.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn enable_remote_shutdown(&self) {
+        self.remote_shutdown.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn add_pre_finalize(&self, cb: Callback) {
+        lock(&self.pre_finalize).push(cb);
+    }
+
+    pub(crate) fn add_on_finalize(&self, cb: Callback) {
+        lock(&self.on_finalize).push(cb);
+    }
+
+    /// Runs (once) the callbacks registered to run before finalize.
+    pub(crate) fn run_pre_finalize(&self) {
+        for cb in std::mem::take(&mut *lock(&self.pre_finalize)) {
+            cb();
+        }
+    }
+
+    /// Runs (once) the callbacks registered to run at the end of finalize.
+    pub(crate) fn run_on_finalize(&self) {
+        for cb in std::mem::take(&mut *lock(&self.on_finalize)) {
+            cb();
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The state every part of an engine reads: its transport and settings,
+//! where its tasks run, its connections and peers, its exposed memory, and
+//! finalize. Handles, addresses and remote functions hold an
+//! `Arc<EngineState>`; it knows nothing above it (handlers and dispatch
+//! reach it, never the other way): opening a connection goes through the
+//! [`Dial`] the engine installs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use courier_transport::{Address as WireAddr, DynTransport, ProtocolEntry};
+use tokio::runtime::{Handle as RtHandle, Runtime};
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::bulk::table::BulkTable;
+use crate::config::Config;
+use crate::conn::{Conn, FINALIZED};
+use crate::error::{Error, Result};
+use crate::lifecycle::{Callback, Lifecycle};
+use crate::limits::ConnectionSlots;
+use crate::peer::{Dial, Peer};
+use crate::progress::Progress;
+
+/// Where an engine's tasks run.
+pub(crate) struct Runtimes {
+    /// Engine tasks: accepting, reading connections, sending.
+    pub(crate) io: RtHandle,
+    /// Handlers.
+    pub(crate) handlers: RtHandle,
+    /// Runtimes the engine owns (progress thread, RPC threads), shut down
+    /// at finalize.
+    pub(crate) owned: Vec<Runtime>,
+}
+
+/// The listener's task, while there is one.
+struct ListenerTask {
+    abort: AbortHandle,
+    /// Answered by the accept loop once the listener is dropped.
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// The state shared by an engine, its tasks, handles and addresses.
+pub(crate) struct EngineState {
+    pub(crate) transport: Arc<dyn DynTransport>,
+    pub(crate) protocol: ProtocolEntry,
+    pub(crate) config: Config,
+    /// The listening address (server mode).
+    pub(crate) self_addr: Option<WireAddr>,
+    /// Where engine tasks run.
+    pub(crate) rt: RtHandle,
+    /// Where handlers run.
+    pub(crate) handler_rt: RtHandle,
+    /// Whether handlers run on the engine's own runtime (no RPC threads), so
+    /// the reader may give them their first poll itself.
+    pub(crate) inline_handlers: bool,
+    /// The polling-before-parking policy.
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) lifecycle: Lifecycle,
+    /// Exposed bulk regions and fast-path leases.
+    pub(crate) bulk: Arc<BulkTable>,
+    /// Places for accepted connections (`max_connections`).
+    pub(crate) conn_slots: ConnectionSlots,
+    peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_conn: AtomicU64,
+    dialer: OnceLock<Weak<dyn Dial>>,
+    stop_listener: watch::Sender<bool>,
+    listener: Mutex<Option<ListenerTask>>,
+    spinner: Mutex<Option<AbortHandle>>,
+    owned_runtimes: Mutex<Vec<Runtime>>,
+    /// Run at finalize, after the connections are closed (the engine drops
+    /// its handlers there).
+    teardown: Mutex<Vec<Callback>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl fmt::Debug for EngineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineState")
+            .field("protocol", &self.protocol.name)
+            .field("mode", &self.config.mode)
+            .field("address", &self.self_addr.as_ref().map(ToString::to_string))
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineState {
+    pub(crate) fn new(
+        transport: Arc<dyn DynTransport>,
+        protocol: ProtocolEntry,
+        config: Config,
+        self_addr: Option<WireAddr>,
+        runtimes: Runtimes,
+    ) -> Self {
+        Self {
+            transport,
+            protocol,
+            self_addr,
+            rt: runtimes.io,
+            handler_rt: runtimes.handlers,
+            inline_handlers: config.rpc_thread_count == 0,
+            progress: Arc::new(Progress::new(config.progress_spin())),
+            lifecycle: Lifecycle::new(config.enable_remote_shutdown),
+            bulk: Arc::new(BulkTable::new(config.bulk)),
+            conn_slots: ConnectionSlots::new(config.max_connections),
+            config,
+            peers: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            dialer: OnceLock::new(),
+            stop_listener: watch::channel(false).0,
+            listener: Mutex::new(None),
+            spinner: Mutex::new(None),
+            owned_runtimes: Mutex::new(runtimes.owned),
+            teardown: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn is_finalizing(&self) -> bool {
+        self.lifecycle.is_finalizing()
+    }
+
+    /// Installs what opens connections (once, when the engine is built).
+    pub(crate) fn set_dialer(&self, dialer: Weak<dyn Dial>) {
+        let _ = self.dialer.set(dialer);
+    }
+
+    /// Records the accept loop's task, and the channel on which it says
+    /// that the listener is gone.
+    pub(crate) fn set_listener(&self, abort: AbortHandle, done: oneshot::Receiver<()>) {
+        *lock(&self.listener) = Some(ListenerTask {
+            abort,
+            done: Some(done),
+        });
+    }
+
+    /// Tells the accept loop to stop (see [`EngineState::set_listener`]).
+    pub(crate) fn listener_stop(&self) -> watch::Receiver<bool> {
+        self.stop_listener.subscribe()
+    }
+
+    /// Records the progress spinner's task.
+    pub(crate) fn set_spinner(&self, abort: AbortHandle) {
+        *lock(&self.spinner) = Some(abort);
+    }
+
+    /// Adds something to do at finalize, once the connections are closed.
+    pub(crate) fn on_teardown(&self, cb: Callback) {
+        lock(&self.teardown).push(cb);
+    }
+
+    /// Replaces an alias by the canonical protocol name and checks that the
+    /// address is for this engine's protocol.
+    ///
+    /// # Errors
+    /// [`Error::ProtocolMismatch`].
+    pub(crate) fn canonical(&self, addr: &WireAddr) -> Result<WireAddr> {
+        if addr.protocol() == self.protocol.name {
+            return Ok(addr.clone());
+        }
+        if self.protocol.aliases.iter().any(|a| a == addr.protocol()) {
+            return Ok(addr.with_protocol(&self.protocol.name));
+        }
+        Err(Error::ProtocolMismatch {
+            address: addr.to_string(),
+            protocol: addr.protocol().to_owned(),
+            engine: self.protocol.name.clone(),
+        })
+    }
+
+    /// The engine's one [`Peer`] for `addr` (canonical), made on first use.
+    pub(crate) fn peer(&self, addr: WireAddr) -> Arc<Peer> {
+        lock(&self.peers)
+            .entry(addr.clone())
+            .or_insert_with(|| Arc::new(Peer::new(addr, None)))
+            .clone()
+    }
+
+    /// The live connection to `peer`, opened if there is none.
+    ///
+    /// # Errors
+    /// [`Error::Finalized`]; connect errors.
+    pub(crate) async fn connection_for(&self, peer: &Peer) -> Result<Arc<Conn>> {
+        if self.is_finalizing() {
+            return Err(Error::Finalized);
+        }
+        if let Some(c) = peer.live() {
+            return Ok(c);
+        }
+        let Some(dialer) = self.dialer.get().and_then(Weak::upgrade) else {
+            return Err(Error::Finalized);
+        };
+        peer.connection(dialer.as_ref()).await
+    }
+
+    /// A fresh connection id.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection to the table finalize closes.
+    pub(crate) fn add_conn(&self, conn: Arc<Conn>) {
+        let id = conn.id;
+        lock(&self.conns).insert(id, conn.clone());
+        if self.is_finalizing() {
+            lock(&self.conns).remove(&id);
+            conn.kill(FINALIZED);
+        }
+    }
+
+    /// Forgets a connection whose reader ended.
+    pub(crate) fn forget_conn(&self, id: u64) {
+        lock(&self.conns).remove(&id);
+        self.bulk.forget_conn(id);
+    }
+
+    /// Finalizes: refuses new work, stops listening, ends every connection
+    /// (calls in flight fail with [`Error::Finalized`]), stops owned
+    /// threads. A second call waits for the first to finish.
+    pub(crate) async fn finalize(&self) {
+        if !self.lifecycle.begin_finalize() {
+            self.lifecycle.wait_finalized().await;
+            return;
+        }
+        self.lifecycle.run_pre_finalize();
+        self.stop_listener.send_replace(true);
+        let done = lock(&self.listener).as_mut().and_then(|l| l.done.take());
+        if let Some(done) = done {
+            // The accept loop drops the listener (removing a socket file)
+            // before it answers.
+            let _ = done.await;
+        }
+        self.finish_finalize();
+    }
+
+    /// The synchronous part of finalize (also run when the engine is
+    /// dropped without being finalized).
+    pub(crate) fn finish_finalize(&self) {
+        self.lifecycle.begin_finalize();
+        if let Some(l) = lock(&self.listener).take() {
+            l.abort.abort();
+        }
+        if let Some(s) = lock(&self.spinner).take() {
+            s.abort();
+        }
+        let conns: Vec<Arc<Conn>> = lock(&self.conns).drain().map(|(_, c)| c).collect();
+        for c in conns {
+            c.kill(FINALIZED);
+        }
+        lock(&self.peers).clear();
+        for cb in std::mem::take(&mut *lock(&self.teardown)) {
+            cb();
+        }
+        for rt in lock(&self.owned_runtimes).drain(..) {
+            rt.shutdown_background();
+        }
+        self.lifecycle.run_on_finalize();
+        self.lifecycle.set_finalized();
+    }
+}

@@ -1,0 +1,176 @@
+//! Where every timeout of the engine is decided, and how an expired one is
+//! reported. Nothing else in the crate reads a timeout setting or starts a
+//! timer of its own.
+//!
+//! | what is bounded | by (first that is set) | when it expires |
+//! |---|---|---|
+//! | an RPC call | the callable's `timeout`, the remote function's `timeout`, `timeouts.call_ms` | [`Error::Timeout`] naming the RPC |
+//! | a ping | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<ping>`) |
+//! | a remote shutdown request | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<shutdown>`) |
+//! | a bulk transfer | the transfer's `timeout`, `timeouts.bulk_ms` | [`Error::BulkTimeout`] |
+//! | opening a connection | `timeouts.connect_ms` | [`Error::ConnectTimeout`] |
+//! | a new connection's Hello | `timeouts.hello_ms` | the connection is closed |
+//!
+//! A [`Deadline`] bounds all that an exchange waits for: opening the
+//! connection, sending (behind a full queue), and the answer. It is an
+//! instant, so the pieces of one exchange (the chunks of a transfer) share
+//! it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use courier_transport::Address as WireAddr;
+
+use crate::config::Timeouts;
+use crate::error::{Error, Result};
+
+/// When an exchange must be over, if ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    /// The instant, and the duration it was set from (for the error).
+    limit: Option<(Instant, Duration)>,
+}
+
+impl Deadline {
+    /// No bound.
+    #[cfg(test)]
+    pub(crate) const NONE: Self = Self { limit: None };
+
+    /// `after` from now (the clock is read only if there is a bound).
+    pub(crate) fn within(after: Option<Duration>) -> Self {
+        Self {
+            limit: after.map(|d| (Instant::now() + d, d)),
+        }
+    }
+
+    /// Runs `work` until this deadline; past it, `work` is dropped and the
+    /// result is `Err(the duration set)`.
+    pub(crate) async fn run<F: Future>(self, work: F) -> std::result::Result<F::Output, Duration> {
+        match self.limit {
+            None => Ok(work.await),
+            Some((at, after)) => tokio::time::timeout_at(at.into(), work)
+                .await
+                .map_err(|_| after),
+        }
+    }
+
+    /// Runs `work` until this deadline; past it, `work` is dropped and the
+    /// result is `expired(the duration set)`.
+    pub(crate) async fn bound<T>(
+        self,
+        work: impl Future<Output = Result<T>>,
+        expired: impl FnOnce(Duration) -> Error,
+    ) -> Result<T> {
+        self.run(work).await.unwrap_or_else(|after| Err(expired(after)))
+    }
+}
+
+fn millis(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+/// An RPC call: the callable's own timeout, else its function's, else
+/// `timeouts.call_ms`.
+pub(crate) fn call(
+    config: &Timeouts,
+    callable: Option<Duration>,
+    function: Option<Duration>,
+) -> Deadline {
+    Deadline::within(callable.or(function).or_else(|| millis(config.call_ms)))
+}
+
+/// A ping or a remote shutdown request: `explicit`, else `timeouts.call_ms`.
+pub(crate) fn control(config: &Timeouts, explicit: Option<Duration>) -> Deadline {
+    Deadline::within(explicit.or_else(|| millis(config.call_ms)))
+}
+
+/// A bulk transfer: `explicit`, else `timeouts.bulk_ms`.
+pub(crate) fn bulk(config: &Timeouts, explicit: Option<Duration>) -> Deadline {
+    Deadline::within(explicit.or_else(|| millis(config.bulk_ms)))
+}
+
+/// Opening a connection (dial and transport handshake).
+pub(crate) fn connect(config: &Timeouts) -> Deadline {
+    Deadline::within(Some(Duration::from_millis(config.connect_ms)))
+}
+
+/// The time an accepted connection has to deliver its Hello.
+pub(crate) fn hello(config: &Timeouts) -> Deadline {
+    Deadline::within(Some(Duration::from_millis(config.hello_ms)))
+}
+
+/// The error of an exchange named `what` (an RPC name, `<ping>`,
+/// `<shutdown>`) with `address` that ran out of time.
+pub(crate) fn expired_call<'a>(
+    what: &'a str,
+    address: &'a WireAddr,
+) -> impl FnOnce(Duration) -> Error + 'a {
+    move |after| Error::Timeout {
+        rpc: what.to_owned(),
+        address: address.to_string(),
+        after,
+    }
+}
+
+/// The error of a bulk transfer with `address` that ran out of time.
+pub(crate) fn expired_bulk(address: &WireAddr) -> impl FnOnce(Duration) -> Error + '_ {
+    move |after| Error::BulkTimeout {
+        address: address.to_string(),
+        after,
+    }
+}
+
+/// The error of a connection to `address` that took too long to open.
+pub(crate) fn expired_connect(address: &WireAddr) -> impl FnOnce(Duration) -> Error + '_ {
+    move |after| Error::ConnectTimeout {
+        address: address.to_string(),
+        after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nearest_setting_wins() {
+        let ms = Duration::from_millis;
+        let config = Timeouts {
+            call_ms: Some(30),
+            bulk_ms: Some(40),
+            ..Timeouts::default()
+        };
+        let after = |d: Deadline| d.limit.map(|(_, d)| d);
+        assert_eq!(after(call(&config, Some(ms(1)), Some(ms(2)))), Some(ms(1)));
+        assert_eq!(after(call(&config, None, Some(ms(2)))), Some(ms(2)));
+        assert_eq!(after(call(&config, None, None)), Some(ms(30)));
+        assert_eq!(after(control(&config, None)), Some(ms(30)));
+        assert_eq!(after(control(&config, Some(ms(3)))), Some(ms(3)));
+        assert_eq!(after(bulk(&config, None)), Some(ms(40)));
+        assert_eq!(after(bulk(&config, Some(ms(4)))), Some(ms(4)));
+        assert_eq!(after(connect(&config)), Some(ms(5_000)));
+        assert_eq!(after(hello(&config)), Some(ms(10_000)));
+        let unbounded = Timeouts::default();
+        assert_eq!(call(&unbounded, None, None), Deadline::NONE);
+        assert_eq!(bulk(&unbounded, None), Deadline::NONE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_deadline_names_what_it_bounded() {
+        let addr: WireAddr = "tcp://127.0.0.1:1".parse().unwrap();
+        let d = Deadline::within(Some(Duration::from_millis(5)));
+        let never = std::future::pending::<Result<()>>();
+        let err = d.bound(never, expired_call("hello", &addr)).await;
+        match err {
+            Err(Error::Timeout { rpc, address, after }) => {
+                assert_eq!((rpc.as_str(), address.as_str()), ("hello", "tcp://127.0.0.1:1"));
+                assert_eq!(after, Duration::from_millis(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = Deadline::NONE
+            .bound(async { Ok(7) }, expired_bulk(&addr))
+            .await;
+        assert_eq!(ok.unwrap(), 7);
+    }
+}

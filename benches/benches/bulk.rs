@@ -33,19 +33,16 @@ async fn figure(
     size: usize,
 ) -> f64 {
     let n = ((1usize << 30) / size).clamp(4, iterations(5000));
-    let (remote, local) = (&remote.slice(..size).unwrap(), &local.slice(..size).unwrap());
+    let (remote, local) = (
+        &remote.slice(..size).unwrap(),
+        &local.slice(..size).unwrap(),
+    );
     for _ in 0..4 {
-        client
-            .transfer(op, address, remote, local)
-            .await
-            .unwrap();
+        client.transfer(op, address, remote, local).await.unwrap();
     }
     let start = Instant::now();
     for _ in 0..n {
-        client
-            .transfer(op, address, remote, local)
-            .await
-            .unwrap();
+        client.transfer(op, address, remote, local).await.unwrap();
     }
     mib_s(size, n, start.elapsed().as_secs_f64())
 }

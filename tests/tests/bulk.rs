@@ -122,20 +122,14 @@ async fn shm_uses_direct_copies() {
         let exposed = server.expose([counted], BulkMode::ReadWrite).unwrap();
         let local = BulkBuffer::new(1 << 20);
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
-        guard(
-            "pull",
-            client.pull(&address, &remote(&exposed), &mine),
-        )
-        .await
-        .unwrap();
+        guard("pull", client.pull(&address, &remote(&exposed), &mine))
+            .await
+            .unwrap();
         assert!(local.to_vec() == data);
         local.write(|b| b.fill(3));
-        guard(
-            "push",
-            client.push(&address, &remote(&exposed), &mine),
-        )
-        .await
-        .unwrap();
+        guard("push", client.push(&address, &remote(&exposed), &mine))
+            .await
+            .unwrap();
         assert!(check.read(|b| b.iter().all(|&x| x == 3)));
         let n = calls.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
@@ -182,12 +176,9 @@ async fn shm_falls_back_to_messages_when_direct_copies_fail() {
     for round in 0..2 {
         let local = BulkBuffer::new(1 << 20);
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
-        guard(
-            "pull",
-            client.pull(&address, &remote(&exposed), &mine),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        guard("pull", client.pull(&address, &remote(&exposed), &mine))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(local.to_vec() == data, "round {round}");
     }
 }

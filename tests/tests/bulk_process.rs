@@ -50,7 +50,9 @@ async fn exposer_killed_mid_pull(proto: &str) {
     let local = client
         .expose([BulkBuffer::new(len)], BulkMode::WriteOnly)
         .unwrap();
-    let req = client.transfer(BulkOp::Pull, &address, &remote, &local).start();
+    let req = client
+        .transfer(BulkOp::Pull, &address, &remote, &local)
+        .start();
     assert_eq!(server.expect_line("SERVING").await, "");
     assert!(!req.test(), "the pull cannot have finished");
     kill(&mut server).await;

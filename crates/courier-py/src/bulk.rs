@@ -384,8 +384,20 @@ pub(crate) fn transfer(
         }
     }
     // PyMargo's offsets and size become the ranges of the two handles.
-    let remote = remote.select(origin_offset, size).map_err(|e| errors::to_py(py, &e))?;
-    let local = local.select(local_offset, size).map_err(|e| errors::to_py(py, &e))?;
+    let part = |handle: &courier::Bulk, offset: usize, which: &str| {
+        handle.select(offset, size).map_err(|_| {
+            errors::bulk_error(
+                py,
+                format!(
+                    "bytes {offset}+{size} are past the end of the {which} handle ({} bytes)",
+                    handle.len()
+                ),
+                None,
+            )
+        })
+    };
+    let remote = part(&remote, origin_offset, "remote")?;
+    let local = part(&local, local_offset, "local")?;
     let engine = shared.engine.clone();
     let work = async move {
         let mut run = engine.transfer(op, &address, &remote, &local);

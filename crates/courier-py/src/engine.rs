@@ -165,19 +165,11 @@ impl Engine {
             builder = builder.mode(m);
         }
         let rt = if progress_thread {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("courier-progress")
-                .enable_all()
-                .build()
+            courier::runtime::progress_thread()
         } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            courier::runtime::caller_driven()
         }
-        .map_err(|e| {
-            errors::courier_error(py, format!("cannot start the engine's runtime: {e}"))
-        })?;
+        .map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
         let jobs = Arc::new(Jobs::new(inline));

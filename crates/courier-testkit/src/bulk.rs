@@ -127,7 +127,9 @@ pub async fn nonblocking_pull_and_push(proto: &str) {
     let local = BulkBuffer::new(100_000);
     let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
 
-    let req = client.transfer(BulkOp::Pull, &address, &theirs, &mine).start();
+    let req = client
+        .transfer(BulkOp::Pull, &address, &theirs, &mine)
+        .start();
     guard("pull request", async {
         while !req.test() {
             tokio::task::yield_now().await;
@@ -171,8 +173,8 @@ pub async fn ranges(proto: &str, direct: bool) {
             mine.slice(loff..loff + len).unwrap(),
         );
         guard("pull", client.pull(&address, &their_part, &my_part))
-        .await
-        .unwrap_or_else(|e| panic!("pull of {len} bytes: {e}"));
+            .await
+            .unwrap_or_else(|e| panic!("pull of {len} bytes: {e}"));
         let got = local.to_vec();
         assert!(got[..loff].iter().all(|&b| b == 0xee), "{len}: before");
         assert!(got[loff + len..].iter().all(|&b| b == 0xee), "{len}: after");
@@ -184,8 +186,8 @@ pub async fn ranges(proto: &str, direct: bool) {
         let fresh = pattern(loff + len + 9, len as u8 ^ 0x5a);
         local.write(|b| b.copy_from_slice(&fresh));
         guard("push", client.push(&address, &their_part, &my_part))
-        .await
-        .unwrap_or_else(|e| panic!("push of {len} bytes: {e}"));
+            .await
+            .unwrap_or_else(|e| panic!("push of {len} bytes: {e}"));
         let now = region.to_vec();
         assert!(
             now[..roff] == source[..roff],
@@ -224,8 +226,8 @@ pub async fn multi_segment(proto: &str) {
     let halves = [BulkBuffer::new(30_000), BulkBuffer::new(all.len() - 30_000)];
     let mine = client.expose(halves.clone(), BulkMode::ReadWrite).unwrap();
     guard("pull all", client.pull(&address, &theirs, &mine))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     assert!([halves[0].to_vec(), halves[1].to_vec()].concat() == all);
 
     // A selection: bytes 4..70_006 of the region (crossing three
@@ -237,8 +239,8 @@ pub async fn multi_segment(proto: &str) {
     halves[1].write(|b| b.copy_from_slice(&fresh[30_000..]));
     let from_6 = mine.slice(6..6 + 70_002).unwrap();
     guard("push selection", client.push(&address, &sel, &from_6))
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let now: Vec<u8> = buffers.iter().flat_map(BulkBuffer::to_vec).collect();
     assert!(now[..4] == all[..4]);
     assert!(now[4..70_006] == fresh[6..70_008]);
@@ -308,15 +310,15 @@ pub async fn hostile_handles(proto: &str) {
 
         let forged = forge(&ro, |f| f.1 ^= 1 << 77);
         let err = guard("forged key", client.pull(&address, &forged, &mine))
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert_refused(&err, "key does not match");
 
         let longer = forge(&ro, |f| f.4 = 2 * len as u64);
         let past = longer.slice(len / 2..len / 2 + len).unwrap();
         let err = guard("past the end", client.pull(&address, &past, &mine))
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert_refused(&err, "past the end");
 
         let err = guard(
@@ -351,21 +353,21 @@ pub async fn hostile_handles(proto: &str) {
 
         let unknown = forge(&ro, |f| f.0 += 1000);
         let err = guard("unknown region", client.pull(&address, &unknown, &mine))
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert_refused(&err, "no region");
 
         // Still usable after all that.
         guard("good pull", client.pull(&address, &remote(&ro), &mine))
-        .await
-        .unwrap();
+            .await
+            .unwrap();
         assert!(local.to_vec()[..len] == pattern(len, 4));
 
         let theirs = remote(&ro);
         drop(ro);
         let err = guard("dropped region", client.pull(&address, &theirs, &mine))
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert_refused(&err, "no region");
         crate::assert_hello(&client, &address).await;
     }
@@ -546,8 +548,8 @@ pub async fn bytes_regions(proto: &str) {
         let mine = client.expose([local.clone()], BulkMode::WriteOnly).unwrap();
         // From inside the Bytes (zero-copy pieces) and across into the buffer.
         guard("pull", client.pull(&address, &remote(&exposed), &mine))
-        .await
-        .unwrap();
+            .await
+            .unwrap();
         assert!(local.to_vec() == want, "direct={direct}");
 
         let target = BulkBuffer::new(want.len());
@@ -557,8 +559,8 @@ pub async fn bytes_regions(proto: &str) {
         let source = client.expose([data.clone()], BulkMode::ReadOnly).unwrap();
         let at_5 = remote(&theirs).slice(5..).unwrap();
         guard("push", client.push(&address, &at_5, &source))
-        .await
-        .unwrap();
+            .await
+            .unwrap();
         assert!(
             target.read(|t| t[5..5 + data.len()] == data[..]),
             "direct={direct}"
@@ -588,7 +590,10 @@ pub fn blocking_transfer(proto: &'static str) {
             .unwrap();
         assert_eq!(local.to_vec(), b"This is some bulk data!");
         local.write(|b| b[..4].copy_from_slice(b"THAT"));
-        let (at_8, first_4) = (remote(&exposed).slice(8..).unwrap(), mine.slice(..4).unwrap());
+        let (at_8, first_4) = (
+            remote(&exposed).slice(8..).unwrap(),
+            mine.slice(..4).unwrap(),
+        );
         client
             .transfer(BulkOp::Push, &address, &at_8, &first_4)
             .unwrap();

@@ -1037,7 +1037,9 @@ pub async fn deferred_and_double_responses(proto: &str) {
     );
 }
 
-/// Arguments the handler's type cannot decode: a remote error saying so.
+/// Arguments the handler's type cannot decode, or that leave bytes over
+/// (another type): a remote error saying so; a response that leaves bytes
+/// over: a decode error.
 pub async fn bad_arguments(proto: &str) {
     let server = crate::server(proto).await;
     register_hello(&server);
@@ -1053,6 +1055,40 @@ pub async fn bad_arguments(proto: &str) {
         }
         other => panic!("expected Remote, got {other:?}"),
     }
+    // A string where the handler takes a number: postcard reads the
+    // string's length as the number and leaves its bytes. Refused as a
+    // type mismatch naming the RPC, and the handler does not run.
+    server
+        .register("sleep_ms", |h: Handle, ms: u64| async move {
+            h.respond(&ms).await
+        })
+        .unwrap();
+    let as_text = client.remote::<&str, u64>("sleep_ms");
+    let err = guard(
+        "a string for a number",
+        as_text.on(&address).call(&"notanumber"),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        Error::Remote { message, .. } => assert!(
+            message.contains("RPC 'sleep_ms'") && message.contains("type mismatch"),
+            "{message}"
+        ),
+        other => panic!("expected Remote, got {other:?}"),
+    }
+    // The same on the way back: a response with bytes left over.
+    let as_byte = client.remote::<u64, u8>("sleep_ms");
+    let err = guard(
+        "a response read as a narrower type",
+        as_byte.on(&address).call(&300),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { rpc, reason, .. } if rpc == "sleep_ms" && reason.contains("type mismatch")),
+        "{err:?}"
+    );
     assert_hello(&client, &address).await;
 }
 

@@ -363,7 +363,13 @@ impl Engine {
     ///
     /// # Errors
     /// See [`crate::Engine::transfer`]; [`Error::BlockingInAsync`].
-    pub fn transfer(&self, op: BulkOp, address: &Address, remote: &Bulk, local: &Bulk) -> Result<()> {
+    pub fn transfer(
+        &self,
+        op: BulkOp,
+        address: &Address,
+        remote: &Bulk,
+        local: &Bulk,
+    ) -> Result<()> {
         let transfer = self.engine.transfer(op, &address.inner, remote, local);
         self.rt.block_on("transfer", transfer.into_future())?
     }
@@ -586,13 +592,10 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// [`Error::Encode`] (the arguments are encoded before returning).
     pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
         let (raw, msg) = self.inner.encoded(args)?;
-        let join = self
-            .rt
-            .runtime()
-            .spawn(async move {
-                let mut msg = msg;
-                raw.invoke(Body::Encoded(&mut msg)).await
-            });
+        let join = self.rt.runtime().spawn(async move {
+            let mut msg = msg;
+            raw.invoke(Body::Encoded(&mut msg)).await
+        });
         Ok(Request {
             join: Some(join),
             rt: self.rt.clone(),

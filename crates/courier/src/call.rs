@@ -104,7 +104,11 @@ impl Conn {
     ///
     /// # Errors
     /// The connection is dead; the message is too large; the send failed.
-    pub(crate) async fn start(&self, mut header: Header, body: Body<'_>) -> Result<PendingCall<'_>> {
+    pub(crate) async fn start(
+        &self,
+        mut header: Header,
+        body: Body<'_>,
+    ) -> Result<PendingCall<'_>> {
         let (seq, rx) = self.register_call()?;
         let pending = PendingCall {
             conn: self,

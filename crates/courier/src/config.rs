@@ -296,7 +296,10 @@ impl Config {
                 return Err(Error::Config(format!("{key} must be positive")));
             }
         }
-        for (key, value) in [("timeouts.call_ms", t.call_ms), ("timeouts.bulk_ms", t.bulk_ms)] {
+        for (key, value) in [
+            ("timeouts.call_ms", t.call_ms),
+            ("timeouts.bulk_ms", t.bulk_ms),
+        ] {
             if value == Some(0) {
                 return Err(Error::Config(format!(
                     "{key} must be positive (null: no timeout)"
@@ -304,7 +307,10 @@ impl Config {
             }
         }
         for (key, value) in [
-            ("max_in_flight_per_connection", self.max_in_flight_per_connection),
+            (
+                "max_in_flight_per_connection",
+                self.max_in_flight_per_connection,
+            ),
             ("max_connections", self.max_connections),
         ] {
             if value > tokio::sync::Semaphore::MAX_PERMITS {
@@ -348,7 +354,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.max_connections, c.max_in_flight_per_connection), (3, 2));
-        assert_eq!((c.max_queued_response_bytes, c.timeouts.hello_ms), (100, 50));
+        assert_eq!(
+            (c.max_queued_response_bytes, c.timeouts.hello_ms),
+            (100, 50)
+        );
         c.validate().unwrap();
         for (json, key) in [
             (r#"{"max_connections": 0}"#, "max_connections"),

@@ -155,8 +155,6 @@ impl Dispatcher {
         };
         let _ = conn.send(&[&ack.encode()]).await;
         let state = state.clone();
-        self.state
-            .rt
-            .spawn(async move { state.finalize().await });
+        self.state.rt.spawn(async move { state.finalize().await });
     }
 }

@@ -355,7 +355,10 @@ impl EngineBuilder {
         }
         tracing::debug!(protocol = %state.protocol.name, address = ?state.self_addr.as_ref().map(ToString::to_string), "engine started");
         Ok(Engine {
-            owner: Arc::new(Owner { dispatch, _links: links }),
+            owner: Arc::new(Owner {
+                dispatch,
+                _links: links,
+            }),
         })
     }
 }

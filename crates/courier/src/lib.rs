@@ -148,4 +148,3 @@ pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
 pub use bytes::Bytes;
 /// The transport layer (plugins, registry, addresses).
 pub use courier_transport as transport;
-

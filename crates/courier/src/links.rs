@@ -117,12 +117,9 @@ pub(crate) fn listen(links: &Arc<Links>, listener: Box<dyn DynListener>) {
     let state = links.state();
     let (done_tx, done_rx) = oneshot::channel();
     let stop = state.listener_stop();
-    let task = state.rt.spawn(accept_loop(
-        Arc::downgrade(links),
-        listener,
-        stop,
-        done_tx,
-    ));
+    let task = state
+        .rt
+        .spawn(accept_loop(Arc::downgrade(links), listener, stop, done_tx));
     state.set_listener(task.abort_handle(), done_rx);
 }
 

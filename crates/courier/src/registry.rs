@@ -66,8 +66,7 @@ enum Installed {
 }
 
 fn installed() -> &'static Mutex<Vec<Installed>> {
-    static INSTALLED: OnceLock<Mutex<Vec<Installed>>> =
-        OnceLock::new();
+    static INSTALLED: OnceLock<Mutex<Vec<Installed>>> = OnceLock::new();
     INSTALLED.get_or_init(Default::default)
 }
 

@@ -360,7 +360,10 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
 /// # Errors
 /// [`Error::Decode`] when the bytes are not one `R` (bytes left over are a
 /// type mismatch too).
-pub(crate) fn decode_response<R: serde::de::DeserializeOwned>(rpc: &str, payload: &[u8]) -> Result<R> {
+pub(crate) fn decode_response<R: serde::de::DeserializeOwned>(
+    rpc: &str,
+    payload: &[u8],
+) -> Result<R> {
     decode_exact(payload).map_err(|reason| Error::Decode {
         rpc: rpc.to_owned(),
         what: "response",

@@ -61,7 +61,9 @@ impl Deadline {
         work: impl Future<Output = Result<T>>,
         expired: impl FnOnce(Duration) -> Error,
     ) -> Result<T> {
-        self.run(work).await.unwrap_or_else(|after| Err(expired(after)))
+        self.run(work)
+            .await
+            .unwrap_or_else(|after| Err(expired(after)))
     }
 }
 
@@ -162,8 +164,15 @@ mod tests {
         let never = std::future::pending::<Result<()>>();
         let err = d.bound(never, expired_call("hello", &addr)).await;
         match err {
-            Err(Error::Timeout { rpc, address, after }) => {
-                assert_eq!((rpc.as_str(), address.as_str()), ("hello", "tcp://127.0.0.1:1"));
+            Err(Error::Timeout {
+                rpc,
+                address,
+                after,
+            }) => {
+                assert_eq!(
+                    (rpc.as_str(), address.as_str()),
+                    ("hello", "tcp://127.0.0.1:1")
+                );
                 assert_eq!(after, Duration::from_millis(5));
             }
             other => panic!("{other:?}"),

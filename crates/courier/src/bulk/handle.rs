@@ -141,32 +141,37 @@ impl Bulk {
     /// # Errors
     /// [`Error::BulkInvalid`] if the range is not inside the handle's.
     pub fn slice(&self, range: impl RangeBounds<usize>) -> Result<Self> {
-        let len = self.desc.len;
+        let len = u128::from(self.desc.len);
+        // In u128, so that no bound overflows.
         let start = match range.start_bound() {
-            Bound::Included(&s) => Some(s as u64),
-            Bound::Excluded(&s) => (s as u64).checked_add(1),
-            Bound::Unbounded => Some(0),
+            Bound::Included(&s) => s as u128,
+            Bound::Excluded(&s) => s as u128 + 1,
+            Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => (e as u64).checked_add(1),
-            Bound::Excluded(&e) => Some(e as u64),
-            Bound::Unbounded => Some(len),
+            Bound::Included(&e) => e as u128 + 1,
+            Bound::Excluded(&e) => e as u128,
+            Bound::Unbounded => len,
         };
-        match (start, end) {
-            (Some(start), Some(end)) if start <= end && end <= len => Ok(Self {
-                desc: Descriptor {
-                    offset: self.desc.offset + start,
-                    len: end - start,
-                    ..self.desc
-                },
-                local: self.local.clone(),
-            }),
-            _ => Err(Error::BulkInvalid(format!(
-                "cannot slice {:?}..{:?} of a handle of {len} bytes",
-                range.start_bound(),
-                range.end_bound()
-            ))),
+        if start > end {
+            return Err(Error::BulkInvalid(format!(
+                "cannot slice bytes {start}..{end} of a handle: the range is reversed"
+            )));
         }
+        if end > len {
+            return Err(Error::BulkInvalid(format!(
+                "bytes {start}..{end} are past the end of the handle ({len} bytes)"
+            )));
+        }
+        // Both are within the handle's length, a u64.
+        Ok(Self {
+            desc: Descriptor {
+                offset: self.desc.offset + start as u64,
+                len: (end - start) as u64,
+                ..self.desc
+            },
+            local: self.local.clone(),
+        })
     }
 
     /// The sub-range `offset..offset + len` of this handle (Thallium's
@@ -178,7 +183,7 @@ impl Bulk {
         match offset.checked_add(len) {
             Some(end) => self.slice(offset..end),
             None => Err(Error::BulkInvalid(format!(
-                "cannot select {offset}+{len} bytes of a handle of {} bytes",
+                "bytes {offset}+{len} are past the end of the handle ({} bytes)",
                 self.desc.len
             ))),
         }

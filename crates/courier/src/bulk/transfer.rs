@@ -169,8 +169,7 @@ impl Job {
             .min(max.saturating_sub(HEADER_LEN + ACCESS_LEN))
             .max(1);
         let window = self.options.window.max(1);
-        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> =
-            VecDeque::with_capacity(window);
+        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> = VecDeque::with_capacity(window);
         let mut next = 0usize;
         let mut first = true;
         // A zero-byte transfer still sends one (empty) access, so that the
@@ -224,15 +223,17 @@ impl Job {
             BulkOp::Pull => GRANT_READ,
             BulkOp::Push => GRANT_WRITE,
         };
-        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> =
-            VecDeque::with_capacity(window);
+        let mut flight: VecDeque<(PendingCall<'_>, usize, usize)> = VecDeque::with_capacity(window);
         let mut next = 0usize;
         let outcome = loop {
             while flight.len() < window && next < len {
                 let n = chunk.min(len - next);
                 let access = self.access.part(next, n).encode();
                 let pending = conn
-                    .start(Header::new(Kind::BulkGrant), Body::Parts(&[&access, &[want]]))
+                    .start(
+                        Header::new(Kind::BulkGrant),
+                        Body::Parts(&[&access, &[want]]),
+                    )
                     .await?;
                 flight.push_back((pending, next, n));
                 next += n;
@@ -309,7 +310,6 @@ async fn release(conn: &Conn, seq: u64) -> Result<()> {
     };
     conn.send(&[&header.encode()]).await
 }
-
 
 /// Maps an answer that is not a `Response` to the caller's error.
 fn refused(conn: &Conn, header: &Header, payload: &[u8]) -> Error {

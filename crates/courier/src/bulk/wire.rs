@@ -121,6 +121,13 @@ mod tests {
         assert_eq!(b.len(), ACCESS_LEN);
         assert_eq!(Access::decode(&b), Some(a));
         assert_eq!(Access::decode(&b[..39]), None);
-        assert_eq!(a.part(2, 3), Access { offset: 9, len: 3, ..a });
+        assert_eq!(
+            a.part(2, 3),
+            Access {
+                offset: 9,
+                len: 3,
+                ..a
+            }
+        );
     }
 }

@@ -8,7 +8,7 @@
 //!   one is closed as soon as it is accepted (the peer reads end of stream),
 //!   so a peer that opens connections and sends nothing runs out of slots,
 //!   not the server out of file descriptors.
-//! * `hello_timeout_ms`: an accepted connection must deliver its first
+//! * `timeouts.hello_ms`: an accepted connection must deliver its first
 //!   frame (the Hello) within this time, or it is closed. This ends
 //!   connections that never send, or send half a frame and stall before
 //!   introducing themselves (slowloris).

@@ -73,7 +73,7 @@ impl RawRemoteFunction {
     }
 
     /// A timeout for every call made through this function (overrides the
-    /// engine's `default_timeout_ms`; a callable's own timeout overrides it).
+    /// engine's `timeouts.call_ms`; a callable's own timeout overrides it).
     #[must_use]
     pub fn timeout(mut self, after: Duration) -> Self {
         self.timeout = Some(after);

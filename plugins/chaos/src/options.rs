@@ -279,10 +279,7 @@ impl fmt::Display for ChaosOptions {
 }
 
 fn invalid(reason: String) -> TransportError {
-    TransportError::InvalidOptions {
-        plugin: PLUGIN_NAME.to_owned(),
-        reason,
-    }
+    TransportError::invalid_options(PLUGIN_NAME, reason)
 }
 
 /// A fresh seed for `seed = "random"`: the process's random hash keys mixed

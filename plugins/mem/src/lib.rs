@@ -136,10 +136,10 @@ fn check_name(addr: &Address) -> Result<(), TransportError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')));
     match bad {
         None => Ok(()),
-        Some(c) => Err(TransportError::InvalidAddress {
-            address: addr.to_string(),
-            reason: format!("a mem name holds letters, digits and -_./ only, not '{c}'"),
-        }),
+        Some(c) => Err(TransportError::invalid_address(
+            addr,
+            format!("a mem name holds letters, digits and -_./ only, not '{c}'"),
+        )),
     }
 }
 

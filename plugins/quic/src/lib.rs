@@ -105,7 +105,7 @@ use rustls::RootCertStore;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::addr::{invalid, FINGERPRINT_PREFIX};
+use crate::addr::FINGERPRINT_PREFIX;
 pub use crate::streams::{QuicRecvStream, QuicSendStream};
 use crate::tls::{Identity, ServerCheck};
 
@@ -214,10 +214,7 @@ impl Default for QuicConfig {
 }
 
 fn invalid_options(reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidOptions {
-        plugin: PLUGIN_NAME.to_owned(),
-        reason: reason.into(),
-    }
+    TransportError::invalid_options(PLUGIN_NAME, reason)
 }
 
 impl QuicConfig {
@@ -419,7 +416,7 @@ impl QuicTransport {
         if self.inner.config.insecure_skip_verify {
             return Ok(ServerCheck::Insecure);
         }
-        Err(invalid(
+        Err(TransportError::invalid_address(
             addr,
             "the server's certificate fingerprint is missing: a QUIC address ends with \
              '#sha256=<64 hex digits>', as the listener's address shows it (e.g. \
@@ -468,7 +465,7 @@ impl QuicTransport {
                 Ok(connecting) => return Ok(connecting),
                 Err(ConnectError::EndpointStopping) if !fresh => fresh = true,
                 Err(ConnectError::InvalidServerName(name)) => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_address(
                         addr,
                         format!(
                             "'{name}' is not a valid TLS server name: give the name the \
@@ -637,7 +634,7 @@ impl Transport for QuicTransport {
         };
         if let Some(fp) = target.fingerprint.as_ref() {
             if *fp != identity.fingerprint {
-                return Err(invalid(
+                return Err(TransportError::invalid_address(
                     addr,
                     format!(
                         "this server's certificate has fingerprint {FINGERPRINT_PREFIX}{}, \
@@ -679,7 +676,7 @@ impl Transport for QuicTransport {
     async fn connect(&self, addr: &Address) -> Result<QuicConnection, TransportError> {
         let target = addr::parse(addr)?;
         if target.host.is_empty() {
-            return Err(invalid(
+            return Err(TransportError::invalid_address(
                 addr,
                 "expected <host>:<port>#sha256=<fingerprint> after 'quic://', as a Courier \
                  QUIC listener's address shows it",

@@ -299,13 +299,15 @@ impl ShmTransport {
     /// [`TransportError::InvalidOptions`] unless `bytes` is a power of two
     /// between 4 KiB and 1 GiB.
     pub fn with_ring_size(mut self, bytes: usize) -> Result<Self, TransportError> {
-        self.layout = Layout::new(bytes).ok_or_else(|| TransportError::InvalidOptions {
-            plugin: PLUGIN_NAME.to_owned(),
-            reason: format!(
-                "option 'ring_size' is {bytes}, it must be a power of two between {} and {}",
-                segment::MIN_RING,
-                segment::MAX_RING
-            ),
+        self.layout = Layout::new(bytes).ok_or_else(|| {
+            TransportError::invalid_options(
+                PLUGIN_NAME,
+                format!(
+                    "option 'ring_size' is {bytes}, it must be a power of two between {} and {}",
+                    segment::MIN_RING,
+                    segment::MAX_RING
+                ),
+            )
         })?;
         Ok(self)
     }

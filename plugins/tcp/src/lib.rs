@@ -102,13 +102,6 @@ impl TcpTransport {
     }
 }
 
-fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidAddress {
-        address: addr.to_string(),
-        reason: reason.into(),
-    }
-}
-
 impl Transport for TcpTransport {
     type Listener = TcpListener;
     type Connection = TcpConnection;
@@ -129,7 +122,7 @@ impl Transport for TcpTransport {
         };
         let listener = TokioListener::bind(target).await.map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidInput {
-                invalid(addr, format!("expected host:port ({source})"))
+                TransportError::invalid_address(addr, format!("expected host:port ({source})"))
             } else {
                 TransportError::Listen {
                     address: addr.to_string(),
@@ -152,11 +145,14 @@ impl Transport for TcpTransport {
 
     async fn connect(&self, addr: &Address) -> Result<TcpConnection, TransportError> {
         if addr.rest().is_empty() {
-            return Err(invalid(addr, "expected host:port after 'tcp://'"));
+            return Err(TransportError::invalid_address(
+                addr,
+                "expected host:port after 'tcp://'",
+            ));
         }
         let stream = TcpStream::connect(addr.rest()).await.map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidInput {
-                invalid(addr, format!("expected host:port ({source})"))
+                TransportError::invalid_address(addr, format!("expected host:port ({source})"))
             } else {
                 TransportError::Connect {
                     address: addr.to_string(),

@@ -97,17 +97,10 @@ impl UnixTransport {
     }
 }
 
-fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidAddress {
-        address: addr.to_string(),
-        reason: reason.into(),
-    }
-}
-
 fn socket_path(addr: &Address) -> Result<PathBuf, TransportError> {
     let path = Path::new(addr.rest());
     if !path.is_absolute() {
-        return Err(invalid(
+        return Err(TransportError::invalid_address(
             addr,
             "expected an absolute socket path, e.g. 'unix:///tmp/courier.sock'",
         ));

@@ -59,6 +59,7 @@ mod address;
 pub mod capability;
 mod error;
 pub mod framing;
+mod options;
 mod registry;
 pub mod stream;
 pub mod transport;

@@ -8,6 +8,7 @@ use courier_transport::{
     Address, Connection, DynTransport, Listener, Plugin, PluginContext, Reach, Transport,
     TransportError,
 };
+use serde::Deserialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,16 +22,30 @@ impl Plugin for MyTcpPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options("mytcp", &["nodelay"])?;
+        let options: MyTcpOptions = ctx.options("mytcp")?;
         Ok(Arc::new(MyTcp {
             protocol: ctx.protocol.to_owned(),
             max: ctx.max_message_size,
-            nodelay: ctx.bool_option("mytcp", "nodelay", true)?,
+            nodelay: options.nodelay,
         }))
     }
 
     fn reach(&self) -> Reach {
         Reach::Network
+    }
+}
+
+/// The options `mytcp` knows; any other is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MyTcpOptions {
+    /// Send small messages at once (`TCP_NODELAY`).
+    nodelay: bool,
+}
+
+impl Default for MyTcpOptions {
+    fn default() -> Self {
+        Self { nodelay: true }
     }
 }
 

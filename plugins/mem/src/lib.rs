@@ -44,6 +44,7 @@ use courier_transport::{
     Address, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
     PluginContext, Reach, Transport, TransportError,
 };
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// The plugin name used in `protocols.toml`.
@@ -62,25 +63,39 @@ impl Plugin for MemPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        // Refuse typos in options before reading any of them.
-        ctx.check_known_options(PLUGIN_NAME, &["queue_messages"])?;
-        let queue = ctx.u64_option(PLUGIN_NAME, "queue_messages", DEFAULT_QUEUE_MESSAGES as u64)?;
-        let queue = usize::try_from(queue)
-            .ok()
-            .filter(|q| *q > 0)
-            .ok_or_else(|| TransportError::InvalidOptions {
-                plugin: PLUGIN_NAME.to_owned(),
-                reason: format!("option 'queue_messages' must be at least 1, not {queue}"),
-            })?;
+        // Unknown options (typos) are refused.
+        let MemOptions { queue_messages } = ctx.options(PLUGIN_NAME)?;
+        if queue_messages == 0 {
+            return Err(TransportError::invalid_options(
+                PLUGIN_NAME,
+                "option 'queue_messages' must be at least 1, not 0",
+            ));
+        }
         Ok(Arc::new(MemTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
-            queue,
+            queue: queue_messages,
         }))
     }
 
     fn reach(&self) -> Reach {
         Reach::Process
+    }
+}
+
+/// The plugin's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MemOptions {
+    /// Messages a direction holds before its sender waits.
+    queue_messages: usize,
+}
+
+impl Default for MemOptions {
+    fn default() -> Self {
+        Self {
+            queue_messages: DEFAULT_QUEUE_MESSAGES,
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use courier_transport::stream::{StreamReceiver, StreamSender};
 use courier_transport::{
     Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
 };
+use serde::Deserialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener as TokioListener, TcpStream};
 
@@ -56,12 +57,26 @@ impl Plugin for TcpPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, &["nodelay"])?;
+        let options: TcpOptions = ctx.options(PLUGIN_NAME)?;
         Ok(Arc::new(TcpTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
-            nodelay: ctx.bool_option(PLUGIN_NAME, "nodelay", true)?,
+            nodelay: options.nodelay,
         }))
+    }
+}
+
+/// The plugin's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TcpOptions {
+    /// `TCP_NODELAY` on every connection.
+    nodelay: bool,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self { nodelay: true }
     }
 }
 

@@ -40,6 +40,7 @@ use courier_transport::stream::{StreamReceiver, StreamSender};
 use courier_transport::{
     Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
 };
+use serde::Deserialize;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener as TokioListener, UnixStream};
 
@@ -62,13 +63,18 @@ impl Plugin for UnixPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, &[])?;
+        let UnixOptions {} = ctx.options(PLUGIN_NAME)?;
         Ok(Arc::new(UnixTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
         }))
     }
 }
+
+/// The plugin's options: none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnixOptions {}
 
 /// Messages over Unix-domain stream sockets.
 #[derive(Debug, Clone)]

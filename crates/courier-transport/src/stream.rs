@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{length_prefix, DeframeError, Deframer, MAX_FRAMED_MESSAGE, PREAMBLE};
-use crate::transport::{message_len, MessageReceiver, MessageSender};
+use crate::transport::{MessageReceiver, MessageSender};
 use crate::{Address, TransportError};
 
 /// Messages up to this size are copied into one buffer and written with one
@@ -76,14 +76,11 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamSender<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> MessageSender for StreamSender<W> {
-    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        let len = message_len(parts);
-        if len > self.max {
-            return Err(TransportError::MessageTooLarge {
-                size: len as u64,
-                max: self.max,
-            });
-        }
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
         if self.broken {
             return Err(TransportError::Closed {
                 peer: self.peer.to_string(),

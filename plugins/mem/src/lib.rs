@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use courier_transport::transport::message_len;
 use courier_transport::{
     Address, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
     PluginContext, Reach, Transport, TransportError,
@@ -311,16 +310,12 @@ pub struct MemSender {
 }
 
 impl MessageSender for MemSender {
-    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        let len = message_len(parts);
-        // The contract: refuse an oversized message before sending anything,
-        // and stay usable.
-        if len > self.max {
-            return Err(TransportError::MessageTooLarge {
-                size: len as u64,
-                max: self.max,
-            });
-        }
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    // `send` has refused a message over the maximum before this is called.
+    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
         let tx = self.tx.as_ref().ok_or_else(|| TransportError::Closed {
             peer: self.peer.to_string(),
         })?;

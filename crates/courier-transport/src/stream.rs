@@ -339,8 +339,11 @@ pub struct StreamListener<L: StreamAccept> {
     socket: L,
     local_addr: Address,
     max: usize,
-    setup: Option<Box<dyn Fn(&L::Stream) + Send + Sync>>,
+    setup: Option<Setup<L::Stream>>,
 }
+
+/// What [`StreamListener::on_accept`] was given.
+type Setup<S> = Box<dyn Fn(&S) + Send + Sync>;
 
 impl<L: StreamAccept> StreamListener<L> {
     /// A listener accepting from `socket`, which peers reach at

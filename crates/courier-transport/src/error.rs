@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::Address;
+
 /// What went wrong below the engine: resolving a protocol, parsing an address,
 /// listening, connecting, or moving a message.
 ///
@@ -122,6 +124,34 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// [`TransportError::InvalidAddress`] for `address`, saying `reason`:
+    /// what a plugin returns for a plugin part it cannot use.
+    ///
+    /// ```
+    /// use courier_transport::{Address, TransportError};
+    ///
+    /// let addr: Address = "tcp://nowhere".parse()?;
+    /// let err = TransportError::invalid_address(&addr, "expected host:port");
+    /// assert_eq!(err.to_string(), "invalid address 'tcp://nowhere': expected host:port");
+    /// # Ok::<(), TransportError>(())
+    /// ```
+    pub fn invalid_address(address: &Address, reason: impl Into<String>) -> Self {
+        Self::InvalidAddress {
+            address: address.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`TransportError::InvalidOptions`] of the plugin named `plugin`,
+    /// saying `reason`: for a check that a type alone cannot express (two
+    /// options that go together, a file that cannot be read).
+    pub fn invalid_options(plugin: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidOptions {
+            plugin: plugin.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
     /// Whether an error returned by **send** leaves the connection unusable.
     /// Only [`TransportError::MessageTooLarge`] does not: a sender refuses an
     /// oversized message before writing anything. (Every error returned by

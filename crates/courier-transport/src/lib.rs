@@ -11,43 +11,40 @@
 //! * [`Registry`], which maps protocol names and aliases (`tcp`, `ofi+tcp`,
 //!   `na+sm`, ...) to [`Plugin`]s through `protocols.toml`;
 //! * [`framing`] and [`stream`]: the sans-IO length-prefixed framing shared by
-//!   byte-stream transports, and a ready-made sender and receiver over any
-//!   tokio stream.
+//!   byte-stream transports, and a ready-made connection, listener, sender
+//!   and receiver over any tokio stream;
+//! * [`PluginContext::options`], which reads a plugin's options as a typed
+//!   serde struct, and [`TransportError::invalid_address`] for the errors
+//!   plugins return about their addresses.
 //!
 //! # A transport in a few lines
 //!
-//! A byte-stream transport only opens streams; the framing does the rest.
-//! Here a transport over in-memory pipes shows the shape (the `tcp` and `unix`
-//! plugins are the same with sockets):
+//! A byte-stream transport only opens streams; [`stream`] does the rest. A
+//! [`StreamConnection`](stream::StreamConnection) over any stream splits into
+//! a sender and a receiver that frame messages on it; here over an
+//! in-memory pipe:
 //!
 //! ```
-//! use courier_transport::stream::{StreamReceiver, StreamSender};
+//! use courier_transport::stream::StreamConnection;
 //! use courier_transport::{Address, Connection, MessageReceiver, MessageSender};
-//! use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
-//!
-//! struct Pipe { peer: Address, io: DuplexStream }
-//!
-//! impl Connection for Pipe {
-//!     type Sender = StreamSender<WriteHalf<DuplexStream>>;
-//!     type Receiver = StreamReceiver<ReadHalf<DuplexStream>>;
-//!     fn peer_addr(&self) -> &Address { &self.peer }
-//!     fn split(self) -> (Self::Sender, Self::Receiver) {
-//!         let (r, w) = tokio::io::split(self.io);
-//!         (StreamSender::new(w, self.peer.clone(), 1 << 20),
-//!          StreamReceiver::new(r, self.peer, 1 << 20))
-//!     }
-//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), courier_transport::TransportError> {
 //! let (a, b) = tokio::io::duplex(4096);
 //! let peer: Address = "pipe://demo".parse()?;
-//! let (mut tx, _) = Pipe { peer: peer.clone(), io: a }.split();
-//! let (_, mut rx) = Pipe { peer, io: b }.split();
+//! let (mut tx, _) = StreamConnection::new(tokio::io::split(a), peer.clone(), 1 << 20).split();
+//! let (_, mut rx) = StreamConnection::new(tokio::io::split(b), peer, 1 << 20).split();
 //! tx.send(&[b"hello, ", b"world"]).await?;
 //! assert_eq!(&rx.recv().await?.unwrap()[..], b"hello, world");
 //! # Ok(()) }
 //! ```
+//!
+//! The `tcp` plugin is that over sockets: its transport's types are
+//! `StreamListener<TcpListener>` and `StreamConnection<TcpStream>`, and what
+//! it writes itself is binding, connecting and its addresses. A medium that
+//! is not a byte stream implements [`MessageSender::transmit`] and
+//! [`MessageReceiver::recv`] itself; [`MessageSender::send`] refuses a
+//! message over the maximum size for it.
 //!
 //! `docs/writing-a-transport.md` in the repository walks through a complete
 //! plugin, and the module docs of [`transport`] state the contract every
@@ -59,6 +56,7 @@ mod address;
 pub mod capability;
 mod error;
 pub mod framing;
+mod options;
 mod registry;
 pub mod stream;
 pub mod transport;

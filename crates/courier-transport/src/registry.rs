@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -30,90 +31,56 @@ pub struct PluginContext<'a> {
 }
 
 impl PluginContext<'_> {
-    /// Reads a boolean option, with a default when absent.
+    /// Reads the options as a `T`, the plugin's options struct, with serde.
+    ///
+    /// Declare the struct with `#[serde(deny_unknown_fields)]`, so a typo is
+    /// refused rather than ignored, and `#[serde(default)]` (with a
+    /// `Default` impl giving each option's default), so absent options take
+    /// their defaults. A plugin with no options declares an empty struct.
+    ///
+    /// ```
+    /// use courier_transport::{PluginContext, PluginOptions, TransportError};
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Debug, Deserialize)]
+    /// #[serde(deny_unknown_fields, default)]
+    /// struct MyOptions {
+    ///     nodelay: bool,
+    ///     queue: usize,
+    /// }
+    ///
+    /// impl Default for MyOptions {
+    ///     fn default() -> Self {
+    ///         Self { nodelay: true, queue: 64 }
+    ///     }
+    /// }
+    ///
+    /// let options: PluginOptions = serde_json::from_str(r#"{"queue": 8}"#).unwrap();
+    /// let ctx = PluginContext { protocol: "my", options: &options, max_message_size: 1024 };
+    /// let read: MyOptions = ctx.options("my")?;
+    /// assert!(read.nodelay && read.queue == 8);
+    ///
+    /// let options: PluginOptions = serde_json::from_str(r#"{"nodelya": false}"#).unwrap();
+    /// let ctx = PluginContext { options: &options, ..ctx };
+    /// let err = ctx.options::<MyOptions>("my").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid options for the 'my' plugin: unknown option 'nodelya' (known: nodelay, queue)"
+    /// );
+    /// # Ok::<(), TransportError>(())
+    /// ```
+    ///
+    /// A value of the wrong type is refused with the option's name and what
+    /// it must be (`option 'queue' must be a non-negative integer, not -1`).
+    /// A check of the plugin's own, in a `deserialize_with` function or a
+    /// `Deserialize` impl, is reported the same way: return
+    /// `de::Error::invalid_value(found, &"what it must be")`, or
+    /// `de::Error::custom(message)` for `option '<key>': <message>`.
     ///
     /// # Errors
-    /// [`TransportError::InvalidOptions`] when present but not a boolean.
-    pub fn bool_option(
-        &self,
-        plugin: &str,
-        key: &str,
-        default: bool,
-    ) -> Result<bool, TransportError> {
-        match self.options.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(TransportError::InvalidOptions {
-                plugin: plugin.to_owned(),
-                reason: format!("option '{key}' must be true or false, not {other}"),
-            }),
-        }
-    }
-
-    /// Reads a non-negative integer option, with a default when absent.
-    ///
-    /// # Errors
-    /// [`TransportError::InvalidOptions`] when present but not a
-    /// non-negative integer.
-    pub fn u64_option(&self, plugin: &str, key: &str, default: u64) -> Result<u64, TransportError> {
-        match self.options.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_u64().ok_or_else(|| TransportError::InvalidOptions {
-                plugin: plugin.to_owned(),
-                reason: format!("option '{key}' must be a non-negative integer, not {v}"),
-            }),
-        }
-    }
-
-    /// Reads a number option (an integer or a float: `1` and `1.0` both
-    /// read as `1.0`), with a default when absent.
-    ///
-    /// # Errors
-    /// [`TransportError::InvalidOptions`] when present but not a number.
-    pub fn f64_option(&self, plugin: &str, key: &str, default: f64) -> Result<f64, TransportError> {
-        match self.options.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| TransportError::InvalidOptions {
-                plugin: plugin.to_owned(),
-                reason: format!("option '{key}' must be a number, not {v}"),
-            }),
-        }
-    }
-
-    /// Reads a string option, if present.
-    ///
-    /// # Errors
-    /// [`TransportError::InvalidOptions`] when present but not a string.
-    pub fn str_option(&self, plugin: &str, key: &str) -> Result<Option<&str>, TransportError> {
-        match self.options.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(TransportError::InvalidOptions {
-                plugin: plugin.to_owned(),
-                reason: format!("option '{key}' must be a string, not {other}"),
-            }),
-        }
-    }
-
-    /// Refuses options the plugin does not know (catches typos).
-    ///
-    /// # Errors
-    /// [`TransportError::InvalidOptions`] naming the first unknown key.
-    pub fn check_known_options(&self, plugin: &str, known: &[&str]) -> Result<(), TransportError> {
-        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) => Err(TransportError::InvalidOptions {
-                plugin: plugin.to_owned(),
-                reason: format!(
-                    "unknown option '{k}' (known: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            }),
-        }
+    /// [`TransportError::InvalidOptions`] of `plugin`, naming the option.
+    pub fn options<T: DeserializeOwned>(&self, plugin: &str) -> Result<T, TransportError> {
+        crate::options::from_options(plugin, self.options)
     }
 }
 

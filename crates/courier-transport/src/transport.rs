@@ -31,7 +31,9 @@
 //! * **Maximum size.** A transport is built with a maximum message size.
 //!   `send` of a larger message fails with
 //!   [`TransportError::MessageTooLarge`] *without writing anything*, and the
-//!   connection stays usable. A peer that announces a larger message makes
+//!   connection stays usable. [`MessageSender::send`] keeps this clause for
+//!   every transport: it checks the size before it calls the plugin's
+//!   [`MessageSender::transmit`]. A peer that announces a larger message makes
 //!   `recv` fail (and the connection is then dead). A transport never
 //!   allocates more than the maximum for one message, whatever a peer sends.
 //! * **Close.** [`MessageSender::close`] is an orderly close: messages already
@@ -122,11 +124,83 @@ pub trait Connection: Send + 'static {
 }
 
 /// The sending direction of a connection.
+///
+/// A plugin implements [`MessageSender::transmit`], which hands a message to
+/// the medium, and [`MessageSender::max_message_size`]; callers call
+/// [`MessageSender::send`] (or [`DynSender::send_dyn`], which calls it).
+/// `send` is provided: it checks the size of the message against the
+/// maximum, and refuses an oversized one with
+/// [`TransportError::MessageTooLarge`] without calling `transmit`, so
+/// nothing is written and the connection stays usable. That part of the
+/// contract is kept here, once for every transport: `transmit` only ever
+/// sees messages that fit, and a plugin must not override `send`.
+///
+/// ```
+/// use courier_transport::{MessageSender, TransportError};
+///
+/// /// Counts the bytes it is given.
+/// struct Counter { max: usize, bytes: usize }
+///
+/// impl MessageSender for Counter {
+///     fn max_message_size(&self) -> usize {
+///         self.max
+///     }
+///     async fn transmit(&mut self, _parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
+///         self.bytes += len;
+///         Ok(())
+///     }
+///     async fn close(&mut self) -> Result<(), TransportError> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut tx = Counter { max: 4, bytes: 0 };
+/// tx.send(&[b"ab", b"cd"]).await.unwrap();
+/// let err = tx.send(&[b"abcde"]).await.unwrap_err();
+/// assert!(matches!(err, TransportError::MessageTooLarge { size: 5, max: 4 }));
+/// assert_eq!(tx.bytes, 4); // the oversized message never reached `transmit`
+/// # }
+/// ```
 pub trait MessageSender: Send + 'static {
+    /// The largest message this sender sends, in bytes: the maximum the
+    /// transport was built with (or less, if the medium cannot carry more).
+    fn max_message_size(&self) -> usize;
+
+    /// Hands one message made of `parts`, concatenated, to the medium
+    /// (writes it to the socket, stores it in the ring), waiting for the peer
+    /// to make room if need be (backpressure). `len` is the total length of
+    /// `parts`, already checked to be at most
+    /// [`max_message_size`](MessageSender::max_message_size).
+    ///
+    /// Called by [`MessageSender::send`]; call `send` instead.
+    fn transmit(
+        &mut self,
+        parts: &[&[u8]],
+        len: usize,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
     /// Sends one message made of `parts`, concatenated. Returns once the
-    /// message is handed to the medium (written to the socket, stored in the
-    /// ring), which may wait for the peer to make room (backpressure).
-    fn send(&mut self, parts: &[&[u8]]) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// message is handed to the medium, which may wait for the peer to make
+    /// room (backpressure).
+    ///
+    /// A message over [`max_message_size`](MessageSender::max_message_size)
+    /// fails with [`TransportError::MessageTooLarge`], without anything
+    /// written: the connection stays usable. Provided; not to be overridden.
+    fn send(&mut self, parts: &[&[u8]]) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let len = message_len(parts);
+        let max = self.max_message_size();
+        async move {
+            if len > max {
+                return Err(TransportError::MessageTooLarge {
+                    size: len as u64,
+                    max,
+                });
+            }
+            self.transmit(parts, len).await
+        }
+    }
 
     /// Orderly close of this direction: what was sent is delivered, then the
     /// peer's `recv` returns `Ok(None)`.
@@ -186,7 +260,8 @@ pub trait DynConnection: Send + 'static {
 
 /// Object-safe form of [`MessageSender`].
 pub trait DynSender: Send + 'static {
-    /// See [`MessageSender::send`].
+    /// See [`MessageSender::send`], which it calls: the size check holds
+    /// here too.
     fn send_dyn<'a>(
         &'a mut self,
         parts: &'a [&'a [u8]],
@@ -297,4 +372,54 @@ impl fmt::Debug for dyn DynListener {
 /// Total length of a message made of `parts`.
 pub fn message_len(parts: &[&[u8]]) -> usize {
     parts.iter().map(|p| p.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Records the length of each message that reaches `transmit`.
+    struct Recorder {
+        max: usize,
+        transmitted: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl MessageSender for Recorder {
+        fn max_message_size(&self) -> usize {
+            self.max
+        }
+
+        async fn transmit(&mut self, _parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
+            self.transmitted.lock().unwrap().push(len);
+            Ok(())
+        }
+
+        async fn close(&mut self) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    fn is_too_large(result: Result<(), TransportError>, size: u64, max: usize) -> bool {
+        matches!(result, Err(TransportError::MessageTooLarge { size: s, max: m }) if (s, m) == (size, max))
+    }
+
+    #[tokio::test]
+    async fn send_refuses_an_oversized_message_before_transmit_on_both_paths() {
+        let transmitted = Arc::new(Mutex::new(Vec::new()));
+        let mut tx = Recorder {
+            max: 4,
+            transmitted: transmitted.clone(),
+        };
+        // The static path.
+        assert!(is_too_large(tx.send(&[b"abc", b"de"]).await, 5, 4));
+        tx.send(&[b"ab", b"", b"cd"]).await.unwrap();
+        tx.send(&[]).await.unwrap();
+        // The dyn path the engine takes.
+        let mut tx: Box<dyn DynSender> = Box::new(tx);
+        assert!(is_too_large(tx.send_dyn(&[b"abcdefgh"]).await, 8, 4));
+        tx.send_dyn(&[b"abc"]).await.unwrap();
+        assert_eq!(*transmitted.lock().unwrap(), [4, 0, 3]);
+    }
 }

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use courier_transport::transport::message_len;
 use courier_transport::{
     Address, Connection, DynConnection, DynReceiver, DynSender, MessageReceiver, MessageSender,
     TransportError,
@@ -259,18 +258,19 @@ impl ChaosSender {
 }
 
 impl MessageSender for ChaosSender {
-    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    // An oversized message never gets here (`send` refuses it): it is not a
+    // message of the connection, and is not counted.
+    async fn transmit(&mut self, parts: &[&[u8]], _len: usize) -> Result<(), TransportError> {
         let Some(inner) = self.inner.as_mut() else {
             return Err(self.after_reset());
         };
         let Some(plan) = self.plan.as_mut() else {
             return inner.send_dyn(parts).await;
         };
-        // An oversized message is refused by the inner transport, which
-        // writes nothing: it is not a message of the connection.
-        if message_len(parts) > self.max {
-            return inner.send_dyn(parts).await;
-        }
         plan.sent += 1;
         let n = plan.sent;
         // One draw per message, used or not, so a message's fate depends

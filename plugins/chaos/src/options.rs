@@ -6,6 +6,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime};
 
 use courier_transport::{PluginContext, TransportError};
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::Deserialize;
 
 use crate::PLUGIN_NAME;
 
@@ -16,21 +18,6 @@ pub const DEFAULT_SEED: u64 = 0;
 /// How long a message held back for reordering waits for the next one
 /// before it goes on alone, by default.
 pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_millis(10);
-
-/// Every option the layer knows.
-const KNOWN: &[&str] = &[
-    "seed",
-    "latency_us",
-    "jitter_us",
-    "drop",
-    "duplicate",
-    "reorder",
-    "reorder_window_us",
-    "reset",
-    "reset_after",
-    "grace",
-    "direction",
-];
 
 /// One side of a connection: the one that connected, or the one that
 /// accepted. Messages flow from one to the other.
@@ -61,8 +48,10 @@ impl fmt::Display for Role {
     }
 }
 
-/// Which messages the layer faults, named by the side that sends them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Which messages the layer faults, named by the side that sends them
+/// (written `"both"`, `"connector"` or `"acceptor"` in the options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Messages both ways (the default).
     #[default]
@@ -92,28 +81,42 @@ impl Direction {
 /// transport opened, or the n-th one a listener accepted) and the
 /// direction, so the same seed replays the same faults on the same
 /// connection whatever the other connections do.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It is read with serde from the layer's options, each field from the
+/// option named in its docs; unknown keys, probabilities outside `[0, 1]`
+/// and unknown directions are refused.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct ChaosOptions {
-    /// The seed every fault decision derives from (`seed`).
+    /// The seed every fault decision derives from (`seed`: an integer, or
+    /// `"random"` for a fresh one).
+    #[serde(deserialize_with = "seed")]
     pub seed: u64,
     /// How long each message waits before it is handed on (`latency_us`).
+    #[serde(rename = "latency_us", deserialize_with = "micros")]
     pub latency: Duration,
     /// Up to this much more, drawn per message (`jitter_us`). Messages keep
     /// their order: a message never overtakes an earlier one.
+    #[serde(rename = "jitter_us", deserialize_with = "micros")]
     pub jitter: Duration,
     /// Probability that a message is silently lost (`drop`).
+    #[serde(deserialize_with = "probability")]
     pub drop: f64,
     /// Probability that a message is delivered twice (`duplicate`).
+    #[serde(deserialize_with = "probability")]
     pub duplicate: f64,
     /// Probability that a message is held back and delivered after the next
     /// one (`reorder`).
+    #[serde(deserialize_with = "probability")]
     pub reorder: f64,
     /// How long a held message waits for the next one before it goes on
     /// alone (`reorder_window_us`); `None` (`0` in the options): until the
     /// next message or the end of the connection.
+    #[serde(rename = "reorder_window_us", deserialize_with = "window")]
     pub reorder_window: Option<Duration>,
     /// Probability that a send resets the connection instead (`reset`).
+    #[serde(deserialize_with = "probability")]
     pub reset: f64,
     /// Reset on the send that follows this many messages of a direction
     /// (`reset_after`).
@@ -146,73 +149,12 @@ impl Default for ChaosOptions {
 
 impl ChaosOptions {
     /// Reads the options of a `[layers.<name>]` entry and the engine's
-    /// `"transport": {"<name>": {...}}` object. Unknown keys, probabilities
-    /// outside `[0, 1]` and unknown directions are refused.
+    /// `"transport": {"<name>": {...}}` object.
     ///
     /// # Errors
     /// [`TransportError::InvalidOptions`] naming the offending option.
     pub fn from_context(ctx: &PluginContext<'_>) -> Result<Self, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, KNOWN)?;
-        let us = |key: &str| -> Result<Duration, TransportError> {
-            Ok(Duration::from_micros(ctx.u64_option(
-                PLUGIN_NAME,
-                key,
-                0,
-            )?))
-        };
-        let probability = |key: &str| -> Result<f64, TransportError> {
-            let p = ctx.f64_option(PLUGIN_NAME, key, 0.0)?;
-            if (0.0..=1.0).contains(&p) {
-                Ok(p)
-            } else {
-                Err(invalid(format!(
-                    "option '{key}' is a probability, from 0 to 1, not {p}"
-                )))
-            }
-        };
-        let seed = match ctx.options.get("seed") {
-            Some(v) if v.is_string() => match ctx.str_option(PLUGIN_NAME, "seed")? {
-                Some("random") => random_seed(),
-                Some(other) => {
-                    return Err(invalid(format!(
-                        "option 'seed' is a non-negative integer or \"random\", not \"{other}\""
-                    )))
-                }
-                None => DEFAULT_SEED,
-            },
-            _ => ctx.u64_option(PLUGIN_NAME, "seed", DEFAULT_SEED)?,
-        };
-        let direction = match ctx.str_option(PLUGIN_NAME, "direction")? {
-            None | Some("both") => Direction::Both,
-            Some("connector") => Direction::Connector,
-            Some("acceptor") => Direction::Acceptor,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "option 'direction' is \"both\", \"connector\" or \"acceptor\", not \"{other}\""
-                )))
-            }
-        };
-        let window = ctx.u64_option(
-            PLUGIN_NAME,
-            "reorder_window_us",
-            DEFAULT_REORDER_WINDOW.as_micros() as u64,
-        )?;
-        Ok(Self {
-            seed,
-            latency: us("latency_us")?,
-            jitter: us("jitter_us")?,
-            drop: probability("drop")?,
-            duplicate: probability("duplicate")?,
-            reorder: probability("reorder")?,
-            reorder_window: (window > 0).then(|| Duration::from_micros(window)),
-            reset: probability("reset")?,
-            reset_after: match ctx.options.get("reset_after") {
-                None => None,
-                Some(_) => Some(ctx.u64_option(PLUGIN_NAME, "reset_after", 0)?),
-            },
-            grace: ctx.u64_option(PLUGIN_NAME, "grace", 0)?,
-            direction,
-        })
+        ctx.options(PLUGIN_NAME)
     }
 
     /// Whether what a connection receives is delayed, dropped, duplicated or
@@ -278,10 +220,47 @@ impl fmt::Display for ChaosOptions {
     }
 }
 
-fn invalid(reason: String) -> TransportError {
-    TransportError::InvalidOptions {
-        plugin: PLUGIN_NAME.to_owned(),
-        reason,
+/// `seed`: a non-negative integer, or `"random"` for a fresh seed.
+fn seed<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Seed;
+    impl Visitor<'_> for Seed {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer or \"random\"")
+        }
+        fn visit_u64<E: de::Error>(self, seed: u64) -> Result<u64, E> {
+            Ok(seed)
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+            match s {
+                "random" => Ok(random_seed()),
+                _ => Err(E::invalid_value(Unexpected::Str(s), &self)),
+            }
+        }
+    }
+    d.deserialize_any(Seed)
+}
+
+/// A duration in microseconds.
+fn micros<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_micros)
+}
+
+/// `reorder_window_us`: microseconds, `0` for no window.
+fn window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    micros(d).map(|w| (!w.is_zero()).then_some(w))
+}
+
+/// A number from 0 to 1 (an integer is a number).
+fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let p = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(de::Error::invalid_value(
+            Unexpected::Float(p),
+            &"a probability, from 0 to 1",
+        ))
     }
 }
 

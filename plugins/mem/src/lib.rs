@@ -39,11 +39,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use courier_transport::transport::message_len;
 use courier_transport::{
     Address, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
     PluginContext, Reach, Transport, TransportError,
 };
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// The plugin name used in `protocols.toml`.
@@ -62,25 +62,39 @@ impl Plugin for MemPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        // Refuse typos in options before reading any of them.
-        ctx.check_known_options(PLUGIN_NAME, &["queue_messages"])?;
-        let queue = ctx.u64_option(PLUGIN_NAME, "queue_messages", DEFAULT_QUEUE_MESSAGES as u64)?;
-        let queue = usize::try_from(queue)
-            .ok()
-            .filter(|q| *q > 0)
-            .ok_or_else(|| TransportError::InvalidOptions {
-                plugin: PLUGIN_NAME.to_owned(),
-                reason: format!("option 'queue_messages' must be at least 1, not {queue}"),
-            })?;
+        // Unknown options (typos) are refused.
+        let MemOptions { queue_messages } = ctx.options(PLUGIN_NAME)?;
+        if queue_messages == 0 {
+            return Err(TransportError::invalid_options(
+                PLUGIN_NAME,
+                "option 'queue_messages' must be at least 1, not 0",
+            ));
+        }
         Ok(Arc::new(MemTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
-            queue,
+            queue: queue_messages,
         }))
     }
 
     fn reach(&self) -> Reach {
         Reach::Process
+    }
+}
+
+/// The plugin's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MemOptions {
+    /// Messages a direction holds before its sender waits.
+    queue_messages: usize,
+}
+
+impl Default for MemOptions {
+    fn default() -> Self {
+        Self {
+            queue_messages: DEFAULT_QUEUE_MESSAGES,
+        }
     }
 }
 
@@ -136,10 +150,10 @@ fn check_name(addr: &Address) -> Result<(), TransportError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')));
     match bad {
         None => Ok(()),
-        Some(c) => Err(TransportError::InvalidAddress {
-            address: addr.to_string(),
-            reason: format!("a mem name holds letters, digits and -_./ only, not '{c}'"),
-        }),
+        Some(c) => Err(TransportError::invalid_address(
+            addr,
+            format!("a mem name holds letters, digits and -_./ only, not '{c}'"),
+        )),
     }
 }
 
@@ -296,16 +310,12 @@ pub struct MemSender {
 }
 
 impl MessageSender for MemSender {
-    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        let len = message_len(parts);
-        // The contract: refuse an oversized message before sending anything,
-        // and stay usable.
-        if len > self.max {
-            return Err(TransportError::MessageTooLarge {
-                size: len as u64,
-                max: self.max,
-            });
-        }
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    // `send` has refused a message over the maximum before this is called.
+    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
         let tx = self.tx.as_ref().ok_or_else(|| TransportError::Closed {
             peer: self.peer.to_string(),
         })?;

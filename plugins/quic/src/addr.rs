@@ -21,13 +21,6 @@ pub(crate) struct Target {
     pub(crate) fingerprint: Option<String>,
 }
 
-pub(crate) fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidAddress {
-        address: addr.to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// Splits and checks the plugin part of `addr`. An empty host part is
 /// allowed here (listen uses a default); `connect` refuses it.
 pub(crate) fn parse(addr: &Address) -> Result<Target, TransportError> {
@@ -43,15 +36,15 @@ pub(crate) fn parse(addr: &Address) -> Result<Target, TransportError> {
         });
     }
     let (host, port) = split_host_port(host_port).ok_or_else(|| {
-        invalid(
+        TransportError::invalid_address(
             addr,
             "expected <host>:<port>, with IPv6 addresses in brackets, \
              e.g. 'quic://127.0.0.1:4433' or 'quic://[::1]:4433'",
         )
     })?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| invalid(addr, format!("'{port}' is not a port number (0 to 65535)")))?;
+    let port = port.parse::<u16>().map_err(|_| {
+        TransportError::invalid_address(addr, format!("'{port}' is not a port number (0 to 65535)"))
+    })?;
     Ok(Target {
         host: host.to_owned(),
         port,
@@ -65,7 +58,7 @@ fn parse_fingerprint(addr: &Address, fragment: &str) -> Result<String, Transport
         .filter(|h| h.len() == FINGERPRINT_HEX_LEN && h.chars().all(|c| c.is_ascii_hexdigit()));
     match hex {
         Some(h) => Ok(h.to_ascii_lowercase()),
-        None => Err(invalid(
+        None => Err(TransportError::invalid_address(
             addr,
             format!(
                 "the part after '#' must be '{FINGERPRINT_PREFIX}' and the {FINGERPRINT_HEX_LEN} \

@@ -87,8 +87,10 @@ mod tls;
 mod bench;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -102,10 +104,12 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectError, ConnectionError, Endpoint, Incoming, VarInt};
 use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::addr::{invalid, FINGERPRINT_PREFIX};
+use crate::addr::FINGERPRINT_PREFIX;
 pub use crate::streams::{QuicRecvStream, QuicSendStream};
 use crate::tls::{Identity, ServerCheck};
 
@@ -180,22 +184,32 @@ impl Plugin for QuicPlugin {
 }
 
 /// The settings of a [`QuicTransport`]; see the crate docs for each option.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It is read with serde from the plugin's options, each field from the
+/// option of the same name (`idle_timeout` from `idle_timeout_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct QuicConfig {
     /// PEM file of the certificate chain a server presents (with `key`).
+    #[serde(deserialize_with = "non_empty")]
     pub cert: Option<PathBuf>,
     /// PEM file of the private key of `cert`.
+    #[serde(deserialize_with = "non_empty")]
     pub key: Option<PathBuf>,
     /// PEM bundle of CAs trusted to verify servers named without fingerprint.
+    #[serde(deserialize_with = "non_empty")]
     pub ca_roots: Option<PathBuf>,
     /// Accept any server certificate when the address has no fingerprint.
     pub insecure_skip_verify: bool,
     /// The name to verify the server's certificate for with `ca_roots`.
+    #[serde(deserialize_with = "non_empty")]
     pub server_name: Option<String>,
     /// How long a silent peer is waited for before the connection is dead.
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
     pub idle_timeout: Duration,
     /// How many streams of each direction a peer may have open at once.
+    #[serde(deserialize_with = "positive")]
     pub max_concurrent_streams: u32,
 }
 
@@ -214,10 +228,7 @@ impl Default for QuicConfig {
 }
 
 fn invalid_options(reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidOptions {
-        plugin: PLUGIN_NAME.to_owned(),
-        reason: reason.into(),
-    }
+    TransportError::invalid_options(PLUGIN_NAME, reason)
 }
 
 impl QuicConfig {
@@ -227,43 +238,37 @@ impl QuicConfig {
     /// [`TransportError::InvalidOptions`] naming the option that is unknown
     /// or has a value of the wrong type.
     pub fn from_options(ctx: &PluginContext<'_>) -> Result<Self, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, OPTIONS)?;
-        let string = |key: &str| -> Result<Option<String>, TransportError> {
-            match ctx.options.get(key) {
-                None => Ok(None),
-                Some(v) => match v.as_str() {
-                    Some(s) if !s.is_empty() => Ok(Some(s.to_owned())),
-                    _ => Err(invalid_options(format!(
-                        "option '{key}' must be a non-empty string, not {v}"
-                    ))),
-                },
-            }
-        };
-        let positive = |key: &str| -> Result<Option<u32>, TransportError> {
-            match ctx.options.get(key) {
-                None => Ok(None),
-                Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                    Some(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(invalid_options(format!(
-                        "option '{key}' must be an integer from 1 to {}, not {v}",
-                        u32::MAX
-                    ))),
-                },
-            }
-        };
-        let defaults = Self::default();
-        Ok(Self {
-            cert: string("cert")?.map(PathBuf::from),
-            key: string("key")?.map(PathBuf::from),
-            ca_roots: string("ca_roots")?.map(PathBuf::from),
-            insecure_skip_verify: ctx.bool_option(PLUGIN_NAME, "insecure_skip_verify", false)?,
-            server_name: string("server_name")?,
-            idle_timeout: positive("idle_timeout_ms")?
-                .map_or(defaults.idle_timeout, |ms| Duration::from_millis(ms.into())),
-            max_concurrent_streams: positive("max_concurrent_streams")?
-                .unwrap_or(defaults.max_concurrent_streams),
-        })
+        ctx.options(PLUGIN_NAME)
     }
+}
+
+/// A string option that, when given, is not empty (a path, a name).
+fn non_empty<'de, D: Deserializer<'de>, T: From<String>>(d: D) -> Result<Option<T>, D::Error> {
+    struct NonEmpty;
+    impl Visitor<'_> for NonEmpty {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-empty string")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+            if s.is_empty() {
+                Err(E::invalid_value(Unexpected::Str(s), &self))
+            } else {
+                Ok(s.to_owned())
+            }
+        }
+    }
+    d.deserialize_str(NonEmpty).map(|s| Some(T::from(s)))
+}
+
+/// A count of at least 1.
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    NonZeroU32::deserialize(d).map(NonZeroU32::get)
+}
+
+/// A duration of at least 1 ms, in milliseconds.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive(d).map(|ms| Duration::from_millis(ms.into()))
 }
 
 /// Messages over QUIC connections, one bidirectional stream each.
@@ -419,7 +424,7 @@ impl QuicTransport {
         if self.inner.config.insecure_skip_verify {
             return Ok(ServerCheck::Insecure);
         }
-        Err(invalid(
+        Err(TransportError::invalid_address(
             addr,
             "the server's certificate fingerprint is missing: a QUIC address ends with \
              '#sha256=<64 hex digits>', as the listener's address shows it (e.g. \
@@ -468,7 +473,7 @@ impl QuicTransport {
                 Ok(connecting) => return Ok(connecting),
                 Err(ConnectError::EndpointStopping) if !fresh => fresh = true,
                 Err(ConnectError::InvalidServerName(name)) => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_address(
                         addr,
                         format!(
                             "'{name}' is not a valid TLS server name: give the name the \
@@ -637,7 +642,7 @@ impl Transport for QuicTransport {
         };
         if let Some(fp) = target.fingerprint.as_ref() {
             if *fp != identity.fingerprint {
-                return Err(invalid(
+                return Err(TransportError::invalid_address(
                     addr,
                     format!(
                         "this server's certificate has fingerprint {FINGERPRINT_PREFIX}{}, \
@@ -679,7 +684,7 @@ impl Transport for QuicTransport {
     async fn connect(&self, addr: &Address) -> Result<QuicConnection, TransportError> {
         let target = addr::parse(addr)?;
         if target.host.is_empty() {
-            return Err(invalid(
+            return Err(TransportError::invalid_address(
                 addr,
                 "expected <host>:<port>#sha256=<fingerprint> after 'quic://', as a Courier \
                  QUIC listener's address shows it",

@@ -680,6 +680,14 @@ async fn the_plugin_reads_and_checks_its_options() {
         assert!(msg.contains(needle), "{options}: {msg}");
     }
 
+    // An unknown option is refused with the list of the known ones, which
+    // is `OPTIONS`.
+    let err = create(serde_json::json!({"idle": 5}))
+        .unwrap_err()
+        .to_string();
+    let known = format!("(known: {})", courier_quic::OPTIONS.join(", "));
+    assert!(err.contains(&known), "{err}");
+
     // A key that is not the certificate's is caught when the transport is made.
     let a = rcgen::generate_simple_self_signed(vec!["a".to_owned()]).unwrap();
     let b = rcgen::generate_simple_self_signed(vec!["b".to_owned()]).unwrap();

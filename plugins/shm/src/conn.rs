@@ -27,7 +27,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use courier_transport::transport::message_len;
 use courier_transport::{
     Address, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, PeerRange,
     TransportError,
@@ -500,14 +499,11 @@ impl ShmSender {
 }
 
 impl MessageSender for ShmSender {
-    async fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        let len = message_len(parts);
-        if len > self.max {
-            return Err(TransportError::MessageTooLarge {
-                size: len as u64,
-                max: self.max,
-            });
-        }
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
         if self.broken || self.closed {
             return Err(TransportError::Closed {
                 peer: self.link.peer.to_string(),

@@ -194,6 +194,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_transport::{Address, DynTransport, Plugin, PluginContext, Transport, TransportError};
+use serde::Deserialize;
 use tokio::net::UnixStream;
 
 pub use conn::{ShmConnection, ShmReceiver, ShmSender};
@@ -212,9 +213,6 @@ pub const DEFAULT_RING_SIZE: usize = 1 << 20;
 /// Default time a side spins before it parks.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
-/// The options the plugin knows.
-const OPTIONS: &[&str] = &["ring_size", "spin_us"];
-
 /// Longest spin accepted (one second).
 const MAX_SPIN_US: u64 = 1_000_000;
 
@@ -224,17 +222,12 @@ const MAX_SPIN_US: u64 = 1_000_000;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ShmPlugin;
 
-fn integer_option(ctx: &PluginContext<'_>, key: &str) -> Result<Option<u64>, TransportError> {
-    match ctx.options.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| TransportError::InvalidOptions {
-                plugin: PLUGIN_NAME.to_owned(),
-                reason: format!("option '{key}' must be a non-negative integer, not {v}"),
-            }),
-    }
+/// The plugin's options; absent ones keep the transport's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ShmOptions {
+    ring_size: Option<u64>,
+    spin_us: Option<u64>,
 }
 
 impl Plugin for ShmPlugin {
@@ -247,19 +240,19 @@ impl Plugin for ShmPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, OPTIONS)?;
+        let options: ShmOptions = ctx.options(PLUGIN_NAME)?;
         let mut transport = ShmTransport::new(ctx.max_message_size);
         transport.base = Address::new(ctx.protocol, "")?;
-        if let Some(size) = integer_option(ctx, "ring_size")? {
+        if let Some(size) = options.ring_size {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
             transport = transport.with_ring_size(size)?;
         }
-        if let Some(us) = integer_option(ctx, "spin_us")? {
+        if let Some(us) = options.spin_us {
             if us > MAX_SPIN_US {
-                return Err(TransportError::InvalidOptions {
-                    plugin: PLUGIN_NAME.to_owned(),
-                    reason: format!("option 'spin_us' is {us}, at most {MAX_SPIN_US} (one second)"),
-                });
+                return Err(TransportError::invalid_options(
+                    PLUGIN_NAME,
+                    format!("option 'spin_us' is {us}, at most {MAX_SPIN_US} (one second)"),
+                ));
             }
             transport = transport.with_spin(Duration::from_micros(us));
         }
@@ -299,13 +292,15 @@ impl ShmTransport {
     /// [`TransportError::InvalidOptions`] unless `bytes` is a power of two
     /// between 4 KiB and 1 GiB.
     pub fn with_ring_size(mut self, bytes: usize) -> Result<Self, TransportError> {
-        self.layout = Layout::new(bytes).ok_or_else(|| TransportError::InvalidOptions {
-            plugin: PLUGIN_NAME.to_owned(),
-            reason: format!(
-                "option 'ring_size' is {bytes}, it must be a power of two between {} and {}",
-                segment::MIN_RING,
-                segment::MAX_RING
-            ),
+        self.layout = Layout::new(bytes).ok_or_else(|| {
+            TransportError::invalid_options(
+                PLUGIN_NAME,
+                format!(
+                    "option 'ring_size' is {bytes}, it must be a power of two between {} and {}",
+                    segment::MIN_RING,
+                    segment::MAX_RING
+                ),
+            )
         })?;
         Ok(self)
     }

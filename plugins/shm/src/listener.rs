@@ -41,10 +41,7 @@ impl SocketName {
     /// socket path, anything else a name in the abstract namespace.
     pub(crate) fn parse(addr: &Address) -> Result<Self, TransportError> {
         let name = addr.rest();
-        let invalid = |reason: String| TransportError::InvalidAddress {
-            address: addr.to_string(),
-            reason,
-        };
+        let invalid = |reason: String| TransportError::invalid_address(addr, reason);
         if name.is_empty() {
             return Err(invalid(
                 "expected a socket name, e.g. 'shm://my-service' (or 'shm:///run/my.sock')".into(),

@@ -29,11 +29,9 @@
 use std::io;
 use std::sync::Arc;
 
-use courier_transport::stream::{StreamReceiver, StreamSender};
-use courier_transport::{
-    Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
-};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use courier_transport::stream::{StreamConnection, StreamListener};
+use courier_transport::{Address, DynTransport, Plugin, PluginContext, Transport, TransportError};
+use serde::Deserialize;
 use tokio::net::{TcpListener as TokioListener, TcpStream};
 
 /// The plugin name used in `protocols.toml`.
@@ -41,6 +39,12 @@ pub const PLUGIN_NAME: &str = "tcp";
 
 /// Default listen address when none is given: loopback, ephemeral port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+/// A listening TCP socket.
+pub type TcpListener = StreamListener<TokioListener>;
+
+/// An established TCP connection.
+pub type TcpConnection = StreamConnection<TcpStream>;
 
 /// The `tcp` plugin: builds [`TcpTransport`]s.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,12 +60,26 @@ impl Plugin for TcpPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, &["nodelay"])?;
+        let options: TcpOptions = ctx.options(PLUGIN_NAME)?;
         Ok(Arc::new(TcpTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
-            nodelay: ctx.bool_option(PLUGIN_NAME, "nodelay", true)?,
+            nodelay: options.nodelay,
         }))
+    }
+}
+
+/// The plugin's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TcpOptions {
+    /// `TCP_NODELAY` on every connection.
+    nodelay: bool,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self { nodelay: true }
     }
 }
 
@@ -89,23 +107,13 @@ impl TcpTransport {
     fn address(&self, sock: std::net::SocketAddr) -> Address {
         self.base.with_rest(sock.to_string())
     }
-
-    fn connection(&self, stream: TcpStream, peer: Address) -> TcpConnection {
-        if let Err(e) = stream.set_nodelay(self.nodelay) {
-            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-        }
-        TcpConnection {
-            stream,
-            peer,
-            max: self.max,
-        }
-    }
 }
 
-fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidAddress {
-        address: addr.to_string(),
-        reason: reason.into(),
+/// Sets `TCP_NODELAY` on a new connection; a failure costs latency only.
+fn set_nodelay(stream: &TcpStream, nodelay: bool) {
+    if let Err(e) = stream.set_nodelay(nodelay) {
+        let peer = stream.peer_addr().ok();
+        tracing::debug!(?peer, "cannot set TCP_NODELAY: {e}");
     }
 }
 
@@ -129,7 +137,7 @@ impl Transport for TcpTransport {
         };
         let listener = TokioListener::bind(target).await.map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidInput {
-                invalid(addr, format!("expected host:port ({source})"))
+                TransportError::invalid_address(addr, format!("expected host:port ({source})"))
             } else {
                 TransportError::Listen {
                     address: addr.to_string(),
@@ -143,20 +151,21 @@ impl Transport for TcpTransport {
                 address: addr.to_string(),
                 source,
             })?;
-        Ok(TcpListener {
-            local_addr: self.address(local),
-            listener,
-            transport: self.clone(),
-        })
+        let nodelay = self.nodelay;
+        Ok(StreamListener::new(listener, self.address(local), self.max)
+            .on_accept(move |stream| set_nodelay(stream, nodelay)))
     }
 
     async fn connect(&self, addr: &Address) -> Result<TcpConnection, TransportError> {
         if addr.rest().is_empty() {
-            return Err(invalid(addr, "expected host:port after 'tcp://'"));
+            return Err(TransportError::invalid_address(
+                addr,
+                "expected host:port after 'tcp://'",
+            ));
         }
         let stream = TcpStream::connect(addr.rest()).await.map_err(|source| {
             if source.kind() == io::ErrorKind::InvalidInput {
-                invalid(addr, format!("expected host:port ({source})"))
+                TransportError::invalid_address(addr, format!("expected host:port ({source})"))
             } else {
                 TransportError::Connect {
                     address: addr.to_string(),
@@ -164,61 +173,33 @@ impl Transport for TcpTransport {
                 }
             }
         })?;
-        Ok(self.connection(stream, addr.clone()))
+        set_nodelay(&stream, self.nodelay);
+        Ok(StreamConnection::new(stream, addr.clone(), self.max))
     }
 }
 
-/// A listening TCP socket.
-#[derive(Debug)]
-pub struct TcpListener {
-    listener: TokioListener,
-    local_addr: Address,
-    transport: TcpTransport,
-}
+#[cfg(test)]
+mod tests {
+    use courier_transport::{Connection, Listener};
 
-impl Listener for TcpListener {
-    type Connection = TcpConnection;
+    use super::*;
 
-    fn local_addr(&self) -> &Address {
-        &self.local_addr
-    }
-
-    async fn accept(&mut self) -> Result<TcpConnection, TransportError> {
-        let (stream, peer) =
-            self.listener
-                .accept()
-                .await
-                .map_err(|source| TransportError::Listen {
-                    address: self.local_addr.to_string(),
-                    source,
-                })?;
-        Ok(self
-            .transport
-            .connection(stream, self.transport.address(peer)))
-    }
-}
-
-/// An established TCP connection.
-#[derive(Debug)]
-pub struct TcpConnection {
-    stream: TcpStream,
-    peer: Address,
-    max: usize,
-}
-
-impl Connection for TcpConnection {
-    type Sender = StreamSender<OwnedWriteHalf>;
-    type Receiver = StreamReceiver<OwnedReadHalf>;
-
-    fn peer_addr(&self) -> &Address {
-        &self.peer
-    }
-
-    fn split(self) -> (Self::Sender, Self::Receiver) {
-        let (r, w) = self.stream.into_split();
-        (
-            StreamSender::new(w, self.peer.clone(), self.max),
-            StreamReceiver::new(r, self.peer, self.max),
-        )
+    #[tokio::test]
+    async fn nodelay_is_set_as_asked_on_both_sides() {
+        for nodelay in [true, false] {
+            let t = TcpTransport {
+                nodelay,
+                ..TcpTransport::new(1024)
+            };
+            let mut l = t.listen(&"tcp://".parse().unwrap()).await.unwrap();
+            let addr = l.local_addr().clone();
+            let (client, server) = tokio::join!(t.connect(&addr), l.accept());
+            let (client, server) = (client.unwrap(), server.unwrap());
+            assert_eq!(client.stream().nodelay().unwrap(), nodelay);
+            assert_eq!(server.stream().nodelay().unwrap(), nodelay);
+            // The accepted connection names its peer under the protocol.
+            let peer = client.stream().local_addr().unwrap();
+            assert_eq!(server.peer_addr().to_string(), format!("tcp://{peer}"));
+        }
     }
 }

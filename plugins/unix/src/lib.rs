@@ -36,17 +36,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use courier_transport::stream::{StreamReceiver, StreamSender};
-use courier_transport::{
-    Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
-};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use courier_transport::stream::{StreamAccept, StreamConnection, StreamListener};
+use courier_transport::{Address, DynTransport, Plugin, PluginContext, Transport, TransportError};
+use serde::Deserialize;
 use tokio::net::{UnixListener as TokioListener, UnixStream};
 
 /// The plugin name used in `protocols.toml`.
 pub const PLUGIN_NAME: &str = "unix";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A listening Unix-domain socket; dropping it removes the socket file.
+pub type UnixListener = StreamListener<BoundSocket>;
+
+/// An established Unix-domain socket connection.
+pub type UnixConnection = StreamConnection<UnixStream>;
 
 /// The `unix` plugin: builds [`UnixTransport`]s.
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,13 +66,18 @@ impl Plugin for UnixPlugin {
     }
 
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
-        ctx.check_known_options(PLUGIN_NAME, &[])?;
+        let UnixOptions {} = ctx.options(PLUGIN_NAME)?;
         Ok(Arc::new(UnixTransport {
             base: Address::new(ctx.protocol, "")?,
             max: ctx.max_message_size,
         }))
     }
 }
+
+/// The plugin's options: none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnixOptions {}
 
 /// Messages over Unix-domain stream sockets.
 #[derive(Debug, Clone)]
@@ -87,27 +96,12 @@ impl UnixTransport {
             max: max_message_size,
         }
     }
-
-    fn connection(&self, stream: UnixStream, peer: Address) -> UnixConnection {
-        UnixConnection {
-            stream,
-            peer,
-            max: self.max,
-        }
-    }
-}
-
-fn invalid(addr: &Address, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidAddress {
-        address: addr.to_string(),
-        reason: reason.into(),
-    }
 }
 
 fn socket_path(addr: &Address) -> Result<PathBuf, TransportError> {
     let path = Path::new(addr.rest());
     if !path.is_absolute() {
-        return Err(invalid(
+        return Err(TransportError::invalid_address(
             addr,
             "expected an absolute socket path, e.g. 'unix:///tmp/courier.sock'",
         ));
@@ -200,12 +194,12 @@ impl Transport for UnixTransport {
                 source,
             },
         )?;
-        Ok(UnixListener {
+        let socket = BoundSocket {
             listener,
-            local_addr: self.base.with_rest(path.display().to_string()),
-            transport: self.clone(),
             _file: guard,
-        })
+        };
+        let local_addr = self.base.with_rest(path.display().to_string());
+        Ok(StreamListener::new(socket, local_addr, self.max))
     }
 
     async fn connect(&self, addr: &Address) -> Result<UnixConnection, TransportError> {
@@ -217,7 +211,7 @@ impl Transport for UnixTransport {
                     address: addr.to_string(),
                     source,
                 })?;
-        Ok(self.connection(stream, addr.clone()))
+        Ok(StreamConnection::new(stream, addr.clone(), self.max))
     }
 }
 
@@ -239,71 +233,33 @@ impl Drop for SocketFile {
     }
 }
 
-/// A listening Unix-domain socket; dropping it removes the socket file.
+/// A bound Unix-domain socket, which a [`UnixListener`] accepts from;
+/// dropping it removes the socket file.
 #[derive(Debug)]
-pub struct UnixListener {
+pub struct BoundSocket {
     listener: TokioListener,
-    local_addr: Address,
-    transport: UnixTransport,
     _file: SocketFile,
 }
 
-impl Listener for UnixListener {
-    type Connection = UnixConnection;
+impl StreamAccept for BoundSocket {
+    type Stream = UnixStream;
 
-    fn local_addr(&self) -> &Address {
-        &self.local_addr
-    }
-
-    async fn accept(&mut self) -> Result<UnixConnection, TransportError> {
-        let (stream, _) =
-            self.listener
-                .accept()
-                .await
-                .map_err(|source| TransportError::Listen {
-                    address: self.local_addr.to_string(),
-                    source,
-                })?;
+    async fn accept_stream(&mut self) -> io::Result<(UnixStream, String)> {
+        let (stream, _) = self.listener.accept().await?;
         // An accepting socket's peer is unnamed: describe it by process id.
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let who = match stream.peer_cred().ok().and_then(|c| c.pid()) {
             Some(pid) => format!("peer-pid-{pid}-conn-{n}"),
             None => format!("peer-conn-{n}"),
         };
-        let peer = self.transport.base.with_rest(who);
-        Ok(self.transport.connection(stream, peer))
-    }
-}
-
-/// An established Unix-domain socket connection.
-#[derive(Debug)]
-pub struct UnixConnection {
-    stream: UnixStream,
-    peer: Address,
-    max: usize,
-}
-
-impl Connection for UnixConnection {
-    type Sender = StreamSender<OwnedWriteHalf>;
-    type Receiver = StreamReceiver<OwnedReadHalf>;
-
-    fn peer_addr(&self) -> &Address {
-        &self.peer
-    }
-
-    fn split(self) -> (Self::Sender, Self::Receiver) {
-        let (r, w) = self.stream.into_split();
-        (
-            StreamSender::new(w, self.peer.clone(), self.max),
-            StreamReceiver::new(r, self.peer, self.max),
-        )
+        Ok((stream, who))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use courier_transport::MessageSender;
+    use courier_transport::{Connection, Listener, MessageSender};
 
     #[tokio::test]
     async fn socket_is_owner_only_and_removed_on_drop() {
@@ -336,6 +292,18 @@ mod tests {
         c.send(&[b"x"]).await.unwrap();
         drop(live);
         std::fs::remove_dir(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_accepted_peer_is_named_by_its_process() {
+        let t = UnixTransport::new(1024);
+        let mut l = t.listen(&"unix://".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().clone();
+        let (client, server) = tokio::join!(t.connect(&addr), l.accept());
+        assert_eq!(client.unwrap().peer_addr(), &addr);
+        let peer = server.unwrap().peer_addr().to_string();
+        let prefix = format!("unix://peer-pid-{}-conn-", std::process::id());
+        assert!(peer.starts_with(&prefix), "{peer}");
     }
 
     #[tokio::test]

@@ -65,13 +65,14 @@ impl PluginContext<'_> {
     /// let err = ctx.options::<MyOptions>("my").unwrap_err();
     /// assert_eq!(
     ///     err.to_string(),
-    ///     "invalid options for the 'my' plugin: unknown option 'nodelya' (known: nodelay, queue)"
+    ///     "invalid options for the 'my' plugin: option 'nodelya': \
+    ///      unknown field `nodelya`, expected `nodelay` or `queue`"
     /// );
     /// # Ok::<(), TransportError>(())
     /// ```
     ///
     /// A value of the wrong type is refused with the option's name and what
-    /// it must be (`option 'queue' must be a non-negative integer, not -1`).
+    /// it must be (`option 'queue': invalid value: integer `-1`, expected usize`).
     /// A check of the plugin's own, in a `deserialize_with` function or a
     /// `Deserialize` impl, is reported the same way: return
     /// `de::Error::invalid_value(found, &"what it must be")`, or

@@ -140,7 +140,7 @@ async fn bad_config_is_refused_with_the_key_named() {
         (r#"{"transport": {"nodelay": 3}}"#, "nodelay"),
         (
             r#"{"transport": {"speed": "fast"}}"#,
-            "unknown option 'speed'",
+            "option 'speed': unknown field `speed`",
         ),
         ("{not json", "invalid engine configuration"),
     ] {

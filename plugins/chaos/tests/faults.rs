@@ -186,26 +186,17 @@ async fn layers_stack_and_addresses_carry_the_stacked_name() {
 #[tokio::test]
 async fn options_are_checked() {
     for (options, expected) in [
-        (json!({ "dorp": 0.1 }), "unknown option 'dorp'"),
-        (json!({ "drop": 1.5 }), "from 0 to 1, not 1.5"),
-        (json!({ "reorder": -0.1 }), "from 0 to 1"),
+        (json!({ "dorp": 0.1 }), "unknown field `dorp`"),
         (
-            json!({ "duplicate": "often" }),
-            "'duplicate' must be a number",
+            json!({ "drop": 1.5 }),
+            "option 'drop': invalid value: floating point `1.5`",
         ),
-        (
-            json!({ "direction": "sideways" }),
-            "\"connector\" or \"acceptor\"",
-        ),
-        (
-            json!({ "seed": -1 }),
-            "'seed' must be a non-negative integer",
-        ),
-        (json!({ "seed": "lucky" }), "or \"random\""),
-        (
-            json!({ "latency_us": 1.5 }),
-            "'latency_us' must be a non-negative integer",
-        ),
+        (json!({ "reorder": -0.1 }), "option 'reorder'"),
+        (json!({ "duplicate": "often" }), "option 'duplicate'"),
+        (json!({ "direction": "sideways" }), "option 'direction'"),
+        (json!({ "seed": -1 }), "option 'seed'"),
+        (json!({ "seed": "lucky" }), "option 'seed'"),
+        (json!({ "latency_us": 1.5 }), "option 'latency_us'"),
     ] {
         let err = try_chaos(options.clone()).err().unwrap().to_string();
         assert!(err.contains("'chaos' plugin"), "{options}: {err}");
@@ -497,7 +488,7 @@ async fn protocols_toml_documents_every_option_and_its_example_preset_works() {
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert!(
-            !known.as_ref().is_err_and(|e| e.contains("unknown option")),
+            !known.as_ref().is_err_and(|e| e.contains("unknown field")),
             "{key}: {known:?}"
         );
     }

@@ -450,10 +450,13 @@ async fn the_plugin_checks_its_options_and_serves_the_aliases() {
         .unwrap();
     assert_eq!(t.protocol(), "shm");
     for (json, needle) in [
-        (r#"{"ring_sise": 65536}"#, "unknown option 'ring_sise'"),
+        (r#"{"ring_sise": 65536}"#, "unknown field `ring_sise`"),
         (r#"{"ring_size": 1000}"#, "power of two"),
-        (r#"{"ring_size": "1MiB"}"#, "non-negative integer"),
-        (r#"{"spin_us": -1}"#, "non-negative integer"),
+        (
+            r#"{"ring_size": "1MiB"}"#,
+            "option 'ring_size': invalid type",
+        ),
+        (r#"{"spin_us": -1}"#, "option 'spin_us'"),
         (r#"{"spin_us": 5000000}"#, "at most 1000000"),
     ] {
         let err = registry.create("shm", &opts(json), 4096).unwrap_err();

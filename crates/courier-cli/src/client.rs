@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use courier::{Address, Engine, Mode};
 
-use crate::{out, CliResult, Fail, TimeoutArg};
+use crate::{out, CliResult, Error, TimeoutArg};
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const CALL_LONG_ABOUT: &str = "Call RPC at ADDR and print its response.\n\n\
@@ -104,8 +104,10 @@ pub(crate) async fn connect(
 pub(crate) fn encode_strings(args: &[String]) -> CliResult<Vec<u8>> {
     let mut buf = Vec::new();
     for a in args {
-        buf = postcard::to_extend(a, buf)
-            .map_err(|e| Fail::msg(format!("cannot encode argument {a:?}: {e}")))?;
+        buf = postcard::to_extend(a, buf).map_err(|source| Error::Encode {
+            argument: format!("{a:?}"),
+            source,
+        })?;
     }
     Ok(buf)
 }
@@ -115,9 +117,11 @@ fn encode_u64s(args: &[String]) -> CliResult<Vec<u8>> {
     for a in args {
         let n: u64 = a
             .parse()
-            .map_err(|e| Fail::msg(format!("--u64: argument {a:?} is not a u64: {e}")))?;
-        buf = postcard::to_extend(&n, buf)
-            .map_err(|e| Fail::msg(format!("cannot encode argument {n}: {e}")))?;
+            .map_err(|e| Error::Argument(format!("--u64: argument {a:?} is not a u64: {e}")))?;
+        buf = postcard::to_extend(&n, buf).map_err(|source| Error::Encode {
+            argument: n.to_string(),
+            source,
+        })?;
     }
     Ok(buf)
 }
@@ -212,9 +216,10 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
     out(summary)?;
     match last_error {
         None => Ok(()),
-        Some(e) => Err(Fail::msg(format!(
-            "{lost} of {count} pings to {address} failed (last: {e})"
-        ))),
+        // The last failure says why.
+        Some(e) => {
+            Err(Error::from(e).context(format!("{lost} of {count} pings to {address} failed")))
+        }
     }
 }
 
@@ -223,10 +228,10 @@ pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
     let (engine, address) = connect(&args.address, timeout).await?;
     let work = address.shutdown();
     let result = match timeout {
-        None => work.await.map_err(Fail::from),
+        None => work.await.map_err(Error::from),
         Some(t) => match tokio::time::timeout(t, work).await {
-            Ok(r) => r.map_err(Fail::from),
-            Err(_) => Err(Fail::msg(format!(
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Peer(format!(
                 "no answer to the shutdown request from {address} within {} ms",
                 t.as_millis()
             ))),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use courier::{Bytes, Engine, Handle, RpcOptions};
 
-use crate::{out, CliResult, Fail};
+use crate::{out, CliResult, Error};
 
 /// The line `serve` prints once it listens; `demo` and scripts wait for it.
 pub(crate) const READY_PREFIX: &str = "Service running at ";
@@ -57,7 +57,7 @@ pub(crate) struct ServeArgs {
 fn config_text(arg: &str) -> CliResult<String> {
     match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| Fail::msg(format!("cannot read the configuration file '{path}': {e}"))),
+            .map_err(|e| Error::io(format!("read the configuration file '{path}'"), e)),
         None => Ok(arg.to_owned()),
     }
 }

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::SocketKind;
+use crate::{CliResult, Context, Error};
 
 /// What one measurement does.
 #[derive(Debug, Clone, Copy)]
@@ -50,19 +51,20 @@ pub(crate) struct Figures {
 }
 
 /// A histogram of nanoseconds, 1 ns to 10 minutes, 3 significant digits.
-fn histogram() -> Result<Histogram<u64>, String> {
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| format!("histogram: {e}"))
+pub(crate) fn histogram() -> CliResult<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 600_000_000_000, 3)?)
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration in whole nanoseconds, at least 1 (a histogram's lowest value).
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> Result<Figures, String> {
+fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> CliResult<Figures> {
     let calls = h.len();
     if calls == 0 {
-        return Err("no call completed within the time cap".into());
+        return Err(Error::Peer("no call completed within the time cap".into()));
     }
     let secs = elapsed.as_secs_f64().max(1e-9);
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
@@ -109,11 +111,7 @@ impl Drop for Spinner {
 
 /// `bench.sink` through the client engine: `in_flight` tasks, each calling
 /// in a loop until the calls are used up.
-pub(crate) async fn engine(
-    sink: &RawCallable,
-    payload: &Bytes,
-    spec: &Spec,
-) -> Result<Figures, String> {
+pub(crate) async fn engine(sink: &RawCallable, payload: &Bytes, spec: &Spec) -> CliResult<Figures> {
     engine_loop(
         sink,
         payload,
@@ -133,7 +131,7 @@ async fn engine_loop(
     in_flight: usize,
     calls: u64,
     cap: Duration,
-) -> Result<(Histogram<u64>, Duration), String> {
+) -> CliResult<(Histogram<u64>, Duration)> {
     let tickets = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + cap;
@@ -149,27 +147,24 @@ async fn engine_loop(
                 if t0 >= deadline {
                     break;
                 }
-                let reply = sink
-                    .call(&payload)
-                    .await
-                    .map_err(|e| format!("{}: {e}", super::SINK_RPC))?;
+                let reply = sink.call(&payload).await.context(|| super::SINK_RPC)?;
                 h.saturating_record(nanos(t0.elapsed()));
                 if !reply.is_empty() {
-                    return Err(format!(
+                    return Err(Error::Peer(format!(
                         "{} answered {} bytes, not an empty payload",
                         super::SINK_RPC,
                         reply.len()
-                    ));
+                    )));
                 }
             }
-            Ok::<_, String>(h)
+            Ok::<_, Error>(h)
         });
     }
     let mut all = histogram()?;
     // Dropping the set on an error aborts the other tasks.
     while let Some(joined) = tasks.join_next().await {
-        let h = joined.map_err(|e| format!("a calling task failed: {e}"))??;
-        all.add(&h).map_err(|e| format!("histogram: {e}"))?;
+        let h = joined.map_err(|e| Error::Peer(format!("a calling task failed: {e}")))??;
+        all.add(&h)?;
     }
     Ok((all, start.elapsed()))
 }
@@ -180,8 +175,8 @@ async fn engine_loop(
 
 /// One side of a ping-pong link: send the payload, receive an empty reply.
 trait Link {
-    async fn send(&mut self) -> Result<(), String>;
-    async fn recv(&mut self) -> Result<(), String>;
+    async fn send(&mut self) -> CliResult;
+    async fn recv(&mut self) -> CliResult;
 }
 
 /// Sends `in_flight` messages, then for each reply sends the next one
@@ -191,7 +186,7 @@ async fn pipeline<L: Link>(
     in_flight: usize,
     calls: u64,
     cap: Duration,
-) -> Result<(Histogram<u64>, Duration), String> {
+) -> CliResult<(Histogram<u64>, Duration)> {
     let mut h = histogram()?;
     let mut pending: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
     let start = Instant::now();
@@ -219,7 +214,7 @@ async fn warm_and_measure<L: Link>(
     link: &mut L,
     spec: &Spec,
     payload: usize,
-) -> Result<Figures, String> {
+) -> CliResult<Figures> {
     pipeline(link, spec.in_flight, spec.warmup, spec.time_cap / 4).await?;
     let (h, elapsed) = pipeline(link, spec.in_flight, spec.calls, spec.time_cap).await?;
     figures(&h, elapsed, payload)
@@ -232,22 +227,18 @@ struct RawLink {
 }
 
 impl Link for RawLink {
-    async fn send(&mut self) -> Result<(), String> {
-        self.tx
-            .send_dyn(&[&self.payload])
-            .await
-            .map_err(|e| e.to_string())
+    async fn send(&mut self) -> CliResult {
+        Ok(self.tx.send_dyn(&[&self.payload]).await?)
     }
 
-    async fn recv(&mut self) -> Result<(), String> {
-        match self.rx.recv_dyn().await {
-            Ok(Some(m)) if m.is_empty() => Ok(()),
-            Ok(Some(m)) => Err(format!(
+    async fn recv(&mut self) -> CliResult {
+        match self.rx.recv_dyn().await? {
+            Some(m) if m.is_empty() => Ok(()),
+            Some(m) => Err(Error::Peer(format!(
                 "the raw peer answered {} bytes, not an empty message",
                 m.len()
-            )),
-            Ok(None) => Err("the raw peer closed the connection".into()),
-            Err(e) => Err(e.to_string()),
+            ))),
+            None => Err(Error::Peer("the raw peer closed the connection".into())),
         }
     }
 }
@@ -260,11 +251,8 @@ pub(crate) async fn raw(
     payload: &Bytes,
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
-    let conn = transport
-        .connect_dyn(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> CliResult<Figures> {
+    let conn = transport.connect_dyn(addr).await?;
     let (tx, rx) = conn.split_dyn();
     let mut link = RawLink {
         tx,
@@ -284,24 +272,24 @@ struct SocketLink<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link for SocketLink<S> {
-    async fn send(&mut self) -> Result<(), String> {
+    async fn send(&mut self) -> CliResult {
         self.stream
             .write_all(&self.message)
             .await
-            .map_err(|e| format!("socket write: {e}"))
+            .map_err(|e| Error::io("write to the socket peer", e))
     }
 
-    async fn recv(&mut self) -> Result<(), String> {
+    async fn recv(&mut self) -> CliResult {
         let mut prefix = [0u8; 4];
         self.stream
             .read_exact(&mut prefix)
             .await
-            .map_err(|e| format!("socket read: {e}"))?;
+            .map_err(|e| Error::io("read from the socket peer", e))?;
         match u32::from_le_bytes(prefix) {
             0 => Ok(()),
-            n => Err(format!(
+            n => Err(Error::Peer(format!(
                 "the socket peer answered {n} bytes, not an empty message"
-            )),
+            ))),
         }
     }
 }
@@ -311,8 +299,13 @@ async fn socket_link<S: AsyncRead + AsyncWrite + Unpin>(
     payload: &[u8],
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
-    let len = u32::try_from(payload.len()).map_err(|_| "payload over 4 GiB".to_owned())?;
+) -> CliResult<Figures> {
+    let len = u32::try_from(payload.len()).map_err(|_| {
+        Error::Argument(format!(
+            "a payload of {} bytes is over the socket floor's 4 GiB",
+            payload.len()
+        ))
+    })?;
     let mut message = Vec::with_capacity(4 + payload.len());
     message.extend_from_slice(&len.to_le_bytes());
     message.extend_from_slice(payload);
@@ -334,29 +327,35 @@ pub(crate) async fn socket(
     payload: &[u8],
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
+) -> CliResult<Figures> {
     let rest = address
         .split_once("://")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| format!("the socket peer printed a malformed address '{address}'"))?;
+        .ok_or_else(|| {
+            Error::Peer(format!(
+                "the socket peer printed a malformed address '{address}'"
+            ))
+        })?;
     match kind {
         SocketKind::Tcp => {
             let s = tokio::net::TcpStream::connect(rest)
                 .await
-                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("connect to {address}"), e))?;
             s.set_nodelay(true)
-                .map_err(|e| format!("TCP_NODELAY on {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("set TCP_NODELAY on {address}"), e))?;
             socket_link(s, payload, spec, polling).await
         }
         #[cfg(unix)]
         SocketKind::Unix => {
             let s = tokio::net::UnixStream::connect(rest)
                 .await
-                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("connect to {address}"), e))?;
             socket_link(s, payload, spec, polling).await
         }
         #[cfg(not(unix))]
-        SocketKind::Unix => Err("unix sockets are not available on this platform".into()),
+        SocketKind::Unix => Err(Error::Unsupported(
+            "unix sockets are not available on this platform".into(),
+        )),
     }
 }
 
@@ -373,16 +372,16 @@ mod tests {
     }
 
     impl Link for Loopback {
-        async fn send(&mut self) -> Result<(), String> {
+        async fn send(&mut self) -> CliResult {
             self.outstanding += 1;
             self.max_outstanding = self.max_outstanding.max(self.outstanding);
             self.sent += 1;
             Ok(())
         }
 
-        async fn recv(&mut self) -> Result<(), String> {
+        async fn recv(&mut self) -> CliResult {
             if self.outstanding == 0 {
-                return Err("nothing outstanding".into());
+                return Err(Error::Peer("nothing outstanding".into()));
             }
             self.outstanding -= 1;
             Ok(())

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::measure::Figures;
 use super::{policy_label, size_label, Layer, Plan, THROUGHPUT_FROM};
 use crate::table::{Align, Table};
-use crate::{out, CliResult, Fail};
+use crate::{out, CliResult, Error};
 
 /// One measurement (one run of one combination).
 #[derive(Debug, Clone)]
@@ -428,21 +428,22 @@ pub(crate) struct Document<'a> {
     machine: &'a Value,
     config: Value,
     elapsed_s: f64,
-    errors: &'a [String],
+    /// The failures' messages.
+    errors: Vec<String>,
     results: &'a [Record],
 }
 
 pub(crate) fn document<'a>(
     plan: &'a Plan,
     records: &'a [Record],
-    errors: &'a [String],
+    errors: &[Error],
     elapsed: Duration,
 ) -> Document<'a> {
     Document {
         machine: &plan.machine,
         config: config(plan),
         elapsed_s: elapsed.as_secs_f64(),
-        errors,
+        errors: errors.iter().map(ToString::to_string).collect(),
         results: records,
     }
 }
@@ -451,15 +452,16 @@ pub(crate) fn write_json(
     path: &Path,
     plan: &Plan,
     records: &[Record],
-    errors: &[String],
+    errors: &[Error],
     elapsed: Duration,
 ) -> CliResult {
     let doc = document(plan, records, errors, elapsed);
-    let mut text = serde_json::to_string_pretty(&doc)
-        .map_err(|e| Fail::msg(format!("cannot encode the results as JSON: {e}")))?;
+    let mut text = serde_json::to_string_pretty(&doc).map_err(|source| Error::Json {
+        what: "the results",
+        source,
+    })?;
     text.push('\n');
-    std::fs::write(path, text)
-        .map_err(|e| Fail::msg(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, text).map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -331,3 +331,29 @@ fn demo_fails_for_a_protocol_that_is_not_built_in() {
     assert!(r.stderr.contains("demo over ipoac failed"), "{r:?}");
     assert!(r.stderr.contains("not built in"), "{r:?}");
 }
+
+/// Logs written to a pipe (or a file) are plain text: ANSI colour codes
+/// only go to a terminal.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("tcp://127.0.0.1:{port}");
+    for (env, args) in [
+        (Some("debug"), vec!["call", &addr, "hello", "a", "b"]),
+        (None, vec!["-vv", "call", &addr, "hello", "a", "b"]),
+    ] {
+        let mut cmd = courier();
+        if let Some(level) = env {
+            cmd.env("RUST_LOG", level);
+        }
+        // Whatever the caller's environment says about colours.
+        cmd.env_remove("NO_COLOR");
+        let r = run_cmd(cmd, &args, GUARD);
+        assert_eq!(r.code(), Some(1), "{r:?}");
+        assert!(r.stderr.contains("DEBUG"), "no debug log line: {r:?}");
+        assert!(!r.stderr.contains("\x1b["), "colour codes in a pipe: {r:?}");
+    }
+}

@@ -50,6 +50,15 @@ pub(crate) fn out(line: impl fmt::Display) -> CliResult {
         .map_err(|e| Error::io("write to stdout", e))
 }
 
+/// Writes bytes to stdout as they are and flushes them.
+pub(crate) fn out_bytes(bytes: &[u8]) -> CliResult {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::io("write to stdout", e))
+}
+
 /// For a command that carries on after a failure (one per protocol):
 /// prints every failure but the last on stderr, as `main` prints the last,
 /// and returns the last; `Ok` when there was none.

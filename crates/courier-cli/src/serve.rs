@@ -18,7 +18,7 @@ pub(crate) const READY_PREFIX: &str = "Service running at ";
         prints \"Hello <first> <last>!\" on stdout, responds \"Good bye <first>\"\n         \
         e.g. courier call ADDR hello Matthieu Dorier\n  \
         echo   raw bytes -> the same bytes (registered with register_raw)\n         \
-        e.g. courier call ADDR echo --raw some text\n  \
+        e.g. courier call ADDR echo --raw some text, or courier call ADDR echo --input FILE\n  \
         sleep  (milliseconds: u64) -> (), after sleeping that long\n         \
         e.g. courier call ADDR sleep --u64 250"
 )]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{courier, run_cmd, Run};
+use common::{courier, run_cmd, run_cmd_with_input, Run};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ExitStatus, Stdio};
@@ -250,6 +250,82 @@ fn shutdown_is_refused_unless_enabled_and_timeouts_are_errors() {
     let r = run(&["call", &addr, "hello", "Matthieu", "Dorier"]);
     assert_eq!(r.stdout, "Good bye Matthieu\n", "{r:?}");
     drop(server); // killed through its Child handle
+}
+
+/// Bytes that are not text, and differ from one MiB to the next.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect()
+}
+
+/// `call --input FILE` and `--input -` send several MiB to `echo`, which
+/// sends them back, byte for byte.
+#[test]
+fn call_input_sends_a_file_or_stdin_as_the_payload() {
+    let mut server = Server::start(&["--protocol", "tcp", "--enable-remote-shutdown"]);
+    let addr = server.address.clone();
+    let dir = std::env::temp_dir().join(format!("courier-cli-test-{}-input", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let file = dir.join("payload.bin");
+    let bytes = pattern((5 << 20) + 3);
+    std::fs::write(&file, &bytes).unwrap();
+    let r = run(&["call", &addr, "echo", "--input", file.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout_bytes == bytes,
+        "echo sent back {} bytes, not the file's {}",
+        r.stdout_bytes.len(),
+        bytes.len()
+    );
+
+    let bytes = pattern((3 << 20) + 1);
+    let r = run_cmd_with_input(
+        courier(),
+        &["call", &addr, "echo", "--input", "-"],
+        Some(bytes.clone()),
+        GUARD,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout_bytes == bytes,
+        "echo sent back {} bytes, not stdin's {}",
+        r.stdout_bytes.len(),
+        bytes.len()
+    );
+
+    // An empty file is an empty payload.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let r = run(&["call", &addr, "echo", "--input", empty.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout_bytes.is_empty(), "{r:?}");
+
+    // A file that is not there, and ARGS besides --input, are errors.
+    let missing = dir.join("missing");
+    let r = run(&["call", &addr, "echo", "--input", missing.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.starts_with("courier: cannot read the input file"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("missing"), "{r:?}");
+    let r = run(&[
+        "call",
+        &addr,
+        "echo",
+        "text",
+        "--input",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("--input"), "{r:?}");
+
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = run(&["shutdown", &addr]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(server.wait_exit().0.success());
 }
 
 #[test]

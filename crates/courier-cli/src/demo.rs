@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use courier::{Address, Engine};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::bench::{histogram, nanos};
+use crate::child::{drain, stderr_tail, wait_ready, Ready};
 use crate::serve::READY_PREFIX;
 use crate::table::{Align, Table};
 use crate::{client, CliResult, Context, Error};
@@ -191,38 +192,6 @@ struct Server {
     stderr: JoinHandle<Vec<String>>,
 }
 
-/// Reads a child's output to the end (so the child never blocks on a full
-/// pipe), logging each line, and returns the lines.
-pub(crate) fn drain<R>(
-    lines: tokio::io::Lines<BufReader<R>>,
-    what: String,
-) -> JoinHandle<Vec<String>>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    let mut lines = lines;
-    tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!("[{what}] {line}");
-            all.push(line);
-        }
-        all
-    })
-}
-
-/// The last lines of a child's stderr, for an error message
-/// ([`Error::with_stderr`]).
-pub(crate) async fn stderr_tail(task: JoinHandle<Vec<String>>) -> Option<String> {
-    match tokio::time::timeout(Duration::from_secs(2), task).await {
-        Ok(Ok(lines)) if !lines.is_empty() => {
-            let from = lines.len().saturating_sub(5);
-            Some(lines[from..].join(" / "))
-        }
-        _ => None,
-    }
-}
-
 async fn kill(child: &mut Child) {
     if let Err(e) = child.kill().await {
         tracing::warn!("cannot kill the server (pid {:?}): {e}", child.id());
@@ -256,19 +225,10 @@ impl Server {
             format!("serve {protocol} stderr"),
         );
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(STARTUP_GUARD, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(READY_PREFIX) {
-                    return Ok(Some(addr.trim().to_owned()));
-                }
-                tracing::debug!("[serve {protocol} stdout] {line}");
-            }
-            Ok::<_, std::io::Error>(None)
-        })
-        .await;
-        let why = match ready {
-            Ok(Ok(Some(address))) => {
-                let stdout = drain(lines, format!("serve {protocol} stdout"));
+        let what = format!("serve {protocol} stdout");
+        let why = match wait_ready(&mut lines, READY_PREFIX, &what, STARTUP_GUARD).await {
+            Ready::At(address) => {
+                let stdout = drain(lines, what);
                 return Ok(Self {
                     child,
                     address,
@@ -276,7 +236,7 @@ impl Server {
                     stderr,
                 });
             }
-            Ok(Ok(None)) => {
+            Ready::Ended => {
                 let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
                     Ok(Ok(s)) => s.to_string(),
                     _ => {
@@ -288,11 +248,11 @@ impl Server {
                     "the server stopped before printing its address ({status})"
                 ))
             }
-            Ok(Err(e)) => {
+            Ready::Failed(e) => {
                 kill(&mut child).await;
                 Error::io("read the server's stdout", e)
             }
-            Err(_) => {
+            Ready::Silent => {
                 kill(&mut child).await;
                 Error::Peer(format!(
                     "the server printed no '{}<address>' line within {} s",

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod child;
 mod client;
 mod demo;
 mod error;

@@ -20,7 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::measure::Spinner;
 use super::{socket_kind, Layer, SocketKind, SINK_RPC};
-use crate::demo::{drain, stderr_tail};
+use crate::child::{drain, stderr_tail, wait_ready, Ready};
 use crate::{out, CliResult, Error};
 
 /// The line a peer prints once it listens.
@@ -524,20 +524,11 @@ impl PeerProc {
         };
         let stderr = drain(BufReader::new(stderr).lines(), format!("{what} stderr"));
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(STARTUP_GUARD, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(PEER_READY) {
-                    return Ok(Some(addr.trim().to_owned()));
-                }
-                tracing::debug!("[{what} stdout] {line}");
-            }
-            Ok::<_, std::io::Error>(None)
-        })
-        .await;
-        let why = match ready {
-            Ok(Ok(Some(address))) => {
+        let out_tag = format!("{what} stdout");
+        let why = match wait_ready(&mut lines, PEER_READY, &out_tag, STARTUP_GUARD).await {
+            Ready::At(address) => {
                 tracing::debug!("{what} listens at {address}");
-                let stdout = drain(lines, format!("{what} stdout"));
+                let stdout = drain(lines, out_tag);
                 return Ok(Self {
                     what,
                     child,
@@ -548,7 +539,7 @@ impl PeerProc {
                     done: false,
                 });
             }
-            Ok(Ok(None)) => {
+            Ready::Ended => {
                 let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
                     Ok(Ok(s)) => s.to_string(),
                     _ => {
@@ -560,11 +551,11 @@ impl PeerProc {
                     "{what} stopped before printing its address ({status})"
                 ))
             }
-            Ok(Err(e)) => {
+            Ready::Failed(e) => {
                 let _ = child.kill().await;
                 Error::io(format!("read the output of {what}"), e)
             }
-            Err(_) => {
+            Ready::Silent => {
                 let _ = child.kill().await;
                 Error::Peer(format!(
                     "{what} printed no '{PEER_READY}<address>' line within {} s",

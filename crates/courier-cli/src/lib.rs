@@ -19,10 +19,14 @@
 //!
 //! (`courier bench` starts its peers by running the current executable
 //! again, so they have the plugin too.)
+//!
+//! The measurement and report code of `courier bench` is public too, in
+//! [`bench`], for benchmarks that compare Courier with other RPC systems;
+//! every fallible function returns this crate's [`Error`].
 
 #![forbid(unsafe_code)]
 
-mod bench;
+pub mod bench;
 mod child;
 mod client;
 mod demo;

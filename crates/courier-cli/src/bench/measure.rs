@@ -1,14 +1,15 @@
 //! The client side of one measurement, per layer: a warm-up, then `calls`
 //! round trips with `in_flight` outstanding, each timed into an HDR
-//! histogram.
+//! histogram. [`measure`] times any RPC system through a [`Caller`].
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::transport::{Address as WireAddr, DynReceiver, DynSender, DynTransport};
-use courier::{Bytes, RawCallable};
+use courier::{Address, Bytes, Engine, RawCallable};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -18,36 +19,37 @@ use super::SocketKind;
 use crate::{CliResult, Context, Error};
 
 /// What one measurement does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Spec {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
     /// Calls kept outstanding.
-    pub(crate) in_flight: usize,
+    pub in_flight: usize,
     /// Calls measured (unless the time cap comes first).
-    pub(crate) calls: u64,
+    pub calls: u64,
     /// Calls made first, not measured.
-    pub(crate) warmup: u64,
+    pub warmup: u64,
     /// No measured call starts after this much time (a warm-up call, after
     /// a quarter of it).
-    pub(crate) time_cap: Duration,
+    pub time_cap: Duration,
 }
 
 /// The figures of one measurement (one run).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Figures {
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figures {
     /// Median round trip, µs.
-    pub(crate) p50_us: f64,
+    pub p50_us: f64,
     /// 99th percentile, µs.
-    pub(crate) p99_us: f64,
+    pub p99_us: f64,
     /// 99.9th percentile, µs.
-    pub(crate) p999_us: f64,
+    pub p999_us: f64,
     /// Calls completed per second of the measurement.
-    pub(crate) rpcs_per_s: f64,
+    pub rpcs_per_s: f64,
     /// Payload MiB per second (payload bytes × calls / elapsed).
-    pub(crate) mib_per_s: f64,
+    pub mib_per_s: f64,
     /// Calls measured.
-    pub(crate) calls: u64,
-    /// Duration of the measurement, seconds.
-    pub(crate) elapsed_s: f64,
+    pub calls: u64,
+    /// Duration of the measurement, seconds (from the start of the measured
+    /// loop to the last reply).
+    pub elapsed_s: f64,
 }
 
 /// A histogram of nanoseconds, 1 ns to 10 minutes, 3 significant digits.
@@ -79,13 +81,16 @@ fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> CliResult<F
     })
 }
 
-/// Keeps the current runtime polling (a task that yields in a loop) while
-/// it lives: the raw floors' form of "polling before parking".
+/// Keeps the current tokio runtime polling (a task that yields in a loop)
+/// while it lives: the raw floors' form of "polling before parking", under
+/// any spin policy of `courier bench`.
 #[derive(Debug)]
-pub(crate) struct Spinner(Option<AbortHandle>);
+pub struct Spinner(Option<AbortHandle>);
 
 impl Spinner {
-    pub(crate) fn start(enabled: bool) -> Self {
+    /// Starts the spinning task on the current runtime if `enabled` (else
+    /// does nothing); dropping the `Spinner` stops it.
+    pub fn start(enabled: bool) -> Self {
         Self(enabled.then(|| {
             tokio::spawn(async {
                 loop {
@@ -106,14 +111,66 @@ impl Drop for Spinner {
 }
 
 // ---------------------------------------------------------------------------
-// engine
+// engine, and any other RPC system: N tasks, each calling in a loop
 // ---------------------------------------------------------------------------
 
-/// `bench.sink` through the client engine: `in_flight` tasks, each calling
-/// in a loop until the calls are used up.
-pub(crate) async fn engine(sink: &RawCallable, payload: &Bytes, spec: &Spec) -> CliResult<Figures> {
-    engine_loop(
-        sink,
+/// One caller of the RPC a measurement times: each of its
+/// [`Spec::in_flight`] tasks owns a clone and calls through it in a loop.
+pub trait Caller: Clone + Send + 'static {
+    /// Makes one call with `payload`, checks its response, and resolves
+    /// once the response is in (the round trip [`measure`] times).
+    fn call(&mut self, payload: &Bytes) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The [`Caller`] of `courier bench`'s engine layer: a raw RPC through a
+/// Courier engine, whose response must be empty, as `bench.sink`'s is.
+#[derive(Debug, Clone)]
+pub struct EngineSink {
+    rpc: Arc<str>,
+    callable: RawCallable,
+}
+
+impl EngineSink {
+    /// Calls `rpc` of the engine at `address` through `engine`.
+    pub fn new(engine: &Engine, address: &Address, rpc: &str) -> Self {
+        Self {
+            rpc: rpc.into(),
+            callable: engine.remote_raw(rpc).on(address),
+        }
+    }
+}
+
+impl Caller for EngineSink {
+    async fn call(&mut self, payload: &Bytes) -> Result<(), Error> {
+        let reply = self.callable.call(payload).await.context(|| &*self.rpc)?;
+        if reply.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Peer(format!(
+                "{} answered {} bytes, not an empty payload",
+                self.rpc,
+                reply.len()
+            )))
+        }
+    }
+}
+
+/// Measures RPCs through `caller` as `courier bench` measures its engine
+/// layer, on the current tokio runtime: `spec.in_flight` tasks, each in a
+/// loop taking a ticket from a shared counter, calling with `payload`, and
+/// recording the call's round trip in its own HDR histogram (nanoseconds, 3
+/// significant digits), until `spec.calls` tickets are taken or the time
+/// cap has passed; the histograms are merged into the [`Figures`]. A
+/// warm-up of `spec.warmup` calls with as many tasks, capped at a quarter
+/// of the time cap, comes first and is not recorded. An error of any call
+/// ends the measurement with it.
+pub async fn measure<C: Caller>(
+    caller: &C,
+    payload: &Bytes,
+    spec: &Spec,
+) -> Result<Figures, Error> {
+    calls_loop(
+        caller,
         payload,
         spec.in_flight,
         spec.warmup,
@@ -121,12 +178,12 @@ pub(crate) async fn engine(sink: &RawCallable, payload: &Bytes, spec: &Spec) -> 
     )
     .await?;
     let (h, elapsed) =
-        engine_loop(sink, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
+        calls_loop(caller, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
     figures(&h, elapsed, payload.len())
 }
 
-async fn engine_loop(
-    sink: &RawCallable,
+async fn calls_loop<C: Caller>(
+    caller: &C,
     payload: &Bytes,
     in_flight: usize,
     calls: u64,
@@ -137,7 +194,7 @@ async fn engine_loop(
     let deadline = start + cap;
     let mut tasks = JoinSet::new();
     for _ in 0..in_flight {
-        let sink = sink.clone();
+        let mut caller = caller.clone();
         let payload = payload.clone();
         let tickets = tickets.clone();
         tasks.spawn(async move {
@@ -147,15 +204,8 @@ async fn engine_loop(
                 if t0 >= deadline {
                     break;
                 }
-                let reply = sink.call(&payload).await.context(|| super::SINK_RPC)?;
+                caller.call(&payload).await?;
                 h.saturating_record(nanos(t0.elapsed()));
-                if !reply.is_empty() {
-                    return Err(Error::Peer(format!(
-                        "{} answered {} bytes, not an empty payload",
-                        super::SINK_RPC,
-                        reply.len()
-                    )));
-                }
             }
             Ok::<_, Error>(h)
         });

@@ -19,12 +19,54 @@
 //! flight, stopped early by a time cap; every round trip goes into an HDR
 //! histogram. `docs/benchmarks.md` documents the workload, the table and
 //! the JSON.
+//!
+//! # As a library
+//!
+//! The measurement and report code of `courier bench` is public, for other
+//! benchmarks to measure and print the same way (`benches/peers` compares
+//! Courier with tonic and tarpc with it):
+//!
+//! * [`measure`] times RPCs through any [`Caller`] (such as [`EngineSink`],
+//!   a Courier engine) as the engine layer is timed: a warm-up, then N
+//!   tasks calling in a loop, each round trip in an HDR histogram, as
+//!   [`Figures`] (p50, p99, p99.9, RPCs/s, MiB/s); a [`Spec`] says how many
+//!   calls, how many in flight, and the time cap.
+//! * [`Summary`] and [`Spread`] give the median, min and max of several
+//!   runs; [`Spread::cell`], [`format_us`] and [`format_rate`] write them
+//!   as the table does (`7.82 (7.81..7.88)`).
+//! * [`Table`] prints a Markdown table; [`Machine`] describes the machine
+//!   (the heading's `machine:` line, the JSON's `machine` object).
+//! * [`Spinner`] keeps a runtime polling; [`pin_current_thread`] pins the
+//!   calling thread to a CPU.
+//!
+//! ```no_run
+//! use courier_cli::bench::{measure, EngineSink, Spec, Summary, format_us};
+//! # async fn run(engine: courier::Engine, server: courier::Address) -> Result<(), courier_cli::Error> {
+//! let sink = EngineSink::new(&engine, &server, "bench.sink");
+//! let payload = courier::Bytes::from(vec![0u8; 64]);
+//! let spec = Spec { in_flight: 1, calls: 20_000, warmup: 2_000, time_cap: std::time::Duration::from_secs(60) };
+//! let mut runs = Vec::new();
+//! for _ in 0..3 {
+//!     runs.push(measure(&sink, &payload, &spec).await?);
+//! }
+//! let p50 = Summary::of(&runs).p50_us;
+//! println!("p50 {} µs", p50.cell(3, format_us));
+//! # Ok(())
+//! # }
+//! ```
 
 pub(crate) mod bulk;
 mod chart;
+mod machine;
 mod measure;
 pub(crate) mod peer;
 mod report;
+mod stats;
+
+pub use self::machine::Machine;
+pub use self::measure::{measure, Caller, EngineSink, Figures, Spec, Spinner};
+pub use self::stats::{format_rate, format_us, Spread, Summary};
+pub use crate::table::{Align, Table};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -38,7 +80,6 @@ use serde::Serialize;
 use crate::{out, CliResult, Context, Error};
 
 pub(crate) use self::measure::{histogram, nanos};
-use self::measure::{Figures, Spec};
 use self::peer::Peer;
 use self::report::RunResult;
 
@@ -122,7 +163,7 @@ impl Pin {
 }
 
 /// Pins the calling thread (and the threads it starts later) to `cpu`.
-pub(crate) fn pin_current_thread(cpu: usize) -> CliResult {
+pub fn pin_current_thread(cpu: usize) -> Result<(), Error> {
     if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         Ok(())
     } else {
@@ -308,7 +349,7 @@ pub(crate) struct Plan {
     /// The CPU of the peers, when pinned.
     pub(crate) peer_cpu: Option<usize>,
     /// The machine, as the JSON describes it (read before pinning).
-    pub(crate) machine: serde_json::Value,
+    pub(crate) machine: Machine,
 }
 
 /// Resolves `--pin` against the CPUs this process may use.
@@ -423,7 +464,7 @@ impl Plan {
             pin,
             client_cpu,
             peer_cpu,
-            machine: report::machine(),
+            machine: Machine::read(),
         })
     }
 
@@ -675,7 +716,7 @@ impl Group<'_> {
         results: &mut Vec<RunResult>,
     ) -> CliResult {
         let plan = self.plan;
-        let sink = client.map(|(engine, addr)| engine.remote_raw(SINK_RPC).on(addr));
+        let sink = client.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
         let transport = match &peers.raw {
             None => None,
             Some(p) => {
@@ -709,7 +750,7 @@ impl Group<'_> {
                         let work = async {
                             match layer {
                                 Layer::Engine => match &sink {
-                                    Some(s) => measure::engine(s, &payload, &spec).await,
+                                    Some(s) => measure(s, &payload, &spec).await,
                                     None => Err(Error::Peer("no engine peer".into())),
                                 },
                                 Layer::Raw => match &transport {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, BufReader, Lines};
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 /// How waiting for a child's ready line ended.
@@ -46,6 +47,21 @@ where
         Ok(Ok(None)) => Ready::Ended,
         Ok(Err(e)) => Ready::Failed(e),
         Err(_) => Ready::Silent,
+    }
+}
+
+/// How a child whose stdout ended (before its ready line) has exited, for
+/// an error message: its exit status or, if it has not exited within
+/// `guard`, "its stdout closed", after killing it.
+pub(crate) async fn exit_status(child: &mut Child, guard: Duration) -> String {
+    match tokio::time::timeout(guard, child.wait()).await {
+        Ok(Ok(status)) => status.to_string(),
+        _ => {
+            if let Err(e) = child.kill().await {
+                tracing::warn!("cannot kill the child process (pid {:?}): {e}", child.id());
+            }
+            "its stdout closed".to_owned()
+        }
     }
 }
 

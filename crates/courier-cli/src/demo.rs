@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::bench::{histogram, nanos};
-use crate::child::{drain, stderr_tail, wait_ready, Ready};
+use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
 use crate::serve::READY_PREFIX;
 use crate::table::{Align, Table};
 use crate::{client, CliResult, Context, Error};
@@ -167,10 +167,8 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
         "calls/s",
         "ping p50 µs",
         "shutdown",
-    ]);
-    for col in 3..=6 {
-        t = t.align(col, Align::Right);
-    }
+    ])
+    .align(3..=6, Align::Right);
     for r in &rows {
         t.row(r.cells());
     }
@@ -237,13 +235,7 @@ impl Server {
                 });
             }
             Ready::Ended => {
-                let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    _ => {
-                        kill(&mut child).await;
-                        "its stdout closed".to_owned()
-                    }
-                };
+                let status = exit_status(&mut child, EXIT_GUARD).await;
                 Error::Peer(format!(
                     "the server stopped before printing its address ({status})"
                 ))

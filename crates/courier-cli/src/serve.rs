@@ -8,7 +8,7 @@ use clap::Args;
 use courier::{Bytes, Engine, Handle, RpcOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::child::{wait_ready, Ready};
+use crate::child::{exit_status, wait_ready, Ready};
 use crate::{out, CliResult, Error};
 
 /// The line `serve` prints once it listens; `demo` and scripts wait for it.
@@ -171,13 +171,7 @@ async fn detach() -> CliResult {
         Ready::At(address) => out(address),
         Ready::Ended => {
             // It said why on stderr.
-            let status = match tokio::time::timeout(DETACH_GUARD, child.wait()).await {
-                Ok(Ok(status)) => status.to_string(),
-                _ => {
-                    let _ = child.kill().await;
-                    "it closed its stdout".to_owned()
-                }
-            };
+            let status = exit_status(&mut child, DETACH_GUARD).await;
             Err(Error::Peer(format!(
                 "the service stopped before it listened ({status})"
             )))

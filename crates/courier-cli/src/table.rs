@@ -17,7 +17,7 @@ pub enum Align {
 ///
 /// ```
 /// use courier_cli::bench::{Align, Table};
-/// let mut t = Table::new(&["system", "p50 µs"]).align(1, Align::Right);
+/// let mut t = Table::new(&["system", "p50 µs"]).align([1], Align::Right);
 /// t.row(vec!["tcp".into(), "7.82".into()]);
 /// assert_eq!(t.lines(), ["| system | p50 µs |", "|--------|-------:|", "| tcp    |   7.82 |"]);
 /// ```
@@ -38,11 +38,13 @@ impl Table {
         }
     }
 
-    /// Sets the alignment of column `col` (from 0).
+    /// Sets the alignment of these columns (from 0), e.g. `2..=5`.
     #[must_use]
-    pub fn align(mut self, col: usize, align: Align) -> Self {
-        if let Some(a) = self.align.get_mut(col) {
-            *a = align;
+    pub fn align(mut self, cols: impl IntoIterator<Item = usize>, align: Align) -> Self {
+        for col in cols {
+            if let Some(a) = self.align.get_mut(col) {
+                *a = align;
+            }
         }
         self
     }

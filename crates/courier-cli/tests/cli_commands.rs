@@ -328,13 +328,18 @@ fn call_input_sends_a_file_or_stdin_as_the_payload() {
     assert!(server.wait_exit().0.success());
 }
 
-#[test]
-fn call_to_a_dead_address_says_cannot_connect() {
+/// A loopback tcp address nobody listens at (a port just freed).
+fn dead_tcp_address() -> String {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let tcp = format!("tcp://127.0.0.1:{port}");
+    format!("tcp://127.0.0.1:{port}")
+}
+
+#[test]
+fn call_to_a_dead_address_says_cannot_connect() {
+    let tcp = dead_tcp_address();
     let path = std::env::temp_dir().join(format!(
         "courier-cli-test-{}-nobody.sock",
         std::process::id()
@@ -412,11 +417,7 @@ fn demo_fails_for_a_protocol_that_is_not_built_in() {
 /// only go to a terminal.
 #[test]
 fn logs_to_a_pipe_have_no_colour_codes() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("tcp://127.0.0.1:{port}");
+    let addr = dead_tcp_address();
     for (env, args) in [
         (Some("debug"), vec!["call", &addr, "hello", "a", "b"]),
         (None, vec!["-vv", "call", &addr, "hello", "a", "b"]),

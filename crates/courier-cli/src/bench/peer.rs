@@ -20,7 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::measure::Spinner;
 use super::{socket_kind, Layer, SocketKind, SINK_RPC};
-use crate::child::{drain, stderr_tail, wait_ready, Ready};
+use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
 use crate::{out, CliResult, Error};
 
 /// The line a peer prints once it listens.
@@ -540,13 +540,7 @@ impl PeerProc {
                 });
             }
             Ready::Ended => {
-                let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    _ => {
-                        let _ = child.kill().await;
-                        "its stdout closed".to_owned()
-                    }
-                };
+                let status = exit_status(&mut child, EXIT_GUARD).await;
                 Error::Peer(format!(
                     "{what} stopped before printing its address ({status})"
                 ))

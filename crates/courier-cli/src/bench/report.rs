@@ -234,12 +234,9 @@ pub(crate) fn table(records: &[Record]) -> Table {
         "MiB/s",
         "p50 ÷ raw",
         "RPCs/s ÷ raw",
-    ]);
-    for col in 2..=11 {
-        if col != 4 {
-            t = t.align(col, Align::Right);
-        }
-    }
+    ])
+    // Numbers to the right; `layer` (4) is a word.
+    .align((2..=11).filter(|col| *col != 4), Align::Right);
     for r in records {
         let n = r.runs;
         let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));

@@ -268,17 +268,22 @@ fn call_input_sends_a_file_or_stdin_as_the_payload() {
     let dir = std::env::temp_dir().join(format!("courier-cli-test-{}-input", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
+    // The call succeeded and printed what was sent, byte for byte.
+    let echoed = |r: Run, sent: &[u8], from: &str| {
+        assert_eq!(r.code(), Some(0), "{}", r.stderr);
+        assert!(
+            r.stdout_bytes == sent,
+            "echo sent back {} bytes, not the {} of {from}",
+            r.stdout_bytes.len(),
+            sent.len()
+        );
+    };
+
     let file = dir.join("payload.bin");
     let bytes = pattern((5 << 20) + 3);
     std::fs::write(&file, &bytes).unwrap();
     let r = run(&["call", &addr, "echo", "--input", file.to_str().unwrap()]);
-    assert_eq!(r.code(), Some(0), "{}", r.stderr);
-    assert!(
-        r.stdout_bytes == bytes,
-        "echo sent back {} bytes, not the file's {}",
-        r.stdout_bytes.len(),
-        bytes.len()
-    );
+    echoed(r, &bytes, "the file");
 
     let bytes = pattern((3 << 20) + 1);
     let r = run_cmd_with_input(
@@ -287,13 +292,7 @@ fn call_input_sends_a_file_or_stdin_as_the_payload() {
         Some(bytes.clone()),
         GUARD,
     );
-    assert_eq!(r.code(), Some(0), "{}", r.stderr);
-    assert!(
-        r.stdout_bytes == bytes,
-        "echo sent back {} bytes, not stdin's {}",
-        r.stdout_bytes.len(),
-        bytes.len()
-    );
+    echoed(r, &bytes, "stdin");
 
     // An empty file is an empty payload.
     let empty = dir.join("empty");

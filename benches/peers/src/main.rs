@@ -1,7 +1,9 @@
 //! Courier against tonic and tarpc, in the shape of `courier bench`: the
 //! 64 B "sink" RPC (64-byte request, empty response), 1 and 32 calls in
 //! flight, the server in a child process pinned to one CPU, the client (this
-//! process) on another, current-thread tokio runtimes on both sides.
+//! process) on another, current-thread tokio runtimes on both sides. The
+//! measurement loop, the figures, their spreads over runs and the tables
+//! are `courier bench`'s own (`courier_cli::bench`).
 //!
 //! Not a member of the Courier workspace (CI never builds it); run by hand:
 //!
@@ -11,7 +13,6 @@
 //! cargo run --release --manifest-path benches/peers/Cargo.toml -- client tonic --address 127.0.0.1:50051 --cpu 0
 //! ```
 
-mod measure;
 mod systems;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,12 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use measure::{Figures, Spec};
-use systems::{Client, ServerArgs, Spinner, System, READY};
+// The measurement and report code of `courier bench`.
+use courier_cli::bench::{
+    format_rate, format_us, measure, pin_current_thread, Align, Figures, Machine, Spec, Spinner,
+    Summary, Table,
+};
+use systems::{Client, ServerArgs, System, READY};
 
 const USAGE: &str = "\
 usage:
@@ -125,9 +130,9 @@ impl Opts {
         }
     }
 
-    fn list<T: std::str::FromStr>(&self, name: &str, default: &[T]) -> Result<Vec<T>, String>
+    fn list<T>(&self, name: &str, default: &[T]) -> Result<Vec<T>, String>
     where
-        T: Clone,
+        T: std::str::FromStr + Clone,
         T::Err: std::fmt::Display,
     {
         match self.values.get(name) {
@@ -149,12 +154,10 @@ impl Opts {
 }
 
 fn pin(cpu: Option<usize>) -> Result<(), String> {
-    if let Some(cpu) = cpu {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            return Err(format!("cannot pin this process to CPU {cpu}"));
-        }
+    match cpu {
+        Some(cpu) => pin_current_thread(cpu).map_err(|e| e.to_string()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -246,9 +249,9 @@ async fn measure_system(
     for &n in &load.in_flight {
         let spec = load.spec(n);
         let r = match &client {
-            Client::Courier { sink, .. } => measure::measure(sink, &payload, &spec).await,
-            Client::Tonic(sink) => measure::measure(sink, &payload, &spec).await,
-            Client::Tarpc(sink) => measure::measure(sink, &payload, &spec).await,
+            Client::Courier { sink, .. } => measure(sink, &payload, &spec).await,
+            Client::Tonic(sink) => measure(sink, &payload, &spec).await,
+            Client::Tarpc(sink) => measure(sink, &payload, &spec).await,
         };
         match r {
             Ok(f) => out.push((n, f)),
@@ -409,66 +412,6 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: v.first().copied().unwrap_or(f64::NAN),
-            max: v.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-
-    fn show(&self, runs: usize, fmt: fn(f64) -> String) -> String {
-        if runs <= 1 {
-            fmt(self.median)
-        } else {
-            format!(
-                "{} ({}..{})",
-                fmt(self.median),
-                fmt(self.min),
-                fmt(self.max)
-            )
-        }
-    }
-}
-
-fn us(v: f64) -> String {
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else if v < 1000.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-fn rate(v: f64) -> String {
-    format!("{v:.0}")
-}
-
-struct Row {
-    p50: Spread,
-    p99: Spread,
-    rate: Spread,
-    runs: usize,
-}
-
 fn lock_version(name: &str) -> String {
     let lock = include_str!("../Cargo.lock");
     let needle = format!("name = \"{name}\"\nversion = \"");
@@ -476,67 +419,6 @@ fn lock_version(name: &str) -> String {
         .and_then(|i| lock[i + needle.len()..].split('"').next())
         .unwrap_or("?")
         .to_owned()
-}
-
-fn machine() -> String {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cores} cores, {cpu}, kernel {}",
-        read("/proc/sys/kernel/osrelease").trim()
-    )
-}
-
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            width[i] = width[i].max(c.chars().count());
-        }
-    }
-    let pad = |s: &str, w: usize, left: bool| {
-        let n = w.saturating_sub(s.chars().count());
-        if left {
-            format!("{s}{}", " ".repeat(n))
-        } else {
-            format!("{}{s}", " ".repeat(n))
-        }
-    };
-    let line = |cells: Vec<String>| println!("| {} |", cells.join(" | "));
-    line(
-        header
-            .iter()
-            .enumerate()
-            .map(|(i, h)| pad(h, width[i], i == 0))
-            .collect(),
-    );
-    let rule: Vec<String> = width
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if i == 0 {
-                "-".repeat(w + 2)
-            } else {
-                format!("{}:", "-".repeat(w + 1))
-            }
-        })
-        .collect();
-    println!("|{}|", rule.join("|"));
-    for r in rows {
-        line(
-            r.iter()
-                .enumerate()
-                .map(|(i, c)| pad(c, width[i], i == 0))
-                .collect(),
-        );
-    }
 }
 
 fn compare_main(args: &[String]) -> Result<(), String> {
@@ -599,7 +481,7 @@ fn compare_main(args: &[String]) -> Result<(), String> {
     }
 
     // Before pinning: pinned, this process sees one CPU.
-    let machine = machine();
+    let machine = Machine::read();
     pin(Some(client_cpu))?;
     let rt = runtime()?;
     let started = Instant::now();
@@ -623,15 +505,7 @@ fn compare_main(args: &[String]) -> Result<(), String> {
     }
     let elapsed = started.elapsed();
 
-    let row = |e: &Entry, n: usize| -> Option<Row> {
-        let v = figures.get(&(*e, n))?;
-        Some(Row {
-            p50: Spread::of(v.iter().map(|f| f.p50_us).collect()),
-            p99: Spread::of(v.iter().map(|f| f.p99_us).collect()),
-            rate: Spread::of(v.iter().map(|f| f.rpcs_per_s).collect()),
-            runs: v.len(),
-        })
-    };
+    let row = |e: &Entry, n: usize| figures.get(&(*e, n)).map(Summary::of);
 
     println!(
         "courier-peer-bench compare: the sink RPC ({} B request, empty response); server in a child \
@@ -680,7 +554,16 @@ fn compare_main(args: &[String]) -> Result<(), String> {
             None => println!("without Courier:"),
         }
         println!();
-        let mut rows = Vec::new();
+        let mut table = Table::new(&[
+            "system",
+            "in flight",
+            "p50 µs",
+            "p99 µs",
+            "RPCs/s",
+            "p50 ÷ Courier p50",
+            "Courier RPCs/s ÷ RPCs/s",
+        ])
+        .align(1..=6, Align::Right);
         for &n in &load.in_flight {
             let base_row = base.and_then(|b| row(b, n));
             let group = base.into_iter().chain(others.iter().copied());
@@ -688,35 +571,24 @@ fn compare_main(args: &[String]) -> Result<(), String> {
                 let Some(r) = row(e, n) else { continue };
                 let (p50_ratio, rate_ratio) = match &base_row {
                     Some(b) if e.system != System::CourierTcp => (
-                        format!("{:.2}", r.p50.median / b.p50.median),
-                        format!("{:.2}", b.rate.median / r.rate.median),
+                        format!("{:.2}", r.p50_us.median / b.p50_us.median),
+                        format!("{:.2}", b.rpcs_per_s.median / r.rpcs_per_s.median),
                     ),
                     Some(_) => ("1.00".to_owned(), "1.00".to_owned()),
                     None => ("-".to_owned(), "-".to_owned()),
                 };
-                rows.push(vec![
+                table.row(vec![
                     e.label(),
                     n.to_string(),
-                    r.p50.show(r.runs, us),
-                    r.p99.show(r.runs, us),
-                    r.rate.show(r.runs, rate),
+                    r.p50_us.cell(r.runs, format_us),
+                    r.p99_us.cell(r.runs, format_us),
+                    r.rpcs_per_s.cell(r.runs, format_rate),
                     p50_ratio,
                     rate_ratio,
                 ]);
             }
         }
-        print_table(
-            &[
-                "system",
-                "in flight",
-                "p50 µs",
-                "p99 µs",
-                "RPCs/s",
-                "p50 ÷ Courier p50",
-                "Courier RPCs/s ÷ RPCs/s",
-            ],
-            &rows,
-        );
+        table.print().map_err(|e| e.to_string())?;
         if let Some(b) = base {
             println!();
             let find = |s: System| others.iter().find(|e| e.system == s && !e.poll).copied();
@@ -727,7 +599,7 @@ fn compare_main(args: &[String]) -> Result<(), String> {
                 row(b, n_max),
                 find(System::Tonic).and_then(|t| row(t, n_max)),
             ) {
-                let r = c.rate.median / x.rate.median;
+                let r = c.rpcs_per_s.median / x.rpcs_per_s.median;
                 println!(
                     "target 1: Courier RPCs/s ÷ {} RPCs/s at {n_max} in flight = {r:.2} (≥ 2 wanted: {})",
                     t.system.name(),
@@ -741,10 +613,10 @@ fn compare_main(args: &[String]) -> Result<(), String> {
             ) {
                 println!(
                     "target 2: p50 at {n_min} in flight, Courier {} µs vs {} {} µs (lower wanted: {})",
-                    us(c.p50.median),
+                    format_us(c.p50_us.median),
                     t.system.name(),
-                    us(x.p50.median),
-                    if c.p50.median < x.p50.median { "met" } else { "NOT met" }
+                    format_us(x.p50_us.median),
+                    if c.p50_us.median < x.p50_us.median { "met" } else { "NOT met" }
                 );
             }
         }

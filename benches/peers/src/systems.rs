@@ -25,6 +25,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use courier_cli::bench::{Caller, EngineSink, Spinner};
+use courier_cli::Error;
 use futures::StreamExt;
 use tarpc::server::Channel as _;
 use tarpc::tokio_serde::formats::Bincode;
@@ -63,32 +65,6 @@ impl System {
             _ => Err(format!(
                 "unknown system '{s}' (courier-tcp, tonic or tarpc)"
             )),
-        }
-    }
-}
-
-/// Keeps the current runtime polling while it lives: a task that yields in
-/// a loop (what `courier bench` does for its raw floors under a spin
-/// policy). Only used with `--poll-others`, for tonic and tarpc.
-pub struct Spinner(Option<tokio::task::AbortHandle>);
-
-impl Spinner {
-    pub fn start(enabled: bool) -> Self {
-        Self(enabled.then(|| {
-            tokio::spawn(async {
-                loop {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .abort_handle()
-        }))
-    }
-}
-
-impl Drop for Spinner {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
         }
     }
 }
@@ -306,30 +282,19 @@ async fn tarpc_server(args: &ServerArgs, stop: impl Future<Output = ()>) -> Resu
 // clients
 // ---------------------------------------------------------------------------
 
-/// One caller's handle on the server: each calling task owns a clone.
-pub trait Sink: Clone + Send + 'static {
-    fn call(&mut self, payload: &Bytes) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-#[derive(Clone)]
-pub struct CourierSink(courier::RawCallable);
-
-impl Sink for CourierSink {
-    async fn call(&mut self, payload: &Bytes) -> Result<(), String> {
-        let reply = self.0.call(payload).await.map_err(|e| e.to_string())?;
-        empty(reply.len())
-    }
-}
+// Each calling task of a measurement owns a clone of its system's
+// `courier_cli::bench::Caller`: Courier's is `EngineSink`, as in
+// `courier bench`.
 
 #[derive(Clone)]
 pub struct TonicSink(tonic::client::Grpc<tonic::transport::Channel>);
 
-impl Sink for TonicSink {
-    async fn call(&mut self, payload: &Bytes) -> Result<(), String> {
+impl Caller for TonicSink {
+    async fn call(&mut self, payload: &Bytes) -> Result<(), Error> {
         self.0
             .ready()
             .await
-            .map_err(|e| format!("tonic channel: {e}"))?;
+            .map_err(|e| Error::Peer(format!("tonic channel: {e}")))?;
         let reply: tonic::Response<Bytes> = self
             .0
             .unary(
@@ -338,30 +303,25 @@ impl Sink for TonicSink {
                 RawCodec,
             )
             .await
-            .map_err(|e| e.to_string())?;
-        empty(reply.into_inner().len())
+            .map_err(|e| Error::Peer(format!("tonic call: {e}")))?;
+        match reply.into_inner().len() {
+            0 => Ok(()),
+            len => Err(Error::Peer(format!(
+                "the tonic server answered {len} bytes, not an empty message"
+            ))),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct TarpcSink(BenchClient);
 
-impl Sink for TarpcSink {
-    async fn call(&mut self, payload: &Bytes) -> Result<(), String> {
+impl Caller for TarpcSink {
+    async fn call(&mut self, payload: &Bytes) -> Result<(), Error> {
         self.0
             .sink(tarpc::context::current(), payload.to_vec())
             .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-fn empty(len: usize) -> Result<(), String> {
-    if len == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "the server answered {len} bytes, not an empty message"
-        ))
+            .map_err(|e| Error::Peer(format!("tarpc call: {e}")))
     }
 }
 
@@ -369,7 +329,7 @@ fn empty(len: usize) -> Result<(), String> {
 pub enum Client {
     Courier {
         engine: courier::Engine,
-        sink: CourierSink,
+        sink: EngineSink,
     },
     Tonic(TonicSink),
     Tarpc(TarpcSink),
@@ -392,7 +352,7 @@ impl Client {
                         return Err(format!("lookup {address}: {e}"));
                     }
                 };
-                let sink = CourierSink(engine.remote_raw(COURIER_SINK).on(&peer));
+                let sink = EngineSink::new(&engine, &peer, COURIER_SINK);
                 Ok(Self::Courier { engine, sink })
             }
             System::Tonic => {

@@ -2,12 +2,14 @@
 //! speaking the address's protocol.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use courier::{Address, Engine, Mode};
 
-use crate::{out, CliResult, Fail, TimeoutArg};
+use crate::{out, out_bytes, CliResult, Error, TimeoutArg};
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const CALL_LONG_ABOUT: &str = "Call RPC at ADDR and print its response.\n\n\
@@ -15,7 +17,14 @@ pub(crate) const CALL_LONG_ABOUT: &str = "Call RPC at ADDR and print its respons
         what an RPC taking (String, String, ...) expects; the response is printed as a \
         string if it decodes as one, else as hex (nothing for an empty response). \
         With --raw, the ARGS joined by spaces are sent as raw bytes and the response is \
-        printed as UTF-8. With --u64, each ARG is a number sent as a u64.";
+        printed as UTF-8. With --u64, each ARG is a number sent as a u64.\n\n\
+        With --input FILE (- for standard input), the bytes of FILE are the payload, \
+        sent as they are, with no encoding and no ARGS, and the response's bytes are \
+        written to stdout as they are (no newline added). That suits an RPC registered \
+        with register_raw, such as `echo` of `courier serve`, with payloads up to the \
+        engines' max_message_size (64 MiB by default, header included). An RPC with typed \
+        arguments gets the file's bytes as its encoded arguments: the file must hold \
+        their postcard encoding.";
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
@@ -27,6 +36,8 @@ pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
 #[command(after_help = "Examples (against `courier serve`):\n  \
         courier call tcp://127.0.0.1:PORT hello Matthieu Dorier    # Good bye Matthieu\n  \
         courier call tcp://127.0.0.1:PORT echo --raw hello world   # hello world\n  \
+        courier call tcp://127.0.0.1:PORT echo --input data.bin > copy.bin   # the same bytes back\n  \
+        date | courier call tcp://127.0.0.1:PORT echo --input -    # from standard input\n  \
         courier call tcp://127.0.0.1:PORT sleep --u64 500 --timeout-ms 100   # times out\n\n\
         Put `--` before ARGS that start with '-'.")]
 pub(crate) struct CallArgs {
@@ -54,6 +65,12 @@ pub(crate) struct CallArgs {
     /// Send the ARGS as a tuple of u64 numbers (e.g. for `sleep`).
     #[arg(long)]
     u64: bool,
+
+    /// Send the bytes of FILE (`-`: standard input) as the payload, as they
+    /// are, instead of ARGS; write the response's bytes to stdout as they
+    /// are.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["args", "u64"])]
+    input: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +120,10 @@ pub(crate) async fn connect(
 pub(crate) fn encode_strings(args: &[String]) -> CliResult<Vec<u8>> {
     let mut buf = Vec::new();
     for a in args {
-        buf = postcard::to_extend(a, buf)
-            .map_err(|e| Fail::msg(format!("cannot encode argument {a:?}: {e}")))?;
+        buf = postcard::to_extend(a, buf).map_err(|source| Error::Encode {
+            argument: format!("{a:?}"),
+            source,
+        })?;
     }
     Ok(buf)
 }
@@ -114,9 +133,11 @@ fn encode_u64s(args: &[String]) -> CliResult<Vec<u8>> {
     for a in args {
         let n: u64 = a
             .parse()
-            .map_err(|e| Fail::msg(format!("--u64: argument {a:?} is not a u64: {e}")))?;
-        buf = postcard::to_extend(&n, buf)
-            .map_err(|e| Fail::msg(format!("cannot encode argument {n}: {e}")))?;
+            .map_err(|e| Error::Argument(format!("--u64: argument {a:?} is not a u64: {e}")))?;
+        buf = postcard::to_extend(&n, buf).map_err(|source| Error::Encode {
+            argument: n.to_string(),
+            source,
+        })?;
     }
     Ok(buf)
 }
@@ -129,6 +150,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The payload of `--input`: the file's bytes, or standard input's for `-`.
+fn read_input(path: &Path) -> CliResult<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read the input from standard input", e))?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path)
+            .map_err(|e| Error::io(format!("read the input file '{}'", path.display()), e))
+    }
+}
+
 /// How `call` shows a (non-raw) response: the string it encodes, or hex.
 fn render_response(payload: &[u8]) -> String {
     match postcard::take_from_bytes::<String>(payload) {
@@ -138,7 +174,10 @@ fn render_response(payload: &[u8]) -> String {
 }
 
 pub(crate) async fn call(args: CallArgs) -> CliResult {
-    let payload = if args.raw {
+    // Read before the engine starts: nothing else runs on this thread yet.
+    let payload = if let Some(path) = &args.input {
+        read_input(path)?
+    } else if args.raw {
         args.args.join(" ").into_bytes()
     } else if args.u64 {
         encode_u64s(&args.args)?
@@ -156,7 +195,9 @@ pub(crate) async fn call(args: CallArgs) -> CliResult {
     let result = callable.call(&payload).await;
     engine.finalize().await;
     let response = result?;
-    if args.raw {
+    if args.input.is_some() {
+        out_bytes(&response)
+    } else if args.raw {
         out(String::from_utf8_lossy(&response))
     } else if response.is_empty() {
         Ok(())
@@ -211,16 +252,17 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
     out(summary)?;
     match last_error {
         None => Ok(()),
-        Some(e) => Err(Fail::msg(format!(
-            "{lost} of {count} pings to {address} failed (last: {e})"
-        ))),
+        // The last failure says why.
+        Some(e) => {
+            Err(Error::from(e).context(format!("{lost} of {count} pings to {address} failed")))
+        }
     }
 }
 
 pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
     let timeout = args.timeout.duration();
     let (engine, address) = connect(&args.address, timeout).await?;
-    let result = address.shutdown_within(timeout).await.map_err(Fail::from);
+    let result = address.shutdown_within(timeout).await.map_err(Error::from);
     engine.finalize().await;
     result?;
     out(format_args!("shutdown requested: {address}"))

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use courier::{Address, Engine};
-use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::bench::{histogram, nanos};
+use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
 use crate::serve::READY_PREFIX;
 use crate::table::{Align, Table};
-use crate::{client, CliResult, Fail};
+use crate::{client, CliResult, Context, Error};
 
 /// How long a server may take to print its address.
 const STARTUP_GUARD: Duration = Duration::from_secs(10);
@@ -50,7 +51,7 @@ struct Row {
     calls_per_s: String,
     ping_p50: String,
     shutdown: String,
-    error: Option<String>,
+    error: Option<Error>,
 }
 
 impl Row {
@@ -68,9 +69,9 @@ impl Row {
         }
     }
 
-    fn fail(&mut self, why: impl Into<String>) {
+    fn fail(&mut self, why: Error) {
         if self.error.is_none() {
-            self.error = Some(why.into());
+            self.error = Some(why);
         }
     }
 
@@ -124,8 +125,8 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
     let registry = courier::default_registry()?;
     let protocols = selected_protocols(&registry, &args.protocols, false);
     if protocols.is_empty() {
-        return Err(Fail::msg(
-            "no protocol to run: no transport plugin is built in",
+        return Err(Error::Unsupported(
+            "no protocol to run: no transport plugin is built in".into(),
         ));
     }
     let all = async {
@@ -133,11 +134,13 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
         for p in &protocols {
             let mut row = Row::new(p);
             match registry.resolve(p) {
-                Err(e) => row.fail(e.to_string()),
-                Ok(entry) if !registry.is_available(&entry) => row.fail(format!(
-                    "protocol '{}' needs the '{}' transport plugin, which is not built in",
-                    entry.name, entry.plugin
-                )),
+                Err(e) => row.fail(e.into()),
+                Ok(entry) if !registry.is_available(&entry) => {
+                    row.fail(Error::Unsupported(format!(
+                        "protocol '{}' needs the '{}' transport plugin, which is not built in",
+                        entry.name, entry.plugin
+                    )))
+                }
                 Ok(_) => demo_one(&mut row, args.calls, verbose).await,
             }
             rows.push(row);
@@ -148,7 +151,7 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
     // handle, which kills that child (kill_on_drop).
     let rows = tokio::select! {
         rows = all => rows,
-        () = crate::serve::stop_signal() => return Err(Fail::msg("demo interrupted")),
+        () = crate::serve::stop_signal() => return Err(Error::Interrupted("demo")),
     };
 
     crate::out(format_args!(
@@ -164,32 +167,18 @@ pub(crate) async fn run(args: DemoArgs, verbose: u8) -> CliResult {
         "calls/s",
         "ping p50 µs",
         "shutdown",
-    ]);
-    for col in 3..=6 {
-        t = t.align(col, Align::Right);
-    }
+    ])
+    .align(3..=6, Align::Right);
     for r in &rows {
         t.row(r.cells());
     }
     t.print()?;
 
-    let failed: Vec<&Row> = rows.iter().filter(|r| r.error.is_some()).collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    for r in &failed[..failed.len() - 1] {
-        eprintln!(
-            "courier: demo over {} failed: {}",
-            r.protocol,
-            r.error.as_deref().unwrap_or("?")
-        );
-    }
-    let last = failed[failed.len() - 1];
-    Err(Fail::msg(format!(
-        "demo over {} failed: {}",
-        last.protocol,
-        last.error.as_deref().unwrap_or("?")
-    )))
+    crate::fail_with_last(rows.into_iter().filter_map(|r| {
+        let protocol = r.protocol;
+        r.error
+            .map(|e| e.context(format!("demo over {protocol} failed")))
+    }))
 }
 
 /// A `courier serve` child process.
@@ -201,37 +190,6 @@ struct Server {
     stderr: JoinHandle<Vec<String>>,
 }
 
-/// Reads a child's output to the end (so the child never blocks on a full
-/// pipe), logging each line, and returns the lines.
-pub(crate) fn drain<R>(
-    lines: tokio::io::Lines<BufReader<R>>,
-    what: String,
-) -> JoinHandle<Vec<String>>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    let mut lines = lines;
-    tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!("[{what}] {line}");
-            all.push(line);
-        }
-        all
-    })
-}
-
-/// The last lines of a child's stderr, for an error message.
-pub(crate) async fn stderr_tail(task: JoinHandle<Vec<String>>) -> String {
-    match tokio::time::timeout(Duration::from_secs(2), task).await {
-        Ok(Ok(lines)) if !lines.is_empty() => {
-            let from = lines.len().saturating_sub(5);
-            format!("; its stderr: {}", lines[from..].join(" / "))
-        }
-        _ => String::new(),
-    }
-}
-
 async fn kill(child: &mut Child) {
     if let Err(e) = child.kill().await {
         tracing::warn!("cannot kill the server (pid {:?}): {e}", child.id());
@@ -241,9 +199,9 @@ async fn kill(child: &mut Child) {
 impl Server {
     /// Starts `courier serve --protocol P --enable-remote-shutdown` and waits
     /// for its `Service running at` line.
-    async fn spawn(protocol: &str, verbose: u8) -> Result<Self, String> {
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the courier executable: {e}"))?;
+    async fn spawn(protocol: &str, verbose: u8) -> CliResult<Self> {
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("find the courier executable", e))?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--protocol", protocol, "--enable-remote-shutdown"]);
         for _ in 0..verbose {
@@ -255,29 +213,20 @@ impl Server {
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start `courier serve --protocol {protocol}`: {e}"))?;
+            .map_err(|e| Error::io(format!("start `courier serve --protocol {protocol}`"), e))?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             kill(&mut child).await;
-            return Err("the server's output pipes are missing".into());
+            return Err(Error::Peer("the server's output pipes are missing".into()));
         };
         let stderr = drain(
             BufReader::new(stderr).lines(),
             format!("serve {protocol} stderr"),
         );
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(STARTUP_GUARD, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(READY_PREFIX) {
-                    return Ok(Some(addr.trim().to_owned()));
-                }
-                tracing::debug!("[serve {protocol} stdout] {line}");
-            }
-            Ok::<_, std::io::Error>(None)
-        })
-        .await;
-        let why = match ready {
-            Ok(Ok(Some(address))) => {
-                let stdout = drain(lines, format!("serve {protocol} stdout"));
+        let what = format!("serve {protocol} stdout");
+        let why = match wait_ready(&mut lines, READY_PREFIX, &what, STARTUP_GUARD).await {
+            Ready::At(address) => {
+                let stdout = drain(lines, what);
                 return Ok(Self {
                     child,
                     address,
@@ -285,41 +234,37 @@ impl Server {
                     stderr,
                 });
             }
-            Ok(Ok(None)) => {
-                let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    _ => {
-                        kill(&mut child).await;
-                        "its stdout closed".to_owned()
-                    }
-                };
-                format!("the server stopped before printing its address ({status})")
+            Ready::Ended => {
+                let status = exit_status(&mut child, EXIT_GUARD).await;
+                Error::Peer(format!(
+                    "the server stopped before printing its address ({status})"
+                ))
             }
-            Ok(Err(e)) => {
+            Ready::Failed(e) => {
                 kill(&mut child).await;
-                format!("cannot read the server's stdout: {e}")
+                Error::io("read the server's stdout", e)
             }
-            Err(_) => {
+            Ready::Silent => {
                 kill(&mut child).await;
-                format!(
+                Error::Peer(format!(
                     "the server printed no '{}<address>' line within {} s",
                     READY_PREFIX,
                     STARTUP_GUARD.as_secs()
-                )
+                ))
             }
         };
-        Err(format!("{why}{}", stderr_tail(stderr).await))
+        Err(why.with_stderr(stderr_tail(stderr).await))
     }
 
     /// Waits for the server to exit after a shutdown request.
-    async fn wait_exit(&mut self) -> Result<ExitStatus, String> {
+    async fn wait_exit(&mut self) -> CliResult<ExitStatus> {
         match tokio::time::timeout(EXIT_GUARD, self.child.wait()).await {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => Err(format!("cannot wait for the server: {e}")),
-            Err(_) => Err(format!(
+            Ok(Err(e)) => Err(Error::io("wait for the server", e)),
+            Err(_) => Err(Error::Peer(format!(
                 "the server did not exit within {} s of the shutdown request",
                 EXIT_GUARD.as_secs()
-            )),
+            ))),
         }
     }
 }
@@ -339,11 +284,16 @@ async fn demo_one(row: &mut Row, calls: u64, verbose: u8) {
     let outcome = match exercised {
         Ok(Ok(())) => match server.wait_exit().await {
             Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(format!("the server {status} after the shutdown")),
+            Ok(status) => Err(Error::Peer(format!(
+                "the server {status} after the shutdown"
+            ))),
             Err(e) => Err(e),
         },
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("gave up after {} s", PROTOCOL_GUARD.as_secs())),
+        Err(_) => Err(Error::Peer(format!(
+            "gave up after {} s",
+            PROTOCOL_GUARD.as_secs()
+        ))),
     };
     if let Err(e) = outcome {
         // Whatever went wrong, leave nothing running.
@@ -355,7 +305,7 @@ async fn demo_one(row: &mut Row, calls: u64, verbose: u8) {
             "-" => "killed".into(),
             other => other.to_owned(),
         };
-        row.fail(format!("{e}{}", stderr_tail(server.stderr).await));
+        row.fail(e.with_stderr(stderr_tail(server.stderr).await));
         server.stdout.abort();
         return;
     }
@@ -368,17 +318,15 @@ async fn demo_one(row: &mut Row, calls: u64, verbose: u8) {
         .unwrap_or_default();
     if !printed.iter().any(|l| l == "Hello Matthieu Dorier!") {
         row.hello = "FAILED".into();
-        row.fail(format!(
+        row.fail(Error::Peer(format!(
             "the server did not print \"Hello Matthieu Dorier!\" (its stdout: {printed:?})"
-        ));
+        )));
     }
 }
 
 /// The client side: lookup, hello, echo timing, pings, shutdown.
-async fn exercise(row: &mut Row, address: &str, calls: u64) -> Result<(), String> {
-    let (engine, server) = client::connect(address, Some(CALL_GUARD))
-        .await
-        .map_err(|e| e.to_string())?;
+async fn exercise(row: &mut Row, address: &str, calls: u64) -> CliResult {
+    let (engine, server) = client::connect(address, Some(CALL_GUARD)).await?;
     let result = exercise_with(row, &engine, &server, calls).await;
     engine.finalize().await;
     result
@@ -391,21 +339,7 @@ fn us(nanos: u64) -> String {
     format!("{v:.1}")
 }
 
-fn histogram() -> Result<Histogram<u64>, String> {
-    // Nanoseconds, from 1 ns to 1 minute, 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| format!("histogram: {e}"))
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
-}
-
-async fn exercise_with(
-    row: &mut Row,
-    engine: &Engine,
-    server: &Address,
-    calls: u64,
-) -> Result<(), String> {
+async fn exercise_with(row: &mut Row, engine: &Engine, server: &Address, calls: u64) -> CliResult {
     // The seed's hello.
     let answer = engine
         .remote::<(&str, &str), String>("hello")
@@ -415,13 +349,13 @@ async fn exercise_with(
         .await
         .map_err(|e| {
             row.hello = "FAILED".into();
-            format!("hello: {e}")
+            Error::from(e).context("hello")
         })?;
     if answer != "Good bye Matthieu" {
         row.hello = "FAILED".into();
-        return Err(format!(
+        return Err(Error::Peer(format!(
             "hello answered {answer:?}, not \"Good bye Matthieu\""
-        ));
+        )));
     }
     row.hello = "ok".into();
 
@@ -432,27 +366,21 @@ async fn exercise_with(
         if reply == payload.as_slice() {
             Ok(())
         } else {
-            Err(format!(
+            Err(Error::Peer(format!(
                 "echo answered {} bytes that differ from the {ECHO_BYTES} sent",
                 reply.len()
-            ))
+            )))
         }
     };
     for _ in 0..calls.min(100) {
-        let reply = echo
-            .call(&payload)
-            .await
-            .map_err(|e| format!("echo: {e}"))?;
+        let reply = echo.call(&payload).await.context(|| "echo")?;
         check(&reply)?;
     }
     let mut h = histogram()?;
     let start = Instant::now();
     for _ in 0..calls {
         let t = Instant::now();
-        let reply = echo
-            .call(&payload)
-            .await
-            .map_err(|e| format!("echo: {e}"))?;
+        let reply = echo.call(&payload).await.context(|| "echo")?;
         h.saturating_record(nanos(t.elapsed()));
         check(&reply)?;
     }
@@ -466,10 +394,7 @@ async fn exercise_with(
     // Engine-level pings.
     let mut h = histogram()?;
     for _ in 0..calls {
-        let rtt = server
-            .ping(Some(CALL_GUARD))
-            .await
-            .map_err(|e| format!("ping: {e}"))?;
+        let rtt = server.ping(Some(CALL_GUARD)).await.context(|| "ping")?;
         h.saturating_record(nanos(rtt));
     }
     row.ping_p50 = us(h.value_at_quantile(0.5));
@@ -477,7 +402,7 @@ async fn exercise_with(
     // Remote shutdown; the caller waits for the process to exit.
     server.shutdown().await.map_err(|e| {
         row.shutdown = "FAILED".into();
-        format!("shutdown: {e}")
+        Error::from(e).context("shutdown")
     })?;
     row.shutdown = "ok".into();
     Ok(())

@@ -19,12 +19,18 @@
 //!
 //! (`courier bench` starts its peers by running the current executable
 //! again, so they have the plugin too.)
+//!
+//! The measurement and report code of `courier bench` is public too, in
+//! [`bench`], for benchmarks that compare Courier with other RPC systems;
+//! every fallible function returns this crate's [`Error`].
 
 #![forbid(unsafe_code)]
 
-mod bench;
+pub mod bench;
+mod child;
 mod client;
 mod demo;
+mod error;
 mod serve;
 mod table;
 
@@ -34,41 +40,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The error every subcommand returns: a message for the user.
-#[derive(Debug)]
-pub(crate) struct Fail(String);
+pub(crate) use error::Context;
+pub use error::Error;
 
-impl Fail {
-    pub(crate) fn msg(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
-
-impl fmt::Display for Fail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<courier::Error> for Fail {
-    fn from(e: courier::Error) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<courier::TransportError> for Fail {
-    fn from(e: courier::TransportError) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<std::io::Error> for Fail {
-    fn from(e: std::io::Error) -> Self {
-        Self(format!("i/o error: {e}"))
-    }
-}
-
-pub(crate) type CliResult<T = ()> = Result<T, Fail>;
+/// What every subcommand returns.
+pub(crate) type CliResult<T = ()> = Result<T, Error>;
 
 /// Writes one line to stdout and flushes it; an error (a closed pipe) is
 /// returned, never a panic as with `println!`.
@@ -76,7 +52,29 @@ pub(crate) fn out(line: impl fmt::Display) -> CliResult {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
-        .map_err(|e| Fail::msg(format!("cannot write to stdout: {e}")))
+        .map_err(|e| Error::io("write to stdout", e))
+}
+
+/// Writes bytes to stdout as they are and flushes them.
+pub(crate) fn out_bytes(bytes: &[u8]) -> CliResult {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::io("write to stdout", e))
+}
+
+/// For a command that carries on after a failure (one per protocol):
+/// prints every failure but the last on stderr, as `main` prints the last,
+/// and returns the last; `Ok` when there was none.
+pub(crate) fn fail_with_last(failures: impl IntoIterator<Item = Error>) -> CliResult {
+    let mut last = None;
+    for e in failures {
+        if let Some(earlier) = last.replace(e) {
+            eprintln!("courier: {earlier}");
+        }
+    }
+    last.map_or(Ok(()), Err)
 }
 
 #[derive(Debug, Parser)]
@@ -156,6 +154,13 @@ impl TimeoutArg {
     }
 }
 
+/// Whether log lines get ANSI colours: only on a terminal (a file or a pipe
+/// gets plain text), and never with `NO_COLOR` set (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
@@ -174,6 +179,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .try_init();
 }
 

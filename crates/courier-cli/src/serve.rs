@@ -1,15 +1,21 @@
 //! `courier serve`: the seed's server, with `echo` and `sleep` besides `hello`.
 
 use std::io::Write;
+use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
 use courier::{Bytes, Engine, Handle, RpcOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::{out, CliResult, Fail};
+use crate::child::{exit_status, wait_ready, Ready};
+use crate::{out, CliResult, Error};
 
 /// The line `serve` prints once it listens; `demo` and scripts wait for it.
 pub(crate) const READY_PREFIX: &str = "Service running at ";
+
+/// How long `serve --detach` waits for the service to listen.
+const DETACH_GUARD: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Args)]
 #[command(
@@ -18,7 +24,7 @@ pub(crate) const READY_PREFIX: &str = "Service running at ";
         prints \"Hello <first> <last>!\" on stdout, responds \"Good bye <first>\"\n         \
         e.g. courier call ADDR hello Matthieu Dorier\n  \
         echo   raw bytes -> the same bytes (registered with register_raw)\n         \
-        e.g. courier call ADDR echo --raw some text\n  \
+        e.g. courier call ADDR echo --raw some text, or courier call ADDR echo --input FILE\n  \
         sleep  (milliseconds: u64) -> (), after sleeping that long\n         \
         e.g. courier call ADDR sleep --u64 250"
 )]
@@ -51,30 +57,50 @@ pub(crate) struct ServeArgs {
     /// other options take precedence over it.
     #[arg(long, value_name = "JSON|@FILE")]
     config: Option<String>,
+
+    /// Serve in the background: start the service as a new process, wait
+    /// until it listens, print its address alone on stdout, and exit, as in
+    /// `ADDR=$(courier serve --detach)`. The service's own output goes to
+    /// this command's stderr.
+    #[arg(long)]
+    detach: bool,
+
+    /// (internal) The process started by --detach: print the ready line on
+    /// stdout, everything else on stderr.
+    #[arg(long, hide = true, conflicts_with = "detach")]
+    detached: bool,
 }
 
 /// Reads `--config`: inline JSON, or `@path`.
 fn config_text(arg: &str) -> CliResult<String> {
     match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| Fail::msg(format!("cannot read the configuration file '{path}': {e}"))),
+            .map_err(|e| Error::io(format!("read the configuration file '{path}'"), e)),
         None => Ok(arg.to_owned()),
     }
 }
 
-/// Prints a line on stdout from a handler; a closed stdout is not the
-/// caller's problem, so errors are ignored (never a panic).
-fn say(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+/// Prints a line from a handler, on stdout (on stderr when `on_stderr`); a
+/// closed stream is not the caller's problem, so errors are ignored (never a
+/// panic).
+fn say(line: &str, on_stderr: bool) {
+    let written = if on_stderr {
+        let mut stderr = std::io::stderr().lock();
+        writeln!(stderr, "{line}").and_then(|()| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+    };
+    let _ = written;
 }
 
-/// Registers `hello`, `echo` and `sleep` on `engine`.
-pub(crate) fn register_rpcs(engine: &Engine) -> courier::Result<()> {
+/// Registers `hello`, `echo` and `sleep` on `engine`; `hello` prints its
+/// greeting on stderr when `greet_on_stderr`.
+fn register_rpcs(engine: &Engine, greet_on_stderr: bool) -> courier::Result<()> {
     engine.register(
         "hello",
-        |handle: Handle, (first, last): (String, String)| async move {
-            say(&format!("Hello {first} {last}!"));
+        move |handle: Handle, (first, last): (String, String)| async move {
+            say(&format!("Hello {first} {last}!"), greet_on_stderr);
             handle.respond(&format!("Good bye {first}")).await
         },
     )?;
@@ -119,7 +145,55 @@ pub(crate) async fn stop_signal() {
     }
 }
 
+/// `serve --detach`: this command again, with the same arguments but
+/// `--detached` for `--detach`, as a new process that outlives this one;
+/// waits for its ready line and prints the address.
+async fn detach() -> CliResult {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find the courier executable", e))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    // Every `--detach` is the flag: clap takes no `--detach` as a value.
+    cmd.args(std::env::args_os().skip(1).filter(|a| a != "--detach"))
+        .arg("--detached")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Its errors, logs and greetings reach the user through our stderr.
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start the service's process", e))?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill().await;
+        return Err(Error::Peer("the service's stdout pipe is missing".into()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    match wait_ready(&mut lines, READY_PREFIX, "service stdout", DETACH_GUARD).await {
+        // The service runs on; dropping its handle leaves it running.
+        Ready::At(address) => out(address),
+        Ready::Ended => {
+            // It said why on stderr.
+            let status = exit_status(&mut child, DETACH_GUARD).await;
+            Err(Error::Peer(format!(
+                "the service stopped before it listened ({status})"
+            )))
+        }
+        Ready::Failed(e) => {
+            let _ = child.kill().await;
+            Err(Error::io("read the service's stdout", e))
+        }
+        Ready::Silent => {
+            let _ = child.kill().await;
+            Err(Error::Peer(format!(
+                "the service printed no address within {} s",
+                DETACH_GUARD.as_secs()
+            )))
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServeArgs) -> CliResult {
+    if args.detach {
+        return detach().await;
+    }
     let target = args
         .listen
         .or(args.protocol)
@@ -135,7 +209,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         builder = builder.use_progress_thread(true);
     }
     let engine = builder.build().await?;
-    register_rpcs(&engine)?;
+    register_rpcs(&engine, args.detached)?;
     if args.enable_remote_shutdown {
         engine.enable_remote_shutdown();
     }
@@ -158,4 +232,10 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
 pub(crate) const SERVE_LONG_ABOUT: &str =
     "Run a service and print one line, `Service running at <address>`, on \
         stdout once it listens; then serve until a client shuts it down (with \
-        --enable-remote-shutdown) or until Ctrl-C / SIGTERM. Exits 0 then.";
+        --enable-remote-shutdown) or until Ctrl-C / SIGTERM. Exits 0 then.\n\n\
+        With --detach, the service runs in the background instead: this command \
+        prints its address alone once it listens and exits 0 (1 if the service \
+        could not start), so that a script can go on with it:\n\n  \
+        ADDR=$(courier serve --enable-remote-shutdown --detach)\n  \
+        courier call \"$ADDR\" hello Matthieu Dorier\n  \
+        courier shutdown \"$ADDR\"";

@@ -1,16 +1,28 @@
 //! A plain text table with `|` separators (pastes into Markdown as is).
 
-use crate::{out, CliResult};
+use crate::{out, Error};
 
 /// Column alignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Align {
+pub enum Align {
+    /// Cells padded on the right (the default).
     Left,
+    /// Cells padded on the left, and `-:` in the rule: numbers.
     Right,
 }
 
+/// A table of text cells, printed as Markdown: a header line, a rule that
+/// tells the alignment, a line per row, every column as wide as its widest
+/// cell. The header's titles are left-aligned.
+///
+/// ```
+/// use courier_cli::bench::{Align, Table};
+/// let mut t = Table::new(&["system", "p50 µs"]).align([1], Align::Right);
+/// t.row(vec!["tcp".into(), "7.82".into()]);
+/// assert_eq!(t.lines(), ["| system | p50 µs |", "|--------|-------:|", "| tcp    |   7.82 |"]);
+/// ```
 #[derive(Debug)]
-pub(crate) struct Table {
+pub struct Table {
     header: Vec<String>,
     align: Vec<Align>,
     rows: Vec<Vec<String>>,
@@ -18,7 +30,7 @@ pub(crate) struct Table {
 
 impl Table {
     /// A table with these column titles, every column left-aligned.
-    pub(crate) fn new(header: &[&str]) -> Self {
+    pub fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|h| (*h).to_owned()).collect(),
             align: vec![Align::Left; header.len()],
@@ -26,20 +38,24 @@ impl Table {
         }
     }
 
-    /// Sets the alignment of column `col`.
-    pub(crate) fn align(mut self, col: usize, align: Align) -> Self {
-        if let Some(a) = self.align.get_mut(col) {
-            *a = align;
+    /// Sets the alignment of these columns (from 0), e.g. `2..=5`.
+    #[must_use]
+    pub fn align(mut self, cols: impl IntoIterator<Item = usize>, align: Align) -> Self {
+        for col in cols {
+            if let Some(a) = self.align.get_mut(col) {
+                *a = align;
+            }
         }
         self
     }
 
-    pub(crate) fn row(&mut self, cells: Vec<String>) {
+    /// Adds a row; missing cells are empty, extra cells are left out.
+    pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// The table's lines.
-    pub(crate) fn lines(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<String> {
         let mut width: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for r in &self.rows {
             for (w, c) in width.iter_mut().zip(r) {
@@ -83,7 +99,7 @@ impl Table {
     }
 
     /// Prints the table on stdout.
-    pub(crate) fn print(&self) -> CliResult {
+    pub fn print(&self) -> Result<(), Error> {
         for line in self.lines() {
             out(line)?;
         }

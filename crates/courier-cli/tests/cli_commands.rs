@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{courier, run_cmd, Run};
+use common::{courier, run_cmd, run_cmd_with_input, Run};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ExitStatus, Stdio};
@@ -252,13 +252,93 @@ fn shutdown_is_refused_unless_enabled_and_timeouts_are_errors() {
     drop(server); // killed through its Child handle
 }
 
+/// Bytes that are not text, and differ from one MiB to the next.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect()
+}
+
+/// `call --input FILE` and `--input -` send several MiB to `echo`, which
+/// sends them back, byte for byte.
 #[test]
-fn call_to_a_dead_address_says_cannot_connect() {
+fn call_input_sends_a_file_or_stdin_as_the_payload() {
+    let mut server = Server::start(&["--protocol", "tcp", "--enable-remote-shutdown"]);
+    let addr = server.address.clone();
+    let dir = std::env::temp_dir().join(format!("courier-cli-test-{}-input", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The call succeeded and printed what was sent, byte for byte.
+    let echoed = |r: Run, sent: &[u8], from: &str| {
+        assert_eq!(r.code(), Some(0), "{}", r.stderr);
+        assert!(
+            r.stdout_bytes == sent,
+            "echo sent back {} bytes, not the {} of {from}",
+            r.stdout_bytes.len(),
+            sent.len()
+        );
+    };
+
+    let file = dir.join("payload.bin");
+    let bytes = pattern((5 << 20) + 3);
+    std::fs::write(&file, &bytes).unwrap();
+    let r = run(&["call", &addr, "echo", "--input", file.to_str().unwrap()]);
+    echoed(r, &bytes, "the file");
+
+    let bytes = pattern((3 << 20) + 1);
+    let r = run_cmd_with_input(
+        courier(),
+        &["call", &addr, "echo", "--input", "-"],
+        Some(bytes.clone()),
+        GUARD,
+    );
+    echoed(r, &bytes, "stdin");
+
+    // An empty file is an empty payload.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let r = run(&["call", &addr, "echo", "--input", empty.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(r.stdout_bytes.is_empty(), "{r:?}");
+
+    // A file that is not there, and ARGS besides --input, are errors.
+    let missing = dir.join("missing");
+    let r = run(&["call", &addr, "echo", "--input", missing.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.starts_with("courier: cannot read the input file"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("missing"), "{r:?}");
+    let r = run(&[
+        "call",
+        &addr,
+        "echo",
+        "text",
+        "--input",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(r.stderr.contains("--input"), "{r:?}");
+
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = run(&["shutdown", &addr]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(server.wait_exit().0.success());
+}
+
+/// A loopback tcp address nobody listens at (a port just freed).
+fn dead_tcp_address() -> String {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let tcp = format!("tcp://127.0.0.1:{port}");
+    format!("tcp://127.0.0.1:{port}")
+}
+
+#[test]
+fn call_to_a_dead_address_says_cannot_connect() {
+    let tcp = dead_tcp_address();
     let path = std::env::temp_dir().join(format!(
         "courier-cli-test-{}-nobody.sock",
         std::process::id()
@@ -330,4 +410,26 @@ fn demo_fails_for_a_protocol_that_is_not_built_in() {
     );
     assert!(r.stderr.contains("demo over ipoac failed"), "{r:?}");
     assert!(r.stderr.contains("not built in"), "{r:?}");
+}
+
+/// Logs written to a pipe (or a file) are plain text: ANSI colour codes
+/// only go to a terminal.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let addr = dead_tcp_address();
+    for (env, args) in [
+        (Some("debug"), vec!["call", &addr, "hello", "a", "b"]),
+        (None, vec!["-vv", "call", &addr, "hello", "a", "b"]),
+    ] {
+        let mut cmd = courier();
+        if let Some(level) = env {
+            cmd.env("RUST_LOG", level);
+        }
+        // Whatever the caller's environment says about colours.
+        cmd.env_remove("NO_COLOR");
+        let r = run_cmd(cmd, &args, GUARD);
+        assert_eq!(r.code(), Some(1), "{r:?}");
+        assert!(r.stderr.contains("DEBUG"), "no debug log line: {r:?}");
+        assert!(!r.stderr.contains("\x1b["), "colour codes in a pipe: {r:?}");
+    }
 }

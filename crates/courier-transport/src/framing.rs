@@ -83,7 +83,7 @@ pub fn length_prefix(len: usize) -> Option<[u8; PREFIX_LEN]> {
 /// of them at most) are remembered: once their consumer has dropped them,
 /// the next such message is received into one, still mapped and warm in
 /// the cache, instead of a fresh allocation. This lifted unix's raw 1 MiB
-/// floor by about a quarter (`docs/benchmarks.md`).
+/// floor by about a quarter (`docs/benchmarks-journal.md`, "Second pass").
 #[derive(Debug)]
 pub struct Deframer {
     max: usize,

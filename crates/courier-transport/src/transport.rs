@@ -222,7 +222,8 @@ pub trait MessageReceiver: Send + 'static {
 ///
 /// The engine holds an `Arc<dyn DynTransport>` because it picks the transport
 /// by name at run time. Each call returns a boxed future (one allocation per
-/// call); see `docs/benchmarks.md` for what that costs per message.
+/// call); see `docs/benchmarks-journal.md` ("Static or dyn dispatch") for
+/// what that costs per message.
 pub trait DynTransport: Send + Sync + 'static {
     /// See [`Transport::protocol`].
     fn protocol(&self) -> &str;

@@ -11,6 +11,11 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        // Colours on a terminal only (and not with NO_COLOR): plain text in a file or a pipe.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let protocol = std::env::args().nth(1).unwrap_or_else(|| "tcp".to_owned());
     if let Err(e) = serve(&protocol).await {

@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// Default polling window after activity, in microseconds (see
-/// `docs/benchmarks.md` for the measurements that chose it).
+/// `docs/benchmarks-journal.md` for the measurements that chose it).
 pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 
 /// Whether an engine listens for connections.

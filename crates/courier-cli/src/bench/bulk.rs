@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::measure::{self, Spec};
 use super::peer::{Peer, PeerArgs};
 use super::{policy_label, size_label, BenchArgs, Layer, Plan, Proto};
-use crate::{out, CliResult, Fail};
+use crate::{out, CliResult, Context, Error};
 
 /// The RPC of the engine peer that exposes a region: a u64 size (LE) and a
 /// kind byte in (0: immutable `Bytes`, read-only; 1: a `BulkBuffer`,
@@ -146,7 +146,7 @@ pub(crate) async fn run(
     for proto in &plan.protocols {
         match measure_protocol(plan, registry, proto, &sizes, budget, spin, verbose).await {
             Ok(mut r) => rows.append(&mut r),
-            Err(e) => errors.push(format!("bulk bench over {} failed: {e}", proto.name)),
+            Err(e) => errors.push(e.context(format!("bulk bench over {} failed", proto.name))),
         }
     }
     print_table(&rows)?;
@@ -165,23 +165,17 @@ pub(crate) async fn run(
                 "bulk_options": format!("{:?}", courier::BulkOptions::default()),
             },
             "results": rows,
-            "errors": errors,
+            "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&json)
-            .map_err(|e| Fail::msg(format!("cannot encode the JSON: {e}")))?;
+        let text = serde_json::to_string_pretty(&json).map_err(|source| Error::Json {
+            what: "the bulk results",
+            source,
+        })?;
         std::fs::write(path, text)
-            .map_err(|e| Fail::msg(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
         out(format_args!("results written to {}", path.display()))?;
     }
-    match errors.split_last() {
-        None => Ok(()),
-        Some((last, rest)) => {
-            for e in rest {
-                eprintln!("courier: {e}");
-            }
-            Err(Fail::msg(last.clone()))
-        }
-    }
+    crate::fail_with_last(errors)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -198,7 +192,7 @@ async fn measure_protocol(
     budget: u64,
     spin: u64,
     verbose: u8,
-) -> Result<Vec<Row>, String> {
+) -> CliResult<Vec<Row>> {
     let mut peers = Vec::new();
     let spawn = |layer| {
         let args = PeerArgs {
@@ -265,7 +259,7 @@ async fn measure_with(
     engine_peer: &Peer,
     raw_peer: &Peer,
     socket_peer: Option<&Peer>,
-) -> Result<Vec<Row>, String> {
+) -> CliResult<Vec<Row>> {
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let client = Engine::builder(&proto.name)
         .client()
@@ -273,11 +267,11 @@ async fn measure_with(
         .max_message_size(plan.max_message_size)
         .build()
         .await
-        .map_err(|e| format!("client engine: {e}"))?;
+        .context(|| "client engine")?;
     let address = client
         .lookup(engine_peer.address())
         .await
-        .map_err(|e| format!("lookup of the engine peer: {e}"))?;
+        .context(|| "lookup of the engine peer")?;
     // Pulls copy from an immutable region of the peer into a buffer here;
     // pushes from immutable bytes here into a buffer of the peer: the
     // source is sent without a copy, the destination is written once.
@@ -290,28 +284,23 @@ async fn measure_with(
             .on(&address)
             .call(&request)
             .await
-            .map_err(|e| format!("{REGION_RPC}: {e}"))?;
-        handles.push(Bulk::from_bytes(&reply).map_err(|e| e.to_string())?);
+            .context(|| REGION_RPC)?;
+        handles.push(Bulk::from_bytes(&reply)?);
     }
     let (pull_from, push_into) = (handles[0].clone(), handles[1].clone());
-    let pull_into = client
-        .expose(
-            [BulkBuffer::from(vec![0xa5u8; largest])],
-            BulkMode::WriteOnly,
-        )
-        .map_err(|e| e.to_string())?;
-    let push_from = client
-        .expose([Bytes::from(vec![0xa5u8; largest])], BulkMode::ReadOnly)
-        .map_err(|e| e.to_string())?;
+    let pull_into = client.expose(
+        [BulkBuffer::from(vec![0xa5u8; largest])],
+        BulkMode::WriteOnly,
+    )?;
+    let push_from = client.expose([Bytes::from(vec![0xa5u8; largest])], BulkMode::ReadOnly)?;
     let window = client.bulk_options().window.max(1);
 
-    let (_, transport) = registry
-        .create(&proto.name, &PluginOptions::new(), plan.max_message_size)
-        .map_err(|e| e.to_string())?;
+    let (_, transport) =
+        registry.create(&proto.name, &PluginOptions::new(), plan.max_message_size)?;
     let raw_addr: WireAddr = raw_peer
         .address()
         .parse()
-        .map_err(|e| format!("the raw peer's address: {e}"))?;
+        .context(|| "the raw peer's address")?;
     let polling = spin > 0;
     let buffer = Bytes::from(vec![0xa5u8; largest]);
 
@@ -328,14 +317,14 @@ async fn measure_with(
                 (BulkOp::Push, &push_into, &push_from, &mut pushes),
             ] {
                 // The first `size` bytes of each side.
-                let part = |b: &courier::Bulk| b.select(0, size).map_err(|e| e.to_string());
+                let part = |b: &courier::Bulk| b.select(0, size);
                 let (remote, local) = (&part(remote)?, &part(local)?);
                 // Warm-up, then the measured transfers (stopped by the cap).
                 for _ in 0..2 {
                     client
                         .transfer(op, &address, remote, local)
                         .await
-                        .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
+                        .context(|| format!("{op:?} of {}", size_label(size)))?;
                 }
                 let start = Instant::now();
                 let mut done = 0u64;
@@ -343,7 +332,7 @@ async fn measure_with(
                     client
                         .transfer(op, &address, remote, local)
                         .await
-                        .map_err(|e| format!("{op:?} of {}: {e}", size_label(size)))?;
+                        .context(|| format!("{op:?} of {}", size_label(size)))?;
                     done += 1;
                 }
                 into.push(mib_s(done * size as u64, start.elapsed()));
@@ -358,14 +347,14 @@ async fn measure_with(
             raws.push(
                 measure::raw(&transport, &raw_addr, &payload, &spec, polling)
                     .await
-                    .map_err(|e| format!("raw floor, {}: {e}", size_label(size)))?
+                    .context(|| format!("raw floor, {}", size_label(size)))?
                     .mib_per_s,
             );
             if let (Some(p), Some(kind)) = (socket_peer, proto.socket) {
                 sockets.push(
                     measure::socket(kind, p.address(), &payload, &spec, polling)
                         .await
-                        .map_err(|e| format!("socket floor, {}: {e}", size_label(size)))?
+                        .context(|| format!("socket floor, {}", size_label(size)))?
                         .mib_per_s,
                 );
             }

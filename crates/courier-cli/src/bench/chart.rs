@@ -6,7 +6,7 @@
 //! and the SVG names the generic `sans-serif` family, which the viewer
 //! renders, so nothing here needs fontconfig or a font file.
 
-use std::error::Error;
+use std::error::Error as StdError;
 use std::path::Path;
 
 use plotters::coord::Shift;
@@ -15,7 +15,7 @@ use plotters::prelude::*;
 
 use super::report::Record;
 use super::{policy_label, size_label, Layer, Plan, THROUGHPUT_FROM};
-use crate::{CliResult, Fail};
+use crate::{CliResult, Error};
 
 /// Protocol colours (a colour-blind-friendly qualitative palette).
 const COLORS: [RGBColor; 8] = [
@@ -31,7 +31,7 @@ const COLORS: [RGBColor; 8] = [
 
 const FONT: &str = "sans-serif";
 
-type Drawn = Result<(), Box<dyn Error>>;
+type Drawn = Result<(), Box<dyn StdError>>;
 
 /// One line of a chart: the protocol's index, the layer, the points.
 type Series = (usize, Layer, Vec<(f64, f64)>);
@@ -41,7 +41,10 @@ pub(crate) fn write_svg(path: &Path, plan: &Plan, records: &[Record]) -> CliResu
     let height = 40 + legend_height(plan) + 520 * rows;
     let root = SVGBackend::new(path, (1400, height)).into_drawing_area();
     let drawn = draw(&root, plan, records).and_then(|()| root.present().map_err(Into::into));
-    drawn.map_err(|e| Fail::msg(format!("cannot draw {}: {e}", path.display())))
+    drawn.map_err(|e| Error::Chart {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plan: &Plan, records: &[Record]) -> Drawn

@@ -1,68 +1,72 @@
 //! The client side of one measurement, per layer: a warm-up, then `calls`
 //! round trips with `in_flight` outstanding, each timed into an HDR
-//! histogram.
+//! histogram. [`measure`] times any RPC system through a [`Caller`].
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::transport::{Address as WireAddr, DynReceiver, DynSender, DynTransport};
-use courier::{Bytes, RawCallable};
+use courier::{Address, Bytes, Engine, RawCallable};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::SocketKind;
+use crate::{CliResult, Context, Error};
 
 /// What one measurement does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Spec {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
     /// Calls kept outstanding.
-    pub(crate) in_flight: usize,
+    pub in_flight: usize,
     /// Calls measured (unless the time cap comes first).
-    pub(crate) calls: u64,
+    pub calls: u64,
     /// Calls made first, not measured.
-    pub(crate) warmup: u64,
+    pub warmup: u64,
     /// No measured call starts after this much time (a warm-up call, after
     /// a quarter of it).
-    pub(crate) time_cap: Duration,
+    pub time_cap: Duration,
 }
 
 /// The figures of one measurement (one run).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Figures {
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figures {
     /// Median round trip, µs.
-    pub(crate) p50_us: f64,
+    pub p50_us: f64,
     /// 99th percentile, µs.
-    pub(crate) p99_us: f64,
+    pub p99_us: f64,
     /// 99.9th percentile, µs.
-    pub(crate) p999_us: f64,
+    pub p999_us: f64,
     /// Calls completed per second of the measurement.
-    pub(crate) rpcs_per_s: f64,
+    pub rpcs_per_s: f64,
     /// Payload MiB per second (payload bytes × calls / elapsed).
-    pub(crate) mib_per_s: f64,
+    pub mib_per_s: f64,
     /// Calls measured.
-    pub(crate) calls: u64,
-    /// Duration of the measurement, seconds.
-    pub(crate) elapsed_s: f64,
+    pub calls: u64,
+    /// Duration of the measurement, seconds (from the start of the measured
+    /// loop to the last reply).
+    pub elapsed_s: f64,
 }
 
 /// A histogram of nanoseconds, 1 ns to 10 minutes, 3 significant digits.
-fn histogram() -> Result<Histogram<u64>, String> {
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| format!("histogram: {e}"))
+pub(crate) fn histogram() -> CliResult<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 600_000_000_000, 3)?)
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration in whole nanoseconds, at least 1 (a histogram's lowest value).
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> Result<Figures, String> {
+fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> CliResult<Figures> {
     let calls = h.len();
     if calls == 0 {
-        return Err("no call completed within the time cap".into());
+        return Err(Error::Peer("no call completed within the time cap".into()));
     }
     let secs = elapsed.as_secs_f64().max(1e-9);
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
@@ -77,13 +81,16 @@ fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> Result<Figu
     })
 }
 
-/// Keeps the current runtime polling (a task that yields in a loop) while
-/// it lives: the raw floors' form of "polling before parking".
+/// Keeps the current tokio runtime polling (a task that yields in a loop)
+/// while it lives: the raw floors' form of "polling before parking", under
+/// any spin policy of `courier bench`.
 #[derive(Debug)]
-pub(crate) struct Spinner(Option<AbortHandle>);
+pub struct Spinner(Option<AbortHandle>);
 
 impl Spinner {
-    pub(crate) fn start(enabled: bool) -> Self {
+    /// Starts the spinning task on the current runtime if `enabled` (else
+    /// does nothing); dropping the `Spinner` stops it.
+    pub fn start(enabled: bool) -> Self {
         Self(enabled.then(|| {
             tokio::spawn(async {
                 loop {
@@ -104,18 +111,66 @@ impl Drop for Spinner {
 }
 
 // ---------------------------------------------------------------------------
-// engine
+// engine, and any other RPC system: N tasks, each calling in a loop
 // ---------------------------------------------------------------------------
 
-/// `bench.sink` through the client engine: `in_flight` tasks, each calling
-/// in a loop until the calls are used up.
-pub(crate) async fn engine(
-    sink: &RawCallable,
+/// One caller of the RPC a measurement times: each of its
+/// [`Spec::in_flight`] tasks owns a clone and calls through it in a loop.
+pub trait Caller: Clone + Send + 'static {
+    /// Makes one call with `payload`, checks its response, and resolves
+    /// once the response is in (the round trip [`measure`] times).
+    fn call(&mut self, payload: &Bytes) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The [`Caller`] of `courier bench`'s engine layer: a raw RPC through a
+/// Courier engine, whose response must be empty, as `bench.sink`'s is.
+#[derive(Debug, Clone)]
+pub struct EngineSink {
+    rpc: Arc<str>,
+    callable: RawCallable,
+}
+
+impl EngineSink {
+    /// Calls `rpc` of the engine at `address` through `engine`.
+    pub fn new(engine: &Engine, address: &Address, rpc: &str) -> Self {
+        Self {
+            rpc: rpc.into(),
+            callable: engine.remote_raw(rpc).on(address),
+        }
+    }
+}
+
+impl Caller for EngineSink {
+    async fn call(&mut self, payload: &Bytes) -> Result<(), Error> {
+        let reply = self.callable.call(payload).await.context(|| &*self.rpc)?;
+        if reply.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Peer(format!(
+                "{} answered {} bytes, not an empty payload",
+                self.rpc,
+                reply.len()
+            )))
+        }
+    }
+}
+
+/// Measures RPCs through `caller` as `courier bench` measures its engine
+/// layer, on the current tokio runtime: `spec.in_flight` tasks, each in a
+/// loop taking a ticket from a shared counter, calling with `payload`, and
+/// recording the call's round trip in its own HDR histogram (nanoseconds, 3
+/// significant digits), until `spec.calls` tickets are taken or the time
+/// cap has passed; the histograms are merged into the [`Figures`]. A
+/// warm-up of `spec.warmup` calls with as many tasks, capped at a quarter
+/// of the time cap, comes first and is not recorded. An error of any call
+/// ends the measurement with it.
+pub async fn measure<C: Caller>(
+    caller: &C,
     payload: &Bytes,
     spec: &Spec,
-) -> Result<Figures, String> {
-    engine_loop(
-        sink,
+) -> Result<Figures, Error> {
+    calls_loop(
+        caller,
         payload,
         spec.in_flight,
         spec.warmup,
@@ -123,23 +178,23 @@ pub(crate) async fn engine(
     )
     .await?;
     let (h, elapsed) =
-        engine_loop(sink, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
+        calls_loop(caller, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
     figures(&h, elapsed, payload.len())
 }
 
-async fn engine_loop(
-    sink: &RawCallable,
+async fn calls_loop<C: Caller>(
+    caller: &C,
     payload: &Bytes,
     in_flight: usize,
     calls: u64,
     cap: Duration,
-) -> Result<(Histogram<u64>, Duration), String> {
+) -> CliResult<(Histogram<u64>, Duration)> {
     let tickets = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + cap;
     let mut tasks = JoinSet::new();
     for _ in 0..in_flight {
-        let sink = sink.clone();
+        let mut caller = caller.clone();
         let payload = payload.clone();
         let tickets = tickets.clone();
         tasks.spawn(async move {
@@ -149,27 +204,17 @@ async fn engine_loop(
                 if t0 >= deadline {
                     break;
                 }
-                let reply = sink
-                    .call(&payload)
-                    .await
-                    .map_err(|e| format!("{}: {e}", super::SINK_RPC))?;
+                caller.call(&payload).await?;
                 h.saturating_record(nanos(t0.elapsed()));
-                if !reply.is_empty() {
-                    return Err(format!(
-                        "{} answered {} bytes, not an empty payload",
-                        super::SINK_RPC,
-                        reply.len()
-                    ));
-                }
             }
-            Ok::<_, String>(h)
+            Ok::<_, Error>(h)
         });
     }
     let mut all = histogram()?;
     // Dropping the set on an error aborts the other tasks.
     while let Some(joined) = tasks.join_next().await {
-        let h = joined.map_err(|e| format!("a calling task failed: {e}"))??;
-        all.add(&h).map_err(|e| format!("histogram: {e}"))?;
+        let h = joined.map_err(|e| Error::Peer(format!("a calling task failed: {e}")))??;
+        all.add(&h)?;
     }
     Ok((all, start.elapsed()))
 }
@@ -180,8 +225,8 @@ async fn engine_loop(
 
 /// One side of a ping-pong link: send the payload, receive an empty reply.
 trait Link {
-    async fn send(&mut self) -> Result<(), String>;
-    async fn recv(&mut self) -> Result<(), String>;
+    async fn send(&mut self) -> CliResult;
+    async fn recv(&mut self) -> CliResult;
 }
 
 /// Sends `in_flight` messages, then for each reply sends the next one
@@ -191,7 +236,7 @@ async fn pipeline<L: Link>(
     in_flight: usize,
     calls: u64,
     cap: Duration,
-) -> Result<(Histogram<u64>, Duration), String> {
+) -> CliResult<(Histogram<u64>, Duration)> {
     let mut h = histogram()?;
     let mut pending: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
     let start = Instant::now();
@@ -219,7 +264,7 @@ async fn warm_and_measure<L: Link>(
     link: &mut L,
     spec: &Spec,
     payload: usize,
-) -> Result<Figures, String> {
+) -> CliResult<Figures> {
     pipeline(link, spec.in_flight, spec.warmup, spec.time_cap / 4).await?;
     let (h, elapsed) = pipeline(link, spec.in_flight, spec.calls, spec.time_cap).await?;
     figures(&h, elapsed, payload)
@@ -232,22 +277,18 @@ struct RawLink {
 }
 
 impl Link for RawLink {
-    async fn send(&mut self) -> Result<(), String> {
-        self.tx
-            .send_dyn(&[&self.payload])
-            .await
-            .map_err(|e| e.to_string())
+    async fn send(&mut self) -> CliResult {
+        Ok(self.tx.send_dyn(&[&self.payload]).await?)
     }
 
-    async fn recv(&mut self) -> Result<(), String> {
-        match self.rx.recv_dyn().await {
-            Ok(Some(m)) if m.is_empty() => Ok(()),
-            Ok(Some(m)) => Err(format!(
+    async fn recv(&mut self) -> CliResult {
+        match self.rx.recv_dyn().await? {
+            Some(m) if m.is_empty() => Ok(()),
+            Some(m) => Err(Error::Peer(format!(
                 "the raw peer answered {} bytes, not an empty message",
                 m.len()
-            )),
-            Ok(None) => Err("the raw peer closed the connection".into()),
-            Err(e) => Err(e.to_string()),
+            ))),
+            None => Err(Error::Peer("the raw peer closed the connection".into())),
         }
     }
 }
@@ -260,11 +301,8 @@ pub(crate) async fn raw(
     payload: &Bytes,
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
-    let conn = transport
-        .connect_dyn(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> CliResult<Figures> {
+    let conn = transport.connect_dyn(addr).await?;
     let (tx, rx) = conn.split_dyn();
     let mut link = RawLink {
         tx,
@@ -284,24 +322,24 @@ struct SocketLink<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link for SocketLink<S> {
-    async fn send(&mut self) -> Result<(), String> {
+    async fn send(&mut self) -> CliResult {
         self.stream
             .write_all(&self.message)
             .await
-            .map_err(|e| format!("socket write: {e}"))
+            .map_err(|e| Error::io("write to the socket peer", e))
     }
 
-    async fn recv(&mut self) -> Result<(), String> {
+    async fn recv(&mut self) -> CliResult {
         let mut prefix = [0u8; 4];
         self.stream
             .read_exact(&mut prefix)
             .await
-            .map_err(|e| format!("socket read: {e}"))?;
+            .map_err(|e| Error::io("read from the socket peer", e))?;
         match u32::from_le_bytes(prefix) {
             0 => Ok(()),
-            n => Err(format!(
+            n => Err(Error::Peer(format!(
                 "the socket peer answered {n} bytes, not an empty message"
-            )),
+            ))),
         }
     }
 }
@@ -311,8 +349,13 @@ async fn socket_link<S: AsyncRead + AsyncWrite + Unpin>(
     payload: &[u8],
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
-    let len = u32::try_from(payload.len()).map_err(|_| "payload over 4 GiB".to_owned())?;
+) -> CliResult<Figures> {
+    let len = u32::try_from(payload.len()).map_err(|_| {
+        Error::Argument(format!(
+            "a payload of {} bytes is over the socket floor's 4 GiB",
+            payload.len()
+        ))
+    })?;
     let mut message = Vec::with_capacity(4 + payload.len());
     message.extend_from_slice(&len.to_le_bytes());
     message.extend_from_slice(payload);
@@ -334,29 +377,35 @@ pub(crate) async fn socket(
     payload: &[u8],
     spec: &Spec,
     polling: bool,
-) -> Result<Figures, String> {
+) -> CliResult<Figures> {
     let rest = address
         .split_once("://")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| format!("the socket peer printed a malformed address '{address}'"))?;
+        .ok_or_else(|| {
+            Error::Peer(format!(
+                "the socket peer printed a malformed address '{address}'"
+            ))
+        })?;
     match kind {
         SocketKind::Tcp => {
             let s = tokio::net::TcpStream::connect(rest)
                 .await
-                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("connect to {address}"), e))?;
             s.set_nodelay(true)
-                .map_err(|e| format!("TCP_NODELAY on {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("set TCP_NODELAY on {address}"), e))?;
             socket_link(s, payload, spec, polling).await
         }
         #[cfg(unix)]
         SocketKind::Unix => {
             let s = tokio::net::UnixStream::connect(rest)
                 .await
-                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                .map_err(|e| Error::io(format!("connect to {address}"), e))?;
             socket_link(s, payload, spec, polling).await
         }
         #[cfg(not(unix))]
-        SocketKind::Unix => Err("unix sockets are not available on this platform".into()),
+        SocketKind::Unix => Err(Error::Unsupported(
+            "unix sockets are not available on this platform".into(),
+        )),
     }
 }
 
@@ -373,16 +422,16 @@ mod tests {
     }
 
     impl Link for Loopback {
-        async fn send(&mut self) -> Result<(), String> {
+        async fn send(&mut self) -> CliResult {
             self.outstanding += 1;
             self.max_outstanding = self.max_outstanding.max(self.outstanding);
             self.sent += 1;
             Ok(())
         }
 
-        async fn recv(&mut self) -> Result<(), String> {
+        async fn recv(&mut self) -> CliResult {
             if self.outstanding == 0 {
-                return Err("nothing outstanding".into());
+                return Err(Error::Peer("nothing outstanding".into()));
             }
             self.outstanding -= 1;
             Ok(())

@@ -19,12 +19,54 @@
 //! flight, stopped early by a time cap; every round trip goes into an HDR
 //! histogram. `docs/benchmarks.md` documents the workload, the table and
 //! the JSON.
+//!
+//! # As a library
+//!
+//! The measurement and report code of `courier bench` is public, for other
+//! benchmarks to measure and print the same way (`benches/peers` compares
+//! Courier with tonic and tarpc with it):
+//!
+//! * [`measure`] times RPCs through any [`Caller`] (such as [`EngineSink`],
+//!   a Courier engine) as the engine layer is timed: a warm-up, then N
+//!   tasks calling in a loop, each round trip in an HDR histogram, as
+//!   [`Figures`] (p50, p99, p99.9, RPCs/s, MiB/s); a [`Spec`] says how many
+//!   calls, how many in flight, and the time cap.
+//! * [`Summary`] and [`Spread`] give the median, min and max of several
+//!   runs; [`Spread::cell`], [`format_us`] and [`format_rate`] write them
+//!   as the table does (`7.82 (7.81..7.88)`).
+//! * [`Table`] prints a Markdown table; [`Machine`] describes the machine
+//!   (the heading's `machine:` line, the JSON's `machine` object).
+//! * [`Spinner`] keeps a runtime polling; [`pin_current_thread`] pins the
+//!   calling thread to a CPU.
+//!
+//! ```no_run
+//! use courier_cli::bench::{measure, EngineSink, Spec, Summary, format_us};
+//! # async fn run(engine: courier::Engine, server: courier::Address) -> Result<(), courier_cli::Error> {
+//! let sink = EngineSink::new(&engine, &server, "bench.sink");
+//! let payload = courier::Bytes::from(vec![0u8; 64]);
+//! let spec = Spec { in_flight: 1, calls: 20_000, warmup: 2_000, time_cap: std::time::Duration::from_secs(60) };
+//! let mut runs = Vec::new();
+//! for _ in 0..3 {
+//!     runs.push(measure(&sink, &payload, &spec).await?);
+//! }
+//! let p50 = Summary::of(&runs).p50_us;
+//! println!("p50 {} µs", p50.cell(3, format_us));
+//! # Ok(())
+//! # }
+//! ```
 
 pub(crate) mod bulk;
 mod chart;
+mod machine;
 mod measure;
 pub(crate) mod peer;
 mod report;
+mod stats;
+
+pub use self::machine::Machine;
+pub use self::measure::{measure, Caller, EngineSink, Figures, Spec, Spinner};
+pub use self::stats::{format_rate, format_us, Spread, Summary};
+pub use crate::table::{Align, Table};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -35,9 +77,9 @@ use courier::transport::{Address as WireAddr, PluginOptions, ProtocolEntry, Regi
 use courier::{Bytes, Engine};
 use serde::Serialize;
 
-use crate::{out, CliResult, Fail};
+use crate::{out, CliResult, Context, Error};
 
-use self::measure::{Figures, Spec};
+pub(crate) use self::measure::{histogram, nanos};
 use self::peer::Peer;
 use self::report::RunResult;
 
@@ -121,11 +163,11 @@ impl Pin {
 }
 
 /// Pins the calling thread (and the threads it starts later) to `cpu`.
-pub(crate) fn pin_current_thread(cpu: usize) -> CliResult {
+pub fn pin_current_thread(cpu: usize) -> Result<(), Error> {
     if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         Ok(())
     } else {
-        Err(Fail::msg(format!("cannot pin this process to CPU {cpu}")))
+        Err(Error::Pin { cpu })
     }
 }
 
@@ -229,12 +271,14 @@ pub(crate) struct BenchArgs {
 }
 
 /// Parses `4096`, `4K`, `4KiB`, `1M`, `16MB`, ... (powers of 1024).
-pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> CliResult<usize> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, suffix) = t.split_at(digits);
     let number: u64 = number.parse().map_err(|_| {
-        format!("'{text}' is not a size (a number of bytes, with an optional K, M or G suffix)")
+        Error::Argument(format!(
+            "'{text}' is not a size (a number of bytes, with an optional K, M or G suffix)"
+        ))
     })?;
     let shift = match suffix.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -242,16 +286,17 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         _ => {
-            return Err(format!(
+            return Err(Error::Argument(format!(
                 "'{text}': unknown size suffix '{suffix}' (use K, M or G, powers of 1024)"
-            ))
+            )))
         }
     };
     let bytes = number
         .checked_mul(1 << shift)
         .filter(|b| *b <= MAX_SIZE as u64)
-        .ok_or_else(|| format!("'{text}' is over the largest payload, 1 GiB"))?;
-    usize::try_from(bytes).map_err(|_| format!("'{text}' does not fit in memory here"))
+        .ok_or_else(|| Error::Argument(format!("'{text}' is over the largest payload, 1 GiB")))?;
+    usize::try_from(bytes)
+        .map_err(|_| Error::Argument(format!("'{text}' does not fit in memory here")))
 }
 
 /// Formats a payload size as the table shows it: `0 B`, `64 B`, `4 KiB`.
@@ -304,7 +349,7 @@ pub(crate) struct Plan {
     /// The CPU of the peers, when pinned.
     pub(crate) peer_cpu: Option<usize>,
     /// The machine, as the JSON describes it (read before pinning).
-    pub(crate) machine: serde_json::Value,
+    pub(crate) machine: Machine,
 }
 
 /// Resolves `--pin` against the CPUs this process may use.
@@ -318,12 +363,12 @@ fn cpus(pin: Option<Pin>) -> CliResult<(Pin, Option<usize>, Option<usize>)> {
         (Some(Pin::None), _) | (None, [] | [_]) => Ok((Pin::None, None, None)),
         (Some(Pin::Split) | None, [a, b, ..]) => Ok((Pin::Split, Some(*a), Some(*b))),
         (Some(Pin::Same), [a, ..]) => Ok((Pin::Same, Some(*a), Some(*a))),
-        (Some(Pin::Split), _) => Err(Fail::msg(format!(
+        (Some(Pin::Split), _) => Err(Error::Argument(format!(
             "--pin split needs two CPUs; this process may use {}",
             ids.len()
         ))),
-        (Some(Pin::Same), []) => Err(Fail::msg(
-            "--pin same: cannot read the CPUs this process may use",
+        (Some(Pin::Same), []) => Err(Error::Unsupported(
+            "--pin same: cannot read the CPUs this process may use".into(),
         )),
     }
 }
@@ -390,8 +435,8 @@ impl Plan {
             }
         }
         if protocols.is_empty() {
-            return Err(Fail::msg(
-                "no protocol to measure: no transport plugin is built in",
+            return Err(Error::Unsupported(
+                "no protocol to measure: no transport plugin is built in".into(),
             ));
         }
         Ok(Self {
@@ -419,7 +464,7 @@ impl Plan {
             pin,
             client_cpu,
             peer_cpu,
-            machine: report::machine(),
+            machine: Machine::read(),
         })
     }
 
@@ -511,11 +556,11 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
                     bar: &bar,
                 };
                 if let Err(e) = group.run(&mut results).await {
-                    errors.push(format!(
-                        "bench over {} ({}) failed: {e}",
+                    errors.push(e.context(format!(
+                        "bench over {} ({}) failed",
                         proto.name,
                         policy_label(spin)
-                    ));
+                    )));
                 }
             }
         }
@@ -527,7 +572,7 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
         r = all => r,
         () = crate::serve::stop_signal() => {
             bar.finish_and_clear();
-            return Err(Fail::msg("bench interrupted"));
+            return Err(Error::Interrupted("bench"));
         }
     };
     bar.finish_and_clear();
@@ -545,15 +590,7 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
         chart::write_svg(path, &plan, &records)?;
         out(format_args!("charts written to {}", path.display()))?;
     }
-    match errors.split_last() {
-        None => Ok(()),
-        Some((last, rest)) => {
-            for e in rest {
-                eprintln!("courier: {e}");
-            }
-            Err(Fail::msg(last.clone()))
-        }
-    }
+    crate::fail_with_last(errors)
 }
 
 /// One protocol under one polling policy: its children, its client side,
@@ -583,7 +620,7 @@ impl Peers {
 }
 
 impl Group<'_> {
-    async fn run(&self, results: &mut Vec<RunResult>) -> Result<(), String> {
+    async fn run(&self, results: &mut Vec<RunResult>) -> CliResult {
         let layers = self.plan.layers_for(self.proto);
         let mut peers = Peers::default();
         let started = self.start_peers(&layers, &mut peers).await;
@@ -610,7 +647,7 @@ impl Group<'_> {
         }
     }
 
-    async fn start_peers(&self, layers: &[Layer], peers: &mut Peers) -> Result<(), String> {
+    async fn start_peers(&self, layers: &[Layer], peers: &mut Peers) -> CliResult {
         for &layer in layers {
             self.bar.set_message(format!(
                 "{}: starting the {} peer",
@@ -639,7 +676,7 @@ impl Group<'_> {
         layers: &[Layer],
         peers: &Peers,
         results: &mut Vec<RunResult>,
-    ) -> Result<(), String> {
+    ) -> CliResult {
         let plan = self.plan;
         let spin = Duration::from_micros(self.spin_us);
         // The client engine, on this thread's runtime, polling as the server does.
@@ -652,12 +689,12 @@ impl Group<'_> {
                     .max_message_size(plan.max_message_size)
                     .build()
                     .await
-                    .map_err(|e| format!("client engine: {e}"))?;
+                    .context(|| "client engine")?;
                 match engine.lookup(p.address()).await {
                     Ok(a) => Some((engine, a)),
                     Err(e) => {
                         engine.finalize().await;
-                        return Err(format!("lookup of the engine peer: {e}"));
+                        return Err(Error::from(e).context("lookup of the engine peer"));
                     }
                 }
             }
@@ -677,24 +714,18 @@ impl Group<'_> {
         peers: &Peers,
         client: Option<&(Engine, courier::Address)>,
         results: &mut Vec<RunResult>,
-    ) -> Result<(), String> {
+    ) -> CliResult {
         let plan = self.plan;
-        let sink = client.map(|(engine, addr)| engine.remote_raw(SINK_RPC).on(addr));
+        let sink = client.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
         let transport = match &peers.raw {
             None => None,
             Some(p) => {
-                let (_, t) = self
-                    .registry
-                    .create(
-                        &self.proto.name,
-                        &PluginOptions::new(),
-                        plan.max_message_size,
-                    )
-                    .map_err(|e| e.to_string())?;
-                let addr: WireAddr = p
-                    .address()
-                    .parse()
-                    .map_err(|e| format!("the raw peer's address: {e}"))?;
+                let (_, t) = self.registry.create(
+                    &self.proto.name,
+                    &PluginOptions::new(),
+                    plan.max_message_size,
+                )?;
+                let addr: WireAddr = p.address().parse().context(|| "the raw peer's address")?;
                 Some((t, addr))
             }
         };
@@ -719,21 +750,21 @@ impl Group<'_> {
                         let work = async {
                             match layer {
                                 Layer::Engine => match &sink {
-                                    Some(s) => measure::engine(s, &payload, &spec).await,
-                                    None => Err("no engine peer".to_owned()),
+                                    Some(s) => measure(s, &payload, &spec).await,
+                                    None => Err(Error::Peer("no engine peer".into())),
                                 },
                                 Layer::Raw => match &transport {
                                     Some((t, a)) => {
                                         measure::raw(t, a, &payload, &spec, polling).await
                                     }
-                                    None => Err("no raw peer".to_owned()),
+                                    None => Err(Error::Peer("no raw peer".into())),
                                 },
                                 Layer::Socket => match (&peers.socket, self.proto.socket) {
                                     (Some(p), Some(kind)) => {
                                         measure::socket(kind, p.address(), &payload, &spec, polling)
                                             .await
                                     }
-                                    _ => Err("no socket peer".to_owned()),
+                                    _ => Err(Error::Peer("no socket peer".into())),
                                 },
                             }
                         };
@@ -741,19 +772,19 @@ impl Group<'_> {
                         let figures: Figures = match tokio::time::timeout(guard, work).await {
                             Ok(Ok(f)) => f,
                             Ok(Err(e)) => {
-                                return Err(format!(
-                                    "{} layer, {} × {n} in flight: {e}",
+                                return Err(e.context(format!(
+                                    "{} layer, {} × {n} in flight",
                                     layer.name(),
                                     size_label(size)
-                                ))
+                                )))
                             }
                             Err(_) => {
-                                return Err(format!(
+                                return Err(Error::Peer(format!(
                                     "{} layer, {} × {n} in flight: no end after {} s",
                                     layer.name(),
                                     size_label(size),
                                     guard.as_secs()
-                                ))
+                                )))
                             }
                         };
                         results.push(RunResult {
@@ -815,10 +846,10 @@ mod tests {
         assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
         assert_eq!(parse_size(" 1G ").unwrap(), 1 << 30);
         assert_eq!(parse_size("12B").unwrap(), 12);
-        assert!(parse_size("4X").unwrap_err().contains("suffix"));
+        assert!(parse_size("4X").unwrap_err().to_string().contains("suffix"));
         assert!(parse_size("K").is_err());
         assert!(parse_size("-1").is_err());
-        assert!(parse_size("2G").unwrap_err().contains("1 GiB"));
+        assert!(parse_size("2G").unwrap_err().to_string().contains("1 GiB"));
         assert!(parse_size("99999999999999999999").is_err());
     }
 

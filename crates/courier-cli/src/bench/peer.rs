@@ -20,8 +20,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::measure::Spinner;
 use super::{socket_kind, Layer, SocketKind, SINK_RPC};
-use crate::demo::{drain, stderr_tail};
-use crate::{out, CliResult, Fail};
+use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
+use crate::{out, CliResult, Error};
 
 /// The line a peer prints once it listens.
 pub(crate) const PEER_READY: &str = "Bench peer listening at ";
@@ -69,7 +69,7 @@ fn stdin_closed() -> CliResult<tokio::sync::oneshot::Receiver<()>> {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
             let _ = tx.send(());
         })
-        .map_err(|e| Fail::msg(format!("cannot start a thread: {e}")))?;
+        .map_err(|e| Error::io("start a thread to watch stdin", e))?;
     Ok(rx)
 }
 
@@ -110,7 +110,7 @@ async fn serve(
                 Some(SocketKind::Tcp) => tcp_peer(&args, polling, announce, stop).await,
                 #[cfg(unix)]
                 Some(SocketKind::Unix) => unix_peer(&args, polling, announce, stop).await,
-                _ => Err(Fail::msg(format!(
+                _ => Err(Error::Unsupported(format!(
                     "protocol '{}' (plugin '{}') has no plain-socket floor (tcp and unix only)",
                     entry.name, entry.plugin
                 ))),
@@ -136,7 +136,7 @@ async fn engine_peer(
     );
     let registered = registered.and_then(|()| super::bulk::register_region(&engine));
     let ready = registered
-        .map_err(Fail::from)
+        .map_err(Error::from)
         .and_then(|()| announce(&engine.address().to_string()));
     if ready.is_ok() {
         stop.await;
@@ -233,8 +233,13 @@ async fn tcp_peer(
     announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    announce(&format!("{}://{}", args.protocol, listener.local_addr()?))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::io("listen on 127.0.0.1:0", e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the listener's address", e))?;
+    announce(&format!("{}://{local}", args.protocol))?;
     let mut conns = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -290,12 +295,11 @@ async fn unix_peer(
     announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
-    let dir = private_dir()
-        .map_err(|e| Fail::msg(format!("cannot create a directory for the socket: {e}")))?;
+    let dir = private_dir().map_err(|e| Error::io("create a directory for the socket", e))?;
     let path = dir.join("socket.sock");
     let served = async {
         let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| Fail::msg(format!("cannot listen on {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("listen on {}", path.display()), e))?;
         announce(&format!("{}://{}", args.protocol, path.display()))?;
         let mut conns = JoinSet::new();
         tokio::pin!(stop);
@@ -338,11 +342,7 @@ pub(crate) enum Peer {
 
 impl Peer {
     /// Starts a peer: in a child process, or on a thread when `in_process`.
-    pub(crate) async fn start(
-        args: PeerArgs,
-        verbose: u8,
-        in_process: bool,
-    ) -> Result<Self, String> {
+    pub(crate) async fn start(args: PeerArgs, verbose: u8, in_process: bool) -> CliResult<Self> {
         if in_process {
             PeerThread::spawn(args).await.map(Self::Thread)
         } else {
@@ -361,7 +361,7 @@ impl Peer {
     }
 
     /// Asks the peer to stop and waits for it.
-    pub(crate) async fn stop(self) -> Result<(), String> {
+    pub(crate) async fn stop(self) -> CliResult {
         match self {
             Self::Proc(p) => p.stop().await,
             Self::Thread(t) => t.stop().await,
@@ -390,7 +390,7 @@ pub(crate) struct PeerThread {
 }
 
 impl PeerThread {
-    async fn spawn(args: PeerArgs) -> Result<Self, String> {
+    async fn spawn(args: PeerArgs) -> CliResult<Self> {
         let what = format!(
             "the {} peer ({}, in process)",
             args.layer.name(),
@@ -406,7 +406,8 @@ impl PeerThread {
                 }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .build()?;
+                    .build()
+                    .map_err(|e| Error::io("start the peer's tokio runtime", e))?;
                 let announce: Announce = Box::new(move |address| {
                     let _ = address_tx.send(address.to_owned());
                     Ok(())
@@ -416,7 +417,7 @@ impl PeerThread {
                 };
                 runtime.block_on(serve(args, announce, stop))
             })
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
+            .map_err(|e| Error::io(format!("start {what}"), e))?;
         match tokio::time::timeout(STARTUP_GUARD, address_rx).await {
             Ok(Ok(address)) => Ok(Self {
                 what,
@@ -427,19 +428,19 @@ impl PeerThread {
             Ok(Err(_)) => {
                 // The thread ended without an address: its result says why.
                 let why = match tokio::task::spawn_blocking(move || thread.join()).await {
-                    Ok(Ok(Err(e))) => e.to_string(),
-                    _ => "it stopped".to_owned(),
+                    Ok(Ok(Err(e))) => e,
+                    _ => Error::Peer("it stopped".into()),
                 };
-                Err(format!("{what} did not start: {why}"))
+                Err(why.context(format!("{what} did not start")))
             }
-            Err(_) => Err(format!(
+            Err(_) => Err(Error::Peer(format!(
                 "{what} gave no address within {} s",
                 STARTUP_GUARD.as_secs()
-            )),
+            ))),
         }
     }
 
-    async fn stop(mut self) -> Result<(), String> {
+    async fn stop(mut self) -> CliResult {
         drop(self.stop.take());
         let Some(thread) = self.thread.take() else {
             return Ok(());
@@ -451,13 +452,13 @@ impl PeerThread {
         .await;
         match joined {
             Ok(Ok(Ok(Ok(())))) => Ok(()),
-            Ok(Ok(Ok(Err(e)))) => Err(format!("{}: {e}", self.what)),
-            Ok(_) => Err(format!("{} panicked", self.what)),
-            Err(_) => Err(format!(
+            Ok(Ok(Ok(Err(e)))) => Err(e.context(self.what)),
+            Ok(_) => Err(Error::Peer(format!("{} panicked", self.what))),
+            Err(_) => Err(Error::Peer(format!(
                 "{} did not stop within {} s",
                 self.what,
                 EXIT_GUARD.as_secs()
-            )),
+            ))),
         }
     }
 }
@@ -479,7 +480,7 @@ pub(crate) struct PeerProc {
 impl PeerProc {
     /// Starts `courier bench-peer --layer L --protocol P ...` and waits for
     /// its address.
-    pub(crate) async fn spawn(args: &PeerArgs, verbose: u8) -> Result<Self, String> {
+    pub(crate) async fn spawn(args: &PeerArgs, verbose: u8) -> CliResult<Self> {
         let PeerArgs {
             layer,
             protocol,
@@ -488,8 +489,8 @@ impl PeerProc {
             cpu,
         } = args;
         let what = format!("the {} peer ({protocol})", layer.name());
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the courier executable: {e}"))?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("find the courier executable", e))?;
         let mut cmd = Command::new(exe);
         cmd.args([
             "bench-peer",
@@ -514,29 +515,20 @@ impl PeerProc {
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
+            .map_err(|e| Error::io(format!("start {what}"), e))?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             let _ = child.kill().await;
-            return Err(format!("the pipes of {what} are missing"));
+            return Err(Error::Peer(format!("the pipes of {what} are missing")));
         };
         let stderr = drain(BufReader::new(stderr).lines(), format!("{what} stderr"));
         let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(STARTUP_GUARD, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix(PEER_READY) {
-                    return Ok(Some(addr.trim().to_owned()));
-                }
-                tracing::debug!("[{what} stdout] {line}");
-            }
-            Ok::<_, std::io::Error>(None)
-        })
-        .await;
-        let why = match ready {
-            Ok(Ok(Some(address))) => {
+        let out_tag = format!("{what} stdout");
+        let why = match wait_ready(&mut lines, PEER_READY, &out_tag, STARTUP_GUARD).await {
+            Ready::At(address) => {
                 tracing::debug!("{what} listens at {address}");
-                let stdout = drain(lines, format!("{what} stdout"));
+                let stdout = drain(lines, out_tag);
                 return Ok(Self {
                     what,
                     child,
@@ -547,45 +539,41 @@ impl PeerProc {
                     done: false,
                 });
             }
-            Ok(Ok(None)) => {
-                let status = match tokio::time::timeout(EXIT_GUARD, child.wait()).await {
-                    Ok(Ok(s)) => s.to_string(),
-                    _ => {
-                        let _ = child.kill().await;
-                        "its stdout closed".to_owned()
-                    }
-                };
-                format!("{what} stopped before printing its address ({status})")
+            Ready::Ended => {
+                let status = exit_status(&mut child, EXIT_GUARD).await;
+                Error::Peer(format!(
+                    "{what} stopped before printing its address ({status})"
+                ))
             }
-            Ok(Err(e)) => {
+            Ready::Failed(e) => {
                 let _ = child.kill().await;
-                format!("cannot read the output of {what}: {e}")
+                Error::io(format!("read the output of {what}"), e)
             }
-            Err(_) => {
+            Ready::Silent => {
                 let _ = child.kill().await;
-                format!(
+                Error::Peer(format!(
                     "{what} printed no '{PEER_READY}<address>' line within {} s",
                     STARTUP_GUARD.as_secs()
-                )
+                ))
             }
         };
         drop(stdin);
-        Err(format!("{why}{}", stderr_tail(stderr).await))
+        Err(why.with_stderr(stderr_tail(stderr).await))
     }
 
     /// Closes the peer's stdin and waits for it to exit 0.
-    pub(crate) async fn stop(mut self) -> Result<(), String> {
+    pub(crate) async fn stop(mut self) -> CliResult {
         drop(self.stdin.take());
         let waited = tokio::time::timeout(EXIT_GUARD, self.child.wait()).await;
         let problem = match waited {
             Ok(Ok(status)) if status.success() => None,
-            Ok(Ok(status)) => Some(format!("{} {status}", self.what)),
-            Ok(Err(e)) => Some(format!("cannot wait for {}: {e}", self.what)),
-            Err(_) => Some(format!(
+            Ok(Ok(status)) => Some(Error::Peer(format!("{} {status}", self.what))),
+            Ok(Err(e)) => Some(Error::io(format!("wait for {}", self.what), e)),
+            Err(_) => Some(Error::Peer(format!(
                 "{} did not exit within {} s of its stdin closing",
                 self.what,
                 EXIT_GUARD.as_secs()
-            )),
+            ))),
         };
         match problem {
             None => {
@@ -596,10 +584,10 @@ impl PeerProc {
             Some(p) => {
                 let tail = match self.stderr.take() {
                     Some(t) => stderr_tail(t).await,
-                    None => String::new(),
+                    None => None,
                 };
                 self.kill().await;
-                Err(format!("{p}{tail}"))
+                Err(p.with_stderr(tail))
             }
         }
     }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::machine::Machine;
 use super::measure::Figures;
+use super::stats::{format_rate, format_us, Spread, Summary};
 use super::{policy_label, size_label, Layer, Plan, THROUGHPUT_FROM};
 use crate::table::{Align, Table};
-use crate::{out, CliResult, Fail};
+use crate::{out, CliResult, Error};
 
 /// One measurement (one run of one combination).
 #[derive(Debug, Clone)]
@@ -24,39 +26,6 @@ pub(crate) struct RunResult {
     pub(crate) size: usize,
     pub(crate) in_flight: u32,
     pub(crate) figures: Figures,
-}
-
-/// One figure over the runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Spread {
-    pub(crate) median: f64,
-    pub(crate) min: f64,
-    pub(crate) max: f64,
-}
-
-impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return Self {
-                median: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
-        }
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
 }
 
 /// A run's figures as the JSON's `per_run` holds them.
@@ -160,13 +129,15 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
         .values()
         .filter_map(|runs| {
             let first = runs.first()?;
-            let f = |get: fn(&Figures) -> f64| Spread::of(runs.iter().map(|r| get(&r.figures)));
-            let p50 = f(|x| x.p50_us);
-            let p99 = f(|x| x.p99_us);
-            let p999 = f(|x| x.p999_us);
-            let rate = f(|x| x.rpcs_per_s);
-            let mib = f(|x| x.mib_per_s);
-            let calls = Spread::of(runs.iter().map(|r| r.figures.calls as f64));
+            let Summary {
+                p50_us: p50,
+                p99_us: p99,
+                p999_us: p999,
+                rpcs_per_s: rate,
+                mib_per_s: mib,
+                calls,
+                ..
+            } = Summary::of(runs.iter().map(|r| &r.figures));
             let throughput = first.size >= THROUGHPUT_FROM;
             let opt = |v: f64| throughput.then_some(v);
             Some(Record {
@@ -248,35 +219,6 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
 }
 
-/// A latency in µs: two decimals below 10, one below 1000, none above.
-fn us(v: f64) -> String {
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else if v < 1000.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-/// A rate: no decimals from 100 on.
-fn rate(v: f64) -> String {
-    if v < 100.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-/// "median" alone for one run, "median (min..max)" for several.
-fn spread(runs: usize, median: f64, min: f64, max: f64, fmt: fn(f64) -> String) -> String {
-    if runs <= 1 {
-        fmt(median)
-    } else {
-        format!("{} ({}..{})", fmt(median), fmt(min), fmt(max))
-    }
-}
-
 /// The table's lines (without the lines around it).
 pub(crate) fn table(records: &[Record]) -> Table {
     let mut t = Table::new(&[
@@ -292,27 +234,30 @@ pub(crate) fn table(records: &[Record]) -> Table {
         "MiB/s",
         "p50 ÷ raw",
         "RPCs/s ÷ raw",
-    ]);
-    for col in 2..=11 {
-        if col != 4 {
-            t = t.align(col, Align::Right);
-        }
-    }
+    ])
+    // Numbers to the right; `layer` (4) is a word.
+    .align((2..=11).filter(|col| *col != 4), Align::Right);
     for r in records {
         let n = r.runs;
         let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
+        let spread = |median, min, max, format| Spread { median, min, max }.cell(n, format);
         t.row(vec![
             r.protocol.clone(),
             r.policy.clone(),
             size_label(r.payload_bytes),
             r.in_flight.to_string(),
             r.layer.name().to_owned(),
-            spread(n, r.p50_us, r.p50_us_min, r.p50_us_max, us),
-            spread(n, r.p99_us, r.p99_us_min, r.p99_us_max, us),
-            spread(n, r.p999_us, r.p999_us_min, r.p999_us_max, us),
-            spread(n, r.rpcs_per_s, r.rpcs_per_s_min, r.rpcs_per_s_max, rate),
+            spread(r.p50_us, r.p50_us_min, r.p50_us_max, format_us),
+            spread(r.p99_us, r.p99_us_min, r.p99_us_max, format_us),
+            spread(r.p999_us, r.p999_us_min, r.p999_us_max, format_us),
+            spread(
+                r.rpcs_per_s,
+                r.rpcs_per_s_min,
+                r.rpcs_per_s_max,
+                format_rate,
+            ),
             match (r.mib_per_s, r.mib_per_s_min, r.mib_per_s_max) {
-                (Some(m), Some(lo), Some(hi)) => spread(n, m, lo, hi, rate),
+                (Some(m), Some(lo), Some(hi)) => spread(m, lo, hi, format_rate),
                 _ => "-".to_owned(),
             },
             ratio(r.p50_vs_raw),
@@ -345,13 +290,7 @@ pub(crate) fn print(plan: &Plan, records: &[Record], elapsed: Duration) -> CliRe
         "placement: {placement} (--pin {})",
         plan.pin.name()
     ))?;
-    let m = &plan.machine;
-    out(format_args!(
-        "machine: {} cores, {}, kernel {}",
-        m["cores"],
-        m["cpu_model"].as_str().unwrap_or("unknown CPU"),
-        m["kernel"].as_str().unwrap_or("unknown")
-    ))?;
+    out(format_args!("machine: {}", plan.machine))?;
     out("")?;
     table(records).print()?;
     out("")?;
@@ -365,39 +304,6 @@ pub(crate) fn print(plan: &Plan, records: &[Record], elapsed: Duration) -> CliRe
         records.iter().map(|r| r.runs).sum::<usize>(),
         elapsed.as_secs_f64()
     ))
-}
-
-fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            matches!(
-                key.trim(),
-                "model name" | "Model" | "Hardware" | "cpu model"
-            )
-            .then(|| value.trim().to_owned())
-        })
-        .filter(|s| !s.is_empty())
-}
-
-/// What the JSON says of the machine.
-pub(crate) fn machine() -> Value {
-    json!({
-        "cores": std::thread::available_parallelism().map(std::num::NonZeroUsize::get).ok(),
-        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
-        "cpu_model": cpu_model(),
-        "hostname": read_trimmed("/proc/sys/kernel/hostname"),
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-    })
 }
 
 fn config(plan: &Plan) -> Value {
@@ -425,24 +331,25 @@ fn config(plan: &Plan) -> Value {
 /// The whole JSON document (fields in this order).
 #[derive(Debug, Serialize)]
 pub(crate) struct Document<'a> {
-    machine: &'a Value,
+    machine: &'a Machine,
     config: Value,
     elapsed_s: f64,
-    errors: &'a [String],
+    /// The failures' messages.
+    errors: Vec<String>,
     results: &'a [Record],
 }
 
 pub(crate) fn document<'a>(
     plan: &'a Plan,
     records: &'a [Record],
-    errors: &'a [String],
+    errors: &[Error],
     elapsed: Duration,
 ) -> Document<'a> {
     Document {
         machine: &plan.machine,
         config: config(plan),
         elapsed_s: elapsed.as_secs_f64(),
-        errors,
+        errors: errors.iter().map(ToString::to_string).collect(),
         results: records,
     }
 }
@@ -451,50 +358,22 @@ pub(crate) fn write_json(
     path: &Path,
     plan: &Plan,
     records: &[Record],
-    errors: &[String],
+    errors: &[Error],
     elapsed: Duration,
 ) -> CliResult {
     let doc = document(plan, records, errors, elapsed);
-    let mut text = serde_json::to_string_pretty(&doc)
-        .map_err(|e| Fail::msg(format!("cannot encode the results as JSON: {e}")))?;
+    let mut text = serde_json::to_string_pretty(&doc).map_err(|source| Error::Json {
+        what: "the results",
+        source,
+    })?;
     text.push('\n');
-    std::fs::write(path, text)
-        .map_err(|e| Fail::msg(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, text).map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn spread_is_median_min_max() {
-        let s = Spread::of([3.0, 1.0, 2.0]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        let s = Spread::of([4.0, 1.0, 2.0, 3.0]);
-        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
-        assert!(Spread::of([]).median.is_nan());
-    }
-
-    #[test]
-    fn numbers_format_for_the_table() {
-        assert_eq!(us(2.71), "2.71");
-        assert_eq!(us(62.15), "62.1");
-        assert_eq!(us(1234.5), "1234");
-        assert_eq!(rate(12.34), "12.3");
-        assert_eq!(rate(15234.6), "15235");
-        assert_eq!(spread(1, 62.1, 1.0, 99.0, us), "62.1");
-        assert_eq!(spread(3, 62.1, 58.0, 70.2, us), "62.1 (58.0..70.2)");
-    }
-
-    #[test]
-    fn machine_has_the_documented_keys() {
-        let m = machine();
-        for k in ["cores", "kernel", "cpu_model", "hostname", "os", "arch"] {
-            assert!(m.get(k).is_some(), "{k}: {m}");
-        }
-        assert!(m["cores"].as_u64().unwrap() >= 1);
-    }
 
     #[test]
     fn record_fields_are_the_serialized_ones() {
@@ -532,7 +411,7 @@ mod tests {
             pin: super::super::Pin::None,
             client_cpu: None,
             peer_cpu: None,
-            machine: machine(),
+            machine: Machine::read(),
         };
         let records = aggregate(&plan, &runs);
         assert_eq!(records.len(), 2);

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -21,7 +21,10 @@ pub(crate) fn courier() -> Command {
 #[derive(Debug)]
 pub(crate) struct Run {
     pub status: ExitStatus,
+    /// Standard output, as text (invalid UTF-8 replaced).
     pub stdout: String,
+    /// Standard output, byte for byte.
+    pub stdout_bytes: Vec<u8>,
     pub stderr: String,
 }
 
@@ -46,27 +49,62 @@ impl Run {
 }
 
 /// Reads a pipe to its end on a thread.
-pub(crate) fn read_all(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
+pub(crate) fn read_all(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    read_with(pipe, |buf| String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Reads a pipe to its end on a thread, byte for byte.
+pub(crate) fn read_all_bytes(pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    read_with(pipe, |buf| buf)
+}
+
+fn read_with<T: Send + 'static>(
+    mut pipe: impl Read + Send + 'static,
+    convert: impl FnOnce(Vec<u8>) -> T + Send + 'static,
+) -> Receiver<T> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        let _ = tx.send(convert(buf));
     });
     rx
 }
 
 /// Runs `cmd ARGS` to completion; kills it if it outlives `guard` (a hang
 /// guard, never a timing assertion).
-pub(crate) fn run_cmd(mut cmd: Command, args: &[&str], guard: Duration) -> Run {
+pub(crate) fn run_cmd(cmd: Command, args: &[&str], guard: Duration) -> Run {
+    run_cmd_with_input(cmd, args, None, guard)
+}
+
+/// [`run_cmd`], with `input` written to the command's standard input (then
+/// closed) when given; otherwise its standard input is empty.
+pub(crate) fn run_cmd_with_input(
+    mut cmd: Command,
+    args: &[&str],
+    input: Option<Vec<u8>>,
+    guard: Duration,
+) -> Run {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn courier");
-    let stdout = read_all(child.stdout.take().unwrap());
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        // On a thread, so that a command writing before it has read all
+        // its input cannot block the test; dropping the pipe closes it.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let stdout = read_all_bytes(child.stdout.take().unwrap());
     let stderr = read_all(child.stderr.take().unwrap());
     // The pipes close when the process exits.
     let deadline = Instant::now() + guard;
@@ -83,7 +121,8 @@ pub(crate) fn run_cmd(mut cmd: Command, args: &[&str], guard: Duration) -> Run {
     let status = child.wait().expect("wait for courier");
     Run {
         status,
-        stdout,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stdout_bytes: stdout,
         stderr,
     }
 }

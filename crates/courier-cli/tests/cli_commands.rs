@@ -169,6 +169,15 @@ fn serve_call_ping_shutdown(protocol: &str) {
     assert_eq!(r.code(), Some(0), "{r:?}");
     assert_eq!(r.stdout, "");
 
+    // A string where `sleep` takes a number: refused as a type mismatch
+    // (postcard would read the string's length as the number).
+    let r = run(&["call", &addr, "sleep", "notanumber"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("RPC 'sleep'") && r.stderr.contains("type mismatch"),
+        "{r:?}"
+    );
+
     let r = run(&["call", &addr, "no_such_rpc"]);
     assert_eq!(r.code(), Some(1), "{r:?}");
     assert!(r.stderr.starts_with("courier: "), "{r:?}");

@@ -6,8 +6,8 @@
 //! and a slot in the connection's table of calls in flight), sends it, and
 //! returns a [`PendingCall`] that guards the slot: however the call ends
 //! (answer, error, deadline, or the future being dropped), the slot is
-//! freed. [`PendingCall::reply`] awaits the answer. [`Conn::call`] is the
-//! two in one. Above the connection, [`exchange`] is the whole path of one
+//! freed. [`PendingCall::reply`] awaits the answer. Above the connection,
+//! [`exchange`] is the whole path of one
 //! call to a peer: get (or open) the connection, call, all within the
 //! call's [`Deadline`] (decided in `timeouts.rs`), and the error that names
 //! what ran out of time.
@@ -99,6 +99,21 @@ impl Drop for PendingCall<'_> {
 }
 
 impl Conn {
+    /// Registers a call: its sequence number goes into `header`, and the
+    /// returned guard frees its slot however the call ends.
+    ///
+    /// # Errors
+    /// The connection is dead.
+    fn register(&self, header: &mut Header) -> Result<PendingCall<'_>> {
+        let (seq, rx) = self.register_call()?;
+        header.seq = seq;
+        Ok(PendingCall {
+            conn: self,
+            seq,
+            rx: Some(rx),
+        })
+    }
+
     /// Registers a call and sends it: `header` (its sequence number is set
     /// here) and `body`.
     ///
@@ -109,23 +124,9 @@ impl Conn {
         mut header: Header,
         body: Body<'_>,
     ) -> Result<PendingCall<'_>> {
-        let (seq, rx) = self.register_call()?;
-        let pending = PendingCall {
-            conn: self,
-            seq,
-            rx: Some(rx),
-        };
-        header.seq = seq;
+        let pending = self.register(&mut header)?;
         body.send(self, &header).await?;
         Ok(pending)
-    }
-
-    /// Sends a call and waits for its answer.
-    ///
-    /// # Errors
-    /// See [`Conn::start`] and [`PendingCall::reply`].
-    pub(crate) async fn call(&self, header: Header, body: Body<'_>) -> Result<Reply> {
-        self.start(header, body).await?.reply().await
     }
 
     /// Sends a message that expects no answer (a one-way request), with a
@@ -153,15 +154,32 @@ pub(crate) async fn exchange(
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
 ) -> Result<Reply> {
-    deadline
-        .bound(
-            async {
-                let conn = state.connection_for(peer).await?;
-                conn.call(header, body).await
-            },
-            expired,
-        )
-        .await
+    // The common case, no deadline, awaits the call itself: no timer, and
+    // no layer of futures around it to move.
+    match deadline.limit() {
+        None => call_now(state, peer, header, body).await,
+        Some((at, after)) => {
+            match tokio::time::timeout_at(at.into(), call_now(state, peer, header, body)).await {
+                Ok(r) => r,
+                Err(_) => Err(expired(after)),
+            }
+        }
+    }
+}
+
+/// [`exchange`] without its deadline, in one layer of future (it is on
+/// every call's path: each layer would be moved, and add to the size of
+/// the caller's future).
+async fn call_now(
+    state: &EngineState,
+    peer: &Peer,
+    mut header: Header,
+    body: Body<'_>,
+) -> Result<Reply> {
+    let conn = state.connection_for(peer).await?;
+    let pending = conn.register(&mut header)?;
+    body.send(&conn, &header).await?;
+    pending.reply().await
 }
 
 /// One message to `peer` that expects no answer, within `deadline` (which
@@ -177,13 +195,23 @@ pub(crate) async fn one_way(
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
 ) -> Result<()> {
-    deadline
-        .bound(
-            async {
-                let conn = state.connection_for(peer).await?;
-                conn.notify(header, body).await
-            },
-            expired,
-        )
-        .await
+    match deadline.limit() {
+        None => notify_now(state, peer, header, body).await,
+        Some((at, after)) => {
+            match tokio::time::timeout_at(at.into(), notify_now(state, peer, header, body)).await {
+                Ok(r) => r,
+                Err(_) => Err(expired(after)),
+            }
+        }
+    }
+}
+
+async fn notify_now(
+    state: &EngineState,
+    peer: &Peer,
+    header: Header,
+    body: Body<'_>,
+) -> Result<()> {
+    let conn = state.connection_for(peer).await?;
+    conn.notify(header, body).await
 }

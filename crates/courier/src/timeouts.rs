@@ -43,6 +43,11 @@ impl Deadline {
         }
     }
 
+    /// The instant and the duration it was set from, if there is a bound.
+    pub(crate) fn limit(self) -> Option<(Instant, Duration)> {
+        self.limit
+    }
+
     /// Runs `work` until this deadline; past it, `work` is dropped and the
     /// result is `Err(the duration set)`.
     pub(crate) async fn run<F: Future>(self, work: F) -> std::result::Result<F::Output, Duration> {

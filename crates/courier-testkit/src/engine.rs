@@ -53,6 +53,8 @@ pub fn register_whoconn(engine: &Engine) {
         .unwrap();
 }
 
+/// Calls `whoconn` (see [`register_whoconn`]): the caller's address as the
+/// server at `address` sees it.
 pub async fn whoconn(client: &Engine, address: &courier::Address) -> String {
     let f = client.remote::<(), String>("whoconn");
     guard("whoconn", f.on(address).call(&())).await.unwrap()

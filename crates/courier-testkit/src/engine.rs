@@ -7,7 +7,7 @@
 //! [`courier::install_plugin`]), exercises one behaviour of the engine over
 //! the protocol, and panics with a message naming what went wrong. Nothing
 //! waits by sleeping: handlers report through channels, and every wait is
-//! bounded by [`guard`](crate::guard).
+//! bounded by [`guard`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

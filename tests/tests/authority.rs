@@ -92,6 +92,7 @@ async fn unix_socket_refuses_other_users() {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread")]
 async fn shm_refuses_other_users() {
     if let Some((ready, stderr)) = other_user("shm").await {
@@ -103,10 +104,12 @@ async fn shm_refuses_other_users() {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn dev_shm_entries() -> usize {
     std::fs::read_dir("/dev/shm").map_or(0, Iterator::count)
 }
 
+#[cfg(target_os = "linux")]
 fn memfd_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
         .unwrap()
@@ -118,6 +121,7 @@ fn memfd_mappings() -> usize {
 /// Two shm clients of one server: each has its own segment (mapped here,
 /// in this one process, by both sides), and none of them has a name in
 /// `/dev/shm`.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread")]
 async fn shm_segments_have_no_name() {
     let named = dev_shm_entries();

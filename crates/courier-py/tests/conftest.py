@@ -14,8 +14,14 @@ import pytest
 HERE = Path(__file__).parent
 SEED = HERE / "seed"
 
+#: The shm transport is built on Linux only.
+HAS_SHM = sys.platform.startswith("linux")
+
 #: Every transport, as the conformance suite runs them.
-PROTOCOLS = ["tcp", "unix", "quic", "shm"]
+PROTOCOLS = ["tcp", "unix", "quic"] + (["shm"] if HAS_SHM else [])
+
+#: For the tests that name shm themselves: skipped, saying so, elsewhere.
+needs_shm = pytest.mark.skipif(not HAS_SHM, reason="the shm transport is Linux-only")
 
 #: A guard against a hang, never a pass/fail threshold: a test that waits
 #: this long has failed anyway.

@@ -57,7 +57,13 @@ async fn main() {
         "{:<6} {:<8} {:<9} {:<11} {:>11} {:>11}",
         "proto", "size", "path", "source", "pull MiB/s", "push MiB/s"
     );
-    for proto in ["shm", "tcp", "unix"] {
+    // shm is built on Linux only.
+    let protocols: &[&str] = if cfg!(target_os = "linux") {
+        &["shm", "tcp", "unix"]
+    } else {
+        &["tcp", "unix"]
+    };
+    for &proto in protocols {
         let server = Engine::new(proto).await.unwrap();
         let client = Engine::builder(proto).client().build().await.unwrap();
         let address = client.lookup(&server.address().to_string()).await.unwrap();

@@ -32,8 +32,9 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 /// Calls `$callback! { tcp, unix, quic, shm }`: the one list of protocols the suite runs
-/// on. Add a protocol here (and, if its addresses are not sockets, an arm to
-/// [`raw_connect`] and [`dead_address`]) to run every scenario on it.
+/// on (`shm` on Linux only, where the plugin is built). Add a protocol here
+/// (and, if its addresses are not sockets, an arm to [`raw_connect`] and
+/// [`dead_address`]) to run every scenario on it.
 ///
 /// Test files use it to generate one module per protocol, so that a failure
 /// names both the protocol and the scenario (`tcp::hello`, `unix::hello`):
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 /// let protocols = courier_conformance::for_each_protocol!(names);
 /// assert_eq!(&protocols[..], courier_conformance::PROTOCOLS);
 /// ```
+#[cfg(target_os = "linux")]
 #[macro_export]
 macro_rules! for_each_protocol {
     ($callback:ident) => {
@@ -52,14 +54,33 @@ macro_rules! for_each_protocol {
     };
 }
 
+/// The protocols the suite runs on; without `shm`, which is Linux-only.
+#[cfg(not(target_os = "linux"))]
+#[macro_export]
+macro_rules! for_each_protocol {
+    ($callback:ident) => {
+        $callback! { tcp, unix, quic }
+    };
+}
+
 /// Calls `$callback! { tcp, unix, shm }`: the protocols whose connections
 /// start on a socket stream a test can open with [`raw_connect`] and write
 /// garbage on (QUIC's are UDP datagrams: see the quic tests of
-/// `bad_input.rs`).
+/// `bad_input.rs`). `shm` on Linux only.
+#[cfg(target_os = "linux")]
 #[macro_export]
 macro_rules! for_each_socket_protocol {
     ($callback:ident) => {
         $callback! { tcp, unix, shm }
+    };
+}
+
+/// The socket protocols; without `shm`, which is Linux-only.
+#[cfg(not(target_os = "linux"))]
+#[macro_export]
+macro_rules! for_each_socket_protocol {
+    ($callback:ident) => {
+        $callback! { tcp, unix }
     };
 }
 
@@ -160,6 +181,7 @@ pub async fn raw_connect(address: &str) -> io::Result<Box<dyn RawSocket>> {
         "tcp" => Ok(Box::new(tokio::net::TcpStream::connect(rest).await?)),
         "unix" => Ok(Box::new(tokio::net::UnixStream::connect(rest).await?)),
         // The handshake socket of the shm plugin: abstract unless a path.
+        #[cfg(target_os = "linux")]
         "shm" => {
             let std_stream = if rest.starts_with('/') {
                 std::os::unix::net::UnixStream::connect(rest)?

@@ -8,13 +8,16 @@
 
 use courier::{BulkBuffer, BulkMode};
 use courier_conformance::{guard, pattern};
-use courier_testkit::bulk::{messages_only, pair, remote};
+#[cfg(target_os = "linux")]
+use courier_testkit::bulk::messages_only;
+use courier_testkit::bulk::{pair, remote};
 
 // The scenarios every transport must pass are in `courier_testkit::bulk`,
 // run by `conformance.rs` on every protocol (`tcp::bulk::pull_23_bytes`,
 // ...). Here: the ones that need a particular transport.
 
 /// 256 MiB pulled and pushed over shm (the direct path), once.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_256_mib() {
     let (server, client, address) = pair("shm").await;
@@ -24,6 +27,7 @@ async fn shm_256_mib() {
 /// Exposes `len` bytes of a pattern on `server`, pulls them into a buffer
 /// of `client` and checks them, changes every byte there, pushes them back
 /// and checks the server's region.
+#[cfg(target_os = "linux")]
 async fn pull_then_push(
     server: &courier::Engine,
     client: &courier::Engine,
@@ -74,11 +78,13 @@ async fn tcp_256_mib_pull() {
 
 /// A buffer that counts the engine's reads and writes through it: direct
 /// copies bypass them.
+#[cfg(target_os = "linux")]
 struct Counted {
     buffer: BulkBuffer,
     calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+#[cfg(target_os = "linux")]
 impl courier::BulkMemory for Counted {
     fn len(&self) -> usize {
         self.buffer.len()
@@ -101,6 +107,7 @@ impl courier::BulkMemory for Counted {
 /// Over shm a 1 MiB pull and push never go through the exposing side's
 /// reads and writes (direct copies); with `direct: false`, or over tcp,
 /// they do.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_uses_direct_copies() {
     for (proto, direct, expect_direct) in [
@@ -144,8 +151,10 @@ async fn shm_uses_direct_copies() {
 /// Memory that announces an address where nothing is mapped: direct copies
 /// from it fail in the kernel (`EFAULT`), as they would under a ptrace
 /// policy that refuses them.
+#[cfg(target_os = "linux")]
 struct BadAddress(BulkBuffer);
 
+#[cfg(target_os = "linux")]
 impl courier::BulkMemory for BadAddress {
     fn len(&self) -> usize {
         self.0.len()
@@ -163,6 +172,7 @@ impl courier::BulkMemory for BadAddress {
 
 /// Over shm, a direct copy the kernel refuses makes the transfer (and the
 /// connection's later ones) use messages: the bytes still arrive intact.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_falls_back_to_messages_when_direct_copies_fail() {
     let (server, client, address) = pair("shm").await;
@@ -186,6 +196,7 @@ async fn shm_falls_back_to_messages_when_direct_copies_fail() {
 /// The JSON configuration's `bulk` object sets the engine's options; with
 /// grants of 64 KiB and two in flight, a 1 MiB pull and push over shm
 /// take sixteen grants each, pipelined, and move every byte.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_bulk_options_from_json_and_pipelined_grants() {
     let server = courier_testkit::server("shm").await;

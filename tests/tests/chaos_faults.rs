@@ -373,6 +373,10 @@ chaos_suite! {
     tcp => "chaos+tcp",
     unix => "chaos+unix",
     mem => "chaos+mem",
-    shm => "chaos+shm",
     quic => "chaos+quic",
+}
+
+#[cfg(target_os = "linux")]
+chaos_suite! {
+    shm => "chaos+shm",
 }

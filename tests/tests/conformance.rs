@@ -254,6 +254,7 @@ mod chaos_tcp {
     courier_testkit::conformance_tests!("chaos+tcp");
 }
 
+#[cfg(target_os = "linux")]
 mod chaos_shm {
     courier_testkit::conformance_tests!("chaos+shm");
 }

@@ -21,7 +21,7 @@
 //! again, so they have the plugin too.)
 //!
 //! The measurement and report code of `courier bench` is public too, in
-//! [`bench`], for benchmarks that compare Courier with other RPC systems;
+//! [`bench`](mod@bench), for benchmarks that compare Courier with other RPC systems;
 //! every fallible function returns this crate's [`Error`].
 
 #![forbid(unsafe_code)]

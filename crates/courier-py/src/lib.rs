@@ -5,22 +5,22 @@
 //! names, the exception classes and the decorators; everything that moves
 //! bytes or waits lives here:
 //!
-//! * [`shared::Shared`] owns the tokio runtime and the engine, and has the
-//!   one way a Python thread waits ([`shared::Shared::wait`]): with the GIL
+//! * `shared::Shared` owns the tokio runtime and the engine, and has the
+//!   one way a Python thread waits (`Shared::wait`): with the GIL
 //!   released, in slices, checking for signals (Ctrl-C) between them.
 //! * Python handlers never run on a tokio thread. The engine's raw handler
-//!   queues a [`jobs::Job`]; a Python thread runs it with the GIL held,
+//!   queues a `jobs::Job`; a Python thread runs it with the GIL held,
 //!   outside any runtime, so a handler may make blocking calls itself.
 //!   Without a progress thread or RPC threads (PyMargo's default), the
 //!   thread that is waiting in the engine runs the jobs (as Margo runs
 //!   handlers on its progress loop); otherwise dedicated threads do.
 //!
-//! * Bulk transfers ([`bulk`]: `Engine.create_bulk`, `Engine.transfer`,
+//! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through
-//!   [`buffer::PyBufferMemory`], which reads and writes them on the
+//!   `buffer::PyBufferMemory`, which reads and writes them on the
 //!   engine's reader threads without the GIL.
 //!
-//! `unsafe` is denied everywhere but in [`buffer`], which reads a buffer's
+//! `unsafe` is denied everywhere but in `buffer.rs`, which reads a buffer's
 //! memory through its pinned pointer (its module comment says why that is
 //! sound); nothing else may use it.
 

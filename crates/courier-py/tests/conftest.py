@@ -14,12 +14,34 @@ import pytest
 HERE = Path(__file__).parent
 SEED = HERE / "seed"
 
+#: The shm transport is built on Linux only.
+HAS_SHM = sys.platform.startswith("linux")
+
 #: Every transport, as the conformance suite runs them.
-PROTOCOLS = ["tcp", "unix", "quic", "shm"]
+PROTOCOLS = ["tcp", "unix", "quic"] + (["shm"] if HAS_SHM else [])
+
+#: For the tests that name shm themselves: skipped, saying so, elsewhere.
+needs_shm = pytest.mark.skipif(not HAS_SHM, reason="the shm transport is Linux-only")
 
 #: A guard against a hang, never a pass/fail threshold: a test that waits
 #: this long has failed anyway.
 GUARD_S = 60
+
+#: Set by `.ci/run`: there every test must run, so a test that would be
+#: skipped (NumPy missing, say) fails instead, saying why.
+NO_SKIP_ENV = "COURIER_TESTS_NO_SKIP"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under `COURIER_TESTS_NO_SKIP=1`, a skip is a failure: a test that did
+    not run must not look as if it had passed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(NO_SKIP_ENV) == "1" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} was skipped ({reason}), but {NO_SKIP_ENV}=1 asks every test to run"
 
 
 def script_env(protocol=None):

@@ -16,7 +16,7 @@ import courier
 import pymargo
 from pymargo.core import Address, Engine, Handle
 
-from conftest import GUARD_S, PROTOCOLS
+from conftest import GUARD_S, PROTOCOLS, needs_shm
 
 SETUPS = ["inline", "progress", "rpc_threads"]
 
@@ -112,6 +112,7 @@ def test_address_str_eq_hash_copy(protocol):
         assert repr(a) == f"Address('{a}')"
 
 
+@needs_shm
 def test_aliases_build_the_canonical_protocol():
     with Engine("ofi+tcp") as tcp, Engine("na+sm") as shm:
         assert tcp.protocol == "tcp" and str(tcp.address).startswith("tcp://")
@@ -504,6 +505,7 @@ def test_many_calls_in_flight(pair):
     assert [r.wait() for r in requests] == [f"Good bye {i} Doe" for i in range(300)]
 
 
+@needs_shm
 def test_shm_does_not_spin_where_handlers_run_on_the_waiting_thread():
     with Engine("shm") as inline, Engine("na+sm", use_progress_thread=True) as threaded:
         assert inline.config["transport"]["spin_us"] == 0

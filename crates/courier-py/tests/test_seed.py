@@ -5,7 +5,7 @@ them use another protocol without changing a line."""
 
 import pytest
 
-from conftest import PROTOCOLS, SEED, run_script
+from conftest import PROTOCOLS, SEED, needs_shm, run_script
 
 
 def seed_round_trip(scripts, protocol):
@@ -31,7 +31,9 @@ def test_seed_scripts_on_every_protocol(scripts, protocol):
     seed_round_trip(scripts, protocol)
 
 
-@pytest.mark.parametrize("alias, canonical", [("ofi+tcp", "tcp"), ("na+sm", "shm")])
+@pytest.mark.parametrize(
+    "alias, canonical", [("ofi+tcp", "tcp"), pytest.param("na+sm", "shm", marks=needs_shm)]
+)
 def test_seed_scripts_with_mochi_protocol_names(scripts, alias, canonical):
     server = scripts(SEED / "server.py", protocol=alias)
     address = server.expect_line("Service running at ")

@@ -25,16 +25,20 @@ pub fn remote(b: &Bulk) -> Bulk {
 /// of its fields): what a forger edits.
 pub type Fields = (u64, u128, BulkMode, u64, u64);
 
+/// `b` with its travelling fields edited by `edit`: a forged handle, as a
+/// hostile peer would send it.
 pub fn forge(b: &Bulk, edit: impl FnOnce(&mut Fields)) -> Bulk {
     let mut f: Fields = postcard_decode(&b.to_bytes().unwrap());
     edit(&mut f);
     Bulk::from_bytes(&postcard_encode(&f)).unwrap()
 }
 
+/// Decodes a handle's serialized form into its [`Fields`].
 pub fn postcard_decode(bytes: &[u8]) -> Fields {
     postcard::from_bytes(bytes).unwrap()
 }
 
+/// Encodes [`Fields`] back into a handle's serialized form.
 pub fn postcard_encode(f: &Fields) -> Vec<u8> {
     postcard::to_allocvec(f).unwrap()
 }
@@ -47,6 +51,8 @@ pub async fn pair(proto: &str) -> (Engine, Engine, courier::Address) {
     (server, client, address)
 }
 
+/// Makes `engine` move bulk data on the message path only (no direct
+/// copies, even over a transport that offers them).
 pub fn messages_only(engine: &Engine) {
     engine.set_bulk_options(BulkOptions {
         direct: false,
@@ -204,10 +210,12 @@ pub async fn ranges(proto: &str, direct: bool) {
     }
 }
 
+/// [`ranges`] on the transport's default path (direct copies where offered).
 pub async fn ranges_default(proto: &str) {
     ranges(proto, true).await;
 }
 
+/// [`ranges`] on the message path only.
 pub async fn ranges_messages(proto: &str) {
     ranges(proto, false).await;
 }
@@ -282,6 +290,7 @@ pub async fn empty_region(proto: &str) {
     assert!(matches!(err, Error::BulkRefused { .. }), "{err:?}");
 }
 
+/// Asserts that `err` is [`Error::BulkRefused`] with `needle` in its reason.
 pub fn assert_refused(err: &Error, needle: &str) {
     match err {
         Error::BulkRefused { reason, .. } => {
@@ -463,6 +472,8 @@ impl courier::BulkMemory for Stuck {
     fn write_with(&self, _offset: usize, _len: usize, _f: &mut dyn FnMut(&mut [u8])) {}
 }
 
+/// The senders that keep the reads of the [`timeout`] scenario blocked:
+/// clearing the list (which drops them) lets every blocked read return.
 pub static STUCK_SENDERS: std::sync::Mutex<Vec<std::sync::mpsc::Sender<()>>> =
     std::sync::Mutex::new(Vec::new());
 

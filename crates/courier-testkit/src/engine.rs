@@ -7,7 +7,7 @@
 //! [`courier::install_plugin`]), exercises one behaviour of the engine over
 //! the protocol, and panics with a message naming what went wrong. Nothing
 //! waits by sleeping: handlers report through channels, and every wait is
-//! bounded by [`guard`](crate::guard).
+//! bounded by [`guard`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,8 @@ pub fn register_whoconn(engine: &Engine) {
         .unwrap();
 }
 
+/// Calls `whoconn` (see [`register_whoconn`]): the caller's address as the
+/// server at `address` sees it.
 pub async fn whoconn(client: &Engine, address: &courier::Address) -> String {
     let f = client.remote::<(), String>("whoconn");
     guard("whoconn", f.on(address).call(&())).await.unwrap()

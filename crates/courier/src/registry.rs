@@ -38,7 +38,7 @@ pub fn default_registry() -> Result<Registry, TransportError> {
     {
         registry = registry.with(courier_quic::QuicPlugin);
     }
-    #[cfg(feature = "shm")]
+    #[cfg(all(feature = "shm", target_os = "linux"))]
     {
         registry = registry.with(courier_shm::ShmPlugin);
     }

@@ -1,5 +1,6 @@
 //! Across processes: a child `shm_echo` serves, this process connects.
 
+#![cfg(target_os = "linux")] // the shm transport is Linux-only
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};

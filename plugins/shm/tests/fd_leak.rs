@@ -2,6 +2,7 @@
 //! connections are dropped. Alone in its test binary, so no other test
 //! opens descriptors meanwhile.
 
+#![cfg(target_os = "linux")] // the shm transport is Linux-only
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use courier_shm::ShmTransport;

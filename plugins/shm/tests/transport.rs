@@ -3,6 +3,7 @@
 //! would have). Nothing here synchronises by sleeping; `guard` only turns a
 //! hang into a failure.
 
+#![cfg(target_os = "linux")] // the shm transport is Linux-only
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;

@@ -6,21 +6,28 @@
 //! its first line of standard output, then sends every message it receives
 //! back on the same connection, for every client, until killed.
 
+#[cfg(target_os = "linux")]
 use std::io::Write;
 use std::process::ExitCode;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use courier_shm::ShmTransport;
+#[cfg(target_os = "linux")]
 use courier_transport::{Connection, Listener, MessageReceiver, MessageSender, Transport};
 
+#[cfg(target_os = "linux")]
 const USAGE: &str = "usage: shm_echo [ADDRESS] [--spin-us N] [--max BYTES]";
 
+#[cfg(target_os = "linux")]
 struct Args {
     address: String,
     spin_us: Option<u64>,
     max: usize,
 }
 
+#[cfg(target_os = "linux")]
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         address: "shm://".to_owned(),
@@ -47,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+#[cfg(target_os = "linux")]
 async fn echo<C: Connection>(connection: C) {
     let (mut tx, mut rx) = connection.split();
     loop {
@@ -66,6 +74,7 @@ async fn echo<C: Connection>(connection: C) {
     }
 }
 
+#[cfg(target_os = "linux")]
 async fn serve(args: Args) -> Result<(), String> {
     let mut transport = ShmTransport::new(args.max);
     if let Some(us) = args.spin_us {
@@ -89,6 +98,7 @@ async fn serve(args: Args) -> Result<(), String> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -114,4 +124,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The shm transport is Linux-only (memfd, eventfd): elsewhere the program
+/// only says so.
+#[cfg(not(target_os = "linux"))]
+fn main() -> ExitCode {
+    eprintln!("shm_echo: the shm transport is Linux-only");
+    ExitCode::FAILURE
 }

@@ -89,7 +89,7 @@ impl Address {
         timeout: Option<Duration>,
     ) -> Result<(Header, bytes::Bytes)> {
         let deadline = timeouts::control(&self.state.config.timeouts, timeout);
-        call::exchange(
+        let answer = call::exchange(
             &self.state,
             &self.peer,
             Header::new(kind),
@@ -97,7 +97,12 @@ impl Address {
             deadline,
             timeouts::expired_call(name, &self.peer.addr),
         )
-        .await
+        .await?;
+        // A control frame always expects an answer (it has no one-way flag).
+        answer.ok_or_else(|| Error::Protocol {
+            address: self.to_string(),
+            reason: format!("no answer to a {kind:?} frame"),
+        })
     }
 }
 

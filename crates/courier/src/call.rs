@@ -141,8 +141,9 @@ impl Conn {
 }
 
 /// One call to `peer`, all of it within `deadline`: the connection (opened
-/// if there is none), the send, the answer. `expired` makes the error when
-/// the deadline passes.
+/// if there is none), the send, and — unless `header` says no response is
+/// expected (a one-way request) — the answer. `expired` makes the error
+/// when the deadline passes.
 ///
 /// # Errors
 /// [`Error::Finalized`], connection errors, and `expired`'s.
@@ -153,7 +154,7 @@ pub(crate) async fn exchange(
     body: Body<'_>,
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
-) -> Result<Reply> {
+) -> Result<Option<Reply>> {
     // The common case, no deadline, awaits the call itself: no timer, and
     // no layer of futures around it to move.
     match deadline.limit() {
@@ -175,43 +176,13 @@ async fn call_now(
     peer: &Peer,
     mut header: Header,
     body: Body<'_>,
-) -> Result<Reply> {
+) -> Result<Option<Reply>> {
     let conn = state.connection_for(peer).await?;
+    if header.no_response() {
+        conn.notify(header, body).await?;
+        return Ok(None);
+    }
     let pending = conn.register(&mut header)?;
     body.send(&conn, &header).await?;
-    pending.reply().await
-}
-
-/// One message to `peer` that expects no answer, within `deadline` (which
-/// bounds connecting and sending).
-///
-/// # Errors
-/// See [`exchange`].
-pub(crate) async fn one_way(
-    state: &EngineState,
-    peer: &Peer,
-    header: Header,
-    body: Body<'_>,
-    deadline: Deadline,
-    expired: impl FnOnce(Duration) -> Error,
-) -> Result<()> {
-    match deadline.limit() {
-        None => notify_now(state, peer, header, body).await,
-        Some((at, after)) => {
-            match tokio::time::timeout_at(at.into(), notify_now(state, peer, header, body)).await {
-                Ok(r) => r,
-                Err(_) => Err(expired(after)),
-            }
-        }
-    }
-}
-
-async fn notify_now(
-    state: &EngineState,
-    peer: &Peer,
-    header: Header,
-    body: Body<'_>,
-) -> Result<()> {
-    let conn = state.connection_for(peer).await?;
-    conn.notify(header, body).await
+    pending.reply().await.map(Some)
 }

@@ -169,26 +169,22 @@ impl RawCallable {
             seq: 0,
         };
         let expired = timeouts::expired_call(&f.name, &self.peer.addr);
+        if f.disable_response {
+            header.flags = FLAG_NO_RESPONSE;
+        }
         // The span wraps the call only when it is recorded somewhere: a
         // wrapper is one more move of the call's future on every call.
-        let result = if f.disable_response {
-            header.flags = FLAG_NO_RESPONSE;
-            let work = call::one_way(&f.state, &self.peer, header, body, deadline, expired);
-            if start.is_none() {
-                work.await
-            } else {
-                work.instrument(span.clone()).await
-            }
-            .map(|()| Bytes::new())
+        let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired);
+        let answer = if start.is_none() {
+            work.await
         } else {
-            let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired);
-            if start.is_none() {
-                work.await
-            } else {
-                work.instrument(span.clone()).await
-            }
-            .and_then(|(reply, payload)| self.interpret(reply, payload))
+            work.instrument(span.clone()).await
         };
+        let result = answer.and_then(|reply| match reply {
+            // One-way: nothing comes back.
+            None => Ok(Bytes::new()),
+            Some((reply, payload)) => self.interpret(reply, payload),
+        });
         if let Some(start) = start {
             span.record("status", if result.is_ok() { "ok" } else { "error" });
             span.record("duration_us", start.elapsed().as_micros() as u64);

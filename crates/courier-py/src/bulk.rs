@@ -319,22 +319,39 @@ pub(crate) fn create_bulk(
     Ok(Bulk::new(inner, Some(shared.clone())))
 }
 
-/// `Engine.transfer(op, origin_addr, origin_handle, origin_offset,
-/// local_handle, local_offset, size, blocking=True, timeout=None)`.
-#[allow(clippy::too_many_arguments)]
+/// The arguments of `Engine.transfer(op, origin_addr, origin_handle,
+/// origin_offset, local_handle, local_offset, size, blocking=True,
+/// timeout=None)`, as PyMargo names them.
+pub(crate) struct TransferArgs<'a, 'py> {
+    pub(crate) op: &'a Bound<'py, PyAny>,
+    pub(crate) origin_addr: &'a Bound<'py, PyAny>,
+    pub(crate) origin_handle: &'a Bound<'py, PyAny>,
+    pub(crate) origin_offset: usize,
+    pub(crate) local_handle: &'a Bound<'py, PyAny>,
+    pub(crate) local_offset: usize,
+    pub(crate) size: usize,
+    pub(crate) blocking: bool,
+    pub(crate) timeout: Option<f64>,
+}
+
+/// `Engine.transfer`: PyMargo's offsets and size become the ranges of the
+/// two handles of an engine transfer.
 pub(crate) fn transfer(
     py: Python<'_>,
     shared: &Arc<Shared>,
-    op: &Bound<'_, PyAny>,
-    origin_addr: &Bound<'_, PyAny>,
-    origin_handle: &Bound<'_, PyAny>,
-    origin_offset: usize,
-    local_handle: &Bound<'_, PyAny>,
-    local_offset: usize,
-    size: usize,
-    blocking: bool,
-    timeout: Option<f64>,
+    args: TransferArgs<'_, '_>,
 ) -> PyResult<Option<Request>> {
+    let TransferArgs {
+        op,
+        origin_addr,
+        origin_handle,
+        origin_offset,
+        local_handle,
+        local_offset,
+        size,
+        blocking,
+        timeout,
+    } = args;
     let op = parse_op(op)?;
     let after = remote::timeout_from_ms(timeout)?;
     let address = remote::resolve(py, shared, origin_addr)?;

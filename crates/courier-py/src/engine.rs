@@ -348,6 +348,7 @@ impl Engine {
     /// at once (`wait()`, `test()`). `timeout` is in milliseconds (0: none).
     /// Raises `courier.BulkError` when the transfer is refused or invalid.
     #[pyo3(signature = (op, origin_addr, origin_handle, origin_offset, local_handle, local_offset, size, blocking=true, timeout=None))]
+    // PyMargo's signature, argument for argument.
     #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
@@ -362,9 +363,7 @@ impl Engine {
         blocking: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<Request>> {
-        bulk::transfer(
-            py,
-            &self.shared,
+        let args = bulk::TransferArgs {
             op,
             origin_addr,
             origin_handle,
@@ -374,7 +373,8 @@ impl Engine {
             size,
             blocking,
             timeout,
-        )
+        };
+        bulk::transfer(py, &self.shared, args)
     }
 
     /// Finalizes the engine: it stops listening, its connections close

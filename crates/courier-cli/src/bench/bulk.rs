@@ -144,7 +144,15 @@ pub(crate) async fn run(
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     for proto in &plan.protocols {
-        match measure_protocol(plan, registry, proto, &sizes, budget, spin, verbose).await {
+        let target = Target {
+            plan,
+            registry,
+            proto,
+            sizes: &sizes,
+            budget,
+            spin,
+        };
+        match measure_protocol(target, verbose).await {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => errors.push(e.context(format!("bulk bench over {} failed", proto.name))),
         }
@@ -183,16 +191,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure_protocol(
-    plan: &Plan,
-    registry: &Registry,
-    proto: &Proto,
-    sizes: &[usize],
+/// One protocol's measurement: what to run, with what.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    plan: &'a Plan,
+    registry: &'a Registry,
+    proto: &'a Proto,
+    sizes: &'a [usize],
+    /// Bytes to move per size and run (the number of transfers follows).
     budget: u64,
+    /// The polling window, in µs.
     spin: u64,
-    verbose: u8,
-) -> CliResult<Vec<Row>> {
+}
+
+/// The peers of one protocol's measurement, one per layer.
+#[derive(Clone, Copy)]
+struct Peers<'a> {
+    engine: &'a Peer,
+    raw: &'a Peer,
+    socket: Option<&'a Peer>,
+}
+
+async fn measure_protocol(target: Target<'_>, verbose: u8) -> CliResult<Vec<Row>> {
+    let Target {
+        plan, proto, spin, ..
+    } = target;
     let mut peers = Vec::new();
     let spawn = |layer| {
         let args = PeerArgs {
@@ -223,18 +246,12 @@ async fn measure_protocol(
             }
         },
     };
-    let result = measure_with(
-        plan,
-        registry,
-        proto,
-        sizes,
-        budget,
-        spin,
-        &engine_peer,
-        &raw_peer,
-        socket_peer.as_ref(),
-    )
-    .await;
+    let peers_of = Peers {
+        engine: &engine_peer,
+        raw: &raw_peer,
+        socket: socket_peer.as_ref(),
+    };
+    let result = measure_with(target, peers_of).await;
     peers.push(engine_peer);
     peers.push(raw_peer);
     peers.extend(socket_peer);
@@ -248,18 +265,20 @@ async fn measure_protocol(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure_with(
-    plan: &Plan,
-    registry: &Registry,
-    proto: &Proto,
-    sizes: &[usize],
-    budget: u64,
-    spin: u64,
-    engine_peer: &Peer,
-    raw_peer: &Peer,
-    socket_peer: Option<&Peer>,
-) -> CliResult<Vec<Row>> {
+async fn measure_with(target: Target<'_>, peers: Peers<'_>) -> CliResult<Vec<Row>> {
+    let Target {
+        plan,
+        registry,
+        proto,
+        sizes,
+        budget,
+        spin,
+    } = target;
+    let Peers {
+        engine: engine_peer,
+        raw: raw_peer,
+        socket: socket_peer,
+    } = peers;
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let client = Engine::builder(&proto.name)
         .client()

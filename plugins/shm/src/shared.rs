@@ -261,7 +261,17 @@ pub(crate) fn copy_peer(
     ranges: &[courier_transport::PeerRange],
     local: LocalBytes<'_>,
 ) -> io::Result<()> {
-    let total: usize = ranges.iter().map(|r| r.len).sum();
+    // Checked here, not trusted from the caller: an overflowing sum would
+    // wrap in a release build and pass the comparison below.
+    let total = ranges
+        .iter()
+        .try_fold(0usize, |sum, r| sum.checked_add(r.len))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "remote ranges whose lengths add up past usize::MAX",
+            )
+        })?;
     let mut local = local;
     // For `Write` the pointer comes from the `&mut` (the kernel writes
     // through it); for `Read` the kernel only reads through it.
@@ -371,6 +381,31 @@ mod direct_tests {
             addr: b[from..].as_ptr() as u64,
             len,
         }
+    }
+
+    /// Ranges whose lengths overflow when added are refused before any
+    /// copy, not wrapped around into a length that matches.
+    #[test]
+    fn overflowing_ranges_are_refused() {
+        let pid = std::process::id() as i32;
+        let ranges = [
+            PeerRange {
+                addr: 0,
+                len: usize::MAX,
+            },
+            PeerRange { addr: 0, len: 9 },
+        ];
+        // usize::MAX + 9 wraps to 8, the local length.
+        let mut dst = [0u8; 8];
+        let err = copy_peer(
+            pid,
+            Direction::FromPeer,
+            &ranges,
+            LocalBytes::Write(&mut dst),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        assert_eq!(dst, [0u8; 8]);
     }
 
     /// Copies within this process (always permitted) gather and scatter

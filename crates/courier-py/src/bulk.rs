@@ -341,21 +341,11 @@ pub(crate) fn transfer(
     shared: &Arc<Shared>,
     args: TransferArgs<'_, '_>,
 ) -> PyResult<Option<Request>> {
-    let TransferArgs {
-        op,
-        origin_addr,
-        origin_handle,
-        origin_offset,
-        local_handle,
-        local_offset,
-        size,
-        blocking,
-        timeout,
-    } = args;
-    let op = parse_op(op)?;
-    let after = remote::timeout_from_ms(timeout)?;
-    let address = remote::resolve(py, shared, origin_addr)?;
-    if let Ok(a) = origin_addr.cast::<Address>() {
+    let op = parse_op(args.op)?;
+    let size = args.size;
+    let after = remote::timeout_from_ms(args.timeout)?;
+    let address = remote::resolve(py, shared, args.origin_addr)?;
+    if let Ok(a) = args.origin_addr.cast::<Address>() {
         if !Arc::ptr_eq(&a.get().shared, shared) {
             return Err(errors::bulk_error(
                 py,
@@ -368,11 +358,11 @@ pub(crate) fn transfer(
             ));
         }
     }
-    let remote = bulk_arg(py, origin_handle, "origin_handle")?;
-    let local_obj = local_handle.cast::<Bulk>().map_err(|_| {
+    let remote = bulk_arg(py, args.origin_handle, "origin_handle")?;
+    let local_obj = args.local_handle.cast::<Bulk>().map_err(|_| {
         PyTypeError::new_err(format!(
             "local_handle must be a Bulk from this engine's create_bulk, not {}",
-            local_handle
+            args.local_handle
                 .get_type()
                 .name()
                 .map_or_else(|_| "?".into(), |n| n.to_string())
@@ -413,8 +403,8 @@ pub(crate) fn transfer(
             )
         })
     };
-    let remote = part(&remote, origin_offset, "remote")?;
-    let local = part(&local, local_offset, "local")?;
+    let remote = part(&remote, args.origin_offset, "remote")?;
+    let local = part(&local, args.local_offset, "local")?;
     let engine = shared.engine.clone();
     let work = async move {
         let mut run = engine.transfer(op, &address, &remote, &local);
@@ -423,7 +413,7 @@ pub(crate) fn transfer(
         }
         run.await.map(|()| None::<bytes::Bytes>)
     };
-    if blocking {
+    if args.blocking {
         let out = shared.run(py, "Engine.transfer", work)?;
         buffer::release_pending(py);
         out.map(|_| None).map_err(|e| errors::to_py(py, &e))

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
 use crate::limits::ConnLimits;
 use crate::progress::Progress;
+use crate::sync::lock;
 
 /// A reply to a call: the response or error frame's header and payload.
 pub(crate) type Reply = (Header, Bytes);
@@ -100,7 +101,7 @@ impl Conn {
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         // A poisoned lock only means another thread panicked while holding
         // it; the table itself is always consistent.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pending)
     }
 
     /// Sends one message; a failure that breaks the connection kills it.

@@ -130,6 +130,7 @@ mod remote;
 mod rpcs;
 pub mod runtime;
 mod state;
+mod sync;
 mod timeouts;
 
 pub use address::Address;

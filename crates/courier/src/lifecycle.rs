@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use crate::sync::lock;
+
 /// A callback run around finalize.
 pub(crate) type Callback = Box<dyn FnOnce() + Send>;
 
@@ -16,10 +18,6 @@ pub(crate) struct Lifecycle {
     remote_shutdown: AtomicBool,
     pre_finalize: Mutex<Vec<Callback>>,
     on_finalize: Mutex<Vec<Callback>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Lifecycle {

@@ -11,6 +11,7 @@ use courier_transport::{Address as WireAddr, BoxFuture};
 
 use crate::conn::Conn;
 use crate::error::Result;
+use crate::sync::lock;
 
 /// Opens connections to peers.
 pub(crate) trait Dial: Send + Sync {
@@ -35,22 +36,18 @@ impl Peer {
     }
 
     pub(crate) fn live(&self) -> Option<Arc<Conn>> {
-        let slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().filter(|c| !c.is_dead()).cloned()
+        lock(&self.conn).as_ref().filter(|c| !c.is_dead()).cloned()
     }
 
     /// The live connection to this peer, opened with `dial` if there is
-    /// none (one dial at a time).
+    /// none (one dial at a time; callers look at [`Peer::live`] first).
     pub(crate) async fn connection(&self, dial: &dyn Dial) -> Result<Arc<Conn>> {
-        if let Some(c) = self.live() {
-            return Ok(c);
-        }
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(c) = self.live() {
             return Ok(c);
         }
         let c = dial.dial(&self.addr).await?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        *lock(&self.conn) = Some(c.clone());
         Ok(c)
     }
 }

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use courier_transport::{Layer, Plugin, Registry, TransportError};
 
+use crate::sync::lock;
+
 /// The environment variable naming an extra `protocols.toml` that
 /// [`default_registry`] loads on top of the built-in table.
 pub const PROTOCOLS_ENV: &str = "COURIER_PROTOCOLS";
@@ -50,7 +52,7 @@ pub fn default_registry() -> Result<Registry, TransportError> {
     {
         registry = registry.with_layer(courier_chaos::ChaosLayer);
     }
-    for extra in installed().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for extra in lock(installed()).iter() {
         match extra {
             Installed::Plugin(p) => registry.add_plugin(p.clone()),
             Installed::Layer(l) => registry.add_layer(l.clone()),
@@ -92,7 +94,7 @@ fn installed() -> &'static Mutex<Vec<Installed>> {
 /// # Ok::<(), courier::TransportError>(())
 /// ```
 pub fn install_plugin(plugin: impl Plugin) {
-    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
+    let mut all = lock(installed());
     all.retain(|i| !matches!(i, Installed::Plugin(p) if p.name() == plugin.name()));
     all.push(Installed::Plugin(Arc::new(plugin)));
 }
@@ -100,7 +102,7 @@ pub fn install_plugin(plugin: impl Plugin) {
 /// Adds a layer plugin (see [`Layer`]) to every
 /// [`default_registry`] of this process from now on; see [`install_plugin`].
 pub fn install_layer(layer: impl Layer) {
-    let mut all = installed().lock().unwrap_or_else(|p| p.into_inner());
+    let mut all = lock(installed());
     all.retain(|i| !matches!(i, Installed::Layer(l) if l.name() == layer.name()));
     all.push(Installed::Layer(Arc::new(layer)));
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::frame::{rpc_id, RESERVED_PROVIDER};
+use crate::sync::{read, write};
 
 /// One registered RPC.
 pub(crate) struct RpcEntry<H> {
@@ -22,14 +23,6 @@ type Entries<H> = HashMap<(u64, u16), Arc<RpcEntry<H>>>;
 pub(crate) struct RpcTable<H> {
     rpcs: RwLock<Entries<H>>,
     names: RwLock<HashMap<u64, String>>,
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<H> RpcTable<H> {

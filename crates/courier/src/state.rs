@@ -23,6 +23,7 @@ use crate::lifecycle::{Callback, Lifecycle};
 use crate::limits::ConnectionSlots;
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
+use crate::sync::lock;
 
 /// Where an engine's tasks run.
 pub(crate) struct Runtimes {
@@ -74,10 +75,6 @@ pub(crate) struct EngineState {
     /// Run at finalize, after the connections are closed (the engine drops
     /// its handlers there).
     teardown: Mutex<Vec<Callback>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Debug for EngineState {

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use courier_transport::PeerRange;
 use serde::{Deserialize, Serialize};
 
+use crate::sync::{read, write};
+
 /// What a peer may do with an exposed region (Margo's `HG_BULK_*`).
 ///
 /// For the local handle of a transfer, the mode says what the transfer may
@@ -176,13 +178,13 @@ impl BulkBuffer {
 
     /// Runs `f` on the bytes.
     pub fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        let guard = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let guard = read(&self.data);
         f(&guard)
     }
 
     /// Runs `f` on the bytes, to change them.
     pub fn write<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut guard = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = write(&self.data);
         f(&mut guard)
     }
 }

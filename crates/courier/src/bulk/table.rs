@@ -11,6 +11,7 @@ use super::region::{BulkMemory, BulkMode, Region};
 use super::wire::Access;
 use crate::config::BulkOptions;
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// The engine's exposed regions and the grants in use.
 #[derive(Debug)]
@@ -34,10 +35,6 @@ pub(crate) struct BulkTable {
 const POOLED_BUFFERS: usize = 16;
 /// Largest buffer kept for reuse.
 const POOLED_MAX: usize = 8 << 20;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Constant-time comparison of two keys (no early exit on the first
 /// differing byte).

@@ -105,16 +105,22 @@ impl courier::BulkMemory for Counted {
 }
 
 /// Over shm a 1 MiB pull and push never go through the exposing side's
-/// reads and writes (direct copies); with `direct: false`, or over tcp,
-/// they do.
+/// reads and writes (direct copies); with `direct: false` (the engine's,
+/// or one transfer's own options), or over tcp, they do.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shm_uses_direct_copies() {
-    for (proto, direct, expect_direct) in [
-        ("shm", true, true),
-        ("shm", false, false),
-        ("tcp", true, false),
+    for (proto, direct, transfer_direct, expect_direct) in [
+        ("shm", true, true, true),
+        ("shm", false, true, false),
+        ("shm", true, false, false),
+        ("tcp", true, true, false),
     ] {
+        // Options for the transfers alone, when they differ from the engine's.
+        let own = (!transfer_direct).then(|| courier::BulkOptions {
+            direct: false,
+            ..courier::BulkOptions::default()
+        });
         let (server, client, address) = pair(proto).await;
         if !direct {
             messages_only(&client);
@@ -129,20 +135,22 @@ async fn shm_uses_direct_copies() {
         let exposed = server.expose([counted], BulkMode::ReadWrite).unwrap();
         let local = BulkBuffer::new(1 << 20);
         let mine = client.expose([local.clone()], BulkMode::ReadWrite).unwrap();
-        guard("pull", client.pull(&address, &remote(&exposed), &mine))
-            .await
-            .unwrap();
+        let theirs = remote(&exposed);
+        let mut pull = client.pull(&address, &theirs, &mine);
+        let mut push = client.push(&address, &theirs, &mine);
+        if let Some(o) = own {
+            (pull, push) = (pull.options(o), push.options(o));
+        }
+        guard("pull", pull).await.unwrap();
         assert!(local.to_vec() == data);
         local.write(|b| b.fill(3));
-        guard("push", client.push(&address, &remote(&exposed), &mine))
-            .await
-            .unwrap();
+        guard("push", push).await.unwrap();
         assert!(check.read(|b| b.iter().all(|&x| x == 3)));
         let n = calls.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             n == 0,
             expect_direct,
-            "{proto} direct={direct}: {n} accesses through the memory"
+            "{proto} direct={direct}/{transfer_direct}: {n} accesses through the memory"
         );
         assert!(check.len() == 1 << 20);
     }

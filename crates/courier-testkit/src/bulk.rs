@@ -406,8 +406,10 @@ pub async fn local_checks(proto: &str) {
         client.push(&address, &theirs_tail, &ro).await,
         // A local handle that came from a peer.
         client.pull(&address, &theirs, &remote(&wo)).await,
-        // A range past the end of a handle.
+        // A range past the end of a handle, or reversed.
         theirs.slice(5..11).map(|_| ()),
+        #[allow(clippy::reversed_empty_ranges)]
+        theirs.slice(7..3).map(|_| ()),
         theirs.select(usize::MAX, 2).map(|_| ()),
     ];
     for (i, r) in cases.into_iter().enumerate() {

@@ -211,3 +211,46 @@ async fn dropping_the_engine_finalizes_it() {
     c.lookup(&format!("unix://{path}")).await.unwrap();
     wait.abort();
 }
+
+/// `timeouts.call_ms` bounds what sets no timeout of its own: a ping and a
+/// remote shutdown request to a peer that accepts the connection but never
+/// answers end with `Timeout`, naming what timed out; an explicit timeout
+/// wins over it.
+#[tokio::test]
+async fn call_timeout_bounds_pings_and_shutdown_requests() {
+    use std::time::Duration;
+    // A tcp listener that accepts and then reads nothing, answers nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = format!("tcp://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let client = Engine::builder("tcp")
+        .client()
+        .config_json(r#"{"timeouts": {"call_ms": 50}}"#)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.config()["timeouts"]["call_ms"], 50);
+    let peer = client.lookup(&at).await.unwrap();
+    for (what, result) in [
+        ("<ping>", peer.ping(None).await.map(|_| ())),
+        ("<shutdown>", peer.shutdown().await),
+    ] {
+        match result {
+            Err(Error::Timeout { rpc, after, .. }) => {
+                assert_eq!(rpc, what);
+                assert_eq!(after, Duration::from_millis(50));
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    match peer.shutdown_within(Some(Duration::from_millis(20))).await {
+        Err(Error::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(20)),
+        other => panic!("{other:?}"),
+    }
+    held.abort();
+}

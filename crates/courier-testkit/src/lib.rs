@@ -204,6 +204,7 @@ macro_rules! conformance_tests {
                 listen_and_connect,
                 message_boundaries,
                 order_and_integrity,
+                batches,
                 both_directions_at_once,
                 max_size_is_enforced_on_send,
                 oversized_from_peer_is_refused,

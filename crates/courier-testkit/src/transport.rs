@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use courier::transport::{
-    Address, DynListener, DynReceiver, DynSender, DynTransport, PluginOptions, TransportError,
+    Address, Batch, DynListener, DynReceiver, DynSender, DynTransport, PluginOptions, TransportError,
 };
 use courier::Bytes;
 
@@ -164,6 +164,63 @@ pub async fn order_and_integrity(proto: &str) {
             "message {i} arrived altered or out of order"
         );
     }
+    guard("sender", sender).await.unwrap();
+}
+
+/// A batch arrives as its messages, in order, between the messages sent
+/// before and after it — also a batch larger than the medium buffers,
+/// while the receiver reads. A batch holding one message over the maximum
+/// writes nothing, and the connection stays usable.
+pub async fn batches(proto: &str) {
+    const N: u64 = 600;
+    let ((tx, _crx), (_stx, mut rx), _l) = pair(proto).await;
+    let size = |i: u64| ((i * 7919) % 6_000) as usize + 8;
+    let sender = tokio::spawn(async move {
+        let mut tx = tx;
+        send(&mut tx, &[b"before"], "a message before the batches").await;
+        let mut batch = Batch::new();
+        batch.push(&[b"small", b" batch"]);
+        batch.push(&[]);
+        let sent = guard("a small batch", tx.send_batch_dyn(batch)).await;
+        sent.result
+            .unwrap_or_else(|e| panic!("a small batch: send failed: {e}"));
+        let (tx, mut batch) = (sent.sender, sent.batch);
+        batch.clear();
+        for i in 0..N {
+            batch.push(&[&numbered(i, size(i))]);
+        }
+        let sent = guard("a batch larger than the medium", tx.send_batch_dyn(batch)).await;
+        sent.result
+            .unwrap_or_else(|e| panic!("a large batch: send failed: {e}"));
+        let (tx, mut batch) = (sent.sender, sent.batch);
+        batch.clear();
+        batch.push(&[b"fits"]);
+        batch.push(&[&vec![0u8; MAX + 1]]);
+        let sent = guard("an oversized batch", tx.send_batch_dyn(batch)).await;
+        assert!(
+            matches!(sent.result, Err(TransportError::MessageTooLarge { .. })),
+            "a batch with a message over the maximum: {:?}",
+            sent.result
+        );
+        let mut tx = sent.sender;
+        send(&mut tx, &[b"after"], "a message after the batches").await;
+        tx
+    });
+    assert_eq!(&recv(&mut rx, "the message before").await[..], b"before");
+    assert_eq!(&recv(&mut rx, "a small batch").await[..], b"small batch");
+    assert!(recv(&mut rx, "an empty message in a batch").await.is_empty());
+    for i in 0..N {
+        let m = recv(&mut rx, "a message of the large batch").await;
+        assert!(
+            m[..] == numbered(i, size(i))[..],
+            "message {i} of the batch arrived altered or out of order"
+        );
+    }
+    assert_eq!(
+        &recv(&mut rx, "the message after").await[..],
+        b"after",
+        "the oversized batch wrote something"
+    );
     guard("sender", sender).await.unwrap();
 }
 

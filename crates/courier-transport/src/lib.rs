@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 mod address;
+mod batch;
 pub mod capability;
 mod error;
 pub mod framing;
@@ -62,6 +63,7 @@ pub mod stream;
 pub mod transport;
 
 pub use address::Address;
+pub use batch::{Batch, Messages};
 pub use capability::{Capabilities, DirectMemory, PeerRange};
 pub use error::TransportError;
 pub use registry::{
@@ -69,7 +71,7 @@ pub use registry::{
     BUILTIN_PROTOCOLS_TOML,
 };
 pub use transport::{
-    BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender, DynTransport,
+    BatchSent, BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender, DynTransport,
     Listener, MessageReceiver, MessageSender, Transport,
 };
 

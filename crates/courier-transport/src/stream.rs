@@ -19,11 +19,14 @@ use tokio::net::{tcp, TcpListener, TcpStream};
 
 use crate::framing::{length_prefix, DeframeError, Deframer, MAX_FRAMED_MESSAGE, PREAMBLE};
 use crate::transport::{Connection, Listener, MessageReceiver, MessageSender};
-use crate::{Address, Capabilities, TransportError};
+use crate::{Address, Batch, Capabilities, TransportError};
 
 /// Messages up to this size are copied into one buffer and written with one
 /// `write`; larger ones are written with vectored writes, without a copy.
 const COPY_THRESHOLD: usize = 16 * 1024;
+
+/// A sender keeps a write buffer up to this size between batches.
+const MAX_KEPT_SCRATCH: usize = 1 << 20;
 
 /// The sending half of a framed byte stream.
 #[derive(Debug)]
@@ -80,23 +83,45 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamSender<W> {
         self.preamble_sent = true;
         Ok(())
     }
+
+    /// Writes every message of `batch`, each with its length prefix, in
+    /// one buffer and one write.
+    async fn write_batch(&mut self, batch: &Batch) -> std::io::Result<()> {
+        self.scratch.clear();
+        if !self.preamble_sent {
+            self.scratch.extend_from_slice(&PREAMBLE);
+        }
+        for message in batch {
+            self.scratch
+                .extend_from_slice(&length_prefix(message.len()).unwrap_or_default());
+            self.scratch.extend_from_slice(message);
+        }
+        self.io.write_all(&self.scratch).await?;
+        self.preamble_sent = true;
+        if self.scratch.capacity() > MAX_KEPT_SCRATCH {
+            // A burst made it large: give the memory back.
+            self.scratch = Vec::new();
+        }
+        Ok(())
+    }
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> MessageSender for StreamSender<W> {
-    fn max_message_size(&self) -> usize {
-        self.max
-    }
-
-    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
+impl<W> StreamSender<W> {
+    /// Until a write completes, a dropped future leaves the stream
+    /// mid-message: the stream is marked broken before it starts, and the
+    /// mark cleared once it is done.
+    fn begin_write(&mut self) -> Result<(), TransportError> {
         if self.broken {
             return Err(TransportError::Closed {
                 peer: self.peer.to_string(),
             });
         }
-        // Until the write completes, a dropped future leaves the stream
-        // mid-message: mark it broken first, clear the mark once done.
         self.broken = true;
-        match self.write_message(parts, len).await {
+        Ok(())
+    }
+
+    fn end_write(&mut self, written: std::io::Result<()>) -> Result<(), TransportError> {
+        match written {
             Ok(()) => {
                 self.broken = false;
                 Ok(())
@@ -106,6 +131,24 @@ impl<W: AsyncWrite + Unpin + Send + 'static> MessageSender for StreamSender<W> {
                 source,
             }),
         }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> MessageSender for StreamSender<W> {
+    fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
+        self.begin_write()?;
+        let written = self.write_message(parts, len).await;
+        self.end_write(written)
+    }
+
+    async fn transmit_batch(&mut self, batch: &Batch) -> Result<(), TransportError> {
+        self.begin_write()?;
+        let written = self.write_batch(batch).await;
+        self.end_write(written)
     }
 
     async fn close(&mut self) -> Result<(), TransportError> {
@@ -433,6 +476,29 @@ mod tests {
         assert!(m.iter().all(|&b| b == 0xab));
         assert!(rx.recv().await.unwrap().is_none());
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_write_of_framed_messages() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut tx = StreamSender::new(a, peer(), 1 << 20);
+        let mut rx = StreamReceiver::new(b, peer(), 1 << 20);
+        let mut batch = Batch::new();
+        batch.push(&[b"one"]);
+        batch.push(&[]);
+        batch.push(&[b"th", b"ree"]);
+        // The first batch carries the preamble; a single message after it
+        // does not repeat it.
+        tx.send_batch(&batch).await.unwrap();
+        tx.send(&[b"four"]).await.unwrap();
+        for want in [&b"one"[..], b"", b"three", b"four"] {
+            assert_eq!(&rx.recv().await.unwrap().unwrap()[..], want);
+        }
+        batch.push(&[&[0u8; 2 << 20]]);
+        let err = tx.send_batch(&batch).await.unwrap_err();
+        assert!(matches!(err, TransportError::MessageTooLarge { .. }), "{err}");
+        tx.send(&[b"still usable"]).await.unwrap();
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"still usable");
     }
 
     #[tokio::test]

@@ -56,7 +56,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::{Address, TransportError};
+use crate::{Address, Batch, TransportError};
 
 /// A boxed, `Send` future, as the dyn-compatible traits return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -202,6 +202,52 @@ pub trait MessageSender: Send + 'static {
         }
     }
 
+    /// Hands every message of `batch` to the medium, in order, as one
+    /// operation where the medium allows it: one write on a byte stream,
+    /// one publish and one wake-up on a ring. Each message arrives as
+    /// itself. Every message is already checked to be at most
+    /// [`max_message_size`](MessageSender::max_message_size).
+    ///
+    /// Provided: calls [`transmit`](MessageSender::transmit) once per
+    /// message, which keeps the contract but saves nothing. A plugin whose
+    /// medium can take several messages at once overrides it. A batch
+    /// dropped part way leaves the connection as a dropped `transmit` does.
+    ///
+    /// Called by [`MessageSender::send_batch`]; call that instead.
+    fn transmit_batch(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            for message in batch {
+                self.transmit(&[message], message.len()).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Sends every message of `batch`, in order (see
+    /// [`transmit_batch`](MessageSender::transmit_batch)). A batch holding a
+    /// message over [`max_message_size`](MessageSender::max_message_size)
+    /// fails with [`TransportError::MessageTooLarge`] before anything is
+    /// written. Provided; not to be overridden.
+    fn send_batch(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let largest = batch.largest();
+        let max = self.max_message_size();
+        async move {
+            if largest > max {
+                return Err(TransportError::MessageTooLarge {
+                    size: largest as u64,
+                    max,
+                });
+            }
+            self.transmit_batch(batch).await
+        }
+    }
+
     /// Orderly close of this direction: what was sent is delivered, then the
     /// peer's `recv` returns `Ok(None)`.
     fn close(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
@@ -267,8 +313,34 @@ pub trait DynSender: Send + 'static {
         &'a mut self,
         parts: &'a [&'a [u8]],
     ) -> BoxFuture<'a, Result<(), TransportError>>;
+    /// See [`MessageSender::send_batch`], which it calls. The future owns
+    /// the sender and the batch, and gives both back with the outcome
+    /// ([`BatchSent`]), so that it can finish on a task of its own.
+    fn send_batch_dyn(self: Box<Self>, batch: Batch) -> BoxFuture<'static, BatchSent>;
     /// See [`MessageSender::close`].
     fn close_dyn(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// See [`MessageSender::max_message_size`].
+    fn max_message_size_dyn(&self) -> usize;
+}
+
+/// What [`DynSender::send_batch_dyn`] gives back: the sender, the batch (to
+/// be cleared and reused), and the outcome.
+pub struct BatchSent {
+    /// The sender the batch was sent on.
+    pub sender: Box<dyn DynSender>,
+    /// The batch, as it was given.
+    pub batch: Batch,
+    /// Whether it was sent.
+    pub result: Result<(), TransportError>,
+}
+
+impl fmt::Debug for BatchSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchSent")
+            .field("batch", &self.batch)
+            .field("result", &self.result)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Object-safe form of [`MessageReceiver`].
@@ -343,8 +415,24 @@ impl<S: MessageSender> DynSender for S {
         Box::pin(self.send(parts))
     }
 
+    fn send_batch_dyn(self: Box<Self>, batch: Batch) -> BoxFuture<'static, BatchSent> {
+        Box::pin(async move {
+            let mut sender = self;
+            let result = sender.send_batch(&batch).await;
+            BatchSent {
+                sender,
+                batch,
+                result,
+            }
+        })
+    }
+
     fn close_dyn(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(self.close())
+    }
+
+    fn max_message_size_dyn(&self) -> usize {
+        self.max_message_size()
     }
 }
 
@@ -422,5 +510,29 @@ mod tests {
         assert!(is_too_large(tx.send_dyn(&[b"abcdefgh"]).await, 8, 4));
         tx.send_dyn(&[b"abc"]).await.unwrap();
         assert_eq!(*transmitted.lock().unwrap(), [4, 0, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_message_by_message_unless_one_is_too_large() {
+        let transmitted = Arc::new(Mutex::new(Vec::new()));
+        let tx = Recorder {
+            max: 4,
+            transmitted: transmitted.clone(),
+        };
+        let mut batch = Batch::new();
+        batch.push(&[b"ab"]);
+        batch.push(&[b"abcde"]);
+        let tx: Box<dyn DynSender> = Box::new(tx);
+        assert_eq!(tx.max_message_size_dyn(), 4);
+        let sent = tx.send_batch_dyn(batch).await;
+        assert!(is_too_large(sent.result, 5, 4));
+        assert!(transmitted.lock().unwrap().is_empty(), "nothing written");
+        let mut batch = sent.batch;
+        batch.clear();
+        batch.push(&[b"ab", b"c"]);
+        batch.push(&[]);
+        let sent = sent.sender.send_batch_dyn(batch).await;
+        sent.result.unwrap();
+        assert_eq!(*transmitted.lock().unwrap(), [3, 0]);
     }
 }

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::{
-    Address, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
+    Address, Batch, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
     PluginContext, Reach, Transport, TransportError,
 };
 use serde::Deserialize;
@@ -121,7 +121,7 @@ impl MemTransport {
 }
 
 /// The two channel ends one side of a connection holds.
-type Half = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
+type Half = (mpsc::Sender<Packet>, mpsc::Receiver<Packet>);
 
 /// A connection on its way to a listener: the listener's half, and the
 /// address the connecting side goes by.
@@ -267,8 +267,8 @@ impl Drop for MemListener {
 #[derive(Debug)]
 pub struct MemConnection {
     peer: Address,
-    tx: mpsc::Sender<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Packet>,
+    rx: mpsc::Receiver<Packet>,
     max: usize,
 }
 
@@ -296,6 +296,7 @@ impl Connection for MemConnection {
             MemReceiver {
                 rx: self.rx,
                 max: self.max,
+                batch: None,
             },
         )
     }
@@ -305,7 +306,7 @@ impl Connection for MemConnection {
 #[derive(Debug)]
 pub struct MemSender {
     peer: Address,
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Packet>>,
     max: usize,
 }
 
@@ -316,24 +317,26 @@ impl MessageSender for MemSender {
 
     // `send` has refused a message over the maximum before this is called.
     async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
-        let tx = self.tx.as_ref().ok_or_else(|| TransportError::Closed {
-            peer: self.peer.to_string(),
-        })?;
         let mut message = BytesMut::with_capacity(len);
         for part in parts {
             message.extend_from_slice(part);
         }
-        // Waiting here is the backpressure; dropping this future part way
-        // sends nothing (tokio's `Sender::send` is cancel-safe).
-        tx.send(message.freeze())
-            .await
-            .map_err(|_| TransportError::Io {
-                peer: self.peer.to_string(),
-                source: io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the peer dropped the connection",
-                ),
-            })
+        self.put(Packet::One(message.freeze())).await
+    }
+
+    /// A batch is one packet: one copy, one channel operation, one wake-up.
+    async fn transmit_batch(&mut self, batch: &Batch) -> Result<(), TransportError> {
+        let mut data = BytesMut::with_capacity(batch.bytes());
+        let mut ends = Vec::with_capacity(batch.len());
+        for message in batch {
+            data.extend_from_slice(message);
+            ends.push(data.len());
+        }
+        self.put(Packet::Many {
+            data: data.freeze(),
+            ends,
+        })
+        .await
     }
 
     async fn close(&mut self) -> Result<(), TransportError> {
@@ -344,26 +347,79 @@ impl MessageSender for MemSender {
     }
 }
 
+impl MemSender {
+    /// Hands a packet to the channel. Waiting here is the backpressure;
+    /// dropping this future part way sends nothing (tokio's `Sender::send`
+    /// is cancel-safe).
+    async fn put(&mut self, packet: Packet) -> Result<(), TransportError> {
+        let tx = self.tx.as_ref().ok_or_else(|| TransportError::Closed {
+            peer: self.peer.to_string(),
+        })?;
+        tx.send(packet).await.map_err(|_| TransportError::Io {
+            peer: self.peer.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer dropped the connection",
+            ),
+        })
+    }
+}
+
+/// What travels on a direction's channel: one message, or a batch of them
+/// in one buffer (`ends` are their ends in `data`).
+#[derive(Debug)]
+enum Packet {
+    One(Bytes),
+    Many { data: Bytes, ends: Vec<usize> },
+}
+
 /// The receiving direction.
 #[derive(Debug)]
 pub struct MemReceiver {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Packet>,
     max: usize,
+    /// The rest of a batch received: its buffer, the ends of its messages,
+    /// and how many were taken.
+    batch: Option<(Bytes, Vec<usize>, usize)>,
+}
+
+impl MemReceiver {
+    /// The next message of the batch being read, if one is left.
+    fn next_of_batch(&mut self) -> Option<Bytes> {
+        let (data, ends, taken) = self.batch.as_mut()?;
+        let start = taken.checked_sub(1).map_or(0, |i| ends[i]);
+        let Some(&end) = ends.get(*taken) else {
+            self.batch = None;
+            return None;
+        };
+        *taken += 1;
+        Some(data.slice(start..end))
+    }
 }
 
 impl MessageReceiver for MemReceiver {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
-        // Cancel-safe: a message is only taken out by a completed `recv`.
-        match self.rx.recv().await {
-            // The two ends may have been built with different maxima.
-            Some(m) if m.len() > self.max => Err(TransportError::MessageTooLarge {
-                size: m.len() as u64,
+        let message = loop {
+            if let Some(m) = self.next_of_batch() {
+                break m;
+            }
+            // Cancel-safe: a packet is only taken out by a completed `recv`,
+            // and the rest of a batch stays here.
+            match self.rx.recv().await {
+                Some(Packet::One(m)) => break m,
+                Some(Packet::Many { data, ends }) => self.batch = Some((data, ends, 0)),
+                // The peer closed, or dropped its end: a clean end either way.
+                None => return Ok(None),
+            }
+        };
+        // The two ends may have been built with different maxima.
+        if message.len() > self.max {
+            return Err(TransportError::MessageTooLarge {
+                size: message.len() as u64,
                 max: self.max,
-            }),
-            Some(m) => Ok(Some(m)),
-            // The peer closed, or dropped its end: a clean end either way.
-            None => Ok(None),
+            });
         }
+        Ok(Some(message))
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::{
-    Address, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, PeerRange,
+    Address, Batch, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, PeerRange,
     TransportError,
 };
 use tokio::io::unix::AsyncFd;
@@ -504,48 +504,27 @@ impl MessageSender for ShmSender {
     }
 
     async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
-        if self.broken || self.closed {
-            return Err(TransportError::Closed {
-                peer: self.link.peer.to_string(),
-            });
-        }
-        self.check_peer().map_err(|b| self.error(b))?;
-        // `len <= max <= u32::MAX`.
-        let prefix = (len as u32).to_le_bytes();
-        // Fast path: the whole record fits now. Synchronous, so it cannot be
-        // cancelled half way.
-        let record = (PREFIX_LEN + len) as u64;
-        let fits = self.producer.free() >= record
-            || self.producer.refresh().map_err(|e| self.error(e.into()))? >= record;
-        if fits {
-            // (The writes cannot fail when the record fits; should one,
-            // the sender stays broken.)
-            self.broken = true;
-            for piece in std::iter::once(&prefix[..]).chain(parts.iter().copied()) {
-                let n = self
-                    .producer
-                    .write(piece)
-                    .map_err(|e| self.error(e.into()))?;
-                debug_assert_eq!(n, piece.len());
-            }
-            self.publish();
-            self.broken = false;
-            return Ok(());
-        }
-        // Until the message is whole in the ring, a dropped future leaves a
-        // partial message: mark the sender broken first, clear it once done.
-        self.broken = true;
-        let mut result = self.write_all(&prefix).await;
-        for part in parts {
-            if result.is_err() {
+        self.begin_write()?;
+        let written = self.write_record(parts, len).await;
+        self.end_write(written)
+    }
+
+    /// Every record of the batch goes into the ring before one publish and
+    /// at most one wake-up of the peer (more only when the batch is larger
+    /// than the ring, or than [`PUBLISH_EVERY`]).
+    async fn transmit_batch(&mut self, batch: &Batch) -> Result<(), TransportError> {
+        self.begin_write()?;
+        let mut written = Ok(());
+        for message in batch {
+            written = self.write_record(&[message], message.len()).await;
+            if written.is_err() {
                 break;
             }
-            result = self.write_all(part).await;
+            if self.producer.unpublished() >= PUBLISH_EVERY as u64 {
+                self.publish();
+            }
         }
-        result.map_err(|b| self.error(b))?;
-        self.publish();
-        self.broken = false;
-        Ok(())
+        self.end_write(written)
     }
 
     async fn close(&mut self) -> Result<(), TransportError> {
@@ -555,6 +534,49 @@ impl MessageSender for ShmSender {
 }
 
 impl ShmSender {
+    /// Until a message is whole in the ring, a dropped future leaves a
+    /// partial message: the sender is marked broken before a write starts,
+    /// and the mark cleared once it is done.
+    fn begin_write(&mut self) -> Result<(), TransportError> {
+        if self.broken || self.closed {
+            return Err(TransportError::Closed {
+                peer: self.link.peer.to_string(),
+            });
+        }
+        self.check_peer().map_err(|b| self.error(b))?;
+        self.broken = true;
+        Ok(())
+    }
+
+    /// Publishes what was written and clears the mark, or names the error.
+    fn end_write(&mut self, written: Result<(), Broken>) -> Result<(), TransportError> {
+        written.map_err(|b| self.error(b))?;
+        self.publish();
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Writes one record (length prefix and message) into the ring, without
+    /// publishing its end.
+    async fn write_record(&mut self, parts: &[&[u8]], len: usize) -> Result<(), Broken> {
+        // `len <= max <= u32::MAX`.
+        let prefix = (len as u32).to_le_bytes();
+        // Fast path: the whole record fits now, written without waiting.
+        let record = (PREFIX_LEN + len) as u64;
+        if self.producer.free() >= record || self.producer.refresh()? >= record {
+            for piece in std::iter::once(&prefix[..]).chain(parts.iter().copied()) {
+                let n = self.producer.write(piece)?;
+                debug_assert_eq!(n, piece.len());
+            }
+            return Ok(());
+        }
+        self.write_all(&prefix).await?;
+        for part in parts {
+            self.write_all(part).await?;
+        }
+        Ok(())
+    }
+
     fn close_now(&mut self) {
         if !self.closed {
             self.closed = true;

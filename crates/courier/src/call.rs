@@ -37,24 +37,26 @@ impl Body<'_> {
     /// An empty body.
     pub(crate) const EMPTY: Body<'static> = Body::Parts(&[]);
 
-    async fn send(self, conn: &Conn, header: &Header) -> Result<()> {
+    /// Sends `header` and the body; with `flushed`, returns once the
+    /// message is written to the medium, not only queued.
+    async fn send(self, conn: &Conn, header: &Header, flushed: bool) -> Result<()> {
         match self {
             Body::Parts(parts) => {
                 let head = header.encode();
                 match parts {
-                    [] => conn.send(&[&head]).await,
-                    [one] => conn.send(&[&head, one]).await,
+                    [] => conn.send_then(&[&head], flushed).await,
+                    [one] => conn.send_then(&[&head, one], flushed).await,
                     more => {
                         let mut all: Vec<&[u8]> = Vec::with_capacity(1 + more.len());
                         all.push(&head);
                         all.extend_from_slice(more);
-                        conn.send(&all).await
+                        conn.send_then(&all, flushed).await
                     }
                 }
             }
             Body::Encoded(msg) => {
                 frame::set_header(msg, header);
-                conn.send(&[msg]).await
+                conn.send_then(&[msg], flushed).await
             }
         }
     }
@@ -125,18 +127,19 @@ impl Conn {
         body: Body<'_>,
     ) -> Result<PendingCall<'_>> {
         let pending = self.register(&mut header)?;
-        body.send(self, &header).await?;
+        body.send(self, &header, false).await?;
         Ok(pending)
     }
 
     /// Sends a message that expects no answer (a one-way request), with a
-    /// fresh sequence number.
+    /// fresh sequence number. Returns once it is written to the medium, as
+    /// a one-way call promises (the engine may be finalized right after).
     ///
     /// # Errors
     /// The connection is dead; the message is too large; the send failed.
     pub(crate) async fn notify(&self, mut header: Header, body: Body<'_>) -> Result<()> {
         header.seq = self.next_seq();
-        body.send(self, &header).await
+        body.send(self, &header, true).await
     }
 }
 
@@ -183,6 +186,6 @@ async fn call_now(
         return Ok(None);
     }
     let pending = conn.register(&mut header)?;
-    body.send(&conn, &header).await?;
+    body.send(&conn, &header, false).await?;
     pending.reply().await.map(Some)
 }

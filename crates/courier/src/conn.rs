@@ -1,23 +1,62 @@
 //! One connection: its sender, its table of calls in flight, and its
 //! death. The reader task is in `reader.rs`, what it does with each frame
 //! in `dispatch.rs`, and the call primitive on top of this in `call.rs`.
+//!
+//! # The outbox: how messages go out
+//!
+//! Messages to a peer are written in batches. A message of at most
+//! [`COPY_MAX`] bytes is copied into the connection's queue; if nobody is
+//! writing, the sender that queued it takes the transport's sender and
+//! writes the queue at once ([`DynSender::send_batch_dyn`]), so one call in
+//! flight pays one copy of a small message and nothing else. If a write is
+//! under way, the message waits for it: when that write ends, the writer
+//! takes everything queued meanwhile and writes it as one batch (one
+//! system call, one ring publish, one wake-up of the peer). There is no
+//! timer: a batch goes as soon as the previous write is done.
+//!
+//! The write itself never belongs to a future that may be dropped: it is
+//! polled once where the message was queued, and if the medium cannot take
+//! it at once (a full socket), it goes on as a task of its own on the
+//! engine's runtime. A caller that gives up (a timeout) leaves the
+//! connection intact.
+//!
+//! A larger message is not copied: its sender waits for the transport's
+//! sender, writes what was queued before it, then its own message, from
+//! its own future (as every message was written before the outbox).
+//!
+//! The bytes queued and being written count against
+//! `max_queued_response_bytes` (`limits.rs`): over it, the connection's
+//! reader stops reading requests, and small messages wait for room.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 
 use bytes::Bytes;
-use courier_transport::{Address as WireAddr, DynSender};
+use courier_transport::{
+    Address as WireAddr, Batch, BatchSent, BoxFuture, DynSender, TransportError,
+};
+use tokio::runtime::Handle as RtHandle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Header, Kind, Status};
+use crate::frame::{Header, Kind, Status};
 use crate::limits::ConnLimits;
 use crate::progress::Progress;
 use crate::sync::lock;
+
+/// Messages up to this size are copied into the outbox and written in
+/// batches; larger ones are written from their sender's buffer.
+pub(crate) const COPY_MAX: usize = 16 * 1024;
+
+/// Batches written one after another by the future that queued a message
+/// before the rest is left to a task (a bound on the work one call does
+/// for others).
+const INLINE_BATCHES: usize = 4;
 
 /// A reply to a call: the response or error frame's header and payload.
 pub(crate) type Reply = (Header, Bytes);
@@ -28,13 +67,58 @@ struct Pending {
     closed: Option<String>,
 }
 
+/// The messages waiting to be written, and the transport's sender.
+struct Outbox {
+    /// The sender while nobody writes with it; `None` while a writer has it
+    /// (and once the connection is dead).
+    sender: Option<Box<dyn DynSender>>,
+    /// Small messages waiting for the next write.
+    queue: Batch,
+    /// An empty batch whose memory the next queue reuses.
+    spare: Batch,
+    /// Tickets given so far: message `n` of the connection has ticket `n`.
+    tickets: u64,
+    /// Senders of large messages waiting for the sender: a writer that
+    /// ends hands it to them rather than writing the queue itself.
+    waiting: usize,
+}
+
+impl Outbox {
+    /// Takes the queue to write it, leaving the spare batch in its place;
+    /// returns it with the ticket of its last message.
+    fn take_queue(&mut self) -> (Batch, u64) {
+        let spare = std::mem::take(&mut self.spare);
+        (std::mem::replace(&mut self.queue, spare), self.tickets)
+    }
+}
+
 pub(crate) struct Conn {
     pub(crate) id: u64,
+    /// The connection itself, for the writer task it may start.
+    me: Weak<Conn>,
+    /// The engine's runtime, where a write that could not finish at once
+    /// goes on.
+    rt: RtHandle,
     /// The address the peer is known by: the one dialed, the one it announced
     /// in its Hello, or the transport's view of it.
     transport_peer: WireAddr,
     announced: OnceLock<WireAddr>,
-    sender: tokio::sync::Mutex<Option<Box<dyn DynSender>>>,
+    outbox: Mutex<Outbox>,
+    /// The largest message the sender takes.
+    max_message: usize,
+    /// Tickets of the messages written so far (all up to this one).
+    written: AtomicU64,
+    /// Woken when messages were written, if `flush_waiters` is not zero.
+    flushed: Notify,
+    flush_waiters: AtomicUsize,
+    /// Woken when a writer gives the sender back while large messages wait.
+    idle: Notify,
+    /// Set by the reader while it handles messages that arrived together:
+    /// the messages queued meanwhile (their answers) wait for the end of
+    /// the burst, and go out as one batch ([`Conn::cork`]). Read under the
+    /// outbox's lock, and cleared before [`Conn::uncork`] takes it: a
+    /// message queued under a cork is seen by the uncork's flush.
+    corked: AtomicBool,
     pending: Mutex<Pending>,
     next_seq: AtomicU64,
     dead: AtomicBool,
@@ -55,12 +139,27 @@ impl Conn {
         sender: Box<dyn DynSender>,
         progress: Arc<Progress>,
         limits: ConnLimits,
-    ) -> Self {
-        Self {
+        rt: RtHandle,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             id,
+            me: me.clone(),
+            rt,
             transport_peer: peer,
             announced: OnceLock::new(),
-            sender: tokio::sync::Mutex::new(Some(sender)),
+            max_message: sender.max_message_size_dyn(),
+            outbox: Mutex::new(Outbox {
+                sender: Some(sender),
+                queue: Batch::new(),
+                spare: Batch::new(),
+                tickets: 0,
+                waiting: 0,
+            }),
+            corked: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            flushed: Notify::new(),
+            flush_waiters: AtomicUsize::new(0),
+            idle: Notify::new(),
             pending: Mutex::new(Pending {
                 calls: HashMap::new(),
                 closed: None,
@@ -72,7 +171,7 @@ impl Conn {
             progress,
             limits,
             capabilities: OnceLock::new(),
-        }
+        })
     }
 
     /// Records the address the peer announced in its Hello.
@@ -104,85 +203,404 @@ impl Conn {
         lock(&self.pending)
     }
 
-    /// Sends one message; a failure that breaks the connection kills it.
+    /// Sends one message: returns once it is queued (small) or written
+    /// (large); see the module's docs. A failure that breaks the connection
+    /// kills it, and the calls in flight on it fail.
     ///
-    /// The write races the connection's death: a send blocked on a peer
-    /// that stopped reading ends with the connection when it is killed
-    /// (by finalize, or by the reader seeing the peer go). If this future is
-    /// dropped while the message is being written, the stream is left
-    /// mid-message, so the connection is killed (the transport contract).
+    /// # Errors
+    /// The connection is dead; the message is over the maximum size (then
+    /// nothing is sent and the connection stays usable).
     pub(crate) async fn send(&self, parts: &[&[u8]]) -> Result<()> {
-        // Fast path: the sender is free and the message goes out in one
-        // poll (the common case); the race against the connection's death
-        // is only set up when something has to wait.
-        let mut guard = match self.sender.try_lock() {
-            Ok(g) => g,
-            Err(_) => {
-                let killed = self.killed.notified();
-                tokio::pin!(killed);
-                killed.as_mut().enable();
-                if self.is_dead() {
-                    return Err(self.lost());
-                }
-                tokio::select! {
-                    biased;
-                    () = killed => return Err(self.lost()),
-                    g = self.sender.lock() => g,
-                }
+        self.send_ticket(parts).await.map(drop)
+    }
+
+    /// Sends one message and waits until it is written to the medium (for
+    /// one-way requests and acknowledgements that the engine may be
+    /// finalized right after).
+    ///
+    /// # Errors
+    /// See [`Conn::send`]; the connection died before the message was
+    /// written.
+    pub(crate) async fn send_flushed(&self, parts: &[&[u8]]) -> Result<()> {
+        self.send_then(parts, true).await
+    }
+
+    /// [`Conn::send_flushed`] if `flushed`, else [`Conn::send`].
+    pub(crate) async fn send_then(&self, parts: &[&[u8]], flushed: bool) -> Result<()> {
+        let ticket = self.send_ticket(parts).await?;
+        if flushed {
+            self.wait_written(ticket).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send_ticket(&self, parts: &[&[u8]]) -> Result<u64> {
+        let len = courier_transport::transport::message_len(parts);
+        if len > self.max_message {
+            return Err(Error::Transport(TransportError::MessageTooLarge {
+                size: len as u64,
+                max: self.max_message,
+            }));
+        }
+        // The fast path, where one call in flight always is: nobody is
+        // writing and nothing waits, so the message is written at once from
+        // its sender's buffer, as if there were no outbox.
+        let idle = {
+            let mut ob = lock(&self.outbox);
+            if ob.queue.is_empty() && ob.waiting == 0 && !self.corked.load(Ordering::Relaxed) {
+                ob.sender.take().map(|sender| {
+                    ob.tickets += 1;
+                    (sender, ob.tickets)
+                })
+            } else {
+                None
             }
         };
-        if self.is_dead() {
-            guard.take();
-            return Err(self.lost());
+        if let Some((sender, ticket)) = idle {
+            return self.write_own(sender, parts, ticket).await;
         }
-        let Some(sender) = guard.as_mut() else {
-            return Err(self.lost());
+        if len <= COPY_MAX {
+            self.enqueue(parts, len).await
+        } else {
+            self.send_direct(parts, len).await
+        }
+    }
+
+    /// Queues a small message, and writes the queue if nobody is writing.
+    async fn enqueue(&self, parts: &[&[u8]], len: usize) -> Result<u64> {
+        loop {
+            if self.limits.has_room(len) {
+                let Some((ticket, write)) = self.queue(parts, len) else {
+                    return Err(self.lost());
+                };
+                self.progress.activity();
+                if let Some((sender, (batch, upto))) = write {
+                    self.write(sender, batch, upto).await;
+                }
+                return Ok(ticket);
+            }
+            // Over the budget: wait until written bytes make room.
+            self.flush().await;
+            let mut drained = pin!(self.limits.drained());
+            let mut killed = pin!(self.killed.notified());
+            drained.as_mut().enable();
+            killed.as_mut().enable();
+            if self.is_dead() {
+                return Err(self.lost());
+            }
+            if self.limits.has_room(len) {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = killed => return Err(self.lost()),
+                () = drained => {}
+            }
+        }
+    }
+
+    /// Queues a message: its ticket, and the sender with the queue if the
+    /// caller is to write it. `None` if the connection is dead.
+    #[allow(clippy::type_complexity)]
+    fn queue(
+        &self,
+        parts: &[&[u8]],
+        len: usize,
+    ) -> Option<(u64, Option<(Box<dyn DynSender>, (Batch, u64))>)> {
+        let mut ob = lock(&self.outbox);
+        if self.is_dead() {
+            return None;
+        }
+        ob.queue.push(parts);
+        ob.tickets += 1;
+        self.limits.add_queued(len);
+        let write = match ob.sender.take() {
+            // Large messages wait for the sender (leave it to them), or the
+            // reader holds the queue until the end of a burst.
+            Some(sender) if ob.waiting > 0 || self.corked.load(Ordering::Relaxed) => {
+                ob.sender = Some(sender);
+                None
+            }
+            Some(sender) => Some((sender, ob.take_queue())),
+            None => None,
+        };
+        Some((ob.tickets, write))
+    }
+
+    /// Holds small messages in the queue until [`Conn::uncork`]: the reader
+    /// calls it when it starts on messages that arrived together, so that
+    /// the answers to a burst of requests (or the next calls of the callers
+    /// a burst of responses woke) go out in one batch. Anything that has
+    /// to wait for the outbox writes the queue first ([`Conn::flush`]), so
+    /// a cork never holds a message for longer than the reader's burst.
+    pub(crate) fn cork(&self) {
+        self.corked.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends a [`Conn::cork`]: writes what was queued meanwhile.
+    pub(crate) async fn uncork(&self) {
+        self.corked.store(false, Ordering::Relaxed);
+        self.flush().await;
+    }
+
+    /// Writes the queue now if nobody is writing, cork or not.
+    async fn flush(&self) {
+        let write = {
+            let mut ob = lock(&self.outbox);
+            if ob.queue.is_empty() || ob.waiting > 0 {
+                None
+            } else {
+                ob.sender.take().map(|sender| (sender, ob.take_queue()))
+            }
+        };
+        if let Some((sender, (batch, upto))) = write {
+            self.write(sender, batch, upto).await;
+        }
+    }
+
+    /// Writes `batch` (messages up to ticket `upto`) and what is queued
+    /// after it: polled here once per batch, for a few batches; a write
+    /// that cannot finish at once goes on as a task.
+    async fn write(&self, mut sender: Box<dyn DynSender>, mut batch: Batch, mut upto: u64) {
+        for _ in 0..INLINE_BATCHES {
+            let mut sending = sender.send_batch_dyn(batch);
+            let first =
+                std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(sent) => match self.written_batch(sent, upto) {
+                    Some((s, b, u)) => (sender, batch, upto) = (s, b, u),
+                    None => return,
+                },
+                Poll::Pending => return self.spawn_writer(sending, upto),
+            }
+        }
+        self.spawn_writer(sender.send_batch_dyn(batch), upto);
+    }
+
+    /// Lets a batch being sent finish, and the queue after it be written,
+    /// on a task of the engine's runtime.
+    fn spawn_writer(&self, sending: BoxFuture<'static, BatchSent>, upto: u64) {
+        let Some(me) = self.me.upgrade() else {
+            // The connection is being dropped: nothing waits for the bytes.
+            return;
+        };
+        self.rt.spawn(async move {
+            let (mut sending, mut upto) = (sending, upto);
+            loop {
+                let mut killed = pin!(me.killed.notified());
+                killed.as_mut().enable();
+                if me.is_dead() {
+                    return;
+                }
+                let sent = tokio::select! {
+                    biased;
+                    sent = me.progress.watch(&mut sending) => sent,
+                    () = killed => return,
+                };
+                match me.written_batch(sent, upto) {
+                    Some((sender, batch, u)) => {
+                        sending = sender.send_batch_dyn(batch);
+                        upto = u;
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Accounts for a batch sent. Returns the next batch to write with its
+    /// sender, or `None` once the sender is given back (or the connection
+    /// is dead).
+    fn written_batch(&self, sent: BatchSent, upto: u64) -> Option<(Box<dyn DynSender>, Batch, u64)> {
+        let BatchSent {
+            sender,
+            mut batch,
+            result,
+        } = sent;
+        self.limits.remove_queued(batch.bytes());
+        batch.clear();
+        if let Err(e) = result {
+            drop(sender);
+            self.kill(&e.to_string());
+            return None;
+        }
+        self.progress.activity();
+        self.mark_written(upto);
+        self.give_back(sender, Some(batch))
+    }
+
+    /// Returns the sender to the outbox, unless messages are queued and no
+    /// large message waits for it: then they are the next batch to write.
+    /// `spare` is the cleared batch the writer wrote, if it wrote one.
+    fn give_back(
+        &self,
+        sender: Box<dyn DynSender>,
+        spare: Option<Batch>,
+    ) -> Option<(Box<dyn DynSender>, Batch, u64)> {
+        let mut ob = lock(&self.outbox);
+        if self.is_dead() {
+            // Killed while writing: the sender is closed here.
+            return None;
+        }
+        if let Some(spare) = spare {
+            ob.spare = spare;
+        }
+        if ob.queue.is_empty() || ob.waiting > 0 {
+            ob.sender = Some(sender);
+            let waiting = ob.waiting > 0;
+            drop(ob);
+            if waiting {
+                self.idle.notify_waiters();
+            }
+            return None;
+        }
+        let (next, upto) = ob.take_queue();
+        Some((sender, next, upto))
+    }
+
+    fn mark_written(&self, upto: u64) {
+        self.written.fetch_max(upto, Ordering::SeqCst);
+        if self.flush_waiters.load(Ordering::SeqCst) > 0 {
+            self.flushed.notify_waiters();
+        }
+    }
+
+    /// Waits until the message with `ticket` is written.
+    async fn wait_written(&self, ticket: u64) -> Result<()> {
+        if self.written.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        self.flush().await;
+        self.flush_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiter = Decrement(&self.flush_waiters);
+        loop {
+            let mut flushed = pin!(self.flushed.notified());
+            let mut killed = pin!(self.killed.notified());
+            flushed.as_mut().enable();
+            killed.as_mut().enable();
+            if self.written.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            if self.is_dead() {
+                return Err(self.lost());
+            }
+            tokio::select! {
+                biased;
+                () = flushed => {}
+                () = killed => {}
+            }
+        }
+    }
+
+    /// Sends a large message from its own buffer: waits for the sender,
+    /// writes what was queued before, then the message.
+    ///
+    /// The write races the connection's death: a send blocked on a peer
+    /// that stopped reading ends with the connection when it is killed. If
+    /// this future is dropped while the message is being written, the
+    /// stream is left mid-message, so the connection is killed (the
+    /// transport contract).
+    async fn send_direct(&self, parts: &[&[u8]], len: usize) -> Result<u64> {
+        self.limits.add_queued(len);
+        let _counted = Unqueue {
+            limits: &self.limits,
+            bytes: len,
+        };
+        let mut waiter: Option<Waiter<'_>> = None;
+        let (sender, before, ticket) = loop {
+            let mut idle = pin!(self.idle.notified());
+            let mut killed = pin!(self.killed.notified());
+            idle.as_mut().enable();
+            killed.as_mut().enable();
+            {
+                let mut ob = lock(&self.outbox);
+                if self.is_dead() {
+                    drop(ob);
+                    return Err(self.lost());
+                }
+                if let Some(sender) = ob.sender.take() {
+                    if let Some(w) = waiter.take() {
+                        ob.waiting -= 1;
+                        w.disarm();
+                    }
+                    let before = (!ob.queue.is_empty()).then(|| ob.take_queue());
+                    ob.tickets += 1;
+                    break (sender, before, ob.tickets);
+                }
+                if waiter.is_none() {
+                    ob.waiting += 1;
+                    waiter = Some(Waiter { conn: self });
+                }
+            }
+            tokio::select! {
+                biased;
+                () = killed => return Err(self.lost()),
+                () = idle => {}
+            }
         };
         let mut cancelled = KillIfDropped {
             conn: self,
             armed: true,
         };
-        let mut send = self.progress.watch(sender.send_dyn(parts));
-        let first = std::future::poll_fn(|cx| {
-            Poll::Ready(std::future::Future::poll(Pin::new(&mut send), cx))
-        })
-        .await;
-        let outcome = match first {
-            Poll::Ready(r) => Some(r),
-            Poll::Pending => {
-                let killed = self.killed.notified();
-                tokio::pin!(killed);
-                killed.as_mut().enable();
-                if self.is_dead() {
-                    None
-                } else {
-                    tokio::select! {
-                        biased;
-                        r = &mut send => Some(r),
-                        () = killed => None,
-                    }
+        let mut sender = Some(sender);
+        if let Some((batch, upto)) = before {
+            let Some(s) = sender.take() else {
+                unreachable!("the sender was just taken")
+            };
+            let sent = self.until_killed(s.send_batch_dyn(batch)).await;
+            let Some(sent) = sent else {
+                cancelled.armed = false;
+                return Err(self.lost());
+            };
+            match self.written_batch_keep(sent, upto) {
+                Some(s) => sender = Some(s),
+                None => {
+                    cancelled.armed = false;
+                    return Err(self.lost());
                 }
             }
+        }
+        cancelled.armed = false;
+        let Some(sender) = sender else {
+            unreachable!("the sender is back")
         };
-        drop(send);
+        self.write_own(sender, parts, ticket).await
+    }
+
+    /// Writes one message from its sender's buffer, with the sender taken
+    /// from the outbox, then gives the sender back (or writes what was
+    /// queued meanwhile).
+    async fn write_own(
+        &self,
+        mut sender: Box<dyn DynSender>,
+        parts: &[&[u8]],
+        ticket: u64,
+    ) -> Result<u64> {
+        let mut cancelled = KillIfDropped {
+            conn: self,
+            armed: true,
+        };
+        let outcome = self.until_killed(sender.send_dyn(parts)).await;
         cancelled.armed = false;
         match outcome {
-            None => {
-                guard.take();
-                Err(self.lost())
-            }
+            None => Err(self.lost()),
             Some(Ok(())) => {
                 self.progress.activity();
-                if self.is_dead() {
-                    // Killed while we were writing: close now.
-                    guard.take();
+                self.mark_written(ticket);
+                if let Some((sender, batch, upto)) = self.give_back(sender, None) {
+                    self.write(sender, batch, upto).await;
                 }
-                Ok(())
+                Ok(ticket)
             }
-            Some(Err(e)) if !e.is_fatal_to_connection() => Err(e.into()),
+            Some(Err(e)) if !e.is_fatal_to_connection() => {
+                if let Some((sender, batch, upto)) = self.give_back(sender, None) {
+                    self.spawn_writer(sender.send_batch_dyn(batch), upto);
+                }
+                Err(e.into())
+            }
             Some(Err(e)) => {
-                guard.take();
-                drop(guard);
+                drop(sender);
                 let reason = e.to_string();
                 self.kill(&reason);
                 Err(Error::ConnectionLost {
@@ -190,6 +608,48 @@ impl Conn {
                     reason,
                 })
             }
+        }
+    }
+
+    /// Like [`Conn::written_batch`], for a writer that keeps the sender.
+    fn written_batch_keep(&self, sent: BatchSent, upto: u64) -> Option<Box<dyn DynSender>> {
+        let BatchSent {
+            sender,
+            batch,
+            result,
+        } = sent;
+        self.limits.remove_queued(batch.bytes());
+        if let Err(e) = result {
+            drop(sender);
+            self.kill(&e.to_string());
+            return None;
+        }
+        self.mark_written(upto);
+        let mut ob = lock(&self.outbox);
+        if ob.spare.bytes() == 0 {
+            let mut batch = batch;
+            batch.clear();
+            ob.spare = batch;
+        }
+        Some(sender)
+    }
+
+    /// Runs a write until it ends or the connection is killed (`None`).
+    async fn until_killed<F: Future + Unpin>(&self, write: F) -> Option<F::Output> {
+        let mut write = self.progress.watch(write);
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await;
+        if let Poll::Ready(r) = first {
+            return Some(r);
+        }
+        let mut killed = pin!(self.killed.notified());
+        killed.as_mut().enable();
+        if self.is_dead() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            r = &mut write => Some(r),
+            () = killed => None,
         }
     }
 
@@ -260,9 +720,15 @@ impl Conn {
         // Dropping the senders wakes every waiting call.
         drop(calls);
         self.killed.notify_waiters();
-        if let Ok(mut s) = self.sender.try_lock() {
-            s.take();
-        }
+        let (sender, queued) = {
+            let mut ob = lock(&self.outbox);
+            let queued = ob.queue.bytes();
+            ob.queue.clear();
+            (ob.sender.take(), queued)
+        };
+        self.limits.remove_queued(queued);
+        // Closes this direction (a writer under way closes it when it ends).
+        drop(sender);
         if let Some(r) = self.reader.get() {
             r.abort();
         }
@@ -283,7 +749,6 @@ impl Conn {
             rpc: req.rpc,
             seq: req.seq,
         };
-        let _queued = self.limits.queue(frame::HEADER_LEN + message.len());
         self.send(&[&h.encode(), message.as_bytes()]).await
     }
 }
@@ -303,5 +768,295 @@ impl Drop for KillIfDropped<'_> {
     }
 }
 
+/// Takes a large message's bytes off the queued count when it is written
+/// (or given up).
+struct Unqueue<'a> {
+    limits: &'a ConnLimits,
+    bytes: usize,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        self.limits.remove_queued(self.bytes);
+    }
+}
+
+/// A large message waiting for the sender, counted in the outbox's
+/// `waiting`. If it gives up (its future dropped), the count goes down, and
+/// a queue the sender was handed over for is written.
+struct Waiter<'a> {
+    conn: &'a Conn,
+}
+
+impl Waiter<'_> {
+    /// The waiter got the sender: already uncounted.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn;
+        let mut ob = lock(&conn.outbox);
+        ob.waiting -= 1;
+        if ob.waiting > 0 || ob.queue.is_empty() {
+            return;
+        }
+        let Some(sender) = ob.sender.take() else {
+            return;
+        };
+        let (batch, upto) = ob.take_queue();
+        drop(ob);
+        conn.spawn_writer(sender.send_batch_dyn(batch), upto);
+    }
+}
+
+/// Decrements a count when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The reason recorded on connections closed by finalize.
 pub(crate) const FINALIZED: &str = "the engine was finalized";
+
+#[cfg(test)]
+mod tests {
+    //! The outbox without sockets: a sender that records what it is handed
+    //! and writes only when the test lets it.
+
+    use std::time::Duration;
+
+    use courier_transport::MessageSender;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// What the sender was handed: one entry per write, with its messages.
+    type Log = Arc<Mutex<Vec<Vec<Vec<u8>>>>>;
+
+    /// Records each write; each waits for a permit of `gate`.
+    struct Gated {
+        log: Log,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Gated {
+        async fn pass(&self) -> std::result::Result<(), TransportError> {
+            match self.gate.acquire().await {
+                Ok(permit) => {
+                    permit.forget();
+                    Ok(())
+                }
+                Err(_) => Err(TransportError::Closed {
+                    peer: "gated".into(),
+                }),
+            }
+        }
+    }
+
+    impl MessageSender for Gated {
+        fn max_message_size(&self) -> usize {
+            1 << 20
+        }
+
+        async fn transmit(
+            &mut self,
+            parts: &[&[u8]],
+            _len: usize,
+        ) -> std::result::Result<(), TransportError> {
+            self.pass().await?;
+            lock(&self.log).push(vec![parts.concat()]);
+            Ok(())
+        }
+
+        async fn transmit_batch(&mut self, batch: &Batch) -> std::result::Result<(), TransportError> {
+            self.pass().await?;
+            lock(&self.log).push(batch.iter().map(<[u8]>::to_vec).collect());
+            Ok(())
+        }
+
+        async fn close(&mut self) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    /// A connection whose writes pass `open` permits, then wait.
+    fn conn(open: usize, max_queued: usize) -> (Arc<Conn>, Log, Arc<Semaphore>) {
+        let log = Log::default();
+        let gate = Arc::new(Semaphore::new(open));
+        let sender = Gated {
+            log: log.clone(),
+            gate: gate.clone(),
+        };
+        let config = Config {
+            max_queued_response_bytes: max_queued,
+            ..Config::default()
+        };
+        let conn = Conn::new(
+            1,
+            "test://peer".parse().unwrap(),
+            Box::new(sender),
+            Arc::new(Progress::new(Duration::ZERO)),
+            ConnLimits::new(&config),
+            tokio::runtime::Handle::current(),
+        );
+        (conn, log, gate)
+    }
+
+    fn writes(log: &Log) -> Vec<Vec<Vec<u8>>> {
+        lock(log).clone()
+    }
+
+    /// Polls a future once.
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Runs the other tasks until `done` says so (bounded: a hang fails).
+    async fn until(mut done: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the condition never came true");
+    }
+
+    #[tokio::test]
+    async fn messages_queued_during_a_write_go_out_as_one_batch() {
+        let (conn, log, gate) = conn(0, 1 << 20);
+        // The first message takes the sender and waits in its write.
+        let first = conn.send(&[b"first"]);
+        tokio::pin!(first);
+        assert!(poll_once(first.as_mut()).is_pending());
+        // Meanwhile ten more are queued, each at once.
+        for i in 0..10u8 {
+            conn.send(&[b"m", &[i]]).await.unwrap();
+        }
+        gate.add_permits(2);
+        first.await.unwrap();
+        until(|| writes(&log).len() == 2).await;
+        let w = writes(&log);
+        assert_eq!(w[0], [b"first".to_vec()]);
+        let batch: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'm', i]).collect();
+        assert_eq!(w[1], batch, "one batch, in order");
+        assert!(conn.limits.has_room(1 << 20), "nothing left counted");
+    }
+
+    #[tokio::test]
+    async fn one_message_at_a_time_is_written_at_once_without_a_batch() {
+        let (conn, log, _gate) = conn(3, 1 << 20);
+        conn.send(&[b"a"]).await.unwrap();
+        conn.send(&[b"b"]).await.unwrap();
+        conn.send_flushed(&[b"c"]).await.unwrap();
+        assert_eq!(
+            writes(&log),
+            [[b"a".to_vec()], [b"b".to_vec()], [b"c".to_vec()]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cork_holds_messages_until_it_is_lifted() {
+        let (conn, log, _gate) = conn(10, 1 << 20);
+        conn.cork();
+        conn.send(&[b"x"]).await.unwrap();
+        conn.send(&[b"y"]).await.unwrap();
+        assert!(writes(&log).is_empty(), "written under the cork");
+        conn.uncork().await;
+        assert_eq!(writes(&log), [[b"x".to_vec(), b"y".to_vec()]]);
+    }
+
+    #[tokio::test]
+    async fn send_flushed_returns_once_written_and_lifts_a_cork() {
+        let (conn, log, gate) = conn(0, 1 << 20);
+        conn.cork();
+        let flushed = conn.send_flushed(&[b"ack"]);
+        tokio::pin!(flushed);
+        assert!(poll_once(flushed.as_mut()).is_pending());
+        assert!(writes(&log).is_empty());
+        gate.add_permits(1);
+        flushed.await.unwrap();
+        assert_eq!(writes(&log), [[b"ack".to_vec()]]);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_max_queued_response_bytes() {
+        let (conn, log, gate) = conn(0, 100);
+        let first = conn.send(&[&[1u8; 10]]);
+        tokio::pin!(first);
+        assert!(poll_once(first.as_mut()).is_pending());
+        // 10 bytes being written from their sender's own buffer; the queue
+        // takes 100 more, the budget, and not a byte more.
+        conn.send(&[&[2u8; 60]]).await.unwrap();
+        conn.send(&[&[2u8; 40]]).await.unwrap();
+        let over = conn.send(&[&[3u8; 1]]);
+        tokio::pin!(over);
+        assert!(poll_once(over.as_mut()).is_pending(), "queued over the budget");
+        gate.add_permits(3);
+        first.await.unwrap();
+        over.await.unwrap();
+        until(|| writes(&log).iter().map(Vec::len).sum::<usize>() == 4).await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_connection_drops_its_queue_and_refuses_more() {
+        let (conn, _log, _gate) = conn(0, 1 << 20);
+        let first = conn.send(&[b"stuck"]);
+        tokio::pin!(first);
+        assert!(poll_once(first.as_mut()).is_pending());
+        conn.send(&[b"queued"]).await.unwrap();
+        let flushed = conn.send_flushed(&[b"waits"]);
+        tokio::pin!(flushed);
+        assert!(poll_once(flushed.as_mut()).is_pending());
+        conn.kill("the test ended it");
+        for r in [first.await, flushed.await, conn.send(&[b"late"]).await] {
+            match r {
+                Err(Error::ConnectionLost { reason, .. }) => {
+                    assert_eq!(reason, "the test ended it");
+                }
+                other => panic!("expected a lost connection, got {other:?}"),
+            }
+        }
+        assert!(conn.limits.has_room(1 << 20), "the queue's bytes were released");
+    }
+
+    #[tokio::test]
+    async fn a_large_message_waits_its_turn_and_keeps_the_order() {
+        let (conn, log, gate) = conn(0, 64 << 20);
+        let first = conn.send(&[b"small 1"]);
+        tokio::pin!(first);
+        assert!(poll_once(first.as_mut()).is_pending());
+        conn.send(&[b"small 2"]).await.unwrap();
+        let big = vec![7u8; COPY_MAX + 1];
+        let parts: [&[u8]; 1] = [&big];
+        let large = conn.send(&parts);
+        tokio::pin!(large);
+        assert!(poll_once(large.as_mut()).is_pending(), "it waits for the sender");
+        gate.add_permits(3);
+        first.await.unwrap();
+        large.await.unwrap();
+        let w = writes(&log);
+        assert_eq!(w[0], [b"small 1".to_vec()]);
+        assert_eq!(w[1], [b"small 2".to_vec()], "what was queued before it");
+        assert_eq!(w[2], [big.clone()]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_is_refused_and_the_connection_stays() {
+        let (conn, log, _gate) = conn(1, 1 << 20);
+        let err = conn.send(&[&vec![0u8; (1 << 20) + 1]]).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Transport(TransportError::MessageTooLarge { .. })),
+            "{err}"
+        );
+        conn.send(&[b"fits"]).await.unwrap();
+        assert_eq!(writes(&log), [[b"fits".to_vec()]]);
+    }
+}

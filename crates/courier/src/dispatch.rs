@@ -153,7 +153,8 @@ impl Dispatcher {
             kind: Kind::Response,
             ..header
         };
-        let _ = conn.send(&[&ack.encode()]).await;
+        // Written before the engine finalizes (and drops what is queued).
+        let _ = conn.send_flushed(&[&ack.encode()]).await;
         let state = state.clone();
         self.state.rt.spawn(async move { state.finalize().await });
     }

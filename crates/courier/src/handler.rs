@@ -306,10 +306,7 @@ impl Handle {
 
 /// Sends a response whose right to be sent was claimed.
 async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
-    let queued = state.conn.limits.queue(parts.iter().map(|p| p.len()).sum());
-    let sent = state.conn.send(parts).await;
-    drop(queued);
-    match sent {
+    match state.conn.send(parts).await {
         Err(Error::Transport(e @ TransportError::MessageTooLarge { .. })) => {
             let message = format!("the response could not be sent: {e}");
             let _ = state

@@ -18,11 +18,13 @@
 //!   requests wait in its own socket buffers (backpressure), not in the
 //!   server's memory. A peer that floods requests, or a million one-way
 //!   RPCs, gets at most this many handlers at a time.
-//! * `max_queued_response_bytes`: bytes of responses (and error answers)
-//!   waiting to be written to one connection. A peer that sends requests but
-//!   never reads the responses fills its socket buffers, then this budget;
-//!   then, again, its reader stops. One response larger than the whole
-//!   budget is still sent (it waits for the queue to drain first).
+//! * `max_queued_response_bytes`: bytes waiting in one connection's outbox
+//!   (`conn.rs`) to be written: responses, error answers, and any other
+//!   small message queued while a write was under way. A peer that sends
+//!   requests but never reads the responses fills its socket buffers, then
+//!   this budget; then its reader stops, and so do the handlers' responses
+//!   (they wait for room). One message larger than the whole budget is
+//!   still sent (it waits for the queue to drain first).
 //!
 //! Frames in progress need no limit of their own: a stream connection has at
 //! most one partial message at a time, whose buffer grows with the bytes
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::conn::COPY_MAX;
 
 /// The server's connection slots (`max_connections`).
 #[derive(Debug)]
@@ -89,20 +92,6 @@ pub(crate) struct RequestSlot {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Bytes counted as queued on a connection until this is dropped.
-#[derive(Debug)]
-pub(crate) struct Queued<'a> {
-    limits: &'a ConnLimits,
-    bytes: usize,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.limits.queued.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.limits.drained.notify_waiters();
-    }
-}
-
 impl ConnLimits {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
@@ -132,13 +121,38 @@ impl ConnLimits {
         RequestSlot { _permit: permit }
     }
 
-    /// Counts `bytes` of a response as queued while it is being sent.
-    pub(crate) fn queue(&self, bytes: usize) -> Queued<'_> {
+    /// Whether a message of `bytes` may be queued now: within the budget,
+    /// or the queue is empty (a message larger than the whole budget still
+    /// goes, alone).
+    pub(crate) fn has_room(&self, bytes: usize) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        queued == 0 || queued.saturating_add(bytes) <= self.max_queued
+    }
+
+    /// Counts `bytes` as queued on the connection (waiting to be written,
+    /// or being written).
+    pub(crate) fn add_queued(&self, bytes: usize) {
         self.queued.fetch_add(bytes, Ordering::AcqRel);
-        Queued {
-            limits: self,
-            bytes,
+    }
+
+    /// Counts `bytes` as written (or dropped with the connection).
+    pub(crate) fn remove_queued(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
         }
+        let before = self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        // Nobody waits for room unless the queue was near its budget: the
+        // reader waits above it, a message of at most `COPY_MAX` bytes
+        // waits while it would take the queue over it. Below that, skip the
+        // notification (a lock) on the hot path.
+        if before.saturating_add(COPY_MAX) > self.max_queued {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Resolves after the next [`ConnLimits::remove_queued`].
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
     }
 
     /// Requests of this connection in flight now.
@@ -177,16 +191,20 @@ mod tests {
     #[tokio::test]
     async fn queued_bytes_over_budget_hold_the_next_request() {
         let limits = ConnLimits::new(&config(8, 100));
-        let big = limits.queue(101);
+        assert!(limits.has_room(1000), "an empty queue takes anything");
+        limits.add_queued(101);
+        assert!(!limits.has_room(1));
         let next = limits.request_slot();
         tokio::pin!(next);
         assert!(
             futures_poll_once(next.as_mut()).is_none(),
             "read while over"
         );
-        drop(big);
+        limits.remove_queued(101);
         let _slot = next.await;
-        let _at_budget = limits.queue(100);
+        limits.add_queued(60);
+        assert!(limits.has_room(40) && !limits.has_room(41));
+        limits.add_queued(40);
         let _slot2 = limits.request_slot().await;
     }
 

@@ -85,13 +85,14 @@ impl Links {
         let capabilities = raw.capabilities_dyn();
         let (tx, rx) = raw.split_dyn();
         let limits = ConnLimits::new(&state.config);
-        let conn = Arc::new(Conn::new(
+        let conn = Conn::new(
             state.next_conn_id(),
             peer,
             tx,
             state.progress.clone(),
             limits,
-        ));
+            state.rt.clone(),
+        );
         let _ = conn.capabilities.set(capabilities);
         state.add_conn(conn.clone());
         let task = state.rt.spawn(read_loop(

@@ -4,7 +4,10 @@
 //! Before each read the reader takes a request slot (`limits.rs`): a peer
 //! over its budget is simply not read from.
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 
 use courier_transport::{Address as WireAddr, DynReceiver};
 
@@ -33,6 +36,8 @@ pub(crate) async fn read_loop(
     let _forget = ForgetConn { state, id: conn.id };
     let mut expect_hello = expect_hello;
     let mut request_slot = None;
+    // Messages handled since the connection was corked (see `Conn::cork`).
+    let mut burst = 0usize;
     let reason = loop {
         let received = if expect_hello {
             // Slowloris: the first frame must come in time.
@@ -46,9 +51,30 @@ pub(crate) async fn read_loop(
             }
         } else {
             if request_slot.is_none() {
-                request_slot = Some(conn.limits.request_slot().await);
+                let mut slot = pin!(conn.limits.request_slot());
+                request_slot = Some(match poll_once(&mut slot).await {
+                    Poll::Ready(s) => s,
+                    Poll::Pending => {
+                        end_burst(&conn, &mut burst).await;
+                        slot.await
+                    }
+                });
             }
-            conn.progress.watch(rx.recv_dyn()).await
+            let mut recv = conn.progress.watch(rx.recv_dyn());
+            match poll_once(&mut recv).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    if end_burst(&conn, &mut burst).await {
+                        recv.await
+                    } else {
+                        // The poll above registered this task's waker; go
+                        // back to the scheduler before polling again, as a
+                        // plain await would have (a transport may yield to
+                        // the tasks this reader woke before it spins).
+                        Resumed::new(&mut recv).await
+                    }
+                }
+            }
         };
         let msg = match received {
             Ok(Some(m)) => {
@@ -77,6 +103,24 @@ pub(crate) async fn read_loop(
             announce(state, &conn, &payload);
             continue;
         }
+        match header.kind {
+            // The hot path: answers to what arrives together go out together.
+            Kind::Request | Kind::Response | Kind::Error | Kind::Pong => {
+                if burst == MAX_BURST {
+                    end_burst(&conn, &mut burst).await;
+                }
+                // The first message of a burst is answered at once (one
+                // call in flight is all first messages); the cork starts
+                // with the second.
+                if burst == 1 {
+                    conn.cork();
+                }
+                burst += 1;
+            }
+            _ => {
+                end_burst(&conn, &mut burst).await;
+            }
+        }
         if let Err(reason) = dispatch
             .frame(&conn, header, payload, &mut request_slot)
             .await
@@ -85,6 +129,81 @@ pub(crate) async fn read_loop(
         }
     };
     conn.kill(&reason);
+}
+
+/// Messages handled under one cork at most: a peer that keeps the reader
+/// busy still gets its answers in batches of this many.
+const MAX_BURST: usize = 64;
+
+/// Ends the reader's burst, before it waits for anything. After a burst of
+/// several messages (under the cork), the reader first lets the tasks they
+/// woke run (the callers whose responses came in the burst), so that their
+/// next calls join the batch, then uncorks the connection, writing what
+/// was queued. After a single message (one call in flight) there is no
+/// cork, and nothing to wait for. Returns whether it yielded.
+async fn end_burst(conn: &Conn, burst: &mut usize) -> bool {
+    match std::mem::take(burst) {
+        // No cork was set.
+        0 | 1 => false,
+        _ => {
+            YieldToTasks(false).await;
+            conn.uncork().await;
+            true
+        }
+    }
+}
+
+/// Yields once to the tasks ready on this thread: wakes itself, which
+/// puts the task at the back of the run queue, without the I/O driver poll
+/// (a system call) that `tokio::task::yield_now` waits for.
+struct YieldToTasks(bool);
+
+impl Future for YieldToTasks {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Awaits a future that was just polled, in this task, and returned
+/// `Pending`: returns to the scheduler once before polling it again. Its
+/// waker is registered, so the task is polled again when it has news (or
+/// at once, if it asked to yield).
+struct Resumed<'a, F> {
+    inner: &'a mut F,
+    polled: bool,
+}
+
+impl<'a, F> Resumed<'a, F> {
+    fn new(inner: &'a mut F) -> Self {
+        Self {
+            inner,
+            polled: false,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Resumed<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        if !self.polled {
+            self.polled = true;
+            return Poll::Pending;
+        }
+        Pin::new(&mut *self.inner).poll(cx)
+    }
+}
+
+/// Polls a future once, in the task that runs this.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
 }
 
 /// Removes a connection from the engine's table when its reader ends,

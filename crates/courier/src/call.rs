@@ -85,6 +85,8 @@ impl PendingCall<'_> {
         let Some(rx) = self.rx.as_mut() else {
             return Err(self.conn.lost());
         };
+        // Polling stays on while the answer is on its way (`progress.rs`).
+        let _waiting = self.conn.progress.outstanding();
         let answer = rx.await;
         // Answered: the connection already took the call out of its table.
         self.rx = None;

@@ -36,6 +36,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// `docs/benchmarks-journal.md` for the measurements that chose it).
 pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
 
+/// Default `progress_spin_busy_us`: while calls wait for answers, poll for
+/// up to 1 ms after the last activity before parking.
+pub const DEFAULT_PROGRESS_SPIN_BUSY_US: u64 = 1000;
+
 /// Whether an engine listens for connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +144,7 @@ impl Default for BulkOptions {
 ///   "max_message_size": 67108864,
 ///   "enable_remote_shutdown": false,
 ///   "progress_spin_us": 50,
+///   "progress_spin_busy_us": 1000,
 ///   "max_connections": 1024,
 ///   "max_in_flight_per_connection": 1024,
 ///   "max_queued_response_bytes": 67108864,
@@ -177,6 +182,14 @@ pub struct Config {
     /// runtime polling for this many microseconds before it may sleep
     /// (Margo's `progress_spindown_msec`). 0: park at once.
     pub progress_spin_us: u64,
+    /// Polling while calls wait: as long as calls of this engine wait for
+    /// their answers, the window after each message is this many
+    /// microseconds instead of `progress_spin_us` (the answer is on its
+    /// way: a large one arriving, a handler computing), and an engine with
+    /// nothing outstanding parks after `progress_spin_us` as before.
+    /// Never shorter than `progress_spin_us`; with `progress_spin_us = 0`
+    /// the engine parks at once whatever this says.
+    pub progress_spin_busy_us: u64,
     /// Connections a server accepts at once; one more is closed as soon as
     /// it is accepted (see `limits.rs` and `docs/reliability.md`).
     pub max_connections: usize,
@@ -204,6 +217,7 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             enable_remote_shutdown: false,
             progress_spin_us: DEFAULT_PROGRESS_SPIN_US,
+            progress_spin_busy_us: DEFAULT_PROGRESS_SPIN_BUSY_US,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
@@ -325,6 +339,11 @@ impl Config {
 
     pub(crate) fn progress_spin(&self) -> Duration {
         Duration::from_micros(self.progress_spin_us)
+    }
+
+    /// The window while calls are outstanding (see `progress_spin_busy_us`).
+    pub(crate) fn progress_spin_busy(&self) -> Duration {
+        Duration::from_micros(self.progress_spin_busy_us.max(self.progress_spin_us))
     }
 }
 

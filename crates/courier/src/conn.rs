@@ -902,7 +902,7 @@ mod tests {
             1,
             "test://peer".parse().unwrap(),
             Box::new(sender),
-            Arc::new(Progress::new(Duration::ZERO)),
+            Arc::new(Progress::new(Duration::ZERO, Duration::ZERO)),
             ConnLimits::new(&config),
             tokio::runtime::Handle::current(),
         );

@@ -14,10 +14,22 @@
 //! without a wake-up. When the window ends with no new activity, the spinner
 //! sleeps until the next message and the runtime parks as usual.
 //!
-//! The cost is CPU: one core kept busy for the window after each message.
-//! `progress_spin_us = 0` turns it off (park at once).
+//! While calls of the engine wait for their answers, the window is longer
+//! (`progress_spin_busy_us`, 1 ms by default): an answer is on its way —
+//! a large response arriving in pieces, a handler still computing — and
+//! parking in between would make its arrival pay the wake-up. Each poll of
+//! a transport operation counts as activity too ([`Progress::watch`]), so
+//! a message that arrives in many pieces keeps the window open while its
+//! bytes flow. An engine with nothing outstanding parks after
+//! `progress_spin_us`.
+//!
+//! The cost is CPU: one core kept busy for the window after each message,
+//! and while calls wait (at most `progress_spin_busy_us` after the last
+//! byte moved). An idle engine costs nothing: no call waits, nothing
+//! arrives, the spinner sleeps. `progress_spin_us = 0` turns all of it off
+//! (park at once).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +39,10 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub(crate) struct Progress {
     spin: Duration,
+    /// The window while calls are outstanding.
+    busy_spin: Duration,
+    /// Calls of the engine waiting for their answers.
+    outstanding: AtomicUsize,
     /// Bumped on every activity: a relaxed increment, no clock read, so
     /// that counting costs nothing on the hot path; only the spinner, which
     /// has nothing better to do, reads the clock.
@@ -36,9 +52,11 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(spin: Duration) -> Self {
+    pub(crate) fn new(spin: Duration, busy_spin: Duration) -> Self {
         Self {
             spin,
+            busy_spin: busy_spin.max(spin),
+            outstanding: AtomicUsize::new(0),
             activity: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             wake: Notify::new(),
@@ -61,6 +79,23 @@ impl Progress {
         }
     }
 
+    /// Counts a call waiting for its answer until the guard is dropped.
+    pub(crate) fn outstanding(&self) -> Outstanding<'_> {
+        if !self.spin.is_zero() {
+            self.outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+        Outstanding { progress: self }
+    }
+
+    /// The window after the last activity: longer while calls wait.
+    fn window(&self) -> Duration {
+        if self.outstanding.load(Ordering::Relaxed) > 0 {
+            self.busy_spin
+        } else {
+            self.spin
+        }
+    }
+
     /// Wraps a transport operation so that every time it is polled — woken
     /// by its medium: part of a large message arrived, the socket became
     /// writable again — counts as activity. A message that takes longer than
@@ -80,14 +115,14 @@ impl Progress {
             self.wake.notified().await;
             self.spinning.store(true, Ordering::Relaxed);
             let mut seen = self.activity.load(Ordering::Relaxed);
-            let mut deadline = Instant::now() + self.spin;
+            let mut last = Instant::now();
             loop {
                 tokio::task::yield_now().await;
                 let now = self.activity.load(Ordering::Relaxed);
                 if now != seen {
                     seen = now;
-                    deadline = Instant::now() + self.spin;
-                } else if Instant::now() >= deadline {
+                    last = Instant::now();
+                } else if last.elapsed() >= self.window() {
                     break;
                 }
             }
@@ -97,6 +132,20 @@ impl Progress {
             if self.activity.load(Ordering::Relaxed) != seen {
                 self.wake.notify_one();
             }
+        }
+    }
+}
+
+/// A call waiting for its answer, counted by [`Progress::outstanding`].
+#[derive(Debug)]
+pub(crate) struct Outstanding<'a> {
+    progress: &'a Progress,
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        if !self.progress.spin.is_zero() {
+            self.progress.outstanding.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -116,5 +165,37 @@ impl<F: std::future::Future + Unpin> std::future::Future for Watched<'_, F> {
     ) -> std::task::Poll<F::Output> {
         self.progress.activity();
         std::pin::Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_the_busy_one_while_calls_wait() {
+        let spin = Duration::from_micros(50);
+        let busy = Duration::from_micros(1000);
+        let p = Progress::new(spin, busy);
+        assert_eq!(p.window(), spin, "nothing outstanding");
+        let a = p.outstanding();
+        let b = p.outstanding();
+        assert_eq!(p.window(), busy);
+        drop(a);
+        assert_eq!(p.window(), busy, "one call still waits");
+        drop(b);
+        assert_eq!(p.window(), spin);
+        // Never shorter than the plain window.
+        let p = Progress::new(spin, Duration::from_micros(10));
+        let _c = p.outstanding();
+        assert_eq!(p.window(), spin);
+    }
+
+    #[test]
+    fn parking_at_once_counts_nothing() {
+        let p = Progress::new(Duration::ZERO, Duration::from_micros(1000));
+        let _c = p.outstanding();
+        assert_eq!(p.outstanding.load(Ordering::Relaxed), 0);
+        assert_eq!(p.window(), Duration::ZERO);
     }
 }

@@ -951,7 +951,8 @@ servers on another (--pin; restrict the CPUs with taskset to choose them).
 Examples:
   courier bench --quick                              # < 30 s, every built-in protocol
   courier bench --protocols tcp,unix --sizes 0,4K,1M --in-flight 1,8,64
-  courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg";
+  courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg
+  courier bench --protocols tcp,unix --sizes 64 --in-flight 32 --clients 1,8";
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const BENCH_LONG_ABOUT: &str =
@@ -1028,6 +1029,25 @@ mod tests {
         let p = plan(false);
         assert_eq!(p.sizes, DEFAULT_SIZES);
         assert_eq!(p.runs, 3);
+        assert_eq!(p.clients, [1]);
+    }
+
+    #[test]
+    fn many_clients_count_as_measurements_except_in_process() {
+        let mut p = plan(true);
+        p.clients = vec![1, 8];
+        let tcp = p.protocols[0].clone();
+        assert_eq!(p.clients_for(&tcp), [1, 8]);
+        let mem = Proto {
+            name: "mem".into(),
+            plugin: "mem".into(),
+            socket: None,
+            in_process: true,
+        };
+        assert_eq!(p.clients_for(&mem), [1]);
+        assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2 * 2);
+        p.protocols.push(mem);
+        assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2 * 2 + 4 * 2 * 2 * 2);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! its calls, the wall-clock start and the length of its measured loop,
 //! and every bucket of its latency histogram.
 //!
-//! The parent ([`measure`]) merges the reports ([`merge`]): the calls are
+//! The parent ([`measure()`]) merges the reports ([`merge`]): the calls are
 //! summed, the histograms merged (p50, p99, p99.9 of all calls), and the
 //! rates are over the span from the first client's start to the last
 //! client's end, so RPCs/s = all calls / that span.

@@ -137,6 +137,9 @@ enum Command {
     /// (internal) A peer of `courier bench`, run as its child process.
     #[command(hide = true)]
     BenchPeer(bench::peer::PeerArgs),
+    /// (internal) A client of `courier bench --clients N`, run as its child process.
+    #[command(hide = true)]
+    BenchClient(bench::clients::ClientArgs),
 }
 
 /// Options shared by the subcommands that talk to a service.
@@ -224,6 +227,7 @@ async fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args, cli.verbose).await,
         Command::Bench(args) => bench::run(args, cli.verbose).await,
         Command::BenchPeer(args) => bench::peer::run(args).await,
+        Command::BenchClient(args) => bench::clients::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ use serde_json::Value;
 const GUARD: Duration = Duration::from_secs(180);
 
 /// The fields of every record of the JSON's `results` (docs/benchmarks.md).
-const RECORD_FIELDS: [&str; 27] = [
+const RECORD_FIELDS: [&str; 28] = [
     "protocol",
     "plugin",
     "layer",
@@ -27,6 +27,7 @@ const RECORD_FIELDS: [&str; 27] = [
     "progress_spin_us",
     "payload_bytes",
     "in_flight",
+    "clients",
     "runs",
     "calls",
     "p50_us",
@@ -49,7 +50,7 @@ const RECORD_FIELDS: [&str; 27] = [
     "per_run",
 ];
 
-const PER_RUN_FIELDS: [&str; 7] = [
+const PER_RUN_FIELDS: [&str; 8] = [
     "p50_us",
     "p99_us",
     "p999_us",
@@ -57,6 +58,7 @@ const PER_RUN_FIELDS: [&str; 7] = [
     "mib_per_s",
     "calls",
     "elapsed_s",
+    "client_calls",
 ];
 
 /// Runs `courier ARGS` (with `COURIER_PROTOCOLS` set to `table` if given).
@@ -174,6 +176,7 @@ fn quick_bench_prints_every_row_and_a_complete_json() {
             assert!(rec[k].as_f64().unwrap() > 0.0, "{k}: {rec}");
         }
         assert_eq!(rec["runs"], 1);
+        assert_eq!(rec["clients"], 1);
         assert_eq!(
             rec["mib_per_s"].is_null(),
             rec["payload_bytes"].as_u64().unwrap() < 64 << 10,

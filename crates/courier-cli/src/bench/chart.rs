@@ -62,14 +62,17 @@ where
     let areas = charts.split_evenly((rows, 2));
     let lowest_n = plan.in_flight.first().copied().unwrap_or(1);
     let highest_n = plan.in_flight.last().copied().unwrap_or(1);
+    let fewest_clients = plan.clients.first().copied().unwrap_or(1);
+    let clients = super::clients_label(fewest_clients);
     for (row, &spin) in plan.policies.iter().enumerate() {
         let policy = policy_label(spin);
+        // One client count per chart: the fewest measured.
         let of_policy: Vec<&Record> = records
             .iter()
-            .filter(|r| r.progress_spin_us == spin)
+            .filter(|r| r.progress_spin_us == spin && r.clients == fewest_clients)
             .collect();
         if let Some(area) = areas.get(2 * row) {
-            let title = format!("p50 latency, {lowest_n} in flight, {policy}");
+            let title = format!("p50 latency, {lowest_n} in flight{clients}, {policy}");
             let pts = |r: &&Record| {
                 (r.in_flight == lowest_n && r.p50_us > 0.0)
                     .then(|| (x_of(r.payload_bytes), r.p50_us))
@@ -77,7 +80,7 @@ where
             panel(area, plan, &of_policy, &title, "p50 µs", pts)?;
         }
         if let Some(area) = areas.get(2 * row + 1) {
-            let title = format!("throughput, {highest_n} in flight, {policy}");
+            let title = format!("throughput, {highest_n} in flight{clients}, {policy}");
             let pts = |r: &&Record| {
                 let mib = r.mib_per_s.filter(|m| *m > 0.0)?;
                 (r.in_flight == highest_n && r.payload_bytes >= THROUGHPUT_FROM)

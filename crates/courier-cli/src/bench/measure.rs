@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use courier::transport::{Address as WireAddr, DynReceiver, DynSender, DynTransport};
 use courier::{Address, Bytes, Engine, RawCallable};
@@ -62,8 +62,58 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The raw outcome of one measured loop, before it becomes [`Figures`]: a
+/// `courier bench-client` child sends it to its parent, which merges those
+/// of all its clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// Every round trip, in nanoseconds.
+    pub(crate) histogram: Histogram<u64>,
+    /// From the start of the measured loop to its last reply.
+    pub(crate) elapsed: Duration,
+    /// The wall clock at the start of the measured loop (the clients of one
+    /// measurement run in different processes: their common clock).
+    pub(crate) started: SystemTime,
+}
+
+impl Sample {
+    pub(crate) fn figures(&self, payload: usize) -> CliResult<Figures> {
+        figures(&self.histogram, self.elapsed, payload)
+    }
+}
+
+/// What runs between the warm-up and the measured loop: nothing for the
+/// client in this process ([`no_gate`]); the start barrier in a
+/// `courier bench-client` child.
+pub(crate) trait Gate {
+    fn open(&mut self) -> impl Future<Output = CliResult>;
+}
+
+/// The gate that is always open.
+pub(crate) struct NoGate;
+
+impl Gate for NoGate {
+    async fn open(&mut self) -> CliResult {
+        Ok(())
+    }
+}
+
+/// The measured loop: its start on the wall clock, then `run`'s histogram
+/// and elapsed time.
+async fn sampled(
+    run: impl Future<Output = CliResult<(Histogram<u64>, Duration)>>,
+) -> CliResult<Sample> {
+    let started = SystemTime::now();
+    let (histogram, elapsed) = run.await?;
+    Ok(Sample {
+        histogram,
+        elapsed,
+        started,
+    })
+}
+
 #[allow(clippy::cast_precision_loss)]
-fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> CliResult<Figures> {
+pub(crate) fn figures(h: &Histogram<u64>, elapsed: Duration, payload: usize) -> CliResult<Figures> {
     let calls = h.len();
     if calls == 0 {
         return Err(Error::Peer("no call completed within the time cap".into()));
@@ -169,6 +219,19 @@ pub async fn measure<C: Caller>(
     payload: &Bytes,
     spec: &Spec,
 ) -> Result<Figures, Error> {
+    sample(caller, payload, spec, &mut NoGate)
+        .await?
+        .figures(payload.len())
+}
+
+/// [`measure`], with `gate` opened between the warm-up and the measured
+/// loop; the sample, not its figures.
+pub(crate) async fn sample<C: Caller>(
+    caller: &C,
+    payload: &Bytes,
+    spec: &Spec,
+    gate: &mut impl Gate,
+) -> CliResult<Sample> {
     calls_loop(
         caller,
         payload,
@@ -177,9 +240,15 @@ pub async fn measure<C: Caller>(
         spec.time_cap / 4,
     )
     .await?;
-    let (h, elapsed) =
-        calls_loop(caller, payload, spec.in_flight, spec.calls, spec.time_cap).await?;
-    figures(&h, elapsed, payload.len())
+    gate.open().await?;
+    sampled(calls_loop(
+        caller,
+        payload,
+        spec.in_flight,
+        spec.calls,
+        spec.time_cap,
+    ))
+    .await
 }
 
 async fn calls_loop<C: Caller>(
@@ -263,11 +332,11 @@ async fn pipeline<L: Link>(
 async fn warm_and_measure<L: Link>(
     link: &mut L,
     spec: &Spec,
-    payload: usize,
-) -> CliResult<Figures> {
+    gate: &mut impl Gate,
+) -> CliResult<Sample> {
     pipeline(link, spec.in_flight, spec.warmup, spec.time_cap / 4).await?;
-    let (h, elapsed) = pipeline(link, spec.in_flight, spec.calls, spec.time_cap).await?;
-    figures(&h, elapsed, payload)
+    gate.open().await?;
+    sampled(pipeline(link, spec.in_flight, spec.calls, spec.time_cap)).await
 }
 
 struct RawLink {
@@ -302,6 +371,20 @@ pub(crate) async fn raw(
     spec: &Spec,
     polling: bool,
 ) -> CliResult<Figures> {
+    raw_sample(transport, addr, payload, spec, polling, &mut NoGate)
+        .await?
+        .figures(payload.len())
+}
+
+/// [`raw`], with `gate` opened between the warm-up and the measured loop.
+pub(crate) async fn raw_sample(
+    transport: &Arc<dyn DynTransport>,
+    addr: &WireAddr,
+    payload: &Bytes,
+    spec: &Spec,
+    polling: bool,
+    gate: &mut impl Gate,
+) -> CliResult<Sample> {
     let conn = transport.connect_dyn(addr).await?;
     let (tx, rx) = conn.split_dyn();
     let mut link = RawLink {
@@ -310,9 +393,9 @@ pub(crate) async fn raw(
         payload: payload.clone(),
     };
     let _spin = Spinner::start(polling);
-    let figures = warm_and_measure(&mut link, spec, payload.len()).await?;
+    let sample = warm_and_measure(&mut link, spec, gate).await?;
     let _ = link.tx.close_dyn().await;
-    Ok(figures)
+    Ok(sample)
 }
 
 struct SocketLink<S> {
@@ -349,7 +432,8 @@ async fn socket_link<S: AsyncRead + AsyncWrite + Unpin>(
     payload: &[u8],
     spec: &Spec,
     polling: bool,
-) -> CliResult<Figures> {
+    gate: &mut impl Gate,
+) -> CliResult<Sample> {
     let len = u32::try_from(payload.len()).map_err(|_| {
         Error::Argument(format!(
             "a payload of {} bytes is over the socket floor's 4 GiB",
@@ -364,9 +448,9 @@ async fn socket_link<S: AsyncRead + AsyncWrite + Unpin>(
         message,
     };
     let _spin = Spinner::start(polling);
-    let figures = warm_and_measure(&mut link, spec, payload.len()).await?;
+    let sample = warm_and_measure(&mut link, spec, gate).await?;
     let _ = link.stream.shutdown().await;
-    Ok(figures)
+    Ok(sample)
 }
 
 /// Plain tokio sockets, a 4-byte little-endian length before each message,
@@ -378,6 +462,20 @@ pub(crate) async fn socket(
     spec: &Spec,
     polling: bool,
 ) -> CliResult<Figures> {
+    socket_sample(kind, address, payload, spec, polling, &mut NoGate)
+        .await?
+        .figures(payload.len())
+}
+
+/// [`socket`], with `gate` opened between the warm-up and the measured loop.
+pub(crate) async fn socket_sample(
+    kind: SocketKind,
+    address: &str,
+    payload: &[u8],
+    spec: &Spec,
+    polling: bool,
+    gate: &mut impl Gate,
+) -> CliResult<Sample> {
     let rest = address
         .split_once("://")
         .map(|(_, rest)| rest)
@@ -393,14 +491,14 @@ pub(crate) async fn socket(
                 .map_err(|e| Error::io(format!("connect to {address}"), e))?;
             s.set_nodelay(true)
                 .map_err(|e| Error::io(format!("set TCP_NODELAY on {address}"), e))?;
-            socket_link(s, payload, spec, polling).await
+            socket_link(s, payload, spec, polling, gate).await
         }
         #[cfg(unix)]
         SocketKind::Unix => {
             let s = tokio::net::UnixStream::connect(rest)
                 .await
                 .map_err(|e| Error::io(format!("connect to {address}"), e))?;
-            socket_link(s, payload, spec, polling).await
+            socket_link(s, payload, spec, polling, gate).await
         }
         #[cfg(not(unix))]
         SocketKind::Unix => Err(Error::Unsupported(

@@ -57,6 +57,7 @@
 
 pub(crate) mod bulk;
 mod chart;
+pub(crate) mod clients;
 mod machine;
 mod measure;
 pub(crate) mod peer;
@@ -104,6 +105,8 @@ const MEASUREMENT_GUARD: Duration = Duration::from_secs(120);
 const DEFAULT_SIZES: [usize; 6] = [0, 64, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
 const QUICK_SIZES: [usize; 4] = [0, 64, 64 << 10, 1 << 20];
 const DEFAULT_IN_FLIGHT: [u32; 2] = [1, 32];
+/// The most client processes of `--clients`.
+const MAX_CLIENTS: u32 = 64;
 /// The largest payload accepted by `--sizes`.
 const MAX_SIZE: usize = 1 << 30;
 /// Payloads from this size on get a MiB/s figure.
@@ -220,6 +223,18 @@ pub(crate) struct BenchArgs {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     in_flight: Vec<u32>,
 
+    /// Clients, comma-separated [default: 1]. With N > 1 the engine, raw
+    /// and socket layers are each measured by N client processes (this
+    /// executable again), all against the one server of that layer, all on
+    /// the client's CPU, each keeping --in-flight calls outstanding and
+    /// making up to --calls calls; they warm up, then start together.
+    /// Latencies are those of all their calls; RPCs/s = all calls / the
+    /// span from the first client's start to the last one's end. Protocols
+    /// that reach their own process only (mem) are measured with 1 client.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
+    clients: Vec<u32>,
+
     /// Repetitions of every measurement; each figure is the median over the
     /// runs, with min..max [default: 3; with --quick 1].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -335,6 +350,8 @@ pub(crate) struct Plan {
     pub(crate) protocols: Vec<Proto>,
     pub(crate) sizes: Vec<usize>,
     pub(crate) in_flight: Vec<u32>,
+    /// Client processes per measurement (1: this process alone).
+    pub(crate) clients: Vec<u32>,
     pub(crate) runs: u32,
     pub(crate) policies: Vec<u64>,
     pub(crate) layers: Vec<Layer>,
@@ -394,6 +411,18 @@ impl Plan {
         };
         in_flight.sort_unstable();
         in_flight.dedup();
+        let mut clients = if args.clients.is_empty() {
+            vec![1]
+        } else {
+            args.clients.clone()
+        };
+        clients.sort_unstable();
+        clients.dedup();
+        if args.mode == BenchMode::Bulk && clients != [1] {
+            return Err(Error::Argument(
+                "--clients applies to --mode rpc only".into(),
+            ));
+        }
         let mut policies = Vec::new();
         for p in &args.progress_spin_us {
             if !policies.contains(p) {
@@ -443,6 +472,7 @@ impl Plan {
             protocols,
             sizes,
             in_flight,
+            clients,
             runs: args.runs.unwrap_or(if quick { 1 } else { 3 }),
             policies,
             layers,
@@ -477,6 +507,17 @@ impl Plan {
             .collect()
     }
 
+    /// The client counts measured for `p`: 1 only for a protocol whose
+    /// connections reach this process only (its clients cannot be other
+    /// processes).
+    pub(crate) fn clients_for(&self, p: &Proto) -> Vec<u32> {
+        self.clients
+            .iter()
+            .copied()
+            .filter(|c| *c == 1 || !p.in_process)
+            .collect()
+    }
+
     /// Calls of one measurement: the byte budget over the size, at least
     /// `MIN_CALLS` and twice the calls in flight, at most `max_calls`.
     pub(crate) fn calls(&self, size: usize, in_flight: u32) -> u64 {
@@ -506,7 +547,7 @@ impl Plan {
         let layers: usize = self
             .protocols
             .iter()
-            .map(|p| self.layers_for(p).len())
+            .map(|p| self.layers_for(p).len() * self.clients_for(p).len())
             .sum();
         (per_layer * layers * self.policies.len()) as u64
     }
@@ -555,7 +596,7 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
                     verbose,
                     bar: &bar,
                 };
-                if let Err(e) = group.run(&mut results).await {
+                if let Err(e) = group.run(&mut results, &mut errors).await {
                     errors.push(e.context(format!(
                         "bench over {} ({}) failed",
                         proto.name,
@@ -620,12 +661,15 @@ impl Peers {
 }
 
 impl Group<'_> {
-    async fn run(&self, results: &mut Vec<RunResult>) -> CliResult {
+    /// Measures everything of the group; a failed many-client measurement
+    /// goes to `errors` and the others go on, any other failure ends the
+    /// group.
+    async fn run(&self, results: &mut Vec<RunResult>, errors: &mut Vec<Error>) -> CliResult {
         let layers = self.plan.layers_for(self.proto);
         let mut peers = Peers::default();
         let started = self.start_peers(&layers, &mut peers).await;
         let outcome = match started {
-            Ok(()) => self.measure_all(&layers, &peers, results).await,
+            Ok(()) => self.measure_all(&layers, &peers, results, errors).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -676,6 +720,7 @@ impl Group<'_> {
         layers: &[Layer],
         peers: &Peers,
         results: &mut Vec<RunResult>,
+        errors: &mut Vec<Error>,
     ) -> CliResult {
         let plan = self.plan;
         let spin = Duration::from_micros(self.spin_us);
@@ -700,7 +745,7 @@ impl Group<'_> {
             }
         };
         let result = self
-            .measure_loop(layers, peers, client.as_ref(), results)
+            .measure_loop(layers, peers, client.as_ref(), results, errors)
             .await;
         if let Some((engine, _)) = client {
             engine.finalize().await;
@@ -714,6 +759,7 @@ impl Group<'_> {
         peers: &Peers,
         client: Option<&(Engine, courier::Address)>,
         results: &mut Vec<RunResult>,
+        errors: &mut Vec<Error>,
     ) -> CliResult {
         let plan = self.plan;
         let sink = client.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
@@ -731,78 +777,163 @@ impl Group<'_> {
         };
         let largest = plan.sizes.last().copied().unwrap_or(0);
         let buffer = Bytes::from(vec![0xa5u8; largest]);
-        let polling = self.spin_us > 0;
+        let clients = plan.clients_for(self.proto);
         for run in 0..plan.runs {
             for &size in &plan.sizes {
                 let payload = buffer.slice(..size);
                 for &n in &plan.in_flight {
                     let spec = plan.spec(size, n);
-                    for &layer in layers {
-                        self.bar.set_message(format!(
-                            "{} {} {} {} ×{n} run {}/{}",
-                            self.proto.name,
-                            policy_label(self.spin_us),
-                            layer.name(),
-                            size_label(size),
-                            run + 1,
-                            plan.runs
-                        ));
-                        let work = async {
-                            match layer {
-                                Layer::Engine => match &sink {
-                                    Some(s) => measure(s, &payload, &spec).await,
-                                    None => Err(Error::Peer("no engine peer".into())),
-                                },
-                                Layer::Raw => match &transport {
-                                    Some((t, a)) => {
-                                        measure::raw(t, a, &payload, &spec, polling).await
-                                    }
-                                    None => Err(Error::Peer("no raw peer".into())),
-                                },
-                                Layer::Socket => match (&peers.socket, self.proto.socket) {
-                                    (Some(p), Some(kind)) => {
-                                        measure::socket(kind, p.address(), &payload, &spec, polling)
-                                            .await
-                                    }
-                                    _ => Err(Error::Peer("no socket peer".into())),
-                                },
-                            }
-                        };
-                        let guard = spec.time_cap * 2 + MEASUREMENT_GUARD;
-                        let figures: Figures = match tokio::time::timeout(guard, work).await {
-                            Ok(Ok(f)) => f,
-                            Ok(Err(e)) => {
-                                return Err(e.context(format!(
-                                    "{} layer, {} × {n} in flight",
-                                    layer.name(),
-                                    size_label(size)
-                                )))
-                            }
-                            Err(_) => {
-                                return Err(Error::Peer(format!(
-                                    "{} layer, {} × {n} in flight: no end after {} s",
-                                    layer.name(),
-                                    size_label(size),
-                                    guard.as_secs()
-                                )))
-                            }
-                        };
-                        results.push(RunResult {
-                            proto_index: self.proto_index,
-                            protocol: self.proto.name.clone(),
-                            plugin: self.proto.plugin.clone(),
-                            spin_us: self.spin_us,
-                            layer,
-                            size,
-                            in_flight: n,
-                            figures,
-                        });
-                        self.bar.inc(1);
+                    for &c in &clients {
+                        for &layer in layers {
+                            self.bar.set_message(format!(
+                                "{} {} {} {} ×{n}{} run {}/{}",
+                                self.proto.name,
+                                policy_label(self.spin_us),
+                                layer.name(),
+                                size_label(size),
+                                clients_label(c),
+                                run + 1,
+                                plan.runs
+                            ));
+                            let what = format!(
+                                "{} layer, {} × {n} in flight{}",
+                                layer.name(),
+                                size_label(size),
+                                clients_label(c)
+                            );
+                            let measured = if c > 1 {
+                                self.measure_clients(layer, peers, size, &spec, c).await
+                            } else {
+                                self.measure_one(
+                                    layer,
+                                    peers,
+                                    sink.as_ref(),
+                                    transport.as_ref(),
+                                    &payload,
+                                    &spec,
+                                )
+                                .await
+                            };
+                            let (figures, client_calls) = match measured {
+                                Ok(f) => f,
+                                Err(e) if c > 1 => {
+                                    // The clients are gone, the servers are
+                                    // not: the other measurements go on.
+                                    errors.push(e.context(what).context(format!(
+                                        "bench over {} ({}) failed",
+                                        self.proto.name,
+                                        policy_label(self.spin_us)
+                                    )));
+                                    self.bar.inc(1);
+                                    continue;
+                                }
+                                Err(e) => return Err(e.context(what)),
+                            };
+                            results.push(RunResult {
+                                proto_index: self.proto_index,
+                                protocol: self.proto.name.clone(),
+                                plugin: self.proto.plugin.clone(),
+                                spin_us: self.spin_us,
+                                layer,
+                                size,
+                                in_flight: n,
+                                clients: c,
+                                figures,
+                                client_calls,
+                            });
+                            self.bar.inc(1);
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// One measurement by this process, the one client, under a hang guard.
+    async fn measure_one(
+        &self,
+        layer: Layer,
+        peers: &Peers,
+        sink: Option<&EngineSink>,
+        transport: Option<&(
+            std::sync::Arc<dyn courier::transport::DynTransport>,
+            WireAddr,
+        )>,
+        payload: &Bytes,
+        spec: &Spec,
+    ) -> CliResult<(Figures, Vec<u64>)> {
+        let polling = self.spin_us > 0;
+        let work = async {
+            match layer {
+                Layer::Engine => match sink {
+                    Some(s) => measure(s, payload, spec).await,
+                    None => Err(Error::Peer("no engine peer".into())),
+                },
+                Layer::Raw => match transport {
+                    Some((t, a)) => measure::raw(t, a, payload, spec, polling).await,
+                    None => Err(Error::Peer("no raw peer".into())),
+                },
+                Layer::Socket => match (&peers.socket, self.proto.socket) {
+                    (Some(p), Some(kind)) => {
+                        measure::socket(kind, p.address(), payload, spec, polling).await
+                    }
+                    _ => Err(Error::Peer("no socket peer".into())),
+                },
+            }
+        };
+        let guard = spec.time_cap * 2 + MEASUREMENT_GUARD;
+        match tokio::time::timeout(guard, work).await {
+            Ok(result) => result.map(|f| (f, vec![f.calls])),
+            Err(_) => Err(Error::Peer(format!("no end after {} s", guard.as_secs()))),
+        }
+    }
+
+    /// One measurement by `clients` client processes (their own guards
+    /// bound it).
+    async fn measure_clients(
+        &self,
+        layer: Layer,
+        peers: &Peers,
+        size: usize,
+        spec: &Spec,
+        clients: u32,
+    ) -> CliResult<(Figures, Vec<u64>)> {
+        let peer = match layer {
+            Layer::Engine => &peers.engine,
+            Layer::Raw => &peers.raw,
+            Layer::Socket => &peers.socket,
+        };
+        let Some(peer) = peer else {
+            return Err(Error::Peer(format!("no {} peer", layer.name())));
+        };
+        let load = clients::Load {
+            client: clients::ClientArgs {
+                layer,
+                protocol: self.proto.name.clone(),
+                address: peer.address().to_owned(),
+                size,
+                in_flight: u32::try_from(spec.in_flight).unwrap_or(u32::MAX),
+                calls: spec.calls,
+                warmup: spec.warmup,
+                time_cap_ms: u64::try_from(spec.time_cap.as_millis()).unwrap_or(u64::MAX),
+                progress_spin_us: self.spin_us,
+                max_message_size: self.plan.max_message_size,
+                cpu: self.plan.client_cpu,
+            },
+            clients,
+            verbose: self.verbose,
+        };
+        clients::measure(&load).await
+    }
+}
+
+/// The label of a client count in messages: nothing for 1, " × N clients".
+fn clients_label(clients: u32) -> String {
+    if clients > 1 {
+        format!(" × {clients} clients")
+    } else {
+        String::new()
     }
 }
 
@@ -820,7 +951,8 @@ servers on another (--pin; restrict the CPUs with taskset to choose them).
 Examples:
   courier bench --quick                              # < 30 s, every built-in protocol
   courier bench --protocols tcp,unix --sizes 0,4K,1M --in-flight 1,8,64
-  courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg";
+  courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg
+  courier bench --protocols tcp,unix --sizes 64 --in-flight 32 --clients 1,8";
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const BENCH_LONG_ABOUT: &str =
@@ -870,6 +1002,7 @@ mod tests {
             protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
             sizes: Vec::new(),
             in_flight: Vec::new(),
+            clients: Vec::new(),
             runs: None,
             quick,
             progress_spin_us: vec![0, 50, 0],
@@ -896,6 +1029,25 @@ mod tests {
         let p = plan(false);
         assert_eq!(p.sizes, DEFAULT_SIZES);
         assert_eq!(p.runs, 3);
+        assert_eq!(p.clients, [1]);
+    }
+
+    #[test]
+    fn many_clients_count_as_measurements_except_in_process() {
+        let mut p = plan(true);
+        p.clients = vec![1, 8];
+        let tcp = p.protocols[0].clone();
+        assert_eq!(p.clients_for(&tcp), [1, 8]);
+        let mem = Proto {
+            name: "mem".into(),
+            plugin: "mem".into(),
+            socket: None,
+            in_process: true,
+        };
+        assert_eq!(p.clients_for(&mem), [1]);
+        assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2 * 2);
+        p.protocols.push(mem);
+        assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2 * 2 + 4 * 2 * 2 * 2);
     }
 
     #[test]

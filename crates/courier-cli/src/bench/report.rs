@@ -25,11 +25,15 @@ pub(crate) struct RunResult {
     pub(crate) layer: Layer,
     pub(crate) size: usize,
     pub(crate) in_flight: u32,
+    /// Client processes (1: this process).
+    pub(crate) clients: u32,
     pub(crate) figures: Figures,
+    /// The calls of each client (one element with one client).
+    pub(crate) client_calls: Vec<u64>,
 }
 
 /// A run's figures as the JSON's `per_run` holds them.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct RunFigures {
     p50_us: f64,
     p99_us: f64,
@@ -38,6 +42,8 @@ pub(crate) struct RunFigures {
     mib_per_s: Option<f64>,
     calls: u64,
     elapsed_s: f64,
+    /// Each client's calls (their sum is `calls`).
+    client_calls: Vec<u64>,
 }
 
 /// One row of the table and one element of the JSON's `results`.
@@ -50,6 +56,7 @@ pub(crate) struct Record {
     pub(crate) progress_spin_us: u64,
     pub(crate) payload_bytes: usize,
     pub(crate) in_flight: u32,
+    pub(crate) clients: u32,
     pub(crate) runs: usize,
     pub(crate) calls: u64,
     pub(crate) p50_us: f64,
@@ -77,7 +84,7 @@ pub(crate) struct Record {
 /// The fields every record has, in order (the documented schema; a test
 /// checks the JSON against it).
 #[cfg(test)]
-pub(crate) const RECORD_FIELDS: [&str; 27] = [
+pub(crate) const RECORD_FIELDS: [&str; 28] = [
     "protocol",
     "plugin",
     "layer",
@@ -85,6 +92,7 @@ pub(crate) const RECORD_FIELDS: [&str; 27] = [
     "progress_spin_us",
     "payload_bytes",
     "in_flight",
+    "clients",
     "runs",
     "calls",
     "p50_us",
@@ -107,11 +115,11 @@ pub(crate) const RECORD_FIELDS: [&str; 27] = [
     "per_run",
 ];
 
-/// Groups the runs by (protocol, policy, size, in flight, layer) and
-/// computes medians, spreads and the ratios to the raw floor.
+/// Groups the runs by (protocol, policy, size, in flight, clients, layer)
+/// and computes medians, spreads and the ratios to the raw floor.
 pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
     let policy_rank = |spin: u64| plan.policies.iter().position(|p| *p == spin);
-    type Key = (usize, Option<usize>, usize, u32, Layer);
+    type Key = (usize, Option<usize>, usize, u32, u32, Layer);
     let mut groups: BTreeMap<Key, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         groups
@@ -120,6 +128,7 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
                 policy_rank(r.spin_us),
                 r.size,
                 r.in_flight,
+                r.clients,
                 r.layer,
             ))
             .or_default()
@@ -148,6 +157,7 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
                 progress_spin_us: first.spin_us,
                 payload_bytes: first.size,
                 in_flight: first.in_flight,
+                clients: first.clients,
                 runs: runs.len(),
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 calls: calls.median.round() as u64,
@@ -178,14 +188,17 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
                         mib_per_s: opt(r.figures.mib_per_s),
                         calls: r.figures.calls,
                         elapsed_s: r.figures.elapsed_s,
+                        client_calls: r.client_calls.clone(),
                     })
                     .collect(),
                 proto_index: first.proto_index,
             })
         })
         .collect();
-    // Ratios to the raw floor of the same protocol, policy, size, in flight.
-    let floors: BTreeMap<(usize, u64, usize, u32), (f64, f64)> = records
+    // Ratios to the raw floor of the same protocol, policy, size, in
+    // flight, clients.
+    type FloorKey = (usize, u64, usize, u32, u32);
+    let floors: BTreeMap<FloorKey, (f64, f64)> = records
         .iter()
         .filter(|r| r.layer == Layer::Raw)
         .map(|r| {
@@ -195,6 +208,7 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
                     r.progress_spin_us,
                     r.payload_bytes,
                     r.in_flight,
+                    r.clients,
                 ),
                 (r.p50_us, r.rpcs_per_s),
             )
@@ -206,6 +220,7 @@ pub(crate) fn aggregate(plan: &Plan, results: &[RunResult]) -> Vec<Record> {
             r.progress_spin_us,
             r.payload_bytes,
             r.in_flight,
+            r.clients,
         );
         if let Some((p50, rate)) = floors.get(&key) {
             r.p50_vs_raw = ratio(r.p50_us, *p50);
@@ -219,13 +234,15 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
 }
 
-/// The table's lines (without the lines around it).
-pub(crate) fn table(records: &[Record]) -> Table {
-    let mut t = Table::new(&[
-        "protocol",
-        "policy",
-        "size",
-        "in flight",
+/// The table's lines (without the lines around it); with a `clients`
+/// column after `in flight` when `with_clients` (some measurement had more
+/// than one client).
+pub(crate) fn table(records: &[Record], with_clients: bool) -> Table {
+    let mut header = vec!["protocol", "policy", "size", "in flight"];
+    if with_clients {
+        header.push("clients");
+    }
+    header.extend([
         "layer",
         "p50 µs",
         "p99 µs",
@@ -234,18 +251,25 @@ pub(crate) fn table(records: &[Record]) -> Table {
         "MiB/s",
         "p50 ÷ raw",
         "RPCs/s ÷ raw",
-    ])
-    // Numbers to the right; `layer` (4) is a word.
-    .align((2..=11).filter(|col| *col != 4), Align::Right);
+    ]);
+    let layer_col = header.len() - 8;
+    let last = header.len() - 1;
+    // Numbers to the right; `layer` is a word.
+    let mut t = Table::new(&header).align((2..=last).filter(|col| *col != layer_col), Align::Right);
     for r in records {
         let n = r.runs;
         let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
         let spread = |median, min, max, format| Spread { median, min, max }.cell(n, format);
-        t.row(vec![
+        let mut row = vec![
             r.protocol.clone(),
             r.policy.clone(),
             size_label(r.payload_bytes),
             r.in_flight.to_string(),
+        ];
+        if with_clients {
+            row.push(r.clients.to_string());
+        }
+        row.extend([
             r.layer.name().to_owned(),
             spread(r.p50_us, r.p50_us_min, r.p50_us_max, format_us),
             spread(r.p99_us, r.p99_us_min, r.p99_us_max, format_us),
@@ -263,6 +287,7 @@ pub(crate) fn table(records: &[Record]) -> Table {
             ratio(r.p50_vs_raw),
             ratio(r.rpcs_per_s_vs_raw),
         ]);
+        t.row(row);
     }
     t
 }
@@ -292,13 +317,34 @@ pub(crate) fn print(plan: &Plan, records: &[Record], elapsed: Duration) -> CliRe
     ))?;
     out(format_args!("machine: {}", plan.machine))?;
     out("")?;
-    table(records).print()?;
+    let many = plan.clients.iter().any(|c| *c > 1);
+    table(records, many).print()?;
     out("")?;
-    out(
+    out(format_args!(
         "engine: RPC through two engines; raw: the same transport alone (Transport trait); \
          socket: plain sockets, no Courier code. ÷ raw: this layer's figure over the raw floor's \
-         (same protocol, policy, size, in flight). MiB/s from 64 KiB on.",
-    )?;
+         (same protocol, policy, size, in flight{}). MiB/s from 64 KiB on.",
+        if many { ", clients" } else { "" }
+    ))?;
+    if many {
+        out(
+            "clients: with N > 1, N client processes on the client's CPU against the one server \
+             of each layer, started together; latencies of all their calls, RPCs/s = all calls / \
+             the span from the first start to the last end.",
+        )?;
+        let alone: Vec<&str> = plan
+            .protocols
+            .iter()
+            .filter(|p| p.in_process)
+            .map(|p| p.name.as_str())
+            .collect();
+        if !alone.is_empty() {
+            out(format_args!(
+                "{}: 1 client only (its connections reach this process only).",
+                alone.join(", ")
+            ))?;
+        }
+    }
     out(format_args!(
         "{} measurements in {:.1} s",
         records.iter().map(|r| r.runs).sum::<usize>(),
@@ -312,6 +358,7 @@ fn config(plan: &Plan) -> Value {
         "protocols": plan.protocols.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         "sizes": plan.sizes,
         "in_flight": plan.in_flight,
+        "clients": plan.clients,
         "runs": plan.runs,
         "quick": plan.quick,
         "progress_spin_us": plan.policies,
@@ -394,12 +441,15 @@ mod tests {
             layer,
             size: 64 << 10,
             in_flight: 1,
+            clients: 1,
             figures: f,
+            client_calls: vec![6],
         });
         let plan = Plan {
             protocols: Vec::new(),
             sizes: vec![64 << 10],
             in_flight: vec![1],
+            clients: vec![1],
             runs: 1,
             policies: vec![0],
             layers: vec![Layer::Engine, Layer::Raw],

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use courier::transport::{
-    Address, Batch, DynListener, DynReceiver, DynSender, DynTransport, PluginOptions, TransportError,
+    Address, Batch, DynListener, DynReceiver, DynSender, DynTransport, PluginOptions,
+    TransportError,
 };
 use courier::Bytes;
 
@@ -208,7 +209,9 @@ pub async fn batches(proto: &str) {
     });
     assert_eq!(&recv(&mut rx, "the message before").await[..], b"before");
     assert_eq!(&recv(&mut rx, "a small batch").await[..], b"small batch");
-    assert!(recv(&mut rx, "an empty message in a batch").await.is_empty());
+    assert!(recv(&mut rx, "an empty message in a batch")
+        .await
+        .is_empty());
     for i in 0..N {
         let m = recv(&mut rx, "a message of the large batch").await;
         assert!(

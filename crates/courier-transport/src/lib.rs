@@ -71,8 +71,8 @@ pub use registry::{
     BUILTIN_PROTOCOLS_TOML,
 };
 pub use transport::{
-    BatchSent, BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender, DynTransport,
-    Listener, MessageReceiver, MessageSender, Transport,
+    BatchSent, BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender,
+    DynTransport, Listener, MessageReceiver, MessageSender, Transport,
 };
 
 pub use bytes::Bytes;

@@ -496,7 +496,10 @@ mod tests {
         }
         batch.push(&[&[0u8; 2 << 20]]);
         let err = tx.send_batch(&batch).await.unwrap_err();
-        assert!(matches!(err, TransportError::MessageTooLarge { .. }), "{err}");
+        assert!(
+            matches!(err, TransportError::MessageTooLarge { .. }),
+            "{err}"
+        );
         tx.send(&[b"still usable"]).await.unwrap();
         assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"still usable");
     }

@@ -102,7 +102,10 @@ impl EngineState {
             rt: runtimes.io,
             handler_rt: runtimes.handlers,
             inline_handlers: config.rpc_thread_count == 0,
-            progress: Arc::new(Progress::new(config.progress_spin(), config.progress_spin_busy())),
+            progress: Arc::new(Progress::new(
+                config.progress_spin(),
+                config.progress_spin_busy(),
+            )),
             lifecycle: Lifecycle::new(config.enable_remote_shutdown),
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),

@@ -360,10 +360,7 @@ impl MemSender {
         })?;
         tx.send(packet).await.map_err(|_| TransportError::Io {
             peer: self.peer.to_string(),
-            source: io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the peer dropped the connection",
-            ),
+            source: io::Error::new(io::ErrorKind::BrokenPipe, "the peer dropped the connection"),
         })
     }
 }

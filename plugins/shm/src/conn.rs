@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::{
-    Address, Batch, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, PeerRange,
-    TransportError,
+    Address, Batch, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender,
+    PeerRange, TransportError,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;

@@ -160,7 +160,12 @@ impl Deframer {
                 self.buf = grown;
             }
             _ => {
-                if spare < MIN_READ {
+                // Reserve when half the room is used, not at the first
+                // byte: the messages split off the buffer are often still
+                // held (a response its caller has not read yet), and then
+                // each reservation is a new allocation. Small messages
+                // now share one every few kilobytes.
+                if spare < MIN_READ / 2 {
                     self.buf.reserve(MIN_READ);
                 }
             }

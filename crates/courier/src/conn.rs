@@ -263,7 +263,10 @@ impl Conn {
         if len <= COPY_MAX {
             self.enqueue(parts, len).await
         } else {
-            self.send_direct(parts, len).await
+            // Large messages are rare, and costly anyway: their path gets a
+            // box of its own, so that every other message's future stays
+            // small.
+            Box::pin(self.send_direct(parts, len)).await
         }
     }
 
@@ -280,8 +283,16 @@ impl Conn {
                 }
                 return Ok(ticket);
             }
-            // Over the budget: wait until written bytes make room.
-            self.flush().await;
+            // Over the budget (rare): wait, in a box of its own, so that
+            // the common path's future stays small.
+            Box::pin(self.wait_for_room(len)).await?;
+        }
+    }
+
+    /// Waits until the queue has room for `len` bytes.
+    async fn wait_for_room(&self, len: usize) -> Result<()> {
+        self.flush().await;
+        loop {
             let mut drained = pin!(self.limits.drained());
             let mut killed = pin!(self.killed.notified());
             drained.as_mut().enable();
@@ -290,7 +301,7 @@ impl Conn {
                 return Err(self.lost());
             }
             if self.limits.has_room(len) {
-                continue;
+                return Ok(());
             }
             tokio::select! {
                 biased;
@@ -644,16 +655,21 @@ impl Conn {
         if let Poll::Ready(r) = first {
             return Some(r);
         }
-        let mut killed = pin!(self.killed.notified());
-        killed.as_mut().enable();
-        if self.is_dead() {
-            return None;
-        }
-        tokio::select! {
-            biased;
-            r = &mut write => Some(r),
-            () = killed => None,
-        }
+        // The medium is full (rare): race the connection's death, in a box
+        // of its own, so that the common path's future stays small.
+        Box::pin(async move {
+            let mut killed = pin!(self.killed.notified());
+            killed.as_mut().enable();
+            if self.is_dead() {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                r = &mut write => Some(r),
+                () = killed => None,
+            }
+        })
+        .await
     }
 
     /// The error a call gets once the connection is dead.

@@ -332,7 +332,9 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     );
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
-    let outcome = CatchUnwind(Box::pin(async move { handler(handle, payload).await }))
+    // The handler's future is boxed already (`RawHandler`): polled as it
+    // is, without a second box around it.
+    let outcome = CatchUnwind(handler(handle, payload))
         .instrument(span.clone())
         .await;
     let status = match outcome {
@@ -365,13 +367,13 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
 }
 
 /// Polls a future, turning a panic into `Err(message)`.
-struct CatchUnwind<F>(Pin<Box<F>>);
+struct CatchUnwind<F>(F);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = std::result::Result<F::Output, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
+        let fut = Pin::new(&mut self.0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),

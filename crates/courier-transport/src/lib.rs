@@ -72,7 +72,7 @@ pub use registry::{
 };
 pub use transport::{
     BatchSent, BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender,
-    DynTransport, Listener, MessageReceiver, MessageSender, Transport,
+    DynTransport, Listener, MessageReceiver, MessageSender, Pacing, Transport,
 };
 
 pub use bytes::Bytes;

@@ -248,9 +248,38 @@ pub trait MessageSender: Send + 'static {
         }
     }
 
+    /// Whether the engine should hold back messages that come together, to
+    /// hand them over as one batch ([`Pacing`]). Provided:
+    /// [`Pacing::Coalesce`], right for a medium where each hand-over costs
+    /// a system call.
+    fn pacing(&self) -> Pacing {
+        Pacing::Coalesce
+    }
+
     /// Orderly close of this direction: what was sent is delivered, then the
     /// peer's `recv` returns `Ok(None)`.
     fn close(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// How the engine paces the messages it hands a sender
+/// ([`MessageSender::pacing`]).
+///
+/// Either way, messages that queue while a write is under way go out
+/// together when it ends. The choice is about holding messages back *when
+/// nothing is being written*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// Each hand-over is costly (a system call, a packet): when the engine
+    /// reads several messages at once, it holds back their answers until it
+    /// has read them all, and hands them over as one batch. Measured on
+    /// tcp with 32 calls in flight: four times the calls per second of one
+    /// write per answer.
+    #[default]
+    Coalesce,
+    /// A hand-over is a store in memory that the peer sees at once (a
+    /// shared ring, a channel): the engine hands each message over as soon
+    /// as it is made, since holding it back only keeps the peer waiting.
+    Eager,
 }
 
 /// The receiving direction of a connection.
@@ -321,6 +350,8 @@ pub trait DynSender: Send + 'static {
     fn close_dyn(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
     /// See [`MessageSender::max_message_size`].
     fn max_message_size_dyn(&self) -> usize;
+    /// See [`MessageSender::pacing`].
+    fn pacing_dyn(&self) -> Pacing;
 }
 
 /// What [`DynSender::send_batch_dyn`] gives back: the sender, the batch (to
@@ -433,6 +464,10 @@ impl<S: MessageSender> DynSender for S {
 
     fn max_message_size_dyn(&self) -> usize {
         self.max_message_size()
+    }
+
+    fn pacing_dyn(&self) -> Pacing {
+        self.pacing()
     }
 }
 

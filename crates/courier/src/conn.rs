@@ -37,7 +37,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use courier_transport::{
-    Address as WireAddr, Batch, BatchSent, BoxFuture, DynSender, TransportError,
+    Address as WireAddr, Batch, BatchSent, BoxFuture, DynSender, Pacing, TransportError,
 };
 use tokio::runtime::Handle as RtHandle;
 use tokio::sync::{oneshot, Notify};
@@ -111,8 +111,12 @@ pub(crate) struct Conn {
     /// Woken when messages were written, if `flush_waiters` is not zero.
     flushed: Notify,
     flush_waiters: AtomicUsize,
-    /// Woken when a writer gives the sender back while large messages wait.
+    /// Woken (one waiter at a time) when a writer gives the sender back
+    /// while large messages wait.
     idle: Notify,
+    /// Whether the sender wants messages that come together held back and
+    /// batched ([`Pacing::Coalesce`]); if not, [`Conn::cork`] does nothing.
+    coalesce: bool,
     /// Set by the reader while it handles messages that arrived together:
     /// the messages queued meanwhile (their answers) wait for the end of
     /// the burst, and go out as one batch ([`Conn::cork`]). Read under the
@@ -148,6 +152,7 @@ impl Conn {
             transport_peer: peer,
             announced: OnceLock::new(),
             max_message: sender.max_message_size_dyn(),
+            coalesce: sender.pacing_dyn() == Pacing::Coalesce,
             outbox: Mutex::new(Outbox {
                 sender: Some(sender),
                 queue: Batch::new(),
@@ -345,8 +350,15 @@ impl Conn {
     /// a burst of responses woke) go out in one batch. Anything that has
     /// to wait for the outbox writes the queue first ([`Conn::flush`]), so
     /// a cork never holds a message for longer than the reader's burst.
-    pub(crate) fn cork(&self) {
-        self.corked.store(true, Ordering::Relaxed);
+    ///
+    /// Returns whether it corked: not on a medium whose hand-overs are
+    /// cheap ([`Pacing::Eager`]: shm, mem), where holding messages back
+    /// only keeps the peer waiting.
+    pub(crate) fn cork(&self) -> bool {
+        if self.coalesce {
+            self.corked.store(true, Ordering::Relaxed);
+        }
+        self.coalesce
     }
 
     /// Ends a [`Conn::cork`]: writes what was queued meanwhile.
@@ -465,7 +477,11 @@ impl Conn {
             let waiting = ob.waiting > 0;
             drop(ob);
             if waiting {
-                self.idle.notify_waiters();
+                // One of them, the longest waiting: waking all would have
+                // every one but the first go back to sleep (with 32 large
+                // messages waiting, 31 useless wake-ups per message). If the
+                // one woken gives up, tokio passes the wake-up on.
+                self.idle.notify_one();
             }
             return None;
         }
@@ -863,6 +879,7 @@ mod tests {
     struct Gated {
         log: Log,
         gate: Arc<Semaphore>,
+        pacing: Pacing,
     }
 
     impl Gated {
@@ -882,6 +899,10 @@ mod tests {
     impl MessageSender for Gated {
         fn max_message_size(&self) -> usize {
             1 << 20
+        }
+
+        fn pacing(&self) -> Pacing {
+            self.pacing
         }
 
         async fn transmit(
@@ -910,11 +931,20 @@ mod tests {
 
     /// A connection whose writes pass `open` permits, then wait.
     fn conn(open: usize, max_queued: usize) -> (Arc<Conn>, Log, Arc<Semaphore>) {
+        conn_paced(open, max_queued, Pacing::Coalesce)
+    }
+
+    fn conn_paced(
+        open: usize,
+        max_queued: usize,
+        pacing: Pacing,
+    ) -> (Arc<Conn>, Log, Arc<Semaphore>) {
         let log = Log::default();
         let gate = Arc::new(Semaphore::new(open));
         let sender = Gated {
             log: log.clone(),
             gate: gate.clone(),
+            pacing,
         };
         let config = Config {
             max_queued_response_bytes: max_queued,
@@ -987,7 +1017,7 @@ mod tests {
     #[tokio::test]
     async fn a_cork_holds_messages_until_it_is_lifted() {
         let (conn, log, _gate) = conn(10, 1 << 20);
-        conn.cork();
+        assert!(conn.cork());
         conn.send(&[b"x"]).await.unwrap();
         conn.send(&[b"y"]).await.unwrap();
         assert!(writes(&log).is_empty(), "written under the cork");
@@ -996,9 +1026,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_eager_medium_is_never_corked() {
+        let (conn, log, _gate) = conn_paced(10, 1 << 20, Pacing::Eager);
+        assert!(!conn.cork());
+        conn.send(&[b"x"]).await.unwrap();
+        assert_eq!(writes(&log), [[b"x".to_vec()]], "written at once");
+        conn.uncork().await;
+        assert_eq!(writes(&log).len(), 1);
+    }
+
+    #[tokio::test]
     async fn send_flushed_returns_once_written_and_lifts_a_cork() {
         let (conn, log, gate) = conn(0, 1 << 20);
-        conn.cork();
+        assert!(conn.cork());
         let flushed = conn.send_flushed(&[b"ack"]);
         tokio::pin!(flushed);
         assert!(poll_once(flushed.as_mut()).is_pending());

@@ -36,8 +36,7 @@ pub(crate) async fn read_loop(
     let _forget = ForgetConn { state, id: conn.id };
     let mut expect_hello = expect_hello;
     let mut request_slot = None;
-    // Messages handled since the connection was corked (see `Conn::cork`).
-    let mut burst = 0usize;
+    let mut burst = Burst::default();
     let reason = loop {
         let received = if expect_hello {
             // Slowloris: the first frame must come in time.
@@ -55,7 +54,7 @@ pub(crate) async fn read_loop(
                 request_slot = Some(match poll_once(&mut slot).await {
                     Poll::Ready(s) => s,
                     Poll::Pending => {
-                        end_burst(&conn, &mut burst).await;
+                        burst.end(&conn).await;
                         slot.await
                     }
                 });
@@ -64,7 +63,7 @@ pub(crate) async fn read_loop(
             match poll_once(&mut recv).await {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
-                    if end_burst(&conn, &mut burst).await {
+                    if burst.end(&conn).await {
                         recv.await
                     } else {
                         // The poll above registered this task's waker; go
@@ -106,19 +105,10 @@ pub(crate) async fn read_loop(
         match header.kind {
             // The hot path: answers to what arrives together go out together.
             Kind::Request | Kind::Response | Kind::Error | Kind::Pong => {
-                if burst == MAX_BURST {
-                    end_burst(&conn, &mut burst).await;
-                }
-                // The first message of a burst is answered at once (one
-                // call in flight is all first messages); the cork starts
-                // with the second.
-                if burst == 1 {
-                    conn.cork();
-                }
-                burst += 1;
+                burst.message(&conn).await;
             }
             _ => {
-                end_burst(&conn, &mut burst).await;
+                burst.end(&conn).await;
             }
         }
         if let Err(reason) = dispatch
@@ -135,21 +125,42 @@ pub(crate) async fn read_loop(
 /// busy still gets its answers in batches of this many.
 const MAX_BURST: usize = 64;
 
-/// Ends the reader's burst, before it waits for anything. After a burst of
-/// several messages (under the cork), the reader first lets the tasks they
-/// woke run (the callers whose responses came in the burst), so that their
-/// next calls join the batch, then uncorks the connection, writing what
-/// was queued. After a single message (one call in flight) there is no
-/// cork, and nothing to wait for. Returns whether it yielded.
-async fn end_burst(conn: &Conn, burst: &mut usize) -> bool {
-    match std::mem::take(burst) {
-        // No cork was set.
-        0 | 1 => false,
-        _ => {
-            YieldToTasks(false).await;
+/// The messages the reader handled since it last waited, and whether the
+/// connection is corked for them (see `Conn::cork`).
+#[derive(Debug, Default)]
+struct Burst {
+    handled: usize,
+    corked: bool,
+}
+
+impl Burst {
+    /// Before the reader handles a message of the hot path (a request, an
+    /// answer). The first message of a burst is answered at once (one call
+    /// in flight is all first messages); the cork starts with the second.
+    async fn message(&mut self, conn: &Conn) {
+        if self.corked && self.handled >= MAX_BURST {
             conn.uncork().await;
-            true
+            self.corked = conn.cork();
+            self.handled = 0;
+        } else if !self.corked && self.handled >= 1 {
+            self.corked = conn.cork();
         }
+        self.handled += 1;
+    }
+
+    /// Before the reader waits for anything. If the connection was corked,
+    /// the reader first lets the tasks the burst woke run (the callers
+    /// whose responses came in it), so that their next calls join the
+    /// batch, then uncorks the connection, writing what was queued.
+    /// Returns whether it yielded.
+    async fn end(&mut self, conn: &Conn) -> bool {
+        self.handled = 0;
+        if !std::mem::take(&mut self.corked) {
+            return false;
+        }
+        YieldToTasks(false).await;
+        conn.uncork().await;
+        true
     }
 }
 

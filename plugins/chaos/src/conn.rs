@@ -262,6 +262,15 @@ impl MessageSender for ChaosSender {
         self.max
     }
 
+    /// The medium's own.
+    fn pacing(&self) -> courier_transport::Pacing {
+        self.inner
+            .as_ref()
+            .map_or(courier_transport::Pacing::default(), |inner| {
+                inner.pacing_dyn()
+            })
+    }
+
     // An oversized message never gets here (`send` refuses it): it is not a
     // message of the connection, and is not counted.
     async fn transmit(&mut self, parts: &[&[u8]], _len: usize) -> Result<(), TransportError> {

@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::{
-    Address, Batch, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Plugin,
-    PluginContext, Reach, Transport, TransportError,
+    Address, Batch, Connection, DynTransport, Listener, MessageReceiver, MessageSender, Pacing,
+    Plugin, PluginContext, Reach, Transport, TransportError,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -313,6 +313,12 @@ pub struct MemSender {
 impl MessageSender for MemSender {
     fn max_message_size(&self) -> usize {
         self.max
+    }
+
+    /// A message handed over is a packet on a channel, which the peer sees at once:
+    /// holding it back to batch it would only keep the peer waiting.
+    fn pacing(&self) -> Pacing {
+        Pacing::Eager
     }
 
     // `send` has refused a message over the maximum before this is called.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use courier_transport::{
-    Address, Batch, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender,
+    Address, Batch, Capabilities, Connection, DirectMemory, MessageReceiver, MessageSender, Pacing,
     PeerRange, TransportError,
 };
 use tokio::io::unix::AsyncFd;
@@ -501,6 +501,12 @@ impl ShmSender {
 impl MessageSender for ShmSender {
     fn max_message_size(&self) -> usize {
         self.max
+    }
+
+    /// A message handed over is a record in the shared ring, which the peer sees at once:
+    /// holding it back to batch it would only keep the peer waiting.
+    fn pacing(&self) -> Pacing {
+        Pacing::Eager
     }
 
     async fn transmit(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {

@@ -148,19 +148,26 @@ impl Burst {
         self.handled += 1;
     }
 
-    /// Before the reader waits for anything. If the connection was corked,
-    /// the reader first lets the tasks the burst woke run (the callers
-    /// whose responses came in it), so that their next calls join the
-    /// batch, then uncorks the connection, writing what was queued.
-    /// Returns whether it yielded.
+    /// Before the reader waits for anything. After a burst of several
+    /// messages, the reader first lets the tasks the burst woke run (the
+    /// callers whose responses came in it, the handlers that had to wait):
+    /// their next messages then join the batch if the connection was
+    /// corked, which it now uncorks, writing what was queued. On a medium
+    /// that is never corked the yield pays too: the reader polls again
+    /// after it, and often finds the peer's next messages without being
+    /// woken (mem, 64 B x 32 in flight: 0.5-0.7 M calls/s with it, 0.42 M
+    /// without). After a single message (one call in flight) it does not
+    /// wait. Returns whether it yielded.
     async fn end(&mut self, conn: &Conn) -> bool {
-        self.handled = 0;
-        if !std::mem::take(&mut self.corked) {
-            return false;
+        let handled = std::mem::take(&mut self.handled);
+        let yielded = handled >= 2;
+        if yielded {
+            YieldToTasks(false).await;
         }
-        YieldToTasks(false).await;
-        conn.uncork().await;
-        true
+        if std::mem::take(&mut self.corked) {
+            conn.uncork().await;
+        }
+        yielded
     }
 }
 

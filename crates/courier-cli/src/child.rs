@@ -2,11 +2,26 @@
 //! `bench`'s peers, `serve --detach`'s service): waiting for the line that
 //! says where a child listens, and reading the rest of its output.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, BufReader, Lines};
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
+
+use crate::{CliResult, Error};
+
+/// Starts `cmd` with its stdout and stderr piped (and stdin piped too, if
+/// `stdin`), killed when its handle is dropped. `what` names it in the
+/// error.
+pub(crate) fn spawn_piped(mut cmd: Command, stdin: bool, what: &str) -> CliResult<Child> {
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn()
+        .map_err(|e| Error::io(format!("start {what}"), e))
+}
 
 /// How waiting for a child's ready line ended.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! `courier demo`: for each protocol, a `courier serve` child process, the
 //! seed's hello against it, a latency measurement, and a remote shutdown.
 
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::bench::{histogram, nanos};
-use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
+use crate::child::{drain, exit_status, spawn_piped, stderr_tail, wait_ready, Ready};
 use crate::serve::READY_PREFIX;
 use crate::table::{Align, Table};
 use crate::{client, CliResult, Context, Error};
@@ -207,13 +207,11 @@ impl Server {
         for _ in 0..verbose {
             cmd.arg("-v");
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("start `courier serve --protocol {protocol}`"), e))?;
+        let mut child = spawn_piped(
+            cmd,
+            false,
+            &format!("`courier serve --protocol {protocol}`"),
+        )?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             kill(&mut child).await;
             return Err(Error::Peer("the server's output pipes are missing".into()));

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::ConnLimits;
 use crate::progress::Progress;
-use crate::sync::lock;
+use crate::sync::{lock, poll_once};
 
 /// Messages up to this size are copied into the outbox and written in
 /// batches; larger ones are written from their sender's buffer.
@@ -388,7 +388,7 @@ impl Conn {
     async fn write(&self, mut sender: Box<dyn DynSender>, mut batch: Batch, mut upto: u64) {
         for _ in 0..INLINE_BATCHES {
             let mut sending = sender.send_batch_dyn(batch);
-            let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+            let first = poll_once(&mut sending).await;
             match first {
                 Poll::Ready(sent) => match self.written_batch(sent, upto) {
                     Some((s, b, u)) => (sender, batch, upto) = (s, b, u),
@@ -667,7 +667,7 @@ impl Conn {
     /// Runs a write until it ends or the connection is killed (`None`).
     async fn until_killed<F: Future + Unpin>(&self, write: F) -> Option<F::Output> {
         let mut write = self.progress.watch(write);
-        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await;
+        let first = poll_once(&mut write).await;
         if let Poll::Ready(r) = first {
             return Some(r);
         }
@@ -966,7 +966,7 @@ mod tests {
     }
 
     /// Polls a future once.
-    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+    fn poll_now<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
     }
 
@@ -987,7 +987,7 @@ mod tests {
         // The first message takes the sender and waits in its write.
         let first = conn.send(&[b"first"]);
         tokio::pin!(first);
-        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_now(first.as_mut()).is_pending());
         // Meanwhile ten more are queued, each at once.
         for i in 0..10u8 {
             conn.send(&[b"m", &[i]]).await.unwrap();
@@ -1041,7 +1041,7 @@ mod tests {
         assert!(conn.cork());
         let flushed = conn.send_flushed(&[b"ack"]);
         tokio::pin!(flushed);
-        assert!(poll_once(flushed.as_mut()).is_pending());
+        assert!(poll_now(flushed.as_mut()).is_pending());
         assert!(writes(&log).is_empty());
         gate.add_permits(1);
         flushed.await.unwrap();
@@ -1053,7 +1053,7 @@ mod tests {
         let (conn, log, gate) = conn(0, 100);
         let first = conn.send(&[&[1u8; 10]]);
         tokio::pin!(first);
-        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_now(first.as_mut()).is_pending());
         // 10 bytes being written from their sender's own buffer; the queue
         // takes 100 more, the budget, and not a byte more.
         conn.send(&[&[2u8; 60]]).await.unwrap();
@@ -1061,7 +1061,7 @@ mod tests {
         let over = conn.send(&[&[3u8; 1]]);
         tokio::pin!(over);
         assert!(
-            poll_once(over.as_mut()).is_pending(),
+            poll_now(over.as_mut()).is_pending(),
             "queued over the budget"
         );
         gate.add_permits(3);
@@ -1075,11 +1075,11 @@ mod tests {
         let (conn, _log, _gate) = conn(0, 1 << 20);
         let first = conn.send(&[b"stuck"]);
         tokio::pin!(first);
-        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_now(first.as_mut()).is_pending());
         conn.send(&[b"queued"]).await.unwrap();
         let flushed = conn.send_flushed(&[b"waits"]);
         tokio::pin!(flushed);
-        assert!(poll_once(flushed.as_mut()).is_pending());
+        assert!(poll_now(flushed.as_mut()).is_pending());
         conn.kill("the test ended it");
         for r in [first.await, flushed.await, conn.send(&[b"late"]).await] {
             match r {
@@ -1100,14 +1100,14 @@ mod tests {
         let (conn, log, gate) = conn(0, 64 << 20);
         let first = conn.send(&[b"small 1"]);
         tokio::pin!(first);
-        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_now(first.as_mut()).is_pending());
         conn.send(&[b"small 2"]).await.unwrap();
         let big = vec![7u8; COPY_MAX + 1];
         let parts: [&[u8]; 1] = [&big];
         let large = conn.send(&parts);
         tokio::pin!(large);
         assert!(
-            poll_once(large.as_mut()).is_pending(),
+            poll_now(large.as_mut()).is_pending(),
             "it waits for the sender"
         );
         gate.add_permits(3);

@@ -21,6 +21,7 @@ use crate::handler::{self, Handle, RawHandler};
 use crate::limits::RequestSlot;
 use crate::rpcs::RpcTable;
 use crate::state::EngineState;
+use crate::sync::poll_once;
 
 /// Routes frames to handlers, calls in flight, and the engine.
 pub(crate) struct Dispatcher {
@@ -125,10 +126,7 @@ impl Dispatcher {
         // saves a task spawn and a trip through the scheduler per request;
         // one that has to wait goes on as a task of its own, so the reader
         // is never held up by it.
-        let first = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(fut.as_mut(), cx))
-        })
-        .await;
+        let first = poll_once(&mut fut).await;
         if first.is_pending() {
             state.handler_rt.spawn(fut);
         }

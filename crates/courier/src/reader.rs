@@ -16,6 +16,7 @@ use crate::dispatch::Dispatcher;
 use crate::frame::{self, Kind};
 use crate::limits::ConnectionSlot;
 use crate::state::EngineState;
+use crate::sync::poll_once;
 use crate::timeouts;
 
 /// Reads messages until the connection ends, dispatching each one.
@@ -217,11 +218,6 @@ impl<F: Future + Unpin> Future for Resumed<'_, F> {
         }
         Pin::new(&mut *self.inner).poll(cx)
     }
-}
-
-/// Polls a future once, in the task that runs this.
-async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
 }
 
 /// Removes a connection from the engine's table when its reader ends,

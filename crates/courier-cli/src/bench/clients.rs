@@ -16,7 +16,6 @@
 //! rates are over the span from the first client's start to the last
 //! client's end, so RPCs/s = all calls / that span.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -30,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::measure::{self, figures, histogram, nanos, EngineSink, Figures, Gate, Sample, Spec};
 use super::{socket_kind, Layer, SINK_RPC};
-use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
+use crate::child::{drain, exit_status, spawn_piped, stderr_tail, wait_ready, Ready};
 use crate::{out, CliResult, Context, Error};
 
 /// The line a client prints once it is connected and warmed up.
@@ -442,14 +441,8 @@ struct ClientProc {
 }
 
 impl ClientProc {
-    fn spawn(mut cmd: Command, what: String) -> CliResult<Self> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("start {what}"), e))?;
+    fn spawn(cmd: Command, what: String) -> CliResult<Self> {
+        let mut child = spawn_piped(cmd, true, &what)?;
         let what = match child.id() {
             Some(pid) => format!("{what} (pid {pid})"),
             None => what,

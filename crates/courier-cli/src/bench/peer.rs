@@ -8,7 +8,6 @@
 //! file is removed) and exits 0.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
@@ -20,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::measure::Spinner;
 use super::{socket_kind, Layer, SocketKind, SINK_RPC};
-use crate::child::{drain, exit_status, stderr_tail, wait_ready, Ready};
+use crate::child::{drain, exit_status, spawn_piped, stderr_tail, wait_ready, Ready};
 use crate::{out, CliResult, Error};
 
 /// The line a peer prints once it listens.
@@ -509,13 +508,7 @@ impl PeerProc {
         for _ in 0..verbose {
             cmd.arg("-v");
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("start {what}"), e))?;
+        let mut child = spawn_piped(cmd, true, &what)?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

@@ -28,7 +28,6 @@
 //! `max_queued_response_bytes` (`limits.rs`): over it, the connection's
 //! reader stops reading requests, and small messages wait for room.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,19 +38,16 @@ use bytes::Bytes;
 use courier_transport::{
     Address as WireAddr, Batch, BatchSent, BoxFuture, DynSender, Pacing, TransportError,
 };
+use rustc_hash::FxHashMap;
 use tokio::runtime::Handle as RtHandle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
-use crate::limits::ConnLimits;
+use crate::limits::{ConnLimits, COPY_MAX};
 use crate::progress::Progress;
 use crate::sync::{lock, poll_once};
-
-/// Messages up to this size are copied into the outbox and written in
-/// batches; larger ones are written from their sender's buffer.
-pub(crate) const COPY_MAX: usize = 16 * 1024;
 
 /// Batches written one after another by the future that queued a message
 /// before the rest is left to a task (a bound on the work one call does
@@ -62,7 +58,9 @@ const INLINE_BATCHES: usize = 4;
 pub(crate) type Reply = (Header, Bytes);
 
 struct Pending {
-    calls: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Keyed by sequence numbers this engine hands out: no peer chooses
+    /// them, so a fast hash (FxHash) is safe; a reply only looks one up.
+    calls: FxHashMap<u64, oneshot::Sender<Reply>>,
     /// Set once the connection is dead: why.
     closed: Option<String>,
 }
@@ -166,7 +164,7 @@ impl Conn {
             flush_waiters: AtomicUsize::new(0),
             idle: Notify::new(),
             pending: Mutex::new(Pending {
-                calls: HashMap::new(),
+                calls: FxHashMap::default(),
                 closed: None,
             }),
             next_seq: AtomicU64::new(1),

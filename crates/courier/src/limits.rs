@@ -39,7 +39,12 @@ use std::sync::Arc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
-use crate::conn::COPY_MAX;
+
+/// Messages up to this size are copied into a connection's outbox and
+/// written in batches; larger ones are written from their sender's buffer
+/// (`conn.rs`). Also how far below `max_queued_response_bytes` a small
+/// message may have to wait for room.
+pub(crate) const COPY_MAX: usize = 16 * 1024;
 
 /// The server's connection slots (`max_connections`).
 #[derive(Debug)]

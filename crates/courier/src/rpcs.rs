@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use rustc_hash::FxHashMap;
+
 use crate::error::{Error, Result};
 use crate::frame::{rpc_id, RESERVED_PROVIDER};
 use crate::sync::{read, write};
@@ -17,7 +19,10 @@ pub(crate) struct RpcEntry<H> {
 }
 
 /// Entries by (RPC id, provider id).
-type Entries<H> = HashMap<(u64, u16), Arc<RpcEntry<H>>>;
+/// Keyed by (RPC id, provider id). RPC ids are hashes of names, and
+/// entries are only ever inserted by this engine (peers look them up), so
+/// a fast hash (FxHash) is safe.
+type Entries<H> = FxHashMap<(u64, u16), Arc<RpcEntry<H>>>;
 
 /// The RPCs an engine serves.
 pub(crate) struct RpcTable<H> {
@@ -28,7 +33,7 @@ pub(crate) struct RpcTable<H> {
 impl<H> RpcTable<H> {
     pub(crate) fn new() -> Self {
         Self {
-            rpcs: RwLock::new(HashMap::new()),
+            rpcs: RwLock::new(FxHashMap::default()),
             names: RwLock::new(HashMap::new()),
         }
     }

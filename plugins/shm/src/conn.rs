@@ -517,7 +517,7 @@ impl MessageSender for ShmSender {
 
     /// Every record of the batch goes into the ring before one publish and
     /// at most one wake-up of the peer (more only when the batch is larger
-    /// than the ring, or than [`PUBLISH_EVERY`]).
+    /// than the ring, or than `PUBLISH_EVERY`, 64 KiB).
     async fn transmit_batch(&mut self, batch: &Batch) -> Result<(), TransportError> {
         self.begin_write()?;
         let mut written = Ok(());

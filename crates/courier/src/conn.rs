@@ -4,25 +4,27 @@
 //!
 //! # The outbox: how messages go out
 //!
-//! Messages to a peer are written in batches. A message of at most
-//! [`COPY_MAX`] bytes is copied into the connection's queue; if nobody is
-//! writing, the sender that queued it takes the transport's sender and
-//! writes the queue at once ([`DynSender::send_batch_dyn`]), so one call in
-//! flight pays one copy of a small message and nothing else. If a write is
-//! under way, the message waits for it: when that write ends, the writer
-//! takes everything queued meanwhile and writes it as one batch (one
-//! system call, one ring publish, one wake-up of the peer). There is no
-//! timer: a batch goes as soon as the previous write is done.
+//! When nobody is writing on the connection and nothing waits (always,
+//! with one call in flight), a message is written at once from its
+//! sender's buffer, by its sender's own future: no copy, no task.
 //!
-//! The write itself never belongs to a future that may be dropped: it is
-//! polled once where the message was queued, and if the medium cannot take
-//! it at once (a full socket), it goes on as a task of its own on the
-//! engine's runtime. A caller that gives up (a timeout) leaves the
-//! connection intact.
+//! When a write is under way (or the reader holds answers back, see
+//! [`Conn::cork`]), a message of at most [`COPY_MAX`] bytes is copied into
+//! the connection's queue and its sender goes on. When the write ends,
+//! its writer takes everything queued meanwhile and hands it to the
+//! transport as one batch ([`DynSender::send_batch_dyn`]: one system call,
+//! one ring publish, one wake-up of the peer). There is no timer: a batch
+//! goes as soon as the previous write is done. The writing of a batch
+//! never belongs to a future that may be dropped: it is polled once where
+//! it was taken, and if the medium cannot take it at once (a full socket)
+//! it goes on as a task of its own on the engine's runtime. A caller whose
+//! message was queued may give up (a timeout) without harm.
 //!
-//! A larger message is not copied: its sender waits for the transport's
-//! sender, writes what was queued before it, then its own message, from
-//! its own future (as every message was written before the outbox).
+//! A message written from its sender's buffer (the first case, and any
+//! message larger than [`COPY_MAX`], which waits for the sender and writes
+//! what was queued before it first) is written by its sender's future: if
+//! that future is dropped part way, the stream is left mid-message and the
+//! connection is killed, as the transport contract asks.
 //!
 //! The bytes queued and being written count against
 //! `max_queued_response_bytes` (`limits.rs`): over it, the connection's
@@ -437,6 +439,15 @@ impl Conn {
         sent: BatchSent,
         upto: u64,
     ) -> Option<(Box<dyn DynSender>, Batch, u64)> {
+        let (sender, batch) = self.account(sent, upto)?;
+        self.give_back(sender, Some(batch))
+    }
+
+    /// Accounts for a batch sent: its bytes leave the queued count; on
+    /// success its messages are written (up to ticket `upto`) and the
+    /// sender comes back with the batch, cleared; on failure the
+    /// connection is killed.
+    fn account(&self, sent: BatchSent, upto: u64) -> Option<(Box<dyn DynSender>, Batch)> {
         let BatchSent {
             sender,
             mut batch,
@@ -451,7 +462,7 @@ impl Conn {
         }
         self.progress.activity();
         self.mark_written(upto);
-        self.give_back(sender, Some(batch))
+        Some((sender, batch))
     }
 
     /// Returns the sender to the outbox, unless messages are queued and no
@@ -641,22 +652,9 @@ impl Conn {
 
     /// Like [`Conn::written_batch`], for a writer that keeps the sender.
     fn written_batch_keep(&self, sent: BatchSent, upto: u64) -> Option<Box<dyn DynSender>> {
-        let BatchSent {
-            sender,
-            batch,
-            result,
-        } = sent;
-        self.limits.remove_queued(batch.bytes());
-        if let Err(e) = result {
-            drop(sender);
-            self.kill(&e.to_string());
-            return None;
-        }
-        self.mark_written(upto);
+        let (sender, batch) = self.account(sent, upto)?;
         let mut ob = lock(&self.outbox);
         if ob.spare.bytes() == 0 {
-            let mut batch = batch;
-            batch.clear();
             ob.spare = batch;
         }
         Some(sender)
@@ -1066,6 +1064,31 @@ mod tests {
         first.await.unwrap();
         over.await.unwrap();
         until(|| writes(&log).iter().map(Vec::len).sum::<usize>() == 4).await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_may_give_up_without_harm() {
+        let (conn, log, gate) = conn(0, 100);
+        let first = conn.send(&[b"first"]);
+        tokio::pin!(first);
+        assert!(poll_now(first.as_mut()).is_pending());
+        conn.send(&[&[1u8; 100]]).await.unwrap();
+        {
+            // Over the budget: it waits; then its caller gives up (a
+            // timeout), and its message is not sent.
+            let over = conn.send(&[b"given up"]);
+            tokio::pin!(over);
+            assert!(poll_now(over.as_mut()).is_pending());
+        }
+        gate.add_permits(3);
+        first.await.unwrap();
+        conn.send_flushed(&[b"after"]).await.unwrap();
+        assert!(!conn.is_dead(), "the connection survived");
+        let w = writes(&log);
+        assert_eq!(w[0], [b"first".to_vec()]);
+        assert_eq!(w[1], [vec![1u8; 100]]);
+        assert_eq!(w[2], [b"after".to_vec()]);
+        assert_eq!(w.len(), 3, "the message given up was not sent");
     }
 
     #[tokio::test]

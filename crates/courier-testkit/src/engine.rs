@@ -280,7 +280,7 @@ pub async fn provider_ids(proto: &str) {
     }
     let reserved = RpcOptions {
         provider_id: u16::MAX,
-        disable_response: false,
+        ..RpcOptions::default()
     };
     let err = server
         .register_with("whoami", reserved, |h: Handle, (): ()| async move {

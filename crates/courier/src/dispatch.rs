@@ -61,6 +61,9 @@ impl Dispatcher {
             Kind::BulkPull | Kind::BulkPush | Kind::BulkGrant | Kind::BulkRelease => {
                 serve_bulk(&self.state, conn, header, payload).await;
             }
+            Kind::Cancel => {
+                // Handled by the cancellation path (see `handler.rs`).
+            }
             Kind::Hello => {
                 tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
                 return Err("the peer sent a second Hello frame".to_owned());
@@ -114,6 +117,7 @@ impl Dispatcher {
             conn.clone(),
             entry.name.clone(),
             header,
+            entry.idempotent,
             slot,
         );
         let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));

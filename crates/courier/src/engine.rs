@@ -33,6 +33,13 @@ pub struct RpcOptions {
     pub provider_id: u16,
     /// One-way RPC: the handler runs, nothing is sent back.
     pub disable_response: bool,
+    /// Running the RPC twice does no harm (a read, or a write of a value
+    /// that does not depend on the current one): a request that failed
+    /// with an error whose [`Reach`](crate::Reach) is not
+    /// [`NotReached`](crate::Reach::NotReached) may be sent again. The
+    /// engine never retries by itself; [`Handle::is_idempotent`] tells the
+    /// handler.
+    pub idempotent: bool,
 }
 
 impl RpcOptions {
@@ -48,6 +55,13 @@ impl RpcOptions {
     #[must_use]
     pub fn disable_response(mut self) -> Self {
         self.disable_response = true;
+        self
+    }
+
+    /// The same options, idempotent (see [`RpcOptions::idempotent`]).
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 }
@@ -491,6 +505,7 @@ impl Engine {
             name,
             options.provider_id,
             options.disable_response,
+            options.idempotent,
             handler,
         )
     }

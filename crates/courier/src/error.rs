@@ -252,6 +252,118 @@ pub enum Error {
     /// would block a runtime thread.
     #[error("{0} is a blocking call and cannot run inside an async runtime; use the async API")]
     BlockingInAsync(&'static str),
+
+    /// The server refused the request at once because the provider (or the
+    /// connection) is at its limit of handlers running and queued. No
+    /// handler saw the request: sending it again later is safe.
+    #[error("RPC '{rpc}' at provider {provider} of {address} refused: busy ({reason})")]
+    Busy {
+        /// The RPC's name.
+        rpc: String,
+        /// The provider id.
+        provider: u16,
+        /// The server's address.
+        address: String,
+        /// The server's reason (which limit).
+        reason: String,
+    },
+
+    /// The call's time budget was spent before the request could be sent
+    /// (a timeout of zero, or a handler's inherited deadline that already
+    /// passed): nothing was sent.
+    #[error("RPC '{rpc}' to {address} was not sent: its deadline had passed")]
+    DeadlineExceeded {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+    },
+
+    /// The call was cancelled: by its [`Request`](crate::blocking::Request)'s
+    /// `cancel`, or because the request whose handler made it was
+    /// cancelled by its own caller. The server was told; its handler may
+    /// have started.
+    #[error("RPC '{rpc}' to {address} was cancelled")]
+    Cancelled {
+        /// The RPC's name.
+        rpc: String,
+        /// The server's address.
+        address: String,
+    },
+}
+
+/// Whether a failed request can have reached its handler: what decides if
+/// sending it again is safe ([`Error::is_retry_safe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// The handler cannot have seen the request: it was never sent, or the
+    /// server refused it before any handler ran (busy, no such RPC,
+    /// finalizing). Always safe to send again.
+    NotReached,
+    /// It may have run, or not: the call timed out, was cancelled, or lost
+    /// its connection after the request was sent.
+    Unknown,
+    /// The handler ran (it failed, panicked, or finished without
+    /// responding, or its response could not be decoded).
+    Reached,
+}
+
+impl Error {
+    /// Whether the request this error ended can have reached its handler.
+    /// Errors that are not about a request (configuration, registration)
+    /// are [`Reach::NotReached`].
+    pub fn reach(&self) -> Reach {
+        match self {
+            Self::Timeout { .. }
+            | Self::ConnectionLost { .. }
+            | Self::Finalized
+            | Self::Protocol { .. }
+            | Self::Cancelled { .. }
+            | Self::BulkTimeout { .. } => Reach::Unknown,
+            // A transport error after the connection was up (an I/O error
+            // part way through a send) leaves the request's fate unknown;
+            // one that kept it from being sent does not.
+            Self::Transport(e) => match e {
+                TransportError::Io { .. } | TransportError::Closed { .. } => Reach::Unknown,
+                _ => Reach::NotReached,
+            },
+            Self::Remote { .. }
+            | Self::RemotePanic { .. }
+            | Self::NoResponse { .. }
+            | Self::Decode { .. }
+            | Self::AlreadyResponded { .. } => Reach::Reached,
+            Self::Config(_)
+            | Self::Runtime { .. }
+            | Self::ProtocolMismatch { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::NoSuchRpc { .. }
+            | Self::OneWay { .. }
+            | Self::Encode { .. }
+            | Self::RemoteFinalizing { .. }
+            | Self::ShutdownRefused { .. }
+            | Self::AlreadyRegistered { .. }
+            | Self::NotRegistered { .. }
+            | Self::InvalidProviderId(_)
+            | Self::RpcIdCollision { .. }
+            | Self::BulkRefused { .. }
+            | Self::BulkInvalid(_)
+            | Self::BlockingInAsync(_)
+            | Self::Busy { .. }
+            | Self::DeadlineExceeded { .. } => Reach::NotReached,
+        }
+    }
+
+    /// Whether sending the failed request again is safe: always when it
+    /// cannot have reached its handler, and otherwise only for an RPC that
+    /// is `idempotent` (running it twice does no harm; see
+    /// [`RpcOptions::idempotent`](crate::RpcOptions::idempotent)). Courier
+    /// itself never retries.
+    pub fn is_retry_safe(&self, idempotent: bool) -> bool {
+        match self.reach() {
+            Reach::NotReached => true,
+            Reach::Unknown | Reach::Reached => idempotent,
+        }
+    }
 }
 
 /// Shorthand for `Result<T, courier::Error>`.

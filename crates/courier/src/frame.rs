@@ -8,14 +8,34 @@
 //! offset size field
 //!      0    1 version   (1)
 //!      1    1 kind      (see [`Kind`])
-//!      2    1 flags     (bit 0: no response expected)
+//!      2    1 flags     (bit 0: no response expected; bit 1: extensions follow)
 //!      3    1 status    (see [`Status`]; 0 except in error frames)
 //!      4    2 provider  u16 little-endian (65535 is reserved)
 //!      6    2 reserved  must be zero
 //!      8    8 rpc id    u64 little-endian (see [`rpc_id`])
 //!     16    8 sequence  u64 little-endian, per connection and direction
-//!     24    … payload
+//!     24    … extension block (if flag bit 1), then the payload
 //! ```
+//!
+//! # Header extensions
+//!
+//! Optional fields travel in an extension block between the header and the
+//! payload, announced by [`FLAG_EXTENSIONS`]:
+//!
+//! ```text
+//! offset size field
+//!      0    1 block version (1)
+//!      1    1 reserved      must be zero
+//!      2    2 length        u16 little-endian: bytes of entries that follow
+//!      4    … entries       each: type u8, length u8, value[length]
+//! ```
+//!
+//! An entry type with bit 7 set is *critical*: an engine that does not know
+//! it refuses the frame. An unknown type without bit 7 is skipped. Known
+//! types: [`EXT_DEADLINE`]. [`Extensions::decode`] parses a block,
+//! [`Extensions::encode`] writes one.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -63,6 +83,10 @@ pub enum Kind {
     /// Bulk fast path: ends the lease of a `BulkGrant` (one-way); the
     /// sequence is the grant's.
     BulkRelease = 11,
+    /// The caller gave up on a request (dropped its call, or its deadline
+    /// passed): the sequence is the request's. No answer; a cancel for an
+    /// unknown or finished request is ignored.
+    Cancel = 12,
 }
 
 impl Kind {
@@ -79,6 +103,7 @@ impl Kind {
             9 => Self::BulkPush,
             10 => Self::BulkGrant,
             11 => Self::BulkRelease,
+            12 => Self::Cancel,
             _ => return None,
         })
     }
@@ -110,6 +135,13 @@ pub enum Status {
     /// A bulk access was refused (unknown or dropped region, wrong key,
     /// mode, out of bounds); payload: why.
     BulkRefused = 9,
+    /// The provider (or the connection) is at its limit of handlers running
+    /// and queued: the request was refused before any handler saw it, and
+    /// may be sent again. Payload: why.
+    Busy = 10,
+    /// The request's header extensions are malformed, or carry a critical
+    /// extension this engine does not know. Nothing ran. Payload: why.
+    BadExtension = 11,
 }
 
 impl Status {
@@ -125,6 +157,8 @@ impl Status {
             7 => Self::Finalizing,
             8 => Self::BadRequest,
             9 => Self::BulkRefused,
+            10 => Self::Busy,
+            11 => Self::BadExtension,
             _ => return None,
         })
     }
@@ -133,7 +167,178 @@ impl Status {
 /// Flag bit: the sender expects no response (one-way RPC).
 pub const FLAG_NO_RESPONSE: u8 = 0b0000_0001;
 
-const KNOWN_FLAGS: u8 = FLAG_NO_RESPONSE;
+/// Flag bit: an extension block follows the header (see the module docs).
+pub const FLAG_EXTENSIONS: u8 = 0b0000_0010;
+
+const KNOWN_FLAGS: u8 = FLAG_NO_RESPONSE | FLAG_EXTENSIONS;
+
+/// The extension block version this engine writes and reads.
+pub const EXT_VERSION: u8 = 1;
+
+/// Length of the extension block's own header (version, reserved, length).
+pub const EXT_BLOCK_HEADER_LEN: usize = 4;
+
+/// Bit 7 of an entry type: an engine that does not know the type must
+/// refuse the frame (without it, the entry is skipped).
+pub const EXT_CRITICAL: u8 = 0x80;
+
+/// Extension type 1, the caller's deadline: the budget left when the
+/// request was sent, as a u64 little-endian count of microseconds. A
+/// relative duration, so that the two hosts' clocks need not agree.
+/// Not critical: an engine that ignores it still answers.
+pub const EXT_DEADLINE: u8 = 0x01;
+
+/// The largest budget an engine honours: a deadline further away is taken
+/// as this one (7 days), so that an absurd value cannot overflow a clock.
+pub const MAX_BUDGET: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Bytes of an extension block that carries only a deadline.
+pub const DEADLINE_BLOCK_LEN: usize = EXT_BLOCK_HEADER_LEN + 2 + 8;
+
+/// The optional fields of a frame, from its extension block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// The caller's remaining budget when it sent the request (capped at
+    /// [`MAX_BUDGET`]).
+    pub deadline: Option<Duration>,
+}
+
+/// Why an extension block is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtensionError {
+    /// The frame says extensions follow, but the block is cut short.
+    #[error("the extension block is cut short: {needed} bytes announced, {have} present")]
+    Truncated {
+        /// Bytes the block (or entry) announces.
+        needed: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// A block version this engine does not read.
+    #[error(
+        "extension block version {0} is not supported (this engine reads version {EXT_VERSION})"
+    )]
+    Version(u8),
+    /// The block's reserved byte is not zero.
+    #[error("the extension block's reserved byte is {0:#04x}, not zero")]
+    Reserved(u8),
+    /// A critical entry of a type this engine does not know.
+    #[error("unknown critical extension {0:#04x}")]
+    UnknownCritical(u8),
+    /// A known entry whose value has the wrong length.
+    #[error("extension {kind:#04x} has a {len}-byte value, expected {expected}")]
+    BadLength {
+        /// The entry type.
+        kind: u8,
+        /// Its length.
+        len: usize,
+        /// The length it must have.
+        expected: usize,
+    },
+    /// The same known entry twice.
+    #[error("extension {0:#04x} appears twice")]
+    Duplicate(u8),
+}
+
+impl Extensions {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.deadline.is_none()
+    }
+
+    /// Splits the extension block off the start of `payload` (the bytes
+    /// after the header of a frame with [`FLAG_EXTENSIONS`]); returns the
+    /// extensions and the payload proper.
+    ///
+    /// # Errors
+    /// [`ExtensionError`]: the block is malformed, or carries a critical
+    /// entry this engine does not know. The frame's own framing is intact
+    /// (the transport delimits it), so only this frame is refused.
+    pub fn decode(payload: &Bytes) -> Result<(Self, Bytes), ExtensionError> {
+        let Some(head) = payload.get(..EXT_BLOCK_HEADER_LEN) else {
+            return Err(ExtensionError::Truncated {
+                needed: EXT_BLOCK_HEADER_LEN,
+                have: payload.len(),
+            });
+        };
+        if head[0] != EXT_VERSION {
+            return Err(ExtensionError::Version(head[0]));
+        }
+        if head[1] != 0 {
+            return Err(ExtensionError::Reserved(head[1]));
+        }
+        let len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        let end = EXT_BLOCK_HEADER_LEN + len;
+        let Some(mut entries) = payload.get(EXT_BLOCK_HEADER_LEN..end) else {
+            return Err(ExtensionError::Truncated {
+                needed: end,
+                have: payload.len(),
+            });
+        };
+        let mut ext = Self::default();
+        while let [kind, len, rest @ ..] = entries {
+            let (kind, len) = (*kind, usize::from(*len));
+            let Some(value) = rest.get(..len) else {
+                return Err(ExtensionError::Truncated {
+                    needed: len,
+                    have: rest.len(),
+                });
+            };
+            match kind {
+                EXT_DEADLINE => {
+                    let bytes: [u8; 8] =
+                        value.try_into().map_err(|_| ExtensionError::BadLength {
+                            kind,
+                            len,
+                            expected: 8,
+                        })?;
+                    if ext.deadline.is_some() {
+                        return Err(ExtensionError::Duplicate(kind));
+                    }
+                    let micros = u64::from_le_bytes(bytes);
+                    ext.deadline = Some(Duration::from_micros(micros).min(MAX_BUDGET));
+                }
+                k if k & EXT_CRITICAL != 0 => return Err(ExtensionError::UnknownCritical(k)),
+                _ => {} // an optional extension this engine does not know
+            }
+            entries = &rest[len..];
+        }
+        if !entries.is_empty() {
+            // One byte left: an entry type without its length.
+            return Err(ExtensionError::Truncated {
+                needed: 2,
+                have: entries.len(),
+            });
+        }
+        Ok((ext, payload.slice(end..)))
+    }
+
+    /// The extension block of these extensions, appended to `out` (nothing
+    /// if there are none). A deadline over [`MAX_BUDGET`] is capped.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        let micros = u64::try_from(deadline.min(MAX_BUDGET).as_micros()).unwrap_or(u64::MAX);
+        out.extend_from_slice(&[EXT_VERSION, 0]);
+        out.extend_from_slice(&10u16.to_le_bytes());
+        out.extend_from_slice(&[EXT_DEADLINE, 8]);
+        out.extend_from_slice(&micros.to_le_bytes());
+    }
+
+    /// The block of a deadline alone, on the stack (the hot path of a call
+    /// with a timeout).
+    pub fn deadline_block(budget: Duration) -> [u8; DEADLINE_BLOCK_LEN] {
+        let micros = u64::try_from(budget.min(MAX_BUDGET).as_micros()).unwrap_or(u64::MAX);
+        let mut b = [0u8; DEADLINE_BLOCK_LEN];
+        b[0] = EXT_VERSION;
+        b[2..4].copy_from_slice(&10u16.to_le_bytes());
+        b[4] = EXT_DEADLINE;
+        b[5] = 8;
+        b[6..].copy_from_slice(&micros.to_le_bytes());
+        b
+    }
+}
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +444,11 @@ impl Header {
     /// Whether the no-response flag is set.
     pub fn no_response(&self) -> bool {
         self.flags & FLAG_NO_RESPONSE != 0
+    }
+
+    /// Whether an extension block follows the header.
+    pub fn has_extensions(&self) -> bool {
+        self.flags & FLAG_EXTENSIONS != 0
     }
 }
 
@@ -358,8 +568,8 @@ mod tests {
         assert_eq!((b[1], b[3]), (0x04, 0x09));
         assert_eq!(Header::decode(&b), Ok(refused));
         let mut b = pull.encode();
-        b[1] = 12;
-        assert_eq!(Header::decode(&b), Err(FrameError::Kind(12)));
+        b[1] = 13;
+        assert_eq!(Header::decode(&b), Err(FrameError::Kind(13)));
     }
 
     #[test]
@@ -375,6 +585,8 @@ mod tests {
         let mut b = good;
         b[2] = 0x80;
         assert_eq!(Header::decode(&b), Err(FrameError::Flags(0x80)));
+        b[2] = 0x04;
+        assert_eq!(Header::decode(&b), Err(FrameError::Flags(0x04)));
         let mut b = good;
         b[3] = 200;
         assert_eq!(Header::decode(&b), Err(FrameError::Status(200)));
@@ -383,12 +595,147 @@ mod tests {
         assert_eq!(Header::decode(&b), Err(FrameError::Reserved(0x100)));
     }
 
+    /// Pins the bytes of a request with a 250 ms deadline
+    /// (docs/wire-format.md, "Header extensions").
+    #[test]
+    fn deadline_extension_bytes_are_pinned() {
+        let req = Header {
+            kind: Kind::Request,
+            flags: FLAG_EXTENSIONS,
+            status: Status::Ok,
+            provider: 3,
+            rpc: rpc_id("hello"),
+            seq: 7,
+        };
+        let mut msg = req.encode().to_vec();
+        let ext = Extensions {
+            deadline: Some(Duration::from_millis(250)),
+        };
+        ext.encode(&mut msg);
+        msg.extend_from_slice(b"args");
+        assert_eq!(
+            msg,
+            [
+                0x01, 0x02, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, // flags: extensions
+                0x0b, 0xbd, 0xaa, 0x80, 0x46, 0xd8, 0x30, 0xa4, // rpc id "hello"
+                0x07, 0, 0, 0, 0, 0, 0, 0, // sequence
+                0x01, 0x00, 0x0a, 0x00, // block version 1, reserved, 10 bytes of entries
+                0x01, 0x08, // deadline, 8 bytes
+                0x90, 0xd0, 0x03, 0, 0, 0, 0, 0, // 250 000 microseconds
+                b'a', b'r', b'g', b's',
+            ]
+        );
+        assert_eq!(
+            &Extensions::deadline_block(Duration::from_millis(250))[..],
+            &msg[24..38]
+        );
+        let (h, rest) = split(&Bytes::from(msg)).unwrap();
+        assert_eq!(h, req);
+        assert!(h.has_extensions());
+        let (back, payload) = Extensions::decode(&rest).unwrap();
+        assert_eq!(back, ext);
+        assert_eq!(&payload[..], b"args");
+    }
+
+    #[test]
+    fn unknown_extensions_are_skipped_unless_critical() {
+        // An optional type 0x22 this engine does not know, then a deadline.
+        let block = Bytes::from_static(&[
+            1, 0, 15, 0, 0x22, 3, 9, 9, 9, 0x01, 8, 1, 0, 0, 0, 0, 0, 0, 0, b'p',
+        ]);
+        let (ext, payload) = Extensions::decode(&block).unwrap();
+        assert_eq!(ext.deadline, Some(Duration::from_micros(1)));
+        assert_eq!(&payload[..], b"p");
+        let critical = Bytes::from_static(&[1, 0, 3, 0, 0xa2, 1, 0]);
+        assert_eq!(
+            Extensions::decode(&critical),
+            Err(ExtensionError::UnknownCritical(0xa2))
+        );
+        let empty = Bytes::from_static(&[1, 0, 0, 0, b'x']);
+        assert_eq!(
+            Extensions::decode(&empty).unwrap(),
+            (Extensions::default(), Bytes::from_static(b"x"))
+        );
+    }
+
+    #[test]
+    fn malformed_extensions_are_refused() {
+        let cases: [(&[u8], ExtensionError); 7] = [
+            (&[1, 0], ExtensionError::Truncated { needed: 4, have: 2 }),
+            (&[2, 0, 0, 0], ExtensionError::Version(2)),
+            (&[1, 7, 0, 0], ExtensionError::Reserved(7)),
+            (
+                &[1, 0, 9, 0, 1],
+                ExtensionError::Truncated {
+                    needed: 13,
+                    have: 5,
+                },
+            ),
+            (
+                &[1, 0, 3, 0, 0x22, 5, 0],
+                ExtensionError::Truncated { needed: 5, have: 1 },
+            ),
+            (
+                &[1, 0, 3, 0, 0x01, 1, 0],
+                ExtensionError::BadLength {
+                    kind: 1,
+                    len: 1,
+                    expected: 8,
+                },
+            ),
+            (
+                &[1, 0, 1, 0, 0x22],
+                ExtensionError::Truncated { needed: 2, have: 1 },
+            ),
+        ];
+        for (bytes, want) in cases {
+            let got = Extensions::decode(&Bytes::copy_from_slice(bytes));
+            assert_eq!(got, Err(want.clone()), "{bytes:?}");
+            assert!(!want.to_string().is_empty());
+        }
+        let mut twice = vec![1, 0, 20, 0];
+        for _ in 0..2 {
+            twice.extend_from_slice(&[1, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        assert_eq!(
+            Extensions::decode(&Bytes::from(twice)),
+            Err(ExtensionError::Duplicate(1))
+        );
+    }
+
+    #[test]
+    fn absurd_deadlines_are_capped() {
+        let mut block = vec![1, 0, 10, 0, 1, 8];
+        block.extend_from_slice(&u64::MAX.to_le_bytes());
+        let (ext, _) = Extensions::decode(&Bytes::from(block)).unwrap();
+        assert_eq!(ext.deadline, Some(MAX_BUDGET));
+        let sent = Extensions::deadline_block(Duration::MAX);
+        let (ext, _) = Extensions::decode(&Bytes::copy_from_slice(&sent)).unwrap();
+        assert_eq!(ext.deadline, Some(MAX_BUDGET));
+    }
+
+    #[test]
+    fn a_cancel_frame_is_kind_12() {
+        let cancel = Header {
+            seq: 9,
+            ..Header::new(Kind::Cancel)
+        };
+        let b = cancel.encode();
+        assert_eq!((b[1], b[16]), (12, 9));
+        assert_eq!(Header::decode(&b), Ok(cancel));
+        let busy = Header {
+            status: Status::Busy,
+            ..Header::new(Kind::Error)
+        };
+        assert_eq!(busy.encode()[3], 10);
+    }
+
     fn any_kind() -> impl Strategy<Value = Kind> {
-        (1u8..=11).prop_map(|k| Kind::from_u8(k).unwrap())
+        (1u8..=12).prop_map(|k| Kind::from_u8(k).unwrap())
     }
 
     fn any_status() -> impl Strategy<Value = Status> {
-        (0u8..=9).prop_map(|s| Status::from_u8(s).unwrap())
+        (0u8..=11).prop_map(|s| Status::from_u8(s).unwrap())
     }
 
     proptest! {
@@ -403,6 +750,23 @@ mod tests {
             prop_assert_eq!(back, h);
             prop_assert_eq!(&p[..], &payload[..]);
             prop_assert_eq!(back.no_response(), no_resp);
+        }
+
+        #[test]
+        fn extension_blocks_round_trip_or_refuse(bytes in proptest::collection::vec(any::<u8>(), 0..48), micros: Option<u64>) {
+            // Arbitrary bytes: refused or decoded, never a panic.
+            let _ = Extensions::decode(&Bytes::from(bytes.clone()));
+            let ext = Extensions { deadline: micros.map(Duration::from_micros) };
+            let mut block = Vec::new();
+            ext.encode(&mut block);
+            if ext.is_empty() {
+                prop_assert!(block.is_empty());
+            } else {
+                block.extend_from_slice(&bytes);
+                let (back, rest) = Extensions::decode(&Bytes::from(block)).unwrap();
+                prop_assert_eq!(back.deadline, ext.deadline.map(|d| d.min(MAX_BUDGET)));
+                prop_assert_eq!(&rest[..], &bytes[..]);
+            }
         }
 
         #[test]

@@ -109,6 +109,7 @@ struct RequestState {
     conn: Arc<Conn>,
     name: Arc<str>,
     header: Header,
+    idempotent: bool,
     responded: AtomicBool,
     /// The request's place among its connection's requests in flight,
     /// given back when the last handle goes.
@@ -185,6 +186,7 @@ impl Handle {
         conn: Arc<Conn>,
         name: Arc<str>,
         header: Header,
+        idempotent: bool,
         slot: Option<RequestSlot>,
     ) -> Self {
         Self {
@@ -193,6 +195,7 @@ impl Handle {
                 conn,
                 name,
                 header,
+                idempotent,
                 responded: AtomicBool::new(false),
                 _slot: slot,
             }),
@@ -218,6 +221,12 @@ impl Handle {
     /// The RPC's name.
     pub fn rpc_name(&self) -> &str {
         &self.state.name
+    }
+
+    /// Whether the RPC was registered idempotent
+    /// ([`RpcOptions::idempotent`](crate::RpcOptions::idempotent)).
+    pub fn is_idempotent(&self) -> bool {
+        self.state.idempotent
     }
 
     /// Whether the caller waits for a response (false for one-way RPCs).

@@ -141,7 +141,7 @@ pub use config::{
     DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US, DEFAULT_PROGRESS_SPIN_US,
 };
 pub use engine::{Engine, EngineBuilder, RpcOptions};
-pub use error::{Error, Result, TransportError};
+pub use error::{Error, Reach, Result, TransportError};
 pub use handler::{Handle, HandlerOutput};
 pub use registry::{default_registry, install_layer, install_plugin, PROTOCOLS_ENV};
 pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};

@@ -25,6 +25,7 @@ pub struct RawRemoteFunction {
     name: Arc<str>,
     id: u64,
     disable_response: bool,
+    idempotent: bool,
     timeout: Option<Duration>,
 }
 
@@ -45,6 +46,7 @@ impl RawRemoteFunction {
             name: name.into(),
             id: frame::rpc_id(name),
             disable_response: false,
+            idempotent: false,
             timeout: None,
         }
     }
@@ -52,6 +54,21 @@ impl RawRemoteFunction {
     /// The RPC's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Declares the RPC idempotent on this side (it should be registered
+    /// so at the server too, [`RpcOptions::idempotent`](crate::RpcOptions::idempotent)):
+    /// [`Error::is_retry_safe`] of a failed call may then say yes even if
+    /// the request reached the handler. Courier never retries by itself.
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Whether calls are declared idempotent.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// The RPC's id (see [`frame::rpc_id`]).
@@ -224,6 +241,19 @@ impl RawCallable {
                 address,
             }),
             (Kind::Error, Status::Finalizing) => Err(Error::RemoteFinalizing { address }),
+            (Kind::Error, Status::Busy) => Err(Error::Busy {
+                rpc,
+                provider: self.provider,
+                address,
+                reason: message(),
+            }),
+            (Kind::Error, Status::BadExtension) => Err(Error::Protocol {
+                address,
+                reason: format!(
+                    "the server refused the request's header extensions: {}",
+                    message()
+                ),
+            }),
             (kind, status) => Err(Error::Protocol {
                 address,
                 reason: format!("a {kind:?} frame with status {status:?} answered a request"),
@@ -279,6 +309,12 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> RemoteFunctio
     #[must_use]
     pub fn timeout(self, after: Duration) -> Self {
         Self::new(self.raw.timeout(after))
+    }
+
+    /// Declares the RPC idempotent; see [`RawRemoteFunction::idempotent`].
+    #[must_use]
+    pub fn idempotent(self) -> Self {
+        Self::new(self.raw.idempotent())
     }
 
     /// Targets provider 0 at `address`.

@@ -15,6 +15,8 @@ use crate::sync::{read, write};
 pub(crate) struct RpcEntry<H> {
     pub(crate) name: Arc<str>,
     pub(crate) disable_response: bool,
+    /// Registered as idempotent: running it twice does no harm.
+    pub(crate) idempotent: bool,
     pub(crate) handler: H,
 }
 
@@ -48,6 +50,7 @@ impl<H> RpcTable<H> {
         name: &str,
         provider: u16,
         disable_response: bool,
+        idempotent: bool,
         handler: H,
     ) -> Result<()> {
         if provider == RESERVED_PROVIDER {
@@ -83,6 +86,7 @@ impl<H> RpcTable<H> {
             Arc::new(RpcEntry {
                 name: name.into(),
                 disable_response,
+                idempotent,
                 handler,
             }),
         );
@@ -133,14 +137,14 @@ mod tests {
     #[test]
     fn names_ids_and_providers() {
         let t = RpcTable::<u8>::new();
-        t.insert("a", 0, false, 1).unwrap();
-        t.insert("a", 1, true, 2).unwrap();
+        t.insert("a", 0, false, false, 1).unwrap();
+        t.insert("a", 1, true, true, 2).unwrap();
         assert!(matches!(
-            t.insert("a", 0, false, 3),
+            t.insert("a", 0, false, false, 3),
             Err(Error::AlreadyRegistered { provider: 0, .. })
         ));
         assert!(matches!(
-            t.insert("b", RESERVED_PROVIDER, false, 3),
+            t.insert("b", RESERVED_PROVIDER, false, false, 3),
             Err(Error::InvalidProviderId(65535))
         ));
         assert_eq!(t.get(rpc_id("a"), 1).map(|e| e.handler), Some(2));

@@ -15,8 +15,8 @@
 //! engines and transports. Courier's own plugins run the same suite (see
 //! `tests/tests/conformance.rs` in the repository).
 //!
-//! Three groups of scenarios are generated, as modules
-//! `transport_contract`, `engine` and `bulk`:
+//! Four groups of scenarios are generated, as modules
+//! `transport_contract`, `engine`, `deadlines` and `bulk`:
 //!
 //! * [`transport`]: the transport contract below the engine (message
 //!   boundaries, order under backpressure, both directions at once, maximum
@@ -25,6 +25,9 @@
 //! * [`engine`]: the engine over the protocol (the seed's hello, providers,
 //!   one-way RPCs, timeouts, handler errors and panics, size limits, remote
 //!   shutdown, finalize with calls in flight, the blocking API, ...);
+//! * [`deadlines`]: a caller's deadline reaches the handler, a call given
+//!   up cancels its handler and what it called, a spent budget is not
+//!   sent, callbacks at `max_in_flight_per_connection`;
 //! * [`bulk`]: bulk transfers over the protocol's messages (and its fast
 //!   path, if it has one): PyMargo's bulk programs, ranges, multi-segment
 //!   regions, hostile handles, a region dropped mid-transfer.
@@ -44,6 +47,7 @@ use std::time::Duration;
 use courier::{Engine, Handle};
 
 pub mod bulk;
+pub mod deadlines;
 pub mod engine;
 pub mod transport;
 
@@ -236,6 +240,23 @@ macro_rules! conformance_tests {
             }
             $crate::__scenarios! { blocking bulk:
                 blocking_transfer,
+            }
+        }
+
+        /// Deadlines, cancellation, re-entrant calls
+        /// (`courier_testkit::deadlines`).
+        mod deadlines {
+            $crate::__scenarios! { async "multi_thread" deadlines:
+                deadline_reaches_the_handler,
+                timeout_cancels_the_handler,
+                dropped_call_cancels_the_handler,
+                cancel_token_tells_why,
+                cancellation_cascades,
+                spent_budget_is_not_sent,
+                callback_at_max_in_flight,
+            }
+            $crate::__scenarios! { blocking deadlines:
+                blocking_handler_polls_its_token,
             }
         }
 

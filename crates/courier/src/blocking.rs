@@ -437,6 +437,24 @@ impl Handle {
         self.inner.rpc_name()
     }
 
+    /// The caller's deadline, if it set one (see
+    /// [`crate::Handle::deadline`]).
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.inner.deadline()
+    }
+
+    /// Whether the request was cancelled or its deadline passed: a
+    /// blocking handler polls this between steps of its work, and stops
+    /// (its response would go nowhere).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+
+    /// The request's cancellation token, for threads doing its work.
+    pub fn cancel_token(&self) -> crate::CancelToken {
+        self.inner.cancel_token()
+    }
+
     /// The async handle underneath.
     pub fn as_async(&self) -> &AsyncHandle {
         &self.inner
@@ -592,9 +610,10 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// [`Error::Encode`] (the arguments are encoded before returning).
     pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
         let (raw, msg) = self.inner.encoded(args)?;
+        let inherited = crate::cancel::current();
         let join = self.rt.runtime().spawn(async move {
             let mut msg = msg;
-            raw.invoke(Body::Encoded(&mut msg)).await
+            raw.invoke(Body::Encoded(&mut msg), inherited).await
         });
         Ok(Request {
             join: Some(join),

@@ -12,13 +12,13 @@
 //! call's [`Deadline`] (decided in `timeouts.rs`), and the error that names
 //! what ran out of time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::conn::{Conn, Reply};
 use crate::error::{Error, Result};
-use crate::frame::{self, Header};
+use crate::frame::{self, Extensions, Header, Kind, FLAG_EXTENSIONS, HEADER_LEN};
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
@@ -38,8 +38,19 @@ impl Body<'_> {
     pub(crate) const EMPTY: Body<'static> = Body::Parts(&[]);
 
     /// Sends `header` and the body; with `flushed`, returns once the
-    /// message is written to the medium, not only queued.
-    async fn send(self, conn: &Conn, header: &Header, flushed: bool) -> Result<()> {
+    /// message is written to the medium, not only queued. With a
+    /// `deadline`, the header carries the budget left until it (an
+    /// extension block, `frame.rs`), measured now.
+    async fn send(
+        self,
+        conn: &Conn,
+        header: &Header,
+        flushed: bool,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if let Some(at) = deadline {
+            return self.send_with_deadline(conn, header, flushed, at).await;
+        }
         match self {
             Body::Parts(parts) => {
                 let head = header.encode();
@@ -60,6 +71,35 @@ impl Body<'_> {
             }
         }
     }
+
+    /// [`Body::send`] with a deadline block between header and body.
+    async fn send_with_deadline(
+        self,
+        conn: &Conn,
+        header: &Header,
+        flushed: bool,
+        at: Instant,
+    ) -> Result<()> {
+        let head = Header {
+            flags: header.flags | FLAG_EXTENSIONS,
+            ..*header
+        }
+        .encode();
+        let block = Extensions::deadline_block(at.saturating_duration_since(Instant::now()));
+        match self {
+            Body::Parts(parts) => {
+                let mut all: Vec<&[u8]> = Vec::with_capacity(2 + parts.len());
+                all.push(&head);
+                all.push(&block);
+                all.extend_from_slice(parts);
+                conn.send_then(&all, flushed).await
+            }
+            Body::Encoded(msg) => {
+                let payload = msg.get(HEADER_LEN..).unwrap_or_default();
+                conn.send_then(&[&head, &block, payload], flushed).await
+            }
+        }
+    }
 }
 
 /// A call sent and not yet answered. Dropping it forgets the call: a late
@@ -68,6 +108,9 @@ pub(crate) struct PendingCall<'c> {
     conn: &'c Conn,
     seq: u64,
     rx: Option<oneshot::Receiver<Reply>>,
+    /// A request: if it is given up before its answer, the peer is told
+    /// (a `Cancel` frame), so that its handler stops.
+    cancel_on_drop: bool,
 }
 
 impl PendingCall<'_> {
@@ -97,7 +140,11 @@ impl PendingCall<'_> {
 impl Drop for PendingCall<'_> {
     fn drop(&mut self) {
         if self.rx.is_some() {
-            self.conn.forget_call(self.seq);
+            if self.cancel_on_drop {
+                self.conn.cancel_call(self.seq);
+            } else {
+                self.conn.forget_call(self.seq);
+            }
         }
     }
 }
@@ -115,6 +162,7 @@ impl Conn {
             conn: self,
             seq,
             rx: Some(rx),
+            cancel_on_drop: header.kind == Kind::Request,
         })
     }
 
@@ -129,19 +177,8 @@ impl Conn {
         body: Body<'_>,
     ) -> Result<PendingCall<'_>> {
         let pending = self.register(&mut header)?;
-        body.send(self, &header, false).await?;
+        body.send(self, &header, false, None).await?;
         Ok(pending)
-    }
-
-    /// Sends a message that expects no answer (a one-way request), with a
-    /// fresh sequence number. Returns once it is written to the medium, as
-    /// a one-way call promises (the engine may be finalized right after).
-    ///
-    /// # Errors
-    /// The connection is dead; the message is too large; the send failed.
-    pub(crate) async fn notify(&self, mut header: Header, body: Body<'_>) -> Result<()> {
-        header.seq = self.next_seq();
-        body.send(self, &header, true).await
     }
 }
 
@@ -163,9 +200,12 @@ pub(crate) async fn exchange(
     // The common case, no deadline, awaits the call itself: no timer, and
     // no layer of futures around it to move.
     match deadline.limit() {
-        None => call_now(state, peer, header, body).await,
+        None => call_now(state, peer, header, body, None).await,
         Some((at, after)) => {
-            match tokio::time::timeout_at(at.into(), call_now(state, peer, header, body)).await {
+            // A request carries its deadline to the server.
+            let carried = (header.kind == Kind::Request).then_some(at);
+            let work = call_now(state, peer, header, body, carried);
+            match tokio::time::timeout_at(at.into(), work).await {
                 Ok(r) => r,
                 Err(_) => Err(expired(after)),
             }
@@ -181,13 +221,15 @@ async fn call_now(
     peer: &Peer,
     mut header: Header,
     body: Body<'_>,
+    deadline: Option<Instant>,
 ) -> Result<Option<Reply>> {
     let conn = state.connection_for(peer).await?;
     if header.no_response() {
-        conn.notify(header, body).await?;
+        header.seq = conn.next_seq();
+        body.send(&conn, &header, true, deadline).await?;
         return Ok(None);
     }
     let pending = conn.register(&mut header)?;
-    body.send(&conn, &header, false).await?;
+    body.send(&conn, &header, false, deadline).await?;
     pending.reply().await.map(Some)
 }

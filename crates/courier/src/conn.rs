@@ -45,6 +45,7 @@ use tokio::runtime::Handle as RtHandle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
+use crate::cancel::{CancelReason, CancelToken};
 use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
@@ -124,6 +125,15 @@ pub(crate) struct Conn {
     /// message queued under a cork is seen by the uncork's flush.
     corked: AtomicBool,
     pending: Mutex<Pending>,
+    /// Requests from the peer whose handlers had to wait (or run on other
+    /// threads), by sequence: where a `Cancel` frame finds them.
+    running: Mutex<FxHashMap<u64, CancelToken>>,
+    /// Set while the reader waits for a request slot with none of this
+    /// engine's own calls in flight on the connection: the first call
+    /// started then wakes it (`call_started`), since its answer must be
+    /// read (a handler calling back its caller, see `reader.rs`).
+    reader_parked: AtomicBool,
+    call_started: Notify,
     next_seq: AtomicU64,
     dead: AtomicBool,
     /// Woken when the connection is killed, to end sends blocked on it.
@@ -169,6 +179,9 @@ impl Conn {
                 calls: FxHashMap::default(),
                 closed: None,
             }),
+            running: Mutex::new(FxHashMap::default()),
+            reader_parked: AtomicBool::new(false),
+            call_started: Notify::new(),
             next_seq: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             killed: Notify::new(),
@@ -715,7 +728,72 @@ impl Conn {
             return Err(self.lost());
         }
         p.calls.insert(seq, tx);
+        drop(p);
+        if self.reader_parked.load(Ordering::Acquire) {
+            self.call_started.notify_one();
+        }
         Ok((seq, rx))
+    }
+
+    /// Whether this engine has calls in flight on the connection (answers
+    /// to read).
+    pub(crate) fn has_calls(&self) -> bool {
+        !self.lock_pending().calls.is_empty()
+    }
+
+    /// Waits until this engine starts a call on the connection (or one is
+    /// in flight already). For the reader, while it waits for a request
+    /// slot.
+    pub(crate) async fn call_started(&self) {
+        let started = self.call_started.notified();
+        tokio::pin!(started);
+        started.as_mut().enable();
+        self.reader_parked.store(true, Ordering::Release);
+        if !self.has_calls() {
+            started.await;
+        }
+        self.reader_parked.store(false, Ordering::Release);
+    }
+
+    /// The caller side of a call given up before its answer came (its
+    /// future dropped, or its deadline passed): forgets it, and tells the
+    /// peer with a `Cancel` frame, so that its handler stops.
+    pub(crate) fn cancel_call(&self, seq: u64) {
+        let was_waiting = self.lock_pending().calls.remove(&seq).is_some();
+        if !was_waiting || self.is_dead() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let cancel = Header {
+            seq,
+            ..Header::new(Kind::Cancel)
+        };
+        // A dropped future cannot wait for the send: a task does.
+        self.rt.spawn(async move {
+            let _ = me.send(&[&cancel.encode()]).await;
+        });
+    }
+
+    /// Makes a request from the peer reachable by a `Cancel` frame.
+    pub(crate) fn track_request(&self, seq: u64, token: CancelToken) {
+        if self.is_dead() {
+            token.fire(CancelReason::ConnectionLost);
+            return;
+        }
+        lock(&self.running).insert(seq, token);
+    }
+
+    /// A request from the peer is done.
+    pub(crate) fn untrack_request(&self, seq: u64) {
+        lock(&self.running).remove(&seq);
+    }
+
+    /// A `Cancel` frame came for request `seq`: cancels it if it is still
+    /// running. Returns whether it was (a cancel for an unknown or finished
+    /// request is ignored).
+    pub(crate) fn cancel_request(&self, seq: u64) -> bool {
+        let token = lock(&self.running).get(&seq).cloned();
+        token.is_some_and(|t| t.fire(CancelReason::Caller))
     }
 
     /// Forgets a call (completed, timed out or cancelled).
@@ -751,6 +829,12 @@ impl Conn {
         // Dropping the senders wakes every waiting call.
         drop(calls);
         self.killed.notify_waiters();
+        // No answer can reach the peer any more: its requests' handlers
+        // stop (one-way requests are not tracked; they go on).
+        let running = std::mem::take(&mut *lock(&self.running));
+        for token in running.into_values() {
+            token.fire(CancelReason::ConnectionLost);
+        }
         let (sender, queued) = {
             let mut ob = lock(&self.outbox);
             let queued = ob.queue.bytes();

@@ -11,12 +11,13 @@
 //! * a bulk frame: the exposing side answers it (`bulk/serve.rs`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
-use crate::frame::{Header, Kind, Status};
+use crate::frame::{Extensions, Header, Kind, Status};
 use crate::handler::{self, Handle, RawHandler};
 use crate::limits::RequestSlot;
 use crate::rpcs::RpcTable;
@@ -43,8 +44,24 @@ impl Dispatcher {
         payload: Bytes,
         slot: &mut Option<RequestSlot>,
     ) -> Result<(), String> {
+        let (ext, payload) = if header.has_extensions() {
+            match Extensions::decode(&payload) {
+                Ok(x) => x,
+                Err(e) => {
+                    refuse_extensions(conn, header, &e.to_string()).await;
+                    return Ok(());
+                }
+            }
+        } else {
+            (Extensions::default(), payload)
+        };
         match header.kind {
-            Kind::Request => self.request(conn, header, payload, slot.take()).await,
+            Kind::Request => match slot.take() {
+                Some(slot) => self.request(conn, header, ext, payload, slot).await,
+                None => {
+                    over_limit(conn, header, self.state.config.max_in_flight_per_connection).await
+                }
+            },
             Kind::Response | Kind::Error | Kind::Pong => {
                 if !conn.complete(header, payload) {
                     tracing::debug!(peer = %conn.remote(), seq = header.seq, "reply to no call in flight (late, after a timeout?)");
@@ -62,7 +79,11 @@ impl Dispatcher {
                 serve_bulk(&self.state, conn, header, payload).await;
             }
             Kind::Cancel => {
-                // Handled by the cancellation path (see `handler.rs`).
+                // Unknown or finished requests are ignored (a flood of
+                // cancels costs a table lookup each).
+                if conn.cancel_request(header.seq) {
+                    tracing::debug!(peer = %conn.remote(), seq = header.seq, "request cancelled by its caller");
+                }
             }
             Kind::Hello => {
                 tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
@@ -79,8 +100,9 @@ impl Dispatcher {
         &self,
         conn: &Arc<Conn>,
         header: Header,
+        ext: Extensions,
         payload: Bytes,
-        slot: Option<RequestSlot>,
+        slot: RequestSlot,
     ) {
         let state = &self.state;
         let refuse = |status: Status, message: String| async move {
@@ -112,19 +134,30 @@ impl Dispatcher {
             )
             .await;
         }
+        // The budget the caller sent counts from now (the clock is read
+        // only for a request that has one).
+        let deadline = ext.deadline.map(|budget| Instant::now() + budget);
+        if ext.deadline.is_some_and(|budget| budget.is_zero()) {
+            tracing::debug!(rpc = %entry.name, "dropping a request whose deadline had passed when it was sent");
+            return;
+        }
         let handle = Handle::new(
             state.clone(),
             conn.clone(),
             entry.name.clone(),
             header,
             entry.idempotent,
-            slot,
+            deadline,
+            Some(slot),
         );
-        let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));
         if !state.inline_handlers {
+            // It runs on another thread: a cancel may come before it starts.
+            handle.track();
+            let fut = handler::run(entry.handler.clone(), handle, payload);
             state.handler_rt.spawn(fut);
             return;
         }
+        let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));
         // Handlers run on this runtime: poll the handler once right here.
         // Most finish in that one poll (decode, compute, respond), which
         // saves a task spawn and a trip through the scheduler per request;
@@ -160,4 +193,46 @@ impl Dispatcher {
         let state = state.clone();
         self.state.rt.spawn(async move { state.finalize().await });
     }
+}
+
+/// Answers a frame whose extension block is refused: a request gets a
+/// `BadExtension` error (nothing ran); an answer is passed to its call as
+/// that error; anything else is dropped. The connection stays: the frame
+/// was whole, only its content is refused.
+async fn refuse_extensions(conn: &Conn, header: Header, why: &str) {
+    tracing::warn!(peer = %conn.remote(), kind = ?header.kind, "refusing a frame: {why}");
+    let message = format!("refused header extensions: {why}");
+    match header.kind {
+        Kind::Request if !header.no_response() => {
+            let _ = conn
+                .send_error(&header, Status::BadExtension, &message)
+                .await;
+        }
+        Kind::Response | Kind::Error | Kind::Pong => {
+            let refused = Header {
+                kind: Kind::Error,
+                flags: 0,
+                status: Status::BadExtension,
+                ..header
+            };
+            conn.complete(refused, Bytes::from(message));
+        }
+        _ => {}
+    }
+}
+
+/// Refuses a request that came while the connection is at
+/// `max_in_flight_per_connection`: the reader reads on at the limit only
+/// while this engine waits for answers on the connection (a handler that
+/// calls its caller back), and requests that come meanwhile are refused
+/// as `Busy`, before any handler sees them.
+async fn over_limit(conn: &Conn, header: Header, max: usize) {
+    if header.no_response() {
+        tracing::debug!(peer = %conn.remote(), "dropping a one-way request over max_in_flight_per_connection");
+        return;
+    }
+    let message = format!(
+        "the connection has {max} requests in flight (max_in_flight_per_connection) while its handlers wait for answers from this peer"
+    );
+    let _ = conn.send_error(&header, Status::Busy, &message).await;
 }

@@ -7,13 +7,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_transport::{BoxFuture, TransportError};
 use tracing::Instrument;
 
 use crate::address::Address;
+use crate::cancel::{self, CancelReason, CancelToken};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
@@ -111,6 +112,12 @@ struct RequestState {
     header: Header,
     idempotent: bool,
     responded: AtomicBool,
+    /// Fires when the caller gives up or the deadline passes.
+    token: CancelToken,
+    /// Whether the connection's table of running requests holds this one
+    /// (so that a `Cancel` frame finds it): set once its handler had to
+    /// wait, taken out when the request is done.
+    tracked: AtomicBool,
     /// The request's place among its connection's requests in flight,
     /// given back when the last handle goes.
     _slot: Option<RequestSlot>,
@@ -126,6 +133,28 @@ impl RequestState {
         self.expects_response() && !self.responded.swap(true, Ordering::AcqRel)
     }
 
+    /// Puts the request in its connection's table of running requests, so
+    /// that a `Cancel` frame reaches it.
+    fn track(&self) {
+        // A one-way request has no caller waiting to cancel it.
+        if self.expects_response() && !self.tracked.swap(true, Ordering::AcqRel) {
+            self.conn.track_request(self.header.seq, self.token.clone());
+        }
+    }
+
+    /// The request was cancelled: its handler is dropped (or told), and
+    /// nothing is sent back (the caller is gone, or has given up).
+    fn cancelled(&self, reason: CancelReason) {
+        self.token.fire(reason);
+        self.responded.store(true, Ordering::Release);
+        tracing::info!(
+            rpc = %self.name,
+            provider = self.header.provider,
+            peer = %self.conn.remote(),
+            "handler cancelled: {reason}"
+        );
+    }
+
     async fn fail(&self, status: Status, message: &str) {
         if self.claim() {
             let _ = self.conn.send_error(&self.header, status, message).await;
@@ -139,6 +168,9 @@ impl RequestState {
 
 impl Drop for RequestState {
     fn drop(&mut self) {
+        if *self.tracked.get_mut() {
+            self.conn.untrack_request(self.header.seq);
+        }
         // A handle dropped without responding, after the handler returned
         // (a deferred response that never came): tell the caller.
         if self.claim() {
@@ -187,6 +219,7 @@ impl Handle {
         name: Arc<str>,
         header: Header,
         idempotent: bool,
+        deadline: Option<Instant>,
         slot: Option<RequestSlot>,
     ) -> Self {
         Self {
@@ -197,9 +230,18 @@ impl Handle {
                 header,
                 idempotent,
                 responded: AtomicBool::new(false),
+                token: CancelToken::new(deadline),
+                tracked: AtomicBool::new(false),
                 _slot: slot,
             }),
         }
+    }
+
+    /// Makes the request reachable by a `Cancel` frame before its handler
+    /// first runs (one that runs on another thread, or waits for its
+    /// turn).
+    pub(crate) fn track(&self) {
+        self.state.track();
     }
 
     /// The sender's address: its listening address if it is a server-mode
@@ -232,6 +274,40 @@ impl Handle {
     /// Whether the caller waits for a response (false for one-way RPCs).
     pub fn expects_response(&self) -> bool {
         self.state.expects_response()
+    }
+
+    /// The instant by which the caller wants its answer, if it set a
+    /// deadline: the budget it sent, counted from when the request
+    /// arrived here (a relative duration travels, so the two hosts' clocks
+    /// need not agree). Past it the handler is cancelled.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.state.token.deadline()
+    }
+
+    /// The time left before [`Handle::deadline`], if there is one (zero
+    /// once it passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the request was cancelled (the caller gave up, its
+    /// connection was lost, or the deadline passed). An async handler is
+    /// dropped when that happens; one that blocks polls this.
+    pub fn is_cancelled(&self) -> bool {
+        self.state.token.is_cancelled()
+    }
+
+    /// Completes when the request is cancelled, with why: for a handler
+    /// that hands its work to another task and wants to stop it.
+    pub async fn cancelled(&self) -> CancelReason {
+        self.state.token.cancelled().await
+    }
+
+    /// The request's cancellation token, to hand to threads or tasks that
+    /// do the handler's work.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.state.token.clone()
     }
 
     /// Sends `value` back to the caller (postcard-encoded). On a one-way RPC
@@ -279,11 +355,24 @@ impl Handle {
 
     async fn send_response(&self, parts: &[&[u8]]) -> Result<()> {
         if !self.state.claim() {
-            return Err(Error::AlreadyResponded {
-                rpc: self.rpc_name().to_owned(),
-            });
+            return Err(self.not_claimed());
         }
         send_claimed(&self.state, parts).await
+    }
+
+    /// The error of a second response, or of one after the request was
+    /// cancelled.
+    fn not_claimed(&self) -> Error {
+        if self.state.token.fired() {
+            Error::Cancelled {
+                rpc: self.rpc_name().to_owned(),
+                address: self.state.conn.remote().to_string(),
+            }
+        } else {
+            Error::AlreadyResponded {
+                rpc: self.rpc_name().to_owned(),
+            }
+        }
     }
 
     /// Claims the response now and sends `payload` from a task (for the
@@ -293,9 +382,7 @@ impl Handle {
             return Ok(());
         }
         if !self.state.claim() {
-            return Err(Error::AlreadyResponded {
-                rpc: self.rpc_name().to_owned(),
-            });
+            return Err(self.not_claimed());
         }
         let state = self.state.clone();
         self.state.engine.rt.spawn(async move {
@@ -328,7 +415,8 @@ async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
     }
 }
 
-/// Runs one request's handler, catching its errors and panics.
+/// Runs one request's handler, catching its errors and panics, until it
+/// ends or the request is cancelled.
 pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     let state = handle.state.clone();
     let span = tracing::debug_span!(
@@ -341,18 +429,25 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     );
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
-    // The handler's future is boxed already (`RawHandler`): polled as it
-    // is, without a second box around it.
-    let outcome = CatchUnwind(handler(handle, payload))
-        .instrument(span.clone())
-        .await;
-    let status = match outcome {
-        Ok(Ok(())) => "ok",
-        Ok(Err(message)) => {
+    let guarded = Guarded {
+        state: &state,
+        token: Some(state.token.clone()),
+        start: Some((handler, handle, payload)),
+        fut: None,
+        cancel: None,
+    };
+    let ended = guarded.instrument(span.clone()).await;
+    let status = match ended {
+        Ended::Cancelled(reason) => {
+            state.cancelled(reason);
+            "cancelled"
+        }
+        Ended::Done(Ok(Ok(()))) => "ok",
+        Ended::Done(Ok(Err(message))) => {
             state.fail(Status::HandlerFailed, &message).await;
             "error"
         }
-        Err(message) => {
+        Ended::Done(Err(message)) => {
             tracing::warn!(rpc = %state.name, "handler panicked: {message}");
             state.fail(Status::HandlerPanicked, &message).await;
             "panic"
@@ -375,18 +470,68 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     }
 }
 
-/// Polls a future, turning a panic into `Err(message)`.
-struct CatchUnwind<F>(F);
+/// How a handler's run ended.
+enum Ended {
+    /// It returned (`Ok`), or panicked (`Err(message)`).
+    Done(std::result::Result<std::result::Result<(), String>, String>),
+    /// The request was cancelled first; the handler's future is dropped.
+    Cancelled(CancelReason),
+}
 
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = std::result::Result<F::Output, String>;
+/// A handler's work as the engine polls it: made on its first poll (a
+/// handler that blocks runs right there), each poll on this thread's
+/// record of the request it serves (`cancel.rs`), panics caught, and,
+/// once it has to wait, raced against the request's cancellation.
+struct Guarded<'a> {
+    state: &'a Arc<RequestState>,
+    /// Lent to this thread while the handler runs.
+    token: Option<CancelToken>,
+    /// The handler and its arguments, until the first poll.
+    start: Option<(RawHandler, Handle, Bytes)>,
+    /// The handler's future (boxed already: `RawHandler`).
+    fut: Option<BoxFuture<'static, std::result::Result<(), String>>>,
+    /// Completes when the request is cancelled; made when the handler
+    /// first has to wait (one that finishes at once pays nothing for it).
+    cancel: Option<BoxFuture<'static, CancelReason>>,
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = Pin::new(&mut self.0);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+impl Future for Guarded<'_> {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = &mut *self;
+        if this.fut.is_none() {
+            // Cancelled (or out of time) before its first poll, while it
+            // waited for its turn: it never runs.
+            if let Some(reason) = this.state.token.reason() {
+                return Poll::Ready(Ended::Cancelled(reason));
+            }
+        }
+        let (start, fut) = (&mut this.start, &mut this.fut);
+        let polled = cancel::enter(&mut this.token, || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if let Some((handler, handle, payload)) = start.take() {
+                    *fut = Some(handler(handle, payload));
+                }
+                match fut.as_mut() {
+                    Some(f) => f.as_mut().poll(cx),
+                    None => Poll::Ready(Ok(())),
+                }
+            }))
+        });
+        match polled {
+            Ok(Poll::Ready(r)) => return Poll::Ready(Ended::Done(Ok(r))),
+            Err(payload) => return Poll::Ready(Ended::Done(Err(panic_message(payload.as_ref())))),
+            Ok(Poll::Pending) => {}
+        }
+        let cancel = this.cancel.get_or_insert_with(|| {
+            this.state.track();
+            let token = this.state.token.clone();
+            Box::pin(async move { token.cancelled().await })
+        });
+        match cancel.as_mut().poll(cx) {
+            Poll::Ready(reason) => Poll::Ready(Ended::Cancelled(reason)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -103,7 +103,7 @@
 
 // Modules, from the leaves up (no module imports one above it; `.ci/run`
 // checks that no cycle of imports comes back):
-// leaves: error, frame, config, timeouts, progress, limits, lifecycle, rpcs,
+// leaves: error, frame, cancel, config, timeouts, progress, limits, lifecycle, rpcs,
 // runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
 // bulk/*; incoming frames: dispatch, reader, links; the engine: engine,
@@ -112,6 +112,7 @@ mod address;
 pub mod blocking;
 pub mod bulk;
 mod call;
+mod cancel;
 mod config;
 mod conn;
 mod dispatch;
@@ -135,6 +136,7 @@ mod timeouts;
 
 pub use address::Address;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
+pub use cancel::{CancelReason, CancelToken};
 pub use config::{
     BulkOptions, Config, Mode, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,

@@ -52,13 +52,22 @@ pub(crate) async fn read_loop(
         } else {
             if request_slot.is_none() {
                 let mut slot = pin!(conn.limits.request_slot());
-                request_slot = Some(match poll_once(&mut slot).await {
-                    Poll::Ready(s) => s,
+                request_slot = match poll_once(&mut slot).await {
+                    Poll::Ready(s) => Some(s),
                     Poll::Pending => {
                         burst.end(&conn).await;
-                        slot.await
+                        // At the limit, the reader still reads while this
+                        // engine waits for answers on the connection: a
+                        // handler that called its caller back needs the
+                        // answer to finish, and free a slot. Requests that
+                        // come meanwhile are refused as busy (`dispatch.rs`).
+                        tokio::select! {
+                            biased;
+                            s = &mut slot => Some(s),
+                            () = conn.call_started() => None,
+                        }
                     }
-                });
+                };
             }
             let mut recv = conn.progress.watch(rx.recv_dyn());
             match poll_once(&mut recv).await {

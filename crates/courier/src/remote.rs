@@ -1,6 +1,7 @@
 //! Client side of an RPC: remote functions and the calls made through them.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use tracing::Instrument;
 
 use crate::address::Address;
 use crate::call::{self, Body};
+use crate::cancel::{self, CancelToken};
 use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status, FLAG_NO_RESPONSE};
 use crate::handler::decode_exact;
@@ -149,13 +151,26 @@ impl RawCallable {
     /// Calls the RPC with a raw payload and returns the raw response (empty
     /// for a one-way call).
     ///
+    /// Made from inside a handler (on the thread that runs it), the call
+    /// inherits that request's deadline unless it has a timeout of its
+    /// own, and is cancelled with it ([`Error::Cancelled`]). Dropping the
+    /// returned future before the answer tells the server, whose handler
+    /// is then cancelled.
+    ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::NoSuchRpc`], [`Error::Remote`],
-    /// [`Error::RemotePanic`], [`Error::NoResponse`], [`Error::OneWay`],
+    /// [`Error::Timeout`], [`Error::DeadlineExceeded`], [`Error::Busy`],
+    /// [`Error::NoSuchRpc`], [`Error::Remote`], [`Error::RemotePanic`],
+    /// [`Error::NoResponse`], [`Error::OneWay`], [`Error::Cancelled`],
     /// [`Error::ConnectionLost`], [`Error::Finalized`], transport errors
-    /// (refused, message too large).
-    pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
-        self.invoke(Body::Parts(&[payload])).await
+    /// (refused, message too large). [`Error::reach`] says whether the
+    /// request can have reached the handler.
+    pub fn call<'a>(&'a self, payload: &'a [u8]) -> impl Future<Output = Result<Bytes>> + 'a {
+        // The request being served here, read now, where the call is made.
+        let inherited = cancel::current();
+        async move {
+            let parts = [payload];
+            self.invoke(Body::Parts(&parts), inherited).await
+        }
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
@@ -164,9 +179,25 @@ impl RawCallable {
 
     /// Sends the request and interprets its answer: the client side of
     /// every RPC, typed or raw, blocking or not.
-    pub(crate) async fn invoke(&self, body: Body<'_>) -> Result<Bytes> {
+    pub(crate) async fn invoke(
+        &self,
+        body: Body<'_>,
+        inherited: Option<CancelToken>,
+    ) -> Result<Bytes> {
         let f = &self.function;
-        let deadline = timeouts::call(&f.state.config.timeouts, self.timeout, f.timeout);
+        let deadline = timeouts::call(
+            &f.state.config.timeouts,
+            self.timeout,
+            f.timeout,
+            inherited.as_ref().and_then(CancelToken::deadline),
+        );
+        if deadline.passed() {
+            // A zero budget, or an inherited one spent: nothing is sent.
+            return Err(Error::DeadlineExceeded {
+                rpc: f.name.to_string(),
+                address: self.peer.addr.to_string(),
+            });
+        }
         let span = tracing::debug_span!(
             "rpc.call",
             rpc = %f.name,
@@ -192,10 +223,22 @@ impl RawCallable {
         // The span wraps the call only when it is recorded somewhere: a
         // wrapper is one more move of the call's future on every call.
         let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired);
-        let answer = if start.is_none() {
-            work.await
-        } else {
-            work.instrument(span.clone()).await
+        let answer = match (&inherited, start) {
+            (None, None) => work.await,
+            (None, Some(_)) => work.instrument(span.clone()).await,
+            // Made for a request: cancelled with it, which drops the call
+            // (and tells its server) even where the request's handler is
+            // not what polls it.
+            (Some(token), _) => {
+                tokio::select! {
+                    biased;
+                    r = work.instrument(span.clone()) => r,
+                    _ = token.fired_reason() => Err(Error::Cancelled {
+                        rpc: f.name.to_string(),
+                        address: self.peer.addr.to_string(),
+                    }),
+                }
+            }
         };
         let result = answer.and_then(|reply| match reply {
             // One-way: nothing comes back.
@@ -371,14 +414,19 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
         }
     }
 
-    /// Calls the RPC and decodes its response.
+    /// Calls the RPC and decodes its response. From inside a handler, the
+    /// call inherits the request's deadline and cancellation (see
+    /// [`RawCallable::call`]).
     ///
     /// # Errors
     /// [`Error::Encode`], [`Error::Decode`], and those of [`RawCallable::call`].
-    pub async fn call(&self, args: &A) -> Result<R> {
-        let (_, mut msg) = self.encoded(args)?;
-        let payload = self.raw.invoke(Body::Encoded(&mut msg)).await?;
-        decode_response(self.rpc_name(), &payload)
+    pub fn call<'a>(&'a self, args: &'a A) -> impl Future<Output = Result<R>> + 'a {
+        let inherited = cancel::current();
+        async move {
+            let (_, mut msg) = self.encoded(args)?;
+            let payload = self.raw.invoke(Body::Encoded(&mut msg), inherited).await?;
+            decode_response(self.rpc_name(), &payload)
+        }
     }
 
     pub(crate) fn rpc_name(&self) -> &str {

@@ -4,7 +4,7 @@
 //!
 //! | what is bounded | by (first that is set) | when it expires |
 //! |---|---|---|
-//! | an RPC call | the callable's `timeout`, the remote function's `timeout`, `timeouts.call_ms` | [`Error::Timeout`] naming the RPC |
+//! | an RPC call | the callable's `timeout`, the remote function's `timeout`, else the earlier of `timeouts.call_ms` and the deadline of the request whose handler makes the call | [`Error::Timeout`] naming the RPC ([`Error::DeadlineExceeded`] if it was spent before sending) |
 //! | a ping | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<ping>`) |
 //! | a remote shutdown request | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<shutdown>`) |
 //! | a bulk transfer | the transfer's `timeout`, `timeouts.bulk_ms` | [`Error::BulkTimeout`] |
@@ -48,6 +48,22 @@ impl Deadline {
         self.limit
     }
 
+    /// The earlier of this deadline and the instant `at` (if any).
+    fn or_earlier(self, at: Option<Instant>) -> Self {
+        match (self.limit, at) {
+            (Some((mine, _)), Some(at)) if mine <= at => self,
+            (_, Some(at)) => Self {
+                limit: Some((at, at.saturating_duration_since(Instant::now()))),
+            },
+            (_, None) => self,
+        }
+    }
+
+    /// Whether the deadline has passed already (a zero budget).
+    pub(crate) fn passed(self) -> bool {
+        self.limit.is_some_and(|(at, _)| at <= Instant::now())
+    }
+
     /// Runs `work` until this deadline; past it, `work` is dropped and the
     /// result is `Err(the duration set)`.
     pub(crate) async fn run<F: Future>(self, work: F) -> std::result::Result<F::Output, Duration> {
@@ -77,13 +93,18 @@ fn millis(ms: Option<u64>) -> Option<Duration> {
 }
 
 /// An RPC call: the callable's own timeout, else its function's, else
-/// `timeouts.call_ms`.
+/// the earlier of `timeouts.call_ms` and the deadline `inherited` from the
+/// request whose handler makes the call.
 pub(crate) fn call(
     config: &Timeouts,
     callable: Option<Duration>,
     function: Option<Duration>,
+    inherited: Option<Instant>,
 ) -> Deadline {
-    Deadline::within(callable.or(function).or_else(|| millis(config.call_ms)))
+    match callable.or(function) {
+        Some(own) => Deadline::within(Some(own)),
+        None => Deadline::within(millis(config.call_ms)).or_earlier(inherited),
+    }
 }
 
 /// A ping or a remote shutdown request: `explicit`, else `timeouts.call_ms`.
@@ -148,9 +169,25 @@ mod tests {
             ..Timeouts::default()
         };
         let after = |d: Deadline| d.limit.map(|(_, d)| d);
-        assert_eq!(after(call(&config, Some(ms(1)), Some(ms(2)))), Some(ms(1)));
-        assert_eq!(after(call(&config, None, Some(ms(2)))), Some(ms(2)));
-        assert_eq!(after(call(&config, None, None)), Some(ms(30)));
+        assert_eq!(
+            after(call(&config, Some(ms(1)), Some(ms(2)), None)),
+            Some(ms(1))
+        );
+        assert_eq!(after(call(&config, None, Some(ms(2)), None)), Some(ms(2)));
+        assert_eq!(after(call(&config, None, None, None)), Some(ms(30)));
+        // An inherited deadline: its own timeout wins; else the earlier.
+        let soon = Instant::now() + ms(10);
+        assert_eq!(
+            after(call(&config, Some(ms(50)), None, Some(soon))),
+            Some(ms(50))
+        );
+        let inherited = after(call(&config, None, None, Some(soon))).unwrap();
+        assert!(inherited <= ms(10), "{inherited:?}");
+        let later = Instant::now() + ms(1000);
+        assert_eq!(after(call(&config, None, None, Some(later))), Some(ms(30)));
+        let unbounded = Timeouts::default();
+        assert!(call(&unbounded, None, None, Some(soon)).limit().is_some());
+        assert!(call(&unbounded, Some(Duration::ZERO), None, None).passed());
         assert_eq!(after(control(&config, None)), Some(ms(30)));
         assert_eq!(after(control(&config, Some(ms(3)))), Some(ms(3)));
         assert_eq!(after(bulk(&config, None)), Some(ms(40)));
@@ -158,7 +195,7 @@ mod tests {
         assert_eq!(after(connect(&config)), Some(ms(5_000)));
         assert_eq!(after(hello(&config)), Some(ms(10_000)));
         let unbounded = Timeouts::default();
-        assert_eq!(call(&unbounded, None, None), Deadline::NONE);
+        assert_eq!(call(&unbounded, None, None, None), Deadline::NONE);
         assert_eq!(bulk(&unbounded, None), Deadline::NONE);
     }
 

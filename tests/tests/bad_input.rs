@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use courier::frame::{rpc_id, Header, Kind, HEADER_LEN};
+use courier::frame::{rpc_id, Extensions, Header, Kind, Status, FLAG_EXTENSIONS, HEADER_LEN};
 use courier::transport::framing::PREAMBLE;
 use courier::Error;
 use courier_conformance::{
@@ -213,6 +213,133 @@ async fn stray_response_is_ignored(proto: &str) {
     assert_eq!(answer.unwrap(), 42);
 }
 
+/// A hello request at `seq` whose header carries the extension `block`.
+fn extended_hello(seq: u64, block: &[u8]) -> Vec<u8> {
+    let mut request = Header::new(Kind::Request);
+    request.rpc = rpc_id("hello");
+    request.seq = seq;
+    request.flags = FLAG_EXTENSIONS;
+    let mut body = block.to_vec();
+    body.extend_from_slice(&hello_args());
+    length_prefixed(&request.encode(), &body)
+}
+
+/// Reads one message and returns its header and payload.
+async fn read_frame(raw: &mut Box<dyn RawSocket>) -> (Header, Vec<u8>) {
+    let message = read_message(raw).await;
+    let header = Header::decode(&message).unwrap();
+    (header, message[HEADER_LEN..].to_vec())
+}
+
+/// Header extensions and cancels from a raw peer, on one connection: a
+/// flood of cancels for unknown requests is ignored; an unknown optional
+/// extension is skipped and the request served; an unknown critical one, or
+/// a malformed block, is refused with a `BadExtension` error naming it
+/// while the connection goes on; a request whose budget was zero when sent
+/// is not run; a frame with a flag bit this version does not define closes
+/// the connection (as the version before extensions did with bit 1).
+async fn extensions_and_cancels(proto: &str) {
+    let server = cc::server(proto).await;
+    register_hello(&server);
+    let mut raw = raw_connect(&server.address().to_string()).await.unwrap();
+    let mut bytes = preamble_and_hello();
+    for seq in 0..10_000u64 {
+        let cancel = Header {
+            seq: 1_000_000 + seq,
+            ..Header::new(Kind::Cancel)
+        };
+        bytes.extend_from_slice(&length_prefixed(&cancel.encode(), b""));
+    }
+    // An optional extension 0x22 this engine does not know, and a deadline.
+    let mut optional = vec![1, 0, 15, 0, 0x22, 3, 1, 2, 3];
+    optional.extend_from_slice(&[1, 8]);
+    optional.extend_from_slice(&20_000_000u64.to_le_bytes());
+    bytes.extend_from_slice(&extended_hello(1, &optional));
+    bytes.extend_from_slice(&extended_hello(2, &[1, 0, 3, 0, 0xa2, 1, 0]));
+    bytes.extend_from_slice(&extended_hello(3, &[9, 0, 0, 0]));
+    bytes.extend_from_slice(&extended_hello(
+        4,
+        &Extensions::deadline_block(std::time::Duration::ZERO),
+    ));
+    bytes.extend_from_slice(&extended_hello(5, &[1, 0, 0, 0]));
+    raw.write_all(&bytes).await.unwrap();
+
+    let mut preamble = [0u8; 4];
+    guard("the preamble", raw.read_exact(&mut preamble))
+        .await
+        .unwrap();
+    let (h, payload) = read_frame(&mut raw).await;
+    assert_eq!((h.kind, h.seq), (Kind::Response, 1), "{h:?}");
+    assert_eq!(&payload[1..], b"Good bye Matthieu");
+    for (seq, says) in [
+        (2, "unknown critical extension 0xa2"),
+        (3, "extension block version 9"),
+    ] {
+        let (h, payload) = read_frame(&mut raw).await;
+        assert_eq!(
+            (h.kind, h.status, h.seq),
+            (Kind::Error, Status::BadExtension, seq)
+        );
+        let message = String::from_utf8(payload).unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    // Request 4's budget was zero: not run, not answered; 5 is next.
+    let (h, _) = read_frame(&mut raw).await;
+    assert_eq!((h.kind, h.seq), (Kind::Response, 5), "{h:?}");
+
+    let mut unknown_flag = Header::new(Kind::Ping).encode();
+    unknown_flag[2] = 0x04;
+    raw.write_all(&length_prefixed(&unknown_flag, b""))
+        .await
+        .unwrap();
+    wait_for_close(&mut raw, "the server closing after an unknown flag bit").await;
+}
+
+/// An answer whose extension block is malformed fails its call with a
+/// clear error, and only that call: the connection stays.
+async fn malformed_answer_extension(proto: &str) {
+    let (listener, peer) = RawListener::bind(proto).await;
+    let client = cc::client(proto).await;
+    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
+    let address = found.unwrap();
+    let call = {
+        let c = client.remote::<u32, u32>("double").on(&address);
+        tokio::spawn(async move { c.call(&1).await })
+    };
+    let request = read_client_request(&mut raw).await;
+    let bad = Header {
+        kind: Kind::Response,
+        flags: FLAG_EXTENSIONS,
+        ..request
+    };
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&length_prefixed(&bad.encode(), &[1, 0, 200, 0, 42]));
+    raw.write_all(&bytes).await.unwrap();
+    let err = guard("a call answered with a bad extension", call)
+        .await
+        .unwrap()
+        .unwrap_err();
+    match &err {
+        Error::Protocol { reason, .. } => assert!(reason.contains("extension block"), "{reason}"),
+        other => panic!("expected Protocol, got {other:?}"),
+    }
+    // The same connection carries the next call.
+    let next = {
+        let c = client.remote::<u32, u32>("double").on(&address);
+        tokio::spawn(async move { c.call(&2).await })
+    };
+    let request = read_message(&mut raw).await;
+    let request = Header::decode(&request).unwrap();
+    let answer = Header {
+        kind: Kind::Response,
+        ..request
+    };
+    raw.write_all(&length_prefixed(&answer.encode(), &[4]))
+        .await
+        .unwrap();
+    assert_eq!(guard("the next call", next).await.unwrap().unwrap(), 4);
+}
+
 macro_rules! bad_input_tests {
     ($($proto:ident),* $(,)?) => {$(
         mod $proto {
@@ -271,6 +398,16 @@ macro_rules! stream_bad_input_tests {
             #[tokio::test(flavor = "multi_thread")]
             async fn stray_response_is_ignored() {
                 super::super::stray_response_is_ignored(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn extensions_and_cancels() {
+                super::super::extensions_and_cancels(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn malformed_answer_extension() {
+                super::super::malformed_answer_extension(PROTO).await;
             }
         }
     )*};

@@ -171,6 +171,40 @@ pub async fn cancel_token_tells_why(proto: &str) {
     );
 }
 
+/// A handler that returns at once and keeps its handle, to answer later
+/// from a task (as the Python binding's handlers do), is still reached by
+/// its caller's cancel; its late answer goes nowhere (`Cancelled`).
+pub async fn deferred_handle_is_cancelled(proto: &str) {
+    let server = crate::server(proto).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    server
+        .register("later", move |h: Handle, (): ()| {
+            let (tx, started_tx) = (tx.clone(), started_tx.clone());
+            async move {
+                tokio::spawn(async move {
+                    started_tx.send(()).unwrap();
+                    let reason = h.cancelled().await;
+                    let late = h.respond(&()).await;
+                    tx.send((reason, h.is_cancelled(), late)).unwrap();
+                });
+            }
+        })
+        .unwrap();
+    let client = crate::client(proto).await;
+    let address = crate::lookup(&client, &server).await;
+    let later = client.remote::<(), ()>("later");
+    let call = {
+        let c = later.on(&address);
+        tokio::spawn(async move { c.call(&()).await })
+    };
+    recv(&mut started_rx, "the deferred handler").await;
+    call.abort();
+    let (reason, cancelled, late) = recv(&mut rx, "the deferred cancel").await;
+    assert_eq!((reason, cancelled), (CancelReason::Caller, true));
+    assert!(matches!(late, Err(Error::Cancelled { .. })), "{late:?}");
+}
+
 /// Three engines, A -> B -> C: B's handler calls C without a timeout of its
 /// own, and that call inherits A's deadline; A dropping its call cancels
 /// B's handler, whose call to C is dropped in turn, so C's handler is

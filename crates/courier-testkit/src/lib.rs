@@ -251,6 +251,7 @@ macro_rules! conformance_tests {
                 timeout_cancels_the_handler,
                 dropped_call_cancels_the_handler,
                 cancel_token_tells_why,
+                deferred_handle_is_cancelled,
                 cancellation_cascades,
                 spent_budget_is_not_sent,
                 callback_at_max_in_flight,

@@ -130,7 +130,10 @@ impl RequestState {
 
     /// Claims the right to answer; false if already answered (or one-way).
     fn claim(&self) -> bool {
-        self.expects_response() && !self.responded.swap(true, Ordering::AcqRel)
+        // A cancelled request's caller wants no answer any more.
+        self.expects_response()
+            && !self.token.fired()
+            && !self.responded.swap(true, Ordering::AcqRel)
     }
 
     /// Puts the request in its connection's table of running requests, so
@@ -453,6 +456,15 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
             "panic"
         }
     };
+    if status != "cancelled"
+        && Arc::strong_count(&state) > 1
+        && !state.responded.load(Ordering::Acquire)
+    {
+        // The handler returned but kept its handle, to respond later (from
+        // another task or thread, as the Python binding's handlers do): a
+        // `Cancel` must still reach its token.
+        state.track();
+    }
     if Arc::strong_count(&state) == 1 && state.claim() {
         // The handler is done and nobody kept its handle: no response will come.
         let _ = state

@@ -72,7 +72,8 @@
 //! * One-way RPCs: [`RpcOptions::disable_response`] on the server,
 //!   [`RemoteFunction::disable_response`] on the client.
 //! * Timeouts: [`Callable::timeout`] ([`Error::Timeout`]), or a default in the
-//!   `timeouts` section of the JSON config ([`Timeouts`]); non-blocking
+//!   `timeouts` section of the JSON config ([`Timeouts`]); they travel to
+//!   the handler as deadlines (below); non-blocking
 //!   calls: [`blocking::Callable::call_nonblocking`].
 //! * Remote shutdown: [`Engine::enable_remote_shutdown`], [`Address::shutdown`].
 //! * Threads: [`EngineBuilder::use_progress_thread`] and
@@ -80,6 +81,52 @@
 //!   [`EngineBuilder::config_json`], read back with [`Engine::config`].
 //! * Errors never hang a caller: a handler that fails, panics, or returns
 //!   without responding sends the caller an error with its message.
+//!
+//! # Every call bounded: deadlines and cancellation
+//!
+//! A call's timeout travels with its request: the handler knows how long
+//! its caller will wait ([`Handle::deadline`], [`Handle::remaining`]).
+//! When the caller gives up (the timeout passes, or it drops the call's
+//! future), the server is told, and the handler is cancelled: an async
+//! handler's future is dropped, and a handler that blocks sees
+//! [`Handle::is_cancelled`] turn true. Calls a handler makes inherit its
+//! deadline (unless they set a timeout of their own) and are cancelled
+//! with it, so the whole tree of work a call caused stops.
+//!
+//! ```
+//! use std::time::Duration;
+//! use courier::{Engine, Error, Handle};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> courier::Result<()> {
+//! let server = Engine::new("mem").await?;
+//! let (tx, mut cancelled) = tokio::sync::mpsc::unbounded_channel();
+//! server.register("slow", move |h: Handle, (): ()| {
+//!     let tx = tx.clone();
+//!     async move {
+//!         // Knows its budget, and hands its token to its helpers.
+//!         assert!(h.remaining().is_some_and(|left| left <= Duration::from_millis(50)));
+//!         let token = h.cancel_token();
+//!         tokio::spawn(async move { tx.send(token.cancelled().await) });
+//!         std::future::pending::<()>().await; // never answers
+//!         h.respond(&()).await
+//!     }
+//! })?;
+//! let client = Engine::new("mem").await?;
+//! let address = client.lookup(&server.address().to_string()).await?;
+//! let slow = client.remote::<(), ()>("slow").timeout(Duration::from_millis(50));
+//! let err = slow.on(&address).call(&()).await.unwrap_err();
+//! assert!(matches!(err, Error::Timeout { .. }));
+//! // The server heard: the handler's token fired.
+//! assert!(cancelled.recv().await.is_some());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every error says whether its request can have reached the handler
+//! ([`Error::reach`]), so that a caller knows whether sending it again is
+//! safe ([`Error::is_retry_safe`], [`RpcOptions::idempotent`]). Courier
+//! never retries by itself.
 //!
 //! # Bulk transfers
 //!

@@ -348,3 +348,42 @@ pub fn blocking_handler_polls_its_token(proto: &str) {
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), (true, true));
 }
+
+/// `Request::cancel` on a non-blocking call, from a client without a
+/// progress thread: the server's blocking handler sees its token fire,
+/// with the caller as the reason.
+pub fn blocking_request_cancel(proto: &str) {
+    let server = blocking::Engine::builder(proto)
+        .use_progress_thread(true)
+        .num_rpc_threads(1)
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    server
+        .register("spin", move |h: blocking::Handle, (): ()| {
+            started_tx.send(()).unwrap();
+            let token = h.cancel_token();
+            let start = Instant::now();
+            while !token.is_cancelled() && start.elapsed() < HANG_GUARD {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            tx.send(token.reason()).unwrap();
+        })
+        .unwrap();
+    let client = blocking::Engine::builder(proto).client().build().unwrap();
+    let address = client.lookup(&server.address().to_string()).unwrap();
+    let spin = client.remote::<(), ()>("spin");
+    let request = spin.on(&address).call_nonblocking(&()).unwrap();
+    // Without a progress thread, test() moves the request along.
+    let start = Instant::now();
+    while started_rx.try_recv().is_err() {
+        assert!(start.elapsed() < HANG_GUARD, "hang guard: the handler never started");
+        let _ = request.test();
+    }
+    request.cancel().unwrap();
+    assert_eq!(
+        rx.recv_timeout(HANG_GUARD).unwrap(),
+        Some(CancelReason::Caller)
+    );
+}

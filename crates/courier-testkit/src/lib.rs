@@ -258,6 +258,7 @@ macro_rules! conformance_tests {
             }
             $crate::__scenarios! { blocking deadlines:
                 blocking_handler_polls_its_token,
+                blocking_request_cancel,
             }
         }
 

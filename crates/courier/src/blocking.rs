@@ -665,6 +665,26 @@ impl<R: serde::de::DeserializeOwned> Request<R> {
     }
 }
 
+impl<R> Request<R> {
+    /// Cancels the call: it ends, and the server is told (its handler's
+    /// token fires, an async handler is dropped). Returns once the call is
+    /// given up here. Dropping a `Request` cancels it too, but without a
+    /// progress thread the server hears of it only when the engine next
+    /// runs.
+    ///
+    /// # Errors
+    /// [`Error::BlockingInAsync`].
+    pub fn cancel(mut self) -> Result<()> {
+        let Some(join) = self.join.take() else {
+            return Ok(());
+        };
+        join.abort();
+        // Driving the engine until the call's task is dropped sends the
+        // cancel (see `Conn::cancel_call`).
+        self.rt.block_on("cancel", join).map(|_| ())
+    }
+}
+
 impl<R> Drop for Request<R> {
     fn drop(&mut self) {
         if let Some(join) = self.join.take() {

@@ -768,10 +768,17 @@ impl Conn {
             seq,
             ..Header::new(Kind::Cancel)
         };
-        // A dropped future cannot wait for the send: a task does.
-        self.rt.spawn(async move {
+        // A dropped future cannot wait for the send. Tried at once (an idle
+        // connection takes it without waiting, which is the common case),
+        // then, if it must wait, finished by a task.
+        let mut send = Box::pin(async move {
             let _ = me.send(&[&cancel.encode()]).await;
         });
+        let _runtime = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if send.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(send);
+        }
     }
 
     /// Makes a request from the peer reachable by a `Cancel` frame.

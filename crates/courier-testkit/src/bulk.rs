@@ -479,10 +479,13 @@ impl courier::BulkMemory for Stuck {
 pub static STUCK_SENDERS: std::sync::Mutex<Vec<std::sync::mpsc::Sender<()>>> =
     std::sync::Mutex::new(Vec::new());
 
+/// The two ends a [`Gate`] holds: it tells on the first, waits on the second.
+pub(crate) type GateEnds = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
 /// Memory whose first read tells the test and waits for its go-ahead.
-struct Gate {
-    bytes: BulkBuffer,
-    first: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+pub(crate) struct Gate {
+    pub(crate) bytes: BulkBuffer,
+    pub(crate) first: std::sync::Mutex<Option<GateEnds>>,
 }
 
 impl courier::BulkMemory for Gate {

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier::{blocking, CancelReason, Engine, Error, Handle, Reach};
+use courier::{blocking, Bulk, BulkBuffer, BulkMode, CancelReason, Engine, Error, Handle, Reach};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::bulk::Gate;
 use crate::engine::recv;
 use crate::{guard, HANG_GUARD};
 
@@ -244,6 +245,56 @@ pub async fn cancellation_cascades(proto: &str) {
     assert_eq!(recv(&mut c_dropped, "C's handler dropped").await, "wait");
 }
 
+/// A transfer a handler started ([`courier::Transfer::start`]) stops when
+/// the handler's request is cancelled: the caller drops its call while the
+/// transfer's first chunk is being read on its side, and the transfer ends
+/// with `Cancelled` without waiting for that read.
+pub async fn started_transfer_stops_with_its_request(proto: &str) {
+    let server = crate::server(proto).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let exposer = server.clone();
+    server
+        .register("fetch", move |h: Handle, theirs: Bulk| {
+            let (tx, exposer) = (tx.clone(), exposer.clone());
+            async move {
+                let mine = exposer
+                    .expose([BulkBuffer::new(theirs.len())], BulkMode::WriteOnly)
+                    .unwrap();
+                let started = h.pull(&theirs, &mine).start();
+                tokio::spawn(async move { tx.send(started.wait().await).unwrap() });
+                std::future::pending::<()>().await;
+                h.respond(&()).await
+            }
+        })
+        .unwrap();
+    let client = crate::client(proto).await;
+    let address = crate::lookup(&client, &server).await;
+    let (tell_tx, tell_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        bytes: BulkBuffer::new(1 << 20),
+        first: std::sync::Mutex::new(Some((tell_tx, go_rx))),
+    };
+    let exposed = client.expose([gate], BulkMode::ReadOnly).unwrap();
+    let fetch = client.remote::<Bulk, ()>("fetch");
+    let call = {
+        // A clone travels: the region stays exposed here after the call
+        // is dropped (the transfer must stop for its cancel, not for that).
+        let (c, sent) = (fetch.on(&address), exposed.clone());
+        tokio::spawn(async move { c.call(&sent).await })
+    };
+    let told = tokio::task::spawn_blocking(move || tell_rx.recv_timeout(HANG_GUARD));
+    guard("the first chunk's read", told)
+        .await
+        .unwrap()
+        .unwrap();
+    call.abort();
+    let ended = recv(&mut rx, "the started transfer").await;
+    assert!(matches!(ended, Err(Error::Cancelled { .. })), "{ended:?}");
+    go_tx.send(()).unwrap();
+    drop(exposed);
+}
+
 /// A zero budget fails at once without sending; so does a call made by a
 /// handler whose own deadline has passed.
 pub async fn spent_budget_is_not_sent(proto: &str) {
@@ -378,7 +429,10 @@ pub fn blocking_request_cancel(proto: &str) {
     // Without a progress thread, test() moves the request along.
     let start = Instant::now();
     while started_rx.try_recv().is_err() {
-        assert!(start.elapsed() < HANG_GUARD, "hang guard: the handler never started");
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "hang guard: the handler never started"
+        );
         let _ = request.test();
     }
     request.cancel().unwrap();

@@ -253,6 +253,7 @@ macro_rules! conformance_tests {
                 cancel_token_tells_why,
                 deferred_handle_is_cancelled,
                 cancellation_cascades,
+                started_transfer_stops_with_its_request,
                 spent_budget_is_not_sent,
                 callback_at_max_in_flight,
             }

@@ -76,6 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::Address;
+use crate::cancel::{self, CancelToken};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::handler::Handle;
@@ -159,15 +160,25 @@ impl<'a> Transfer<'a> {
     /// Starts the transfer on the engine's runtime and returns at once
     /// (Margo's `margo_bulk_itransfer`); [`BulkRequest::wait`] or
     /// [`BulkRequest::test`] it. Dropping the request does not stop the
-    /// transfer.
+    /// transfer; the cancellation of the request whose handler started it
+    /// does ([`Error::Cancelled`]).
     pub fn start(self) -> BulkRequest {
         let (remote, local) = (self.remote.clone(), self.local.clone());
-        let deadline = timeouts::bulk(&self.state.config.timeouts, self.timeout);
+        let inherited = cancel::current();
+        let deadline = timeouts::bulk(
+            &self.state.config.timeouts,
+            self.timeout,
+            inherited.as_ref().and_then(CancelToken::deadline),
+        );
         let options = self.options.unwrap_or_else(|| self.state.bulk.options());
         let (state, peer, op) = (self.state, self.peer, self.op);
         let rt = state.rt.clone();
         let task = rt.spawn(async move {
-            transfer::run(&state, &peer, op, &remote, &local, options, deadline).await
+            let bounds = transfer::Bounds {
+                deadline,
+                inherited,
+            };
+            transfer::run(&state, &peer, op, &remote, &local, options, bounds).await
         });
         BulkRequest { task }
     }
@@ -178,7 +189,14 @@ impl<'a> IntoFuture for Transfer<'a> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let deadline = timeouts::bulk(&self.state.config.timeouts, self.timeout);
+        // A transfer made by a handler inherits its request's deadline
+        // (unless it has a timeout of its own) and is cancelled with it.
+        let inherited = cancel::current();
+        let deadline = timeouts::bulk(
+            &self.state.config.timeouts,
+            self.timeout,
+            inherited.as_ref().and_then(CancelToken::deadline),
+        );
         let options = self.options.unwrap_or_else(|| self.state.bulk.options());
         Box::pin(async move {
             transfer::run(
@@ -188,7 +206,10 @@ impl<'a> IntoFuture for Transfer<'a> {
                 self.remote,
                 self.local,
                 options,
-                deadline,
+                transfer::Bounds {
+                    deadline,
+                    inherited,
+                },
             )
             .await
         })

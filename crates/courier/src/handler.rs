@@ -130,9 +130,10 @@ impl RequestState {
 
     /// Claims the right to answer; false if already answered (or one-way).
     fn claim(&self) -> bool {
-        // A cancelled request's caller wants no answer any more.
+        // A cancelled request's caller wants no answer any more, nor one
+        // past its deadline (the clock is read only if there is one).
         self.expects_response()
-            && !self.token.fired()
+            && self.token.reason().is_none()
             && !self.responded.swap(true, Ordering::AcqRel)
     }
 
@@ -366,7 +367,7 @@ impl Handle {
     /// The error of a second response, or of one after the request was
     /// cancelled.
     fn not_claimed(&self) -> Error {
-        if self.state.token.fired() {
+        if self.state.token.is_cancelled() {
             Error::Cancelled {
                 rpc: self.rpc_name().to_owned(),
                 address: self.state.conn.remote().to_string(),
@@ -439,7 +440,17 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
         fut: None,
         cancel: None,
     };
-    let ended = guarded.instrument(span.clone()).await;
+    let mut ended = guarded.instrument(span.clone()).await;
+    if let Ended::Done(_) = ended {
+        // It ended without answering after its request was cancelled (a
+        // blocking handler that saw its token), or past its deadline: the
+        // caller has given up, nothing goes back.
+        if state.expects_response() && !state.responded.load(Ordering::Acquire) {
+            if let Some(reason) = state.token.reason() {
+                ended = Ended::Cancelled(reason);
+            }
+        }
+    }
     let status = match ended {
         Ended::Cancelled(reason) => {
             state.cancelled(reason);

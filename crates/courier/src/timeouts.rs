@@ -7,7 +7,7 @@
 //! | an RPC call | the callable's `timeout`, the remote function's `timeout`, else the earlier of `timeouts.call_ms` and the deadline of the request whose handler makes the call | [`Error::Timeout`] naming the RPC ([`Error::DeadlineExceeded`] if it was spent before sending) |
 //! | a ping | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<ping>`) |
 //! | a remote shutdown request | its `timeout` argument, `timeouts.call_ms` | [`Error::Timeout`] (`<shutdown>`) |
-//! | a bulk transfer | the transfer's `timeout`, `timeouts.bulk_ms` | [`Error::BulkTimeout`] |
+//! | a bulk transfer | the transfer's `timeout`, else the earlier of `timeouts.bulk_ms` and the deadline of the request whose handler runs it | [`Error::BulkTimeout`] |
 //! | opening a connection | `timeouts.connect_ms` | [`Error::ConnectTimeout`] |
 //! | a new connection's Hello | `timeouts.hello_ms` | the connection is closed |
 //!
@@ -112,9 +112,17 @@ pub(crate) fn control(config: &Timeouts, explicit: Option<Duration>) -> Deadline
     Deadline::within(explicit.or_else(|| millis(config.call_ms)))
 }
 
-/// A bulk transfer: `explicit`, else `timeouts.bulk_ms`.
-pub(crate) fn bulk(config: &Timeouts, explicit: Option<Duration>) -> Deadline {
-    Deadline::within(explicit.or_else(|| millis(config.bulk_ms)))
+/// A bulk transfer: `explicit`, else the earlier of `timeouts.bulk_ms`
+/// and the deadline `inherited` from the request whose handler runs it.
+pub(crate) fn bulk(
+    config: &Timeouts,
+    explicit: Option<Duration>,
+    inherited: Option<Instant>,
+) -> Deadline {
+    match explicit {
+        Some(own) => Deadline::within(Some(own)),
+        None => Deadline::within(millis(config.bulk_ms)).or_earlier(inherited),
+    }
 }
 
 /// Opening a connection (dial and transport handshake).
@@ -190,13 +198,14 @@ mod tests {
         assert!(call(&unbounded, Some(Duration::ZERO), None, None).passed());
         assert_eq!(after(control(&config, None)), Some(ms(30)));
         assert_eq!(after(control(&config, Some(ms(3)))), Some(ms(3)));
-        assert_eq!(after(bulk(&config, None)), Some(ms(40)));
-        assert_eq!(after(bulk(&config, Some(ms(4)))), Some(ms(4)));
+        assert_eq!(after(bulk(&config, None, None)), Some(ms(40)));
+        assert_eq!(after(bulk(&config, Some(ms(4)), None)), Some(ms(4)));
+        assert!(after(bulk(&config, None, Some(soon))).is_some_and(|d| d <= ms(10)));
         assert_eq!(after(connect(&config)), Some(ms(5_000)));
         assert_eq!(after(hello(&config)), Some(ms(10_000)));
         let unbounded = Timeouts::default();
         assert_eq!(call(&unbounded, None, None, None), Deadline::NONE);
-        assert_eq!(bulk(&unbounded, None), Deadline::NONE);
+        assert_eq!(bulk(&unbounded, None, None), Deadline::NONE);
     }
 
     #[tokio::test(start_paused = true)]

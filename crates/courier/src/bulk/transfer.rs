@@ -12,6 +12,7 @@ use super::handle::Bulk;
 use super::region::Region;
 use super::wire::{parse_ranges, Access, ACCESS_LEN, GRANT_READ, GRANT_WRITE};
 use crate::call::{Body, PendingCall};
+use crate::cancel::CancelToken;
 use crate::config::BulkOptions;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -29,6 +30,13 @@ pub enum BulkOp {
     Push,
 }
 
+/// What bounds a transfer: its deadline, and the request whose handler
+/// runs it (its cancellation stops the transfer).
+pub(crate) struct Bounds {
+    pub(crate) deadline: Deadline,
+    pub(crate) inherited: Option<CancelToken>,
+}
+
 /// Runs one transfer (see [`crate::bulk::Transfer`]): the whole source
 /// range (`remote` for a pull, `local` for a push) is copied to the start of
 /// the destination range, which must be at least as long.
@@ -42,18 +50,33 @@ pub(crate) async fn run(
     remote: &Bulk,
     local: &Bulk,
     options: BulkOptions,
-    deadline: Deadline,
+    bounds: Bounds,
 ) -> Result<()> {
+    let Bounds {
+        deadline,
+        inherited,
+    } = bounds;
     let job = Job::new(op, remote, local, options)?;
-    deadline
-        .bound(
-            async {
-                let conn = state.connection_for(peer).await?;
-                job.run(state, &conn).await
-            },
-            timeouts::expired_bulk(&peer.addr),
-        )
-        .await
+    let work = deadline.bound(
+        async {
+            let conn = state.connection_for(peer).await?;
+            job.run(state, &conn).await
+        },
+        timeouts::expired_bulk(&peer.addr),
+    );
+    match inherited {
+        None => work.await,
+        // Started by a handler: stops when its request is cancelled (the
+        // chunks in flight are dropped, which tells the peer).
+        Some(token) => tokio::select! {
+            biased;
+            r = work => r,
+            _ = token.fired_reason() => Err(Error::Cancelled {
+                rpc: "<bulk transfer>".to_owned(),
+                address: peer.addr.to_string(),
+            }),
+        },
+    }
 }
 
 struct Job {

@@ -402,7 +402,10 @@ impl Engine {
     fn sleep(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
         let d = std::time::Duration::try_from_secs_f64(seconds)
             .map_err(|e| PyValueError::new_err(format!("sleep({seconds}): {e}")))?;
-        self.shared.wait(py, "sleep", tokio::time::sleep(d))
+        // The timer is made inside the runtime (where `wait` polls it): made
+        // here, on a Python thread, it would find no runtime and panic.
+        self.shared
+            .wait(py, "sleep", async move { tokio::time::sleep(d).await })
     }
 
     /// Calls `callback()` when finalize starts, before anything stops.

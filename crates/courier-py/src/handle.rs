@@ -1,6 +1,8 @@
 //! `Handle`: the server's view of one request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 
@@ -14,10 +16,18 @@ use crate::shared::Shared;
 /// (`address`), and `respond(value)` to answer it. A handler may keep it
 /// and respond later; if every reference is dropped without a response,
 /// the caller gets an error instead of waiting forever.
+///
+/// The caller's patience: `remaining` (seconds left before its deadline,
+/// or None), `deadline` (the same as a `time.monotonic()` instant),
+/// `is_cancelled()` (the caller gave up, or the deadline passed) and
+/// `cancel_reason`.
 #[pyclass(module = "courier._native", name = "Handle", frozen)]
 pub(crate) struct Handle {
     inner: Arc<courier::Handle>,
     shared: Arc<Shared>,
+    /// Whether `respond` was called already (a second one raises, even on
+    /// a cancelled request).
+    responding: AtomicBool,
 }
 
 impl Handle {
@@ -25,6 +35,7 @@ impl Handle {
         Self {
             inner: Arc::new(inner),
             shared,
+            responding: AtomicBool::new(false),
         }
     }
 }
@@ -48,11 +59,16 @@ impl Handle {
         };
         let payload = pickle::dumps(py, &value)?;
         let handle = self.inner.clone();
+        let first = !self.responding.swap(true, Ordering::AcqRel);
         let send = async move {
-            handle
-                .respond_raw(&payload)
-                .await
-                .map(|()| None::<bytes::Bytes>)
+            match handle.respond_raw(&payload).await {
+                Ok(()) => Ok(None::<bytes::Bytes>),
+                // The request was cancelled (its caller gave up, or its
+                // deadline passed): nobody waits for the answer, and a
+                // handler that finishes its work late is not an error.
+                Err(courier::Error::Cancelled { .. }) if first => Ok(None),
+                Err(e) => Err(e),
+            }
         };
         if blocking {
             self.shared
@@ -99,6 +115,63 @@ impl Handle {
     #[getter]
     fn expects_response(&self) -> bool {
         self.inner.expects_response()
+    }
+
+    /// The seconds left before the caller's deadline (0.0 once it passed),
+    /// or None if the caller set none. A call made from the handler
+    /// inherits it unless given a `timeout=` of its own.
+    #[getter]
+    fn remaining(&self) -> Option<f64> {
+        self.inner.remaining().map(|d| d.as_secs_f64())
+    }
+
+    /// The caller's deadline as a `time.monotonic()` instant, or None if
+    /// the caller set none. It is the budget the caller sent, counted from
+    /// when the request arrived here.
+    #[getter]
+    fn deadline(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        let Some(at) = self.inner.deadline() else {
+            return Ok(None);
+        };
+        let monotonic: f64 = py
+            .import("time")?
+            .getattr("monotonic")?
+            .call0()?
+            .extract()?;
+        let now = Instant::now();
+        Ok(Some(if at >= now {
+            monotonic + at.duration_since(now).as_secs_f64()
+        } else {
+            monotonic - now.duration_since(at).as_secs_f64()
+        }))
+    }
+
+    /// Whether the request was cancelled: its caller gave up (cancelled the
+    /// call, or its timeout passed there), the connection to it was lost,
+    /// or its deadline passed here. A handler that works for long polls
+    /// this between steps and stops early. Without a progress thread it
+    /// also lets the engine read what arrived (a caller's cancellation).
+    fn is_cancelled(&self, py: Python<'_>) -> bool {
+        if self.inner.is_cancelled() {
+            return true;
+        }
+        self.shared.nudge(py);
+        self.inner.is_cancelled()
+    }
+
+    /// Why the request was cancelled: None (it was not), "caller" (the
+    /// caller gave up), "deadline" (its deadline passed) or
+    /// "connection_lost".
+    #[getter]
+    fn cancel_reason(&self) -> Option<&'static str> {
+        self.inner
+            .cancel_token()
+            .reason()
+            .map(|reason| match reason {
+                courier::CancelReason::Caller => "caller",
+                courier::CancelReason::Deadline => "deadline",
+                courier::CancelReason::ConnectionLost => "connection_lost",
+            })
     }
 
     fn __repr__(&self) -> String {

@@ -169,6 +169,10 @@ impl CallableRemoteFunction {
     /// Raises `courier.TimeoutError` past `timeout` milliseconds (0: none),
     /// `courier.RemoteError` when the handler raised, `CourierError`
     /// otherwise.
+    ///
+    /// Made from inside a handler (on its thread), a call without a
+    /// `timeout` inherits the deadline of the request being served, and is
+    /// cancelled (`courier.CancelledError`) when that request is.
     #[pyo3(signature = (*args, timeout=None, blocking=true, **kwargs))]
     fn __call__(
         &self,
@@ -188,11 +192,15 @@ impl CallableRemoteFunction {
         if let Some(after) = timeout_from_ms(timeout)? {
             callable = callable.timeout(after);
         }
+        // Made from a handler: the call is part of its request (read here,
+        // on the thread that makes the call; see `shared::serving`).
+        let serving = crate::shared::serving();
         let call = async move {
-            callable
-                .call(&payload)
-                .await
-                .map(|out| (!one_way).then_some(out))
+            let out = match &serving {
+                Some(token) => token.scope(|| callable.call(&payload)).await,
+                None => callable.call(&payload).await,
+            };
+            out.map(|out| (!one_way).then_some(out))
         };
         if blocking {
             let out = self.shared.run(py, "call", call)?;

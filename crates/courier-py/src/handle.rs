@@ -1,6 +1,6 @@
 //! `Handle`: the server's view of one request.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,17 +25,21 @@ use crate::shared::Shared;
 pub(crate) struct Handle {
     inner: Arc<courier::Handle>,
     shared: Arc<Shared>,
-    /// Whether `respond` was called already (a second one raises, even on
-    /// a cancelled request).
-    responding: AtomicBool,
+    /// Whether `respond` was called already: [`NOT_YET`], [`SENT`] (sent,
+    /// or tried), [`DROPPED`] (not sent: the request was cancelled).
+    responded: AtomicU8,
 }
+
+const NOT_YET: u8 = 0;
+const SENT: u8 = 1;
+const DROPPED: u8 = 2;
 
 impl Handle {
     pub(crate) fn new(inner: courier::Handle, shared: Arc<Shared>) -> Self {
         Self {
             inner: Arc::new(inner),
             shared,
-            responding: AtomicBool::new(false),
+            responded: AtomicU8::new(NOT_YET),
         }
     }
 }
@@ -44,7 +48,9 @@ impl Handle {
 impl Handle {
     /// Sends `value` (pickled) to the caller. With `blocking=False` it
     /// returns at once with a `Request` to `wait()` on. On a one-way RPC
-    /// it does nothing. `data=` is PyMargo's name for `value`.
+    /// it does nothing, nor on a request that was cancelled (its caller
+    /// gave up, or its deadline passed: `is_cancelled()`). Responding
+    /// twice raises. `data=` is PyMargo's name for `value`.
     #[pyo3(signature = (value=None, blocking=true, *, data=None))]
     fn respond(
         &self,
@@ -59,13 +65,37 @@ impl Handle {
         };
         let payload = pickle::dumps(py, &value)?;
         let handle = self.inner.clone();
-        let first = !self.responding.swap(true, Ordering::AcqRel);
+        let first = match self.responded.compare_exchange(
+            NOT_YET,
+            SENT,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(DROPPED) if handle.expects_response() => {
+                // The engine never saw the first: it would send this one.
+                let e = courier::Error::AlreadyResponded {
+                    rpc: handle.rpc_name().to_owned(),
+                };
+                return Err(errors::to_py(py, &e));
+            }
+            Err(_) => false,
+        };
+        // Cancelled (the caller gave up, or the deadline passed, which the
+        // engine may not have noticed yet): nobody waits for the answer, so
+        // it is not sent, and a handler that finishes its work late is not
+        // an error.
+        let dropped = first && handle.expects_response() && handle.is_cancelled();
+        if dropped {
+            self.responded.store(DROPPED, Ordering::Release);
+        }
         let send = async move {
+            if dropped {
+                return Ok(None::<bytes::Bytes>);
+            }
             match handle.respond_raw(&payload).await {
-                Ok(()) => Ok(None::<bytes::Bytes>),
-                // The request was cancelled (its caller gave up, or its
-                // deadline passed): nobody waits for the answer, and a
-                // handler that finishes its work late is not an error.
+                Ok(()) => Ok(None),
+                // The engine noticed the cancellation first.
                 Err(courier::Error::Cancelled { .. }) if first => Ok(None),
                 Err(e) => Err(e),
             }

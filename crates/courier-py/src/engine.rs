@@ -272,6 +272,7 @@ impl Engine {
                 options,
                 move |handle: courier::Handle, payload: Bytes| {
                     let (done, result) = oneshot::channel();
+                    let token = handle.cancel_token();
                     let queued = jobs
                         .push(Job {
                             handle,
@@ -284,9 +285,19 @@ impl Engine {
                         if !queued {
                             return Err("the engine is finalizing".to_owned());
                         }
-                        result.await.unwrap_or_else(|_| {
+                        let out = result.await.unwrap_or_else(|_| {
                             Err("the handler did not run: the engine was finalized".to_owned())
-                        })
+                        });
+                        if token.is_cancelled() {
+                            // Cancelled while the Python handler ran (its
+                            // deadline may have passed before the engine
+                            // noticed): its caller gave up, so nothing is
+                            // sent back ("finished without responding", an
+                            // error); the engine ends the request as
+                            // cancelled, as it ends a Rust handler's.
+                            std::future::pending::<()>().await;
+                        }
+                        out
                     }
                 },
             )
@@ -402,7 +413,10 @@ impl Engine {
     fn sleep(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
         let d = std::time::Duration::try_from_secs_f64(seconds)
             .map_err(|e| PyValueError::new_err(format!("sleep({seconds}): {e}")))?;
-        self.shared.wait(py, "sleep", tokio::time::sleep(d))
+        // The timer is made inside the runtime (where `wait` polls it): made
+        // here, on a Python thread, it would find no runtime and panic.
+        self.shared
+            .wait(py, "sleep", async move { tokio::time::sleep(d).await })
     }
 
     /// Calls `callback()` when finalize starts, before anything stops.

@@ -20,9 +20,40 @@ fn make<'py, A>(py: Python<'py>, factory: &str, args: A, text: &str) -> PyErr
 where
     A: pyo3::call::PyCallArgs<'py>,
 {
-    match module(py).and_then(|m| m.getattr(factory)?.call1(args)) {
+    make_reaching(py, factory, args, text, None)
+}
+
+/// [`make`], with the exception's `reach` attribute set (`"not_reached"`,
+/// `"unknown"` or `"reached"`: what `CourierError.is_retry_safe` reads).
+fn make_reaching<'py, A>(
+    py: Python<'py>,
+    factory: &str,
+    args: A,
+    text: &str,
+    reach: Option<courier::Reach>,
+) -> PyErr
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    let made = module(py).and_then(|m| {
+        let exc = m.getattr(factory)?.call1(args)?;
+        if let Some(reach) = reach {
+            exc.setattr("reach", reach_name(reach))?;
+        }
+        Ok(exc)
+    });
+    match made {
         Ok(exc) => PyErr::from_value(exc),
         Err(e) => PyRuntimeError::new_err(format!("{text} (and courier._errors failed: {e})")),
+    }
+}
+
+/// `Reach` as Python sees it.
+fn reach_name(reach: courier::Reach) -> &'static str {
+    match reach {
+        courier::Reach::NotReached => "not_reached",
+        courier::Reach::Unknown => "unknown",
+        courier::Reach::Reached => "reached",
     }
 }
 
@@ -44,64 +75,92 @@ pub(crate) fn bulk_error(py: Python<'_>, message: String, address: Option<&str>)
 
 /// The Python exception for a Courier error: `courier.BulkError` for bulk
 /// transfers (`courier.BulkTimeoutError` past their timeout),
-/// `courier.TimeoutError` for other timeouts, `courier.RemoteError` (or its subclass for the remote
-/// exception's builtin type) for a handler's failure, `courier.CourierError`
-/// for the rest.
+/// `courier.TimeoutError` for other timeouts (`courier.DeadlineExceededError`
+/// for a call whose deadline had passed before it was sent),
+/// `courier.CancelledError` for a cancelled call, `courier.BusyError` for a
+/// request the server refused as busy, `courier.RemoteError` (or its
+/// subclass for the remote exception's builtin type) for a handler's
+/// failure, `courier.CourierError` for the rest. Every one carries the
+/// error's `reach` (whether its request can have reached the handler).
 pub(crate) fn to_py(py: Python<'_>, e: &courier::Error) -> PyErr {
     let text = e.to_string();
+    let reach = Some(e.reach());
+    let t = text.as_str();
     match e {
         courier::Error::Timeout { .. } | courier::Error::ConnectTimeout { .. } => {
-            make(py, "_timeout_error", (text.as_str(),), &text)
+            make_reaching(py, "_timeout_error", (t,), t, reach)
         }
+        courier::Error::DeadlineExceeded { rpc, address } => make_reaching(
+            py,
+            "_deadline_exceeded_error",
+            (t, rpc.as_str(), address.as_str()),
+            t,
+            reach,
+        ),
+        courier::Error::Cancelled { rpc, address } => make_reaching(
+            py,
+            "_cancelled_error",
+            (t, rpc.as_str(), address.as_str()),
+            t,
+            reach,
+        ),
+        courier::Error::Busy {
+            rpc,
+            address,
+            reason,
+            ..
+        } => make_reaching(
+            py,
+            "_busy_error",
+            (t, rpc.as_str(), address.as_str(), reason.as_str()),
+            t,
+            reach,
+        ),
         courier::Error::Remote {
             rpc,
             address,
             message,
-        } => make(
+        } => make_reaching(
             py,
             "_remote_error",
-            (
-                text.as_str(),
-                rpc.as_str(),
-                address.as_str(),
-                message.as_str(),
-            ),
-            &text,
+            (t, rpc.as_str(), address.as_str(), message.as_str()),
+            t,
+            reach,
         ),
         courier::Error::RemotePanic {
             rpc,
             address,
             message,
-        } => make(
+        } => make_reaching(
             py,
             "_remote_error",
             (
-                text.as_str(),
+                t,
                 rpc.as_str(),
                 address.as_str(),
                 format!("panic: {message}"),
             ),
-            &text,
+            t,
+            reach,
         ),
-        courier::Error::BulkRefused { address, reason } => make(
+        courier::Error::BulkRefused { address, reason } => make_reaching(
             py,
             "_bulk_error",
-            (text.as_str(), Some(address.as_str()), reason.as_str()),
-            &text,
+            (t, Some(address.as_str()), reason.as_str()),
+            t,
+            reach,
         ),
-        courier::Error::BulkInvalid(reason) => make(
+        courier::Error::BulkInvalid(reason) => make_reaching(
             py,
             "_bulk_error",
-            (text.as_str(), None::<&str>, reason.as_str()),
-            &text,
+            (t, None::<&str>, reason.as_str()),
+            t,
+            reach,
         ),
-        courier::Error::BulkTimeout { address, .. } => make(
-            py,
-            "_bulk_timeout_error",
-            (text.as_str(), address.as_str()),
-            &text,
-        ),
-        _ => courier_error(py, text),
+        courier::Error::BulkTimeout { address, .. } => {
+            make_reaching(py, "_bulk_timeout_error", (t, address.as_str()), t, reach)
+        }
+        _ => make_reaching(py, "_courier_error", (t,), t, reach),
     }
 }
 

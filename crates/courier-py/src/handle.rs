@@ -1,6 +1,8 @@
 //! `Handle`: the server's view of one request.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 
@@ -14,17 +16,30 @@ use crate::shared::Shared;
 /// (`address`), and `respond(value)` to answer it. A handler may keep it
 /// and respond later; if every reference is dropped without a response,
 /// the caller gets an error instead of waiting forever.
+///
+/// The caller's patience: `remaining` (seconds left before its deadline,
+/// or None), `deadline` (the same as a `time.monotonic()` instant),
+/// `is_cancelled()` (the caller gave up, or the deadline passed) and
+/// `cancel_reason`.
 #[pyclass(module = "courier._native", name = "Handle", frozen)]
 pub(crate) struct Handle {
     inner: Arc<courier::Handle>,
     shared: Arc<Shared>,
+    /// Whether `respond` was called already: [`NOT_YET`], [`SENT`] (sent,
+    /// or tried), [`DROPPED`] (not sent: the request was cancelled).
+    responded: AtomicU8,
 }
+
+const NOT_YET: u8 = 0;
+const SENT: u8 = 1;
+const DROPPED: u8 = 2;
 
 impl Handle {
     pub(crate) fn new(inner: courier::Handle, shared: Arc<Shared>) -> Self {
         Self {
             inner: Arc::new(inner),
             shared,
+            responded: AtomicU8::new(NOT_YET),
         }
     }
 }
@@ -33,7 +48,9 @@ impl Handle {
 impl Handle {
     /// Sends `value` (pickled) to the caller. With `blocking=False` it
     /// returns at once with a `Request` to `wait()` on. On a one-way RPC
-    /// it does nothing. `data=` is PyMargo's name for `value`.
+    /// it does nothing, nor on a request that was cancelled (its caller
+    /// gave up, or its deadline passed: `is_cancelled()`). Responding
+    /// twice raises. `data=` is PyMargo's name for `value`.
     #[pyo3(signature = (value=None, blocking=true, *, data=None))]
     fn respond(
         &self,
@@ -48,11 +65,40 @@ impl Handle {
         };
         let payload = pickle::dumps(py, &value)?;
         let handle = self.inner.clone();
+        let first = match self.responded.compare_exchange(
+            NOT_YET,
+            SENT,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(DROPPED) if handle.expects_response() => {
+                // The engine never saw the first: it would send this one.
+                let e = courier::Error::AlreadyResponded {
+                    rpc: handle.rpc_name().to_owned(),
+                };
+                return Err(errors::to_py(py, &e));
+            }
+            Err(_) => false,
+        };
+        // Cancelled (the caller gave up, or the deadline passed, which the
+        // engine may not have noticed yet): nobody waits for the answer, so
+        // it is not sent, and a handler that finishes its work late is not
+        // an error.
+        let dropped = first && handle.expects_response() && handle.is_cancelled();
+        if dropped {
+            self.responded.store(DROPPED, Ordering::Release);
+        }
         let send = async move {
-            handle
-                .respond_raw(&payload)
-                .await
-                .map(|()| None::<bytes::Bytes>)
+            if dropped {
+                return Ok(None::<bytes::Bytes>);
+            }
+            match handle.respond_raw(&payload).await {
+                Ok(()) => Ok(None),
+                // The engine noticed the cancellation first.
+                Err(courier::Error::Cancelled { .. }) if first => Ok(None),
+                Err(e) => Err(e),
+            }
         };
         if blocking {
             self.shared
@@ -99,6 +145,63 @@ impl Handle {
     #[getter]
     fn expects_response(&self) -> bool {
         self.inner.expects_response()
+    }
+
+    /// The seconds left before the caller's deadline (0.0 once it passed),
+    /// or None if the caller set none. A call made from the handler
+    /// inherits it unless given a `timeout=` of its own.
+    #[getter]
+    fn remaining(&self) -> Option<f64> {
+        self.inner.remaining().map(|d| d.as_secs_f64())
+    }
+
+    /// The caller's deadline as a `time.monotonic()` instant, or None if
+    /// the caller set none. It is the budget the caller sent, counted from
+    /// when the request arrived here.
+    #[getter]
+    fn deadline(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        let Some(at) = self.inner.deadline() else {
+            return Ok(None);
+        };
+        let monotonic: f64 = py
+            .import("time")?
+            .getattr("monotonic")?
+            .call0()?
+            .extract()?;
+        let now = Instant::now();
+        Ok(Some(if at >= now {
+            monotonic + at.duration_since(now).as_secs_f64()
+        } else {
+            monotonic - now.duration_since(at).as_secs_f64()
+        }))
+    }
+
+    /// Whether the request was cancelled: its caller gave up (cancelled the
+    /// call, or its timeout passed there), the connection to it was lost,
+    /// or its deadline passed here. A handler that works for long polls
+    /// this between steps and stops early. Without a progress thread it
+    /// also lets the engine read what arrived (a caller's cancellation).
+    fn is_cancelled(&self, py: Python<'_>) -> bool {
+        if self.inner.is_cancelled() {
+            return true;
+        }
+        self.shared.nudge(py);
+        self.inner.is_cancelled()
+    }
+
+    /// Why the request was cancelled: None (it was not), "caller" (the
+    /// caller gave up), "deadline" (its deadline passed) or
+    /// "connection_lost".
+    #[getter]
+    fn cancel_reason(&self) -> Option<&'static str> {
+        self.inner
+            .cancel_token()
+            .reason()
+            .map(|reason| match reason {
+                courier::CancelReason::Caller => "caller",
+                courier::CancelReason::Deadline => "deadline",
+                courier::CancelReason::ConnectionLost => "connection_lost",
+            })
     }
 
     fn __repr__(&self) -> String {

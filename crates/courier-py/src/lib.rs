@@ -14,6 +14,12 @@
 //!   Without a progress thread or RPC threads (PyMargo's default), the
 //!   thread that is waiting in the engine runs the jobs (as Margo runs
 //!   handlers on its progress loop); otherwise dedicated threads do.
+//! * Deadlines and cancellation (`handle.rs`, `remote.rs`): a Python
+//!   handler sees its request's deadline and cancellation through its
+//!   `Handle`; the thread running it records the request
+//!   (`shared::serving`), so the calls it makes inherit both; a
+//!   non-blocking call's `Request` can be cancelled (dropping it cancels
+//!   it too), which tells the server.
 //!
 //! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through

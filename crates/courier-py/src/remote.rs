@@ -169,6 +169,10 @@ impl CallableRemoteFunction {
     /// Raises `courier.TimeoutError` past `timeout` milliseconds (0: none),
     /// `courier.RemoteError` when the handler raised, `CourierError`
     /// otherwise.
+    ///
+    /// Made from inside a handler (on its thread), a call without a
+    /// `timeout` inherits the deadline of the request being served, and is
+    /// cancelled (`courier.CancelledError`) when that request is.
     #[pyo3(signature = (*args, timeout=None, blocking=true, **kwargs))]
     fn __call__(
         &self,
@@ -188,11 +192,15 @@ impl CallableRemoteFunction {
         if let Some(after) = timeout_from_ms(timeout)? {
             callable = callable.timeout(after);
         }
+        // Made from a handler: the call is part of its request (read here,
+        // on the thread that makes the call; see `shared::serving`).
+        let serving = crate::shared::serving();
         let call = async move {
-            callable
-                .call(&payload)
-                .await
-                .map(|out| (!one_way).then_some(out))
+            let out = match &serving {
+                Some(token) => token.scope(|| callable.call(&payload)).await,
+                None => callable.call(&payload).await,
+            };
+            out.map(|out| (!one_way).then_some(out))
         };
         if blocking {
             let out = self.shared.run(py, "call", call)?;
@@ -200,7 +208,15 @@ impl CallableRemoteFunction {
         } else {
             let join = self.shared.spawn(call);
             self.shared.tick(py, "call")?;
-            Ok(Py::new(py, Request::new(join, self.shared.clone()))?.into_any())
+            // A one-way call is not cancellable: nothing waits for its
+            // handler, and the server is told nothing.
+            let cancel = (!one_way).then(|| CallCancel {
+                rpc: self.function.get().raw.name().to_owned(),
+                address: self.callable.address(),
+                abort: join.abort_handle(),
+                cancelled: AtomicBool::new(false),
+            });
+            Ok(Py::new(py, Request::with_cancel(join, self.shared.clone(), cancel))?.into_any())
         }
     }
 
@@ -256,24 +272,108 @@ enum State {
     Done(PyResult<Py<PyAny>>),
 }
 
-/// A call (or response) in flight, from `blocking=False`: `test()` whether
-/// it completed, `wait()` for its result. Dropping it does not cancel it.
+/// What cancels a call's request: its task's abort handle, and what the
+/// error then names.
+pub(crate) struct CallCancel {
+    rpc: String,
+    address: String,
+    abort: tokio::task::AbortHandle,
+    /// Set by `cancel()` (or by dropping the request): an aborted task is
+    /// then a cancellation, not a runtime that shut down.
+    cancelled: AtomicBool,
+}
+
+/// A call (or response, or bulk transfer) in flight, from `blocking=False`:
+/// `test()` whether it completed, `wait()` for its result, `cancel()` a
+/// call. Dropping the request of a call that is still in flight cancels it;
+/// dropping that of a response or a transfer does not.
 #[pyclass(module = "courier._native", name = "Request", frozen)]
 pub(crate) struct Request {
     state: Mutex<State>,
     shared: Arc<Shared>,
+    /// For a two-way call: how to cancel it.
+    cancel: Option<CallCancel>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        // A call nobody can wait for any more is given up: the server is
+        // told (once the engine runs: at once with a progress thread).
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let (Some(_), State::Running(join)) = (&self.cancel, &*state) {
+            join.abort();
+        }
+    }
 }
 
 impl Request {
+    /// A request that cannot be cancelled (a response, a bulk transfer).
     pub(crate) fn new(join: Pending, shared: Arc<Shared>) -> Self {
+        Self::with_cancel(join, shared, None)
+    }
+
+    fn with_cancel(join: Pending, shared: Arc<Shared>, cancel: Option<CallCancel>) -> Self {
         Self {
             state: Mutex::new(State::Running(join)),
             shared,
+            cancel,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `cancel()` (or a drop) cancelled the call.
+    fn was_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.cancelled.load(Ordering::Acquire))
+    }
+
+    /// The outcome of a task that ended: its result, or why it has none.
+    fn joined(
+        &self,
+        py: Python<'_>,
+        joined: Result<courier::Result<Option<Bytes>>, tokio::task::JoinError>,
+    ) -> PyResult<Py<PyAny>> {
+        match joined {
+            Ok(out) => {
+                // Completed before a cancel() could stop it: the result
+                // stands.
+                if let Some(c) = &self.cancel {
+                    c.cancelled.store(false, Ordering::Release);
+                }
+                outcome(py, out)
+            }
+            Err(_) => match &self.cancel {
+                Some(c) if c.cancelled.load(Ordering::Acquire) => {
+                    let e = courier::Error::Cancelled {
+                        rpc: c.rpc.clone(),
+                        address: c.address.clone(),
+                    };
+                    Err(errors::to_py(py, &e))
+                }
+                _ => Err(errors::courier_error(
+                    py,
+                    "the request was abandoned: its engine's runtime shut down".into(),
+                )),
+            },
+        }
+    }
+
+    /// Records a result, and returns a copy of it.
+    fn finish(&self, py: Python<'_>, out: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        let copy = copy_result(py, &out);
+        *self.lock() = State::Done(out);
+        copy
+    }
+}
+
+fn copy_result(py: Python<'_>, r: &PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(v) => Ok(v.clone_ref(py)),
+        Err(e) => Err(e.clone_ref(py)),
     }
 }
 
@@ -281,7 +381,8 @@ impl Request {
 impl Request {
     /// Waits for completion and returns the result (the response of a
     /// call, `None` for a one-way call or a response); raises as the call
-    /// would have. Waiting again returns the same.
+    /// would have (`courier.CancelledError` after `cancel()`). Waiting
+    /// again returns the same.
     fn wait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let join = {
             let mut state = self.lock();
@@ -291,38 +392,27 @@ impl Request {
                     return Err(errors::courier_error(
                         py,
                         "another thread is already waiting on this request".into(),
-                    ))
+                    ));
                 }
                 State::Done(r) => {
-                    let copy = match &r {
-                        Ok(v) => Ok(v.clone_ref(py)),
-                        Err(e) => Err(e.clone_ref(py)),
-                    };
+                    let copy = copy_result(py, &r);
                     *state = State::Done(r);
                     return copy;
                 }
             }
         };
         let mut join = join;
-        let waited = self.shared.wait(py, "Request.wait", &mut join);
-        let out = match waited {
+        match self.shared.wait(py, "Request.wait", &mut join) {
             Err(interrupted) => {
                 // Ctrl-C: the request goes on; wait() may be called again.
                 *self.lock() = State::Running(join);
-                return Err(interrupted);
+                Err(interrupted)
             }
-            Ok(Ok(out)) => outcome(py, out),
-            Ok(Err(_)) => Err(errors::courier_error(
-                py,
-                "the request was abandoned: its engine's runtime shut down".into(),
-            )),
-        };
-        let copy = match &out {
-            Ok(v) => Ok(v.clone_ref(py)),
-            Err(e) => Err(e.clone_ref(py)),
-        };
-        *self.lock() = State::Done(out);
-        copy
+            Ok(joined) => {
+                let out = self.joined(py, joined);
+                self.finish(py, out)
+            }
+        }
     }
 
     /// Whether it completed (so `wait()` returns at once). Without a
@@ -340,8 +430,66 @@ impl Request {
         Ok(finished(&self.lock()))
     }
 
+    /// Cancels a call still in flight: the call is given up, and its
+    /// server is told, whose handler then sees `handle.is_cancelled()`.
+    /// `wait()` then raises `courier.CancelledError`. Returns True if this
+    /// cancelled the call; False if it had completed already (its result
+    /// stays), or if the request is not a call's that can be cancelled (a
+    /// one-way call's, a response's, a bulk transfer's).
+    fn cancel(&self, py: Python<'_>) -> PyResult<bool> {
+        let Some(cancel) = &self.cancel else {
+            return Ok(false);
+        };
+        let join = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, State::Waiting) {
+                State::Running(join) => join,
+                State::Waiting => {
+                    // Another thread waits on it: that thread sees the
+                    // task end and raises CancelledError.
+                    *state = State::Waiting;
+                    if cancel.abort.is_finished() {
+                        return Ok(false);
+                    }
+                    cancel.cancelled.store(true, Ordering::Release);
+                    cancel.abort.abort();
+                    return Ok(true);
+                }
+                done @ State::Done(_) => {
+                    *state = done;
+                    return Ok(false);
+                }
+            }
+        };
+        cancel.cancelled.store(true, Ordering::Release);
+        join.abort();
+        // The task ends at once (its call future dropped, which sends the
+        // Cancel frame from a task of its own); without a progress thread
+        // this thread runs both.
+        let mut join = join;
+        let joined = match self.shared.wait(py, "Request.cancel", &mut join) {
+            Ok(joined) => joined,
+            Err(interrupted) => {
+                *self.lock() = State::Running(join);
+                return Err(interrupted);
+            }
+        };
+        let cancelled = joined.is_err();
+        let out = self.joined(py, joined);
+        *self.lock() = State::Done(out);
+        self.shared.tick(py, "Request.cancel")?;
+        Ok(cancelled)
+    }
+
+    /// Whether `cancel()` cancelled the call (`wait()` then raises
+    /// `courier.CancelledError`).
+    fn cancelled(&self) -> bool {
+        self.was_cancelled()
+    }
+
     fn __repr__(&self) -> String {
         let what = match &*self.lock() {
+            _ if self.was_cancelled() => "cancelled",
             State::Running(_) | State::Waiting => "in flight",
             State::Done(_) => "completed",
         };

@@ -41,6 +41,41 @@ thread_local! {
     /// The job queue this thread is a dedicated handler thread of (its
     /// address), or 0.
     static HANDLER_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The request whose Python handler this thread is running (the
+    /// innermost one, when handlers nest), if any.
+    static SERVING: std::cell::RefCell<Option<courier::CancelToken>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The cancellation token of the request whose Python handler this thread
+/// is running, if any: a call made here inherits its deadline and is
+/// cancelled with it.
+///
+/// The binding keeps this record itself rather than running the handler
+/// inside `CancelToken::scope`: the engine reads its own record when a
+/// call's future is first polled, and a thread waiting inside a handler
+/// drives the engine's runtime (without a progress thread), so calls that
+/// other threads started would be polled there, inside the scope, and
+/// inherit a request that is not theirs. A call instead reads this record
+/// on the thread that makes it, and enters the scope only to create its
+/// own future (`remote.rs`).
+pub(crate) fn serving() -> Option<courier::CancelToken> {
+    SERVING.with(|s| s.borrow().clone())
+}
+
+/// Runs `f` as part of the request of `token` (see [`serving`]); the
+/// request served before is back afterwards, even if `f` unwinds.
+fn serve<T>(token: courier::CancelToken, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<courier::CancelToken>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SERVING.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = SERVING.with(|s| s.borrow_mut().replace(token));
+    let _restore = Restore(previous);
+    f()
 }
 
 fn queue_id(jobs: &Arc<Jobs>) -> usize {
@@ -254,6 +289,30 @@ impl Shared {
         Ok(())
     }
 
+    /// Lets the engine read what has arrived, without running handlers:
+    /// for `Handle.is_cancelled()`, which a handler polls while it works.
+    /// Without a progress thread nothing reads the caller's `Cancel` frame
+    /// unless a thread drives the engine, and a handler that works does
+    /// not wait in it. With a progress thread (or inside the runtime) it
+    /// does nothing.
+    pub(crate) fn nudge(&self, py: Python<'_>) {
+        if self.progress_thread
+            || !self.jobs.inline
+            || tokio::runtime::Handle::try_current().is_ok()
+        {
+            return;
+        }
+        let rt = self.runtime();
+        py.detach(|| {
+            rt.block_on(async {
+                // Twice: the first lets the I/O driver see what arrived,
+                // the second runs the tasks it woke (the reader).
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
+        });
+    }
+
     /// Finalizes the engine and waits until it is, without raising (for
     /// garbage collection). Inside the runtime it can only start it.
     pub(crate) fn finalize_quietly(&self) {
@@ -276,10 +335,20 @@ impl Shared {
             func,
             done,
         } = job;
+        if handle.is_cancelled() {
+            // The caller gave up (or the deadline passed) while the request
+            // waited for a thread: its handler does not run, as the
+            // engine's own handlers do not.
+            let _ = done.send(Err(
+                "the request was cancelled before its handler ran".into()
+            ));
+            return Ok(());
+        }
         let rpc = handle.rpc_name().to_owned();
+        let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());
         HANDLER_DEPTH.with(|d| d.set(d.get() + 1));
-        let outcome = call_handler(py, handle, &payload, &func);
+        let outcome = serve(token, || call_handler(py, handle, &payload, &func));
         HANDLER_DEPTH.with(|d| d.set(d.get() - 1));
         match outcome {
             Ok(()) => {

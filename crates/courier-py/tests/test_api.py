@@ -9,6 +9,7 @@ with a progress thread, a separate client engine) and "rpc_threads"
 import gc
 import json
 import threading
+import time
 
 import pytest
 
@@ -527,3 +528,17 @@ def test_older_pymargo_register_form(protocol):
         assert engine.registered("hello_world", 2) is not None
         call = engine.register("hello_world").on(engine.lookup(str(engine.address)), 2)
         assert call("Matthieu") == "Hello Matthieu"
+
+
+def test_engine_sleep_drives_the_engine(protocol):
+    """PyMargo's sleep: the engine makes progress meanwhile (here a
+    non-blocking call to this engine itself completes)."""
+    with Engine(protocol) as engine:
+        engine.register("hello", hello)
+        req = engine.register("hello").on(engine.address)("S", blocking=False)
+        give_up = time.monotonic() + GUARD_S
+        while not req.test():
+            assert time.monotonic() < give_up
+            engine.sleep(0.001)
+        assert req.wait() == "Good bye S Doe"
+        assert engine.sleep(0) is None

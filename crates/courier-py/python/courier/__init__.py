@@ -19,14 +19,23 @@ import types
 import weakref
 
 from . import _native
-from ._errors import BulkError, BulkTimeoutError, CourierError, RemoteError, TimeoutError
+from ._errors import (
+    BulkError,
+    BulkTimeoutError,
+    BusyError,
+    CancelledError,
+    CourierError,
+    DeadlineExceededError,
+    RemoteError,
+    TimeoutError,
+)
 from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
 from . import bulk
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
     "Bulk", "bulk", "CourierError", "TimeoutError", "RemoteError", "BulkError",
-    "BulkTimeoutError", "Mode", "client", "server", "remote", "provider", "Provider",
+    "BulkTimeoutError", "CancelledError", "DeadlineExceededError", "BusyError", "Mode", "client", "server", "remote", "provider", "Provider",
 ]
 __version__ = _native.__version__
 

@@ -13,7 +13,10 @@ import builtins
 import logging
 import re
 
-__all__ = ["CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError"]
+__all__ = [
+    "CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError",
+    "CancelledError", "DeadlineExceededError", "BusyError",
+]
 
 _log = logging.getLogger("courier")
 
@@ -24,12 +27,65 @@ class CourierError(RuntimeError):
     """Base class of every error Courier raises (PyMargo's MargoException).
 
     A RuntimeError, as PyMargo's errors were.
+
+    ``reach`` says whether the request that failed can have reached its
+    handler: ``"not_reached"`` (never sent, or refused before any handler
+    saw it), ``"unknown"`` (it may have run: a timeout, a cancellation, a
+    connection lost after sending), ``"reached"`` (the handler ran: it
+    raised, or finished without responding), or None for an error that is
+    not about a request the engine sent. ``is_retry_safe()`` reads it.
     """
+
+    reach = None
+
+    def is_retry_safe(self, idempotent=False):
+        """Whether sending the failed request again is safe: always when it
+        cannot have reached its handler, otherwise only if the RPC is
+        ``idempotent`` (running it twice does no harm; the caller knows).
+        Courier never retries by itself."""
+        if self.reach == "not_reached":
+            return True
+        return bool(idempotent) and self.reach is not None
 
 
 class TimeoutError(CourierError, builtins.TimeoutError):
-    """A call got no response within its timeout (also a builtin
-    TimeoutError). The request may still run at the server."""
+    """A call got no response within its timeout, or within the deadline
+    it inherited from the request whose handler made it (also a builtin
+    TimeoutError). The server was told; its handler may have started."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """The call's deadline had passed before it was sent (the budget a
+    handler's call inherited was spent): nothing was sent. Also a
+    ``courier.TimeoutError`` and a builtin ``TimeoutError``."""
+
+    def __init__(self, message, rpc=None, address=None):
+        super().__init__(message)
+        self.rpc = rpc
+        self.address = address
+
+
+class CancelledError(CourierError):
+    """The call was cancelled: by ``Request.cancel()``, or because the
+    request whose handler made it was cancelled by its own caller (or its
+    deadline passed). The server was told; its handler may have started."""
+
+    def __init__(self, message, rpc=None, address=None):
+        super().__init__(message)
+        self.rpc = rpc
+        self.address = address
+
+
+class BusyError(CourierError):
+    """The server refused the request before any handler saw it (too many
+    requests in flight on the connection): sending it again later is safe.
+    ``reason`` is the server's word."""
+
+    def __init__(self, message, rpc=None, address=None, reason=None):
+        super().__init__(message)
+        self.rpc = rpc
+        self.address = address
+        self.reason = reason
 
 
 class RemoteError(CourierError):
@@ -66,7 +122,8 @@ class BulkTimeoutError(BulkError, TimeoutError):
         super().__init__(message, address, "timed out")
 
 
-for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutError):
+for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutError,
+             DeadlineExceededError, CancelledError, BusyError):
     _cls.__module__ = "courier"
 
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -117,6 +174,18 @@ def _remote_error(text, rpc, address, message):
 
 def _timeout_error(text):
     return TimeoutError(text)
+
+
+def _deadline_exceeded_error(text, rpc, address):
+    return DeadlineExceededError(text, rpc, address)
+
+
+def _cancelled_error(text, rpc, address):
+    return CancelledError(text, rpc, address)
+
+
+def _busy_error(text, rpc, address, reason):
+    return BusyError(text, rpc, address, reason)
 
 
 def _bulk_error(text, address, reason):

@@ -48,6 +48,7 @@ use tokio::task::AbortHandle;
 use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
+use crate::liveness::Liveness;
 use crate::progress::Progress;
 use crate::sync::{lock, poll_once};
 
@@ -132,6 +133,9 @@ pub(crate) struct Conn {
     pub(crate) progress: Arc<Progress>,
     /// Budgets for the requests this connection brings (`limits.rs`).
     pub(crate) limits: ConnLimits,
+    /// When the peer was last heard from, and the keepalive probe
+    /// outstanding (`liveness.rs`, `keepalive.rs`).
+    pub(crate) liveness: Liveness,
     /// What the transport connection offers besides messages (bulk fast path).
     pub(crate) capabilities: OnceLock<courier_transport::Capabilities>,
 }
@@ -175,6 +179,7 @@ impl Conn {
             reader: OnceLock::new(),
             progress,
             limits,
+            liveness: Liveness::default(),
             capabilities: OnceLock::new(),
         })
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use courier_transport::{Address as WireAddr, DynTransport, ProtocolEntry};
 use tokio::runtime::{Handle as RtHandle, Runtime};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::bulk::table::BulkTable;
@@ -21,6 +21,7 @@ use crate::conn::{Conn, FINALIZED};
 use crate::error::{Error, Result};
 use crate::lifecycle::{Callback, Lifecycle};
 use crate::limits::ConnectionSlots;
+use crate::liveness::Clock;
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
 use crate::sync::lock;
@@ -64,6 +65,11 @@ pub(crate) struct EngineState {
     pub(crate) bulk: Arc<BulkTable>,
     /// Places for accepted connections (`max_connections`).
     pub(crate) conn_slots: ConnectionSlots,
+    /// The coarse clock keepalive and the readers share (`liveness.rs`).
+    pub(crate) clock: Clock,
+    /// Woken when a connection is added (the keepalive ticker sleeps while
+    /// there is none).
+    pub(crate) conn_added: Arc<Notify>,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -71,6 +77,7 @@ pub(crate) struct EngineState {
     stop_listener: watch::Sender<bool>,
     listener: Mutex<Option<ListenerTask>>,
     spinner: Mutex<Option<AbortHandle>>,
+    keepalive: Mutex<Option<AbortHandle>>,
     owned_runtimes: Mutex<Vec<Runtime>>,
     /// Run at finalize, after the connections are closed (the engine drops
     /// its handlers there).
@@ -109,6 +116,8 @@ impl EngineState {
             lifecycle: Lifecycle::new(config.enable_remote_shutdown),
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
+            clock: Clock::new(),
+            conn_added: Arc::new(Notify::new()),
             config,
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -117,6 +126,7 @@ impl EngineState {
             stop_listener: watch::channel(false).0,
             listener: Mutex::new(None),
             spinner: Mutex::new(None),
+            keepalive: Mutex::new(None),
             owned_runtimes: Mutex::new(runtimes.owned),
             teardown: Mutex::new(Vec::new()),
         }
@@ -148,6 +158,11 @@ impl EngineState {
     /// Records the progress spinner's task.
     pub(crate) fn set_spinner(&self, abort: AbortHandle) {
         *lock(&self.spinner) = Some(abort);
+    }
+
+    /// Records the keepalive ticker's task (`keepalive.rs`).
+    pub(crate) fn set_keepalive(&self, abort: AbortHandle) {
+        *lock(&self.keepalive) = Some(abort);
     }
 
     /// Adds something to do at finalize, once the connections are closed.
@@ -207,11 +222,20 @@ impl EngineState {
     /// Adds a connection to the table finalize closes.
     pub(crate) fn add_conn(&self, conn: Arc<Conn>) {
         let id = conn.id;
+        // A new connection counts as heard from now.
+        conn.liveness.heard_at(self.clock.refresh());
         lock(&self.conns).insert(id, conn.clone());
         if self.is_finalizing() {
             lock(&self.conns).remove(&id);
             conn.kill(FINALIZED);
+            return;
         }
+        self.conn_added.notify_one();
+    }
+
+    /// The connections alive now (a snapshot).
+    pub(crate) fn live_conns(&self) -> Vec<Arc<Conn>> {
+        lock(&self.conns).values().cloned().collect()
     }
 
     /// Forgets a connection whose reader ended.
@@ -248,6 +272,9 @@ impl EngineState {
         }
         if let Some(s) = lock(&self.spinner).take() {
             s.abort();
+        }
+        if let Some(k) = lock(&self.keepalive).take() {
+            k.abort();
         }
         let conns: Vec<Arc<Conn>> = lock(&self.conns).drain().map(|(_, c)| c).collect();
         for c in conns {

@@ -560,15 +560,16 @@ async fn connecting_where_nothing_listens_is_refused() {
     }
 }
 
-/// A server whose whole process dies without a word (its runtime is torn
-/// down, so not even a close packet goes out): the client's recv, waiting
-/// for a response, fails within the idle timeout instead of hanging.
-#[test]
-fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
+/// A server that stops without a word (its runtime is torn down, so not
+/// even a close packet goes out) while the client waits in recv for a
+/// response; `port_open` keeps its UDP socket open (a hung process) or
+/// closes it (a dead one, on a host that is up). Returns recv's error.
+fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError {
     let idle = |c: &mut QuicConfig| c.idle_timeout = Duration::from_millis(500);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
     let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
     let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -587,6 +588,10 @@ fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
         die_rx.recv().unwrap();
         // Tear the runtime down: every quinn task stops, nothing is sent.
         rt.shutdown_background();
+        if port_open {
+            // Nobody reads the socket, but it stays open: no ICMP.
+            done_rx.recv().unwrap();
+        }
         drop(kept);
     });
 
@@ -594,8 +599,8 @@ fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
-        let t = QuicTransport::with_config(MAX, config(idle)).unwrap();
+    let err = rt.block_on(async move {
+        let t = QuicTransport::with_config(MAX, client_config).unwrap();
         let addr = addr_rx.recv().unwrap();
         let (mut tx, mut rx) = guard("connect", t.connect(&addr)).await.unwrap().split();
         tx.send(&[b"call"]).await.unwrap();
@@ -608,10 +613,53 @@ fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
             .await
             .expect_err("a dead server cannot answer");
         println!("recv failed after {:?}: {err}", started.elapsed());
-        assert!(err.is_fatal_to_connection());
-        assert!(err.to_string().contains("timed out"), "{err}");
+        err
     });
+    let _ = done_tx.send(());
     server.join().unwrap();
+    err
+}
+
+/// A hung server (its port still open): the client's recv fails at the
+/// idle timeout instead of hanging.
+#[test]
+fn a_silent_peer_fails_recv_within_the_idle_timeout() {
+    let err = vanished_server(
+        true,
+        config(|c| c.idle_timeout = Duration::from_millis(500)),
+    );
+    assert!(err.is_fatal_to_connection());
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+/// A dead server on a live host: its host answers "port unreachable", and
+/// the client's recv fails saying so (not at the idle timeout, which is
+/// long here).
+#[test]
+fn a_dead_server_fails_recv_with_port_unreachable() {
+    let err = vanished_server(false, config(|c| c.idle_timeout = Duration::from_secs(60)));
+    assert!(err.is_fatal_to_connection());
+    assert!(err.to_string().contains("port unreachable"), "{err}");
+    match &err {
+        TransportError::Io { source, .. } => {
+            assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+/// With `port_unreachable = false`, the same dead server is noticed only at
+/// the idle timeout.
+#[test]
+fn port_unreachable_off_waits_for_the_idle_timeout() {
+    let err = vanished_server(
+        false,
+        config(|c| {
+            c.idle_timeout = Duration::from_millis(500);
+            c.port_unreachable = false;
+        }),
+    );
+    assert!(err.to_string().contains("timed out"), "{err}");
 }
 
 #[tokio::test]
@@ -627,6 +675,7 @@ async fn the_plugin_reads_and_checks_its_options() {
     let t: Arc<dyn DynTransport> = create(serde_json::json!({
         "idle_timeout_ms": 2000,
         "max_concurrent_streams": 2000,
+        "port_unreachable": false,
         "insecure_skip_verify": true,
         "server_name": "example.org",
     }))
@@ -656,6 +705,10 @@ async fn the_plugin_reads_and_checks_its_options() {
             "insecure_skip_verify",
         ),
         (serde_json::json!({"server_name": 7}), "server_name"),
+        (
+            serde_json::json!({"port_unreachable": "no"}),
+            "port_unreachable",
+        ),
         (
             serde_json::json!({"cert": "/x.pem"}),
             "'cert' and 'key' go together",

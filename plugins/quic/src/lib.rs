@@ -83,11 +83,13 @@
 //! * `connect` to a port nobody listens on fails at once with
 //!   [`io::ErrorKind::ConnectionRefused`], as a TCP connect would, instead
 //!   of waiting for the idle timeout;
-//! * an established client connection whose server dies ends as soon as
-//!   the client sends anything after it (a message, the engine's keepalive
-//!   probe, quinn's keep-alive or a retransmission): its reads and writes
-//!   fail with [`io::ErrorKind::ConnectionRefused`], "the server's host
-//!   answered 'port unreachable'". Option `port_unreachable = false` turns
+//! * an established client connection whose server dies ends soon after
+//!   the client sends anything (a message, the engine's keepalive probe,
+//!   quinn's keep-alive): the error is reported on the socket's next send,
+//!   typically quinn's retransmission of that datagram, and the
+//!   connection's reads and writes fail with
+//!   [`io::ErrorKind::ConnectionRefused`], "the server's host answered
+//!   'port unreachable'". Option `port_unreachable = false` turns
 //!   this off (the connect check stays); the connection then ends at the
 //!   idle timeout, or the engine's keepalive.
 //!

@@ -4,8 +4,9 @@
 //! When a process that had a UDP port open dies and its host is alive, the
 //! host answers every datagram sent to that port with ICMP "port
 //! unreachable". An unconnected socket, such as a shared endpoint's, never
-//! hears of it; a *connected* one gets `ECONNREFUSED` from its next receive
-//! (or send). quinn's own tokio socket ignores that error, so each client
+//! hears of it; a *connected* one gets `ECONNREFUSED` from its next send
+//! or receive (in practice the next send: tokio wakes a receiver for
+//! data, not for a pending socket error). quinn's own tokio socket ignores that error, so each client
 //! connection has its own endpoint on a [`ClientSocket`]: the same calls
 //! into `quinn-udp` as quinn's socket, except that `ECONNREFUSED` is
 //! recorded in an [`Unreachable`] that the connection watches. quinn's own

@@ -203,7 +203,7 @@ pub(crate) fn connection_lost(e: &ConnectionError, idle: Duration) -> io::Error 
             io::ErrorKind::TimedOut,
             format!(
                 "the QUIC connection timed out: nothing heard from the peer for the idle \
-                 timeout of {} ms",
+                 timeout (the shorter of both sides' idle_timeout_ms; this side's is {} ms)",
                 idle.as_millis()
             ),
         ),

@@ -563,12 +563,14 @@ async fn connecting_where_nothing_listens_is_refused() {
 /// A server that stops without a word (its runtime is torn down, so not
 /// even a close packet goes out) while the client waits in recv for a
 /// response; `port_open` keeps its UDP socket open (a hung process) or
-/// closes it (a dead one, on a host that is up). Returns recv's error.
-fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError {
-    let idle = |c: &mut QuicConfig| c.idle_timeout = Duration::from_millis(500);
+/// closes it (a dead one, on a host that is up). Once it is gone the client
+/// sends one more message (as an engine's next call or keepalive probe
+/// would). Both sides use `configure`. Returns recv's error.
+fn vanished_server(port_open: bool, configure: fn(&mut QuicConfig)) -> TransportError {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
     let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
     let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let (dead_tx, dead_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -576,7 +578,7 @@ fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError
             .build()
             .unwrap();
         let kept = rt.block_on(async move {
-            let t = QuicTransport::with_config(MAX, config(idle)).unwrap();
+            let t = QuicTransport::with_config(MAX, config(configure)).unwrap();
             let mut l = listen(&t, "quic://").await;
             addr_tx.send(l.local_addr().clone()).unwrap();
             let (stx, mut srx) = l.accept().await.unwrap().split();
@@ -590,9 +592,13 @@ fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError
         rt.shutdown_background();
         if port_open {
             // Nobody reads the socket, but it stays open: no ICMP.
+            dead_tx.send(()).unwrap();
             done_rx.recv().unwrap();
+            drop(kept);
+        } else {
+            drop(kept);
+            dead_tx.send(()).unwrap();
         }
-        drop(kept);
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -600,7 +606,7 @@ fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError
         .build()
         .unwrap();
     let err = rt.block_on(async move {
-        let t = QuicTransport::with_config(MAX, client_config).unwrap();
+        let t = QuicTransport::with_config(MAX, config(configure)).unwrap();
         let addr = addr_rx.recv().unwrap();
         let (mut tx, mut rx) = guard("connect", t.connect(&addr)).await.unwrap().split();
         tx.send(&[b"call"]).await.unwrap();
@@ -608,7 +614,12 @@ fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError
             .await
             .unwrap();
         die_tx.send(()).unwrap();
+        tokio::task::spawn_blocking(move || dead_rx.recv().unwrap())
+            .await
+            .unwrap();
         let started = Instant::now();
+        // Written into quinn's buffers: the send itself succeeds.
+        tx.send(&[b"are you there?"]).await.unwrap();
         let err = guard("recv from a dead server", rx.recv())
             .await
             .expect_err("a dead server cannot answer");
@@ -624,20 +635,17 @@ fn vanished_server(port_open: bool, client_config: QuicConfig) -> TransportError
 /// idle timeout instead of hanging.
 #[test]
 fn a_silent_peer_fails_recv_within_the_idle_timeout() {
-    let err = vanished_server(
-        true,
-        config(|c| c.idle_timeout = Duration::from_millis(500)),
-    );
+    let err = vanished_server(true, |c| c.idle_timeout = Duration::from_millis(500));
     assert!(err.is_fatal_to_connection());
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 
 /// A dead server on a live host: its host answers "port unreachable", and
-/// the client's recv fails saying so (not at the idle timeout, which is
-/// long here).
+/// the client's recv fails saying so, long before the idle timeout.
 #[test]
 fn a_dead_server_fails_recv_with_port_unreachable() {
-    let err = vanished_server(false, config(|c| c.idle_timeout = Duration::from_secs(60)));
+    // Longer than the hang guard: only "port unreachable" can end recv.
+    let err = vanished_server(false, |c| c.idle_timeout = Duration::from_secs(600));
     assert!(err.is_fatal_to_connection());
     assert!(err.to_string().contains("port unreachable"), "{err}");
     match &err {
@@ -652,13 +660,10 @@ fn a_dead_server_fails_recv_with_port_unreachable() {
 /// the idle timeout.
 #[test]
 fn port_unreachable_off_waits_for_the_idle_timeout() {
-    let err = vanished_server(
-        false,
-        config(|c| {
-            c.idle_timeout = Duration::from_millis(500);
-            c.port_unreachable = false;
-        }),
-    );
+    let err = vanished_server(false, |c| {
+        c.idle_timeout = Duration::from_millis(500);
+        c.port_unreachable = false;
+    });
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 

@@ -1,6 +1,6 @@
 //! What keepalive (`keepalive.rs`) knows of each connection, kept so that
-//! the hot path pays one relaxed atomic load and one relaxed store per
-//! poll of a connection's receive: no clock read per message.
+//! the hot path pays two relaxed atomic loads per poll of a connection's
+//! receive (and a store once per tick): no clock read per message.
 //!
 //! The engine has one coarse [`Clock`], milliseconds since it started,
 //! advanced by the keepalive ticker on each tick (and when a connection
@@ -141,7 +141,12 @@ impl<F: Future + Unpin> Future for Heard<'_, F> {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.liveness.heard_at(self.clock.now());
+        // The clock moves once per tick: store only when it did, so that
+        // the connection's cache line is read, not written, per message.
+        let now = self.clock.now();
+        if self.liveness.heard() != now {
+            self.liveness.heard_at(now);
+        }
         Pin::new(&mut self.inner).poll(cx)
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use courier_transport::{Address as WireAddr, DynTransport, ProtocolEntry};
 use tokio::runtime::{Handle as RtHandle, Runtime};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::bulk::table::BulkTable;
@@ -67,9 +67,6 @@ pub(crate) struct EngineState {
     pub(crate) conn_slots: ConnectionSlots,
     /// The coarse clock keepalive and the readers share (`liveness.rs`).
     pub(crate) clock: Clock,
-    /// Woken when a connection is added (the keepalive ticker sleeps while
-    /// there is none).
-    pub(crate) conn_added: Arc<Notify>,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -117,7 +114,6 @@ impl EngineState {
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
             clock: Clock::new(),
-            conn_added: Arc::new(Notify::new()),
             config,
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -160,7 +156,7 @@ impl EngineState {
         *lock(&self.spinner) = Some(abort);
     }
 
-    /// Records the keepalive ticker's task (`keepalive.rs`).
+    /// Records the engine's keepalive task (`keepalive.rs`).
     pub(crate) fn set_keepalive(&self, abort: AbortHandle) {
         *lock(&self.keepalive) = Some(abort);
     }
@@ -206,12 +202,37 @@ impl EngineState {
             return Err(Error::Finalized);
         }
         if let Some(c) = peer.live() {
-            return Ok(c);
+            match self.given_up(&c) {
+                None => return Ok(c),
+                Some(reason) => c.kill(&reason),
+            }
         }
         let Some(dialer) = self.dialer.get().and_then(Weak::upgrade) else {
             return Err(Error::Finalized);
         };
         peer.connection(dialer.as_ref()).await
+    }
+
+    /// Why `conn` is surely given up by its peer, if it is: nothing was
+    /// received on it for longer than keepalive allows. That happens when
+    /// this engine did not run (the blocking API without a progress thread,
+    /// between calls): it answered no probe, and a peer with the same
+    /// keepalive closed the connection meanwhile. A call then opens a new
+    /// connection rather than write on that one (the keepalive thread keeps
+    /// the clock going while the engine does not run).
+    fn given_up(&self, conn: &Conn) -> Option<String> {
+        let (interval, timeout) = self.config.keepalive.enabled()?;
+        if conn.liveness.is_paused() {
+            return None;
+        }
+        let limit = u64::try_from((interval + timeout).as_millis()).unwrap_or(u64::MAX);
+        let silent = self.clock.now().saturating_sub(conn.liveness.heard());
+        (silent >= limit).then(|| {
+            format!(
+                "nothing received for {silent} ms, more than keepalive's interval + timeout \
+                 ({limit} ms): the connection is given up and a new one opened"
+            )
+        })
     }
 
     /// A fresh connection id.
@@ -228,14 +249,17 @@ impl EngineState {
         if self.is_finalizing() {
             lock(&self.conns).remove(&id);
             conn.kill(FINALIZED);
-            return;
         }
-        self.conn_added.notify_one();
     }
 
     /// The connections alive now (a snapshot).
     pub(crate) fn live_conns(&self) -> Vec<Arc<Conn>> {
         lock(&self.conns).values().cloned().collect()
+    }
+
+    /// Whether `f` holds for one of the connections (without a snapshot).
+    pub(crate) fn any_conn(&self, f: impl FnMut(&Arc<Conn>) -> bool) -> bool {
+        lock(&self.conns).values().any(f)
     }
 
     /// Forgets a connection whose reader ended.

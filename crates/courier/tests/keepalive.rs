@@ -140,3 +140,35 @@ async fn keepalive_off_leaves_a_silent_peer_to_the_call_timeout() {
     .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 }
+
+/// A blocking client without a progress thread runs only inside its calls,
+/// as in Margo: while the application does something else it reads
+/// nothing and answers no probe, and the server gives its connection up.
+/// The next call must not fail for it: the client sees that it has heard
+/// nothing for longer than keepalive allows, and opens a new connection.
+#[test]
+fn a_blocking_client_that_pauses_opens_a_new_connection() {
+    let keepalive = r#"{"keepalive": {"interval_ms": 20, "timeout_ms": 40}}"#;
+    let server = courier::blocking::Engine::builder("tcp")
+        .use_progress_thread(true)
+        .config_json(keepalive)
+        .build()
+        .unwrap();
+    server
+        .register("echo", |h: courier::blocking::Handle, x: u64| h.respond(&x))
+        .unwrap();
+    let client = courier::blocking::Engine::builder("tcp")
+        .client()
+        .config_json(keepalive)
+        .build()
+        .unwrap();
+    let address = client.lookup(&server.address().to_string()).unwrap();
+    let echo = client.remote::<u64, u64>("echo");
+    assert_eq!(echo.on(&address).call(&1).unwrap(), 1);
+    // The application works on something else: the client engine does not
+    // run, and the server closes the connection it hears nothing on. (The
+    // pause is the scenario, not a synchronisation: whether or not the
+    // server gave up by the end of it, the next call must succeed.)
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(echo.on(&address).call(&2).unwrap(), 2);
+}

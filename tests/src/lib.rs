@@ -300,8 +300,8 @@ pub fn dead_address(proto: &str) -> String {
             format!("tcp://127.0.0.1:{port}")
         }
         "unix" => format!("unix://{}", unique_temp_path("nobody.sock").display()),
-        // A UDP port that was just free; the plugin's probe gets "port
-        // unreachable" at once. Any fingerprint will do.
+        // A UDP port that was just free; the plugin's connected socket gets
+        // "port unreachable" at once. Any fingerprint will do.
         "quic" => {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a udp port");
             let port = s.local_addr().expect("local addr").port();

@@ -6,6 +6,12 @@
 //! is back, calls on the same address succeed again and a new client
 //! connects.
 //!
+//! Keepalive: a call with no timeout at all, waiting for a handler that
+//! never answers, when the same rule drops (not rejects) every packet: the
+//! peer stops answering without any reset, and the client's keepalive
+//! (small here: 200 ms of silence, then 300 ms for an answer) fails the
+//! call with `ConnectionLost` naming keepalive.
+//!
 //! The namespaces, the veth pair and the nftables table are the test's own
 //! (unique names), removed by a guard even when the test fails. Creating
 //! them needs root (CAP_NET_ADMIN), `ip` (iproute2) and `nft` (nftables), so
@@ -31,6 +37,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// bound on how long the test waits for each failing call, not a threshold
 /// any assertion compares against.
 const TIMEOUT_MS: u64 = 1500;
+
+/// The client's keepalive in the keepalive test: probe after 200 ms of
+/// silence, give up 300 ms later. No assertion compares a duration with it.
+const SMALL_KEEPALIVE: &str = r#"{"keepalive": {"interval_ms": 200, "timeout_ms": 300}}"#;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -179,10 +189,12 @@ struct Client {
 }
 
 impl Client {
-    async fn start(ns: &str, address: &str) -> Self {
+    /// Starts `netns_client` in namespace `ns`, its engines built with the
+    /// JSON configuration `config`.
+    async fn start(ns: &str, address: &str, config: &str) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_netns_client")])
-            .args([address, &TIMEOUT_MS.to_string()])
+            .args([address, &TIMEOUT_MS.to_string(), config])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -207,12 +219,17 @@ impl Client {
             .expect("netns_client ended its output")
     }
 
-    /// Sends a command; returns the answer line.
-    async fn ask(&mut self, command: &str) -> String {
+    /// Sends a command without waiting for its answer.
+    async fn send(&mut self, command: &str) {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
             .await
             .unwrap();
+    }
+
+    /// Sends a command; returns the answer line.
+    async fn ask(&mut self, command: &str) -> String {
+        self.send(command).await;
         self.line().await
     }
 
@@ -268,7 +285,7 @@ async fn fault_and_recover(proto: &str, fault: Fault) {
         panic!("network namespace test for {proto}: cannot create namespaces here (root needed): {why}")
     });
     let (mut server, address) = start_server(&net, proto).await;
-    let mut client = Client::start(&net.client_ns, &address).await;
+    let mut client = Client::start(&net.client_ns, &address, "{}").await;
     client.expect_ok("call").await;
 
     match fault {
@@ -307,6 +324,51 @@ async fn fault_and_recover(proto: &str, fault: Fault) {
     drop(net);
 }
 
+/// A call with no timeout, waiting for a handler that never answers, when
+/// an nftables rule starts dropping every packet between client and
+/// server: keepalive fails it with `ConnectionLost`, and once the rule is
+/// gone the engine reconnects.
+async fn silent_peer_fails_a_call_without_timeout(proto: &str) {
+    if let Some(why) = unsupported() {
+        panic!("network namespace test for {proto} cannot run here: {why}");
+    }
+    let net = Netns::create().unwrap_or_else(|why| {
+        panic!("network namespace test for {proto}: cannot create namespaces here (root needed): {why}")
+    });
+    let (mut server, address) = start_server(&net, proto).await;
+    let mut client = Client::start(&net.client_ns, &address, SMALL_KEEPALIVE).await;
+    client.expect_ok("call").await;
+
+    client.send("hang").await;
+    assert_eq!(server.expect_line("GOT hang").await, "");
+    // Dropped, not rejected: no reset, no ICMP, the peer just goes silent.
+    net.partition();
+    // The hang guard of `line` (30 s) turns a call that never ends into a
+    // failure; it is not a threshold.
+    let answer = client.line().await;
+    assert!(
+        answer.starts_with(&format!("ERR connection with {address} lost: "))
+            && answer.contains("no answer to a keepalive probe within 300 ms")
+            && answer.ends_with("the peer is unreachable"),
+        "the call without timeout while the peer is silent: {answer}"
+    );
+
+    net.heal();
+    let mut answered = false;
+    for _ in 0..5 {
+        // The connection was closed: the next call opens a new one (a few
+        // tries, as in `fault_and_recover`).
+        if client.ask("call").await.starts_with("OK ") {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no call succeeded after the rule was deleted");
+    client.stop().await;
+    server.child.kill().await.unwrap();
+    drop(net);
+}
+
 macro_rules! netns_tests {
     ($($proto:ident),* $(,)?) => {$(
         mod $proto {
@@ -322,6 +384,12 @@ macro_rules! netns_tests {
             #[ignore = "needs root, ip and nft (network namespaces): run by .ci/run with --ignored"]
             async fn nftables_partition_then_heal() {
                 super::fault_and_recover(stringify!($proto), Fault::Partition).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            #[ignore = "needs root, ip and nft (network namespaces): run by .ci/run with --ignored"]
+            async fn nftables_drop_fails_a_call_without_timeout_by_keepalive() {
+                super::silent_peer_fails_a_call_without_timeout(stringify!($proto)).await;
             }
         }
     )*};

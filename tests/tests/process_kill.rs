@@ -1,6 +1,15 @@
 //! A server process killed (SIGKILL) in the middle of calls: the calls end
 //! with `ConnectionLost`, never hang, and the next call fails to connect.
 //!
+//! The calls have no timeout: only the end of the connection ends them. On
+//! tcp, unix and shm the kernel tells the client at once (a reset, the end
+//! of the stream, the peer's death); QUIC runs over UDP, where the killed
+//! server's host answers the client's next datagram with "port
+//! unreachable", and where that signal is off (or the host is gone) the
+//! client engine's keepalive (small here) ends the connection. Each test
+//! prints how long the calls took to fail after the kill: a figure, not an
+//! assertion.
+//!
 //! The server is this crate's `conformance_server` binary, one child process
 //! per test, killed only by the test that started it.
 
@@ -8,9 +17,10 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::time::Instant;
 
 use courier::{Engine, Error, TransportError};
-use courier_conformance::{self as cc, guard, remove_stale_socket, Process, HANG_GUARD};
+use courier_conformance::{self as cc, guard, remove_stale_socket, Process};
 use tokio::task::JoinSet;
 
 fn server_binary() -> &'static Path {
@@ -30,19 +40,36 @@ async fn echo(client: &Engine, address: &courier::Address, text: &str) -> courie
     guard("echo", f.on(address).call(&text.to_owned())).await
 }
 
-/// Three calls blocked in `hang` when the server is killed: each ends with
-/// `ConnectionLost` (within its generous timeout: not a `Timeout`); a later
-/// call cannot connect.
-async fn server_killed_mid_call(proto: &str) {
+/// The client's keepalive: probe after 200 ms of silence, give up 300 ms
+/// later (no assertion compares a duration with it).
+const SMALL_KEEPALIVE: &str = r#""keepalive": {"interval_ms": 200, "timeout_ms": 300}"#;
+
+/// A client engine for `proto` with [`SMALL_KEEPALIVE`] and the transport
+/// options `transport` (a JSON object).
+async fn client(proto: &str, transport: &str) -> Engine {
+    Engine::builder(proto)
+        .client()
+        .config_json(&format!(
+            r#"{{{SMALL_KEEPALIVE}, "transport": {transport}}}"#
+        ))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a {proto} client engine: {e}"))
+}
+
+/// Three calls without a timeout blocked in `hang` when the server is
+/// killed: each ends with `ConnectionLost`; a later call cannot connect.
+/// Returns the reason the first call was given.
+async fn server_killed_mid_call(proto: &str, transport: &str) -> String {
     const N: usize = 3;
     let (mut server, server_address) = start_server(proto).await;
-    let client = cc::client(proto).await;
+    let client = client(proto, transport).await;
     let address = guard("lookup", client.lookup(&server_address))
         .await
         .unwrap();
     assert_eq!(echo(&client, &address, "before").await.unwrap(), "before");
 
-    let hang = client.remote::<String, String>("hang").timeout(HANG_GUARD);
+    let hang = client.remote::<String, String>("hang");
     let mut calls = JoinSet::new();
     for i in 0..N {
         let c = hang.on(&address);
@@ -52,22 +79,53 @@ async fn server_killed_mid_call(proto: &str) {
         assert_eq!(server.expect_line("GOT hang").await, "");
     }
     server.child.kill().await.unwrap();
+    let killed = Instant::now();
     let status = server.wait().await;
     assert_eq!(status.signal(), Some(9), "{status:?}");
 
+    let mut reasons = Vec::new();
+    // The hang guard (30 s) turns a call that never ends into a failure.
     while let Some(joined) = guard("calls to a killed server", calls.join_next()).await {
         let err = joined.unwrap().unwrap_err();
-        match &err {
-            Error::ConnectionLost { address, .. } => assert_eq!(address, &server_address),
+        match err {
+            Error::ConnectionLost { address, reason } => {
+                assert_eq!(address, server_address);
+                reasons.push(reason);
+            }
             other => panic!("expected ConnectionLost, got {other:?}"),
         }
     }
+    println!(
+        "{proto} {transport}: {N} calls without timeout failed {:?} after the kill: {}",
+        killed.elapsed(),
+        reasons[0]
+    );
     let err = echo(&client, &address, "after").await.unwrap_err();
     assert!(
         matches!(err, Error::Transport(TransportError::Connect { .. })),
         "{err:?}"
     );
     remove_stale_socket(&server_address);
+    reasons.swap_remove(0)
+}
+
+/// QUIC with the "port unreachable" signal off: the killed server is found
+/// out by the client's keepalive.
+#[tokio::test(flavor = "multi_thread")]
+async fn quic_server_killed_is_found_by_keepalive_without_port_unreachable() {
+    let reason = server_killed_mid_call("quic", r#"{"port_unreachable": false}"#).await;
+    assert!(
+        reason.starts_with("no answer to a keepalive probe within 300 ms"),
+        "{reason}"
+    );
+}
+
+/// QUIC as configured by default: the killed server's host answers "port
+/// unreachable", and the calls fail saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn quic_server_killed_is_found_by_port_unreachable() {
+    let reason = server_killed_mid_call("quic", "{}").await;
+    assert!(reason.contains("port unreachable"), "{reason}");
 }
 
 /// A server killed while no call is in flight: the next call fails (the
@@ -113,7 +171,7 @@ macro_rules! process_tests {
 
             #[tokio::test(flavor = "multi_thread")]
             async fn server_killed_mid_call() {
-                super::server_killed_mid_call(PROTO).await;
+                super::server_killed_mid_call(PROTO, "{}").await;
             }
 
             #[tokio::test(flavor = "multi_thread")]

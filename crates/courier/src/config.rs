@@ -32,6 +32,14 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Default `timeouts.connect_ms`: 5 seconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// Default `keepalive.interval_ms`: a connection on which nothing arrived
+/// for 10 seconds is probed with a Ping.
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+
+/// Default `keepalive.timeout_ms`: a probe unanswered for 5 seconds (nothing
+/// at all received meanwhile) ends the connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
+
 /// Default polling window after activity, in microseconds (see
 /// `docs/benchmarks-journal.md` for the measurements that chose it).
 pub const DEFAULT_PROGRESS_SPIN_US: u64 = 50;
@@ -83,6 +91,53 @@ impl Default for Timeouts {
             hello_ms: DEFAULT_HELLO_TIMEOUT_MS,
             call_ms: None,
             bulk_ms: None,
+        }
+    }
+}
+
+/// Probing idle connections: the `keepalive` section of the JSON
+/// configuration. Durations are whole milliseconds.
+///
+/// A connection on which nothing was received for `interval_ms` gets a
+/// Ping; if nothing at all arrives within `timeout_ms` after it, the peer
+/// is taken for unreachable and the connection is closed: every call
+/// outstanding on it fails with [`Error::ConnectionLost`], calls without a
+/// timeout included. A dead peer is therefore noticed within
+/// `interval_ms + timeout_ms` (plus at most two ticks of the engine's
+/// keepalive clock, `min(interval_ms, timeout_ms) / 8` each), whatever the
+/// transport. Any frame received counts as an answer, and a connection the
+/// engine itself stopped reading (its requests are over
+/// `max_in_flight_per_connection` or `max_queued_response_bytes`) is not
+/// probed meanwhile. See `docs/reliability.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// Silence after which a connection is probed. Default 10000; `null`
+    /// or 0: no probes (a peer that stops answering without closing is
+    /// then noticed only by the calls' own timeouts, or the transport's).
+    pub interval_ms: Option<u64>,
+    /// How long a probe may go unanswered. Default 5000.
+    pub timeout_ms: u64,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval_ms: Some(DEFAULT_KEEPALIVE_INTERVAL_MS),
+            timeout_ms: DEFAULT_KEEPALIVE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Keepalive {
+    /// The probing interval and timeout, or `None` when probes are off.
+    pub(crate) fn enabled(&self) -> Option<(Duration, Duration)> {
+        match self.interval_ms {
+            None | Some(0) => None,
+            Some(interval) => Some((
+                Duration::from_millis(interval),
+                Duration::from_millis(self.timeout_ms),
+            )),
         }
     }
 }
@@ -150,6 +205,7 @@ impl Default for BulkOptions {
 ///   "max_queued_response_bytes": 67108864,
 ///   "timeouts": { "connect_ms": 5000, "hello_ms": 10000,
 ///                 "call_ms": null, "bulk_ms": null },
+///   "keepalive": { "interval_ms": 10000, "timeout_ms": 5000 },
 ///   "bulk": { "chunk_size": 262144, "window": 8, "direct": true,
 ///             "direct_threshold": 65536, "direct_chunk": 4194304 },
 ///   "transport": { "nodelay": true }
@@ -201,6 +257,8 @@ pub struct Config {
     pub max_queued_response_bytes: usize,
     /// Every timeout ([`Timeouts`]).
     pub timeouts: Timeouts,
+    /// Probing idle connections ([`Keepalive`]).
+    pub keepalive: Keepalive,
     /// How bulk transfers run ([`BulkOptions`]).
     pub bulk: BulkOptions,
     /// Options for the transport plugin (override `protocols.toml`'s).
@@ -222,6 +280,7 @@ impl Default for Config {
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             max_queued_response_bytes: DEFAULT_MAX_QUEUED_RESPONSE_BYTES,
             timeouts: Timeouts::default(),
+            keepalive: Keepalive::default(),
             bulk: BulkOptions::default(),
             transport: Map::new(),
         }
@@ -302,6 +361,10 @@ impl Config {
             ),
             ("timeouts.connect_ms", usize::from(t.connect_ms > 0)),
             ("timeouts.hello_ms", usize::from(t.hello_ms > 0)),
+            (
+                "keepalive.timeout_ms",
+                usize::from(self.keepalive.timeout_ms > 0),
+            ),
             ("bulk.chunk_size", self.bulk.chunk_size),
             ("bulk.window", self.bulk.window),
             ("bulk.direct_chunk", self.bulk.direct_chunk),
@@ -388,6 +451,10 @@ mod tests {
             (r#"{"timeouts": {"connect_ms": 0}}"#, "timeouts.connect_ms"),
             (r#"{"timeouts": {"call_ms": 0}}"#, "timeouts.call_ms"),
             (r#"{"timeouts": {"bulk_ms": 0}}"#, "timeouts.bulk_ms"),
+            (
+                r#"{"keepalive": {"timeout_ms": 0}}"#,
+                "keepalive.timeout_ms",
+            ),
         ] {
             let c = Config::from_json(json).unwrap();
             let err = c.validate().unwrap_err().to_string();
@@ -428,6 +495,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `call`"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_is_a_section_and_null_or_zero_turns_it_off() {
+        let ms = Duration::from_millis;
+        let c = Config::default();
+        assert_eq!(
+            c.keepalive.enabled(),
+            Some((
+                ms(DEFAULT_KEEPALIVE_INTERVAL_MS),
+                ms(DEFAULT_KEEPALIVE_TIMEOUT_MS)
+            ))
+        );
+        let c =
+            Config::from_json(r#"{"keepalive": {"interval_ms": 200, "timeout_ms": 300}}"#).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.keepalive.enabled(), Some((ms(200), ms(300))));
+        let c = Config::from_json(r#"{"keepalive": {"timeout_ms": 7}}"#).unwrap();
+        assert_eq!(
+            c.keepalive.enabled(),
+            Some((ms(DEFAULT_KEEPALIVE_INTERVAL_MS), ms(7)))
+        );
+        for off in [r#"{"interval_ms": null}"#, r#"{"interval_ms": 0}"#] {
+            let c = Config::from_json(&format!(r#"{{"keepalive": {off}}}"#)).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.keepalive.enabled(), None, "{off}");
+        }
+        let err = Config::from_json(r#"{"keepalive": {"interval": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `interval`"), "{err}");
     }
 
     #[test]

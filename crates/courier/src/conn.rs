@@ -49,6 +49,7 @@ use crate::cancel::{CancelReason, CancelToken};
 use crate::error::{Error, Result};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
+use crate::liveness::Liveness;
 use crate::progress::Progress;
 use crate::sync::{lock, poll_once};
 
@@ -142,6 +143,9 @@ pub(crate) struct Conn {
     pub(crate) progress: Arc<Progress>,
     /// Budgets for the requests this connection brings (`limits.rs`).
     pub(crate) limits: ConnLimits,
+    /// When the peer was last heard from, and the keepalive probe
+    /// outstanding (`liveness.rs`, `keepalive.rs`).
+    pub(crate) liveness: Liveness,
     /// What the transport connection offers besides messages (bulk fast path).
     pub(crate) capabilities: OnceLock<courier_transport::Capabilities>,
 }
@@ -188,6 +192,7 @@ impl Conn {
             reader: OnceLock::new(),
             progress,
             limits,
+            liveness: Liveness::default(),
             capabilities: OnceLock::new(),
         })
     }

@@ -17,6 +17,7 @@ use crate::config::{Config, Mode};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::{self, Handle, HandlerOutput, RawHandler};
+use crate::keepalive;
 use crate::links::{self, Links};
 use crate::peer::{Dial, Peer};
 use crate::registry;
@@ -364,6 +365,7 @@ impl EngineBuilder {
             let task = io.spawn(state.progress.clone().run());
             state.set_spinner(task.abort_handle());
         }
+        keepalive::start(&state);
         if let Some(listener) = listener {
             links::listen(&links, listener);
         }

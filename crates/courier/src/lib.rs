@@ -150,10 +150,11 @@
 
 // Modules, from the leaves up (no module imports one above it; `.ci/run`
 // checks that no cycle of imports comes back):
-// leaves: error, frame, cancel, config, timeouts, progress, limits, lifecycle, rpcs,
-// runtime; the connection: conn, call (the call primitive), peer; the
+// leaves: error, frame, cancel, config, timeouts, progress, liveness, limits,
+// lifecycle, rpcs, runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
-// bulk/*; incoming frames: dispatch, reader, links; the engine: engine,
+// bulk/*; incoming frames: dispatch, reader, links; probing idle
+// connections: keepalive; the engine: engine,
 // bulk (its bulk methods), blocking.
 mod address;
 pub mod blocking;
@@ -167,9 +168,11 @@ mod engine;
 mod error;
 pub mod frame;
 mod handler;
+mod keepalive;
 mod lifecycle;
 mod limits;
 mod links;
+mod liveness;
 mod peer;
 mod progress;
 mod reader;
@@ -185,7 +188,8 @@ pub use address::Address;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use cancel::{CancelReason, CancelToken};
 pub use config::{
-    BulkOptions, Config, Mode, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
+    BulkOptions, Config, Keepalive, Mode, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS,
+    DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US, DEFAULT_PROGRESS_SPIN_US,
 };

@@ -42,7 +42,8 @@ pub(crate) async fn read_loop(
         let received = if expect_hello {
             // Slowloris: the first frame must come in time.
             let deadline = timeouts::hello(&state.config.timeouts);
-            match deadline.run(conn.progress.watch(rx.recv_dyn())).await {
+            let recv = conn.liveness.watch(&state.clock, rx.recv_dyn());
+            match deadline.run(conn.progress.watch(recv)).await {
                 Ok(r) => r,
                 Err(after) => {
                     tracing::warn!(peer = %conn.remote(), "closing connection: no Hello frame within {after:?}");
@@ -56,6 +57,8 @@ pub(crate) async fn read_loop(
                     Poll::Ready(s) => Some(s),
                     Poll::Pending => {
                         burst.end(&conn).await;
+                        // Not read on purpose: keepalive waits meanwhile.
+                        let _paused = conn.liveness.pause(&state.clock);
                         // At the limit, the reader still reads while this
                         // engine waits for answers on the connection: a
                         // handler that called its caller back needs the
@@ -69,7 +72,9 @@ pub(crate) async fn read_loop(
                     }
                 };
             }
-            let mut recv = conn.progress.watch(rx.recv_dyn());
+            let mut recv = conn
+                .progress
+                .watch(conn.liveness.watch(&state.clock, rx.recv_dyn()));
             match poll_once(&mut recv).await {
                 Poll::Ready(r) => r,
                 Poll::Pending => {

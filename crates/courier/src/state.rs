@@ -21,6 +21,7 @@ use crate::conn::{Conn, FINALIZED};
 use crate::error::{Error, Result};
 use crate::lifecycle::{Callback, Lifecycle};
 use crate::limits::ConnectionSlots;
+use crate::liveness::Clock;
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
 use crate::sync::lock;
@@ -64,6 +65,8 @@ pub(crate) struct EngineState {
     pub(crate) bulk: Arc<BulkTable>,
     /// Places for accepted connections (`max_connections`).
     pub(crate) conn_slots: ConnectionSlots,
+    /// The coarse clock keepalive and the readers share (`liveness.rs`).
+    pub(crate) clock: Clock,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -71,6 +74,7 @@ pub(crate) struct EngineState {
     stop_listener: watch::Sender<bool>,
     listener: Mutex<Option<ListenerTask>>,
     spinner: Mutex<Option<AbortHandle>>,
+    keepalive: Mutex<Option<AbortHandle>>,
     owned_runtimes: Mutex<Vec<Runtime>>,
     /// Run at finalize, after the connections are closed (the engine drops
     /// its handlers there).
@@ -109,6 +113,7 @@ impl EngineState {
             lifecycle: Lifecycle::new(config.enable_remote_shutdown),
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
+            clock: Clock::new(),
             config,
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -117,6 +122,7 @@ impl EngineState {
             stop_listener: watch::channel(false).0,
             listener: Mutex::new(None),
             spinner: Mutex::new(None),
+            keepalive: Mutex::new(None),
             owned_runtimes: Mutex::new(runtimes.owned),
             teardown: Mutex::new(Vec::new()),
         }
@@ -148,6 +154,11 @@ impl EngineState {
     /// Records the progress spinner's task.
     pub(crate) fn set_spinner(&self, abort: AbortHandle) {
         *lock(&self.spinner) = Some(abort);
+    }
+
+    /// Records the engine's keepalive task (`keepalive.rs`).
+    pub(crate) fn set_keepalive(&self, abort: AbortHandle) {
+        *lock(&self.keepalive) = Some(abort);
     }
 
     /// Adds something to do at finalize, once the connections are closed.
@@ -191,12 +202,37 @@ impl EngineState {
             return Err(Error::Finalized);
         }
         if let Some(c) = peer.live() {
-            return Ok(c);
+            match self.given_up(&c) {
+                None => return Ok(c),
+                Some(reason) => c.kill(&reason),
+            }
         }
         let Some(dialer) = self.dialer.get().and_then(Weak::upgrade) else {
             return Err(Error::Finalized);
         };
         peer.connection(dialer.as_ref()).await
+    }
+
+    /// Why `conn` is surely given up by its peer, if it is: nothing was
+    /// received on it for longer than keepalive allows. That happens when
+    /// this engine did not run (the blocking API without a progress thread,
+    /// between calls): it answered no probe, and a peer with the same
+    /// keepalive closed the connection meanwhile. A call then opens a new
+    /// connection rather than write on that one (the keepalive thread keeps
+    /// the clock going while the engine does not run).
+    fn given_up(&self, conn: &Conn) -> Option<String> {
+        let (interval, timeout) = self.config.keepalive.enabled()?;
+        if conn.liveness.is_paused() {
+            return None;
+        }
+        let limit = u64::try_from((interval + timeout).as_millis()).unwrap_or(u64::MAX);
+        let silent = self.clock.now().saturating_sub(conn.liveness.heard());
+        (silent >= limit).then(|| {
+            format!(
+                "nothing received for {silent} ms, more than keepalive's interval + timeout \
+                 ({limit} ms): the connection is given up and a new one opened"
+            )
+        })
     }
 
     /// A fresh connection id.
@@ -207,11 +243,23 @@ impl EngineState {
     /// Adds a connection to the table finalize closes.
     pub(crate) fn add_conn(&self, conn: Arc<Conn>) {
         let id = conn.id;
+        // A new connection counts as heard from now.
+        conn.liveness.heard_at(self.clock.refresh());
         lock(&self.conns).insert(id, conn.clone());
         if self.is_finalizing() {
             lock(&self.conns).remove(&id);
             conn.kill(FINALIZED);
         }
+    }
+
+    /// The connections alive now (a snapshot).
+    pub(crate) fn live_conns(&self) -> Vec<Arc<Conn>> {
+        lock(&self.conns).values().cloned().collect()
+    }
+
+    /// Whether `f` holds for one of the connections (without a snapshot).
+    pub(crate) fn any_conn(&self, f: impl FnMut(&Arc<Conn>) -> bool) -> bool {
+        lock(&self.conns).values().any(f)
     }
 
     /// Forgets a connection whose reader ended.
@@ -248,6 +296,9 @@ impl EngineState {
         }
         if let Some(s) = lock(&self.spinner).take() {
             s.abort();
+        }
+        if let Some(k) = lock(&self.keepalive).take() {
+            k.abort();
         }
         let conns: Vec<Arc<Conn>> = lock(&self.conns).drain().map(|(_, c)| c).collect();
         for c in conns {

@@ -1,6 +1,7 @@
 //! Where every timeout of the engine is decided, and how an expired one is
 //! reported. Nothing else in the crate reads a timeout setting or starts a
-//! timer of its own.
+//! timer of its own, but for keepalive (`keepalive.rs`), whose ticker
+//! bounds how long a silent connection lives.
 //!
 //! | what is bounded | by (first that is set) | when it expires |
 //! |---|---|---|
@@ -10,6 +11,7 @@
 //! | a bulk transfer | the transfer's `timeout`, else the earlier of `timeouts.bulk_ms` and the deadline of the request whose handler runs it | [`Error::BulkTimeout`] |
 //! | opening a connection | `timeouts.connect_ms` | [`Error::ConnectTimeout`] |
 //! | a new connection's Hello | `timeouts.hello_ms` | the connection is closed |
+//! | a peer that stops answering | `keepalive.interval_ms` + `keepalive.timeout_ms` (`keepalive.rs`) | the connection is closed: every call on it, with or without a timeout, fails with [`Error::ConnectionLost`] |
 //!
 //! A [`Deadline`] bounds all that an exchange waits for: opening the
 //! connection, sending (behind a full queue), and the answer. It is an

@@ -111,6 +111,13 @@ async fn json_config_is_read_and_effective_config_returned() {
     assert_eq!(c["protocol"], "tcp");
     assert_eq!(c["plugin"], "tcp");
     assert_eq!(c["listen"], e.address().to_string());
+    assert_eq!(
+        c["keepalive"],
+        serde_json::json!({
+            "interval_ms": courier::DEFAULT_KEEPALIVE_INTERVAL_MS,
+            "timeout_ms": courier::DEFAULT_KEEPALIVE_TIMEOUT_MS,
+        })
+    );
     // The effective config is itself a valid config.
     let mut again = c.clone();
     let obj = again.as_object_mut().unwrap();
@@ -143,6 +150,11 @@ async fn bad_config_is_refused_with_the_key_named() {
             "option 'speed': unknown field `speed`",
         ),
         ("{not json", "invalid engine configuration"),
+        (
+            r#"{"keepalive": {"timeout_ms": 0}}"#,
+            "keepalive.timeout_ms",
+        ),
+        (r#"{"keepalive": {"every": 1}}"#, "unknown field `every`"),
     ] {
         let err = Engine::builder("tcp")
             .config_json(json)

@@ -49,6 +49,7 @@
 //! | `insecure_skip_verify` | bool | `false` | accept addresses without a fingerprint and any server certificate: for tests only |
 //! | `idle_timeout_ms` | integer | 10000 | a silent peer is declared dead after this long; keep-alives go out at a third of it |
 //! | `max_concurrent_streams` | integer | 1024 | streams of each direction a peer may have open at once (quinn's default is 100); Courier itself uses one per connection |
+//! | `port_unreachable` | bool | `true` | end a client connection as soon as the server's host answers "port unreachable" (below) |
 //!
 //! An address without a fingerprint is refused unless `ca_roots` or
 //! `insecure_skip_verify` is given; an address with one is always checked
@@ -65,28 +66,57 @@
 //! holds up no other; failures are logged with `tracing` at debug level.
 //! Dropping the listener stops accepting; accepted connections live on.
 //!
-//! A client endpoint (one UDP socket) is made on first use for each kind of
-//! target — IPv4 or IPv6, loopback or not — and shared by the transport's
-//! connections. Loopback targets are dialed from a loopback-bound socket.
+//! Each client connection has an endpoint of its own: a UDP socket bound to
+//! loopback for a loopback target (to the unspecified address of the
+//! target's family otherwise) and *connected* to the server. Loopback
+//! targets are dialed from a loopback-bound socket.
 //!
-//! # Connecting to a port nobody listens on
+//! # A server that is gone: "port unreachable"
 //!
-//! UDP has no connection to refuse, so next to the handshake `connect` sends
-//! a one-byte probe datagram from a connected UDP socket: when the host
-//! answers "port unreachable" (ICMP), `connect` fails at once with
-//! [`io::ErrorKind::ConnectionRefused`], as a TCP connect would, instead of
-//! waiting for the idle timeout. A QUIC server ignores the probe.
+//! UDP has no connection to refuse or reset. But when nothing listens on a
+//! UDP port of a host that is up (the server process exited or was
+//! killed), the host answers each datagram sent there with ICMP "port
+//! unreachable", and a connected UDP socket reports it (`ECONNREFUSED`).
+//! The client socket records it (quinn's own socket ignores that error),
+//! so:
+//!
+//! * `connect` to a port nobody listens on fails at once with
+//!   [`io::ErrorKind::ConnectionRefused`], as a TCP connect would, instead
+//!   of waiting for the idle timeout;
+//! * an established client connection whose server dies ends soon after
+//!   the client sends anything (a message, the engine's keepalive probe,
+//!   quinn's keep-alive): the error is reported on the socket's next send,
+//!   typically quinn's retransmission of that datagram, and the
+//!   connection's reads and writes fail with
+//!   [`io::ErrorKind::ConnectionRefused`], "the server's host answered
+//!   'port unreachable'". Option `port_unreachable = false` turns
+//!   this off (the connect check stays); the connection then ends at the
+//!   idle timeout, or the engine's keepalive.
+//!
+//! quinn's own packets are the probes: nothing extra goes on the wire. A
+//! host that is down, or a network that drops packets, answers nothing:
+//! the idle timeout and the engine's keepalive bound those. The accepting
+//! side shares one unconnected socket between its connections and does not
+//! hear "port unreachable": a killed client is noticed by the engine's
+//! keepalive, or the idle timeout.
+//!
+//! An ICMP message carries no secret: an attacker off the path who knows
+//! the server's address and port and the client's address can forge "port
+//! unreachable" for each of the client's possible ports (some 28,000 on
+//! Linux) and so end its connections, much as forged TCP resets once
+//! could. Where that matters more than a prompt end, set
+//! `port_unreachable = false`.
 
 #![forbid(unsafe_code)]
 
 mod addr;
+mod socket;
 mod streams;
 mod tls;
 
 #[cfg(test)]
 mod bench;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -101,7 +131,7 @@ use courier_transport::{
     Address, Connection, DynTransport, Listener, Plugin, PluginContext, Transport, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectError, ConnectionError, Endpoint, Incoming, VarInt};
+use quinn::{ConnectError, ConnectionError, Endpoint, EndpointConfig, Incoming, VarInt};
 use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
@@ -110,7 +140,9 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::addr::FINGERPRINT_PREFIX;
+use crate::socket::{unreachable_error, ClientSocket, Unreachable};
 pub use crate::streams::{QuicRecvStream, QuicSendStream};
+use crate::streams::{Watcher, Why};
 use crate::tls::{Identity, ServerCheck};
 
 /// The plugin name used in `protocols.toml`.
@@ -131,6 +163,7 @@ pub const OPTIONS: &[&str] = &[
     "server_name",
     "idle_timeout_ms",
     "max_concurrent_streams",
+    "port_unreachable",
 ];
 
 /// Default of [`QuicConfig::idle_timeout`].
@@ -158,6 +191,10 @@ const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Application close code: the dialer opened no stream in time.
 const CLOSE_NO_STREAM: u32 = 1;
+
+/// Application close code: the server's host answered "port unreachable"
+/// (the server is gone; nobody reads this close).
+const CLOSE_UNREACHABLE: u32 = 2;
 
 /// The `quic` plugin: builds [`QuicTransport`]s from options.
 #[derive(Debug, Default, Clone, Copy)]
@@ -211,6 +248,9 @@ pub struct QuicConfig {
     /// How many streams of each direction a peer may have open at once.
     #[serde(deserialize_with = "positive")]
     pub max_concurrent_streams: u32,
+    /// End a client connection as soon as the server's host answers "port
+    /// unreachable" (the server process is gone).
+    pub port_unreachable: bool,
 }
 
 impl Default for QuicConfig {
@@ -223,6 +263,7 @@ impl Default for QuicConfig {
             server_name: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            port_unreachable: true,
         }
     }
 }
@@ -273,8 +314,9 @@ fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// Messages over QUIC connections, one bidirectional stream each.
 ///
-/// Cheap to clone: clones share the client endpoints (one UDP socket per
-/// address family and scope, made on first use).
+/// Cheap to clone: clones share the settings and certificates. Each client
+/// connection has an endpoint (a UDP socket connected to its server) of
+/// its own.
 #[derive(Debug, Clone)]
 pub struct QuicTransport {
     inner: Arc<Inner>,
@@ -291,8 +333,6 @@ struct Inner {
     /// The configured server certificate; `None`: self-signed per listener.
     identity: Option<Arc<Identity>>,
     roots: Option<Arc<RootCertStore>>,
-    /// Client endpoints by the local address they are bound to.
-    clients: Mutex<HashMap<SocketAddr, Endpoint>>,
 }
 
 impl QuicTransport {
@@ -391,7 +431,6 @@ impl QuicTransport {
                 transport,
                 identity,
                 roots,
-                clients: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -434,55 +473,47 @@ impl QuicTransport {
         ))
     }
 
-    /// The shared client endpoint for reaching `remote`: bound to loopback
-    /// for a loopback target, to the unspecified address otherwise, of the
-    /// target's family. `fresh` replaces a cached one.
-    fn client_endpoint(&self, remote: SocketAddr, fresh: bool) -> io::Result<Endpoint> {
-        let bind = client_bind_addr(remote);
-        let mut clients = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if fresh {
-            clients.remove(&bind);
-        }
-        if let Some(endpoint) = clients.get(&bind) {
-            return Ok(endpoint.clone());
-        }
-        let endpoint = Endpoint::client(bind)?;
-        clients.insert(bind, endpoint.clone());
-        Ok(endpoint)
+    /// A client endpoint of its own for reaching `remote`: a UDP socket
+    /// bound to loopback for a loopback target, to the unspecified address
+    /// otherwise, of the target's family, and connected to `remote`, so that
+    /// "port unreachable" reaches `unreachable` (see `socket.rs`).
+    fn client_endpoint(
+        &self,
+        remote: SocketAddr,
+        unreachable: Arc<Unreachable>,
+    ) -> io::Result<Endpoint> {
+        let socket = ClientSocket::connected(client_bind_addr(remote), remote, unreachable)?;
+        Endpoint::new_with_abstract_socket(
+            EndpointConfig::default(),
+            None,
+            Arc::new(socket),
+            Arc::new(quinn::TokioRuntime),
+        )
     }
 
-    /// Starts the handshake. An endpoint whose runtime is gone (the
-    /// transport outlived the runtime that made it) is replaced once.
+    /// Starts the handshake on a new endpoint.
     fn start_connect(
         &self,
         addr: &Address,
         config: &quinn::ClientConfig,
         remote: SocketAddr,
         server_name: &str,
+        unreachable: Arc<Unreachable>,
     ) -> Result<quinn::Connecting, TransportError> {
-        let mut fresh = false;
-        loop {
-            let endpoint = self
-                .client_endpoint(remote, fresh)
-                .map_err(|source| connect_error(addr, source))?;
-            match endpoint.connect_with(config.clone(), remote, server_name) {
-                Ok(connecting) => return Ok(connecting),
-                Err(ConnectError::EndpointStopping) if !fresh => fresh = true,
-                Err(ConnectError::InvalidServerName(name)) => {
-                    return Err(TransportError::invalid_address(
-                        addr,
-                        format!(
-                            "'{name}' is not a valid TLS server name: give the name the \
-                             certificate is for with the option 'server_name'"
-                        ),
-                    ))
-                }
-                Err(e) => return Err(connect_error(addr, io::Error::other(e))),
-            }
+        let endpoint = self
+            .client_endpoint(remote, unreachable)
+            .map_err(|source| connect_error(addr, source))?;
+        // The endpoint lives on while its connection does.
+        match endpoint.connect_with(config.clone(), remote, server_name) {
+            Ok(connecting) => Ok(connecting),
+            Err(ConnectError::InvalidServerName(name)) => Err(TransportError::invalid_address(
+                addr,
+                format!(
+                    "'{name}' is not a valid TLS server name: give the name the \
+                     certificate is for with the option 'server_name'"
+                ),
+            )),
+            Err(e) => Err(connect_error(addr, io::Error::other(e))),
         }
     }
 
@@ -586,30 +617,6 @@ fn listen_error(addr: &Address, source: io::Error) -> TransportError {
     }
 }
 
-/// Completes with an error only if `remote` answers a probe datagram with
-/// "port unreachable": nothing listens there. Otherwise never completes.
-async fn refused(remote: SocketAddr) -> io::Error {
-    if let Ok(socket) = tokio::net::UdpSocket::bind(client_bind_addr(remote)).await {
-        if socket.connect(remote).await.is_ok() && socket.send(&[0]).await.is_ok() {
-            let mut buf = [0u8; 1];
-            loop {
-                match socket.recv(&mut buf).await {
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            "nothing listens on this UDP port (the host answered \
-                             'port unreachable')",
-                        );
-                    }
-                    Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-    }
-    std::future::pending().await
-}
-
 impl Transport for QuicTransport {
     type Listener = QuicListener;
     type Connection = QuicConnection;
@@ -708,12 +715,17 @@ impl Transport for QuicTransport {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.clone());
 
-        let connecting = self.start_connect(addr, &config, remote, &server_name)?;
+        let unreachable = Arc::new(Unreachable::default());
+        let connecting =
+            self.start_connect(addr, &config, remote, &server_name, unreachable.clone())?;
+        // Nothing listening there: the host answers the handshake's first
+        // datagram with "port unreachable", and the connect fails at once,
+        // as a TCP connect would, instead of at the idle timeout.
         let connection = tokio::select! {
             done = connecting => {
                 done.map_err(|e| self.handshake_error(addr, &check, &presented, &e))?
             }
-            source = refused(remote) => return Err(connect_error(addr, source)),
+            () = unreachable.wait() => return Err(connect_error(addr, unreachable_error())),
         };
         // The acceptor learns of the stream when bytes arrive on it: send the
         // preamble now, so `accept` returns before the first message.
@@ -724,13 +736,40 @@ impl Transport for QuicTransport {
         send.write_all(&PREAMBLE)
             .await
             .map_err(|e| connect_error(addr, io::Error::from(e)))?;
+        let why = Why {
+            idle: self.idle(),
+            unreachable: self.inner.config.port_unreachable.then(|| {
+                let watcher = tokio::spawn(close_when_unreachable(
+                    connection.clone(),
+                    unreachable.clone(),
+                ));
+                (unreachable, Arc::new(Watcher(watcher.abort_handle())))
+            }),
+        };
         Ok(QuicConnection {
-            send: QuicSendStream::new(send, true, self.idle()),
-            recv: QuicRecvStream::new(recv, self.idle()),
+            send: QuicSendStream::new(send, true, why.clone()),
+            recv: QuicRecvStream::new(recv, why),
             connection,
             peer: addr.clone(),
             max: self.inner.max,
         })
+    }
+}
+
+/// Closes a client connection once its server's host answers "port
+/// unreachable": the server is gone, and its stream halves then fail with
+/// an error that says so. The task is aborted when both halves are dropped
+/// (it holds a handle on the connection, which would keep it open).
+async fn close_when_unreachable(connection: quinn::Connection, unreachable: Arc<Unreachable>) {
+    tokio::select! {
+        () = unreachable.wait() => {
+            tracing::debug!(
+                remote = %connection.remote_address(),
+                "the server's port is unreachable: closing the QUIC connection"
+            );
+            connection.close(VarInt::from_u32(CLOSE_UNREACHABLE), b"port unreachable");
+        }
+        _ = connection.closed() => {}
     }
 }
 
@@ -787,9 +826,13 @@ async fn handshake(incoming: Incoming, tx: mpsc::Sender<QuicConnection>, transpo
             return;
         }
     };
+    let why = Why {
+        idle,
+        unreachable: None,
+    };
     let conn = QuicConnection {
-        send: QuicSendStream::new(send, false, idle),
-        recv: QuicRecvStream::new(recv, idle),
+        send: QuicSendStream::new(send, false, why.clone()),
+        recv: QuicRecvStream::new(recv, why),
         connection,
         peer: transport.address(remote),
         max: transport.inner.max,
@@ -952,12 +995,6 @@ mod tests {
         .await;
         let (c, s) = (c.unwrap(), s.unwrap());
         // The accepted connection is the Courier client's, not the stalled one.
-        let courier_client = t
-            .client_endpoint(server, false)
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        assert_eq!(s.remote_address(), courier_client);
         assert_ne!(s.remote_address(), endpoint.local_addr().unwrap());
         let (mut tx, _) = c.split();
         let (_, mut rx) = s.split();

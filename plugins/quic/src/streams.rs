@@ -7,14 +7,50 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use courier_transport::framing::PREAMBLE;
 use quinn::{ConnectionError, ReadError, StoppedError, VarInt, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::task::AbortHandle;
+
+use crate::socket::{unreachable_error, Unreachable};
 
 type Stopped = Pin<Box<dyn Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync>>;
+
+/// What the stream halves of one connection need to say why it ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Why {
+    /// The idle timeout, for a connection that timed out.
+    pub(crate) idle: Duration,
+    /// On the dialing side: whether the server's port was reported closed,
+    /// and the task that closes the connection when it is (ended when both
+    /// halves are gone).
+    pub(crate) unreachable: Option<(Arc<Unreachable>, Arc<Watcher>)>,
+}
+
+impl Why {
+    /// Why the connection ended, as an I/O error.
+    fn lost(&self, e: &ConnectionError) -> io::Error {
+        match &self.unreachable {
+            Some((u, _)) if u.is_set() => unreachable_error(),
+            _ => connection_lost(e, self.idle),
+        }
+    }
+}
+
+/// A task that lives as long as the halves of a connection: aborted when
+/// the last one holding it is dropped.
+#[derive(Debug)]
+pub(crate) struct Watcher(pub(crate) AbortHandle);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The sending half of a connection's QUIC stream, as a byte stream.
 ///
@@ -33,7 +69,7 @@ pub struct QuicSendStream {
     /// Bytes of the preamble, already sent, still to drop from the writes.
     skip: usize,
     closing: Option<Stopped>,
-    idle: Duration,
+    why: Why,
 }
 
 impl fmt::Debug for QuicSendStream {
@@ -46,12 +82,12 @@ impl fmt::Debug for QuicSendStream {
 }
 
 impl QuicSendStream {
-    pub(crate) fn new(stream: quinn::SendStream, preamble_sent: bool, idle: Duration) -> Self {
+    pub(crate) fn new(stream: quinn::SendStream, preamble_sent: bool, why: Why) -> Self {
         Self {
             stream,
             skip: if preamble_sent { PREAMBLE.len() } else { 0 },
             closing: None,
-            idle,
+            why,
         }
     }
 }
@@ -74,9 +110,9 @@ impl AsyncWrite for QuicSendStream {
             this.skip -= n;
             return Poll::Ready(Ok(n));
         }
-        let idle = this.idle;
+        let why = &this.why;
         quinn::SendStream::poll_write(Pin::new(&mut this.stream), cx, buf)
-            .map_err(|e| write_error(e, idle))
+            .map_err(|e| write_error(e, why))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -86,7 +122,7 @@ impl AsyncWrite for QuicSendStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let idle = this.idle;
+        let why = &this.why;
         let stream = &mut this.stream;
         let closing = this.closing.get_or_insert_with(|| {
             // An error means it was already finished (or reset): either way
@@ -98,7 +134,7 @@ impl AsyncWrite for QuicSendStream {
             // Everything acknowledged, or the peer stopped reading (it wants
             // no more, so there is nothing left to deliver).
             Ok(_) => Poll::Ready(Ok(())),
-            Err(StoppedError::ConnectionLost(e)) => Poll::Ready(Err(connection_lost(&e, idle))),
+            Err(StoppedError::ConnectionLost(e)) => Poll::Ready(Err(why.lost(&e))),
             Err(e) => Poll::Ready(Err(io::Error::other(e))),
         }
     }
@@ -107,7 +143,7 @@ impl AsyncWrite for QuicSendStream {
 /// The receiving half of a connection's QUIC stream, as a byte stream.
 pub struct QuicRecvStream {
     stream: quinn::RecvStream,
-    idle: Duration,
+    why: Why,
 }
 
 impl fmt::Debug for QuicRecvStream {
@@ -119,8 +155,8 @@ impl fmt::Debug for QuicRecvStream {
 }
 
 impl QuicRecvStream {
-    pub(crate) fn new(stream: quinn::RecvStream, idle: Duration) -> Self {
-        Self { stream, idle }
+    pub(crate) fn new(stream: quinn::RecvStream, why: Why) -> Self {
+        Self { stream, why }
     }
 }
 
@@ -131,16 +167,16 @@ impl AsyncRead for QuicRecvStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let idle = this.idle;
+        let why = &this.why;
         this.stream
             .poll_read_buf(cx, buf)
-            .map_err(|e| read_error(e, idle))
+            .map_err(|e| read_error(e, why))
     }
 }
 
-fn write_error(e: WriteError, idle: Duration) -> io::Error {
+fn write_error(e: WriteError, why: &Why) -> io::Error {
     match e {
-        WriteError::ConnectionLost(c) => connection_lost(&c, idle),
+        WriteError::ConnectionLost(c) => why.lost(&c),
         WriteError::Stopped(code) => io::Error::new(
             io::ErrorKind::ConnectionReset,
             format!("the peer stopped reading the QUIC stream (code {code})"),
@@ -149,9 +185,9 @@ fn write_error(e: WriteError, idle: Duration) -> io::Error {
     }
 }
 
-fn read_error(e: ReadError, idle: Duration) -> io::Error {
+fn read_error(e: ReadError, why: &Why) -> io::Error {
     match e {
-        ReadError::ConnectionLost(c) => connection_lost(&c, idle),
+        ReadError::ConnectionLost(c) => why.lost(&c),
         ReadError::Reset(code) => io::Error::new(
             io::ErrorKind::ConnectionReset,
             format!("the peer reset the QUIC stream (code {code})"),
@@ -167,7 +203,7 @@ pub(crate) fn connection_lost(e: &ConnectionError, idle: Duration) -> io::Error 
             io::ErrorKind::TimedOut,
             format!(
                 "the QUIC connection timed out: nothing heard from the peer for the idle \
-                 timeout of {} ms",
+                 timeout (the shorter of both sides' idle_timeout_ms; this side's is {} ms)",
                 idle.as_millis()
             ),
         ),

@@ -560,22 +560,25 @@ async fn connecting_where_nothing_listens_is_refused() {
     }
 }
 
-/// A server whose whole process dies without a word (its runtime is torn
-/// down, so not even a close packet goes out): the client's recv, waiting
-/// for a response, fails within the idle timeout instead of hanging.
-#[test]
-fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
-    let idle = |c: &mut QuicConfig| c.idle_timeout = Duration::from_millis(500);
+/// A server that stops without a word (its runtime is torn down, so not
+/// even a close packet goes out) while the client waits in recv for a
+/// response; `port_open` keeps its UDP socket open (a hung process) or
+/// closes it (a dead one, on a host that is up). Once it is gone the client
+/// sends one more message (as an engine's next call or keepalive probe
+/// would). Both sides use `configure`. Returns recv's error.
+fn vanished_server(port_open: bool, configure: fn(&mut QuicConfig)) -> TransportError {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Address>();
     let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
     let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let (dead_tx, dead_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let kept = rt.block_on(async move {
-            let t = QuicTransport::with_config(MAX, config(idle)).unwrap();
+            let t = QuicTransport::with_config(MAX, config(configure)).unwrap();
             let mut l = listen(&t, "quic://").await;
             addr_tx.send(l.local_addr().clone()).unwrap();
             let (stx, mut srx) = l.accept().await.unwrap().split();
@@ -587,15 +590,23 @@ fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
         die_rx.recv().unwrap();
         // Tear the runtime down: every quinn task stops, nothing is sent.
         rt.shutdown_background();
-        drop(kept);
+        if port_open {
+            // Nobody reads the socket, but it stays open: no ICMP.
+            dead_tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            drop(kept);
+        } else {
+            drop(kept);
+            dead_tx.send(()).unwrap();
+        }
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
-        let t = QuicTransport::with_config(MAX, config(idle)).unwrap();
+    let err = rt.block_on(async move {
+        let t = QuicTransport::with_config(MAX, config(configure)).unwrap();
         let addr = addr_rx.recv().unwrap();
         let (mut tx, mut rx) = guard("connect", t.connect(&addr)).await.unwrap().split();
         tx.send(&[b"call"]).await.unwrap();
@@ -603,15 +614,57 @@ fn a_vanished_peer_fails_recv_within_the_idle_timeout() {
             .await
             .unwrap();
         die_tx.send(()).unwrap();
+        tokio::task::spawn_blocking(move || dead_rx.recv().unwrap())
+            .await
+            .unwrap();
         let started = Instant::now();
+        // Written into quinn's buffers: the send itself succeeds.
+        tx.send(&[b"are you there?"]).await.unwrap();
         let err = guard("recv from a dead server", rx.recv())
             .await
             .expect_err("a dead server cannot answer");
         println!("recv failed after {:?}: {err}", started.elapsed());
-        assert!(err.is_fatal_to_connection());
-        assert!(err.to_string().contains("timed out"), "{err}");
+        err
     });
+    let _ = done_tx.send(());
     server.join().unwrap();
+    err
+}
+
+/// A hung server (its port still open): the client's recv fails at the
+/// idle timeout instead of hanging.
+#[test]
+fn a_silent_peer_fails_recv_within_the_idle_timeout() {
+    let err = vanished_server(true, |c| c.idle_timeout = Duration::from_millis(500));
+    assert!(err.is_fatal_to_connection());
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+/// A dead server on a live host: its host answers "port unreachable", and
+/// the client's recv fails saying so, long before the idle timeout.
+#[test]
+fn a_dead_server_fails_recv_with_port_unreachable() {
+    // Longer than the hang guard: only "port unreachable" can end recv.
+    let err = vanished_server(false, |c| c.idle_timeout = Duration::from_secs(600));
+    assert!(err.is_fatal_to_connection());
+    assert!(err.to_string().contains("port unreachable"), "{err}");
+    match &err {
+        TransportError::Io { source, .. } => {
+            assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+/// With `port_unreachable = false`, the same dead server is noticed only at
+/// the idle timeout.
+#[test]
+fn port_unreachable_off_waits_for_the_idle_timeout() {
+    let err = vanished_server(false, |c| {
+        c.idle_timeout = Duration::from_millis(500);
+        c.port_unreachable = false;
+    });
+    assert!(err.to_string().contains("timed out"), "{err}");
 }
 
 #[tokio::test]
@@ -627,6 +680,7 @@ async fn the_plugin_reads_and_checks_its_options() {
     let t: Arc<dyn DynTransport> = create(serde_json::json!({
         "idle_timeout_ms": 2000,
         "max_concurrent_streams": 2000,
+        "port_unreachable": false,
         "insecure_skip_verify": true,
         "server_name": "example.org",
     }))
@@ -656,6 +710,10 @@ async fn the_plugin_reads_and_checks_its_options() {
             "insecure_skip_verify",
         ),
         (serde_json::json!({"server_name": 7}), "server_name"),
+        (
+            serde_json::json!({"port_unreachable": "no"}),
+            "port_unreachable",
+        ),
         (
             serde_json::json!({"cert": "/x.pem"}),
             "'cert' and 'key' go together",

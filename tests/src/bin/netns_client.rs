@@ -1,15 +1,19 @@
-//! `netns_client <ADDRESS> <TIMEOUT_MS>`: a Courier client driven line by
-//! line on stdin, for the network-namespace tests
+//! `netns_client <ADDRESS> <TIMEOUT_MS> [CONFIG_JSON]`: a Courier client
+//! driven line by line on stdin, for the network-namespace tests
 //! (`tests/tests/netns_partition.rs`), which run it in another namespace
 //! than the server.
 //!
-//! It looks `ADDRESS` up (a server started by `conformance_server`), prints
-//! `READY`, then for each line on stdin:
+//! Its engines are built with `CONFIG_JSON` (the engine's JSON
+//! configuration, e.g. a small `keepalive`), if given. It looks `ADDRESS`
+//! up (a server started by `conformance_server`), prints `READY`, then for
+//! each line on stdin:
 //!
 //! * `call`: calls `echo` on the address looked up at the start, with a
 //!   timeout of `TIMEOUT_MS`;
 //! * `fresh`: builds a new client engine (connect timeout `TIMEOUT_MS`),
 //!   looks the address up and calls `echo` there;
+//! * `hang`: calls `hang` (which never answers) on the address looked up
+//!   at the start, with no timeout: only the connection's end ends it;
 //!
 //! and prints `OK <answer>` or `ERR <error message>`. End of stdin ends it.
 
@@ -23,12 +27,13 @@ use courier::Engine;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(address), Some(timeout)) = (args.next(), args.next()) else {
-        eprintln!("usage: netns_client <ADDRESS> <TIMEOUT_MS>");
+        eprintln!("usage: netns_client <ADDRESS> <TIMEOUT_MS> [CONFIG_JSON]");
         std::process::exit(2);
     };
+    let config = args.next().unwrap_or_else(|| "{}".to_owned());
     let timeout = Duration::from_millis(timeout.parse().unwrap_or(2000));
     let protocol = address.split("://").next().unwrap_or("tcp").to_owned();
-    let client = engine(&protocol, timeout).await;
+    let client = engine(&protocol, timeout, &config).await;
     let server = match client.lookup(&address).await {
         Ok(a) => a,
         Err(e) => {
@@ -50,8 +55,15 @@ async fn main() {
     while let Some(line) = lines.recv().await {
         let outcome = match line.trim() {
             "call" => echo.on(&server).call(&"over the link".to_owned()).await,
+            "hang" => {
+                client
+                    .remote::<String, String>("hang")
+                    .on(&server)
+                    .call(&"until the connection ends".to_owned())
+                    .await
+            }
             "fresh" => {
-                let fresh = engine(&protocol, timeout).await;
+                let fresh = engine(&protocol, timeout, &config).await;
                 match fresh.lookup(&address).await {
                     Ok(a) => {
                         let r = fresh
@@ -78,9 +90,10 @@ async fn main() {
     }
 }
 
-async fn engine(protocol: &str, timeout: Duration) -> Engine {
+async fn engine(protocol: &str, timeout: Duration, config: &str) -> Engine {
     Engine::builder(protocol)
         .client()
+        .config_json(config)
         .connect_timeout(timeout)
         .build()
         .await

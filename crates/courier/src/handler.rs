@@ -500,12 +500,14 @@ impl Future for Guarded<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = &mut *self;
-        if this.fut.is_none() {
-            // Cancelled (or out of time) before its first poll, while it
-            // waited for its turn: it never runs.
-            if let Some(reason) = this.state.token.reason() {
-                return Poll::Ready(Ended::Cancelled(reason));
-            }
+        // Cancelled (or out of time) before its first poll, while it
+        // waited for its turn: it never runs. Cancelled while it waited:
+        // it is not polled again, even if what woke it was that same
+        // cancellation — a call it made, which inherited the request's
+        // deadline or is cancelled with it, would end it with that call's
+        // error first, as if the handler had failed.
+        if let Some(reason) = this.state.token.reason() {
+            return Poll::Ready(Ended::Cancelled(reason));
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
         let polled = cancel::enter(&mut this.token, || {

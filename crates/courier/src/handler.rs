@@ -128,6 +128,11 @@ impl RequestState {
         !self.header.no_response()
     }
 
+    /// Whether the caller waits for an answer that was not sent yet.
+    fn unanswered(&self) -> bool {
+        self.expects_response() && !self.responded.load(Ordering::Acquire)
+    }
+
     /// Claims the right to answer; false if already answered (or one-way).
     fn claim(&self) -> bool {
         self.expects_response() && !self.responded.swap(true, Ordering::AcqRel)
@@ -437,6 +442,18 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
         cancel: None,
     };
     let ended = guarded.instrument(span.clone()).await;
+    // A handler that returned without answering after its request was
+    // cancelled or ran out of time (a blocking handler that saw
+    // `is_cancelled` and stopped) was cancelled: nothing is sent, as for
+    // one dropped. Its caller has given up, and an error sent now could
+    // reach it before its own deadline fires.
+    let ended = match ended {
+        Ended::Done(Ok(result)) => match state.unanswered().then(|| state.token.reason()) {
+            Some(Some(reason)) => Ended::Cancelled(reason),
+            _ => Ended::Done(Ok(result)),
+        },
+        other => other,
+    };
     let status = match ended {
         Ended::Cancelled(reason) => {
             state.cancelled(reason);

@@ -24,7 +24,12 @@ pub(crate) const CALL_LONG_ABOUT: &str = "Call RPC at ADDR and print its respons
         with register_raw, such as `echo` of `courier serve`, with payloads up to the \
         engines' max_message_size (64 MiB by default, header included). An RPC with typed \
         arguments gets the file's bytes as its encoded arguments: the file must hold \
-        their postcard encoding.";
+        their postcard encoding.\n\n\
+        The request carries what is left of --timeout-ms to the service: its handler sees \
+        it as its deadline, and calls the handler makes inherit it. When the call gives up \
+        (the timeout passed, or the command was interrupted), the handler is cancelled, and \
+        what it called is cancelled in turn; `courier serve` logs `handler cancelled` at \
+        info level for each.";
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
@@ -38,7 +43,9 @@ pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
         courier call tcp://127.0.0.1:PORT echo --raw hello world   # hello world\n  \
         courier call tcp://127.0.0.1:PORT echo --input data.bin > copy.bin   # the same bytes back\n  \
         date | courier call tcp://127.0.0.1:PORT echo --input -    # from standard input\n  \
-        courier call tcp://127.0.0.1:PORT sleep --u64 500 --timeout-ms 100   # times out\n\n\
+        courier call tcp://127.0.0.1:PORT sleep --u64 500 --timeout-ms 100   # times out\n  \
+        courier call tcp://127.0.0.1:PORT relay --timeout-ms 200 -- tcp://127.0.0.1:PORT2 sleep --u64 5000\n      \
+        # the same through a second service: both log their handler cancelled\n\n\
         Put `--` before ARGS that start with '-'.")]
 pub(crate) struct CallArgs {
     /// The service's address, as `courier serve` printed it.
@@ -128,7 +135,7 @@ pub(crate) fn encode_strings(args: &[String]) -> CliResult<Vec<u8>> {
     Ok(buf)
 }
 
-fn encode_u64s(args: &[String]) -> CliResult<Vec<u8>> {
+pub(crate) fn encode_u64s(args: &[String]) -> CliResult<Vec<u8>> {
     let mut buf = Vec::new();
     for a in args {
         let n: u64 = a
@@ -193,6 +200,14 @@ pub(crate) async fn call(args: CallArgs) -> CliResult {
         callable = callable.timeout(t);
     }
     let result = callable.call(&payload).await;
+    if result.is_err() {
+        // A call given up (timed out) tells its server from a task of this
+        // runtime (a `Cancel` frame): let that task write it before
+        // finalize closes the connection, so that the server's handler is
+        // cancelled because its caller gave up, not because the connection
+        // was lost.
+        tokio::task::yield_now().await;
+    }
     engine.finalize().await;
     let response = result?;
     if args.input.is_some() {

@@ -96,7 +96,8 @@ pub(crate) fn fail_with_last(failures: impl IntoIterator<Item = Error>) -> CliRe
         courier bench --quick                         # latency and throughput, every protocol"
 )]
 struct Cli {
-    /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warn).
+    /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warn;
+    /// `serve` adds the engine's info lines, such as a cancelled handler).
     /// RUST_LOG, when set, takes precedence.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -116,7 +117,7 @@ enum Command {
             written before a protocol's name: `chaos+…` is `chaos+tcp`, `chaos+unix`, ..."
     )]
     Protocols,
-    /// Run a service with the RPCs hello, echo and sleep.
+    /// Run a service with the RPCs hello, echo, sleep and relay.
     #[command(long_about = serve::SERVE_LONG_ABOUT)]
     Serve(serve::ServeArgs),
     /// Call an RPC on a service and print its response.
@@ -164,10 +165,18 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn init_logging(verbose: u8) {
+/// The log filter of `courier serve` without `-v`: warnings, and the info
+/// lines of the engine and its plugins (the `courier*` crates but this
+/// one): a handler cancelled, a remote shutdown, what happened to the calls
+/// it serves. Other commands show warnings only.
+const SERVE_DEFAULT_LOG: &str = "warn,courier=info,courier_cli=warn";
+
+/// Logs on stderr: `default` without `-v` (a filter, as RUST_LOG reads
+/// them), else info, debug or trace; RUST_LOG, when set, instead.
+fn init_logging(verbose: u8, default: &str) {
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
-        0 => "warn",
+        0 => default,
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -217,7 +226,11 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(cli.verbose);
+    let default_log = match cli.command {
+        Command::Serve(_) => SERVE_DEFAULT_LOG,
+        _ => "warn",
+    };
+    init_logging(cli.verbose, default_log);
     let result = match cli.command {
         Command::Protocols => protocols(),
         Command::Serve(args) => serve::run(args).await,

@@ -1,4 +1,5 @@
-//! `courier serve`: the seed's server, with `echo` and `sleep` besides `hello`.
+//! `courier serve`: the seed's server, with `echo`, `sleep` and `relay`
+//! besides `hello`.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -9,6 +10,7 @@ use courier::{Bytes, Engine, Handle, RpcOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::child::{exit_status, wait_ready, Ready};
+use crate::client::{encode_strings, encode_u64s};
 use crate::{out, CliResult, Error};
 
 /// The line `serve` prints once it listens; `demo` and scripts wait for it.
@@ -25,8 +27,18 @@ const DETACH_GUARD: Duration = Duration::from_secs(20);
         e.g. courier call ADDR hello Matthieu Dorier\n  \
         echo   raw bytes -> the same bytes (registered with register_raw)\n         \
         e.g. courier call ADDR echo --raw some text, or courier call ADDR echo --input FILE\n  \
-        sleep  (milliseconds: u64) -> (), after sleeping that long\n         \
-        e.g. courier call ADDR sleep --u64 250"
+        sleep  (milliseconds: u64) -> (), after sleeping that long (cancelled with its call)\n         \
+        e.g. courier call ADDR sleep --u64 250\n  \
+        relay  (strings: ADDR2 RPC [ARGS]) -> what RPC at ADDR2 responds\n         \
+        makes from its handler the call `courier call ADDR2 RPC [ARGS]` would make (ARGS are\n         \
+        strings; after --u64 numbers, after --raw bytes), over this service's protocol, within\n         \
+        what is left of its own caller's deadline; cancelled with its call, which cancels the\n         \
+        relayed call in turn. Put `--` before ADDR2 when ARGS hold --u64 or --raw:\n         \
+        e.g. courier call ADDR relay --timeout-ms 200 -- ADDR2 sleep --u64 5000\n\n\
+Logs (stderr): warnings, and the engine's info lines, such as\n  \
+        INFO courier::handler: handler cancelled: the caller cancelled the call rpc=sleep ...\n\
+when a caller gives up (its --timeout-ms passed, or it was interrupted). -v shows every\n\
+info line, -vv debug; RUST_LOG, when set, decides instead (RUST_LOG=warn hides them)."
 )]
 pub(crate) struct ServeArgs {
     /// Protocol to listen with, on loopback at an ephemeral port or path
@@ -94,8 +106,77 @@ fn say(line: &str, on_stderr: bool) {
     let _ = written;
 }
 
-/// Registers `hello`, `echo` and `sleep` on `engine`; `hello` prints its
-/// greeting on stderr when `greet_on_stderr`.
+/// The call `relay` makes: where, which RPC, and its encoded arguments.
+#[derive(Debug, PartialEq, Eq)]
+struct Forward {
+    address: String,
+    rpc: String,
+    payload: Vec<u8>,
+}
+
+/// What `relay` says when its arguments are not `ADDR2 RPC [ARGS]`.
+const RELAY_USAGE: &str = "relay takes strings: ADDR2 RPC [ARGS], \
+    e.g. courier call ADDR relay -- ADDR2 sleep --u64 5000";
+
+/// Reads `relay`'s arguments: the tuple of strings `courier call` sends by
+/// default, `ADDR2 RPC [ARGS]`. ARGS are encoded as `courier call` encodes
+/// its own: strings; numbers after a first `--u64`; the rest joined by
+/// spaces, as bytes, after a first `--raw` (a first `--` is skipped).
+///
+/// # Errors
+/// A message for the caller: not strings, or fewer than two.
+fn forward_of(payload: &[u8]) -> Result<Forward, String> {
+    let mut words = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (word, tail) = postcard::take_from_bytes::<String>(rest)
+            .map_err(|e| format!("{RELAY_USAGE} (cannot decode a string: {e})"))?;
+        words.push(word);
+        rest = tail;
+    }
+    let mut words = words.into_iter();
+    let (Some(address), Some(rpc)) = (words.next(), words.next()) else {
+        return Err(RELAY_USAGE.to_owned());
+    };
+    let args: Vec<String> = words.collect();
+    let payload = match args.split_first() {
+        Some((flag, rest)) if flag == "--u64" => encode_u64s(rest),
+        Some((flag, rest)) if flag == "--raw" => Ok(rest.join(" ").into_bytes()),
+        Some((flag, rest)) if flag == "--" => encode_strings(rest),
+        _ => encode_strings(&args),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(Forward {
+        address,
+        rpc,
+        payload,
+    })
+}
+
+/// `relay`: makes the call its arguments describe, from its handler, and
+/// responds with the response's bytes. The call inherits the request's
+/// deadline and is dropped with the handler when the request is cancelled
+/// (which tells the next server in turn).
+async fn relay(engine: Engine, handle: Handle, payload: Bytes) -> Result<(), String> {
+    let forward = forward_of(&payload)?;
+    let to = engine
+        .lookup(&forward.address)
+        .await
+        .map_err(|e| format!("relay to {}: {e}", forward.address))?;
+    let response = engine
+        .remote_raw(&forward.rpc)
+        .on(&to)
+        .call(&forward.payload)
+        .await
+        .map_err(|e| format!("relayed call failed: {e}"))?;
+    handle
+        .respond_raw(&response)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Registers `hello`, `echo`, `sleep` and `relay` on `engine`; `hello`
+/// prints its greeting on stderr when `greet_on_stderr`.
 fn register_rpcs(engine: &Engine, greet_on_stderr: bool) -> courier::Result<()> {
     engine.register(
         "hello",
@@ -110,9 +191,17 @@ fn register_rpcs(engine: &Engine, greet_on_stderr: bool) -> courier::Result<()> 
         |handle: Handle, payload: Bytes| async move { handle.respond_raw(&payload).await },
     )?;
     engine.register("sleep", |handle: Handle, millis: u64| async move {
+        // Dropped, with its timer, when the call is cancelled.
         tokio::time::sleep(Duration::from_millis(millis)).await;
         handle.respond(&()).await
     })?;
+    // The handler holds the engine; finalize drops the handlers.
+    let relay_engine = engine.clone();
+    engine.register_raw(
+        "relay",
+        RpcOptions::default(),
+        move |handle: Handle, payload: Bytes| relay(relay_engine.clone(), handle, payload),
+    )?;
     Ok(())
 }
 
@@ -239,3 +328,62 @@ pub(crate) const SERVE_LONG_ABOUT: &str =
         ADDR=$(courier serve --enable-remote-shutdown --detach)\n  \
         courier call \"$ADDR\" hello Matthieu Dorier\n  \
         courier shutdown \"$ADDR\"";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn strings(words: &[&str]) -> Vec<u8> {
+        let owned: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        encode_strings(&owned).unwrap()
+    }
+
+    #[test]
+    fn relay_arguments_are_a_courier_call_line() {
+        let f = forward_of(&strings(&["tcp://h:1", "hello", "Matthieu", "Dorier"])).unwrap();
+        assert_eq!(f.address, "tcp://h:1");
+        assert_eq!(f.rpc, "hello");
+        assert_eq!(
+            f.payload,
+            postcard::to_allocvec(&("Matthieu", "Dorier")).unwrap()
+        );
+        let f = forward_of(&strings(&["tcp://h:1", "sleep", "--u64", "5000"])).unwrap();
+        assert_eq!(f.payload, postcard::to_allocvec(&5000u64).unwrap());
+        let f = forward_of(&strings(&["tcp://h:1", "echo", "--raw", "a", "b"])).unwrap();
+        assert_eq!(f.payload, b"a b");
+        let f = forward_of(&strings(&["tcp://h:1", "hello", "--", "--u64", "x"])).unwrap();
+        assert_eq!(f.payload, postcard::to_allocvec(&("--u64", "x")).unwrap());
+        // Another relay: its arguments travel as strings, flags included.
+        let f = forward_of(&strings(&[
+            "tcp://h:1",
+            "relay",
+            "tcp://h:2",
+            "sleep",
+            "--u64",
+            "9",
+        ]))
+        .unwrap();
+        assert_eq!(f.rpc, "relay");
+        assert_eq!(
+            forward_of(&f.payload).unwrap(),
+            Forward {
+                address: "tcp://h:2".into(),
+                rpc: "sleep".into(),
+                payload: postcard::to_allocvec(&9u64).unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_relay_arguments_are_errors() {
+        assert!(forward_of(&strings(&["tcp://h:1"]))
+            .unwrap_err()
+            .contains("ADDR2 RPC"));
+        assert!(forward_of(&[]).is_err());
+        // A number is not a string (0xff is no valid length and UTF-8).
+        assert!(forward_of(&[0x02, 0xff, 0xfe]).is_err());
+        let e = forward_of(&strings(&["tcp://h:1", "sleep", "--u64", "soon"])).unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+    }
+}

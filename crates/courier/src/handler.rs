@@ -128,6 +128,11 @@ impl RequestState {
         !self.header.no_response()
     }
 
+    /// Whether the caller waits for an answer that was not sent yet.
+    fn unanswered(&self) -> bool {
+        self.expects_response() && !self.responded.load(Ordering::Acquire)
+    }
+
     /// Claims the right to answer; false if already answered (or one-way).
     fn claim(&self) -> bool {
         // A cancelled request's caller wants no answer any more, nor one
@@ -443,9 +448,11 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     let mut ended = guarded.instrument(span.clone()).await;
     if let Ended::Done(_) = ended {
         // It ended without answering after its request was cancelled (a
-        // blocking handler that saw its token), or past its deadline: the
-        // caller has given up, nothing goes back.
-        if state.expects_response() && !state.responded.load(Ordering::Acquire) {
+        // blocking handler that saw its token, or one that returned the
+        // error of a call cancelled with it), or past its deadline: the
+        // caller has given up, nothing goes back (an error sent now could
+        // reach it before its own deadline fires).
+        if state.unanswered() {
             if let Some(reason) = state.token.reason() {
                 ended = Ended::Cancelled(reason);
             }
@@ -523,12 +530,14 @@ impl Future for Guarded<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = &mut *self;
-        if this.fut.is_none() {
-            // Cancelled (or out of time) before its first poll, while it
-            // waited for its turn: it never runs.
-            if let Some(reason) = this.state.token.reason() {
-                return Poll::Ready(Ended::Cancelled(reason));
-            }
+        // Cancelled (or out of time) before its first poll, while it
+        // waited for its turn: it never runs. Cancelled while it waited:
+        // it is not polled again, even if what woke it was that same
+        // cancellation — a call it made, which inherited the request's
+        // deadline or is cancelled with it, would end it with that call's
+        // error first, as if the handler had failed.
+        if let Some(reason) = this.state.token.reason() {
+            return Poll::Ready(Ended::Cancelled(reason));
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
         let polled = cancel::enter(&mut this.token, || {

@@ -3,7 +3,7 @@
 //! decides what it is for —
 //!
 //! * a request: its handler runs (or the caller is told why not: no such
-//!   RPC, one-way, finalizing);
+//!   RPC, one-way, finalizing, its provider busy — `admission.rs`);
 //! * an answer (`Response`, `Error`, `Pong`): the call waiting for it, in
 //!   the connection's table (`call.rs`), gets it;
 //! * a `Ping`: answered with a `Pong` at once;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::admission::Providers;
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
 use crate::frame::{Header, Kind, Status};
@@ -27,6 +28,8 @@ use crate::sync::poll_once;
 pub(crate) struct Dispatcher {
     pub(crate) state: Arc<EngineState>,
     pub(crate) rpcs: Arc<RpcTable<RawHandler>>,
+    /// Limits and pools of providers.
+    pub(crate) providers: Providers,
 }
 
 impl Dispatcher {
@@ -112,6 +115,20 @@ impl Dispatcher {
             )
             .await;
         }
+        let admitted = match self.providers.admit(header.provider, header.no_response()) {
+            Ok(admitted) => admitted,
+            Err(busy) => return refuse(Status::Busy, busy.to_string()).await,
+        };
+        if let Some(admitted) = admitted {
+            // A provider with limits or a pool: a task (on its pool), never
+            // polled here; its handle holds the provider's place.
+            let (state, conn) = (state.clone(), conn.clone());
+            return admitted.spawn(&self.state.handler_rt, move |place| {
+                let (name, idempotent) = (entry.name.clone(), entry.idempotent);
+                let handle = Handle::new(state, conn, name, header, idempotent, slot, place);
+                handler::run(entry.handler.clone(), handle, payload)
+            });
+        }
         let handle = Handle::new(
             state.clone(),
             conn.clone(),
@@ -119,6 +136,7 @@ impl Dispatcher {
             header,
             entry.idempotent,
             slot,
+            None,
         );
         let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));
         if !state.inline_handlers {

@@ -14,6 +14,7 @@ use courier_transport::{BoxFuture, TransportError};
 use tracing::Instrument;
 
 use crate::address::Address;
+use crate::admission::ProviderPermit;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
@@ -114,6 +115,9 @@ struct RequestState {
     /// The request's place among its connection's requests in flight,
     /// given back when the last handle goes.
     _slot: Option<RequestSlot>,
+    /// Its place among its provider's running handlers, if the provider
+    /// has limits (`admission.rs`): given back at the same time.
+    _provider: Option<ProviderPermit>,
 }
 
 impl RequestState {
@@ -188,6 +192,7 @@ impl Handle {
         header: Header,
         idempotent: bool,
         slot: Option<RequestSlot>,
+        provider: Option<ProviderPermit>,
     ) -> Self {
         Self {
             state: Arc::new(RequestState {
@@ -198,6 +203,7 @@ impl Handle {
                 idempotent,
                 responded: AtomicBool::new(false),
                 _slot: slot,
+                _provider: provider,
             }),
         }
     }

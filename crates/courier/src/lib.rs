@@ -78,6 +78,12 @@
 //! * Threads: [`EngineBuilder::use_progress_thread`] and
 //!   [`EngineBuilder::num_rpc_threads`]; Margo-style JSON with
 //!   [`EngineBuilder::config_json`], read back with [`Engine::config`].
+//! * Load shedding and pools, per provider ([`ProviderOptions`]): past its
+//!   `max_running` handlers and `max_queued` waiting requests a provider
+//!   refuses a request at once ([`Error::Busy`]); a provider may run its
+//!   handlers on a pool of its own ([`EngineBuilder::pool`]), so that a
+//!   saturated provider does not slow another. [`Engine::provider_load`]
+//!   says what one is doing.
 //! * Errors never hang a caller: a handler that fails, panics, or returns
 //!   without responding sends the caller an error with its message.
 //!
@@ -103,12 +109,13 @@
 
 // Modules, from the leaves up (no module imports one above it; `.ci/run`
 // checks that no cycle of imports comes back):
-// leaves: error, frame, config, timeouts, progress, limits, lifecycle, rpcs,
-// runtime; the connection: conn, call (the call primitive), peer; the
+// leaves: error, frame, config, timeouts, progress, limits, admission,
+// lifecycle, rpcs, runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
 // bulk/*; incoming frames: dispatch, reader, links; the engine: engine,
 // bulk (its bulk methods), blocking.
 mod address;
+mod admission;
 pub mod blocking;
 pub mod bulk;
 mod call;
@@ -134,6 +141,7 @@ mod sync;
 mod timeouts;
 
 pub use address::Address;
+pub use admission::ProviderLoad;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use config::{
     BulkOptions, Config, Mode, PoolOptions, ProviderOptions, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS,

@@ -123,10 +123,13 @@ impl Dispatcher {
             // A provider with limits or a pool: a task (on its pool), never
             // polled here; its handle holds the provider's place.
             let (state, conn) = (state.clone(), conn.clone());
-            return admitted.spawn(&self.state.handler_rt, move |place| {
+            return admitted.spawn(&self.state.handler_rt, move |place| async move {
+                if state.is_finalizing() {
+                    return; // It waited in the queue across a finalize.
+                }
                 let (name, idempotent) = (entry.name.clone(), entry.idempotent);
                 let handle = Handle::new(state, conn, name, header, idempotent, slot, place);
-                handler::run(entry.handler.clone(), handle, payload)
+                handler::run(entry.handler.clone(), handle, payload).await;
             });
         }
         let handle = Handle::new(

@@ -173,6 +173,47 @@ async fn past_the_limits_the_caller_is_told_busy_at_once() {
     client.finalize().await;
 }
 
+/// A request queued when the engine finalizes never runs its handler, even
+/// once the handler before it finishes and gives its place back.
+#[tokio::test]
+async fn a_request_queued_across_finalize_does_not_run() {
+    let server = Engine::builder("mem")
+        .provider(3, ProviderOptions::limits(1, 1))
+        .build()
+        .await
+        .unwrap();
+    let release = Arc::new(Semaphore::new(0));
+    let mut started_rx = register_stall(&server, 3, &release);
+    let (client, address) = client_of(&server).await;
+    let stall = client.remote::<u32, u32>("stall");
+    let first = spawn_call(stall.on_provider(&address, 3), 1);
+    assert_eq!(started(&mut started_rx).await, 1);
+    let second = spawn_call(stall.on_provider(&address, 3), 2);
+    load_until(&server, 3, "the second request queued", |l| l.queued == 1).await;
+
+    guard("finalize", server.finalize()).await;
+    release.add_permits(2);
+    load_until(&server, 3, "the queue emptied", |l| {
+        l.queued == 0 && l.running == 0
+    })
+    .await;
+    assert!(
+        !matches!(started_rx.try_recv(), Ok(2)),
+        "a queued request ran after finalize"
+    );
+    for call in [first, second] {
+        let err = guard("a call to a finalized server", call)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ConnectionLost { .. } | Error::Finalized),
+            "{err:?}"
+        );
+    }
+    client.finalize().await;
+}
+
 /// Provider 3 is full; provider 4 (no limits) runs two handlers at once
 /// and answers calls meanwhile, and has no load to report.
 #[tokio::test]

@@ -154,17 +154,12 @@ impl Providers {
 }
 
 impl Gate {
-    /// A place to run now, else in the queue, else [`Busy`].
+    /// A place to run now, else in the queue, else [`Busy`]. A refusal
+    /// costs a few atomic operations, and takes neither the semaphore's
+    /// lock nor an allocation: a provider past its limits may be asked
+    /// thousands of times a second by callers that come back at once.
     fn enter(gate: &Arc<Self>, one_way: bool) -> Result<Ticket, Busy> {
         if let Ok(permit) = gate.running.clone().try_acquire_owned() {
-            return Ok(Ticket::Running(ProviderPermit { _permit: permit }));
-        }
-        // Join the semaphore's line now, not when the waiting task first
-        // runs: a place freed in between goes to this request, not to one
-        // that comes after it.
-        let mut acquire: Acquire = Box::pin(gate.running.clone().acquire_owned());
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Ok(permit)) = acquire.as_mut().poll(&mut cx) {
             return Ok(Ticket::Running(ProviderPermit { _permit: permit }));
         }
         let max = gate.max_queued;
@@ -173,27 +168,35 @@ impl Gate {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q < max).then_some(q + 1)
             });
-        match joined {
-            Ok(_) => Ok(Ticket::Queued(Queued {
-                gate: gate.clone(),
-                acquire,
-            })),
-            Err(queued) => {
-                let counter = if one_way {
-                    &gate.dropped
-                } else {
-                    &gate.refused
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Err(Busy {
-                    provider: gate.provider,
-                    running: gate.running_now(),
-                    queued,
-                    max_running: gate.max_running,
-                    max_queued: gate.max_queued,
-                })
-            }
+        if let Err(queued) = joined {
+            let counter = if one_way {
+                &gate.dropped
+            } else {
+                &gate.refused
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Err(Busy {
+                provider: gate.provider,
+                running: gate.running_now(),
+                queued,
+                max_running: gate.max_running,
+                max_queued: gate.max_queued,
+            });
         }
+        // Join the semaphore's line now, not when the waiting task first
+        // runs: a place freed in between goes to this request, not to one
+        // that comes after it.
+        let mut acquire: Acquire = Box::pin(gate.running.clone().acquire_owned());
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Ok(permit)) = acquire.as_mut().poll(&mut cx) {
+            // A place came free since `try_acquire`: no need to queue.
+            gate.queued.fetch_sub(1, Ordering::AcqRel);
+            return Ok(Ticket::Running(ProviderPermit { _permit: permit }));
+        }
+        Ok(Ticket::Queued(Queued {
+            gate: gate.clone(),
+            acquire,
+        }))
     }
 
     fn running_now(&self) -> usize {

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::address::Address as AsyncAddress;
 use crate::bulk::{Bulk, BulkMemory, BulkMode, BulkOp};
 use crate::call::Body;
-use crate::config::Mode;
+use crate::config::{Mode, ProviderOptions};
 use crate::engine::{Engine as AsyncEngine, EngineBuilder as AsyncBuilder, RpcOptions};
 use crate::error::{Error, Result};
 use crate::handler::{Handle as AsyncHandle, HandlerOutput};
@@ -113,6 +113,22 @@ impl EngineBuilder {
     pub fn max_message_size(self, bytes: usize) -> Self {
         Self {
             inner: self.inner.max_message_size(bytes),
+        }
+    }
+
+    /// See [`AsyncBuilder::provider`].
+    #[must_use]
+    pub fn provider(self, provider_id: u16, options: ProviderOptions) -> Self {
+        Self {
+            inner: self.inner.provider(provider_id, options),
+        }
+    }
+
+    /// See [`AsyncBuilder::pool`].
+    #[must_use]
+    pub fn pool(self, name: &str, threads: usize) -> Self {
+        Self {
+            inner: self.inner.pool(name, threads),
         }
     }
 
@@ -220,6 +236,11 @@ impl Engine {
     /// See [`crate::Engine::config`].
     pub fn config(&self) -> Value {
         self.engine.config()
+    }
+
+    /// See [`crate::Engine::provider_load`].
+    pub fn provider_load(&self, provider_id: u16) -> Option<crate::admission::ProviderLoad> {
+        self.engine.provider_load(provider_id)
     }
 
     /// See [`crate::Engine::enable_remote_shutdown`].

@@ -2,11 +2,14 @@
 //!
 //! Every setting is a key of one JSON document ([`Config`]); the timeouts
 //! are one section of it ([`Timeouts`]), applied in one place
-//! (`timeouts.rs`), and so are the bulk transfer settings ([`BulkOptions`]).
+//! (`timeouts.rs`), and so are the bulk transfer settings ([`BulkOptions`]),
+//! the providers' limits ([`ProviderOptions`], applied in `admission.rs`)
+//! and the handler pools they run on ([`PoolOptions`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -183,6 +186,92 @@ impl Default for BulkOptions {
     }
 }
 
+/// One provider's limits and pool: a value of the `providers` object of
+/// the JSON configuration, whose keys are provider ids (`"3"`: JSON keys
+/// are strings). Every key is optional; a provider that is not named, or
+/// whose options are all left out, has no limit and runs its handlers
+/// where every other handler runs.
+///
+/// ```json
+/// "providers": { "3": { "max_running": 4, "max_queued": 16, "pool": "storage" } }
+/// ```
+///
+/// Past its limits a request is refused at once: the caller gets
+/// [`Error::Busy`] (a one-way request is dropped and counted), never a
+/// timeout. See `docs/reliability.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderOptions {
+    /// Handlers of this provider running at once, over every connection
+    /// (a handler runs until its response is sent, or its handle dropped).
+    /// `null` (the default): no bound.
+    pub max_running: Option<usize>,
+    /// Requests that may wait, first come first served, for one of the
+    /// `max_running` places; one more is refused with [`Error::Busy`].
+    /// Default 0: past `max_running`, refuse at once. Needs `max_running`.
+    pub max_queued: usize,
+    /// The pool (a key of the `pools` object) whose threads run this
+    /// provider's handlers; `null` (the default): the engine's handler
+    /// threads (`rpc_thread_count`), or its progress loop.
+    pub pool: Option<String>,
+}
+
+impl ProviderOptions {
+    /// At most `max_running` handlers at once and `max_queued` requests
+    /// waiting for them.
+    pub fn limits(max_running: usize, max_queued: usize) -> Self {
+        Self {
+            max_running: Some(max_running),
+            max_queued,
+            pool: None,
+        }
+    }
+
+    /// The same options, on pool `name`.
+    #[must_use]
+    pub fn pool(mut self, name: &str) -> Self {
+        self.pool = Some(name.to_owned());
+        self
+    }
+}
+
+/// A pool of threads that runs the handlers of the providers assigned to
+/// it (Margo's Argobots pools and their execution streams, in one): a
+/// value of the `pools` object of the JSON configuration, keyed by the
+/// pool's name. Its threads are named `courier-pool-<name>`.
+///
+/// ```json
+/// "pools": { "storage": { "threads": 2 } }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolOptions {
+    /// Worker threads of the pool (at least 1).
+    pub threads: usize,
+}
+
+/// Reads the `providers` object: its keys are provider ids, as strings.
+fn provider_ids<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<u16, ProviderOptions>, D::Error> {
+    use serde::de::Error as _;
+    let by_key = BTreeMap::<String, ProviderOptions>::deserialize(d)?;
+    let mut by_id = BTreeMap::new();
+    for (key, options) in by_key {
+        let id = key.parse::<u16>().map_err(|_| {
+            D::Error::custom(format!(
+                "providers: \"{key}\" is not a provider id (a number from 0 to 65534)"
+            ))
+        })?;
+        if by_id.insert(id, options).is_some() {
+            return Err(D::Error::custom(format!(
+                "providers: provider {id} is given twice (\"{key}\" is another spelling of it)"
+            )));
+        }
+    }
+    Ok(by_id)
+}
+
 /// The engine's settings, as read from JSON and returned (filled in) by
 /// `Engine::config`.
 ///
@@ -208,7 +297,9 @@ impl Default for BulkOptions {
 ///   "keepalive": { "interval_ms": 10000, "timeout_ms": 5000 },
 ///   "bulk": { "chunk_size": 262144, "window": 8, "direct": true,
 ///             "direct_threshold": 65536, "direct_chunk": 4194304 },
-///   "transport": { "nodelay": true }
+///   "transport": { "nodelay": true },
+///   "providers": { "3": { "max_running": 4, "max_queued": 16, "pool": "storage" } },
+///   "pools": { "storage": { "threads": 2 } }
 /// }
 /// ```
 ///
@@ -263,6 +354,11 @@ pub struct Config {
     pub bulk: BulkOptions,
     /// Options for the transport plugin (override `protocols.toml`'s).
     pub transport: Map<String, Value>,
+    /// Limits and pools of providers, by provider id ([`ProviderOptions`]).
+    #[serde(deserialize_with = "provider_ids")]
+    pub providers: BTreeMap<u16, ProviderOptions>,
+    /// Handler pools, by name ([`PoolOptions`]).
+    pub pools: BTreeMap<String, PoolOptions>,
 }
 
 impl Default for Config {
@@ -283,6 +379,8 @@ impl Default for Config {
             keepalive: Keepalive::default(),
             bulk: BulkOptions::default(),
             transport: Map::new(),
+            providers: BTreeMap::new(),
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -395,6 +493,63 @@ impl Config {
                     "{key} {value} is over the largest supported, {}",
                     tokio::sync::Semaphore::MAX_PERMITS
                 )));
+            }
+        }
+        self.validate_providers()
+    }
+
+    /// Checks the `providers` and `pools` objects.
+    fn validate_providers(&self) -> Result<()> {
+        for (name, pool) in &self.pools {
+            if name.is_empty() {
+                return Err(Error::Config(
+                    "pools: a pool's name must not be empty".into(),
+                ));
+            }
+            if pool.threads == 0 {
+                return Err(Error::Config(format!(
+                    "pools.{name}.threads must be positive"
+                )));
+            }
+        }
+        for (&id, p) in &self.providers {
+            if id == crate::frame::RESERVED_PROVIDER {
+                return Err(Error::Config(format!(
+                    "providers.{id}: provider id {id} is reserved (provider ids go from 0 to 65534)"
+                )));
+            }
+            match p.max_running {
+                Some(0) => {
+                    return Err(Error::Config(format!(
+                        "providers.{id}.max_running must be positive (null: no bound)"
+                    )))
+                }
+                Some(n) if n > tokio::sync::Semaphore::MAX_PERMITS => {
+                    return Err(Error::Config(format!(
+                        "providers.{id}.max_running {n} is over the largest supported, {}",
+                        tokio::sync::Semaphore::MAX_PERMITS
+                    )))
+                }
+                None if p.max_queued > 0 => {
+                    return Err(Error::Config(format!(
+                        "providers.{id}.max_queued is set without providers.{id}.max_running: \
+                         with no bound on handlers running, no request ever waits"
+                    )))
+                }
+                _ => {}
+            }
+            if let Some(pool) = &p.pool {
+                if !self.pools.contains_key(pool) {
+                    let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() {
+                        "no pool is defined".to_owned()
+                    } else {
+                        format!("defined: {}", known.join(", "))
+                    };
+                    return Err(Error::Config(format!(
+                        "providers.{id}.pool: no pool named '{pool}' in `pools` ({known})"
+                    )));
+                }
             }
         }
         Ok(())
@@ -561,6 +716,82 @@ mod tests {
             let c = Config::from_json(&format!(r#"{{"bulk": {bad}}}"#)).unwrap();
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains("bulk."), "{err}");
+        }
+    }
+
+    #[test]
+    fn providers_and_pools_are_json_objects() {
+        let c = Config::from_json(
+            r#"{"providers": {"3": {"max_running": 4, "max_queued": 16, "pool": "io"},
+                              "7": {"pool": "io"}, "9": {}},
+                "pools": {"io": {"threads": 2}}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.providers[&3], ProviderOptions::limits(4, 16).pool("io"));
+        assert_eq!(c.providers[&7].max_running, None);
+        assert_eq!(c.providers[&9], ProviderOptions::default());
+        assert_eq!(c.pools["io"], PoolOptions { threads: 2 });
+        // Keys stay strings in JSON, and the document round-trips.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["providers"]["3"]["max_queued"], 16);
+        assert_eq!(Config::from_value(v).unwrap(), c);
+    }
+
+    #[test]
+    fn providers_and_pools_name_what_is_wrong() {
+        for (json, wanted) in [
+            (r#"{"providers": {"x": {}}}"#, r#""x" is not a provider id"#),
+            (
+                r#"{"providers": {"65536": {}}}"#,
+                r#""65536" is not a provider id"#,
+            ),
+            (
+                r#"{"providers": {"3": {}, "03": {}}}"#,
+                "provider 3 is given twice",
+            ),
+            (r#"{"providers": {"3": {"max": 1}}}"#, "unknown field `max`"),
+            (r#"{"pools": {"a": {}}}"#, "missing field `threads`"),
+        ] {
+            let err = Config::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{json}: {err}");
+        }
+        for (json, wanted) in [
+            (
+                r#"{"providers": {"65535": {"max_running": 1}}}"#,
+                "providers.65535: provider id 65535 is reserved",
+            ),
+            (
+                r#"{"providers": {"2": {"max_running": 0}}}"#,
+                "providers.2.max_running must be positive",
+            ),
+            (
+                r#"{"providers": {"2": {"max_queued": 5}}}"#,
+                "providers.2.max_queued is set without providers.2.max_running",
+            ),
+            (
+                r#"{"providers": {"2": {"pool": "gpu"}}}"#,
+                "providers.2.pool: no pool named 'gpu' in `pools` (no pool is defined)",
+            ),
+            (
+                r#"{"providers": {"2": {"pool": "gpu"}}, "pools": {"cpu": {"threads": 1}, "io": {"threads": 1}}}"#,
+                "no pool named 'gpu' in `pools` (defined: cpu, io)",
+            ),
+            (
+                r#"{"pools": {"a": {"threads": 0}}}"#,
+                "pools.a.threads must be positive",
+            ),
+            (
+                r#"{"pools": {"": {"threads": 1}}}"#,
+                "a pool's name must not be empty",
+            ),
+        ] {
+            let err = Config::from_json(json)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted), "{json}: {err}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! decides what it is for —
 //!
 //! * a request: its handler runs (or the caller is told why not: no such
-//!   RPC, one-way, finalizing);
+//!   RPC, one-way, finalizing, its provider busy — `admission.rs`);
 //! * an answer (`Response`, `Error`, `Pong`): the call waiting for it, in
 //!   the connection's table (`call.rs`), gets it;
 //! * a `Ping`: answered with a `Pong` at once;
@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::admission::Providers;
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
 use crate::frame::{Extensions, Header, Kind, Status};
@@ -28,6 +29,8 @@ use crate::sync::poll_once;
 pub(crate) struct Dispatcher {
     pub(crate) state: Arc<EngineState>,
     pub(crate) rpcs: Arc<RpcTable<RawHandler>>,
+    /// Limits and pools of providers.
+    pub(crate) providers: Providers,
 }
 
 impl Dispatcher {
@@ -141,6 +144,10 @@ impl Dispatcher {
             tracing::debug!(rpc = %entry.name, "dropping a request whose deadline had passed when it was sent");
             return;
         }
+        let admitted = match self.providers.admit(header.provider, header.no_response()) {
+            Ok(admitted) => admitted,
+            Err(busy) => return refuse(Status::Busy, busy.to_string()).await,
+        };
         let handle = Handle::new(
             state.clone(),
             conn.clone(),
@@ -150,6 +157,21 @@ impl Dispatcher {
             deadline,
             Some(slot),
         );
+        if let Some(admitted) = admitted {
+            // A provider with limits or a pool: a task (on its pool), never
+            // polled here; its handle holds the provider's place. A cancel
+            // (or the deadline) while it waits in the queue: its handler
+            // never runs.
+            handle.track();
+            let state = state.clone();
+            return admitted.spawn(&self.state.handler_rt, move |place| async move {
+                handle.hold_place(place);
+                if state.is_finalizing() {
+                    return; // It waited in the queue across a finalize.
+                }
+                handler::run(entry.handler.clone(), handle, payload).await;
+            });
+        }
         if !state.inline_handlers {
             // It runs on another thread: a cancel may come before it starts.
             handle.track();

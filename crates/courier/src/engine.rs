@@ -3,6 +3,7 @@
 //! dispatch (`rpcs.rs`, `dispatch.rs`), the way to connections
 //! (`links.rs`) — and finalized when its last handle goes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,7 +14,8 @@ use serde_json::Value;
 use tokio::runtime::Handle as RtHandle;
 
 use crate::address::Address;
-use crate::config::{Config, Mode};
+use crate::admission::{ProviderLoad, Providers};
+use crate::config::{Config, Mode, PoolOptions, ProviderOptions};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::handler::{self, Handle, HandlerOutput, RawHandler};
@@ -143,6 +145,8 @@ pub struct EngineBuilder {
     connect_timeout: Option<Duration>,
     call_timeout: Option<Duration>,
     progress_spin: Option<Duration>,
+    providers: Vec<(u16, ProviderOptions)>,
+    pools: Vec<(String, usize)>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
     pub(crate) progress_provided: bool,
 }
@@ -161,6 +165,8 @@ impl EngineBuilder {
             connect_timeout: None,
             call_timeout: None,
             progress_spin: None,
+            providers: Vec::new(),
+            pools: Vec::new(),
             progress_provided: false,
         }
     }
@@ -225,6 +231,24 @@ impl EngineBuilder {
         self
     }
 
+    /// Limits and pool of provider `provider_id` (the `providers` key of
+    /// the JSON configuration; these options replace that provider's
+    /// there). See [`ProviderOptions`].
+    #[must_use]
+    pub fn provider(mut self, provider_id: u16, options: ProviderOptions) -> Self {
+        self.providers.push((provider_id, options));
+        self
+    }
+
+    /// A handler pool of `threads` threads named `name`, for providers to
+    /// run their handlers on (the `pools` key of the JSON configuration;
+    /// this replaces a pool of that name there). See [`PoolOptions`].
+    #[must_use]
+    pub fn pool(mut self, name: &str, threads: usize) -> Self {
+        self.pools.push((name.to_owned(), threads));
+        self
+    }
+
     /// A Margo-style JSON configuration (see [`Config`]). Settings made
     /// with the other builder methods take precedence over it.
     #[must_use]
@@ -277,6 +301,14 @@ impl EngineBuilder {
         if let Some(t) = self.call_timeout {
             config.timeouts.call_ms = Some(millis(t));
         }
+        for (id, options) in &self.providers {
+            config.providers.insert(*id, options.clone());
+        }
+        for (name, threads) in &self.pools {
+            config
+                .pools
+                .insert(name.clone(), PoolOptions { threads: *threads });
+        }
         if self.target.contains("://") {
             config.listen = Some(self.target.clone());
         }
@@ -303,23 +335,24 @@ impl EngineBuilder {
         let (entry, transport) =
             registry.create(&protocol_name, &config.transport, config.max_message_size)?;
 
-        let mut owned = Vec::new();
+        // Shut down (without waiting) if the build fails part way.
+        let mut owned = runtime::Started::default();
         let io = if config.use_progress_thread && !self.progress_provided {
-            let progress = runtime::progress_thread()?;
-            let h = progress.handle().clone();
-            owned.push(progress);
-            h
+            owned.push(runtime::progress_thread()?)
         } else {
             RtHandle::current()
         };
         let handlers = if config.rpc_thread_count > 0 {
-            let pool = runtime::rpc_threads(config.rpc_thread_count)?;
-            let h = pool.handle().clone();
-            owned.push(pool);
-            h
+            owned.push(runtime::rpc_threads(config.rpc_thread_count)?)
         } else {
             io.clone()
         };
+        let mut pools = BTreeMap::new();
+        for (name, pool) in &config.pools {
+            let rt = runtime::pool(name, pool.threads)?;
+            pools.insert(name.clone(), owned.push(rt));
+        }
+        let providers = Providers::new(&config.providers, &pools);
 
         let listener = if config.mode == Mode::Server {
             let listen = match &config.listen {
@@ -348,7 +381,7 @@ impl EngineBuilder {
             Runtimes {
                 io: io.clone(),
                 handlers,
-                owned,
+                owned: owned.keep(),
             },
         ));
         let rpcs = Arc::new(RpcTable::new());
@@ -358,6 +391,7 @@ impl EngineBuilder {
         let dispatch = Arc::new(Dispatcher {
             state: state.clone(),
             rpcs,
+            providers,
         });
         let links = Arc::new(Links::new(dispatch.clone()));
         state.set_dialer(Arc::downgrade(&links) as Weak<dyn Dial>);
@@ -446,6 +480,14 @@ impl Engine {
             );
         }
         v
+    }
+
+    /// What provider `provider_id` is doing: handlers running, requests
+    /// queued, and how many were refused (`Busy`) or, one-way, dropped
+    /// since the engine started. `None` for a provider without a
+    /// `max_running` limit (nothing is counted for it).
+    pub fn provider_load(&self, provider_id: u16) -> Option<ProviderLoad> {
+        self.owner.dispatch.providers.load(provider_id)
     }
 
     /// Allows peers to shut this engine down (`Address::shutdown`).

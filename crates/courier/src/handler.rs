@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use courier_transport::{BoxFuture, TransportError};
 use tracing::Instrument;
 
 use crate::address::Address;
+use crate::admission::ProviderPermit;
 use crate::cancel::{self, CancelReason, CancelToken};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -121,6 +122,10 @@ struct RequestState {
     /// The request's place among its connection's requests in flight,
     /// given back when the last handle goes.
     _slot: Option<RequestSlot>,
+    /// Its place among its provider's running handlers, if the provider
+    /// has limits (`admission.rs`; set when the request's turn comes):
+    /// given back at the same time.
+    provider: OnceLock<ProviderPermit>,
 }
 
 impl RequestState {
@@ -242,6 +247,7 @@ impl Handle {
                 token: CancelToken::new(deadline),
                 tracked: AtomicBool::new(false),
                 _slot: slot,
+                provider: OnceLock::new(),
             }),
         }
     }
@@ -251,6 +257,14 @@ impl Handle {
     /// turn).
     pub(crate) fn track(&self) {
         self.state.track();
+    }
+
+    /// Keeps the request's place among its provider's running handlers
+    /// until the request is done.
+    pub(crate) fn hold_place(&self, place: Option<ProviderPermit>) {
+        if let Some(place) = place {
+            let _ = self.state.provider.set(place);
+        }
     }
 
     /// The sender's address: its listening address if it is a server-mode

@@ -79,6 +79,12 @@
 //! * Threads: [`EngineBuilder::use_progress_thread`] and
 //!   [`EngineBuilder::num_rpc_threads`]; Margo-style JSON with
 //!   [`EngineBuilder::config_json`], read back with [`Engine::config`].
+//! * Load shedding and pools, per provider ([`ProviderOptions`]): past its
+//!   `max_running` handlers and `max_queued` waiting requests a provider
+//!   refuses a request at once ([`Error::Busy`]); a provider may run its
+//!   handlers on a pool of its own ([`EngineBuilder::pool`]), so that a
+//!   saturated provider does not slow another. [`Engine::provider_load`]
+//!   says what one is doing.
 //! * Errors never hang a caller: a handler that fails, panics, or returns
 //!   without responding sends the caller an error with its message.
 //!
@@ -150,13 +156,14 @@
 
 // Modules, from the leaves up (no module imports one above it; `.ci/run`
 // checks that no cycle of imports comes back):
-// leaves: error, frame, cancel, config, timeouts, progress, liveness, limits,
+// leaves: error, frame, cancel, config, timeouts, progress, liveness, limits, admission,
 // lifecycle, rpcs, runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
 // bulk/*; incoming frames: dispatch, reader, links; probing idle
 // connections: keepalive; the engine: engine,
 // bulk (its bulk methods), blocking.
 mod address;
+mod admission;
 pub mod blocking;
 pub mod bulk;
 mod call;
@@ -185,13 +192,15 @@ mod sync;
 mod timeouts;
 
 pub use address::Address;
+pub use admission::ProviderLoad;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use cancel::{CancelReason, CancelToken};
 pub use config::{
-    BulkOptions, Config, Keepalive, Mode, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS,
-    DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US, DEFAULT_PROGRESS_SPIN_US,
+    BulkOptions, Config, Keepalive, Mode, PoolOptions, ProviderOptions, Timeouts,
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS,
+    DEFAULT_KEEPALIVE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US,
+    DEFAULT_PROGRESS_SPIN_US,
 };
 pub use engine::{Engine, EngineBuilder, RpcOptions};
 pub use error::{Error, Reach, Result, TransportError};

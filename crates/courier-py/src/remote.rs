@@ -197,7 +197,7 @@ impl CallableRemoteFunction {
         let serving = crate::shared::serving();
         let call = async move {
             let out = match &serving {
-                Some(token) => token.scope(|| callable.call(&payload)).await,
+                Some(token) => token.in_scope(callable.call(&payload)).await,
                 None => callable.call(&payload).await,
             };
             out.map(|out| (!one_way).then_some(out))

@@ -57,8 +57,8 @@ thread_local! {
 /// drives the engine's runtime (without a progress thread), so calls that
 /// other threads started would be polled there, inside the scope, and
 /// inherit a request that is not theirs. A call instead reads this record
-/// on the thread that makes it, and enters the scope only to create its
-/// own future (`remote.rs`).
+/// on the thread that makes it, and runs its own future only under
+/// `CancelToken::in_scope` (`remote.rs`).
 pub(crate) fn serving() -> Option<courier::CancelToken> {
     SERVING.with(|s| s.borrow().clone())
 }

@@ -48,57 +48,46 @@ impl Body<'_> {
         flushed: bool,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        if let Some(at) = deadline {
-            return self.send_with_deadline(conn, header, flushed, at).await;
-        }
-        match self {
-            Body::Parts(parts) => {
-                let head = header.encode();
-                match parts {
-                    [] => conn.send_then(&[&head], flushed).await,
-                    [one] => conn.send_then(&[&head, one], flushed).await,
-                    more => {
-                        let mut all: Vec<&[u8]> = Vec::with_capacity(1 + more.len());
-                        all.push(&head);
-                        all.extend_from_slice(more);
-                        conn.send_then(&all, flushed).await
-                    }
-                }
+        // One await for every shape (a nested future for the deadline's
+        // shapes would make every call's future larger, and every move of
+        // it dearer).
+        let mut header = *header;
+        let block = deadline.map(|at| {
+            header.flags |= FLAG_EXTENSIONS;
+            Extensions::deadline_block(at.saturating_duration_since(Instant::now()))
+        });
+        let head = header.encode();
+        let mut all: Vec<&[u8]>;
+        let few: [&[u8]; 3];
+        let parts: &[&[u8]] = match (self, &block) {
+            (Body::Parts([]), None) => {
+                few = [&head, &[], &[]];
+                &few[..1]
             }
-            Body::Encoded(msg) => {
-                frame::set_header(msg, header);
-                conn.send_then(&[msg], flushed).await
+            (Body::Parts([one]), None) => {
+                few = [&head, one, &[]];
+                &few[..2]
             }
-        }
-    }
-
-    /// [`Body::send`] with a deadline block between header and body.
-    async fn send_with_deadline(
-        self,
-        conn: &Conn,
-        header: &Header,
-        flushed: bool,
-        at: Instant,
-    ) -> Result<()> {
-        let head = Header {
-            flags: header.flags | FLAG_EXTENSIONS,
-            ..*header
-        }
-        .encode();
-        let block = Extensions::deadline_block(at.saturating_duration_since(Instant::now()));
-        match self {
-            Body::Parts(parts) => {
-                let mut all: Vec<&[u8]> = Vec::with_capacity(2 + parts.len());
+            (Body::Parts(more), block) => {
+                all = Vec::with_capacity(2 + more.len());
                 all.push(&head);
-                all.push(&block);
-                all.extend_from_slice(parts);
-                conn.send_then(&all, flushed).await
+                if let Some(block) = block {
+                    all.push(block);
+                }
+                all.extend_from_slice(more);
+                &all
             }
-            Body::Encoded(msg) => {
-                let payload = msg.get(HEADER_LEN..).unwrap_or_default();
-                conn.send_then(&[&head, &block, payload], flushed).await
+            (Body::Encoded(msg), None) => {
+                frame::set_header(msg, &header);
+                few = [msg, &[], &[]];
+                &few[..1]
             }
-        }
+            (Body::Encoded(msg), Some(block)) => {
+                few = [&head, block, msg.get(HEADER_LEN..).unwrap_or_default()];
+                &few[..]
+            }
+        };
+        conn.send_then(parts, flushed).await
     }
 }
 

@@ -8,11 +8,14 @@
 //! blocks polls the token.
 //!
 //! While a handler runs (each poll of its future, and the call that makes
-//! it), this thread knows the request it serves ([`Current`]). A call made
-//! from there inherits the request's deadline, unless it sets its own
+//! it), this thread knows the request it serves (`current`). A call first
+//! polled there inherits the request's deadline, unless it sets its own
 //! timeout, and is cancelled with it: the peer it called is told in turn.
+//! [`CancelToken::scope`] and [`CancelToken::in_scope`] extend that to
+//! threads and futures the handler hands its work to.
 
-use std::cell::RefCell;
+use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -148,8 +151,19 @@ impl CancelToken {
     /// in it inherit the request's deadline and cancellation, as calls made
     /// by its handler do. For a thread the handler hands its work to.
     pub fn scope<T>(&self, f: impl FnOnce() -> T) -> T {
-        let mut slot = Some(self.clone());
+        let mut slot: Option<Arc<dyn Serving>> = Some(Arc::new(self.clone()));
         enter(&mut slot, f)
+    }
+
+    /// Polls `fut` as part of the request this token belongs to: calls and
+    /// transfers it makes inherit the request's deadline and cancellation,
+    /// wherever it is polled (a task the handler spawned, a runtime a
+    /// binding drives). Only `fut` is: other futures polled by the same
+    /// thread are not.
+    pub async fn in_scope<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut slot: Option<Arc<dyn Serving>> = Some(Arc::new(self.clone()));
+        std::future::poll_fn(move |cx| enter(&mut slot, || fut.as_mut().poll(cx))).await
     }
 
     /// Cancels the request (the first reason stays). Returns whether this
@@ -167,20 +181,47 @@ impl CancelToken {
     }
 }
 
+/// A request being served, as calls made for it see it: its token is made
+/// only when something asks for it (most handlers make no call, and never
+/// wait: they pay for no token).
+pub(crate) trait Serving: Send + Sync {
+    /// The request's token.
+    fn token(&self) -> CancelToken;
+
+    /// The request as it is (to take it back from the thread's record
+    /// without a second reference to it).
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl Serving for CancelToken {
+    fn token(&self) -> CancelToken {
+        self.clone()
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
 thread_local! {
     /// The request whose handler this thread is running, if any.
-    static CURRENT: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Arc<dyn Serving>>> = const { Cell::new(None) };
 }
 
-/// The request whose handler is running on this thread (see the module
-/// docs), if any.
+/// The token of the request whose handler is running on this thread (see
+/// the module docs), if any.
 pub(crate) fn current() -> Option<CancelToken> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.with(|c| {
+        let serving = c.take();
+        let token = serving.as_ref().map(|s| s.token());
+        c.set(serving);
+        token
+    })
 }
 
-/// Runs `f` as part of the handler of the request whose token is in
-/// `slot` (moved in for the call, and back after: no clone per poll).
-pub(crate) fn enter<T>(slot: &mut Option<CancelToken>, f: impl FnOnce() -> T) -> T {
+/// Runs `f` as part of the handler of the request in `slot` (moved in for
+/// the call, and back after: no clone per poll).
+pub(crate) fn enter<T>(slot: &mut Option<Arc<dyn Serving>>, f: impl FnOnce() -> T) -> T {
     let previous = CURRENT.with(|c| c.replace(slot.take()));
     let restore = Restore { slot, previous };
     let out = f();
@@ -191,8 +232,8 @@ pub(crate) fn enter<T>(slot: &mut Option<CancelToken>, f: impl FnOnce() -> T) ->
 /// Puts back the request that ran before, even if `f` panicked, and gives
 /// the slot its token back.
 struct Restore<'a> {
-    slot: &'a mut Option<CancelToken>,
-    previous: Option<CancelToken>,
+    slot: &'a mut Option<Arc<dyn Serving>>,
+    previous: Option<Arc<dyn Serving>>,
 }
 
 impl Drop for Restore<'_> {
@@ -243,18 +284,29 @@ mod tests {
     #[test]
     fn current_is_set_while_entered_only() {
         assert!(current().is_none());
-        let mut outer = Some(CancelToken::new(None));
-        enter(&mut outer, || {
+        let outer = CancelToken::new(None);
+        outer.scope(|| {
             assert!(current().is_some());
-            let mut inner = Some(CancelToken::new(None));
-            enter(&mut inner, || {
-                current().map(|c| c.fire(CancelReason::Caller))
-            });
-            assert!(inner.is_some_and(|t| t.is_cancelled()));
+            let inner = CancelToken::new(None);
+            inner.scope(|| current().map(|c| c.fire(CancelReason::Caller)));
+            assert!(inner.is_cancelled());
             // The outer request is back after the inner one.
             assert!(!current().is_some_and(|c| c.is_cancelled()));
         });
-        assert!(outer.is_some());
+        assert!(!outer.is_cancelled());
+        assert!(current().is_none());
+    }
+
+    #[tokio::test]
+    async fn in_scope_holds_for_its_future_only() {
+        let token = CancelToken::new(None);
+        let seen = token
+            .in_scope(async {
+                tokio::task::yield_now().await;
+                current().is_some()
+            })
+            .await;
+        assert!(seen, "polled again after a yield, still in scope");
         assert!(current().is_none());
     }
 }

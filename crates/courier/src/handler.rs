@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::address::Address;
 use crate::admission::ProviderPermit;
-use crate::cancel::{self, CancelReason, CancelToken};
+use crate::cancel::{self, CancelReason, CancelToken, Serving};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::frame::{self, Header, Kind, Status};
@@ -113,8 +113,11 @@ struct RequestState {
     header: Header,
     idempotent: bool,
     responded: AtomicBool,
-    /// Fires when the caller gives up or the deadline passes.
-    token: CancelToken,
+    /// The caller's deadline, if it sent one.
+    deadline: Option<Instant>,
+    /// Fires when the caller gives up or the deadline passes; made when
+    /// first needed (the handler waits, asks for it, or makes a call).
+    token: OnceLock<CancelToken>,
     /// Whether the connection's table of running requests holds this one
     /// (so that a `Cancel` frame finds it): set once its handler had to
     /// wait, taken out when the request is done.
@@ -143,8 +146,26 @@ impl RequestState {
         // A cancelled request's caller wants no answer any more, nor one
         // past its deadline (the clock is read only if there is one).
         self.expects_response()
-            && self.token.reason().is_none()
+            && self.reason().is_none()
             && !self.responded.swap(true, Ordering::AcqRel)
+    }
+
+    /// The request's token, made on first use.
+    fn token(&self) -> CancelToken {
+        self.token
+            .get_or_init(|| CancelToken::new(self.deadline))
+            .clone()
+    }
+
+    /// Why the request is cancelled, if it is (a passed deadline counts).
+    fn reason(&self) -> Option<CancelReason> {
+        match self.token.get() {
+            Some(token) => token.reason(),
+            None => self
+                .deadline
+                .filter(|at| Instant::now() >= *at)
+                .map(|_| CancelReason::Deadline),
+        }
     }
 
     /// Puts the request in its connection's table of running requests, so
@@ -152,14 +173,14 @@ impl RequestState {
     fn track(&self) {
         // A one-way request has no caller waiting to cancel it.
         if self.expects_response() && !self.tracked.swap(true, Ordering::AcqRel) {
-            self.conn.track_request(self.header.seq, self.token.clone());
+            self.conn.track_request(self.header.seq, self.token());
         }
     }
 
     /// The request was cancelled: its handler is dropped (or told), and
     /// nothing is sent back (the caller is gone, or has given up).
     fn cancelled(&self, reason: CancelReason) {
-        self.token.fire(reason);
+        self.token().fire(reason);
         self.responded.store(true, Ordering::Release);
         tracing::info!(
             rpc = %self.name,
@@ -177,6 +198,16 @@ impl RequestState {
         } else {
             tracing::warn!(rpc = %self.name, "one-way handler failed: {message}");
         }
+    }
+}
+
+impl Serving for RequestState {
+    fn token(&self) -> CancelToken {
+        Self::token(self)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 
@@ -244,7 +275,8 @@ impl Handle {
                 header,
                 idempotent,
                 responded: AtomicBool::new(false),
-                token: CancelToken::new(deadline),
+                deadline,
+                token: OnceLock::new(),
                 tracked: AtomicBool::new(false),
                 _slot: slot,
                 provider: OnceLock::new(),
@@ -304,7 +336,7 @@ impl Handle {
     /// arrived here (a relative duration travels, so the two hosts' clocks
     /// need not agree). Past it the handler is cancelled.
     pub fn deadline(&self) -> Option<Instant> {
-        self.state.token.deadline()
+        self.state.deadline
     }
 
     /// The time left before [`Handle::deadline`], if there is one (zero
@@ -318,19 +350,19 @@ impl Handle {
     /// connection was lost, or the deadline passed). An async handler is
     /// dropped when that happens; one that blocks polls this.
     pub fn is_cancelled(&self) -> bool {
-        self.state.token.is_cancelled()
+        self.state.reason().is_some()
     }
 
     /// Completes when the request is cancelled, with why: for a handler
     /// that hands its work to another task and wants to stop it.
     pub async fn cancelled(&self) -> CancelReason {
-        self.state.token.cancelled().await
+        self.state.token().cancelled().await
     }
 
     /// The request's cancellation token, to hand to threads or tasks that
     /// do the handler's work.
     pub fn cancel_token(&self) -> CancelToken {
-        self.state.token.clone()
+        self.state.token()
     }
 
     /// Sends `value` back to the caller (postcard-encoded). On a one-way RPC
@@ -386,7 +418,7 @@ impl Handle {
     /// The error of a second response, or of one after the request was
     /// cancelled.
     fn not_claimed(&self) -> Error {
-        if self.state.token.is_cancelled() {
+        if self.state.reason().is_some() {
             Error::Cancelled {
                 rpc: self.rpc_name().to_owned(),
                 address: self.state.conn.remote().to_string(),
@@ -453,13 +485,17 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
     let guarded = Guarded {
-        state: &state,
-        token: Some(state.token.clone()),
+        state: Some(state),
         start: Some((handler, handle, payload)),
         fut: None,
         cancel: None,
     };
-    let mut ended = guarded.instrument(span.clone()).await;
+    let (mut ended, state) = guarded.instrument(span.clone()).await;
+    let Some(state) = state else {
+        // Never: the request goes back to `Guarded` after each poll.
+        tracing::error!("a handler's request was lost while it ran");
+        return;
+    };
     if let Ended::Done(_) = ended {
         // It ended without answering after its request was cancelled (a
         // blocking handler that saw its token, or one that returned the
@@ -467,46 +503,46 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
         // caller has given up, nothing goes back (an error sent now could
         // reach it before its own deadline fires).
         if state.unanswered() {
-            if let Some(reason) = state.token.reason() {
+            if let Some(reason) = state.reason() {
                 ended = Ended::Cancelled(reason);
             }
         }
     }
-    let status = match ended {
+    let (status, done) = match ended {
         Ended::Cancelled(reason) => {
             state.cancelled(reason);
-            "cancelled"
+            ("cancelled", false)
         }
-        Ended::Done(Ok(Ok(()))) => "ok",
+        Ended::Done(Ok(Ok(()))) => ("ok", true),
         Ended::Done(Ok(Err(message))) => {
             state.fail(Status::HandlerFailed, &message).await;
-            "error"
+            ("error", true)
         }
         Ended::Done(Err(message)) => {
             tracing::warn!(rpc = %state.name, "handler panicked: {message}");
             state.fail(Status::HandlerPanicked, &message).await;
-            "panic"
+            ("panic", true)
         }
     };
-    if status != "cancelled"
-        && Arc::strong_count(&state) > 1
-        && !state.responded.load(Ordering::Acquire)
-    {
-        // The handler returned but kept its handle, to respond later (from
-        // another task or thread, as the Python binding's handlers do): a
-        // `Cancel` must still reach its token.
-        state.track();
-    }
-    if Arc::strong_count(&state) == 1 && state.claim() {
-        // The handler is done and nobody kept its handle: no response will come.
-        let _ = state
-            .conn
-            .send_error(
-                &state.header,
-                Status::NoResponse,
-                "the handler finished without responding",
-            )
-            .await;
+    // The common case, answered: one load.
+    if done && !state.responded.load(Ordering::Acquire) {
+        if Arc::strong_count(&state) > 1 {
+            // The handler returned but kept its handle, to respond later
+            // (from another task or thread, as the Python binding's
+            // handlers do): a `Cancel` must still reach its token.
+            state.track();
+        } else if state.claim() {
+            // The handler is done and nobody kept its handle: no response
+            // will come.
+            let _ = state
+                .conn
+                .send_error(
+                    &state.header,
+                    Status::NoResponse,
+                    "the handler finished without responding",
+                )
+                .await;
+        }
     }
     if let Some(start) = start {
         span.record("status", status);
@@ -526,10 +562,11 @@ enum Ended {
 /// handler that blocks runs right there), each poll on this thread's
 /// record of the request it serves (`cancel.rs`), panics caught, and,
 /// once it has to wait, raced against the request's cancellation.
-struct Guarded<'a> {
-    state: &'a Arc<RequestState>,
-    /// Lent to this thread while the handler runs.
-    token: Option<CancelToken>,
+struct Guarded {
+    /// The request: lent to this thread's record while the handler runs
+    /// (moved, not shared: no reference count to pay), and given back
+    /// with the outcome.
+    state: Option<Arc<RequestState>>,
     /// The handler and its arguments, until the first poll.
     start: Option<(RawHandler, Handle, Bytes)>,
     /// The handler's future (boxed already: `RawHandler`).
@@ -539,22 +576,26 @@ struct Guarded<'a> {
     cancel: Option<BoxFuture<'static, CancelReason>>,
 }
 
-impl Future for Guarded<'_> {
-    type Output = Ended;
+impl Future for Guarded {
+    type Output = (Ended, Option<Arc<RequestState>>);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let Some(state) = this.state.take() else {
+            return Poll::Ready((Ended::Done(Ok(Ok(()))), None));
+        };
         // Cancelled (or out of time) before its first poll, while it
         // waited for its turn: it never runs. Cancelled while it waited:
         // it is not polled again, even if what woke it was that same
         // cancellation — a call it made, which inherited the request's
         // deadline or is cancelled with it, would end it with that call's
         // error first, as if the handler had failed.
-        if let Some(reason) = this.state.token.reason() {
-            return Poll::Ready(Ended::Cancelled(reason));
+        if let Some(reason) = state.reason() {
+            return Poll::Ready((Ended::Cancelled(reason), Some(state)));
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
-        let polled = cancel::enter(&mut this.token, || {
+        let mut serving: Option<Arc<dyn Serving>> = Some(state);
+        let polled = cancel::enter(&mut serving, || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if let Some((handler, handle, payload)) = start.take() {
                     *fut = Some(handler(handle, payload));
@@ -565,19 +606,30 @@ impl Future for Guarded<'_> {
                 }
             }))
         });
+        let state = serving.and_then(|s| s.into_any().downcast::<RequestState>().ok());
         match polled {
-            Ok(Poll::Ready(r)) => return Poll::Ready(Ended::Done(Ok(r))),
-            Err(payload) => return Poll::Ready(Ended::Done(Err(panic_message(payload.as_ref())))),
+            Ok(Poll::Ready(r)) => return Poll::Ready((Ended::Done(Ok(r)), state)),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                return Poll::Ready((Ended::Done(Err(message)), state));
+            }
             Ok(Poll::Pending) => {}
         }
+        let Some(state) = state else {
+            return Poll::Ready((Ended::Done(Ok(Ok(()))), None));
+        };
         let cancel = this.cancel.get_or_insert_with(|| {
-            this.state.track();
-            let token = this.state.token.clone();
+            state.track();
+            let token = state.token();
             Box::pin(async move { token.cancelled().await })
         });
-        match cancel.as_mut().poll(cx) {
-            Poll::Ready(reason) => Poll::Ready(Ended::Cancelled(reason)),
-            Poll::Pending => Poll::Pending,
+        let reason = cancel.as_mut().poll(cx);
+        match reason {
+            Poll::Ready(reason) => Poll::Ready((Ended::Cancelled(reason), Some(state))),
+            Poll::Pending => {
+                this.state = Some(state);
+                Poll::Pending
+            }
         }
     }
 }

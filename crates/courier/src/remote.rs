@@ -151,11 +151,12 @@ impl RawCallable {
     /// Calls the RPC with a raw payload and returns the raw response (empty
     /// for a one-way call).
     ///
-    /// Made from inside a handler (on the thread that runs it), the call
-    /// inherits that request's deadline unless it has a timeout of its
-    /// own, and is cancelled with it ([`Error::Cancelled`]). Dropping the
-    /// returned future before the answer tells the server, whose handler
-    /// is then cancelled.
+    /// Awaited by a handler, the call inherits that request's deadline
+    /// unless it has a timeout of its own, and is cancelled with it
+    /// ([`Error::Cancelled`]); a call polled elsewhere (a task the handler
+    /// spawned) inherits nothing, unless it runs under
+    /// [`CancelToken::in_scope`]. Dropping the future before the answer
+    /// tells the server, whose handler is then cancelled.
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::DeadlineExceeded`], [`Error::Busy`],
@@ -164,13 +165,10 @@ impl RawCallable {
     /// [`Error::ConnectionLost`], [`Error::Finalized`], transport errors
     /// (refused, message too large). [`Error::reach`] says whether the
     /// request can have reached the handler.
-    pub fn call<'a>(&'a self, payload: &'a [u8]) -> impl Future<Output = Result<Bytes>> + 'a {
-        // The request being served here, read now, where the call is made.
-        let inherited = cancel::current();
-        async move {
-            let parts = [payload];
-            self.invoke(Body::Parts(&parts), inherited).await
-        }
+    pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
+        // The request being served where the call is first polled.
+        self.invoke(Body::Parts(&[payload]), cancel::current())
+            .await
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
@@ -228,16 +226,19 @@ impl RawCallable {
             (None, Some(_)) => work.instrument(span.clone()).await,
             // Made for a request: cancelled with it, which drops the call
             // (and tells its server) even where the request's handler is
-            // not what polls it.
+            // not what polls it. Boxed: the race is no part of the future
+            // of a call made outside a handler.
             (Some(token), _) => {
-                tokio::select! {
-                    biased;
-                    r = work.instrument(span.clone()) => r,
-                    _ = token.fired_reason() => Err(Error::Cancelled {
-                        rpc: f.name.to_string(),
-                        address: self.peer.addr.to_string(),
-                    }),
-                }
+                let cancelled = || Error::Cancelled {
+                    rpc: f.name.to_string(),
+                    address: self.peer.addr.to_string(),
+                };
+                Box::pin(until_cancelled(
+                    work.instrument(span.clone()),
+                    token,
+                    cancelled,
+                ))
+                .await
             }
         };
         let result = answer.and_then(|reply| match reply {
@@ -302,6 +303,20 @@ impl RawCallable {
                 reason: format!("a {kind:?} frame with status {status:?} answered a request"),
             }),
         }
+    }
+}
+
+/// Runs `work` until `token` fires; then drops it, and the result is
+/// `cancelled()`.
+async fn until_cancelled<T>(
+    work: impl Future<Output = Result<T>>,
+    token: &CancelToken,
+    cancelled: impl FnOnce() -> Error,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        r = work => r,
+        _ = token.fired_reason() => Err(cancelled()),
     }
 }
 
@@ -414,19 +429,19 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
         }
     }
 
-    /// Calls the RPC and decodes its response. From inside a handler, the
+    /// Calls the RPC and decodes its response. Awaited by a handler, the
     /// call inherits the request's deadline and cancellation (see
     /// [`RawCallable::call`]).
     ///
     /// # Errors
     /// [`Error::Encode`], [`Error::Decode`], and those of [`RawCallable::call`].
-    pub fn call<'a>(&'a self, args: &'a A) -> impl Future<Output = Result<R>> + 'a {
-        let inherited = cancel::current();
-        async move {
-            let (_, mut msg) = self.encoded(args)?;
-            let payload = self.raw.invoke(Body::Encoded(&mut msg), inherited).await?;
-            decode_response(self.rpc_name(), &payload)
-        }
+    pub async fn call(&self, args: &A) -> Result<R> {
+        let (_, mut msg) = self.encoded(args)?;
+        let payload = self
+            .raw
+            .invoke(Body::Encoded(&mut msg), cancel::current())
+            .await?;
+        decode_response(self.rpc_name(), &payload)
     }
 
     pub(crate) fn rpc_name(&self) -> &str {

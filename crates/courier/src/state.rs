@@ -67,6 +67,9 @@ pub(crate) struct EngineState {
     pub(crate) conn_slots: ConnectionSlots,
     /// The coarse clock keepalive and the readers share (`liveness.rs`).
     pub(crate) clock: Clock,
+    /// Keepalive's interval + timeout in milliseconds, if it is on: a
+    /// connection silent for longer is given up ([`EngineState::given_up`]).
+    keepalive_limit_ms: Option<u64>,
     peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -114,6 +117,9 @@ impl EngineState {
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
             clock: Clock::new(),
+            keepalive_limit_ms: config.keepalive.enabled().map(|(interval, timeout)| {
+                u64::try_from((interval + timeout).as_millis()).unwrap_or(u64::MAX)
+            }),
             config,
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -221,18 +227,13 @@ impl EngineState {
     /// connection rather than write on that one (the keepalive thread keeps
     /// the clock going while the engine does not run).
     fn given_up(&self, conn: &Conn) -> Option<String> {
-        let (interval, timeout) = self.config.keepalive.enabled()?;
-        if conn.liveness.is_paused() {
+        // On every call: integers only, the message made only if it is used.
+        let limit = self.keepalive_limit_ms?;
+        let silent = self.clock.now().saturating_sub(conn.liveness.heard());
+        if silent < limit || conn.liveness.is_paused() {
             return None;
         }
-        let limit = u64::try_from((interval + timeout).as_millis()).unwrap_or(u64::MAX);
-        let silent = self.clock.now().saturating_sub(conn.liveness.heard());
-        (silent >= limit).then(|| {
-            format!(
-                "nothing received for {silent} ms, more than keepalive's interval + timeout \
-                 ({limit} ms): the connection is given up and a new one opened"
-            )
-        })
+        Some(given_up_reason(silent, limit))
     }
 
     /// A fresh connection id.
@@ -314,4 +315,14 @@ impl EngineState {
         self.lifecycle.run_on_finalize();
         self.lifecycle.set_finalized();
     }
+}
+
+/// Why a connection silent for `silent` ms (keepalive allows `limit`) is
+/// given up.
+#[cold]
+fn given_up_reason(silent: u64, limit: u64) -> String {
+    format!(
+        "nothing received for {silent} ms, more than keepalive's interval + timeout \
+         ({limit} ms): the connection is given up and a new one opened"
+    )
 }

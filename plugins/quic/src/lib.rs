@@ -87,9 +87,10 @@
 //!   the client sends anything (a message, the engine's keepalive probe,
 //!   quinn's keep-alive): the error is reported on the socket's next send,
 //!   typically quinn's retransmission of that datagram, and the
-//!   connection's reads and writes fail with
-//!   [`io::ErrorKind::ConnectionRefused`], "the server's host answered
-//!   'port unreachable'". Option `port_unreachable = false` turns
+//!   connection's reads fail with [`io::ErrorKind::ConnectionRefused`],
+//!   "the server's host answered 'port unreachable'", once they have
+//!   returned all that had arrived (the answer to a remote shutdown, sent
+//!   just before the server exited, is not lost). Option `port_unreachable = false` turns
 //!   this off (the connect check stays); the connection then ends at the
 //!   idle timeout, or the engine's keepalive.
 //!
@@ -191,10 +192,6 @@ const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Application close code: the dialer opened no stream in time.
 const CLOSE_NO_STREAM: u32 = 1;
-
-/// Application close code: the server's host answered "port unreachable"
-/// (the server is gone; nobody reads this close).
-const CLOSE_UNREACHABLE: u32 = 2;
 
 /// The `quic` plugin: builds [`QuicTransport`]s from options.
 #[derive(Debug, Default, Clone, Copy)]
@@ -763,11 +760,14 @@ impl Transport for QuicTransport {
 async fn close_when_unreachable(connection: quinn::Connection, unreachable: Arc<Unreachable>) {
     tokio::select! {
         () = unreachable.wait() => {
+            // The reader ends the connection once it has read what had
+            // arrived (`streams.rs`); closing here would drop that, such
+            // as the answer to a remote shutdown. Nothing is sent on a
+            // connection whose server is gone: its sends fail as it ends.
             tracing::debug!(
                 remote = %connection.remote_address(),
-                "the server's port is unreachable: closing the QUIC connection"
+                "the server's port is unreachable: the QUIC connection ends after what was received"
             );
-            connection.close(VarInt::from_u32(CLOSE_UNREACHABLE), b"port unreachable");
         }
         _ = connection.closed() => {}
     }

@@ -19,8 +19,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -32,6 +32,10 @@ use tokio::sync::Notify;
 pub(crate) struct Unreachable {
     refused: AtomicBool,
     notify: Notify,
+    /// The connection's reader, while it waits for data: woken when the
+    /// port is reported closed, so that it ends once it has read what had
+    /// arrived (`streams.rs`).
+    reader: Mutex<Option<Waker>>,
 }
 
 impl Unreachable {
@@ -43,6 +47,19 @@ impl Unreachable {
     fn set(&self) {
         if !self.refused.swap(true, Ordering::AcqRel) {
             self.notify.notify_waiters();
+            let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(reader) = reader {
+                reader.wake();
+            }
+        }
+    }
+
+    /// Registers the reader that waits for data (see the field).
+    pub(crate) fn register_reader(&self, waker: &Waker) {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        match reader.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *reader = Some(waker.clone()),
         }
     }
 

@@ -168,9 +168,24 @@ impl AsyncRead for QuicRecvStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let why = &this.why;
-        this.stream
-            .poll_read_buf(cx, buf)
-            .map_err(|e| read_error(e, why))
+        match this.stream.poll_read_buf(cx, buf) {
+            // Nothing more has arrived: if the server's port is reported
+            // closed, the connection ends here, after everything that had
+            // arrived was read (a response sent just before the server
+            // exited is not lost).
+            Poll::Pending => match &why.unreachable {
+                Some((u, _)) => {
+                    u.register_reader(cx.waker());
+                    if u.is_set() {
+                        Poll::Ready(Err(unreachable_error()))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+                None => Poll::Pending,
+            },
+            ready => ready.map_err(|e| read_error(e, why)),
+        }
     }
 }
 

@@ -87,3 +87,63 @@ pub fn header(title: &str) {
         "layer", "p50 µs", "p99 µs", "mean µs", "per s", "p50/raw"
     );
 }
+
+/// A server engine and a client engine of one protocol, each on a tokio
+/// runtime of its own, the client connected to the server: what the
+/// in-process benchmarks (`allocs`, `cancel_latency`) measure between.
+#[derive(Debug)]
+pub struct EnginePair {
+    /// The server's runtime.
+    pub server_rt: tokio::runtime::Runtime,
+    /// The client's runtime.
+    pub client_rt: tokio::runtime::Runtime,
+    /// The server engine (its RPCs registered by the caller).
+    pub server: courier::Engine,
+    /// The client engine.
+    pub client: courier::Engine,
+    /// The server's address, looked up by the client.
+    pub address: courier::Address,
+}
+
+impl EnginePair {
+    /// Looks `server` up from `client` (on the client's runtime).
+    ///
+    /// # Errors
+    /// The lookup's.
+    pub fn connect(
+        server_rt: tokio::runtime::Runtime,
+        client_rt: tokio::runtime::Runtime,
+        server: courier::Engine,
+        client: courier::Engine,
+    ) -> courier::Result<Self> {
+        let at = server.address().to_string();
+        let address = client_rt.block_on({
+            let client = client.clone();
+            async move { client.lookup(&at).await }
+        })?;
+        Ok(Self {
+            server_rt,
+            client_rt,
+            server,
+            client,
+            address,
+        })
+    }
+
+    /// Finalizes both engines, then shuts their runtimes down.
+    pub fn finish(self) {
+        let Self {
+            server_rt,
+            client_rt,
+            server,
+            client,
+            address,
+        } = self;
+        drop(address);
+        client_rt.block_on(client.finalize());
+        server_rt.block_on(server.finalize());
+        drop((client, server));
+        client_rt.shutdown_timeout(Duration::from_secs(1));
+        server_rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}

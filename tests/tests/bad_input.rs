@@ -145,6 +145,36 @@ async fn valid_bytes_are_answered(proto: &str) {
     wait_for_close(&mut raw, "the server closing after a bad frame").await;
 }
 
+/// A raw "server" and a client engine that called `double` on it: the
+/// raw connection, the call in flight, and its request's header (after the
+/// client's preamble and Hello).
+struct RawServer {
+    client: courier::Engine,
+    address: courier::Address,
+    raw: Box<dyn RawSocket>,
+    call: tokio::task::JoinHandle<courier::Result<u32>>,
+    request: Header,
+}
+
+async fn raw_server_called(proto: &str, n: u32) -> RawServer {
+    let (listener, peer) = RawListener::bind(proto).await;
+    let client = cc::client(proto).await;
+    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
+    let address = found.unwrap();
+    let call = {
+        let c = client.remote::<u32, u32>("double").on(&address);
+        tokio::spawn(async move { c.call(&n).await })
+    };
+    let request = read_client_request(&mut raw).await;
+    RawServer {
+        client,
+        address,
+        raw,
+        call,
+        request,
+    }
+}
+
 /// Plays the server's side of a raw connection from a client engine:
 /// reads the client's preamble, its Hello, and one request; returns the
 /// request's header.
@@ -166,15 +196,13 @@ async fn read_client_request(raw: &mut Box<dyn RawSocket>) -> Header {
 /// call ends with `ConnectionLost` (not a hang) and the client closes that
 /// connection.
 async fn garbage_from_the_server(proto: &str) {
-    let (listener, peer) = RawListener::bind(proto).await;
-    let client = cc::client(proto).await;
-    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
-    let address = found.unwrap();
-    let call = {
-        let c = client.remote::<u32, u32>("double").on(&address);
-        tokio::spawn(async move { c.call(&1).await })
-    };
-    let request = read_client_request(&mut raw).await;
+    let RawServer {
+        client: _client,
+        address: _,
+        mut raw,
+        call,
+        request,
+    } = raw_server_called(proto, 1).await;
     assert_eq!(request.rpc, rpc_id("double"));
     raw.write_all(&garbage(64, 7)).await.unwrap();
     let err = guard("a call answered with garbage", call)
@@ -188,15 +216,13 @@ async fn garbage_from_the_server(proto: &str) {
 /// A response to no call in flight (a stray sequence number) is ignored;
 /// the real response that follows answers the call.
 async fn stray_response_is_ignored(proto: &str) {
-    let (listener, peer) = RawListener::bind(proto).await;
-    let client = cc::client(proto).await;
-    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
-    let address = found.unwrap();
-    let call = {
-        let c = client.remote::<u32, u32>("double").on(&address);
-        tokio::spawn(async move { c.call(&21).await })
-    };
-    let request = read_client_request(&mut raw).await;
+    let RawServer {
+        client: _client,
+        address: _,
+        mut raw,
+        call,
+        request,
+    } = raw_server_called(proto, 21).await;
     let response = Header {
         kind: Kind::Response,
         ..request
@@ -298,15 +324,13 @@ async fn extensions_and_cancels(proto: &str) {
 /// An answer whose extension block is malformed fails its call with a
 /// clear error, and only that call: the connection stays.
 async fn malformed_answer_extension(proto: &str) {
-    let (listener, peer) = RawListener::bind(proto).await;
-    let client = cc::client(proto).await;
-    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
-    let address = found.unwrap();
-    let call = {
-        let c = client.remote::<u32, u32>("double").on(&address);
-        tokio::spawn(async move { c.call(&1).await })
-    };
-    let request = read_client_request(&mut raw).await;
+    let RawServer {
+        client,
+        address,
+        mut raw,
+        call,
+        request,
+    } = raw_server_called(proto, 1).await;
     let bad = Header {
         kind: Kind::Response,
         flags: FLAG_EXTENSIONS,

@@ -38,6 +38,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use courier_benches::EnginePair;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -339,15 +340,21 @@ fn runtime(side: Side) -> Runtime {
 }
 
 /// Both engines of one protocol, each on its own runtime.
-struct Pair {
-    server_rt: Runtime,
-    client_rt: Runtime,
-    server: Engine,
-    client: Engine,
-    address: courier::Address,
+struct Pair(EnginePair);
+
+impl std::ops::Deref for Pair {
+    type Target = EnginePair;
+
+    fn deref(&self) -> &EnginePair {
+        &self.0
+    }
 }
 
 impl Pair {
+    fn finish(self) {
+        self.0.finish();
+    }
+
     fn new(protocol: &str) -> courier::Result<Self> {
         let server_rt = runtime(Side::Server);
         let client_rt = runtime(Side::Client);
@@ -361,18 +368,9 @@ impl Pair {
             handle.respond(&x).await
         })?;
         let client = client_rt.block_on(Engine::builder(protocol).mode(Mode::Client).build())?;
-        let at = server.address().to_string();
-        let address = client_rt.block_on({
-            let client = client.clone();
-            async move { client.lookup(&at).await }
-        })?;
-        Ok(Self {
-            server_rt,
-            client_rt,
-            server,
-            client,
-            address,
-        })
+        Ok(Self(EnginePair::connect(
+            server_rt, client_rt, server, client,
+        )?))
     }
 
     /// Makes `calls` calls of `rpc`, `in_flight` at a time, from tasks of
@@ -406,22 +404,6 @@ impl Pair {
                 t.await.expect("a calling task");
             }
         });
-    }
-
-    fn finish(self) {
-        let Self {
-            server_rt,
-            client_rt,
-            server,
-            client,
-            address,
-        } = self;
-        drop(address);
-        client_rt.block_on(client.finalize());
-        server_rt.block_on(server.finalize());
-        drop((client, server));
-        client_rt.shutdown_timeout(Duration::from_secs(1));
-        server_rt.shutdown_timeout(Duration::from_secs(1));
     }
 }
 

@@ -32,6 +32,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use courier_benches::EnginePair;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -144,15 +145,22 @@ async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
     }
 }
 
-struct Pair {
-    server_rt: Runtime,
-    client_rt: Runtime,
-    server: Engine,
-    client: Engine,
-    address: courier::Address,
+/// Both engines of one protocol, each on its own runtime.
+struct Pair(EnginePair);
+
+impl std::ops::Deref for Pair {
+    type Target = EnginePair;
+
+    fn deref(&self) -> &EnginePair {
+        &self.0
+    }
 }
 
 impl Pair {
+    fn finish(self) {
+        self.0.finish();
+    }
+
     fn new(protocol: &str, spin_us: Option<u64>) -> courier::Result<(Self, Reports)> {
         let server_rt = runtime("server");
         let client_rt = runtime("client");
@@ -183,18 +191,7 @@ impl Pair {
             }
         })?;
         let client = client_rt.block_on(builder(Mode::Client).build())?;
-        let at = server.address().to_string();
-        let address = client_rt.block_on({
-            let client = client.clone();
-            async move { client.lookup(&at).await }
-        })?;
-        let pair = Self {
-            server_rt,
-            client_rt,
-            server,
-            client,
-            address,
-        };
+        let pair = Self(EnginePair::connect(server_rt, client_rt, server, client)?);
         Ok((
             pair,
             Reports {
@@ -231,22 +228,6 @@ impl Pair {
         self.client_rt
             .block_on(task)
             .expect("the client's task panicked")
-    }
-
-    fn finish(self) {
-        let Self {
-            server_rt,
-            client_rt,
-            server,
-            client,
-            address,
-        } = self;
-        drop(address);
-        client_rt.block_on(client.finalize());
-        server_rt.block_on(server.finalize());
-        drop((client, server));
-        client_rt.shutdown_timeout(Duration::from_secs(1));
-        server_rt.shutdown_timeout(Duration::from_secs(1));
     }
 }
 

@@ -32,6 +32,24 @@ impl Drop for ReportDrop {
     }
 }
 
+/// Calls `rpc` (no arguments) at `address` from a task of its own, waits
+/// until `started` says its handler began, then drops the call (the task
+/// is aborted), which must send the server a cancel.
+async fn call_then_drop<T>(
+    client: &Engine,
+    address: &courier::Address,
+    rpc: &str,
+    started: &mut mpsc::UnboundedReceiver<T>,
+) -> T {
+    let call = {
+        let c = client.remote::<(), ()>(rpc).on(address);
+        tokio::spawn(async move { c.call(&()).await })
+    };
+    let first = recv(started, "the handler's start").await;
+    call.abort();
+    first
+}
+
 /// Registers `wait`: reports its deadline when it starts, then waits for
 /// ever (until the engine drops it, which it reports).
 fn register_wait(
@@ -125,13 +143,8 @@ pub async fn dropped_call_cancels_the_handler(proto: &str) {
     crate::register_hello(&server);
     let client = crate::client(proto).await;
     let address = crate::lookup(&client, &server).await;
-    let wait = client.remote::<(), ()>("wait");
-    let call = {
-        let c = wait.on(&address);
-        tokio::spawn(async move { c.call(&()).await })
-    };
-    assert_eq!(recv(&mut started, "the handler's start").await, None);
-    call.abort();
+    let left = call_then_drop(&client, &address, "wait", &mut started).await;
+    assert_eq!(left, None, "no deadline was set");
     assert_eq!(recv(&mut dropped, "the handler's drop").await, "wait");
     crate::assert_hello(&client, &address).await;
 }
@@ -159,13 +172,7 @@ pub async fn cancel_token_tells_why(proto: &str) {
         .unwrap();
     let client = crate::client(proto).await;
     let address = crate::lookup(&client, &server).await;
-    let worker = client.remote::<(), ()>("worker");
-    let call = {
-        let c = worker.on(&address);
-        tokio::spawn(async move { c.call(&()).await })
-    };
-    recv(&mut started_rx, "the handler's start").await;
-    call.abort();
+    call_then_drop(&client, &address, "worker", &mut started_rx).await;
     assert_eq!(
         recv(&mut rx, "the token").await,
         (CancelReason::Caller, true)
@@ -194,13 +201,7 @@ pub async fn deferred_handle_is_cancelled(proto: &str) {
         .unwrap();
     let client = crate::client(proto).await;
     let address = crate::lookup(&client, &server).await;
-    let later = client.remote::<(), ()>("later");
-    let call = {
-        let c = later.on(&address);
-        tokio::spawn(async move { c.call(&()).await })
-    };
-    recv(&mut started_rx, "the deferred handler").await;
-    call.abort();
+    call_then_drop(&client, &address, "later", &mut started_rx).await;
     let (reason, cancelled, late) = recv(&mut rx, "the deferred cancel").await;
     assert_eq!((reason, cancelled), (CancelReason::Caller, true));
     assert!(matches!(late, Err(Error::Cancelled { .. })), "{late:?}");

@@ -97,25 +97,64 @@ async fn client_of(server: &Engine) -> (Engine, courier::Address) {
     (client, address)
 }
 
+/// A server whose provider `id` has max_running 1 and max_queued 1, with
+/// `stall` at it, and a client that called it twice: the first call runs
+/// (released by `release`), the second is queued. Dropping the server or
+/// the client finalizes it: keep both.
+struct OneRunningOneQueued {
+    server: Engine,
+    release: Arc<Semaphore>,
+    started_rx: mpsc::UnboundedReceiver<u32>,
+    client: Engine,
+    address: courier::Address,
+    stall: courier::RemoteFunction<u32, u32>,
+    first: JoinHandle<courier::Result<u32>>,
+    second: JoinHandle<courier::Result<u32>>,
+}
+
+async fn one_running_one_queued(id: u16) -> OneRunningOneQueued {
+    let server = Engine::builder("mem")
+        .config_json(&format!(
+            r#"{{"providers": {{"{id}": {{"max_running": 1, "max_queued": 1}}}}}}"#
+        ))
+        .build()
+        .await
+        .unwrap();
+    let release = Arc::new(Semaphore::new(0));
+    let mut started_rx = register_stall(&server, id, &release);
+    let (client, address) = client_of(&server).await;
+    let stall = client.remote::<u32, u32>("stall");
+    let first = spawn_call(stall.on_provider(&address, id), 1);
+    assert_eq!(started(&mut started_rx).await, 1);
+    let second = spawn_call(stall.on_provider(&address, id), 2);
+    load_until(&server, id, "the second request queued", |l| l.queued == 1).await;
+    OneRunningOneQueued {
+        server,
+        release,
+        started_rx,
+        client,
+        address,
+        stall,
+        first,
+        second,
+    }
+}
+
 /// max_running 1, max_queued 1: the first call runs, the second waits, the
 /// third is refused at once with `Busy`, naming the limit, while the first
 /// still runs; released, the first two complete in order.
 #[tokio::test]
 async fn past_the_limits_the_caller_is_told_busy_at_once() {
-    let server = Engine::builder("mem")
-        .config_json(r#"{"providers": {"3": {"max_running": 1, "max_queued": 1}}}"#)
-        .build()
-        .await
-        .unwrap();
-    let release = Arc::new(Semaphore::new(0));
-    let mut started_rx = register_stall(&server, 3, &release);
-    let (client, address) = client_of(&server).await;
-    let stall = client.remote::<u32, u32>("stall");
-
-    let first = spawn_call(stall.on_provider(&address, 3), 1);
-    assert_eq!(started(&mut started_rx).await, 1);
-    let second = spawn_call(stall.on_provider(&address, 3), 2);
-    load_until(&server, 3, "the second request queued", |l| l.queued == 1).await;
+    let OneRunningOneQueued {
+        server,
+        release,
+        mut started_rx,
+        client,
+        address,
+        stall,
+        first,
+        second,
+    } = one_running_one_queued(3).await;
 
     let err = guard("the third call", stall.on_provider(&address, 3).call(&3))
         .await
@@ -503,20 +542,16 @@ fn a_blocking_engine_runs_a_pooled_provider_on_its_pool() {
 /// call never runs its handler; the next request runs when the first ends.
 #[tokio::test]
 async fn a_queued_request_cancelled_by_its_caller_never_runs() {
-    let server = Engine::builder("mem")
-        .config_json(r#"{"providers": {"5": {"max_running": 1, "max_queued": 1}}}"#)
-        .build()
-        .await
-        .unwrap();
-    let release = Arc::new(Semaphore::new(0));
-    let mut started_rx = register_stall(&server, 5, &release);
-    let (client, address) = client_of(&server).await;
-    let stall = client.remote::<u32, u32>("stall");
-
-    let first = spawn_call(stall.on_provider(&address, 5), 1);
-    assert_eq!(started(&mut started_rx).await, 1);
-    let queued = spawn_call(stall.on_provider(&address, 5), 2);
-    load_until(&server, 5, "the second request queued", |l| l.queued == 1).await;
+    let OneRunningOneQueued {
+        server: _server,
+        release,
+        mut started_rx,
+        client: _client,
+        address,
+        stall,
+        first,
+        second: queued,
+    } = one_running_one_queued(5).await;
     queued.abort();
     // Dropped here, which sends its Cancel.
     assert!(guard("the dropped call", queued).await.is_err());

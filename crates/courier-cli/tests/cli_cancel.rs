@@ -44,7 +44,7 @@ fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
 }
 
 /// A `courier serve` child process, with its default logging (no `-v`, no
-/// `RUST_LOG`), its stdout and stderr read line by line; killed on drop.
+/// `RUST_LOG`), its stdout and stderr read line by line; shut down on drop.
 struct Server {
     child: Child,
     address: String,
@@ -56,7 +56,7 @@ struct Server {
 impl Server {
     fn start(protocol: &str) -> Self {
         let mut child = courier()
-            .args(["serve", "--protocol", protocol])
+            .args(["serve", "--protocol", protocol, "--enable-remote-shutdown"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -117,8 +117,20 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Shuts the service down the way a user would (it finalizes, and a
+    /// unix server removes its socket's folder); kills it only if that
+    /// fails.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let asked = courier()
+            .args(["shutdown", &self.address, "--timeout-ms", "10000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !asked {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

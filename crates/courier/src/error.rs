@@ -6,11 +6,18 @@ pub use courier_transport::TransportError;
 
 /// Everything that can go wrong in Courier, with messages that say what
 /// failed and where (the RPC, the provider, the address).
+///
+/// Each variant about a request says whether the request can have reached
+/// its handler ("Reach:"; [`Error::reach`] returns it, and
+/// [`Error::is_retry_safe`] applies it). Variants that say nothing are
+/// not about a request, and count as not reached.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A transport-level failure: unknown protocol, malformed address,
     /// connect refused, message too large, ... (see [`TransportError`]).
+    /// Reach: not reached, except an I/O error or a close part way
+    /// (unknown).
     #[error(transparent)]
     Transport(#[from] TransportError),
 
@@ -41,6 +48,7 @@ pub enum Error {
     },
 
     /// Connecting took longer than the configured connect timeout.
+    /// Reach: not reached (nothing was sent).
     #[error("timed out connecting to {address} after {after:?}")]
     ConnectTimeout {
         /// The address.
@@ -49,8 +57,8 @@ pub enum Error {
         after: Duration,
     },
 
-    /// No response within the call's timeout. The request may still run
-    /// at the server; a late response is discarded.
+    /// No response within the call's timeout. The server was told (a
+    /// `Cancel`), and a late response is discarded. Reach: unknown.
     #[error("RPC '{rpc}' to {address} timed out after {after:?}")]
     Timeout {
         /// The RPC's name.
@@ -61,7 +69,8 @@ pub enum Error {
         after: Duration,
     },
 
-    /// The server has no RPC of that name at that provider.
+    /// The server has no RPC of that name at that provider. Reach: not
+    /// reached.
     #[error("no such RPC '{rpc}' at provider {provider} of {address}")]
     NoSuchRpc {
         /// The RPC's name.
@@ -72,7 +81,7 @@ pub enum Error {
         address: String,
     },
 
-    /// The remote handler returned an error.
+    /// The remote handler returned an error. Reach: reached.
     #[error("RPC '{rpc}' failed at {address}: {message}")]
     Remote {
         /// The RPC's name.
@@ -83,7 +92,7 @@ pub enum Error {
         message: String,
     },
 
-    /// The remote handler panicked.
+    /// The remote handler panicked. Reach: reached.
     #[error("RPC '{rpc}' panicked at {address}: {message}")]
     RemotePanic {
         /// The RPC's name.
@@ -94,7 +103,8 @@ pub enum Error {
         message: String,
     },
 
-    /// The remote handler finished (or dropped its handle) without responding.
+    /// The remote handler finished (or dropped its handle) without
+    /// responding. Reach: reached.
     #[error("RPC '{rpc}' at {address}: the handler finished without responding")]
     NoResponse {
         /// The RPC's name.
@@ -104,7 +114,8 @@ pub enum Error {
     },
 
     /// The RPC is registered with `disable_response` at the server, so a
-    /// call that waits for a response would wait forever.
+    /// call that waits for a response would wait forever. Reach: not
+    /// reached.
     #[error(
         "RPC '{rpc}' at provider {provider} of {address} is one-way (registered with \
          disable_response): call it through a remote function with disable_response()"
@@ -143,11 +154,12 @@ pub enum Error {
     },
 
     /// This engine is finalized (or finalizing): it makes no more calls, and
-    /// calls that were in flight end with this error.
+    /// calls that were in flight end with this error. Reach: unknown.
     #[error("the engine is finalized")]
     Finalized,
 
-    /// The remote engine is finalizing and refused the request.
+    /// The remote engine is finalizing and refused the request. Reach: not
+    /// reached.
     #[error("{address} is finalizing and refused the request")]
     RemoteFinalizing {
         /// The server's address.
@@ -162,7 +174,8 @@ pub enum Error {
     },
 
     /// The connection failed while the call was in flight (the peer died,
-    /// reset the connection, or sent something invalid).
+    /// reset the connection, stopped answering keepalive probes, or sent
+    /// something invalid). Reach: unknown.
     #[error("connection with {address} lost: {reason}")]
     ConnectionLost {
         /// The peer's address.
@@ -171,7 +184,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The peer answered with a frame that makes no sense for the request.
+    /// The peer answered with a frame that makes no sense for the request
+    /// (or refused its header extensions). Reach: unknown.
     #[error("{address} sent an invalid frame: {reason}")]
     Protocol {
         /// The peer's address.
@@ -239,7 +253,7 @@ pub enum Error {
     #[error("invalid bulk transfer: {0}")]
     BulkInvalid(String),
 
-    /// A bulk transfer did not finish within its timeout.
+    /// A bulk transfer did not finish within its timeout. Reach: unknown.
     #[error("bulk transfer with {address} timed out after {after:?}")]
     BulkTimeout {
         /// The peer's address.
@@ -255,7 +269,8 @@ pub enum Error {
 
     /// The server refused the request at once because the provider (or the
     /// connection) is at its limit of handlers running and queued. No
-    /// handler saw the request: sending it again later is safe.
+    /// handler saw the request: sending it again later is safe. Reach: not
+    /// reached.
     #[error("RPC '{rpc}' at provider {provider} of {address} refused: busy ({reason})")]
     Busy {
         /// The RPC's name.
@@ -270,7 +285,7 @@ pub enum Error {
 
     /// The call's time budget was spent before the request could be sent
     /// (a timeout of zero, or a handler's inherited deadline that already
-    /// passed): nothing was sent.
+    /// passed): nothing was sent. Reach: not reached.
     #[error("RPC '{rpc}' to {address} was not sent: its deadline had passed")]
     DeadlineExceeded {
         /// The RPC's name.
@@ -282,7 +297,7 @@ pub enum Error {
     /// The call was cancelled: by its [`Request`](crate::blocking::Request)'s
     /// `cancel`, or because the request whose handler made it was
     /// cancelled by its own caller. The server was told; its handler may
-    /// have started.
+    /// have started. Reach: unknown.
     #[error("RPC '{rpc}' to {address} was cancelled")]
     Cancelled {
         /// The RPC's name.

@@ -12,11 +12,10 @@
 
 mod common;
 
-use common::{courier, run_cmd, Run};
+use common::{courier, lines, run_cmd, Run};
 
-use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,20 +26,6 @@ const GUARD: Duration = Duration::from_secs(60);
 /// Runs `courier ARGS` to completion; kills it if it outlives the guard.
 fn run(args: &[&str]) -> Run {
     run_cmd(courier(), args, GUARD)
-}
-
-/// Sends each line of `pipe` on the returned channel, from a thread.
-fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// A `courier serve` child process, with its default logging (no `-v`, no

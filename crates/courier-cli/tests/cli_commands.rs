@@ -8,12 +8,10 @@
 
 mod common;
 
-use common::{courier, run_cmd, run_cmd_with_input, Run};
+use common::{courier, lines, run_cmd, run_cmd_with_input, Run};
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 /// How long any one command may take before the test gives up on it.
@@ -61,16 +59,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn courier serve");
-        let pipe = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines(child.stdout.take().unwrap());
         let mut server = Self {
             child,
             address: String::new(),

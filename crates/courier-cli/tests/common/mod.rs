@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -134,4 +134,19 @@ pub(crate) fn run_with(args: &[&str], table: Option<&Path>, guard: Duration) -> 
         cmd.env("COURIER_PROTOCOLS", t);
     }
     run_cmd(cmd, args, guard)
+}
+
+/// Sends each line of `pipe` on the returned channel, from a thread (a
+/// child's stdout or stderr, read while the test waits on the channel).
+pub(crate) fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

@@ -496,7 +496,15 @@ impl courier::BulkMemory for Gate {
         let first = self.first.lock().unwrap().take();
         if let Some((tell, go)) = first {
             tell.send(()).unwrap();
-            go.recv_timeout(crate::HANG_GUARD).unwrap();
+            // Waiting blocks this thread, an engine's runtime worker: on a
+            // multi-thread runtime, hand its other tasks (the connection's
+            // reader, its queued wake-ups) to another worker first, as any
+            // memory that can block must.
+            let wait = || go.recv_timeout(crate::HANG_GUARD).unwrap();
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
+            }
         }
         self.bytes.read_with(offset, len, f);
     }

@@ -93,7 +93,12 @@ async fn spin_until(
             next_thread_yield = now + THREAD_YIELD_EVERY;
         }
         if now >= next_task_yield {
-            tokio::task::yield_now().await;
+            // Not `tokio::task::yield_now` on a multi-thread runtime: it
+            // defers the wake-up until this worker parks, and a worker that
+            // then runs a task which blocks (a handler, a slow `BulkMemory`)
+            // would hold this connection's reader with it. A task at the
+            // back of the run queue can be stolen by an idle worker.
+            yield_to_woken().await;
             next_task_yield = Instant::now() + TASK_YIELD_EVERY;
         }
     }

@@ -1239,8 +1239,11 @@ pub fn blocking_seed_with_remote_shutdown(proto: &str) {
                 handle.respond(&format!("Good bye {first}"))
             },
         )?;
-        addr_tx.send(engine.address().to_string()).unwrap();
+        // Enabled before the address is out: the engine serves `hello` on
+        // its own serving thread, so the client may ask for the shutdown
+        // before this thread gets further.
         engine.enable_remote_shutdown();
+        addr_tx.send(engine.address().to_string()).unwrap();
         engine.wait_for_finalize()?;
         assert!(engine.is_finalized());
         Ok(())

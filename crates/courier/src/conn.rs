@@ -248,6 +248,20 @@ impl Conn {
         self.send_then(parts, true).await
     }
 
+    /// Closes the sending half gracefully, if nothing is being written:
+    /// the transport delivers what was sent before it lets go (a QUIC
+    /// stream's data is acknowledged). For the remote-shutdown answer,
+    /// which the finalize that follows would otherwise cut off: QUIC hands
+    /// written data to its connection task, which a finalize drops.
+    pub(crate) async fn close_sending(&self) {
+        let sender = lock(&self.outbox).sender.take();
+        if let Some(mut sender) = sender {
+            if let Err(e) = sender.close_dyn().await {
+                tracing::debug!(peer = %self.remote(), "closing the sending half: {e}");
+            }
+        }
+    }
+
     /// [`Conn::send_flushed`] if `flushed`, else [`Conn::send`].
     pub(crate) async fn send_then(&self, parts: &[&[u8]], flushed: bool) -> Result<()> {
         let ticket = self.send_ticket(parts).await?;

@@ -26,6 +26,17 @@ use crate::state::EngineState;
 use crate::sync::poll_once;
 
 /// Routes frames to handlers, calls in flight, and the engine.
+/// The largest request payload whose handler is first polled in the
+/// reader. Decoding a larger argument takes long enough (milliseconds from
+/// a few MiB up; seconds in a debug build) that the reader, which answers
+/// the connection's other requests and keepalive probes, must not wait for
+/// it; against that, one task spawn costs nothing.
+const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// How long a remote shutdown waits for its answer to be delivered (the
+/// sending half closed gracefully) before the engine finalizes.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) struct Dispatcher {
     pub(crate) state: Arc<EngineState>,
     pub(crate) rpcs: Arc<RpcTable<RawHandler>>,
@@ -172,8 +183,9 @@ impl Dispatcher {
                 handler::run(entry.handler.clone(), handle, payload).await;
             });
         }
-        if !state.inline_handlers {
-            // It runs on another thread: a cancel may come before it starts.
+        if !state.inline_handlers || payload.len() > INLINE_PAYLOAD_MAX {
+            // It runs on another thread, or as a task of its own: a cancel
+            // may come before it starts.
             handle.track();
             let fut = handler::run(entry.handler.clone(), handle, payload);
             state.handler_rt.spawn(fut);
@@ -191,7 +203,8 @@ impl Dispatcher {
         }
     }
 
-    /// Answers a shutdown request.
+    /// Answers a shutdown request: the answer is sent and delivered before
+    /// the engine finalizes (at most [`SHUTDOWN_LINGER`] is spent on it).
     async fn shutdown(&self, conn: &Arc<Conn>, header: Header) {
         let state = &self.state;
         if !state.lifecycle.remote_shutdown_enabled() {
@@ -210,8 +223,11 @@ impl Dispatcher {
             kind: Kind::Response,
             ..header
         };
-        // Written before the engine finalizes (and drops what is queued).
+        // Written before the engine finalizes (and drops what is queued),
+        // then delivered: the sending half is closed gracefully, bounded in
+        // time (a peer that stopped reading does not hold the shutdown).
         let _ = conn.send_flushed(&[&ack.encode()]).await;
+        let _ = tokio::time::timeout(SHUTDOWN_LINGER, conn.close_sending()).await;
         let state = state.clone();
         self.state.rt.spawn(async move { state.finalize().await });
     }

@@ -149,6 +149,9 @@ pub struct EngineBuilder {
     pools: Vec<(String, usize)>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
     pub(crate) progress_provided: bool,
+    /// Set by the blocking facade, which runs its handlers on threads of
+    /// its own (outside the runtime) rather than on RPC threads' runtime.
+    pub(crate) rpc_provided: bool,
 }
 
 impl EngineBuilder {
@@ -168,6 +171,7 @@ impl EngineBuilder {
             providers: Vec::new(),
             pools: Vec::new(),
             progress_provided: false,
+            rpc_provided: false,
         }
     }
 
@@ -342,7 +346,7 @@ impl EngineBuilder {
         } else {
             RtHandle::current()
         };
-        let handlers = if config.rpc_thread_count > 0 {
+        let handlers = if config.rpc_thread_count > 0 && !self.rpc_provided {
             owned.push(runtime::rpc_threads(config.rpc_thread_count)?)
         } else {
             io.clone()

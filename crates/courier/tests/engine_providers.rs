@@ -509,7 +509,8 @@ async fn provider_and_pool_errors_are_named() {
 }
 
 /// The blocking facade: a pooled provider's (synchronous) handler runs on
-/// its pool, so it blocks the pool's threads, not the progress loop.
+/// its pool, so it blocks the pool's threads; another provider's on the
+/// engine's serving thread; neither on the progress loop.
 #[test]
 fn a_blocking_engine_runs_a_pooled_provider_on_its_pool() {
     use courier::blocking;
@@ -534,7 +535,7 @@ fn a_blocking_engine_runs_a_pooled_provider_on_its_pool() {
     let pooled = whereis.on_provider(&address, 1).call(&()).unwrap();
     assert_eq!(pooled, "courier-pool-sync");
     let plain = whereis.on_provider(&address, 0).call(&()).unwrap();
-    assert_eq!(plain, courier::runtime::PROGRESS_THREAD_NAME);
+    assert_eq!(plain, courier::blocking::SERVE_THREAD_NAME);
     assert_eq!(server.provider_load(1).map(|l| l.refused), Some(0));
 }
 

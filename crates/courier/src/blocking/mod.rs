@@ -10,9 +10,16 @@
 //!   `wait_for_finalize`, `Request::wait`, ... — which is also the fastest
 //!   way on one core: the caller's own thread does the I/O.
 //!
-//! Handlers here are plain closures. With `num_rpc_threads(0)` they run on
-//! the progress loop itself (Margo's behaviour: a slow handler delays every
-//! other request); with `n > 0`, on `n` dedicated threads.
+//! Handlers here are plain closures, which may block. With
+//! `num_rpc_threads(0)` they run one at a time on the engine's serving
+//! thread (`courier-serve`, started by the first registration), outside the
+//! runtime: that thread drives the engine while it waits for requests, so a
+//! server serves whatever its own threads are doing (sleeping, busy,
+//! blocked outside Courier), and a handler that blocks holds no thread a
+//! caller's timeout needs. With `n > 0` they run on `n` dedicated threads
+//! (and, without a progress thread, the serving thread still drives the
+//! engine). A handler may make blocking calls, to other engines or to its
+//! own; they inherit its request's deadline and cancellation.
 //!
 //! Blocking calls must not be made from inside an async runtime; they
 //! return [`Error::BlockingInAsync`] there instead of deadlocking.
@@ -39,11 +46,17 @@ use crate::handler::{Handle as AsyncHandle, HandlerOutput};
 use crate::remote::{decode_response, Callable as AsyncCallable, RemoteFunction as AsyncRemote};
 use crate::runtime;
 
+mod serve;
+
+pub use serve::SERVE_THREAD_NAME;
+
 /// The runtime a blocking engine and everything made from it share.
 struct Rt {
     rt: Option<Runtime>,
     /// A current-thread runtime only progresses inside `block_on`.
     needs_driving: bool,
+    /// The serving thread's queue, once a handler is registered.
+    serving: std::sync::Mutex<Option<Arc<serve::Queue>>>,
 }
 
 impl Rt {
@@ -58,7 +71,59 @@ impl Rt {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::BlockingInAsync(what));
         }
+        spare_serving_thread();
         Ok(self.runtime().block_on(f))
+    }
+}
+
+thread_local! {
+    /// The engine this thread is a serving thread of, if it is one.
+    static SERVING_THREAD_OF: std::cell::RefCell<Option<(Arc<Rt>, Arc<serve::Queue>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts a serving thread for `queue`: it waits for jobs inside
+/// `block_on` (driving the engine meanwhile) and runs each outside it.
+fn start_serving_thread(rt: &Arc<Rt>, queue: &Arc<serve::Queue>) -> std::io::Result<()> {
+    if !queue.thread_starts() {
+        return Ok(());
+    }
+    let (rt, jobs) = (rt.clone(), queue.clone());
+    let counted = queue.clone();
+    let spawned = std::thread::Builder::new()
+        .name(queue.name.into())
+        .spawn(move || {
+            SERVING_THREAD_OF.with(|t| *t.borrow_mut() = Some((rt.clone(), jobs.clone())));
+            loop {
+                let Some(job) = rt.runtime().block_on(jobs.next()) else {
+                    jobs.thread_ends();
+                    break;
+                };
+                job();
+                if jobs.thread_retires() {
+                    break;
+                }
+            }
+            SERVING_THREAD_OF.with(|t| t.borrow_mut().take());
+        });
+    if spawned.is_err() {
+        counted.thread_ends();
+    }
+    spawned.map(drop)
+}
+
+/// Before a serving thread blocks (a handler making a blocking call): if
+/// no other serving thread of its engine is free, starts one, so requests
+/// keep being served — the handler's own call to this engine, or a peer's
+/// call back — while this one waits.
+fn spare_serving_thread() {
+    let ours = SERVING_THREAD_OF.with(|t| t.borrow().clone());
+    if let Some((rt, queue)) = ours {
+        if queue.none_idle() {
+            if let Err(e) = start_serving_thread(&rt, &queue) {
+                tracing::warn!("cannot start a spare serving thread: {e}");
+            }
+        }
     }
 }
 
@@ -163,12 +228,24 @@ impl EngineBuilder {
             runtime::caller_driven()?
         };
         self.inner.progress_provided = true;
+        self.inner.rpc_provided = true;
         let rt = Arc::new(Rt {
             rt: Some(runtime),
             needs_driving: !config.use_progress_thread,
+            serving: std::sync::Mutex::new(None),
         });
         let engine = rt.block_on("blocking::Engine::build", self.inner.build())??;
-        Ok(Engine { engine, rt })
+        Ok(Engine {
+            engine,
+            rt,
+            rpc_threads: config.rpc_thread_count,
+            pooled: config
+                .providers
+                .iter()
+                .filter(|(_, p)| p.pool.is_some())
+                .map(|(id, _)| *id)
+                .collect(),
+        })
     }
 }
 
@@ -176,6 +253,10 @@ impl EngineBuilder {
 pub struct Engine {
     engine: AsyncEngine,
     rt: Arc<Rt>,
+    /// Handlers run on RPC threads rather than the serving thread.
+    rpc_threads: usize,
+    /// Providers whose handlers run on a handler pool of their own.
+    pooled: std::collections::BTreeSet<u16>,
 }
 
 impl fmt::Debug for Engine {
@@ -272,9 +353,20 @@ impl Engine {
         F: Fn(Handle, A) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
+        if self.pooled.contains(&options.provider_id) {
+            // On its pool's threads, which no caller's timeout needs.
+            return self
+                .engine
+                .register_with(name, options, move |h: AsyncHandle, args: A| {
+                    std::future::ready(handler(Handle { inner: h }, args).into_result())
+                });
+        }
+        let queue = self.serving_queue()?;
+        let handler = Arc::new(handler);
         self.engine
             .register_with(name, options, move |h: AsyncHandle, args: A| {
-                std::future::ready(handler(Handle { inner: h }, args))
+                let handler = handler.clone();
+                enqueue(&queue, h, move |h| handler(h, args))
             })
     }
 
@@ -287,10 +379,50 @@ impl Engine {
         F: Fn(Handle, Bytes) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
+        if self.pooled.contains(&options.provider_id) {
+            // On its pool's threads, which no caller's timeout needs.
+            return self.engine.register_raw(
+                name,
+                options,
+                move |h: AsyncHandle, payload: Bytes| {
+                    std::future::ready(handler(Handle { inner: h }, payload).into_result())
+                },
+            );
+        }
+        let queue = self.serving_queue()?;
+        let handler = Arc::new(handler);
         self.engine
             .register_raw(name, options, move |h: AsyncHandle, payload: Bytes| {
-                std::future::ready(handler(Handle { inner: h }, payload))
+                let handler = handler.clone();
+                enqueue(&queue, h, move |h| handler(h, payload))
             })
+    }
+
+    /// The queue of the threads that run this engine's handlers: the
+    /// serving thread, or the RPC threads (started here, at the first
+    /// registration).
+    fn serving_queue(&self) -> Result<Arc<serve::Queue>> {
+        let mut slot = self.rt.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = &*slot {
+            return Ok(queue.clone());
+        }
+        let queue = Arc::new(match self.rpc_threads {
+            0 => serve::Queue::new(SERVE_THREAD_NAME, 1),
+            n => serve::Queue::new(runtime::RPC_THREAD_NAME, n),
+        });
+        for _ in 0..self.rpc_threads.max(1) {
+            if let Err(source) = start_serving_thread(&self.rt, &queue) {
+                queue.close();
+                return Err(Error::Runtime {
+                    what: "the threads that run handlers",
+                    source,
+                });
+            }
+        }
+        let closing = queue.clone();
+        self.engine.on_finalize(move || closing.close());
+        *slot = Some(queue.clone());
+        Ok(queue)
     }
 
     /// See [`crate::Engine::registered`].
@@ -379,8 +511,8 @@ impl Engine {
     /// `engine.transfer(..., blocking=True)`): all of the source range
     /// (`remote` for a pull, `local` for a push) to the start of the
     /// destination range; see [`crate::Engine::transfer`]. Its timeout is
-    /// the engine's `timeouts.bulk_ms`. From a handler, use the async
-    /// [`crate::Handle::pull`] / [`crate::Handle::push`].
+    /// the engine's `timeouts.bulk_ms`. Made from a handler, it inherits
+    /// the request's deadline and stops with its cancellation.
     ///
     /// # Errors
     /// See [`crate::Engine::transfer`]; [`Error::BlockingInAsync`].
@@ -392,7 +524,8 @@ impl Engine {
         local: &Bulk,
     ) -> Result<()> {
         let transfer = self.engine.transfer(op, &address.inner, remote, local);
-        self.rt.block_on("transfer", transfer.into_future())?
+        self.rt
+            .block_on("transfer", serve::scoped(transfer.into_future()))?
     }
 
     /// Copies all of `remote` into `local`; see [`Engine::transfer`].
@@ -441,9 +574,8 @@ impl Handle {
         self.inner.respond_detached(payload.to_vec())
     }
 
-    /// The sender's address (see [`crate::Handle::address`]). Calls through
-    /// it from inside a handler must use the async API on
-    /// [`Handle::as_async`].
+    /// The sender's address (see [`crate::Handle::address`]): look it up
+    /// to call the sender back, from the handler itself if need be.
     pub fn address(&self) -> String {
         self.inner.address().to_string()
     }
@@ -621,7 +753,8 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// # Errors
     /// See [`crate::Callable::call`].
     pub fn call(&self, args: &A) -> Result<R> {
-        self.rt.block_on("call", self.inner.call(args))?
+        self.rt
+            .block_on("call", serve::scoped(self.inner.call(args)))?
     }
 
     /// Starts the call and returns at once with a [`Request`] to
@@ -631,7 +764,7 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// [`Error::Encode`] (the arguments are encoded before returning).
     pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
         let (raw, msg) = self.inner.encoded(args)?;
-        let inherited = crate::cancel::current();
+        let inherited = crate::cancel::current().or_else(serve::serving);
         let join = self.rt.runtime().spawn(async move {
             let mut msg = msg;
             raw.invoke(Body::Encoded(&mut msg), inherited).await
@@ -710,6 +843,39 @@ impl<R> Drop for Request<R> {
     fn drop(&mut self) {
         if let Some(join) = self.join.take() {
             join.abort();
+        }
+    }
+}
+
+/// The engine's raw handler for a blocking handler on the serving thread:
+/// queues `run` as a job and completes with its outcome. A job whose
+/// request was cancelled while it waited does not run; a panic in `run` is
+/// raised again here, where the engine reports handler panics.
+fn enqueue<O: HandlerOutput>(
+    queue: &serve::Queue,
+    h: AsyncHandle,
+    run: impl FnOnce(Handle) -> O + Send + 'static,
+) -> impl Future<Output = std::result::Result<(), String>> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: serve::Job = Box::new(move || {
+        if h.is_cancelled() {
+            return;
+        }
+        let token = h.cancel_token();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve::serve(token, || run(Handle { inner: h }).into_result())
+        }));
+        let _ = tx.send(out);
+    });
+    let queued = queue.push(job).is_ok();
+    async move {
+        if !queued {
+            return Err("the engine is finalizing: the handler did not run".to_owned());
+        }
+        match rx.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err("the request ended before its handler ran".to_owned()),
         }
     }
 }

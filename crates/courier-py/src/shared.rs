@@ -347,12 +347,15 @@ impl Shared {
         let rpc = handle.rpc_name().to_owned();
         let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());
+        let unsent = handle.unsent_response();
         HANDLER_DEPTH.with(|d| d.set(d.get() + 1));
         let outcome = serve(token, || call_handler(py, handle, &payload, &func));
         HANDLER_DEPTH.with(|d| d.set(d.get() - 1));
         match outcome {
             Ok(()) => {
-                let _ = done.send(Ok(()));
+                // A response `respond` could not pickle, and none since: the
+                // caller gets that error (`Handle::unsent_response`).
+                let _ = done.send(unsent.take().map_or(Ok(()), Err));
                 Ok(())
             }
             Err(err) => {

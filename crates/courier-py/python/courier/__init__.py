@@ -27,6 +27,7 @@ from ._errors import (
     CourierError,
     DeadlineExceededError,
     RemoteError,
+    SerializationError,
     TimeoutError,
 )
 from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request

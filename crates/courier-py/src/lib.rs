@@ -50,6 +50,7 @@ mod shared;
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::InstanceId>()?;
     m.add_class::<address::Address>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<remote::RemoteFunction>()?;

@@ -90,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) progress_thread: bool,
     /// Dedicated handler threads (at least one with a progress thread).
     pub(crate) rpc_threads: usize,
+    /// The Mercury spelling the engine was made with (`na+sm`, `ofi+tcp`),
+    /// when it is not the canonical protocol name: addresses print with it
+    /// (`address.rs`), as PyMargo prints the spelling it was given.
+    pub(crate) spelling: std::sync::OnceLock<String>,
     /// `None` only while dropping.
     rt: Option<Runtime>,
 }
@@ -122,6 +126,7 @@ impl Shared {
             jobs: jobs.clone(),
             progress_thread,
             rpc_threads,
+            spelling: std::sync::OnceLock::new(),
             rt: Some(rt),
         });
         let closing = jobs.clone();

@@ -561,10 +561,13 @@ impl Engine {
         slf
     }
 
-    /// Finalizes the engine (and lets any exception go on).
+    /// Finalizes the engine (and lets any exception go on); an object made
+    /// by `from_margo_instance_id` leaves it running, as PyMargo's does.
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.finalize(py)?;
+        if self.owns {
+            self.finalize(py)?;
+        }
         Ok(false)
     }
 

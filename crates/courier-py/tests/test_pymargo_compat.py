@@ -25,7 +25,7 @@ import pymargo.core
 import pymargo.logging
 from pymargo.core import Engine, on_finalize, on_prefinalize, provider, remote
 
-from conftest import PROTOCOLS, needs_shm
+from conftest import GUARD_S, PROTOCOLS
 
 
 @pytest.fixture(params=PROTOCOLS)
@@ -368,6 +368,10 @@ def test_from_margo_instance_id_is_another_object_over_the_engine(protocol):
     # Dropping the adopted object does not finalize the engine.
     del other
     assert not engine.finalized and engine.register("hi").on(engine.address)() == "hi"
+    # Nor does leaving a `with` block over it (PyMargo's way).
+    with Engine.from_margo_instance_id(engine.mid) as adopted:
+        assert adopted.listening
+    assert not engine.finalized
     again = Engine.from_margo_instance_id(engine.mid)
     engine.finalize()
     assert again.finalized and not again.listening
@@ -481,3 +485,51 @@ def test_a_handler_may_respond_again_after_a_refused_response(protocol):
     with Engine(protocol) as engine:
         bad = responder(engine, [])
         assert bad.on(engine.address)("recover") == "recovered: function"
+
+
+# --- the engine's own warnings, to Python's logging --------------------------
+
+
+class Wait(logging.Handler):
+    """Keeps the records of the `courier.engine` logger; `wait_for` waits
+    (without sleeping) for one that contains a text."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+        self.changed = threading.Condition()
+
+    def emit(self, record):
+        with self.changed:
+            self.records.append(record)
+            self.changed.notify_all()
+
+    def wait_for(self, text):
+        def found():
+            return [r for r in self.records if text in r.getMessage()]
+
+        with self.changed:
+            assert self.changed.wait_for(found, timeout=GUARD_S), \
+                f"no {text!r} within {GUARD_S} s: {[r.getMessage() for r in self.records]}"
+            return found()[0]
+
+
+def test_engine_warnings_reach_pythons_logging(protocol):
+    logger = logging.getLogger("courier.engine")
+    handler = Wait()
+    logger.addHandler(handler)
+    try:
+        with Engine(protocol) as engine:
+            def fails(handle):
+                raise ValueError("one-way trouble")
+
+            engine.register("fails", fails, disable_response=True)
+            assert engine.register("fails", disable_response=True).on(engine.address)() is None
+            # The handler runs while this thread waits in the engine.
+            engine.register("hello", lambda handle: handle.respond("hi"))
+            assert engine.register("hello").on(engine.address)() == "hi"
+            record = handler.wait_for("one-way handler failed")
+        assert record.levelno == logging.WARNING and "one-way trouble" in record.getMessage()
+        assert "rpc=fails" in record.getMessage()
+    finally:
+        logger.removeHandler(handler)

@@ -82,9 +82,13 @@ const ARGOBOTS: &str = "argobots";
 /// do); `__progress__` the runtime's progress thread; `__rpc_N__` the
 /// handler threads.
 fn argobots_section(progress_thread: bool, rpc_threads: usize, inline: bool) -> Value {
+    let primary_runs = if inline {
+        "the program; and the engine's progress and the RPC handlers, while it waits in the engine"
+    } else {
+        "the program"
+    };
     let mut pools = vec![serde_json::json!({
-        "name": "__primary__", "kind": "fifo_wait", "access": "mpmc",
-        "runs": if inline { "the engine's progress and the RPC handlers, while the program waits in the engine" } else { "the program" },
+        "name": "__primary__", "kind": "fifo_wait", "access": "mpmc", "runs": primary_runs,
     })];
     let mut xstreams = vec![serde_json::json!({
         "name": "__primary__",
@@ -192,10 +196,10 @@ impl Engine {
     /// num_rpc_threads=0, config=None)`, as PyMargo's (`options=` is
     /// accepted for `config=`). The keyword arguments, when given, take
     /// precedence over the same settings in `config`.
-    #[new]
     ///
     /// `_instance` (an `InstanceId`, for `from_margo_instance_id`) makes
     /// another object over that engine instead of a new engine.
+    #[new]
     #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, _instance=None))]
     // PyMargo's signature, and the two keywords of Courier's.
     #[allow(clippy::too_many_arguments)]

@@ -175,6 +175,10 @@ def log_each(target):
 def test_log_levels_are_margos():
     level = pymargo.logging.level
     assert [level[n] for n in ["external"] + ALL_LEVELS] == list(range(7))
+    # Margo's default (every test that changes it restores it).
+    assert pymargo.logging.get_global_log_level() == level.warning
+    assert isinstance(pymargo.logging.get_global_logger(), pymargo.logging.PythonLogger)
+    assert pymargo.core.Logger is pymargo.logging.Logger
 
 
 def test_global_logger_filters_by_level(global_logging):

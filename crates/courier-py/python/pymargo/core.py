@@ -33,6 +33,7 @@ from courier import (  # noqa: F401
 )
 
 from . import logging as _pymargo_logging
+from .logging import Logger  # noqa: F401  (PyMargo's core has it too)
 
 #: PyMargo's exception type.
 MargoException = CourierError

@@ -44,6 +44,7 @@ use courier::BulkMemory;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 /// A contiguous buffer-protocol object exposed as bulk memory.
 pub(crate) struct PyBufferMemory {
@@ -66,6 +67,21 @@ impl PyBufferMemory {
     /// Exports `obj`'s buffer. Errors: `TypeError` if it has none,
     /// `ValueError` if its memory is not one contiguous block.
     pub(crate) fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Self::export(obj, false)
+    }
+
+    /// Exports a `bytes` object's buffer as writable memory, as PyMargo
+    /// does (the `pymargo` shim's `create_bulk`): peers may then write into
+    /// an object Python holds immutable (docs/python.md names the hazard).
+    /// Only `bytes` itself: its bytes are always in the object's own
+    /// allocation, in the interpreter's writable memory, whereas another
+    /// read-only export (a memoryview of a read-only `mmap`) may be mapped
+    /// read-only, where a write would crash the process.
+    pub(crate) fn writing_into_bytes(obj: &Bound<'_, PyBytes>) -> PyResult<Self> {
+        Self::export(obj.as_any(), true)
+    }
+
+    fn export(obj: &Bound<'_, PyAny>, bytes_writable: bool) -> PyResult<Self> {
         let buffer = PyUntypedBuffer::get(obj).map_err(|e| {
             PyTypeError::new_err(format!(
                 "a bulk region is made of objects that support the buffer protocol (bytes, \
@@ -82,16 +98,25 @@ impl PyBufferMemory {
                 type_name(obj)
             )));
         }
+        // Only for an object that is exactly `bytes` (`writing_into_bytes`
+        // takes nothing else; checked again here, where it matters).
+        let bytes_writable = bytes_writable && obj.is_exact_instance_of::<PyBytes>();
         // SAFETY: a contiguous export is `len_bytes()` bytes from its
         // pointer, writable unless `readonly`, and stays valid and at one
-        // address until the export is released (module comment). The
-        // returned value keeps the export beside `memory` and releases it
-        // only once dropped (its `Drop` queues it), so it outlives `memory`.
+        // address until the export is released (module comment). A `bytes`
+        // object's export is read-only by Python's rule, not by its memory:
+        // its bytes are inside the object's own allocation (or a static
+        // singleton of the interpreter's), which is ordinary writable memory,
+        // so writing them is sound for Rust; what breaks is Python's promise
+        // that they never change, which the `pymargo` shim's caller accepted
+        // (docs/python.md). The returned value keeps the export beside
+        // `memory` and releases it only once dropped (its `Drop` queues
+        // it), so it outlives `memory`.
         let memory = unsafe {
             PinnedMemory::new(
                 buffer.buf_ptr() as usize,
                 buffer.len_bytes(),
-                !buffer.readonly(),
+                !buffer.readonly() || bytes_writable,
             )
         };
         Ok(Self {

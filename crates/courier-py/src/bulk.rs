@@ -280,11 +280,14 @@ impl Bulk {
 
 /// `Engine.create_bulk(array, mode)`: exposes `array` (a buffer-protocol
 /// object, or a list or tuple of them, end to end).
+/// With `write_into_bytes` (the `pymargo` shim), a `bytes` object may be
+/// exposed writable, as PyMargo allows.
 pub(crate) fn create_bulk(
     py: Python<'_>,
     shared: &Arc<Shared>,
     array: &Bound<'_, PyAny>,
     mode: &Bound<'_, PyAny>,
+    write_into_bytes: bool,
 ) -> PyResult<Bulk> {
     let mode = parse_mode(mode)?;
     let objects: Vec<Bound<'_, PyAny>> =
@@ -295,7 +298,12 @@ pub(crate) fn create_bulk(
         };
     let mut segments = Vec::with_capacity(objects.len());
     for obj in &objects {
-        let memory = PyBufferMemory::new(obj)?;
+        let memory = match obj.cast_exact::<PyBytes>() {
+            Ok(bytes) if write_into_bytes && mode.writable() => {
+                PyBufferMemory::writing_into_bytes(bytes)?
+            }
+            _ => PyBufferMemory::new(obj)?,
+        };
         if mode.writable() && !memory.is_writable() {
             return Err(errors::bulk_error(
                 py,

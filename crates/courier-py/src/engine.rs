@@ -1,6 +1,6 @@
 //! `Engine`: PyMargo's engine on a Courier engine.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use pyo3::exceptions::PyValueError;
@@ -9,7 +9,7 @@ use pyo3::types::PyString;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::address::Address;
+use crate::address::{self, Address};
 use crate::bulk;
 use crate::errors;
 use crate::jobs::{Job, Jobs};
@@ -58,9 +58,70 @@ fn parse_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<O
     if text.trim().is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| errors::courier_error(py, format!("invalid engine configuration: {e}")))
+    let mut value: Value = serde_json::from_str(&text)
+        .map_err(|e| errors::courier_error(py, format!("invalid engine configuration: {e}")))?;
+    if let Value::Object(m) = &mut value {
+        // `engine.config` describes the threads as Margo's Argobots section
+        // (`argobots_section`); Courier has no Argobots, so one given back
+        // (a configuration read from an engine and reused) is read, not
+        // applied: the threads follow `use_progress_thread` and
+        // `num_rpc_threads`.
+        m.remove(ARGOBOTS);
+    }
+    Ok(Some(value))
+}
+
+/// The key of Margo's Argobots section in `engine.config`.
+const ARGOBOTS: &str = "argobots";
+
+/// Margo's `argobots` section, describing Courier's threads in its terms
+/// (read-only: Courier has no Argobots). Each Python thread or runtime
+/// that runs something is an "xstream" with one "pool" of the work it
+/// takes: `__primary__` is the program's own thread (without a progress
+/// thread it drives the engine, and runs the handlers unless RPC threads
+/// do); `__progress__` the runtime's progress thread; `__rpc_N__` the
+/// handler threads.
+fn argobots_section(progress_thread: bool, rpc_threads: usize, inline: bool) -> Value {
+    let primary_runs = if inline {
+        "the program; and the engine's progress and the RPC handlers, while it waits in the engine"
+    } else {
+        "the program"
+    };
+    let mut pools = vec![serde_json::json!({
+        "name": "__primary__", "kind": "fifo_wait", "access": "mpmc", "runs": primary_runs,
+    })];
+    let mut xstreams = vec![serde_json::json!({
+        "name": "__primary__",
+        "scheduler": {"type": "basic_wait", "pools": ["__primary__"]},
+    })];
+    if progress_thread {
+        pools.push(serde_json::json!({
+            "name": "__progress__", "kind": "fifo_wait", "access": "mpmc",
+            "runs": "the engine's progress (a courier-progress thread)",
+        }));
+        xstreams.push(serde_json::json!({
+            "name": "__progress__",
+            "scheduler": {"type": "basic_wait", "pools": ["__progress__"]},
+        }));
+    }
+    if !inline {
+        let pool = "__rpc__";
+        pools.push(serde_json::json!({
+            "name": pool, "kind": "fifo_wait", "access": "mpmc",
+            "runs": "the RPC handlers (courier-py-rpc-* threads)",
+        }));
+        for i in 0..rpc_threads.max(1) {
+            xstreams.push(serde_json::json!({
+                "name": format!("__rpc_{i}__"),
+                "scheduler": {"type": "basic_wait", "pools": [pool]},
+            }));
+        }
+    }
+    serde_json::json!({
+        "courier": "read-only: Courier has no Argobots; these are its threads, in Margo's terms",
+        "pools": pools,
+        "xstreams": xstreams,
+    })
 }
 
 /// The shm transport's default `spin_us = 0` for an engine without a
@@ -90,6 +151,28 @@ fn spin_default(target: &str, inline: bool, json: Option<Value>) -> Option<Value
 #[pyclass(module = "courier._native", name = "Engine", subclass, frozen)]
 pub(crate) struct Engine {
     shared: Arc<Shared>,
+    /// Whether dropping this object finalizes the engine: false for one
+    /// made by `Engine.from_margo_instance_id` over another's engine.
+    owns: bool,
+}
+
+/// What `engine.mid` gives (PyMargo's `margo_instance_id`): an opaque
+/// token naming the engine, which `Engine.from_margo_instance_id` takes
+/// back. It is not a Margo instance (C code expecting one cannot use it),
+/// and it does not keep the engine alive.
+#[pyclass(module = "courier._native", name = "InstanceId", frozen)]
+pub(crate) struct InstanceId {
+    shared: Weak<Shared>,
+}
+
+#[pymethods]
+impl InstanceId {
+    fn __repr__(&self) -> String {
+        match self.shared.upgrade() {
+            Some(shared) => format!("InstanceId('{}')", shared.engine.address()),
+            None => "InstanceId(<dropped engine>)".to_owned(),
+        }
+    }
 }
 
 impl Drop for Engine {
@@ -97,7 +180,7 @@ impl Drop for Engine {
         // PyMargo finalizes an engine that is garbage collected. Objects
         // made from it (addresses, functions) outlive it safely: their calls
         // then raise CourierError ("the engine is finalized").
-        if self.shared.engine.is_finalized() {
+        if !self.owns || self.shared.engine.is_finalized() {
             return;
         }
         let shared = &self.shared;
@@ -113,8 +196,13 @@ impl Engine {
     /// num_rpc_threads=0, config=None)`, as PyMargo's (`options=` is
     /// accepted for `config=`). The keyword arguments, when given, take
     /// precedence over the same settings in `config`.
+    ///
+    /// `_instance` (an `InstanceId`, for `from_margo_instance_id`) makes
+    /// another object over that engine instead of a new engine.
     #[new]
-    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None))]
+    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, _instance=None))]
+    // PyMargo's signature, and the two keywords of Courier's.
+    #[allow(clippy::too_many_arguments)]
     fn py_new(
         py: Python<'_>,
         addr: &str,
@@ -123,7 +211,11 @@ impl Engine {
         num_rpc_threads: Option<usize>,
         config: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyAny>>,
+        _instance: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        if let Some(instance) = _instance {
+            return Self::adopt(py, instance);
+        }
         let mode = mode.map(parse_mode).transpose()?;
         let json = parse_config(py, config.or(options))?;
         let from_json = |keys: &[&str]| {
@@ -172,10 +264,27 @@ impl Engine {
         .map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
+        let spelling = address::spelling_of(&target, engine.protocol());
         let jobs = Arc::new(Jobs::new(inline));
-        Ok(Self {
-            shared: Shared::new(engine, rt, jobs, progress_thread, rpc_threads),
-        })
+        let shared = Shared::new(engine, rt, jobs, progress_thread, rpc_threads);
+        if let Some(spelling) = spelling {
+            let _ = shared.spelling.set(spelling);
+        }
+        Ok(Self { shared, owns: true })
+    }
+
+    /// PyMargo's `mid`: the token `Engine.from_margo_instance_id` takes
+    /// (not a Margo instance: see `InstanceId`).
+    #[getter]
+    fn mid(&self) -> InstanceId {
+        InstanceId {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// PyMargo's name for `mid`.
+    fn get_internal_mid(&self) -> InstanceId {
+        self.mid()
     }
 
     /// This engine's address (`str()` of it is what `lookup` takes).
@@ -217,6 +326,8 @@ impl Engine {
     }
 
     /// The effective configuration, as a dict: every setting with its value.
+    /// Also Margo's `argobots` section, describing the engine's threads in
+    /// its terms (read-only: Courier has no Argobots).
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let mut v = self.shared.engine.config();
@@ -226,6 +337,14 @@ impl Engine {
                 Value::Bool(self.shared.progress_thread),
             );
             m.insert("rpc_thread_count".into(), self.shared.rpc_threads.into());
+            m.insert(
+                ARGOBOTS.into(),
+                argobots_section(
+                    self.shared.progress_thread,
+                    self.shared.rpc_threads,
+                    self.shared.jobs.inline,
+                ),
+            );
         }
         py.import("json")?.getattr("loads")?.call1((v.to_string(),))
     }
@@ -348,7 +467,20 @@ impl Engine {
         array: &Bound<'_, PyAny>,
         mode: &Bound<'_, PyAny>,
     ) -> PyResult<bulk::Bulk> {
-        bulk::create_bulk(py, &self.shared, array, mode)
+        bulk::create_bulk(py, &self.shared, array, mode, false)
+    }
+
+    /// `create_bulk` as PyMargo's: a `bytes` object may also be exposed
+    /// `write_only` or `read_write`, and peers then write into it, although
+    /// bytes are immutable (the `pymargo` shim's; see docs/python.md for
+    /// the hazard). Other read-only memory is refused as by `create_bulk`.
+    fn _create_bulk_pymargo(
+        &self,
+        py: Python<'_>,
+        array: &Bound<'_, PyAny>,
+        mode: &Bound<'_, PyAny>,
+    ) -> PyResult<bulk::Bulk> {
+        bulk::create_bulk(py, &self.shared, array, mode, true)
     }
 
     /// Copies `size` bytes between `origin_handle` (a region of the engine
@@ -433,19 +565,42 @@ impl Engine {
         slf
     }
 
-    /// Finalizes the engine (and lets any exception go on).
+    /// Finalizes the engine (and lets any exception go on); an object made
+    /// by `from_margo_instance_id` leaves it running, as PyMargo's does.
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.finalize(py)?;
+        if self.owns {
+            self.finalize(py)?;
+        }
         Ok(false)
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Engine('{}', mode={})",
-            self.shared.engine.address(),
-            self._mode()
-        )
+        format!("Engine('{}', mode={})", self.address().text(), self._mode())
+    }
+}
+
+impl Engine {
+    /// Another object over the engine `instance` names (an `InstanceId`);
+    /// dropping it does not finalize the engine.
+    fn adopt(py: Python<'_>, instance: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let Ok(id) = instance.cast::<InstanceId>() else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "from_margo_instance_id: expected the `mid` of a Courier engine, got {}: \
+                 Courier cannot adopt a Margo instance",
+                instance.get_type().name()?
+            )));
+        };
+        let Some(shared) = id.get().shared.upgrade() else {
+            return Err(errors::courier_error(
+                py,
+                "from_margo_instance_id: the engine of this mid was dropped".to_owned(),
+            ));
+        };
+        Ok(Self {
+            shared,
+            owns: false,
+        })
     }
 }
 

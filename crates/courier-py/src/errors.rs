@@ -174,3 +174,39 @@ pub(crate) fn describe_handler_error(py: Python<'_>, rpc: &str, err: &PyErr) -> 
     });
     described.unwrap_or_else(|_| format!("Python exception {}", err.value(py)))
 }
+
+/// The `courier.SerializationError` for `value`, which pickle refused with
+/// `err`: it names the RPC, where in `value` the refused object is and its
+/// type. `what` is "arguments" (`value` is the call's `(args, kwargs)`) or
+/// "response". Anything but an `Exception` (KeyboardInterrupt) goes on as
+/// it is.
+pub(crate) fn pickling_error(
+    py: Python<'_>,
+    what: &str,
+    rpc: &str,
+    value: &Bound<'_, PyAny>,
+    err: PyErr,
+) -> PyErr {
+    if !err.is_instance_of::<pyo3::exceptions::PyException>(py) {
+        return err;
+    }
+    let made = module(py).and_then(|m| {
+        m.getattr("_pickling_error")?
+            .call1((what, rpc, value, err.value(py)))
+    });
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => err,
+    }
+}
+
+/// What the caller of a handler is told of `err` (as for a handler that
+/// raised it), without logging it.
+pub(crate) fn error_text(py: Python<'_>, err: &PyErr) -> String {
+    let text = module(py).and_then(|m| {
+        m.getattr("_error_text")?
+            .call1((err.value(py),))?
+            .extract::<String>()
+    });
+    text.unwrap_or_else(|_| format!("Python exception {}", err.value(py)))
+}

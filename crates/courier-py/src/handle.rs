@@ -1,7 +1,7 @@
 //! `Handle`: the server's view of one request.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pyo3::prelude::*;
@@ -28,6 +28,10 @@ pub(crate) struct Handle {
     /// Whether `respond` was called already: [`NOT_YET`], [`SENT`] (sent,
     /// or tried), [`DROPPED`] (not sent: the request was cancelled).
     responded: AtomicU8,
+    /// What the caller is told if the handler returns without a response
+    /// after `respond` could not pickle one (the error's text): shared with
+    /// the thread that runs the handler (`unsent_response`).
+    unsent: Arc<Mutex<Option<String>>>,
 }
 
 const NOT_YET: u8 = 0;
@@ -40,7 +44,30 @@ impl Handle {
             inner: Arc::new(inner),
             shared,
             responded: AtomicU8::new(NOT_YET),
+            unsent: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The record of a response `respond` could not pickle: the thread
+    /// that runs the handler reads it when the handler returns, so the
+    /// caller gets that error rather than wait, even if the handler caught
+    /// it (and kept its handle).
+    pub(crate) fn unsent_response(&self) -> UnsentResponse {
+        UnsentResponse(self.unsent.clone())
+    }
+
+    fn set_unsent(&self, text: Option<String>) {
+        *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+}
+
+/// See [`Handle::unsent_response`].
+pub(crate) struct UnsentResponse(Arc<Mutex<Option<String>>>);
+
+impl UnsentResponse {
+    /// The error's text, if the last `respond` could not pickle its value.
+    pub(crate) fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -50,7 +77,10 @@ impl Handle {
     /// returns at once with a `Request` to `wait()` on. On a one-way RPC
     /// it does nothing, nor on a request that was cancelled (its caller
     /// gave up, or its deadline passed: `is_cancelled()`). Responding
-    /// twice raises. `data=` is PyMargo's name for `value`.
+    /// twice raises. `data=` is PyMargo's name for `value`. A value pickle
+    /// refuses raises `courier.SerializationError` (naming its type), and
+    /// the caller gets that error if the handler returns without
+    /// responding.
     #[pyo3(signature = (value=None, blocking=true, *, data=None))]
     fn respond(
         &self,
@@ -63,7 +93,18 @@ impl Handle {
             (Some(v), _) | (None, Some(v)) => v,
             (None, None) => py.None().into_bound(py),
         };
-        let payload = pickle::dumps(py, &value)?;
+        let payload = match pickle::dump_response(py, self.inner.rpc_name(), &value) {
+            Ok(payload) => {
+                self.set_unsent(None);
+                payload
+            }
+            Err(e) => {
+                if self.responded.load(Ordering::Acquire) == NOT_YET {
+                    self.set_unsent(Some(errors::error_text(py, &e)));
+                }
+                return Err(e);
+            }
+        };
         let handle = self.inner.clone();
         let first = match self.responded.compare_exchange(
             NOT_YET,

@@ -26,6 +26,10 @@
 //!   `buffer::PyBufferMemory`, which reads and writes them on the
 //!   engine's reader threads without the GIL.
 //!
+//! * The engine's warnings and errors (its `tracing` events) go to
+//!   Python's `logging`, logger `courier.engine` (`log.rs`), from a thread
+//!   of their own: the engine's threads never wait for the GIL.
+//!
 //! `unsafe` is denied everywhere but in `buffer.rs`, which reads a buffer's
 //! memory through its pinned pointer (its module comment says why that is
 //! sound); nothing else may use it.
@@ -41,6 +45,7 @@ mod engine;
 mod errors;
 mod handle;
 mod jobs;
+mod log;
 mod pickle;
 mod remote;
 mod shared;
@@ -49,7 +54,9 @@ mod shared;
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    log::install();
     m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::InstanceId>()?;
     m.add_class::<address::Address>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<remote::RemoteFunction>()?;

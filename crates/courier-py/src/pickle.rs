@@ -4,6 +4,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use crate::errors;
+
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -32,9 +34,12 @@ pub(crate) fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, Py
     function(py, &LOADS, "loads")?.call1((PyBytes::new(py, data),))
 }
 
-/// The request payload of a call: the pickled pair `(args, kwargs)`.
+/// The request payload of a call of `rpc`: the pickled pair `(args,
+/// kwargs)`. A value pickle refuses raises `courier.SerializationError`,
+/// naming where it is and its type (nothing is sent).
 pub(crate) fn dump_arguments(
     py: Python<'_>,
+    rpc: &str,
     args: &Bound<'_, PyTuple>,
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Vec<u8>> {
@@ -42,10 +47,18 @@ pub(crate) fn dump_arguments(
         Some(k) => k.clone(),
         None => PyDict::new(py),
     };
-    dumps(
-        py,
-        &PyTuple::new(py, [args.as_any(), kwargs.as_any()])?.into_any(),
-    )
+    let pair = PyTuple::new(py, [args.as_any(), kwargs.as_any()])?.into_any();
+    dumps(py, &pair).map_err(|e| errors::pickling_error(py, "arguments", rpc, &pair, e))
+}
+
+/// A response of `rpc`, pickled; a value pickle refuses raises
+/// `courier.SerializationError`, naming its type.
+pub(crate) fn dump_response(
+    py: Python<'_>,
+    rpc: &str,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<Vec<u8>> {
+    dumps(py, value).map_err(|e| errors::pickling_error(py, "response", rpc, value, e))
 }
 
 /// Reads a request payload back into `(args, kwargs)`.

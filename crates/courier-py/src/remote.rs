@@ -182,7 +182,7 @@ impl CallableRemoteFunction {
         blocking: bool,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let payload = pickle::dump_arguments(py, args, kwargs)?;
+        let payload = pickle::dump_arguments(py, self.function.get().raw.name(), args, kwargs)?;
         let one_way = self.function.get().one_way.load(Ordering::Acquire);
         let mut callable = if one_way {
             self.one_way.clone()

@@ -90,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) progress_thread: bool,
     /// Dedicated handler threads (at least one with a progress thread).
     pub(crate) rpc_threads: usize,
+    /// The Mercury spelling the engine was made with (`na+sm`, `ofi+tcp`),
+    /// when it is not the canonical protocol name: addresses print with it
+    /// (`address.rs`), as PyMargo prints the spelling it was given.
+    pub(crate) spelling: std::sync::OnceLock<String>,
     /// `None` only while dropping.
     rt: Option<Runtime>,
 }
@@ -122,6 +126,7 @@ impl Shared {
             jobs: jobs.clone(),
             progress_thread,
             rpc_threads,
+            spelling: std::sync::OnceLock::new(),
             rt: Some(rt),
         });
         let closing = jobs.clone();
@@ -347,12 +352,15 @@ impl Shared {
         let rpc = handle.rpc_name().to_owned();
         let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());
+        let unsent = handle.unsent_response();
         HANDLER_DEPTH.with(|d| d.set(d.get() + 1));
         let outcome = serve(token, || call_handler(py, handle, &payload, &func));
         HANDLER_DEPTH.with(|d| d.set(d.get() - 1));
         match outcome {
             Ok(()) => {
-                let _ = done.send(Ok(()));
+                // A response `respond` could not pickle, and none since: the
+                // caller gets that error (`Handle::unsent_response`).
+                let _ = done.send(unsent.take().map_or(Ok(()), Err));
                 Ok(())
             }
             Err(err) => {

@@ -373,7 +373,9 @@ def test_local_handle_misuse_is_refused(pair):
 
 
 def test_creating_bulks_checks_the_buffer():
-    with Engine("tcp") as engine:
+    # courier.Engine: the pymargo shim's exposes bytes writable, as PyMargo
+    # does (test_pymargo_compat.py).
+    with courier.Engine("tcp") as engine:
         for readonly in (b"bytes", memoryview(b"view"), memoryview(bytearray(3)).toreadonly()):
             with pytest.raises(courier.BulkError, match="read-only .* expose it read_only"):
                 engine.create_bulk(readonly, pymargo.bulk.write_only)

@@ -37,7 +37,8 @@ def test_seed_scripts_on_every_protocol(scripts, protocol):
 def test_seed_scripts_with_mochi_protocol_names(scripts, alias, canonical):
     server = scripts(SEED / "server.py", protocol=alias)
     address = server.expect_line("Service running at ")
-    assert address.startswith(f"{canonical}://"), address
+    # Printed as PyMargo prints it: in the spelling the engine was made with.
+    assert address.startswith(f"{alias}://") and alias != canonical, address
     status, _, err = run_script(SEED / "client.py", address, protocol=alias)
     assert status == 0, err
     assert server.remaining_lines() == ["Hello Matthieu Dorier!"]

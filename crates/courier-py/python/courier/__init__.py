@@ -27,6 +27,7 @@ from ._errors import (
     CourierError,
     DeadlineExceededError,
     RemoteError,
+    SerializationError,
     TimeoutError,
 )
 from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
@@ -36,6 +37,7 @@ __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
     "Bulk", "bulk", "CourierError", "TimeoutError", "RemoteError", "BulkError",
     "BulkTimeoutError", "CancelledError", "DeadlineExceededError", "BusyError", "Mode", "client", "server", "remote", "provider", "Provider",
+    "SerializationError", "on_finalize", "on_prefinalize",
 ]
 __version__ = _native.__version__
 
@@ -135,26 +137,48 @@ class Engine(_native.Engine):
         self._deregister(rpc_name, provider_id)
 
     def register_provider(self, provider, provider_id=0, service_name=None):
-        """Registers every method of ``provider`` decorated with ``@remote``
-        at ``provider_id``; returns {rpc name: RemoteFunction}."""
+        """Registers every method of ``provider`` (an object, or a module)
+        decorated with ``@remote`` at ``provider_id``, and its methods
+        decorated with ``@on_prefinalize`` / ``@on_finalize`` as this
+        engine's finalize callbacks; returns {rpc name: RemoteFunction}."""
         cls_info = getattr(type(provider), "_pymargo_provider_info", None)
         if service_name is None and cls_info is not None:
             service_name = cls_info["service_name"]
         result = {}
         for attr in dir(provider):
             func = getattr(provider, attr)
+            if getattr(func, "_pymargo_info_prefinalize", False) is True:
+                self.on_prefinalize(func)
+            if getattr(func, "_pymargo_info_finalize", False) is True:
+                self.on_finalize(func)
             info = getattr(func, "_pymargo_info", None)
-            if info is None:
+            if type(info) is not dict:
                 continue
             prefix = service_name if service_name is not None else info["service_name"]
             name = info["rpc_name"] if prefix is None else f"{prefix}_{info['rpc_name']}"
             result[name] = self.register(name, func, provider_id, info["disable_response"])
         return result
 
+    @classmethod
+    def from_margo_instance_id(cls, mid):
+        """Another object over the engine whose ``mid`` this is (PyMargo's
+        ``from_margo_instance_id``). Garbage collecting it does not
+        finalize the engine; ``finalize()`` does. ``mid`` is Courier's
+        token, not a Margo instance: one from PyMargo's C code raises
+        TypeError."""
+        return cls("", _instance=mid)
+
 
 def remote(rpc_name=None, disable_response=False, service_name=None):
     """Decorator naming a handler for ``Engine.register`` /
-    ``register_provider`` (PyMargo's ``@remote``)."""
+    ``register_provider`` (PyMargo's ``@remote``): ``@remote`` alone names
+    the RPC after the function, ``@remote(rpc_name=..., disable_response=...,
+    service_name=...)`` sets its name and options."""
+    if callable(rpc_name) and not isinstance(rpc_name, str):
+        # Bare `@remote`: the function came in place of the name.
+        if disable_response is not False or service_name is not None:
+            raise TypeError("@remote: pass either the function (bare @remote) or options, not both")
+        return remote()(rpc_name)
 
     def decorate(func):
         name = rpc_name if rpc_name is not None else getattr(func, "__name__", None)
@@ -166,6 +190,22 @@ def remote(rpc_name=None, disable_response=False, service_name=None):
         return func
 
     return decorate
+
+
+def on_finalize(func):
+    """Decorator marking a provider's method to be called when the engine
+    it is registered with (``register_provider``) finalizes, at the end
+    of finalize (PyMargo's ``on_finalize``)."""
+    func._pymargo_info_finalize = True
+    return func
+
+
+def on_prefinalize(func):
+    """Decorator marking a provider's method to be called when the engine
+    it is registered with (``register_provider``) starts to finalize,
+    before anything stops (PyMargo's ``on_prefinalize``)."""
+    func._pymargo_info_prefinalize = True
+    return func
 
 
 def provider(service_name=None):

@@ -11,11 +11,12 @@ have on the server.
 
 import builtins
 import logging
+import pickle
 import re
 
 __all__ = [
     "CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError",
-    "CancelledError", "DeadlineExceededError", "BusyError",
+    "CancelledError", "DeadlineExceededError", "BusyError", "SerializationError",
 ]
 
 _log = logging.getLogger("courier")
@@ -122,8 +123,31 @@ class BulkTimeoutError(BulkError, TimeoutError):
         super().__init__(message, address, "timed out")
 
 
+class SerializationError(CourierError, pickle.PicklingError, builtins.TypeError):
+    """A call's arguments, or a handler's response, cannot be pickled:
+    nothing was sent. ``what`` is ``"arguments"`` or ``"response"``,
+    ``rpc`` the RPC, ``type_name`` the type of the value pickle refused and
+    ``path`` where it is (``args[0]``, ``kwargs['name']``, ``value``, and
+    ``[i]``, ``['key']``, ``.attr`` inside them). The original error is its
+    ``__cause__``. Also a ``pickle.PicklingError`` and a ``TypeError``, the
+    errors pickle raises itself, so code that caught those still does.
+
+    At the caller it is raised by the call (``reach`` is ``"not_reached"``:
+    the handler never runs). In a handler, ``respond()`` raises it; the
+    caller then gets it as a ``RemoteError`` whose ``type_name`` is
+    ``courier.SerializationError``, also when the handler catches it and
+    returns without responding."""
+
+    def __init__(self, message, what=None, rpc=None, type_name=None, path=None):
+        super().__init__(message)
+        self.what = what
+        self.rpc = rpc
+        self.type_name = type_name
+        self.path = path
+
+
 for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutError,
-             DeadlineExceededError, CancelledError, BusyError):
+             DeadlineExceededError, CancelledError, BusyError, SerializationError):
     _cls.__module__ = "courier"
 
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -213,6 +237,92 @@ def _describe_handler_error(rpc, exc):
     traceback goes to the ``courier`` logger (stderr by default)."""
     _log.warning("the handler of RPC %r raised; its caller gets the exception", rpc,
                  exc_info=(type(exc), exc, exc.__traceback__))
+    text = str(exc)
+    name = _type_name(exc)
+    return f"{PREFIX}{name}: {text}" if text else f"{PREFIX}{name}"
+
+
+# How deep, and how wide, `_unpicklable` looks for the value pickle refuses.
+_SEARCH_DEPTH = 8
+_SEARCH_WIDTH = 1000
+
+
+def _picklable(value):
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
+
+
+def _children(value, path):
+    kind = type(value)
+    if kind in (tuple, list):
+        return ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    if kind is dict:
+        return ((f"{path}[{k!r}]", v) for k, v in value.items())
+    if kind in (set, frozenset):
+        return ((f"{path} (an item)", v) for v in value)
+    attrs = getattr(value, "__dict__", None)
+    if type(attrs) is dict:
+        return ((f"{path}.{k}", v) for k, v in attrs.items())
+    return ()
+
+
+def _unpicklable(value, path, depth=0):
+    """(path, value) of the innermost value under ``value`` that pickle
+    refuses (``value`` itself when none of its parts is to blame)."""
+    if depth < _SEARCH_DEPTH:
+        for i, (child_path, child) in enumerate(_children(value, path)):
+            if i >= _SEARCH_WIDTH:
+                break
+            if not _picklable(child):
+                return _unpicklable(child, child_path, depth + 1)
+    return path, value
+
+
+def _describe_type(value):
+    cls = type(value)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    label = getattr(value, "__qualname__", None) if callable(value) else None
+    return name, (f"{name} {label!r}" if isinstance(label, str) else name)
+
+
+def _pickling_error(what, rpc, value, exc):
+    """The SerializationError for ``value`` (a call's ``(args, kwargs)`` for
+    ``what == "arguments"``, a response otherwise), which pickle refused
+    with ``exc``."""
+    try:
+        if what == "arguments":
+            args, kwargs = value
+            found = None
+            for i, arg in enumerate(args):
+                if not _picklable(arg):
+                    found = _unpicklable(arg, f"args[{i}]")
+                    break
+            else:
+                for key, arg in kwargs.items():
+                    if not _picklable(arg):
+                        found = _unpicklable(arg, f"kwargs[{key!r}]")
+                        break
+            path, culprit = found if found is not None else ("(args, kwargs)", value)
+        else:
+            path, culprit = _unpicklable(value, "value")
+        type_name, described = _describe_type(culprit)
+    except Exception:
+        path, type_name = "?", type(value).__name__
+        described = type_name
+    where = f"the arguments of RPC {rpc!r}" if what == "arguments" else f"the response of RPC {rpc!r}"
+    message = f"cannot pickle {where}: {path} is a {described}, which pickle refused ({type(exc).__name__}: {exc})"
+    err = SerializationError(message, what, rpc, type_name, path)
+    err.__cause__ = exc
+    if what == "arguments":
+        err.reach = "not_reached"
+    return err
+
+
+def _error_text(exc):
+    """What the caller of a handler is told of ``exc`` (no logging)."""
     text = str(exc)
     name = _type_name(exc)
     return f"{PREFIX}{name}: {text}" if text else f"{PREFIX}{name}"

@@ -5,7 +5,7 @@ This is a thin shim over the ``courier`` package, as PyMargo itself ships
 ``pymargo`` as a shim over ``mochi.margo``.
 """
 
-from . import bulk, core
+from . import bulk, core, logging
 from .core import (  # noqa: F401
     Address,
     CallableRemoteFunction,
@@ -15,6 +15,8 @@ from .core import (  # noqa: F401
     Provider,
     RemoteFunction,
     client,
+    on_finalize,
+    on_prefinalize,
     provider,
     remote,
     server,

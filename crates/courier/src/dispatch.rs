@@ -26,13 +26,6 @@ use crate::state::EngineState;
 use crate::sync::poll_once;
 
 /// Routes frames to handlers, calls in flight, and the engine.
-/// The largest request payload whose handler is first polled in the
-/// reader. Decoding a larger argument takes long enough (milliseconds from
-/// a few MiB up; seconds in a debug build) that the reader, which answers
-/// the connection's other requests and keepalive probes, must not wait for
-/// it; against that, one task spawn costs nothing.
-const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
-
 /// How long a remote shutdown waits for its answer to be delivered (the
 /// sending half closed gracefully) before the engine finalizes.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -183,9 +176,8 @@ impl Dispatcher {
                 handler::run(entry.handler.clone(), handle, payload).await;
             });
         }
-        if !state.inline_handlers || payload.len() > INLINE_PAYLOAD_MAX {
-            // It runs on another thread, or as a task of its own: a cancel
-            // may come before it starts.
+        if !state.inline_handlers {
+            // It runs on another thread: a cancel may come before it starts.
             handle.track();
             let fut = handler::run(entry.handler.clone(), handle, payload);
             state.handler_rt.spawn(fut);

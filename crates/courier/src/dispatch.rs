@@ -25,11 +25,11 @@ use crate::rpcs::RpcTable;
 use crate::state::EngineState;
 use crate::sync::poll_once;
 
-/// Routes frames to handlers, calls in flight, and the engine.
 /// How long a remote shutdown waits for its answer to be delivered (the
 /// sending half closed gracefully) before the engine finalizes.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Routes frames to handlers, calls in flight, and the engine.
 pub(crate) struct Dispatcher {
     pub(crate) state: Arc<EngineState>,
     pub(crate) rpcs: Arc<RpcTable<RawHandler>>,

@@ -42,6 +42,7 @@ mod errors;
 mod handle;
 mod jobs;
 mod pickle;
+mod protocols;
 mod remote;
 mod shared;
 
@@ -57,6 +58,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<remote::Request>()?;
     m.add_class::<bulk::Bulk>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())

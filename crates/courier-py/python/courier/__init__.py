@@ -18,7 +18,7 @@ import enum
 import types
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _native
 from ._errors import (
@@ -60,8 +60,10 @@ _live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 #: What ``Engine.register`` takes as a handler: ``func(handle, *args,
 #: **kwargs)``, whatever it returns (the response is what it passes to
-#: ``handle.respond``).
-_Handler = Callable[Concatenate[Handle, ...], object]
+#: ``handle.respond``). Typed ``Callable[..., object]``: mypy cannot infer
+#: a lambda's parameters against ``Concatenate[Handle, ...]``, and lambdas
+#: make fine handlers.
+_Handler = Callable[..., object]
 _F = TypeVar("_F", bound=Callable[..., object])
 _C = TypeVar("_C", bound=type)
 

@@ -11,10 +11,15 @@
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, final, overload
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer, Self, disjoint_base
 
 import courier
 import courier.bulk
+
+__all__ = [
+    "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request", "Bulk",
+    "_bulk_from_bytes", "_protocol_table", "__version__", "PROTOCOL_OVERRIDE_ENV",
+]
 
 __version__: str
 PROTOCOL_OVERRIDE_ENV: str
@@ -32,6 +37,9 @@ _OpArg = int | Literal["push", "pull"]
 #: the same as a JSON string.
 _ConfigArg = Mapping[str, Any] | str
 
+# Its instances are laid out by Rust: a class may derive from it and from
+# Python classes, not from another native class as well.
+@disjoint_base
 class Engine:
     def __new__(
         cls,
@@ -116,7 +124,7 @@ class Engine:
 
 @final
 class Address:
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def copy(self) -> Address: ...
     def shutdown(self) -> None: ...

@@ -4,6 +4,7 @@ protocol; errors print `courier: <message>` and exit 1, never a traceback."""
 
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -39,13 +40,15 @@ def fails(expected_stderr, *args):
 
 
 @pytest.fixture(scope="module", params=PROTOCOLS)
-def service(request):
-    """A service (tests/programs/cli_server.py) on each protocol; shut down
-    with `python -m courier shutdown` at the end, which must end it."""
+def server(request):
+    """A service (tests/programs/cli_server.py) on each protocol, as a
+    Script with its `address`; shut down with `python -m courier shutdown`
+    at the end, which must end it."""
     server = Script(PROGRAMS / "cli_server.py", protocol=request.param)
     try:
         address = server.expect_line("Service running at ")
-        yield address
+        server.address = address
+        yield server
         status, out, err = cli("shutdown", address)
         assert (status, out) == (0, f"shutdown requested: {address}\n"), err
         assert server.wait() == 0, server.stderr()
@@ -53,6 +56,20 @@ def service(request):
         server.kill()
         server.proc.stdout.close()
         server.proc.stderr.close()
+
+
+@pytest.fixture
+def service(server):
+    """The address of `server`."""
+    return server.address
+
+
+def next_line_starting(server, prefix):
+    """The rest of `server`'s next output line that starts with `prefix`."""
+    while True:
+        line = server.next_line()
+        if line.startswith(prefix):
+            return line[len(prefix):]
 
 
 def test_protocols_prints_the_rust_commands_table():
@@ -112,10 +129,35 @@ def test_call_sends_its_timeout_as_the_handlers_deadline(service):
     assert cli("call", service, "remaining", "--timeout-ms", "0")[:2] == (0, "")
 
 
-def test_call_past_its_timeout_fails(service):
-    fails(".*(timed out|timeout).*", "call", service, "until_cancelled", "--timeout-ms", "200")
+def test_call_past_its_timeout_fails_and_cancels_the_handler(server):
+    fails(".*(timed out|timeout).*", "call", server.address, "until_cancelled",
+          "--timeout-ms", "200")
+    # The handler's deadline (the call's timeout) passed at the same time as
+    # the caller gave up: either may be the first the server saw.
+    assert next_line_starting(server, "until_cancelled ended: ") in ("caller", "deadline")
     # The service is unharmed.
-    assert cli("call", service, "hello", "a", "b")[:2] == (0, "Good bye a\n")
+    assert cli("call", server.address, "hello", "a", "b")[:2] == (0, "Good bye a\n")
+
+
+def test_ctrl_c_in_call_exits_130_and_cancels_the_handler(server):
+    call = subprocess.Popen(
+        [sys.executable, "-m", "courier", "call", server.address, "until_cancelled",
+         "--timeout-ms", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=script_env(),
+    )
+    try:
+        next_line_starting(server, "until_cancelled started")
+        call.send_signal(signal.SIGINT)
+        out, err = call.communicate(timeout=GUARD_S)
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.communicate()
+    assert (call.returncode, out, err) == (130, "", "courier: call interrupted\n")
+    # The call was given up: the server's handler sees it cancelled (by its
+    # caller, or by the connection's end when the engine finalized first).
+    assert next_line_starting(server, "until_cancelled ended: ") in ("caller", "connection_lost")
 
 
 def test_call_errors_are_one_line_with_exit_status_1(service):

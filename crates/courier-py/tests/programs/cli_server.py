@@ -22,8 +22,10 @@ with Engine("tcp") as engine:
 
     def until_cancelled(handle):
         # Waits (serving other requests meanwhile) until its caller gives up.
+        print("until_cancelled started", flush=True)
         while not handle.is_cancelled():
             engine.sleep(0.01)
+        print(f"until_cancelled ended: {handle.cancel_reason}", flush=True)
 
     for name, func in [("hello", hello), ("echo", echo), ("nothing", nothing),
                        ("divide", divide), ("remaining", remaining),

@@ -47,6 +47,7 @@ mod handle;
 mod jobs;
 mod log;
 mod pickle;
+mod protocols;
 mod remote;
 mod shared;
 
@@ -64,6 +65,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<remote::Request>()?;
     m.add_class::<bulk::Bulk>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())

@@ -17,6 +17,8 @@ import atexit
 import enum
 import types
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _native
 from ._errors import (
@@ -56,7 +58,16 @@ class Mode(enum.IntEnum):
 client = Mode.client
 server = Mode.server
 
-_live = weakref.WeakSet()
+_live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+#: What ``Engine.register`` takes as a handler: ``func(handle, *args,
+#: **kwargs)``, whatever it returns (the response is what it passes to
+#: ``handle.respond``). Typed ``Callable[..., object]``: mypy cannot infer
+#: a lambda's parameters against ``Concatenate[Handle, ...]``, and lambdas
+#: make fine handlers.
+_Handler = Callable[..., object]
+_F = TypeVar("_F", bound=Callable[..., object])
+_C = TypeVar("_C", bound=type)
 
 
 class Engine(_native.Engine):
@@ -79,16 +90,43 @@ class Engine(_native.Engine):
     ``num_rpc_threads`` ask for threads of their own.
     """
 
-    def __init__(self, *args, **kwargs):
-        self._client_rpcs = set()
-        _live.add(self)
+    # The constructor's arguments are those of the native ``__new__``
+    # (courier/_native.pyi types them); ``__init__`` takes them all and
+    # only sets up the Python half, so type checkers read the signature
+    # from ``__new__``.
+    _client_rpcs: set[tuple[str, int]]
+
+    if not TYPE_CHECKING:
+        def __init__(self, *args, **kwargs):
+            self._client_rpcs = set()
+            _live.add(self)
 
     @property
-    def mode(self):
+    def mode(self) -> Mode:
         """``pymargo.server`` or ``pymargo.client``."""
         return Mode[self._mode]
 
-    def register(self, rpc_name=None, func=None, provider_id=0, disable_response=False):
+    @overload
+    def register(
+        self, rpc_name: str, func: None = None, provider_id: int = 0,
+        disable_response: bool = False,
+    ) -> RemoteFunction: ...
+
+    @overload
+    def register(
+        self, rpc_name: str | None, func: _Handler, provider_id: int = 0,
+        disable_response: bool = False,
+    ) -> RemoteFunction: ...
+
+    @overload
+    def register(
+        self, rpc_name: str, func: object, provider_id: str, disable_response: int = 0,
+    ) -> RemoteFunction: ...
+
+    def register(
+        self, rpc_name: str | None = None, func: Any = None, provider_id: Any = 0,
+        disable_response: Any = False,
+    ) -> RemoteFunction:
         """Without ``func`` (a client): a RemoteFunction to call ``rpc_name``
         with. With ``func``: registers ``func(handle, *args, **kwargs)`` as
         the handler of ``rpc_name`` at ``provider_id`` (default name: the
@@ -119,7 +157,7 @@ class Engine(_native.Engine):
         self._register(name, func, provider_id, bool(disable_response))
         return self._remote(name, provider_id, bool(disable_response))
 
-    def registered(self, rpc_name, provider_id=None):
+    def registered(self, rpc_name: str, provider_id: int | None = None) -> RemoteFunction | None:
         """The RemoteFunction of ``rpc_name`` if it is registered here (a
         handler, or a client-side registration), else None."""
         pid = 0 if provider_id is None else provider_id
@@ -127,7 +165,7 @@ class Engine(_native.Engine):
             return self._remote(rpc_name, pid, False)
         return None
 
-    def deregister(self, rpc_name, provider_id=0):
+    def deregister(self, rpc_name: str | RemoteFunction, provider_id: int = 0) -> None:
         """Removes the handler of ``rpc_name`` (a name or a RemoteFunction)
         at ``provider_id``; later requests get an error."""
         if isinstance(rpc_name, RemoteFunction):
@@ -136,7 +174,9 @@ class Engine(_native.Engine):
         self._client_rpcs.discard((rpc_name, provider_id))
         self._deregister(rpc_name, provider_id)
 
-    def register_provider(self, provider, provider_id=0, service_name=None):
+    def register_provider(
+        self, provider: object, provider_id: int = 0, service_name: str | None = None,
+    ) -> dict[str, RemoteFunction]:
         """Registers every method of ``provider`` (an object, or a module)
         decorated with ``@remote`` at ``provider_id``, and its methods
         decorated with ``@on_prefinalize`` / ``@on_finalize`` as this
@@ -144,7 +184,7 @@ class Engine(_native.Engine):
         cls_info = getattr(type(provider), "_pymargo_provider_info", None)
         if service_name is None and cls_info is not None:
             service_name = cls_info["service_name"]
-        result = {}
+        result: dict[str, RemoteFunction] = {}
         for attr in dir(provider):
             func = getattr(provider, attr)
             if getattr(func, "_pymargo_info_prefinalize", False) is True:
@@ -160,7 +200,7 @@ class Engine(_native.Engine):
         return result
 
     @classmethod
-    def from_margo_instance_id(cls, mid):
+    def from_margo_instance_id(cls, mid: object) -> "Engine":
         """Another object over the engine whose ``mid`` this is (PyMargo's
         ``from_margo_instance_id``). Garbage collecting it does not
         finalize the engine; ``finalize()`` does. ``mid`` is Courier's
@@ -169,7 +209,19 @@ class Engine(_native.Engine):
         return cls("", _instance=mid)
 
 
-def remote(rpc_name=None, disable_response=False, service_name=None):
+@overload
+def remote(rpc_name: _F, /) -> _F: ...
+
+
+@overload
+def remote(
+    rpc_name: str | None = None, disable_response: bool = False, service_name: str | None = None,
+) -> Callable[[_F], _F]: ...
+
+
+def remote(
+    rpc_name: Any = None, disable_response: bool = False, service_name: str | None = None,
+) -> Any:
     """Decorator naming a handler for ``Engine.register`` /
     ``register_provider`` (PyMargo's ``@remote``): ``@remote`` alone names
     the RPC after the function, ``@remote(rpc_name=..., disable_response=...,
@@ -180,39 +232,39 @@ def remote(rpc_name=None, disable_response=False, service_name=None):
             raise TypeError("@remote: pass either the function (bare @remote) or options, not both")
         return remote()(rpc_name)
 
-    def decorate(func):
+    def decorate(func: _F) -> _F:
         name = rpc_name if rpc_name is not None else getattr(func, "__name__", None)
-        func._pymargo_info = {
+        setattr(func, "_pymargo_info", {
             "rpc_name": name,
             "disable_response": disable_response,
             "service_name": service_name,
-        }
+        })
         return func
 
     return decorate
 
 
-def on_finalize(func):
+def on_finalize(func: _F) -> _F:
     """Decorator marking a provider's method to be called when the engine
     it is registered with (``register_provider``) finalizes, at the end
     of finalize (PyMargo's ``on_finalize``)."""
-    func._pymargo_info_finalize = True
+    setattr(func, "_pymargo_info_finalize", True)
     return func
 
 
-def on_prefinalize(func):
+def on_prefinalize(func: _F) -> _F:
     """Decorator marking a provider's method to be called when the engine
     it is registered with (``register_provider``) starts to finalize,
     before anything stops (PyMargo's ``on_prefinalize``)."""
-    func._pymargo_info_prefinalize = True
+    setattr(func, "_pymargo_info_prefinalize", True)
     return func
 
 
-def provider(service_name=None):
+def provider(service_name: str | None = None) -> Callable[[_C], _C]:
     """Class decorator giving a provider's RPCs a service-name prefix."""
 
-    def decorate(cls):
-        cls._pymargo_provider_info = {"service_name": service_name}
+    def decorate(cls: _C) -> _C:
+        setattr(cls, "_pymargo_provider_info", {"service_name": service_name})
         return cls
 
     return decorate
@@ -221,33 +273,33 @@ def provider(service_name=None):
 class Provider:
     """PyMargo's older provider base class: an engine and a provider id."""
 
-    def __init__(self, engine, provider_id):
+    def __init__(self, engine: Engine, provider_id: int) -> None:
         self._engine = engine
         self._provider_id = provider_id
 
-    def register(self, rpc_name, method_name):
+    def register(self, rpc_name: str, method_name: str) -> RemoteFunction:
         return self._engine.register(rpc_name, getattr(self, method_name), self._provider_id)
 
-    def registered(self, rpc_name):
+    def registered(self, rpc_name: str) -> RemoteFunction | None:
         return self._engine.registered(rpc_name, self._provider_id)
 
-    def get_provider_id(self):
+    def get_provider_id(self) -> int:
         return self._provider_id
 
     @property
-    def provider_id(self):
+    def provider_id(self) -> int:
         return self._provider_id
 
-    def get_engine(self):
+    def get_engine(self) -> Engine:
         return self._engine
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         return self._engine
 
 
 @atexit.register
-def _finalize_live_engines():
+def _finalize_live_engines() -> None:
     # Finalize engines before the interpreter tears down, so no handler
     # thread wants the interpreter while it goes away.
     for engine in list(_live):

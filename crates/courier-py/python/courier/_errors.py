@@ -13,6 +13,7 @@ import builtins
 import logging
 import pickle
 import re
+from typing import Literal, cast
 
 __all__ = [
     "CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError",
@@ -37,9 +38,9 @@ class CourierError(RuntimeError):
     not about a request the engine sent. ``is_retry_safe()`` reads it.
     """
 
-    reach = None
+    reach: Literal["not_reached", "unknown", "reached"] | None = None
 
-    def is_retry_safe(self, idempotent=False):
+    def is_retry_safe(self, idempotent: bool = False) -> bool:
         """Whether sending the failed request again is safe: always when it
         cannot have reached its handler, otherwise only if the RPC is
         ``idempotent`` (running it twice does no harm; the caller knows).
@@ -60,7 +61,7 @@ class DeadlineExceededError(TimeoutError):
     handler's call inherited was spent): nothing was sent. Also a
     ``courier.TimeoutError`` and a builtin ``TimeoutError``."""
 
-    def __init__(self, message, rpc=None, address=None):
+    def __init__(self, message: str, rpc: str | None = None, address: str | None = None) -> None:
         super().__init__(message)
         self.rpc = rpc
         self.address = address
@@ -71,7 +72,7 @@ class CancelledError(CourierError):
     request whose handler made it was cancelled by its own caller (or its
     deadline passed). The server was told; its handler may have started."""
 
-    def __init__(self, message, rpc=None, address=None):
+    def __init__(self, message: str, rpc: str | None = None, address: str | None = None) -> None:
         super().__init__(message)
         self.rpc = rpc
         self.address = address
@@ -82,7 +83,10 @@ class BusyError(CourierError):
     requests in flight on the connection): sending it again later is safe.
     ``reason`` is the server's word."""
 
-    def __init__(self, message, rpc=None, address=None, reason=None):
+    def __init__(
+        self, message: str, rpc: str | None = None, address: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.rpc = rpc
         self.address = address
@@ -94,7 +98,10 @@ class RemoteError(CourierError):
     ``remote_message`` say what), or a Rust handler returned an error
     (``type_name`` is None)."""
 
-    def __init__(self, message, rpc=None, address=None, type_name=None, remote_message=None):
+    def __init__(
+        self, message: str, rpc: str | None = None, address: str | None = None,
+        type_name: str | None = None, remote_message: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.rpc = rpc
         self.address = address
@@ -109,7 +116,7 @@ class BulkError(CourierError):
     past its end; or this side's arguments are wrong), ``address`` is the
     peer that refused, if one did."""
 
-    def __init__(self, message, address=None, reason=None):
+    def __init__(self, message: str, address: str | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.address = address
         self.reason = message if reason is None else reason
@@ -119,7 +126,7 @@ class BulkTimeoutError(BulkError, TimeoutError):
     """A bulk transfer did not finish within its timeout (also a
     ``courier.TimeoutError`` and a builtin ``TimeoutError``)."""
 
-    def __init__(self, message, address=None):
+    def __init__(self, message: str, address: str | None = None) -> None:
         super().__init__(message, address, "timed out")
 
 
@@ -151,20 +158,21 @@ for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutErro
     _cls.__module__ = "courier"
 
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
-_mixed = {}
+_mixed: dict[str, type[RemoteError]] = {}
 
 
-def _remote_class(type_name):
+def _remote_class(type_name: str | None) -> type[RemoteError]:
     """RemoteError, mixed with the builtin exception class of that name."""
     if type_name is None or "." in type_name:
         return RemoteError
     if type_name in _mixed:
         return _mixed[type_name]
     base = getattr(builtins, type_name, None)
-    cls = RemoteError
+    cls: type[RemoteError] = RemoteError
     if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
         try:
-            cls = type("Remote" + type_name, (RemoteError, base), {"__module__": "courier"})
+            cls = cast(type[RemoteError],
+                       type("Remote" + type_name, (RemoteError, base), {"__module__": "courier"}))
             cls("probe")
         except TypeError:
             cls = RemoteError
@@ -172,7 +180,7 @@ def _remote_class(type_name):
     return cls
 
 
-def _split(message):
+def _split(message: str) -> tuple[str | None, str]:
     """(type name, message) from ``Python exception T: msg``, else (None, message)."""
     if not message.startswith(PREFIX):
         return None, message
@@ -183,7 +191,7 @@ def _split(message):
     return type_name, text if sep else ""
 
 
-def _remote_error(text, rpc, address, message):
+def _remote_error(text: str, rpc: str, address: str, message: str) -> RemoteError:
     type_name, remote_message = _split(message)
     if type_name is None:
         summary = f"RPC {rpc!r} failed at {address}: {message}"
@@ -196,35 +204,35 @@ def _remote_error(text, rpc, address, message):
         return RemoteError(summary, rpc, address, type_name, remote_message)
 
 
-def _timeout_error(text):
+def _timeout_error(text: str) -> TimeoutError:
     return TimeoutError(text)
 
 
-def _deadline_exceeded_error(text, rpc, address):
+def _deadline_exceeded_error(text: str, rpc: str, address: str) -> DeadlineExceededError:
     return DeadlineExceededError(text, rpc, address)
 
 
-def _cancelled_error(text, rpc, address):
+def _cancelled_error(text: str, rpc: str, address: str) -> CancelledError:
     return CancelledError(text, rpc, address)
 
 
-def _busy_error(text, rpc, address, reason):
+def _busy_error(text: str, rpc: str, address: str, reason: str) -> BusyError:
     return BusyError(text, rpc, address, reason)
 
 
-def _bulk_error(text, address, reason):
+def _bulk_error(text: str, address: str | None, reason: str) -> BulkError:
     return BulkError(text, address, reason)
 
 
-def _bulk_timeout_error(text, address):
+def _bulk_timeout_error(text: str, address: str | None) -> BulkTimeoutError:
     return BulkTimeoutError(text, address)
 
 
-def _courier_error(text):
+def _courier_error(text: str) -> CourierError:
     return CourierError(text)
 
 
-def _type_name(exc):
+def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
     if module == "builtins":
@@ -232,7 +240,7 @@ def _type_name(exc):
     return f"{module}.{cls.__qualname__}"
 
 
-def _describe_handler_error(rpc, exc):
+def _describe_handler_error(rpc: str, exc: BaseException) -> str:
     """The text sent to the caller of a handler that raised ``exc``; the
     traceback goes to the ``courier`` logger (stderr by default)."""
     _log.warning("the handler of RPC %r raised; its caller gets the exception", rpc,

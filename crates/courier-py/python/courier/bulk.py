@@ -56,6 +56,6 @@ push = Op.push
 pull = Op.pull
 
 
-def _unpickle(data):
+def _unpickle(data: bytes) -> Bulk:
     """A pickled ``Bulk``: a remote handle on the sender's region."""
     return _native._bulk_from_bytes(data)

@@ -25,3 +25,11 @@ from .core import (  # noqa: F401
 MargoAddress = core.Address
 MargoHandle = core.Handle
 MargoInstance = core.Engine
+
+# What this package exports (type checkers in strict mode read re-exports
+# from here).
+__all__ = [
+    "bulk", "core", "Address", "CallableRemoteFunction", "Engine", "Handle", "MargoException",
+    "Provider", "RemoteFunction", "client", "provider", "remote", "server",
+    "MargoAddress", "MargoHandle", "MargoInstance",
+]

@@ -13,3 +13,9 @@ from courier.bulk import (  # noqa: F401
     read_write,
     write_only,
 )
+
+# What this module exports (type checkers in strict mode read re-exports
+# from here).
+__all__ = [
+    "Access", "Bulk", "BulkError", "Op", "pull", "push", "read_only", "read_write", "write_only",
+]

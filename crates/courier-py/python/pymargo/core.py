@@ -46,7 +46,7 @@ class Engine(_courier.Engine):
     """``courier.Engine`` as PyMargo's ``Engine``: the same, but for
     ``create_bulk`` over ``bytes`` and ``logger`` (see the module)."""
 
-    def create_bulk(self, array, mode):
+    def create_bulk(self, array: object, mode: int) -> Bulk:
         """As ``courier.Engine.create_bulk``, but a ``bytes`` object may be
         exposed ``write_only`` or ``read_write``, as PyMargo allows: peers
         then write into it although Python holds bytes immutable. Only
@@ -57,10 +57,20 @@ class Engine(_courier.Engine):
         return self._create_bulk_pymargo(array, mode)
 
     @property
-    def logger(self):
+    def logger(self) -> _pymargo_logging.EngineLogger:
         """This engine's logger (``pymargo.logging``): ``trace(msg)`` ...
         ``critical(msg)``, ``set_logger(logger)``, ``set_log_level(level)``."""
-        logger = self.__dict__.get("_pymargo_logger")
+        logger: _pymargo_logging.EngineLogger | None = self.__dict__.get("_pymargo_logger")
         if logger is None:
             logger = self.__dict__.setdefault("_pymargo_logger", _pymargo_logging.EngineLogger())
         return logger
+
+# What this module exports (type checkers in strict mode read re-exports
+# from here).
+__all__ = [
+    "Address", "Bulk", "BulkError", "BusyError", "CallableRemoteFunction", "CancelledError",
+    "CourierError", "DeadlineExceededError", "Engine", "ForwardRequest", "Handle", "Logger",
+    "MargoException", "Provider", "RemoteError", "RemoteFunction", "Request",
+    "SerializationError", "TimeoutError", "client", "on_finalize", "on_prefinalize",
+    "provider", "remote", "server",
+]

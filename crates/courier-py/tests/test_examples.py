@@ -1,0 +1,39 @@
+"""The example programs (crates/courier-py/examples), run as a user runs
+them, on every protocol. `.ci/run` also type-checks them with
+`mypy --strict`."""
+
+import pytest
+
+from conftest import HERE, PROTOCOLS, run_script
+
+EXAMPLES = HERE.parent / "examples"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hello_server_and_client(scripts, protocol):
+    server = scripts(EXAMPLES / "hello_server.py", protocol)
+    address = server.expect_line("Service running at ")
+    assert address.startswith(f"{protocol}://"), address
+    status, out, err = run_script(EXAMPLES / "hello_client.py", address)
+    assert (status, out) == (0, "Good bye Matthieu\n"), err
+    # The client shut the server down.
+    assert server.remaining_lines() == ["Hello Matthieu Dorier!"]
+    assert server.wait() == 0, server.stderr()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_provider(protocol):
+    status, out, err = run_script(EXAMPLES / "provider.py", protocol)
+    assert status == 0, err
+    assert out.splitlines() == [
+        "registered: kv_get, kv_put",
+        "stored 1 key(s)",
+        "greeting = b'hello'",
+        "missing: the handler raised KeyError: 'missing'",
+    ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bulk_sum(protocol):
+    status, out, err = run_script(EXAMPLES / "bulk_sum.py", protocol)
+    assert (status, out) == (0, "sum of 100000 floats: 4999950000.0\n"), err

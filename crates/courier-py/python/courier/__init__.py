@@ -18,7 +18,7 @@ import enum
 import types
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from . import _native
 from ._errors import (
@@ -200,7 +200,7 @@ class Engine(_native.Engine):
         return result
 
     @classmethod
-    def from_margo_instance_id(cls, mid: object) -> "Engine":
+    def from_margo_instance_id(cls, mid: _native.InstanceId) -> Self:
         """Another object over the engine whose ``mid`` this is (PyMargo's
         ``from_margo_instance_id``). Garbage collecting it does not
         finalize the engine; ``finalize()`` does. ``mid`` is Courier's

@@ -13,6 +13,7 @@ import builtins
 import logging
 import pickle
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, cast
 
 __all__ = [
@@ -145,7 +146,10 @@ class SerializationError(CourierError, pickle.PicklingError, builtins.TypeError)
     ``courier.SerializationError``, also when the handler catches it and
     returns without responding."""
 
-    def __init__(self, message, what=None, rpc=None, type_name=None, path=None):
+    def __init__(
+        self, message: str, what: Literal["arguments", "response"] | None = None,
+        rpc: str | None = None, type_name: str | None = None, path: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.what = what
         self.rpc = rpc
@@ -255,7 +259,7 @@ _SEARCH_DEPTH = 8
 _SEARCH_WIDTH = 1000
 
 
-def _picklable(value):
+def _picklable(value: object) -> bool:
     try:
         pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -263,21 +267,26 @@ def _picklable(value):
     return True
 
 
-def _children(value, path):
+def _children(value: object, path: str) -> Iterable[tuple[str, object]]:
+    # The casts say what the exact-type tests below establish (mypy does
+    # not narrow on `type(value) in (...)`).
     kind = type(value)
     if kind in (tuple, list):
-        return ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        items = cast("tuple[object, ...] | list[object]", value)
+        return ((f"{path}[{i}]", v) for i, v in enumerate(items))
     if kind is dict:
-        return ((f"{path}[{k!r}]", v) for k, v in value.items())
+        mapping = cast("dict[object, object]", value)
+        return ((f"{path}[{k!r}]", v) for k, v in mapping.items())
     if kind in (set, frozenset):
-        return ((f"{path} (an item)", v) for v in value)
+        members = cast("set[object] | frozenset[object]", value)
+        return ((f"{path} (an item)", v) for v in members)
     attrs = getattr(value, "__dict__", None)
     if type(attrs) is dict:
         return ((f"{path}.{k}", v) for k, v in attrs.items())
     return ()
 
 
-def _unpicklable(value, path, depth=0):
+def _unpicklable(value: object, path: str, depth: int = 0) -> tuple[str, object]:
     """(path, value) of the innermost value under ``value`` that pickle
     refuses (``value`` itself when none of its parts is to blame)."""
     if depth < _SEARCH_DEPTH:
@@ -289,21 +298,24 @@ def _unpicklable(value, path, depth=0):
     return path, value
 
 
-def _describe_type(value):
+def _describe_type(value: object) -> tuple[str, str]:
     cls = type(value)
     name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     label = getattr(value, "__qualname__", None) if callable(value) else None
     return name, (f"{name} {label!r}" if isinstance(label, str) else name)
 
 
-def _pickling_error(what, rpc, value, exc):
+def _pickling_error(
+    what: Literal["arguments", "response"], rpc: str, value: object, exc: BaseException,
+) -> SerializationError:
     """The SerializationError for ``value`` (a call's ``(args, kwargs)`` for
     ``what == "arguments"``, a response otherwise), which pickle refused
     with ``exc``."""
     try:
         if what == "arguments":
-            args, kwargs = value
-            found = None
+            # The call's (args, kwargs) pair (src/pickle.rs, dump_arguments).
+            args, kwargs = cast("tuple[Sequence[object], Mapping[str, object]]", value)
+            found: tuple[str, object] | None = None
             for i, arg in enumerate(args):
                 if not _picklable(arg):
                     found = _unpicklable(arg, f"args[{i}]")
@@ -329,7 +341,7 @@ def _pickling_error(what, rpc, value, exc):
     return err
 
 
-def _error_text(exc):
+def _error_text(exc: BaseException) -> str:
     """What the caller of a handler is told of ``exc`` (no logging)."""
     text = str(exc)
     name = _type_name(exc)

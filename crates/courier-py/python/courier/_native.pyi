@@ -17,8 +17,8 @@ import courier
 import courier.bulk
 
 __all__ = [
-    "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request", "Bulk",
-    "_bulk_from_bytes", "_protocol_table", "__version__", "PROTOCOL_OVERRIDE_ENV",
+    "Engine", "InstanceId", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction",
+    "Request", "Bulk", "_bulk_from_bytes", "_protocol_table", "__version__", "PROTOCOL_OVERRIDE_ENV",
 ]
 
 __version__: str
@@ -50,7 +50,14 @@ class Engine:
         config: _ConfigArg | None = None,
         *,
         options: _ConfigArg | None = None,
+        # Private: `courier.Engine.from_margo_instance_id` passes it, to make
+        # another object over the engine that `mid` names (the other
+        # arguments are then ignored). Programs call that classmethod.
+        _instance: InstanceId | None = None,
     ) -> Self: ...
+    @property
+    def mid(self) -> InstanceId: ...
+    def get_internal_mid(self) -> InstanceId: ...
     @property
     def address(self) -> Address: ...
     def addr(self) -> Address: ...
@@ -73,6 +80,10 @@ class Engine:
     def _deregister(self, name: str, provider_id: int) -> None: ...
     def _remote(self, name: str, provider_id: int, disable_response: bool) -> RemoteFunction: ...
     def create_bulk(
+        self, array: Buffer | list[Buffer] | tuple[Buffer, ...], mode: _AccessArg
+    ) -> Bulk: ...
+    # `create_bulk` that also exposes `bytes` writable (`pymargo.core.Engine`'s).
+    def _create_bulk_pymargo(
         self, array: Buffer | list[Buffer] | tuple[Buffer, ...], mode: _AccessArg
     ) -> Bulk: ...
     @overload
@@ -121,6 +132,12 @@ class Engine:
     def on_finalize(self, callback: Callable[[], object]) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *_exc: object) -> Literal[False]: ...
+
+#: What `Engine.mid` gives (PyMargo's `margo_instance_id`): an opaque token
+#: naming the engine, for `Engine.from_margo_instance_id`. Not constructible
+#: from Python; it does not keep the engine alive.
+@final
+class InstanceId: ...
 
 @final
 class Address:

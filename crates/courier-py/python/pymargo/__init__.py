@@ -31,5 +31,5 @@ MargoInstance = core.Engine
 __all__ = [
     "bulk", "core", "Address", "CallableRemoteFunction", "Engine", "Handle", "MargoException",
     "Provider", "RemoteFunction", "client", "provider", "remote", "server",
-    "MargoAddress", "MargoHandle", "MargoInstance",
+    "MargoAddress", "MargoHandle", "MargoInstance", "on_finalize", "on_prefinalize",
 ]

@@ -7,6 +7,8 @@ hazardous, and ``courier.Engine`` refuses it), and ``engine.logger``
 (``pymargo.logging``).
 """
 
+from typing import TYPE_CHECKING
+
 import courier as _courier
 from courier import (  # noqa: F401
     Address,
@@ -35,6 +37,12 @@ from courier import (  # noqa: F401
 from . import logging as _pymargo_logging
 from .logging import Logger  # noqa: F401  (PyMargo's core has it too)
 
+if TYPE_CHECKING:
+    # Stub-only names (courier/_native.pyi): what `create_bulk` takes.
+    from typing_extensions import Buffer
+
+    from courier._native import _AccessArg
+
 #: PyMargo's exception type.
 MargoException = CourierError
 
@@ -46,7 +54,9 @@ class Engine(_courier.Engine):
     """``courier.Engine`` as PyMargo's ``Engine``: the same, but for
     ``create_bulk`` over ``bytes`` and ``logger`` (see the module)."""
 
-    def create_bulk(self, array: object, mode: int) -> Bulk:
+    def create_bulk(
+        self, array: "Buffer | list[Buffer] | tuple[Buffer, ...]", mode: "_AccessArg"
+    ) -> Bulk:
         """As ``courier.Engine.create_bulk``, but a ``bytes`` object may be
         exposed ``write_only`` or ``read_write``, as PyMargo allows: peers
         then write into it although Python holds bytes immutable. Only

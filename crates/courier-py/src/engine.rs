@@ -440,6 +440,42 @@ impl Engine {
         Ok(false)
     }
 
+    // asyncio (`aio.rs`).
+
+    /// `lookup` as an asyncio awaitable: `await engine.lookup_async(address)`.
+    fn lookup_async<'py>(&self, py: Python<'py>, address: &str) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::lookup(py, &self.shared, address)
+    }
+
+    /// `wait_for_finalize` as an asyncio awaitable: an asyncio server's
+    /// `await engine.wait_for_finalize_async()`.
+    fn wait_for_finalize_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::wait_for_finalize(py, &self.shared)
+    }
+
+    /// Registers `func`, a coroutine function `async def func(handle,
+    /// *args, **kwargs)`, as the handler of `name` at `provider_id`, run on
+    /// `event_loop` (`courier/_aio.py` chooses it).
+    fn _register_async(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        func: Bound<'_, PyAny>,
+        event_loop: Bound<'_, PyAny>,
+        provider_id: u16,
+        disable_response: bool,
+    ) -> PyResult<()> {
+        crate::aio::register(
+            py,
+            &self.shared,
+            name,
+            func,
+            event_loop,
+            provider_id,
+            disable_response,
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Engine('{}', mode={})",

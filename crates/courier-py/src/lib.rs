@@ -21,6 +21,9 @@
 //!   non-blocking call's `Request` can be cancelled (dropping it cancels
 //!   it too), which tells the server.
 //!
+//! * asyncio (`aio.rs`): awaitable calls (`call_async`, ...) through
+//!   pyo3-async-runtimes, and `async def` handlers run on an event loop.
+//!
 //! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through
 //!   `buffer::PyBufferMemory`, which reads and writes them on the
@@ -35,6 +38,7 @@
 use pyo3::prelude::*;
 
 mod address;
+mod aio;
 mod buffer;
 mod bulk;
 mod engine;
@@ -58,6 +62,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bulk::Bulk>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    aio::init();
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())
 }

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) rpc_threads: usize,
     /// `None` only while dropping.
     rt: Option<Runtime>,
+    /// asyncio's state for this engine (`aio.rs`).
+    pub(crate) aio: crate::aio::AioState,
 }
 
 impl Drop for Shared {
@@ -123,6 +125,7 @@ impl Shared {
             progress_thread,
             rpc_threads,
             rt: Some(rt),
+            aio: crate::aio::AioState::default(),
         });
         let closing = jobs.clone();
         shared.engine.on_finalize(move || closing.close());

@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
 from . import bulk
+from . import _aio
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
@@ -86,13 +87,17 @@ class Engine(_native.Engine):
         """``pymargo.server`` or ``pymargo.client``."""
         return Mode[self._mode]
 
-    def register(self, rpc_name=None, func=None, provider_id=0, disable_response=False):
+    def register(self, rpc_name=None, func=None, provider_id=0, disable_response=False, *, loop=None):
         """Without ``func`` (a client): a RemoteFunction to call ``rpc_name``
         with. With ``func``: registers ``func(handle, *args, **kwargs)`` as
         the handler of ``rpc_name`` at ``provider_id`` (default name: the
         function's ``@remote`` name or qualified name) and returns the
         RemoteFunction for it. ``disable_response=True`` makes the RPC
-        one-way: the handler runs, nothing is sent back."""
+        one-way: the handler runs, nothing is sent back.
+
+        A coroutine function (``async def``) runs on an asyncio event loop:
+        ``loop``, else the loop running in this thread, else a loop of the
+        engine's own on a thread of its own (docs/python.md, "asyncio")."""
         if func is not None and isinstance(provider_id, str):
             # PyMargo's older form: register(name, obj, method_name, provider_id).
             func, provider_id, disable_response = getattr(func, provider_id), int(disable_response), False
@@ -114,7 +119,10 @@ class Engine(_native.Engine):
             if rpc_name is None:
                 raise ValueError("cannot name the RPC: pass rpc_name")
         name = str(rpc_name)
-        self._register(name, func, provider_id, bool(disable_response))
+        if _aio.is_async_handler(func):  # asyncio (_aio.py)
+            _aio.register(self, name, func, provider_id, bool(disable_response), loop)
+        else:
+            self._register(name, func, provider_id, bool(disable_response))
         return self._remote(name, provider_id, bool(disable_response))
 
     def registered(self, rpc_name, provider_id=None):

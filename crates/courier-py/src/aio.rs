@@ -1,43 +1,53 @@
 //! asyncio: awaitable calls and `async def` handlers (docs/python.md,
 //! "asyncio").
 //!
+//! **Only the event loop's thread touches Python.** Everything the engine
+//! hands to an event loop goes through that loop's [`Mailbox`]: a queue,
+//! and a socket pair whose reading end the loop watches (`add_reader`). An
+//! engine thread posts without the GIL and writes one byte; the loop's
+//! reader callback drains the queue with the GIL it holds anyway. No other
+//! thread takes the GIL for asyncio, so nothing races the interpreter's
+//! finalization (pyo3-async-runtimes completes futures from threads of its
+//! own runtime with the GIL, which crashed the interpreter at exit when one
+//! was still inside `call_soon_threadsafe`: docs/python.md says more).
+//!
 //! **Awaitables.** `call_async`, `respond_async`, `lookup_async`,
 //! `ping_async` and `wait_for_finalize_async` run their work as a task on
-//! the engine's runtime (`Shared::spawn`), as a non-blocking call does, and
-//! hand the event loop an asyncio future for its outcome through
-//! pyo3-async-runtimes (`future_into_py_with_locals`). The bridge's future
-//! only awaits the engine's task; it runs on the bridge's own small tokio
-//! runtime (one `courier-py-aio` worker, built on first use), which is also
-//! where the GIL is taken to complete the asyncio future (on its blocking
-//! pool, through `loop.call_soon_threadsafe`), so the engine's runtime
-//! never waits for the GIL. The response is unpickled there, not on the
-//! event loop. When the asyncio future is cancelled (the awaiting task is
-//! cancelled, `asyncio.wait_for` or `asyncio.timeout` expires), the bridge
-//! drops its future, which aborts the engine's task ([`OnCancel::Abort`]):
-//! a call's future dropped cancels the call and tells its server.
+//! the engine's runtime (`Shared::spawn`), as a non-blocking call does; the
+//! task posts its outcome to the running loop's mailbox, whose drain
+//! completes an asyncio future (the response is unpickled there). The
+//! caller gets a coroutine awaiting that future (`courier._aio.awaited`),
+//! so `asyncio.create_task` takes it too. When the future is cancelled
+//! (the awaiting task is cancelled, `asyncio.wait_for` or `asyncio.timeout`
+//! expires), its done callback aborts the engine's task
+//! ([`OnCancel::Abort`]): a call's future dropped cancels the call and
+//! tells its server.
 //!
 //! **Driving the engine.** Without a progress thread (PyMargo's default)
 //! the engine moves only while a Python thread waits in it, and an event
-//! loop never does. The first time asyncio uses such an engine, [`drive`]
-//! starts a thread, `courier-py-aio-driver`, that waits in it until it is
-//! finalized, as a thread in `wait_for_finalize` would (and, like one, runs
-//! the engine's blocking handlers whose requests arrive meanwhile).
+//! loop never does. The first time asyncio uses such an engine (or when it
+//! is made while a loop runs), [`drive`] starts a thread,
+//! `courier-py-aio-driver`, that waits in it until it is finalized, as a
+//! thread in `wait_for_finalize` would (and, like one, runs the engine's
+//! blocking handlers whose requests arrive meanwhile).
 //!
-//! **`async def` handlers** ([`register`]) run on an asyncio event loop the
-//! Python side chose (`courier/_aio.py`). A request's raw handler takes
-//! the GIL on a blocking thread of the engine's runtime (never on its
-//! workers) and schedules the start of the coroutine on the loop with
-//! `call_soon_threadsafe`. On the loop, the arguments are unpickled and the
-//! coroutine becomes a task, in a copy of the context in which
-//! `courier._aio`'s request variable names the request (so `call_async`
-//! from the handler inherits its deadline and cancellation, as a blocking
-//! call made from a blocking handler does). The task's outcome completes
-//! the raw handler: an exception reaches the caller as a blocking
-//! handler's does. When the request is cancelled the engine drops the raw
-//! handler's future, and dropping it cancels the task
-//! (`asyncio.CancelledError` inside the coroutine).
+//! **`async def` handlers** ([`register`]) run on an event loop the Python
+//! side chose (`courier/_aio.py`). A request's raw handler posts the start
+//! of its handler to that loop's mailbox. On the loop, the arguments are
+//! unpickled and the coroutine becomes a task, in a copy of the context in
+//! which `courier._aio.request` names the request (so `call_async` from the
+//! handler inherits its deadline and cancellation, as a blocking call made
+//! from a blocking handler does). The task's outcome completes the raw
+//! handler: an exception reaches the caller as a blocking handler's does.
+//! When the request is cancelled the engine drops the raw handler's
+//! future, which posts the task's cancellation (`asyncio.CancelledError`
+//! inside the coroutine).
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -47,7 +57,6 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::address::Address;
 use crate::errors;
@@ -55,27 +64,12 @@ use crate::handle::Handle;
 use crate::pickle;
 use crate::shared::Shared;
 
-/// The bridge runtime's thread names.
-const BRIDGE_THREAD_NAME: &str = "courier-py-aio";
-
 /// The driver thread's name ([`drive`]).
 const DRIVER_THREAD_NAME: &str = "courier-py-aio-driver";
 
 /// The driver thread's stack: it runs blocking handlers, which may nest
 /// (as the binding's handler threads do).
 const DRIVER_THREAD_STACK: usize = 16 << 20;
-
-/// Configures the bridge's runtime (built on first use): one worker. Its
-/// tasks only wait for the engine's tasks; called once, from the module's
-/// initialisation.
-pub(crate) fn init() {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .worker_threads(1)
-        .thread_name(BRIDGE_THREAD_NAME)
-        .enable_all();
-    pyo3_async_runtimes::tokio::init(builder);
-}
 
 /// What asyncio keeps per engine: whether its driver thread was started.
 #[derive(Default)]
@@ -91,8 +85,8 @@ pub(crate) fn drive(shared: &Arc<Shared>) -> PyResult<()> {
         return Ok(());
     }
     // The thread holds the engine until it is finalized (by `finalize()`,
-    // a remote shutdown, or the `Engine` object being garbage collected,
-    // which finalizes it).
+    // a remote shutdown, the `Engine` object being garbage collected, or
+    // the interpreter's exit, which finalize it).
     let driven = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(DRIVER_THREAD_NAME.to_owned())
@@ -126,7 +120,140 @@ pub(crate) fn drive(shared: &Arc<Shared>) -> PyResult<()> {
     Ok(())
 }
 
-/// What cancelling the asyncio future does to the engine's task.
+// ---------------------------------------------------------------------
+// An event loop's mailbox.
+
+/// An outcome made a Python object (or exception) on the loop's thread.
+type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// What an engine thread hands to an event loop.
+enum Delivery {
+    /// Completes an asyncio future (unless it was cancelled).
+    Complete { future: Py<PyAny>, outcome: Outcome },
+    /// Starts an `async def` handler's task.
+    Start(Starting),
+    /// Cancels a handler's task (its request was cancelled).
+    Cancel(Py<PyAny>),
+}
+
+/// One event loop's mailbox (see the module's comment): made by
+/// `courier._aio.mailbox(loop)`, which has the loop watch `fileno()` and
+/// call `_drain()` when it is readable.
+#[pyclass(module = "courier._native", name = "_Mailbox", frozen)]
+pub(crate) struct Mailbox {
+    queue: Mutex<VecDeque<Delivery>>,
+    /// Whether a wake-up byte is on its way (one is enough).
+    woken: AtomicBool,
+    /// The end the engine's threads write a wake-up byte to.
+    wake: UnixStream,
+    /// The end the loop watches.
+    watched: UnixStream,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `delivery` to the loop (from any thread, without the GIL).
+    fn post(&self, delivery: Delivery) {
+        self.lock().push_back(delivery);
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            // Non-blocking, and at most one byte is ever unread: it cannot
+            // be full. A loop that closed no longer reads it; what it would
+            // have drained waits (docs/python.md).
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+#[pymethods]
+impl Mailbox {
+    #[new]
+    fn py_new() -> PyResult<Self> {
+        let made = UnixStream::pair().and_then(|(wake, watched)| {
+            wake.set_nonblocking(true)?;
+            watched.set_nonblocking(true)?;
+            Ok((wake, watched))
+        });
+        let (wake, watched) = made.map_err(|e| {
+            PyRuntimeError::new_err(format!(
+                "cannot make the socket pair that wakes an asyncio event loop: {e}"
+            ))
+        })?;
+        Ok(Self {
+            queue: Mutex::new(VecDeque::new()),
+            woken: AtomicBool::new(false),
+            wake,
+            watched,
+        })
+    }
+
+    /// The descriptor the loop watches.
+    fn fileno(&self) -> i32 {
+        self.watched.as_raw_fd()
+    }
+
+    /// The loop's reader callback: runs what was posted.
+    fn _drain(&self, py: Python<'_>) {
+        let mut sink = [0u8; 64];
+        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        // Before taking the queue: a post after this writes a new byte.
+        self.woken.store(false, Ordering::Release);
+        let posted = std::mem::take(&mut *self.lock());
+        for delivery in posted {
+            match delivery {
+                Delivery::Complete { future, outcome } => complete(py, future.bind(py), outcome),
+                Delivery::Start(starting) => start(py, starting),
+                Delivery::Cancel(task) => {
+                    if let Err(e) = task.bind(py).call_method0("cancel") {
+                        e.print(py);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sets an asyncio future's result or exception, unless it was cancelled.
+fn complete(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) {
+    let set = (|| -> PyResult<()> {
+        if future.call_method0("done")?.is_truthy()? {
+            return Ok(()); // cancelled meanwhile
+        }
+        match outcome(py) {
+            Ok(value) => future.call_method1("set_result", (value,))?,
+            Err(err) => future.call_method1("set_exception", (err.into_value(py),))?,
+        };
+        Ok(())
+    })();
+    if let Err(e) = set {
+        e.print(py);
+    }
+}
+
+static AIO_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// `courier._aio`, the Python half of asyncio support.
+fn aio_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    let m = AIO_MODULE.get_or_try_init(py, || -> PyResult<Py<PyModule>> {
+        Ok(py.import("courier._aio")?.unbind())
+    })?;
+    Ok(m.bind(py))
+}
+
+/// The mailbox of `event_loop` (`courier._aio.mailbox`).
+fn mailbox_of(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Mailbox>> {
+    Ok(aio_module(py)?
+        .call_method1("mailbox", (event_loop,))?
+        .cast_into::<Mailbox>()?
+        .unbind())
+}
+
+// ---------------------------------------------------------------------
+// Awaitables.
+
+/// What cancelling the awaiting task does to the engine's task.
 pub(crate) enum OnCancel {
     /// Aborts it: a call is cancelled (and its server told), a wait ends.
     Abort,
@@ -135,49 +262,39 @@ pub(crate) enum OnCancel {
     Finish,
 }
 
-/// The engine's task behind an awaitable; aborted when dropped, if so
-/// asked.
-struct Task<T> {
-    join: JoinHandle<T>,
-    abort: bool,
+/// The done callback of an awaitable's future: aborts the engine's task
+/// when the future was cancelled.
+#[pyclass(module = "courier._native", name = "_AbortOnCancel", frozen)]
+struct AbortOnCancel {
+    abort: tokio::task::AbortHandle,
 }
 
-impl<T> Drop for Task<T> {
-    fn drop(&mut self) {
-        if self.abort {
-            self.join.abort();
+#[pymethods]
+impl AbortOnCancel {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.abort.abort();
         }
+        Ok(())
     }
 }
 
-/// An outcome for the bridge to give the event loop: made into a Python
-/// object (or exception) with the GIL, off the engine's runtime.
-struct Deliver(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>);
-
-impl<'py> IntoPyObject<'py> for Deliver {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        (self.0)(py).map(|v| v.into_bound(py))
-    }
+/// The running event loop, or an error saying that `what` must be called
+/// from a coroutine.
+fn running_loop<'py>(py: Python<'py>, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("asyncio")?
+        .call_method0("get_running_loop")
+        .map_err(|e| {
+            PyRuntimeError::new_err(format!(
+                "{what} returns an asyncio awaitable: call it with an event loop running in \
+                 this thread (from a coroutine) ({e})"
+            ))
+        })
 }
 
-/// The running event loop's task locals, or an error saying that `what`
-/// must be awaited from a coroutine.
-fn running_locals(py: Python<'_>, what: &str) -> PyResult<pyo3_async_runtimes::TaskLocals> {
-    pyo3_async_runtimes::tokio::get_current_locals(py).map_err(|e| {
-        PyRuntimeError::new_err(format!(
-            "{what} returns an asyncio awaitable: call it with an event loop running in \
-             this thread (from a coroutine) ({e})"
-        ))
-    })
-}
-
-/// Runs `fut` on the engine's runtime and returns an asyncio future of its
-/// outcome, made a Python object by `convert` (with the GIL, off the event
-/// loop). See the module's comment.
+/// Runs `fut` on the engine's runtime and returns a coroutine awaiting its
+/// outcome, made a Python object by `convert` on the loop's thread. See
+/// the module's comment.
 pub(crate) fn awaitable_with<'py, F, C>(
     py: Python<'py>,
     shared: &Arc<Shared>,
@@ -191,35 +308,26 @@ where
     F::Output: Send + 'static,
     C: FnOnce(Python<'_>, F::Output) -> PyResult<Py<PyAny>> + Send + 'static,
 {
-    let locals = running_locals(py, what)?;
+    let event_loop = running_loop(py, what)?;
+    let mailbox = mailbox_of(py, &event_loop)?;
+    let future = event_loop.call_method0("create_future")?;
     drive(shared)?;
-    let mut task = Task {
-        join: shared.spawn(fut),
-        abort: matches!(on_cancel, OnCancel::Abort),
-    };
-    let future = pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
-        // (Once completed, aborting it on drop does nothing.)
-        let joined = (&mut task.join).await;
-        Ok(Deliver(Box::new(move |py| match joined {
-            Ok(out) => convert(py, out),
-            Err(_) => Err(errors::courier_error(
-                py,
-                format!("{what} was abandoned: the engine's runtime shut down"),
-            )),
-        })))
-    })?;
-    // A coroutine awaiting the future, for `asyncio.create_task`.
-    aio_module(py)?.getattr("awaited")?.call1((future,))
-}
-
-static AIO_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-
-/// `courier._aio`, the Python half of asyncio support.
-fn aio_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    let m = AIO_MODULE.get_or_try_init(py, || -> PyResult<Py<PyModule>> {
-        Ok(py.import("courier._aio")?.unbind())
-    })?;
-    Ok(m.bind(py))
+    let completed = future.clone().unbind();
+    let task = shared.spawn(async move {
+        let out = fut.await;
+        let outcome: Outcome = Box::new(move |py| convert(py, out));
+        mailbox.get().post(Delivery::Complete {
+            future: completed,
+            outcome,
+        });
+    });
+    if matches!(on_cancel, OnCancel::Abort) {
+        let abort = AbortOnCancel {
+            abort: task.abort_handle(),
+        };
+        future.call_method1("add_done_callback", (Py::new(py, abort)?,))?;
+    }
+    aio_module(py)?.call_method1("awaited", (future,))
 }
 
 /// [`awaitable_with`] for a call or a response: the unpickled response
@@ -330,6 +438,7 @@ struct Target {
     rpc: String,
     func: Py<PyAny>,
     event_loop: Py<PyAny>,
+    mailbox: Py<Mailbox>,
     /// Weak: the registration lives in the engine, which `Shared` owns.
     shared: Weak<Shared>,
 }
@@ -353,13 +462,15 @@ impl TaskSlot {
 }
 
 /// Registers `func`, a coroutine function, as the handler of `name` at
-/// `provider_id`, run on `event_loop`.
+/// `provider_id`, run on `event_loop` (whose mailbox is `mailbox`).
+#[allow(clippy::too_many_arguments)] // `Engine.register`'s, and the loop's
 pub(crate) fn register(
     py: Python<'_>,
     shared: &Arc<Shared>,
     name: &str,
     func: Bound<'_, PyAny>,
     event_loop: Bound<'_, PyAny>,
+    mailbox: Bound<'_, PyAny>,
     provider_id: u16,
     disable_response: bool,
 ) -> PyResult<()> {
@@ -368,16 +479,13 @@ pub(crate) fn register(
             "the handler of RPC '{name}' is not callable"
         )));
     }
-    if !event_loop.hasattr("call_soon_threadsafe")? {
-        return Err(PyValueError::new_err(format!(
-            "the event loop of RPC '{name}' is not an asyncio event loop: {event_loop}"
-        )));
-    }
+    let mailbox = mailbox.cast_into::<Mailbox>()?.unbind();
     drive(shared)?;
     let target = Arc::new(Target {
         rpc: name.to_owned(),
         func: func.unbind(),
         event_loop: event_loop.unbind(),
+        mailbox,
         shared: Arc::downgrade(shared),
     });
     let mut options = courier::RpcOptions::provider(provider_id);
@@ -405,31 +513,14 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        let Slot::Running(task) = std::mem::replace(&mut *self.slot.lock(), Slot::Gone) else {
-            return;
-        };
-        let target = self.target.clone();
-        let cancel = move || {
-            Python::try_attach(|py| {
-                let cancel = task.bind(py).getattr("cancel")?;
-                target
-                    .event_loop
-                    .bind(py)
-                    .call_method1("call_soon_threadsafe", (cancel,))
-                    .map(drop)
-            });
-        };
-        // Off the engine's workers: taking the GIL may wait. Outside a
-        // runtime (the engine's runtime shutting down) the task is left to
-        // finish: its response goes nowhere.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            drop(rt.spawn_blocking(cancel));
+        if let Slot::Running(task) = std::mem::replace(&mut *self.slot.lock(), Slot::Gone) {
+            self.target.mailbox.get().post(Delivery::Cancel(task));
         }
     }
 }
 
-/// One request for an `async def` handler: starts its task on the loop,
-/// and completes when the task does.
+/// One request for an `async def` handler: posts its start to the loop,
+/// and completes when its task does.
 async fn serve(target: Arc<Target>, handle: courier::Handle, payload: Bytes) -> Result<(), String> {
     let token = handle.cancel_token();
     let (done, result) = oneshot::channel();
@@ -439,25 +530,16 @@ async fn serve(target: Arc<Target>, handle: courier::Handle, payload: Bytes) -> 
         target: target.clone(),
         armed: true,
     };
-    let start = Start {
-        inner: Mutex::new(Some(Starting {
-            target: target.clone(),
-            handle,
-            payload,
-            done,
-            slot,
-        })),
-    };
-    // The GIL is taken off the engine's workers.
-    let scheduled = tokio::task::spawn_blocking(move || schedule(start)).await;
-    if let Ok(Err(message)) = scheduled {
-        guard.armed = false;
-        return Err(message);
-    }
+    target.mailbox.get().post(Delivery::Start(Starting {
+        target: target.clone(),
+        handle,
+        payload,
+        done,
+        slot,
+    }));
     let out = result.await.unwrap_or_else(|_| {
         Err(format!(
-            "the handler of RPC '{}' did not run: its event loop closed, or the engine was \
-             finalized",
+            "the handler of RPC '{}' did not complete: its event loop dropped it",
             target.rpc
         ))
     });
@@ -471,27 +553,6 @@ async fn serve(target: Arc<Target>, handle: courier::Handle, payload: Bytes) -> 
     out
 }
 
-/// Asks the loop to start the task (`call_soon_threadsafe`). An error is
-/// what the caller is told.
-fn schedule(start: Start) -> Result<(), String> {
-    let scheduled = Python::try_attach(|py| {
-        let rpc = start.rpc();
-        let event_loop = start.event_loop(py);
-        let start = Py::new(py, start)
-            .map_err(|e| format!("the handler of RPC '{rpc}' cannot be scheduled: {e}"))?;
-        let out = event_loop.call_method1("call_soon_threadsafe", (start.clone_ref(py),));
-        if out.is_err() {
-            // Not scheduled (the loop is closed): the request fails here,
-            // and its `done` is dropped unused.
-            drop(start.get().take());
-        }
-        out.map(drop).map_err(|e| {
-            format!("the handler of RPC '{rpc}' cannot run on its asyncio event loop: {e}")
-        })
-    });
-    scheduled.unwrap_or_else(|| Err("the Python interpreter is shutting down".to_owned()))
-}
-
 /// What a request's start needs, on the loop.
 struct Starting {
     target: Arc<Target>,
@@ -501,93 +562,56 @@ struct Starting {
     slot: Arc<TaskSlot>,
 }
 
-/// The callable the loop calls to start a request's task.
-#[pyclass(module = "courier._native", name = "_StartHandler", frozen)]
-struct Start {
-    inner: Mutex<Option<Starting>>,
-}
-
-impl Start {
-    fn take(&self) -> Option<Starting> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take()
+/// Starts a request's task (on the loop's thread).
+fn start(py: Python<'_>, starting: Starting) {
+    let Starting {
+        target,
+        handle,
+        payload,
+        done,
+        slot,
+    } = starting;
+    if handle.is_cancelled() || matches!(*slot.lock(), Slot::Gone) {
+        // The caller gave up while the request waited for the loop: its
+        // handler does not run (as a blocking handler's would not).
+        let _ = done.send(Err(
+            "the request was cancelled before its handler ran".into()
+        ));
+        return;
     }
-
-    fn rpc(&self) -> String {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|s| s.target.rpc.clone())
-            .unwrap_or_default()
-    }
-
-    fn event_loop<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map_or_else(
-                || py.None().into_bound(py),
-                |s| s.target.event_loop.bind(py).clone(),
-            )
-    }
-}
-
-#[pymethods]
-impl Start {
-    fn __call__(&self, py: Python<'_>) {
-        let Some(starting) = self.take() else {
-            return;
-        };
-        let Starting {
-            target,
-            handle,
-            payload,
-            done,
-            slot,
-        } = starting;
-        if handle.is_cancelled() || matches!(*slot.lock(), Slot::Gone) {
-            // The caller gave up while the request waited for the loop: its
-            // handler does not run (as a blocking handler's would not).
-            let _ = done.send(Err(
-                "the request was cancelled before its handler ran".into()
-            ));
-            return;
+    let Some(shared) = target.shared.upgrade() else {
+        let _ = done.send(Err(format!(
+            "the handler of RPC '{}' did not run: the engine was finalized",
+            target.rpc
+        )));
+        return;
+    };
+    match start_task(py, &target, handle, &payload, shared) {
+        Ok(Some(task)) => {
+            let finished = Finished {
+                rpc: target.rpc.clone(),
+                done: Mutex::new(Some(done)),
+            };
+            let watched = Py::new(py, finished)
+                .and_then(|f| task.call_method1("add_done_callback", (f,)).map(drop));
+            if let Err(e) = watched {
+                // `done` went with the callback: the caller is told the
+                // handler did not complete.
+                e.print(py);
+            }
+            let mut slot = slot.lock();
+            if matches!(*slot, Slot::Gone) {
+                drop(task.call_method0("cancel"));
+            } else {
+                *slot = Slot::Running(task.unbind());
+            }
         }
-        let Some(shared) = target.shared.upgrade() else {
-            let _ = done.send(Err(format!(
-                "the handler of RPC '{}' did not run: the engine was finalized",
-                target.rpc
-            )));
-            return;
-        };
-        match start_task(py, &target, handle, &payload, shared) {
-            Ok(Some(task)) => {
-                let finished = Finished {
-                    rpc: target.rpc.clone(),
-                    done: Mutex::new(Some(done)),
-                };
-                let watched = Py::new(py, finished)
-                    .and_then(|f| task.call_method1("add_done_callback", (f,)).map(drop));
-                if let Err(e) = watched {
-                    // `done` went with the callback: the caller is told the
-                    // handler did not complete.
-                    e.print(py);
-                }
-                let mut slot = slot.lock();
-                if matches!(*slot, Slot::Gone) {
-                    drop(task.call_method0("cancel"));
-                } else {
-                    *slot = Slot::Running(task.unbind());
-                }
-            }
-            // Not a coroutine: it ran when called.
-            Ok(None) => {
-                let _ = done.send(Ok(()));
-            }
-            Err(err) => {
-                let _ = done.send(Err(errors::describe_handler_error(py, &target.rpc, &err)));
-            }
+        // Not a coroutine: it ran when called.
+        Ok(None) => {
+            let _ = done.send(Ok(()));
+        }
+        Err(err) => {
+            let _ = done.send(Err(errors::describe_handler_error(py, &target.rpc, &err)));
         }
     }
 }

@@ -453,15 +453,25 @@ impl Engine {
         crate::aio::wait_for_finalize(py, &self.shared)
     }
 
+    /// Makes sure the engine moves while an event loop waits for it (a
+    /// thread drives it when it has no progress thread): called for an
+    /// engine made while an event loop runs in its thread.
+    fn _drive_for_asyncio(&self) -> PyResult<()> {
+        crate::aio::drive(&self.shared)
+    }
+
     /// Registers `func`, a coroutine function `async def func(handle,
     /// *args, **kwargs)`, as the handler of `name` at `provider_id`, run on
-    /// `event_loop` (`courier/_aio.py` chooses it).
+    /// `event_loop`, whose mailbox is `mailbox` (`courier/_aio.py` chooses
+    /// the loop and makes its mailbox).
+    #[allow(clippy::too_many_arguments)] // `register`'s, the loop's and its mailbox
     fn _register_async(
         &self,
         py: Python<'_>,
         name: &str,
         func: Bound<'_, PyAny>,
         event_loop: Bound<'_, PyAny>,
+        mailbox: Bound<'_, PyAny>,
         provider_id: u16,
         disable_response: bool,
     ) -> PyResult<()> {
@@ -471,6 +481,7 @@ impl Engine {
             name,
             func,
             event_loop,
+            mailbox,
             provider_id,
             disable_response,
         )

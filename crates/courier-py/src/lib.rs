@@ -21,8 +21,9 @@
 //!   non-blocking call's `Request` can be cancelled (dropping it cancels
 //!   it too), which tells the server.
 //!
-//! * asyncio (`aio.rs`): awaitable calls (`call_async`, ...) through
-//!   pyo3-async-runtimes, and `async def` handlers run on an event loop.
+//! * asyncio (`aio.rs`): awaitable calls (`call_async`, ...) and `async
+//!   def` handlers; the engine hands an event loop what it completes
+//!   through the loop's mailbox, so only the loop's thread touches Python.
 //!
 //! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through
@@ -62,7 +63,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bulk::Bulk>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    aio::init();
+    m.add_class::<aio::Mailbox>()?;
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())
 }

@@ -81,6 +81,7 @@ class Engine(_native.Engine):
     def __init__(self, *args, **kwargs):
         self._client_rpcs = set()
         _live.add(self)
+        _aio.engine_made(self)  # asyncio (_aio.py)
 
     @property
     def mode(self):

@@ -19,6 +19,9 @@ import contextvars
 import functools
 import inspect
 import threading
+import weakref
+
+from . import _native
 
 #: The request whose ``async def`` handler runs in this context (set by the
 #: native side in the handler task's context; read by ``call_async`` to
@@ -35,6 +38,18 @@ async def awaited(future):
     future itself, so that ``asyncio.create_task`` takes them too.
     Cancelling the task cancels the future it waits on, and so the call."""
     return await future
+
+
+def engine_made(engine):
+    """An engine made while an event loop runs in this thread is driven by
+    a thread of the binding from the start (when it has no progress
+    thread): nothing else would wait in it, and its peers may connect to it
+    before it is first awaited."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    engine._drive_for_asyncio()
 
 
 def is_async_handler(func):
@@ -104,4 +119,34 @@ def handler_loop(engine, loop=None):
 
 def register(engine, name, func, provider_id, disable_response, loop=None):
     """Registers the coroutine function ``func`` as the handler of ``name``."""
-    engine._register_async(name, func, handler_loop(engine, loop), provider_id, disable_response)
+    loop = handler_loop(engine, loop)
+    engine._register_async(name, func, loop, mailbox(loop), provider_id, disable_response)
+
+
+_mailboxes = weakref.WeakKeyDictionary()
+_mailboxes_lock = threading.Lock()
+
+
+def mailbox(loop):
+    """The mailbox through which the engines hand ``loop`` what it must
+    run (completed calls, handlers to start), made on first use: the loop
+    watches its ``fileno()`` and calls its ``_drain()`` when it is readable.
+    From the loop's own thread it is watched at once; from another, as soon
+    as the loop runs."""
+    with _mailboxes_lock:
+        box = _mailboxes.get(loop)
+        if box is not None:
+            return box
+        if loop.is_closed():
+            raise RuntimeError(f"the asyncio event loop {loop!r} is closed")
+        box = _native._Mailbox()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.add_reader(box.fileno(), box._drain)
+        else:
+            loop.call_soon_threadsafe(loop.add_reader, box.fileno(), box._drain)
+        _mailboxes[loop] = box
+        return box

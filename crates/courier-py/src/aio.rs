@@ -48,7 +48,7 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -56,7 +56,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::address::Address;
 use crate::errors;
@@ -71,10 +71,50 @@ const DRIVER_THREAD_NAME: &str = "courier-py-aio-driver";
 /// (as the binding's handler threads do).
 const DRIVER_THREAD_STACK: usize = 16 << 20;
 
-/// What asyncio keeps per engine: whether its driver thread was started.
+/// What asyncio keeps per engine: whether its driver thread was started,
+/// and the awaitables whose tasks have not ended.
 #[derive(Default)]
 pub(crate) struct AioState {
     driven: AtomicBool,
+    pending: Arc<Pending>,
+}
+
+/// How many awaitables' tasks have not ended: the driver drives the
+/// engine after its finalization until there are none (their outcomes,
+/// errors mostly, still reach their loops).
+#[derive(Default)]
+struct Pending {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Pending {
+    fn enter(self: &Arc<Self>) -> PendingGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        PendingGuard(self.clone())
+    }
+
+    async fn until_none(&self) {
+        loop {
+            // Made before looking, so an end in between is not missed.
+            let none = self.none.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
+}
+
+/// One awaitable's task, counted in [`Pending`] until dropped.
+struct PendingGuard(Arc<Pending>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
 }
 
 /// Makes sure the engine moves while an event loop waits for it: without
@@ -86,28 +126,25 @@ pub(crate) fn drive(shared: &Arc<Shared>) -> PyResult<()> {
     }
     // The thread holds the engine until it is finalized (by `finalize()`,
     // a remote shutdown, the `Engine` object being garbage collected, or
-    // the interpreter's exit, which finalize it).
+    // the interpreter's exit, which finalize it) and no awaitable is left.
     let driven = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(DRIVER_THREAD_NAME.to_owned())
         .stack_size(DRIVER_THREAD_STACK)
-        .spawn(move || {
-            while !driven.engine.is_finalized() {
-                let engine = driven.engine.clone();
-                let attached = Python::try_attach(|py| {
-                    let waited = driven.wait(py, "the asyncio driver", async move {
-                        engine.wait_for_finalize().await;
-                    });
-                    if let Err(e) = waited {
-                        // KeyboardInterrupt or SystemExit from a handler it
-                        // ran: printed, and the engine is driven on.
-                        e.print(py);
-                    }
-                });
-                if attached.is_none() {
-                    // The interpreter is going away.
-                    break;
-                }
+        .spawn(move || loop {
+            if !drive_until_done(&driven) {
+                return; // the interpreter is going away
+            }
+            let aio = &driven.aio;
+            aio.driven.store(false, Ordering::Release);
+            // An awaitable made after the last look (on the finalized
+            // engine: it fails at once, but only if driven) is counted
+            // before its maker calls `drive`: either that call starts a
+            // new driver, or this one sees it here and goes on.
+            if aio.pending.count.load(Ordering::Acquire) == 0
+                || aio.driven.swap(true, Ordering::AcqRel)
+            {
+                return;
             }
         });
     if let Err(e) = spawned {
@@ -118,6 +155,32 @@ pub(crate) fn drive(shared: &Arc<Shared>) -> PyResult<()> {
         )));
     }
     Ok(())
+}
+
+/// The driver's work: drives the engine until it is finalized and no
+/// awaitable's task is left (their outcomes, errors mostly, still reach
+/// their loops). False if the interpreter is going away.
+fn drive_until_done(shared: &Arc<Shared>) -> bool {
+    loop {
+        let engine = shared.engine.clone();
+        let pending = shared.aio.pending.clone();
+        let attached = Python::try_attach(|py| {
+            let waited = shared.wait(py, "the asyncio driver", async move {
+                engine.wait_for_finalize().await;
+                pending.until_none().await;
+            });
+            waited.map_err(|e| {
+                // KeyboardInterrupt or SystemExit from a handler it ran:
+                // printed, and the engine is driven on.
+                e.print(py);
+            })
+        });
+        match attached {
+            Some(Ok(())) => return true,
+            Some(Err(())) => {}
+            None => return false,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -279,6 +342,39 @@ impl AbortOnCancel {
     }
 }
 
+/// Completes an awaitable's asyncio future from its task: with the
+/// task's outcome, or, if the task is dropped before (its engine's runtime
+/// shut down, or the future was cancelled, which the loop then ignores),
+/// with an error.
+struct Completion {
+    mailbox: Py<Mailbox>,
+    future: Option<Py<PyAny>>,
+    what: &'static str,
+    _pending: PendingGuard,
+}
+
+impl Completion {
+    fn complete(&mut self, outcome: Outcome) {
+        if let Some(future) = self.future.take() {
+            self.mailbox
+                .get()
+                .post(Delivery::Complete { future, outcome });
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let what = self.what;
+        self.complete(Box::new(move |py| {
+            Err(errors::courier_error(
+                py,
+                format!("{what} was abandoned: its engine's runtime shut down"),
+            ))
+        }));
+    }
+}
+
 /// The running event loop, or an error saying that `what` must be called
 /// from a coroutine.
 fn running_loop<'py>(py: Python<'py>, what: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -311,15 +407,17 @@ where
     let event_loop = running_loop(py, what)?;
     let mailbox = mailbox_of(py, &event_loop)?;
     let future = event_loop.call_method0("create_future")?;
+    // Counted before `drive` (see the driver's exit).
+    let mut completion = Completion {
+        mailbox,
+        future: Some(future.clone().unbind()),
+        what,
+        _pending: shared.aio.pending.enter(),
+    };
     drive(shared)?;
-    let completed = future.clone().unbind();
     let task = shared.spawn(async move {
         let out = fut.await;
-        let outcome: Outcome = Box::new(move |py| convert(py, out));
-        mailbox.get().post(Delivery::Complete {
-            future: completed,
-            outcome,
-        });
+        completion.complete(Box::new(move |py| convert(py, out)));
     });
     if matches!(on_cancel, OnCancel::Abort) {
         let abort = AbortOnCancel {

@@ -263,18 +263,60 @@ def test_wait_for_expiry_cancels_the_call(protocol, setup):
     assert run(served(protocol, setup, body))
 
 
+class Tagged:
+    """Per-call events of a handler that waits until it is cancelled: each
+    call carries a tag, so that a late one from an earlier try is told
+    apart."""
+
+    def __init__(self):
+        self._arrived = {}
+        self._seen = {}
+
+    def arrived(self, tag):
+        return self._arrived.setdefault(tag, asyncio.get_running_loop().create_future())
+
+    def seen(self, tag):
+        return self._seen.setdefault(tag, asyncio.get_running_loop().create_future())
+
+    async def handler(self, handle, tag):
+        self.arrived(tag).set_result(handle.remaining)
+        try:
+            await asyncio.get_running_loop().create_future()  # never completes
+        except asyncio.CancelledError:
+            self.seen(tag).set_result((handle.is_cancelled(), handle.cancel_reason))
+            raise
+
+
+async def time_out_while_handled(call, tagged):
+    """Calls ``call(tag, timeout=ms)`` until its timeout passes while its
+    handler runs: a timeout that passes before the handler starts (the
+    machine is slow) is doubled. Returns (the TimeoutError, the budget the
+    handler saw, the handler's view of its cancellation)."""
+    timeout = 100
+    for tag in range(32):
+        calling = asyncio.ensure_future(call(tag, timeout=timeout))
+        arrived = tagged.arrived(tag)
+        await asyncio.wait({calling, arrived}, return_when=asyncio.FIRST_COMPLETED)
+        with pytest.raises(courier.TimeoutError) as raised:
+            await calling
+        if arrived.done():
+            return raised.value, arrived.result(), await tagged.seen(tag)
+        timeout *= 2
+    raise AssertionError("no handler started before its call's timeout")
+
+
 def test_a_calls_timeout_raises_courier_timeout_error(protocol, setup):
     async def body(server, client, address):
-        arrived, seen = await cancellable(server)
-        with pytest.raises(courier.TimeoutError) as raised:
-            await client.register("wait").on(address).call_async(timeout=100)
-        assert isinstance(raised.value, TimeoutError)
-        assert raised.value.reach == "unknown"
-        budget = await arrived.get()
-        assert budget is not None and 0 < budget <= 0.1
+        tagged = Tagged()
+        server.register("wait", tagged.handler)
+        error, budget, (cancelled, reason) = await time_out_while_handled(
+            client.register("wait").on(address).call_async, tagged
+        )
+        assert isinstance(error, TimeoutError)
+        assert error.reach == "unknown"
+        assert budget is not None and budget > 0
         # The handler's task is cancelled: by the caller's Cancel, or by its
         # deadline passing at the server, whichever came first.
-        cancelled, reason = await seen.get()
         assert cancelled and reason in ("caller", "deadline")
         return True
 
@@ -342,6 +384,46 @@ def test_calls_from_an_async_handler_inherit_its_cancellation(protocol, setup):
     assert run(served(protocol, setup, body))
 
 
+def test_awaitables_after_finalize(protocol, setup):
+    """On a finalized engine an awaitable raises CourierError (or, for
+    wait_for_finalize_async, returns) at once: its task still runs."""
+
+    async def body():
+        server, client = engines(protocol, setup)
+        address = await client.lookup_async(str(server.address))
+        call = client.register("anything").on(address)
+        server.finalize()
+        client.finalize()
+        await client.wait_for_finalize_async()
+        with pytest.raises(courier.CourierError):
+            await call.call_async()
+        with pytest.raises(courier.CourierError):
+            await client.lookup_async(str(server.address))
+        return True
+
+    assert run(body())
+
+
+def test_wait_for_finalize_async_returns_on_a_remote_shutdown(protocol, setup):
+    async def body(server, client, address):
+        server.enable_remote_shutdown()
+
+        async def hello(handle):
+            await handle.respond_async("hi")
+
+        server.register("hello", hello)
+        waiting = asyncio.create_task(server.wait_for_finalize_async())
+        call = client.register("hello").on(address)
+        assert await asyncio.gather(*(call.call_async() for _ in range(50))) == ["hi"] * 50
+        assert not waiting.done()
+        address.shutdown()
+        assert await waiting is None
+        assert server.finalized
+        return True
+
+    assert run(served(protocol, setup, body))
+
+
 def test_call_async_needs_a_running_loop(protocol):
     with Engine(protocol) as engine:
         engine.register("noop", lambda handle: handle.respond(None))
@@ -363,6 +445,11 @@ def test_an_async_handler_registered_without_a_loop_runs_on_the_engines_own(prot
 
         engine.register("where", where)
         assert engine.register("where").on(engine.address)(5) == ("courier-py-asyncio", 5)
+        own = engine._aio_own_loop
+    # Finalizing the engine stopped its loop, and the thread ended.
+    own._thread.join(GUARD_S)
+    assert not own._thread.is_alive()
+    assert own.loop.is_closed()
 
 
 def test_a_handler_cannot_be_registered_on_a_closed_loop(protocol):

@@ -24,24 +24,39 @@ async def main(address):
             print("raised:", type(e).__name__)
 
         wait = engine.register("wait").on(server)
-        try:
-            await wait.call_async(False, timeout=100)
-        except courier.TimeoutError:
-            print("timeout: courier.TimeoutError")
-        next_cancellation = engine.register("next_cancellation").on(server)
+        arrived = engine.register("arrived").on(server)
+        cancellation = engine.register("cancellation").on(server)
+
+        # A timeout that passes while the handler runs: one that passes
+        # before it starts (a slow machine) is doubled, with a new tag.
+        timeout = 100
+        timed_out = False
+        for tag in range(32):
+            call = asyncio.ensure_future(wait.call_async(tag, timeout=timeout))
+            started = asyncio.ensure_future(arrived.call_async(tag))
+            await asyncio.wait({call, started}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await call
+            except courier.TimeoutError:
+                timed_out = True
+            if started.done():
+                break
+            started.cancel()
+            timeout *= 2
+        print("timeout: courier.TimeoutError" if timed_out else "no timeout")
         # By the caller's Cancel, or by its deadline passing at the server.
-        reason = await next_cancellation.call_async()
+        reason = await cancellation.call_async(tag)
         print("timed out call cancelled:", reason in ("caller", "deadline"))
 
-        call = asyncio.create_task(wait.call_async(True))
-        await engine.register("when_held").on(server).call_async()
+        call = asyncio.create_task(wait.call_async("held"))
+        await arrived.call_async("held")
         print("waiting")
         call.cancel()
         try:
             await call
         except asyncio.CancelledError:
             print("cancelled: asyncio.CancelledError")
-        print("the server saw:", await next_cancellation.call_async())
+        print("the server saw:", await cancellation.call_async("held"))
         server.shutdown()
 
 

@@ -1,7 +1,10 @@
 """An asyncio server: async def handlers on the running event loop, and
 ``await engine.wait_for_finalize_async()`` until a client shuts it down.
-Prints its address, and "finalized" at the end. "next_cancellation"
-answers with the reason of the next cancelled "wait"."""
+Prints its address, and "finalized" at the end.
+
+"wait" (with a tag) waits until it is cancelled; "arrived" answers once
+the "wait" of a tag has started, "cancellation" with the reason its
+handler saw when it was cancelled."""
 
 import asyncio
 
@@ -10,8 +13,15 @@ from courier import Engine
 
 async def main():
     with Engine("tcp") as engine:
-        held = asyncio.Event()
-        cancellations = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        arrivals = {}
+        cancellations = {}
+
+        def arrival(tag):
+            return arrivals.setdefault(tag, loop.create_future())
+
+        def cancelled(tag):
+            return cancellations.setdefault(tag, loop.create_future())
 
         async def hello(handle, firstname, lastname):
             await handle.respond_async(f"Hello {firstname} {lastname}")
@@ -23,23 +33,22 @@ async def main():
         async def divide(handle, a, b):
             await handle.respond_async(a / b)
 
-        async def wait(handle, hold):
-            if hold:
-                held.set()
+        async def wait(handle, tag):
+            arrival(tag).set_result(None)
             try:
-                await asyncio.get_running_loop().create_future()  # never completes
+                await loop.create_future()  # never completes
             except asyncio.CancelledError:
-                cancellations.put_nowait(handle.cancel_reason)
+                cancelled(tag).set_result(handle.cancel_reason)
                 raise
 
-        async def when_held(handle):
-            await held.wait()
+        async def arrived(handle, tag):
+            await arrival(tag)
             await handle.respond_async(True)
 
-        async def next_cancellation(handle):
-            await handle.respond_async(await cancellations.get())
+        async def cancellation(handle, tag):
+            await handle.respond_async(await cancelled(tag))
 
-        for handler in (hello, square, divide, wait, when_held, next_cancellation):
+        for handler in (hello, square, divide, wait, arrived, cancellation):
             engine.register(handler.__name__, handler)
         engine.enable_remote_shutdown()
         print(f"Service running at {engine.address}")

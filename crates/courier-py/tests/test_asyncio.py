@@ -107,6 +107,36 @@ def test_the_other_awaitables(protocol, setup):
     assert run(served(protocol, setup, body))
 
 
+def test_async_methods_of_a_provider(protocol, setup):
+    """@courier.provider / @courier.remote on async def methods, registered
+    with register_provider."""
+
+    @courier.provider(service_name="kv")
+    class Store:
+        def __init__(self):
+            self.items = {}
+
+        @courier.remote()
+        async def put(self, handle, key, value):
+            self.items[key] = value
+            await handle.respond_async(True)
+
+        @courier.remote(rpc_name="get")
+        async def fetch(self, handle, key):
+            await handle.respond_async(self.items.get(key))
+
+    async def body(server, client, address):
+        store = Store()
+        names = server.register_provider(store, provider_id=3)
+        assert sorted(names) == ["kv_get", "kv_put"]
+        assert await client.register("kv_put").on(address, provider_id=3).call_async("a", 1)
+        assert await client.register("kv_get").on(address, provider_id=3).call_async("a") == 1
+        assert store.items == {"a": 1}
+        return True
+
+    assert run(served(protocol, setup, body))
+
+
 def test_an_async_handlers_exception_reaches_the_caller(protocol, setup):
     async def body(server, client, address):
         async def divide(handle, a, b):

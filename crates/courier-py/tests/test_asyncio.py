@@ -13,8 +13,8 @@ guards against hangs only.
 """
 
 import asyncio
-import queue
-import sys
+import os
+import signal
 import threading
 import time
 
@@ -534,3 +534,28 @@ def test_asyncio_across_two_processes(scripts, protocol):
     assert client.wait() == 0, client.stderr()
     assert server.next_line() == "finalized"
     assert server.wait() == 0, server.stderr()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ctrl_c_stops_asyncio_processes(scripts, protocol):
+    """Ctrl-C in an asyncio client awaiting a call: asyncio.run cancels the
+    call (its handler is cancelled) and raises KeyboardInterrupt. Ctrl-C in
+    an asyncio server awaiting wait_for_finalize_async: the same, and its
+    engine is finalized on the way out."""
+    server = scripts(PROGRAMS / "aio_server.py", protocol=protocol)
+    address = server.expect_line("Service running at ")
+    client = scripts(PROGRAMS / "aio_blocked_client.py", address, protocol=protocol)
+    client.expect_line("calling")
+    client.interrupt()
+    assert client.wait() == -signal.SIGINT, client.stderr()
+    assert "KeyboardInterrupt" in client.stderr()
+    with Engine(protocol, mode=courier.client) as engine:
+        cancellation = engine.register("cancellation").on(engine.lookup(address))
+        # Its Cancel, or the connection closing as the process ended.
+        assert cancellation("ctrl-c") in ("caller", "connection_lost")
+    server.interrupt()
+    assert server.wait() == -signal.SIGINT, server.stderr()
+    assert "KeyboardInterrupt" in server.stderr()
+    if protocol == "unix":
+        # Leaving the `with` block finalized the engine: its socket is gone.
+        assert not os.path.exists(address[len("unix://"):])

@@ -123,7 +123,10 @@ def register(engine, name, func, provider_id, disable_response, loop=None):
     engine._register_async(name, func, loop, mailbox(loop), provider_id, disable_response)
 
 
+#: Each loop's mailbox, dropped with its loop; loops that take no weak
+#: reference keep theirs in ``_kept_mailboxes``.
 _mailboxes = weakref.WeakKeyDictionary()
+_kept_mailboxes = {}
 _mailboxes_lock = threading.Lock()
 
 
@@ -134,7 +137,12 @@ def mailbox(loop):
     From the loop's own thread it is watched at once; from another, as soon
     as the loop runs."""
     with _mailboxes_lock:
-        box = _mailboxes.get(loop)
+        try:
+            box = _mailboxes.get(loop)
+            kept = _mailboxes
+        except TypeError:
+            box = _kept_mailboxes.get(loop)
+            kept = _kept_mailboxes
         if box is not None:
             return box
         if loop.is_closed():
@@ -148,5 +156,5 @@ def mailbox(loop):
             loop.add_reader(box.fileno(), box._drain)
         else:
             loop.call_soon_threadsafe(loop.add_reader, box.fileno(), box._drain)
-        _mailboxes[loop] = box
+        kept[loop] = box
         return box

@@ -23,7 +23,7 @@ import pytest
 import courier
 from courier import Engine
 
-from conftest import GUARD_S, HERE, PROTOCOLS
+from conftest import GUARD_S, HERE, PROTOCOLS, run_script
 
 PROGRAMS = HERE / "programs"
 
@@ -559,3 +559,28 @@ def test_ctrl_c_stops_asyncio_processes(scripts, protocol):
     if protocol == "unix":
         # Leaving the `with` block finalized the engine: its socket is gone.
         assert not os.path.exists(address[len("unix://"):])
+
+
+def doc_example(caption):
+    """The Python block that follows ``caption`` in docs/python.md."""
+    text = (HERE.parents[2] / "docs" / "python.md").read_text()
+    after = text.split(caption, 1)[1]
+    return after.split("```python\n", 1)[1].split("```\n", 1)[0]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_documented_example_runs(scripts, tmp_path, protocol):
+    """docs/python.md's asyncio server and client, as written."""
+    (tmp_path / "server.py").write_text(doc_example("A runnable server (`server.py`):"))
+    (tmp_path / "client.py").write_text(doc_example("And its client (`client.py`):"))
+    server = scripts(tmp_path / "server.py", protocol=protocol)
+    address = server.expect_line("Service running at ")
+    status, out, err = run_script(tmp_path / "client.py", address, protocol=protocol)
+    assert status == 0, err
+    assert out.splitlines() == [
+        "Good bye Matthieu",
+        "100 replies",
+        "gave up: the call is cancelled, the handler's task too",
+        "courier.TimeoutError",
+    ]
+    assert server.wait() == 0, server.stderr()

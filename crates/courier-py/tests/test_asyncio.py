@@ -514,6 +514,29 @@ def test_an_explicit_loop_runs_the_handler(protocol):
         loop.close()
 
 
+def test_requests_wait_for_their_loop_to_run(protocol):
+    """A handler's loop that is not running yet: its requests wait, and run
+    once it does."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="late-loop")
+    try:
+        with Engine(protocol) as engine:
+
+            async def late(handle):
+                await handle.respond_async(threading.current_thread().name)
+
+            engine.register("late", late, loop=loop)
+            request = engine.register("late").on(engine.address)(blocking=False)
+            assert not request.test()  # nothing runs the handler yet
+            runner.start()
+            assert request.wait() == "late-loop"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        if runner.is_alive():
+            runner.join(GUARD_S)
+        loop.close()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_asyncio_across_two_processes(scripts, protocol):
     """An asyncio server process (async handlers, ``await

@@ -98,6 +98,16 @@ impl Address {
             .map_err(|e| errors::to_py(py, &e))
     }
 
+    /// `ping` as an asyncio awaitable: `await address.ping_async()`.
+    #[pyo3(signature = (timeout=None))]
+    fn ping_async<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::ping(py, &self.shared, self.inner.clone(), timeout)
+    }
+
     /// One engine-level round trip (no handler runs); returns seconds.
     #[pyo3(signature = (timeout=None))]
     fn ping(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<f64> {

@@ -575,6 +575,53 @@ impl Engine {
         Ok(false)
     }
 
+    // asyncio (`aio.rs`).
+
+    /// `lookup` as an asyncio awaitable: `await engine.lookup_async(address)`.
+    fn lookup_async<'py>(&self, py: Python<'py>, address: &str) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::lookup(py, &self.shared, address)
+    }
+
+    /// `wait_for_finalize` as an asyncio awaitable: an asyncio server's
+    /// `await engine.wait_for_finalize_async()`.
+    fn wait_for_finalize_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::wait_for_finalize(py, &self.shared)
+    }
+
+    /// Makes sure the engine moves while an event loop waits for it (a
+    /// thread drives it when it has no progress thread): called for an
+    /// engine made while an event loop runs in its thread.
+    fn _drive_for_asyncio(&self) -> PyResult<()> {
+        crate::aio::drive(&self.shared)
+    }
+
+    /// Registers `func`, a coroutine function `async def func(handle,
+    /// *args, **kwargs)`, as the handler of `name` at `provider_id`, run on
+    /// `event_loop`, whose mailbox is `mailbox` (`courier/_aio.py` chooses
+    /// the loop and makes its mailbox).
+    #[allow(clippy::too_many_arguments)] // `register`'s, the loop's and its mailbox
+    fn _register_async(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        func: Bound<'_, PyAny>,
+        event_loop: Bound<'_, PyAny>,
+        mailbox: Bound<'_, PyAny>,
+        provider_id: u16,
+        disable_response: bool,
+    ) -> PyResult<()> {
+        crate::aio::register(
+            py,
+            &self.shared,
+            name,
+            func,
+            event_loop,
+            mailbox,
+            provider_id,
+            disable_response,
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!("Engine('{}', mode={})", self.address().text(), self._mode())
     }

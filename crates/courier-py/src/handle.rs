@@ -71,24 +71,17 @@ impl UnsentResponse {
     }
 }
 
-#[pymethods]
 impl Handle {
-    /// Sends `value` (pickled) to the caller. With `blocking=False` it
-    /// returns at once with a `Request` to `wait()` on. On a one-way RPC
-    /// it does nothing, nor on a request that was cancelled (its caller
-    /// gave up, or its deadline passed: `is_cancelled()`). Responding
-    /// twice raises. `data=` is PyMargo's name for `value`. A value pickle
-    /// refuses raises `courier.SerializationError` (naming its type), and
-    /// the caller gets that error if the handler returns without
-    /// responding.
-    #[pyo3(signature = (value=None, blocking=true, *, data=None))]
-    fn respond(
+    /// The sending of `value` (or `data`) as a future to run on the
+    /// engine's runtime; see `respond`.
+    fn response(
         &self,
         py: Python<'_>,
         value: Option<Bound<'_, PyAny>>,
-        blocking: bool,
         data: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Option<Request>> {
+    ) -> PyResult<
+        impl std::future::Future<Output = courier::Result<Option<bytes::Bytes>>> + Send + 'static,
+    > {
         let value = match (value, data) {
             (Some(v), _) | (None, Some(v)) => v,
             (None, None) => py.None().into_bound(py),
@@ -130,7 +123,7 @@ impl Handle {
         if dropped {
             self.responded.store(DROPPED, Ordering::Release);
         }
-        let send = async move {
+        Ok(async move {
             if dropped {
                 return Ok(None::<bytes::Bytes>);
             }
@@ -140,7 +133,29 @@ impl Handle {
                 Err(courier::Error::Cancelled { .. }) if first => Ok(None),
                 Err(e) => Err(e),
             }
-        };
+        })
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Sends `value` (pickled) to the caller. With `blocking=False` it
+    /// returns at once with a `Request` to `wait()` on. On a one-way RPC
+    /// it does nothing, nor on a request that was cancelled (its caller
+    /// gave up, or its deadline passed: `is_cancelled()`). Responding
+    /// twice raises. `data=` is PyMargo's name for `value`. A value pickle
+    /// refuses raises `courier.SerializationError` (naming its type), and
+    /// the caller gets that error if the handler returns without
+    /// responding.
+    #[pyo3(signature = (value=None, blocking=true, *, data=None))]
+    fn respond(
+        &self,
+        py: Python<'_>,
+        value: Option<Bound<'_, PyAny>>,
+        blocking: bool,
+        data: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Request>> {
+        let send = self.response(py, value, data)?;
         if blocking {
             self.shared
                 .run(py, "Handle.respond", send)?
@@ -151,6 +166,28 @@ impl Handle {
             self.shared.tick(py, "Handle.respond")?;
             Ok(Some(Request::new(join, self.shared.clone())))
         }
+    }
+
+    /// The awaitable form of `respond`, for `async def` handlers: `await
+    /// handle.respond_async(value)` sends `value` without blocking the
+    /// event loop, and returns once it is sent (raising as `respond`
+    /// does). Cancelling the awaiting task does not take the response
+    /// back: it is sent all the same. See `aio.rs`.
+    #[pyo3(signature = (value=None, *, data=None))]
+    fn respond_async<'py>(
+        &self,
+        py: Python<'py>,
+        value: Option<Bound<'py, PyAny>>,
+        data: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let send = self.response(py, value, data)?;
+        crate::aio::awaitable(
+            py,
+            &self.shared,
+            "Handle.respond_async",
+            send,
+            crate::aio::OnCancel::Finish,
+        )
     }
 
     /// The sender's address (its listening address if it is a server),

@@ -21,6 +21,10 @@
 //!   non-blocking call's `Request` can be cancelled (dropping it cancels
 //!   it too), which tells the server.
 //!
+//! * asyncio (`aio.rs`): awaitable calls (`call_async`, ...) and `async
+//!   def` handlers; the engine hands an event loop what it completes
+//!   through the loop's mailbox, so only the loop's thread touches Python.
+//!
 //! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through
 //!   `buffer::PyBufferMemory`, which reads and writes them on the
@@ -39,6 +43,7 @@
 use pyo3::prelude::*;
 
 mod address;
+mod aio;
 mod buffer;
 mod bulk;
 mod engine;
@@ -67,6 +72,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<aio::Mailbox>()?;
     m.add("PROTOCOL_OVERRIDE_ENV", engine::PROTOCOL_OVERRIDE_ENV)?;
     Ok(())
 }

@@ -160,6 +160,43 @@ pub(crate) struct CallableRemoteFunction {
     shared: Arc<Shared>,
 }
 
+impl CallableRemoteFunction {
+    /// The call of `args` and `kwargs` as a future to run on the engine's
+    /// runtime (the response, `None` for a one-way call), and whether it is
+    /// one-way. `serving` is the request it is part of, if any (its deadline
+    /// is inherited, its cancellation cancels the call).
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        timeout: Option<f64>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        serving: Option<courier::CancelToken>,
+    ) -> PyResult<(
+        impl std::future::Future<Output = courier::Result<Option<Bytes>>> + Send + 'static,
+        bool,
+    )> {
+        let payload = pickle::dump_arguments(py, self.function.get().raw.name(), args, kwargs)?;
+        let one_way = self.function.get().one_way.load(Ordering::Acquire);
+        let mut callable = if one_way {
+            self.one_way.clone()
+        } else {
+            self.callable.clone()
+        };
+        if let Some(after) = timeout_from_ms(timeout)? {
+            callable = callable.timeout(after);
+        }
+        let call = async move {
+            let out = match &serving {
+                Some(token) => token.in_scope(callable.call(&payload)).await,
+                None => callable.call(&payload).await,
+            };
+            out.map(|out| (!one_way).then_some(out))
+        };
+        Ok((call, one_way))
+    }
+}
+
 #[pymethods]
 impl CallableRemoteFunction {
     /// Calls the RPC with `args` and `kwargs` and returns the value the
@@ -182,26 +219,10 @@ impl CallableRemoteFunction {
         blocking: bool,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let payload = pickle::dump_arguments(py, self.function.get().raw.name(), args, kwargs)?;
-        let one_way = self.function.get().one_way.load(Ordering::Acquire);
-        let mut callable = if one_way {
-            self.one_way.clone()
-        } else {
-            self.callable.clone()
-        };
-        if let Some(after) = timeout_from_ms(timeout)? {
-            callable = callable.timeout(after);
-        }
         // Made from a handler: the call is part of its request (read here,
         // on the thread that makes the call; see `shared::serving`).
         let serving = crate::shared::serving();
-        let call = async move {
-            let out = match &serving {
-                Some(token) => token.in_scope(callable.call(&payload)).await,
-                None => callable.call(&payload).await,
-            };
-            out.map(|out| (!one_way).then_some(out))
-        };
+        let (call, one_way) = self.prepare(py, args, timeout, kwargs, serving)?;
         if blocking {
             let out = self.shared.run(py, "call", call)?;
             outcome(py, out)
@@ -218,6 +239,33 @@ impl CallableRemoteFunction {
             });
             Ok(Py::new(py, Request::with_cancel(join, self.shared.clone(), cancel))?.into_any())
         }
+    }
+
+    /// The awaitable form of a call, for asyncio: `await
+    /// f.call_async(*args, timeout=0, **kwargs)` returns the handler's
+    /// response (`None` for a one-way RPC) and raises what the blocking
+    /// call raises. It does not block the event loop. Cancelling the
+    /// awaiting task cancels the call, and its server is told. Called from
+    /// an `async def` handler, the call inherits its request's deadline
+    /// and cancellation. Must be called with an event loop running in this
+    /// thread (from a coroutine). See `aio.rs`.
+    #[pyo3(signature = (*args, timeout=None, **kwargs))]
+    fn call_async<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        timeout: Option<f64>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let serving = crate::aio::serving(py)?.or_else(crate::shared::serving);
+        let (call, _) = self.prepare(py, args, timeout, kwargs, serving)?;
+        crate::aio::awaitable(
+            py,
+            &self.shared,
+            "call_async",
+            call,
+            crate::aio::OnCancel::Abort,
+        )
     }
 
     /// The remote function.
@@ -255,7 +303,7 @@ impl CallableRemoteFunction {
 }
 
 /// A call's result as Python: the unpickled response, `None` without one.
-fn outcome(py: Python<'_>, out: courier::Result<Option<Bytes>>) -> PyResult<Py<PyAny>> {
+pub(crate) fn outcome(py: Python<'_>, out: courier::Result<Option<Bytes>>) -> PyResult<Py<PyAny>> {
     match out {
         Ok(Some(bytes)) => Ok(pickle::loads(py, &bytes)?.unbind()),
         Ok(None) => Ok(py.None()),

@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) spelling: std::sync::OnceLock<String>,
     /// `None` only while dropping.
     rt: Option<Runtime>,
+    /// asyncio's state for this engine (`aio.rs`).
+    pub(crate) aio: crate::aio::AioState,
 }
 
 impl Drop for Shared {
@@ -128,6 +130,7 @@ impl Shared {
             rpc_threads,
             spelling: std::sync::OnceLock::new(),
             rt: Some(rt),
+            aio: crate::aio::AioState::default(),
         });
         let closing = jobs.clone();
         shared.engine.on_finalize(move || closing.close());

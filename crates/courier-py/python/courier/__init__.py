@@ -13,6 +13,7 @@
 The same names are importable as ``pymargo.core`` (see docs/python.md).
 """
 
+import asyncio
 import atexit
 import enum
 import types
@@ -34,6 +35,7 @@ from ._errors import (
 )
 from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
 from . import bulk
+from . import _aio
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
@@ -100,6 +102,7 @@ class Engine(_native.Engine):
         def __init__(self, *args, **kwargs):
             self._client_rpcs = set()
             _live.add(self)
+            _aio.engine_made(self)  # asyncio (_aio.py)
 
     @property
     def mode(self) -> Mode:
@@ -109,30 +112,35 @@ class Engine(_native.Engine):
     @overload
     def register(
         self, rpc_name: str, func: None = None, provider_id: int = 0,
-        disable_response: bool = False,
+        disable_response: bool = False, *, loop: asyncio.AbstractEventLoop | None = None,
     ) -> RemoteFunction: ...
 
     @overload
     def register(
         self, rpc_name: str | None, func: _Handler, provider_id: int = 0,
-        disable_response: bool = False,
+        disable_response: bool = False, *, loop: asyncio.AbstractEventLoop | None = None,
     ) -> RemoteFunction: ...
 
     @overload
     def register(
         self, rpc_name: str, func: object, provider_id: str, disable_response: int = 0,
+        *, loop: asyncio.AbstractEventLoop | None = None,
     ) -> RemoteFunction: ...
 
     def register(
         self, rpc_name: str | None = None, func: Any = None, provider_id: Any = 0,
-        disable_response: Any = False,
+        disable_response: Any = False, *, loop: asyncio.AbstractEventLoop | None = None,
     ) -> RemoteFunction:
         """Without ``func`` (a client): a RemoteFunction to call ``rpc_name``
         with. With ``func``: registers ``func(handle, *args, **kwargs)`` as
         the handler of ``rpc_name`` at ``provider_id`` (default name: the
         function's ``@remote`` name or qualified name) and returns the
         RemoteFunction for it. ``disable_response=True`` makes the RPC
-        one-way: the handler runs, nothing is sent back."""
+        one-way: the handler runs, nothing is sent back.
+
+        A coroutine function (``async def``) runs on an asyncio event loop:
+        ``loop``, else the loop running in this thread, else a loop of the
+        engine's own on a thread of its own (docs/python.md, "asyncio")."""
         if func is not None and isinstance(provider_id, str):
             # PyMargo's older form: register(name, obj, method_name, provider_id).
             func, provider_id, disable_response = getattr(func, provider_id), int(disable_response), False
@@ -154,7 +162,10 @@ class Engine(_native.Engine):
             if rpc_name is None:
                 raise ValueError("cannot name the RPC: pass rpc_name")
         name = str(rpc_name)
-        self._register(name, func, provider_id, bool(disable_response))
+        if _aio.is_async_handler(func):  # asyncio (_aio.py)
+            _aio.register(self, name, func, provider_id, bool(disable_response), loop)
+        else:
+            self._register(name, func, provider_id, bool(disable_response))
         return self._remote(name, provider_id, bool(disable_response))
 
     def registered(self, rpc_name: str, provider_id: int | None = None) -> RemoteFunction | None:

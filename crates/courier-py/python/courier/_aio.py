@@ -1,0 +1,160 @@
+"""asyncio support: which event loop an ``async def`` handler runs on.
+
+The native side (``crates/courier-py/src/aio.rs``) runs the handler's
+coroutine as a task of that loop; this module chooses the loop:
+
+- the ``loop=`` given to ``Engine.register``;
+- else the event loop running in the thread that registers the handler
+  (``engine.register(...)`` called from a coroutine);
+- else a loop of the engine's own, run by a thread the binding starts
+  (``courier-py-asyncio``) the first time one is needed, and stopped when
+  the engine is finalized (its tasks still running are cancelled, as
+  ``asyncio.run`` cancels them).
+
+See docs/python.md, "asyncio".
+"""
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import threading
+import weakref
+
+from . import _native
+
+#: The request whose ``async def`` handler runs in this context (set by the
+#: native side in the handler task's context; read by ``call_async`` to
+#: inherit the request's deadline and cancellation).
+request = contextvars.ContextVar("courier_request", default=None)
+
+#: The name of the thread that runs an engine's own event loop.
+LOOP_THREAD_NAME = "courier-py-asyncio"
+
+
+async def awaited(future):
+    """The native awaitables' coroutine: ``call_async`` and the other
+    ``*_async`` methods return ``awaited(future)`` rather than the asyncio
+    future itself, so that ``asyncio.create_task`` takes them too.
+    Cancelling the task cancels the future it waits on, and so the call."""
+    return await future
+
+
+def engine_made(engine):
+    """An engine made while an event loop runs in this thread is driven by
+    a thread of the binding from the start (when it has no progress
+    thread): nothing else would wait in it, and its peers may connect to it
+    before it is first awaited."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    engine._drive_for_asyncio()
+
+
+def is_async_handler(func):
+    """Whether ``func`` is a coroutine function (also through a bound
+    method or ``functools.partial``): its handler then runs on an event
+    loop."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func)
+
+
+class _LoopThread:
+    """An event loop run by a thread of its own until ``stop()``."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=LOOP_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            # As asyncio.run ends: what still runs is cancelled and waited
+            # for, then the loop is closed.
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def stop(self):
+        """Asks the loop to stop (from any thread, without waiting: it is
+        called from the engine's finalize)."""
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:
+            pass  # closed already
+
+
+_own_loops_lock = threading.Lock()
+
+
+def _own_loop(engine):
+    """The engine's own event loop, started on first use."""
+    with _own_loops_lock:
+        own = getattr(engine, "_aio_own_loop", None)
+        if own is None:
+            own = _LoopThread()
+            engine._aio_own_loop = own
+            engine.on_finalize(own.stop)
+        return own.loop
+
+
+def handler_loop(engine, loop=None):
+    """The event loop a coroutine handler registered now runs on."""
+    if loop is not None:
+        return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return _own_loop(engine)
+
+
+def register(engine, name, func, provider_id, disable_response, loop=None):
+    """Registers the coroutine function ``func`` as the handler of ``name``."""
+    loop = handler_loop(engine, loop)
+    engine._register_async(name, func, loop, mailbox(loop), provider_id, disable_response)
+
+
+#: Each loop's mailbox, dropped with its loop; loops that take no weak
+#: reference keep theirs in ``_kept_mailboxes``.
+_mailboxes = weakref.WeakKeyDictionary()
+_kept_mailboxes = {}
+_mailboxes_lock = threading.Lock()
+
+
+def mailbox(loop):
+    """The mailbox through which the engines hand ``loop`` what it must
+    run (completed calls, handlers to start), made on first use: the loop
+    watches its ``fileno()`` and calls its ``_drain()`` when it is readable.
+    From the loop's own thread it is watched at once; from another, as soon
+    as the loop runs."""
+    with _mailboxes_lock:
+        try:
+            box = _mailboxes.get(loop)
+            kept = _mailboxes
+        except TypeError:
+            box = _kept_mailboxes.get(loop)
+            kept = _kept_mailboxes
+        if box is not None:
+            return box
+        if loop.is_closed():
+            raise RuntimeError(f"the asyncio event loop {loop!r} is closed")
+        box = _native._Mailbox()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.add_reader(box.fileno(), box._drain)
+        else:
+            loop.call_soon_threadsafe(loop.add_reader, box.fileno(), box._drain)
+        kept[loop] = box
+        return box

@@ -14,25 +14,34 @@ coroutine as a task of that loop; this module chooses the loop:
 See docs/python.md, "asyncio".
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextvars
 import functools
 import inspect
 import threading
 import weakref
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _native
+
+if TYPE_CHECKING:
+    from . import Engine
+
+_T = TypeVar("_T")
 
 #: The request whose ``async def`` handler runs in this context (set by the
 #: native side in the handler task's context; read by ``call_async`` to
 #: inherit the request's deadline and cancellation).
-request = contextvars.ContextVar("courier_request", default=None)
+request: contextvars.ContextVar[object] = contextvars.ContextVar("courier_request", default=None)
 
 #: The name of the thread that runs an engine's own event loop.
 LOOP_THREAD_NAME = "courier-py-asyncio"
 
 
-async def awaited(future):
+async def awaited(future: Awaitable[_T]) -> _T:
     """The native awaitables' coroutine: ``call_async`` and the other
     ``*_async`` methods return ``awaited(future)`` rather than the asyncio
     future itself, so that ``asyncio.create_task`` takes them too.
@@ -40,7 +49,7 @@ async def awaited(future):
     return await future
 
 
-def engine_made(engine):
+def engine_made(engine: Engine) -> None:
     """An engine made while an event loop runs in this thread is driven by
     a thread of the binding from the start (when it has no progress
     thread): nothing else would wait in it, and its peers may connect to it
@@ -52,7 +61,7 @@ def engine_made(engine):
     engine._drive_for_asyncio()
 
 
-def is_async_handler(func):
+def is_async_handler(func: object) -> bool:
     """Whether ``func`` is a coroutine function (also through a bound
     method or ``functools.partial``): its handler then runs on an event
     loop."""
@@ -64,12 +73,12 @@ def is_async_handler(func):
 class _LoopThread:
     """An event loop run by a thread of its own until ``stop()``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=LOOP_THREAD_NAME, daemon=True)
         self._thread.start()
 
-    def _run(self):
+    def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
@@ -84,7 +93,7 @@ class _LoopThread:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
-    def stop(self):
+    def stop(self) -> None:
         """Asks the loop to stop (from any thread, without waiting: it is
         called from the engine's finalize)."""
         try:
@@ -96,18 +105,20 @@ class _LoopThread:
 _own_loops_lock = threading.Lock()
 
 
-def _own_loop(engine):
+def _own_loop(engine: Engine) -> asyncio.AbstractEventLoop:
     """The engine's own event loop, started on first use."""
     with _own_loops_lock:
-        own = getattr(engine, "_aio_own_loop", None)
+        own: _LoopThread | None = getattr(engine, "_aio_own_loop", None)
         if own is None:
             own = _LoopThread()
-            engine._aio_own_loop = own
+            setattr(engine, "_aio_own_loop", own)
             engine.on_finalize(own.stop)
         return own.loop
 
 
-def handler_loop(engine, loop=None):
+def handler_loop(
+    engine: Engine, loop: asyncio.AbstractEventLoop | None = None
+) -> asyncio.AbstractEventLoop:
     """The event loop a coroutine handler registered now runs on."""
     if loop is not None:
         return loop
@@ -117,7 +128,14 @@ def handler_loop(engine, loop=None):
         return _own_loop(engine)
 
 
-def register(engine, name, func, provider_id, disable_response, loop=None):
+def register(
+    engine: Engine,
+    name: str,
+    func: Callable[..., Coroutine[Any, Any, object]],
+    provider_id: int,
+    disable_response: bool,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
     """Registers the coroutine function ``func`` as the handler of ``name``."""
     loop = handler_loop(engine, loop)
     engine._register_async(name, func, loop, mailbox(loop), provider_id, disable_response)
@@ -125,18 +143,21 @@ def register(engine, name, func, provider_id, disable_response, loop=None):
 
 #: Each loop's mailbox, dropped with its loop; loops that take no weak
 #: reference keep theirs in ``_kept_mailboxes``.
-_mailboxes = weakref.WeakKeyDictionary()
-_kept_mailboxes = {}
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _native._Mailbox] = (
+    weakref.WeakKeyDictionary()
+)
+_kept_mailboxes: dict[asyncio.AbstractEventLoop, _native._Mailbox] = {}
 _mailboxes_lock = threading.Lock()
 
 
-def mailbox(loop):
+def mailbox(loop: asyncio.AbstractEventLoop) -> _native._Mailbox:
     """The mailbox through which the engines hand ``loop`` what it must
     run (completed calls, handlers to start), made on first use: the loop
     watches its ``fileno()`` and calls its ``_drain()`` when it is readable.
     From the loop's own thread it is watched at once; from another, as soon
     as the loop runs."""
     with _mailboxes_lock:
+        kept: MutableMapping[asyncio.AbstractEventLoop, _native._Mailbox]
         try:
             box = _mailboxes.get(loop)
             kept = _mailboxes
@@ -148,6 +169,7 @@ def mailbox(loop):
         if loop.is_closed():
             raise RuntimeError(f"the asyncio event loop {loop!r} is closed")
         box = _native._Mailbox()
+        running: asyncio.AbstractEventLoop | None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

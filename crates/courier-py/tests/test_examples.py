@@ -37,3 +37,15 @@ def test_provider(protocol):
 def test_bulk_sum(protocol):
     status, out, err = run_script(EXAMPLES / "bulk_sum.py", protocol)
     assert (status, out) == (0, "sum of 100000 floats: 4999950000.0\n"), err
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_asyncio_hello_server_and_client(scripts, protocol):
+    server = scripts(EXAMPLES / "aio_hello_server.py", protocol)
+    address = server.expect_line("Service running at ")
+    status, out, err = run_script(EXAMPLES / "aio_hello_client.py", address)
+    assert (status, out) == (0, "Good bye Matthieu\n100 replies\n"), err
+    lines = server.remaining_lines()
+    assert lines[0] == "Hello Matthieu Dorier!", lines
+    assert len(lines) == 101, lines
+    assert server.wait() == 0, server.stderr()

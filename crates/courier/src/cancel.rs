@@ -166,6 +166,36 @@ impl CancelToken {
         std::future::poll_fn(move |cx| enter(&mut slot, || fut.as_mut().poll(cx))).await
     }
 
+    /// Runs `f` as the handler of this token's request on this thread,
+    /// for code that runs handlers outside any runtime (the blocking
+    /// facade's serving threads, a binding's handler threads): calls made
+    /// in `f` find the request with [`CancelToken::served_here`] and run
+    /// their own future under [`CancelToken::in_scope`].
+    ///
+    /// Unlike [`CancelToken::scope`], nothing else is part of the request:
+    /// a call made in `f` blocks in a runtime's `block_on`, where this
+    /// thread may also poll other tasks (calls other threads started) for
+    /// the first time, and those must not inherit it. The request served
+    /// before is back afterwards, even if `f` unwinds.
+    pub fn serve_here<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Restore(Option<CancelToken>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                SERVED_HERE.with(|s| *s.borrow_mut() = previous);
+            }
+        }
+        let previous = SERVED_HERE.with(|s| s.borrow_mut().replace(self.clone()));
+        let _restore = Restore(previous);
+        f()
+    }
+
+    /// The request whose handler this thread runs under
+    /// [`CancelToken::serve_here`], if any.
+    pub fn served_here() -> Option<Self> {
+        SERVED_HERE.with(|s| s.borrow().clone())
+    }
+
     /// Cancels the request (the first reason stays). Returns whether this
     /// call cancelled it.
     pub(crate) fn fire(&self, reason: CancelReason) -> bool {
@@ -204,6 +234,11 @@ impl Serving for CancelToken {
 }
 
 thread_local! {
+    /// The request this thread serves outside a runtime (see
+    /// [`CancelToken::serve_here`]).
+    static SERVED_HERE: std::cell::RefCell<Option<CancelToken>> =
+        const { std::cell::RefCell::new(None) };
+
     /// The request whose handler this thread is running, if any.
     static CURRENT: Cell<Option<Arc<dyn Serving>>> = const { Cell::new(None) };
 }

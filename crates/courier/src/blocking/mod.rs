@@ -764,7 +764,7 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     /// [`Error::Encode`] (the arguments are encoded before returning).
     pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
         let (raw, msg) = self.inner.encoded(args)?;
-        let inherited = crate::cancel::current().or_else(serve::serving);
+        let inherited = crate::cancel::current().or_else(crate::CancelToken::served_here);
         let join = self.rt.runtime().spawn(async move {
             let mut msg = msg;
             raw.invoke(Body::Encoded(&mut msg), inherited).await
@@ -863,7 +863,7 @@ fn enqueue<O: HandlerOutput>(
         }
         let token = h.cancel_token();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            serve::serve(token, || run(Handle { inner: h }).into_result())
+            token.serve_here(|| run(Handle { inner: h }).into_result())
         }));
         let _ = tx.send(out);
     });

@@ -17,7 +17,6 @@
 //! a caller blocked in a call on another thread takes the runtime over,
 //! and its timeout fires on time.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -154,40 +153,9 @@ impl Queue {
     }
 }
 
-thread_local! {
-    /// The request whose handler this thread is running, if any.
-    static SERVING: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
-}
-
-/// The token of the request whose blocking handler this thread runs: a
-/// blocking call made there inherits its deadline and cancellation.
-pub(super) fn serving() -> Option<CancelToken> {
-    SERVING.with(|s| s.borrow().clone())
-}
-
-/// Runs `f` as the handler of `token`'s request (see [`serving`]).
-///
-/// Not `CancelToken::scope`: a call made in `f` blocks in `block_on`, where
-/// this thread may also poll other tasks (calls other threads started) for
-/// the first time, and those must not inherit this request. Calls read
-/// this record on the thread that makes them and wrap only their own
-/// future ([`scoped`]).
-pub(super) fn serve<T>(token: CancelToken, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<CancelToken>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            SERVING.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let previous = SERVING.with(|s| s.borrow_mut().replace(token));
-    let _restore = Restore(previous);
-    f()
-}
-
 /// `fut`, as part of the request this thread serves, if any.
 pub(super) async fn scoped<F: Future>(fut: F) -> F::Output {
-    match serving() {
+    match CancelToken::served_here() {
         Some(token) => token.in_scope(fut).await,
         None => fut.await,
     }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::address::Address;
 use crate::bulk;
 use crate::errors;
-use crate::jobs::{Job, Jobs};
+use crate::jobs::Job;
 use crate::remote::{RemoteFunction, Request};
 use crate::shared::Shared;
 
@@ -172,9 +172,8 @@ impl Engine {
         .map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
-        let jobs = Arc::new(Jobs::new(inline));
         Ok(Self {
-            shared: Shared::new(engine, rt, jobs, progress_thread, rpc_threads),
+            shared: Shared::new(engine, rt, progress_thread, rpc_threads),
         })
     }
 
@@ -241,7 +240,7 @@ impl Engine {
         let text = address.to_owned();
         let addr = self
             .shared
-            .run(py, "lookup", async move { engine.lookup(&text).await })?
+            .wait(py, "lookup", async move { engine.lookup(&text).await })?
             .map_err(|e| errors::to_py(py, &e))?;
         Ok(Address::new(addr, self.shared.clone()))
     }
@@ -261,6 +260,7 @@ impl Engine {
                 "the handler of RPC '{name}' is not callable"
             )));
         }
+        self.shared.start_handlers();
         let jobs = self.shared.jobs.clone();
         let func = Arc::new(func.unbind());
         let mut options = courier::RpcOptions::provider(provider_id);
@@ -404,7 +404,7 @@ impl Engine {
     /// raises KeyboardInterrupt here.
     fn wait_for_finalize(&self, py: Python<'_>) -> PyResult<()> {
         let engine = self.shared.engine.clone();
-        self.shared.wait(py, "wait_for_finalize", async move {
+        self.shared.wait_idle(py, "wait_for_finalize", async move {
             engine.wait_for_finalize().await;
         })
     }
@@ -416,7 +416,7 @@ impl Engine {
         // The timer is made inside the runtime (where `wait` polls it): made
         // here, on a Python thread, it would find no runtime and panic.
         self.shared
-            .wait(py, "sleep", async move { tokio::time::sleep(d).await })
+            .wait_idle(py, "sleep", async move { tokio::time::sleep(d).await })
     }
 
     /// Calls `callback()` when finalize starts, before anything stops.

@@ -102,7 +102,7 @@ impl Handle {
         };
         if blocking {
             self.shared
-                .run(py, "Handle.respond", send)?
+                .wait(py, "Handle.respond", send)?
                 .map_err(|e| errors::to_py(py, &e))?;
             Ok(None)
         } else {

@@ -1,7 +1,8 @@
 """A small key-value service written with PyMargo's API, and its rate.
 
     python kv_service.py [--protocols tcp,shm] [--ops 20000] [--threads 1,4]
-                         [--server-progress-thread] [--server-rpc-threads N]
+                         [--repeat 1] [--server-progress-thread]
+                         [--server-rpc-threads N]
 
 The server (this script with --serve, in a process of its own) registers
 `put(key, value)` and `get(key)` on a dict. The client, in this process,
@@ -10,11 +11,14 @@ time from one thread, then the same number split over four threads sharing
 one client engine, and prints the operations per second of each. The
 server's threading set-up is PyMargo's: --server-progress-thread is
 `use_progress_thread=True`, --server-rpc-threads N is `num_rpc_threads=N`;
-the client engine keeps the defaults. Build the binding in release mode
-first (`maturin develop --release`).
+the client engine keeps the defaults. With --repeat R each rate is
+measured R times (against the same server) and the median and best are
+printed: on a shared machine the best is the least disturbed. Build the
+binding in release mode first (`maturin develop --release`).
 """
 
 import argparse
+import statistics
 import subprocess
 import sys
 import threading
@@ -82,7 +86,7 @@ def rate(engine, target, ops, threads):
     return share * threads / elapsed
 
 
-def measure(protocol, ops, warmup, thread_counts, progress_thread, rpc_threads):
+def measure(protocol, ops, warmup, thread_counts, repeat, progress_thread, rpc_threads):
     extra = (["--server-progress-thread"] if progress_thread else []) + [
         "--server-rpc-threads", str(rpc_threads)]
     server = subprocess.Popen(
@@ -95,8 +99,9 @@ def measure(protocol, ops, warmup, thread_counts, progress_thread, rpc_threads):
         with Engine(protocol, mode=pymargo.client) as engine:
             target = engine.lookup(address)
             rate(engine, target, warmup, 1)
-            for threads in thread_counts:
-                results[threads] = rate(engine, target, ops, threads)
+            for _ in range(repeat):
+                for threads in thread_counts:
+                    results.setdefault(threads, []).append(rate(engine, target, ops, threads))
             target.shutdown()
         server.wait(timeout=60)
     finally:
@@ -112,6 +117,7 @@ def main():
     p.add_argument("--ops", type=int, default=20_000, help="timed operations per run")
     p.add_argument("--warmup", type=int, default=2_000)
     p.add_argument("--threads", default="1,4", help="client thread counts, in order")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each rate (median and best printed)")
     p.add_argument("--server-progress-thread", action="store_true",
                    help="use_progress_thread=True on the server")
     p.add_argument("--server-rpc-threads", type=int, default=0,
@@ -123,11 +129,13 @@ def main():
     thread_counts = [int(t) for t in args.threads.split(",")]
     mode = f"use_progress_thread={args.server_progress_thread}, num_rpc_threads={args.server_rpc_threads}"
     print(f"server: {mode}")
-    print(f"{'protocol':<9} " + " ".join(f"{f'{t} thr ops/s':>13}" for t in thread_counts))
+    print(f"{'protocol':<9} " + " ".join(f"{f'{t} thr ops/s':>21}" for t in thread_counts)
+          + "   (median / best)")
     for protocol in args.protocols.split(","):
-        r = measure(protocol, args.ops, args.warmup, thread_counts,
+        r = measure(protocol, args.ops, args.warmup, thread_counts, args.repeat,
                     args.server_progress_thread, args.server_rpc_threads)
-        print(f"{protocol:<9} " + " ".join(f"{r[t]:13.0f}" for t in thread_counts), flush=True)
+        cells = (f"{statistics.median(r[t]):10.0f} /{max(r[t]):9.0f}" for t in thread_counts)
+        print(f"{protocol:<9} " + " ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

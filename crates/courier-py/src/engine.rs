@@ -63,28 +63,6 @@ fn parse_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<O
         .map_err(|e| errors::courier_error(py, format!("invalid engine configuration: {e}")))
 }
 
-/// The shm transport's default `spin_us = 0` for an engine without a
-/// progress thread: there the thread that waits in the engine also runs the
-/// Python handlers, and a reader spinning on the ring would hold that
-/// thread from them (a 64-byte hello: p50 ~235 µs spinning, ~11 µs not).
-/// An explicit `"transport": {"spin_us": ...}` is kept.
-fn spin_default(target: &str, inline: bool, json: Option<Value>) -> Option<Value> {
-    let scheme = target.split("://").next().unwrap_or(target);
-    if !inline || !matches!(scheme, "shm" | "sm" | "na+sm") {
-        return json;
-    }
-    let mut v = json.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-    if let Value::Object(m) = &mut v {
-        let transport = m
-            .entry("transport")
-            .or_insert_with(|| Value::Object(serde_json::Map::new()));
-        if let Value::Object(t) = transport {
-            t.entry("spin_us").or_insert(Value::from(0));
-        }
-    }
-    Some(v)
-}
-
 /// A Courier engine with PyMargo's API (the Python class `courier.Engine`
 /// adds `register`, `registered`, `deregister` and providers on top).
 #[pyclass(module = "courier._native", name = "Engine", subclass, frozen)]
@@ -153,8 +131,9 @@ impl Engine {
         // The binding runs the handlers (on Python threads), so the engine
         // itself gets neither a progress thread nor RPC threads: the
         // runtime built here is the progress thread when one is asked for.
-        let inline = !progress_thread && rpc_threads == 0;
-        let json = spin_default(&target, inline, json);
+        // The shm transport keeps its own spin: no thread that spins in the
+        // engine's reader is one that handlers wait for (the reader hands a
+        // request to the engine's thread before it spins).
         let mut builder = courier::Engine::builder(&target)
             .use_progress_thread(false)
             .num_rpc_threads(0);

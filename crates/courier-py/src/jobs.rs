@@ -44,6 +44,8 @@ struct State {
     threads: usize,
     /// Handler threads waiting for a job.
     idle: usize,
+    /// Handler threads parked on `ready` (told only when there are some).
+    parked: usize,
 }
 
 /// Jobs waiting to run, and the threads' ways to wait for them.
@@ -73,6 +75,7 @@ impl Jobs {
                 running: 0,
                 threads: 0,
                 idle: 0,
+                parked: 0,
             }),
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -87,23 +90,27 @@ impl Jobs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes a thread waiting for a job, of either kind.
-    fn wake(&self) {
+    /// Wakes a thread waiting for a job, of either kind; `parked` is how
+    /// many handler threads were parked (read under the lock).
+    fn wake(&self, parked: usize) {
         self.notify.notify_one();
-        self.ready.notify_one();
+        if parked > 0 {
+            self.ready.notify_one();
+        }
     }
 
     /// Queues a job; gives it back if the engine is finalized.
     pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
-        {
+        let parked = {
             let mut s = self.lock();
             if self.closed.load(Ordering::Acquire) {
                 return Err(job);
             }
             s.queue.push_back(job);
             self.queued.fetch_add(1, Ordering::Release);
-        }
-        self.wake();
+            s.parked
+        };
+        self.wake(parked);
         Ok(())
     }
 
@@ -166,7 +173,9 @@ impl Jobs {
             if let Some(job) = self.take(&mut s) {
                 break Some(job);
             }
+            s.parked += 1;
             s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+            s.parked -= 1;
         };
         s.idle -= 1;
         job
@@ -174,13 +183,13 @@ impl Jobs {
 
     /// A handler taken with `next`/`next_blocking` ended.
     pub(crate) fn finished(&self) {
-        let more = {
+        let (more, parked) = {
             let mut s = self.lock();
             s.running = s.running.saturating_sub(1);
-            !s.queue.is_empty()
+            (!s.queue.is_empty(), s.parked)
         };
         if more {
-            self.wake();
+            self.wake(parked);
         }
     }
 
@@ -214,10 +223,10 @@ impl Jobs {
             if start {
                 s.threads += 1;
             }
-            (start, !s.queue.is_empty())
+            (start, (!s.queue.is_empty()).then_some(s.parked))
         };
-        if more {
-            self.wake();
+        if let Some(parked) = more {
+            self.wake(parked);
         }
         start
     }

@@ -2,9 +2,11 @@
 //! the handler queue; and the one way a Python thread waits on Courier.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Once, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pyo3::exceptions::PyException;
@@ -46,6 +48,8 @@ thread_local! {
     /// The engine whose handlers this thread runs, if it is a handler
     /// thread (dangling otherwise).
     static POOL: std::cell::RefCell<Weak<Shared>> = const { std::cell::RefCell::new(Weak::new()) };
+    /// Whether this is Python's main thread, once known.
+    static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
     /// The request whose Python handler this thread is running, if any.
     static SERVING: std::cell::RefCell<Option<courier::CancelToken>> =
         const { std::cell::RefCell::new(None) };
@@ -65,6 +69,28 @@ thread_local! {
 /// `CancelToken::in_scope` (`remote.rs`).
 pub(crate) fn serving() -> Option<courier::CancelToken> {
     SERVING.with(|s| s.borrow().clone())
+}
+
+/// Whether this is Python's main thread, the only one that ever raises
+/// KeyboardInterrupt (worked out once per thread; when unknown, yes).
+fn is_main_thread(py: Python<'_>) -> bool {
+    fn ask(py: Python<'_>) -> PyResult<bool> {
+        let threading = py.import("threading")?;
+        let main: u64 = threading
+            .call_method0("main_thread")?
+            .getattr("ident")?
+            .extract()?;
+        let this: u64 = threading.call_method0("get_ident")?.extract()?;
+        Ok(main == this)
+    }
+    MAIN_THREAD.with(|m| match m.get() {
+        Some(main) => main,
+        None => {
+            let main = ask(py).unwrap_or(true);
+            m.set(Some(main));
+            main
+        }
+    })
 }
 
 fn is_serving() -> bool {
@@ -150,6 +176,41 @@ enum Step<T> {
     Done(T),
     Signals,
     Lend,
+}
+
+/// One slice of a wait: `fut` until it completes or, if `length` is set,
+/// until that much time has passed. The timer is armed only once `fut` is
+/// pending: most waits end at the first poll (a response written, a
+/// request sent), and a timer armed from outside a progress thread wakes
+/// it to re-arm its own.
+struct Slice<'a, F: Future> {
+    fut: Pin<&'a mut F>,
+    length: Option<Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What the end of the slice means: lend the handler's place, or
+    /// check for signals.
+    lend: bool,
+}
+
+impl<F: Future> Future for Slice<'_, F> {
+    type Output = Step<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(out) = self.fut.as_mut().poll(cx) {
+            return Poll::Ready(Step::Done(out));
+        }
+        let Some(length) = self.length else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(length)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) if self.lend => Poll::Ready(Step::Lend),
+            Poll::Ready(()) => Poll::Ready(Step::Signals),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl Shared {
@@ -270,24 +331,27 @@ impl Shared {
             ));
         }
         let rt = self.runtime();
+        // Only the main thread ever sees KeyboardInterrupt: other threads
+        // wait in one go, without a timer (which, armed from outside a
+        // progress thread, would wake it to re-arm its own).
+        let main = is_main_thread(py);
         let mut lent = None;
         let mut may_lend = is_serving();
         let mut fut = std::pin::pin!(fut);
         loop {
             let slice = if may_lend {
-                LEND_PATIENCE
+                Some(LEND_PATIENCE)
+            } else if main {
+                Some(SIGNAL_CHECK)
             } else {
-                SIGNAL_CHECK
+                None
             };
             let step = py.detach(|| {
-                rt.block_on(async {
-                    tokio::select! {
-                        biased;
-                        out = fut.as_mut() => Step::Done(out),
-                        () = tokio::time::sleep(slice) => {
-                            if may_lend { Step::Lend } else { Step::Signals }
-                        }
-                    }
+                rt.block_on(Slice {
+                    fut: fut.as_mut(),
+                    length: slice,
+                    timer: None,
+                    lend: may_lend,
                 })
             });
             match step {
@@ -337,11 +401,19 @@ impl Shared {
         let _task = AbortOnDrop(self.spawn(async move {
             let _ = tx.send(fut.await);
         }));
+        let main = is_main_thread(py);
         let mut rx = rx;
         loop {
             // The receiver moves to the detached closure and back (it is
             // Send, not Sync).
-            let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_CHECK), rx));
+            let (received, back) = py.detach(move || {
+                let received = if main {
+                    rx.recv_timeout(SIGNAL_CHECK)
+                } else {
+                    rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                };
+                (received, rx)
+            });
             rx = back;
             match received {
                 Ok(out) => return Ok(out),

@@ -143,17 +143,17 @@ impl Engine {
         if let Some(m) = mode {
             builder = builder.mode(m);
         }
-        let rt = if progress_thread {
-            courier::runtime::progress_thread()
-        } else {
-            courier::runtime::caller_driven()
-        }
-        .map_err(|e| errors::to_py(py, &e))?;
+        // One runtime for every mode, driven by the handler threads
+        // (`Shared::start_handlers`) and by the threads waiting in it.
+        let rt = courier::runtime::caller_driven().map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
-        Ok(Self {
-            shared: Shared::new(engine, rt, progress_thread, rpc_threads),
-        })
+        let shared = Shared::new(engine, rt, progress_thread, rpc_threads);
+        if progress_thread {
+            // The progress thread is there from the start, as PyMargo's.
+            shared.start_handlers();
+        }
+        Ok(Self { shared })
     }
 
     /// This engine's address (`str()` of it is what `lookup` takes).

@@ -1,8 +1,13 @@
 //! The queue of requests waiting for a Python thread to run their handler,
 //! and the accounting of the threads that run them.
 //!
-//! At most `target` handlers run at once (1 without RPC threads, else
-//! `num_rpc_threads`), as Margo's execution streams would run them. A
+//! The handler threads wait for jobs inside the engine's runtime (one of
+//! them drives it meanwhile); a request is given to the thread whose
+//! reader received it when that thread is waiting, so the thread that
+//! read a request runs its handler, and the runtime passes to the next
+//! idle thread. At most `target` handlers run at once (1 without RPC
+//! threads, else `num_rpc_threads`), as Margo's execution streams would
+//! run them. A
 //! handler that waits inside the engine (a call of its own, a transfer)
 //! lends its place meanwhile ([`Jobs::lend`]): another thread may run the
 //! next handler, and one is started when none is idle, up to
@@ -10,13 +15,14 @@
 //! caller, completes, without handlers ever running nested inside a wait.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::thread::ThreadId;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 /// One request for a Python handler.
 pub(crate) struct Job {
@@ -44,21 +50,14 @@ struct State {
     threads: usize,
     /// Handler threads waiting for a job.
     idle: usize,
-    /// Handler threads parked on `ready` (told only when there are some).
-    parked: usize,
+    /// The wakers of the threads waiting for a job, by thread.
+    waiting: Vec<(ThreadId, Waker)>,
 }
 
 /// Jobs waiting to run, and the threads' ways to wait for them.
 pub(crate) struct Jobs {
     state: Mutex<State>,
-    /// How many jobs are queued, readable without the lock: a handler
-    /// thread spins on it before it parks.
-    queued: AtomicUsize,
     closed: AtomicBool,
-    /// Wakes the engine thread, which waits for jobs inside the runtime.
-    notify: Notify,
-    /// Wakes a handler thread parked outside the runtime.
-    ready: Condvar,
     /// How many handlers may run at once.
     target: usize,
     /// How many handler threads may be started in all.
@@ -75,14 +74,21 @@ impl Jobs {
                 running: 0,
                 threads: 0,
                 idle: 0,
-                parked: 0,
+                waiting: Vec::new(),
             }),
-            queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            notify: Notify::new(),
-            ready: Condvar::new(),
             target,
             max_threads: target + EXTRA_THREADS,
+        }
+    }
+
+    /// How many handler threads to start with: with `n` RPC threads, one
+    /// more than `n`, so that one is always free to drive the engine.
+    pub(crate) fn initial_threads(&self, progress_thread: bool) -> usize {
+        if progress_thread {
+            self.target + 1
+        } else {
+            1
         }
     }
 
@@ -90,27 +96,32 @@ impl Jobs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes a thread waiting for a job, of either kind; `parked` is how
-    /// many handler threads were parked (read under the lock).
-    fn wake(&self, parked: usize) {
-        self.notify.notify_one();
-        if parked > 0 {
-            self.ready.notify_one();
+    /// The waker to wake for a new job, taken out of the list: this
+    /// thread's own if it waits (it is the one driving the engine, whose
+    /// reader received the job: it runs it at once), else the longest
+    /// waiting.
+    fn waiter(s: &mut State) -> Option<Waker> {
+        if s.waiting.is_empty() {
+            return None;
         }
+        let me = std::thread::current().id();
+        let at = s.waiting.iter().position(|(t, _)| *t == me).unwrap_or(0);
+        Some(s.waiting.swap_remove(at).1)
     }
 
     /// Queues a job; gives it back if the engine is finalized.
     pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
-        let parked = {
+        let waker = {
             let mut s = self.lock();
             if self.closed.load(Ordering::Acquire) {
                 return Err(job);
             }
             s.queue.push_back(job);
-            self.queued.fetch_add(1, Ordering::Release);
-            s.parked
+            Self::waiter(&mut s)
         };
-        self.wake(parked);
+        if let Some(w) = waker {
+            w.wake();
+        }
         Ok(())
     }
 
@@ -121,75 +132,60 @@ impl Jobs {
             return None;
         }
         let job = s.queue.pop_front()?;
-        self.queued.fetch_sub(1, Ordering::Release);
         s.running += 1;
         Some(job)
     }
 
-    /// The next job, for the engine thread, which waits inside the runtime
-    /// (driving it meanwhile); pending forever once closed.
+    /// The next job, for a handler thread, which waits inside the runtime
+    /// (driving it meanwhile, when it holds it); pending forever once
+    /// closed.
     pub(crate) async fn next(&self) -> Job {
         struct Idle<'a>(&'a Jobs);
         impl Drop for Idle<'_> {
             fn drop(&mut self) {
-                self.0.lock().idle -= 1;
+                let me = std::thread::current().id();
+                let mut s = self.0.lock();
+                s.idle -= 1;
+                s.waiting.retain(|(t, _)| *t != me);
             }
         }
         self.lock().idle += 1;
         let _idle = Idle(self);
-        loop {
-            // Created before looking, so a push in between leaves a permit.
-            let notified = self.notify.notified();
+        std::future::poll_fn(|cx| {
+            let mut s = self.lock();
             if !self.closed.load(Ordering::Acquire) {
-                if let Some(job) = self.take(&mut self.lock()) {
-                    return job;
+                if let Some(job) = self.take(&mut s) {
+                    return Poll::Ready(job);
                 }
             }
-            notified.await;
+            let me = std::thread::current().id();
+            match s.waiting.iter_mut().find(|(t, _)| *t == me) {
+                Some((_, w)) => w.clone_from(cx.waker()),
+                None => s.waiting.push((me, cx.waker().clone())),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Wakes one waiting thread if jobs are queued (a place came free).
+    fn wake_if_queued(&self, s: &mut State) -> Option<Waker> {
+        if s.queue.is_empty() {
+            None
+        } else {
+            Self::waiter(s)
         }
     }
 
-    /// The next job for a handler thread outside the runtime; `None` once
-    /// closed. It first spins up to `spin` without the lock (a request
-    /// often follows the last response within microseconds), then parks.
-    pub(crate) fn next_blocking(&self, spin: Duration) -> Option<Job> {
-        if !spin.is_zero() {
-            let start = Instant::now();
-            while start.elapsed() < spin && !self.closed.load(Ordering::Acquire) {
-                if self.queued.load(Ordering::Acquire) > 0 {
-                    if let Some(job) = self.take(&mut self.lock()) {
-                        return Some(job);
-                    }
-                }
-                std::hint::spin_loop();
-            }
-        }
-        let mut s = self.lock();
-        s.idle += 1;
-        let job = loop {
-            if self.closed.load(Ordering::Acquire) {
-                break None;
-            }
-            if let Some(job) = self.take(&mut s) {
-                break Some(job);
-            }
-            s.parked += 1;
-            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
-            s.parked -= 1;
-        };
-        s.idle -= 1;
-        job
-    }
-
-    /// A handler taken with `next`/`next_blocking` ended.
+    /// A handler taken with `next` ended.
     pub(crate) fn finished(&self) {
-        let (more, parked) = {
+        let waker = {
             let mut s = self.lock();
             s.running = s.running.saturating_sub(1);
-            (!s.queue.is_empty(), s.parked)
+            self.wake_if_queued(&mut s)
         };
-        if more {
-            self.wake(parked);
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -216,17 +212,17 @@ impl Jobs {
     /// to the next job. Returns true when a thread should be started to run
     /// it (none is idle, and the pool is not full: counted already).
     pub(crate) fn lend(&self) -> bool {
-        let (start, more) = {
+        let (start, waker) = {
             let mut s = self.lock();
             s.running = s.running.saturating_sub(1);
             let start = s.idle == 0 && s.threads < self.max_threads;
             if start {
                 s.threads += 1;
             }
-            (start, (!s.queue.is_empty()).then_some(s.parked))
+            (start, self.wake_if_queued(&mut s))
         };
-        if let Some(parked) = more {
-            self.wake(parked);
+        if let Some(w) = waker {
+            w.wake();
         }
         start
     }
@@ -240,14 +236,14 @@ impl Jobs {
     /// Refuses new jobs, drops the queued ones (their callers get an error
     /// if their connection still lives) and ends the handler threads.
     pub(crate) fn close(&self) {
-        let dropped: Vec<Job> = {
+        let (dropped, waiting): (Vec<Job>, Vec<(ThreadId, Waker)>) = {
             let mut s = self.lock();
             self.closed.store(true, Ordering::Release);
-            self.queued.store(0, Ordering::Release);
-            s.queue.drain(..).collect()
+            (s.queue.drain(..).collect(), std::mem::take(&mut s.waiting))
         };
-        self.ready.notify_all();
-        self.notify.notify_waiters();
+        for (_, w) in waiting {
+            w.wake();
+        }
         drop(dropped);
     }
 }

@@ -13,7 +13,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::errors;
@@ -32,17 +32,15 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 /// itself, a slow peer) hand requests to another thread.
 const LEND_PATIENCE: Duration = Duration::from_millis(1);
 
-/// How long a handler thread (with a progress thread or RPC threads)
-/// spins, without the GIL, for the next request before it parks: the
-/// request that follows a response often arrives within this, and a parked
-/// thread takes several microseconds more to wake.
-const HANDLER_SPIN: Duration = Duration::from_micros(30);
-
 /// The stack of a handler thread, debug builds included.
 const HANDLER_THREAD_STACK: usize = 16 << 20;
 
 /// The name of the engine's own thread (without a progress thread).
 const ENGINE_THREAD_NAME: &str = "courier-py-progress";
+
+/// The name of the handler threads with a progress thread or RPC threads,
+/// and of those started for handlers that lend their place.
+const RPC_THREAD_NAME: &str = "courier-py-rpc";
 
 thread_local! {
     /// The engine whose handlers this thread runs, if it is a handler
@@ -126,7 +124,7 @@ impl Lent {
         }
         let pool = POOL.with(|p| p.borrow().upgrade())?;
         if pool.jobs.lend() {
-            pool.start_handler_thread();
+            pool.start_handler_thread(RPC_THREAD_NAME);
         }
         Some(Self(pool))
     }
@@ -141,8 +139,9 @@ impl Drop for Lent {
 pub(crate) struct Shared {
     pub(crate) engine: courier::Engine,
     pub(crate) jobs: Arc<Jobs>,
-    /// Whether the runtime is a progress thread (else it is driven by the
-    /// engine's own thread and the threads waiting in it).
+    /// PyMargo's `use_progress_thread` (or RPC threads): the handler
+    /// threads start with the engine, one more than the RPC threads, so
+    /// one of them always drives it.
     pub(crate) progress_thread: bool,
     /// PyMargo's `num_rpc_threads` (handler threads: at least one with a
     /// progress thread).
@@ -150,10 +149,11 @@ pub(crate) struct Shared {
     /// Whether the handler threads were started (at the first handler
     /// registered).
     started: Once,
-    /// Set once the engine's own thread runs (without a progress thread).
+    /// Set once a handler thread runs: one drives the engine while it
+    /// waits for requests.
     engine_thread: AtomicBool,
-    /// Tells the engine's own thread to end.
-    stop: Arc<Notify>,
+    /// Tells the handler threads to end.
+    stop: watch::Sender<bool>,
     /// `None` only while dropping.
     rt: Option<Arc<Runtime>>,
 }
@@ -161,7 +161,7 @@ pub(crate) struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.jobs.close();
-        self.stop.notify_one();
+        self.stop.send_replace(true);
         if let Some(rt) = self.rt.take() {
             // The engine's thread, if it still holds the runtime, shuts it
             // down itself when it ends.
@@ -228,7 +228,7 @@ impl Shared {
             rpc_threads,
             started: Once::new(),
             engine_thread: AtomicBool::new(false),
-            stop: Arc::new(Notify::new()),
+            stop: watch::Sender::new(false),
             rt: Some(Arc::new(rt)),
         });
         shared.engine.on_finalize(move || jobs.close());
@@ -241,46 +241,40 @@ impl Shared {
             .unwrap_or_else(|| unreachable!("the runtime is only taken when dropping"))
     }
 
-    /// Starts the threads that run Python handlers, once (at the first
-    /// handler registered: an engine that serves nothing has none).
-    /// Without a progress thread, the engine's own thread, which also
-    /// drives the runtime while it waits for requests; with one, the
-    /// `num_rpc_threads` handler threads (at least one).
+    /// Starts the threads that run Python handlers, once: without a
+    /// progress thread, at the first handler registered (an engine that
+    /// serves nothing has none), the engine's own thread; with one, when
+    /// the engine is built, `num_rpc_threads + 1` threads (at least 2).
+    /// Each waits for requests inside the runtime, the one holding it
+    /// driving it, and runs the handler of a request it read itself.
     pub(crate) fn start_handlers(self: &Arc<Self>) {
         self.started.call_once(|| {
-            if self.progress_thread {
-                for _ in 0..self.rpc_threads.max(1) {
-                    if self.jobs.add_thread() {
-                        self.start_handler_thread();
-                    }
-                }
-            } else if self.jobs.add_thread() {
-                let rt = self.runtime().clone();
-                let jobs = self.jobs.clone();
-                let stop = self.stop.clone();
-                let weak = Arc::downgrade(self);
-                let spawned = std::thread::Builder::new()
-                    .name(ENGINE_THREAD_NAME.into())
-                    .stack_size(HANDLER_THREAD_STACK)
-                    .spawn(move || engine_thread(rt, &jobs, &stop, weak));
-                match spawned {
-                    Ok(_) => self.engine_thread.store(true, Ordering::Release),
-                    Err(_) => self.thread_failed(),
+            let name = if self.progress_thread {
+                RPC_THREAD_NAME
+            } else {
+                ENGINE_THREAD_NAME
+            };
+            for _ in 0..self.jobs.initial_threads(self.progress_thread) {
+                if self.jobs.add_thread() {
+                    self.start_handler_thread(name);
                 }
             }
         });
     }
 
     /// Starts one more handler thread (counted already in the pool).
-    fn start_handler_thread(self: &Arc<Self>) {
+    fn start_handler_thread(self: &Arc<Self>, name: &str) {
+        let rt = self.runtime().clone();
         let jobs = self.jobs.clone();
+        let stop = self.stop.subscribe();
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
-            .name("courier-py-rpc".into())
+            .name(name.into())
             .stack_size(HANDLER_THREAD_STACK)
-            .spawn(move || handler_thread(&jobs, weak));
-        if spawned.is_err() {
-            self.thread_failed();
+            .spawn(move || handler_thread(rt, &jobs, stop, weak));
+        match spawned {
+            Ok(_) => self.engine_thread.store(true, Ordering::Release),
+            Err(_) => self.thread_failed(),
         }
     }
 
@@ -560,18 +554,23 @@ fn run_on_handler_thread(jobs: &Jobs, shared: &Weak<Shared>, job: Job) {
     }
 }
 
-/// The engine's own thread (without a progress thread): waits for requests
-/// inside the runtime, driving it (reading requests, writing responses,
-/// firing timers), and runs each handler outside it, so that a thread
-/// waiting in the engine meanwhile takes the runtime over. Ends when the
-/// engine's objects are all gone.
-fn engine_thread(rt: Arc<Runtime>, jobs: &Jobs, stop: &Notify, shared: Weak<Shared>) {
+/// A handler thread: waits for requests inside the runtime, driving it
+/// while it holds it (reading requests, writing responses, firing
+/// timers), and runs each handler outside it, so that another handler
+/// thread, or a thread waiting in the engine, takes the runtime over
+/// meanwhile. Ends when the engine's objects are all gone.
+fn handler_thread(
+    rt: Arc<Runtime>,
+    jobs: &Jobs,
+    mut stop: watch::Receiver<bool>,
+    shared: Weak<Shared>,
+) {
     POOL.with(|p| *p.borrow_mut() = shared.clone());
     loop {
         let next = rt.block_on(async {
             tokio::select! {
                 biased;
-                () = stop.notified() => None,
+                _ = stop.wait_for(|stop| *stop) => None,
                 job = jobs.next() => Some(job),
             }
         });
@@ -582,14 +581,5 @@ fn engine_thread(rt: Arc<Runtime>, jobs: &Jobs, stop: &Notify, shared: Weak<Shar
     }
     if let Ok(rt) = Arc::try_unwrap(rt) {
         rt.shutdown_background();
-    }
-}
-
-/// A handler thread outside the runtime: runs jobs until the engine is
-/// finalized.
-fn handler_thread(jobs: &Jobs, shared: Weak<Shared>) {
-    POOL.with(|p| *p.borrow_mut() = shared.clone());
-    while let Some(job) = jobs.next_blocking(HANDLER_SPIN) {
-        run_on_handler_thread(jobs, &shared, job);
     }
 }

@@ -19,7 +19,10 @@
 //!   while it waits for requests and leaves it to run a handler, when a
 //!   thread waiting in a call takes the runtime over (so timeouts fire
 //!   whatever a handler does). With a progress thread or RPC threads,
-//!   `num_rpc_threads` threads `courier-py-rpc` (at least one) run them.
+//!   `num_rpc_threads + 1` threads `courier-py-rpc` (at least 2) take
+//!   turns: each waits for requests inside the runtime, the one holding it
+//!   drives it and runs the handler of a request it read, at most
+//!   `num_rpc_threads` at once, so one always drives the engine.
 //!   A handler that waits inside an engine lends its place to the next
 //!   request (`jobs::Jobs::lend`), so handlers that call their own engine
 //!   or call back their caller complete.

@@ -31,8 +31,10 @@ def serve(protocol, progress_thread, config):
         engine.wait_for_finalize()
 
 
-def measure(protocol, calls, warmup, progress_thread, config):
-    extra = (["--progress-thread"] if progress_thread else []) + (["--config", config] if config else [])
+def measure(protocol, calls, warmup, progress_thread, config, server_config):
+    server_config = server_config or config
+    extra = (["--progress-thread"] if progress_thread else []) + (
+        ["--config", server_config] if server_config else [])
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", protocol, *extra],
         stdout=subprocess.PIPE, text=True,
@@ -76,13 +78,16 @@ def main():
     p.add_argument("--progress-thread", action="store_true",
                    help="use_progress_thread=True in both processes")
     p.add_argument("--config", default=None, help="engine configuration (JSON) of both processes")
+    p.add_argument("--server-config", default=None,
+                   help="engine configuration (JSON) of the server, instead of --config")
     args = p.parse_args()
     if args.serve:
         serve(args.serve, args.progress_thread, args.config)
         return
     print(f"{'protocol':<9} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8} {'calls/s':>9}")
     for protocol in args.protocols.split(","):
-        r = measure(protocol, args.calls, args.warmup, args.progress_thread, args.config)
+        r = measure(protocol, args.calls, args.warmup, args.progress_thread, args.config,
+                    args.server_config)
         print(f"{protocol:<9} {r['p50_us']:8.1f} {r['p99_us']:8.1f} {r['mean_us']:8.1f} {r['calls_per_s']:9.0f}")
 
 

@@ -94,7 +94,7 @@ impl Address {
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let addr = self.inner.clone();
         self.shared
-            .run(py, "Address.shutdown", async move { addr.shutdown().await })?
+            .wait(py, "Address.shutdown", async move { addr.shutdown().await })?
             .map_err(|e| errors::to_py(py, &e))
     }
 
@@ -114,7 +114,7 @@ impl Address {
         let after = crate::remote::timeout_from_ms(timeout)?;
         let addr = self.inner.clone();
         self.shared
-            .run(py, "Address.ping", async move { addr.ping(after).await })?
+            .wait(py, "Address.ping", async move { addr.ping(after).await })?
             .map(|d| d.as_secs_f64())
             .map_err(|e| errors::to_py(py, &e))
     }

@@ -422,7 +422,7 @@ pub(crate) fn transfer(
         run.await.map(|()| None::<bytes::Bytes>)
     };
     if args.blocking {
-        let out = shared.run(py, "Engine.transfer", work)?;
+        let out = shared.wait(py, "Engine.transfer", work)?;
         buffer::release_pending(py);
         out.map(|_| None).map_err(|e| errors::to_py(py, &e))
     } else {

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::address::{self, Address};
 use crate::bulk;
 use crate::errors;
-use crate::jobs::{Job, Jobs};
+use crate::jobs::Job;
 use crate::remote::{RemoteFunction, Request};
 use crate::shared::Shared;
 
@@ -75,75 +75,50 @@ fn parse_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<O
 const ARGOBOTS: &str = "argobots";
 
 /// Margo's `argobots` section, describing Courier's threads in its terms
-/// (read-only: Courier has no Argobots). Each Python thread or runtime
-/// that runs something is an "xstream" with one "pool" of the work it
-/// takes: `__primary__` is the program's own thread (without a progress
-/// thread it drives the engine, and runs the handlers unless RPC threads
-/// do); `__progress__` the runtime's progress thread; `__rpc_N__` the
-/// handler threads.
-fn argobots_section(progress_thread: bool, rpc_threads: usize, inline: bool) -> Value {
-    let primary_runs = if inline {
-        "the program; and the engine's progress and the RPC handlers, while it waits in the engine"
-    } else {
-        "the program"
-    };
+/// (read-only: Courier has no Argobots). Each thread that runs something is
+/// an "xstream" with one "pool" of the work it takes: `__primary__` is the
+/// program's own thread; `__progress__` the engine's own thread (no
+/// progress thread asked for); `__rpc_N__` the threads that share the
+/// engine's progress and its handlers (with a progress thread or RPC
+/// threads).
+fn argobots_section(progress_thread: bool, rpc_threads: usize) -> Value {
     let mut pools = vec![serde_json::json!({
-        "name": "__primary__", "kind": "fifo_wait", "access": "mpmc", "runs": primary_runs,
+        "name": "__primary__", "kind": "fifo_wait", "access": "mpmc",
+        "runs": "the program (a thread waiting in a call drives the engine meanwhile, and runs no handler)",
     })];
     let mut xstreams = vec![serde_json::json!({
         "name": "__primary__",
         "scheduler": {"type": "basic_wait", "pools": ["__primary__"]},
     })];
     if progress_thread {
+        let pool = "__rpc__";
+        pools.push(serde_json::json!({
+            "name": pool, "kind": "fifo_wait", "access": "mpmc",
+            "runs": "the engine's progress and its handlers (courier-py-rpc threads: one more \
+                     than the handlers that may run at once)",
+        }));
+        for i in 0..=rpc_threads.max(1) {
+            xstreams.push(serde_json::json!({
+                "name": format!("__rpc_{i}__"),
+                "scheduler": {"type": "basic_wait", "pools": [pool]},
+            }));
+        }
+    } else {
         pools.push(serde_json::json!({
             "name": "__progress__", "kind": "fifo_wait", "access": "mpmc",
-            "runs": "the engine's progress (a courier-progress thread)",
+            "runs": "the engine's progress and its handlers (the courier-py-progress thread, \
+                     started by the first handler registered)",
         }));
         xstreams.push(serde_json::json!({
             "name": "__progress__",
             "scheduler": {"type": "basic_wait", "pools": ["__progress__"]},
         }));
     }
-    if !inline {
-        let pool = "__rpc__";
-        pools.push(serde_json::json!({
-            "name": pool, "kind": "fifo_wait", "access": "mpmc",
-            "runs": "the RPC handlers (courier-py-rpc-* threads)",
-        }));
-        for i in 0..rpc_threads.max(1) {
-            xstreams.push(serde_json::json!({
-                "name": format!("__rpc_{i}__"),
-                "scheduler": {"type": "basic_wait", "pools": [pool]},
-            }));
-        }
-    }
     serde_json::json!({
         "courier": "read-only: Courier has no Argobots; these are its threads, in Margo's terms",
         "pools": pools,
         "xstreams": xstreams,
     })
-}
-
-/// The shm transport's default `spin_us = 0` for an engine without a
-/// progress thread: there the thread that waits in the engine also runs the
-/// Python handlers, and a reader spinning on the ring would hold that
-/// thread from them (a 64-byte hello: p50 ~235 µs spinning, ~11 µs not).
-/// An explicit `"transport": {"spin_us": ...}` is kept.
-fn spin_default(target: &str, inline: bool, json: Option<Value>) -> Option<Value> {
-    let scheme = target.split("://").next().unwrap_or(target);
-    if !inline || !matches!(scheme, "shm" | "sm" | "na+sm") {
-        return json;
-    }
-    let mut v = json.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-    if let Value::Object(m) = &mut v {
-        let transport = m
-            .entry("transport")
-            .or_insert_with(|| Value::Object(serde_json::Map::new()));
-        if let Value::Object(t) = transport {
-            t.entry("spin_us").or_insert(Value::from(0));
-        }
-    }
-    Some(v)
 }
 
 /// A Courier engine with PyMargo's API (the Python class `courier.Engine`
@@ -245,8 +220,9 @@ impl Engine {
         // The binding runs the handlers (on Python threads), so the engine
         // itself gets neither a progress thread nor RPC threads: the
         // runtime built here is the progress thread when one is asked for.
-        let inline = !progress_thread && rpc_threads == 0;
-        let json = spin_default(&target, inline, json);
+        // The shm transport keeps its own spin: no thread that spins in the
+        // engine's reader is one that handlers wait for (the reader hands a
+        // request to the engine's thread before it spins).
         let mut builder = courier::Engine::builder(&target)
             .use_progress_thread(false)
             .num_rpc_threads(0);
@@ -256,19 +232,19 @@ impl Engine {
         if let Some(m) = mode {
             builder = builder.mode(m);
         }
-        let rt = if progress_thread {
-            courier::runtime::progress_thread()
-        } else {
-            courier::runtime::caller_driven()
-        }
-        .map_err(|e| errors::to_py(py, &e))?;
+        // One runtime for every mode, driven by the handler threads
+        // (`Shared::start_handlers`) and by the threads waiting in it.
+        let rt = courier::runtime::caller_driven().map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
         let spelling = address::spelling_of(&target, engine.protocol());
-        let jobs = Arc::new(Jobs::new(inline));
-        let shared = Shared::new(engine, rt, jobs, progress_thread, rpc_threads);
+        let shared = Shared::new(engine, rt, progress_thread, rpc_threads);
         if let Some(spelling) = spelling {
             let _ = shared.spelling.set(spelling);
+        }
+        if progress_thread {
+            // The progress thread is there from the start, as PyMargo's.
+            shared.start_handlers();
         }
         Ok(Self { shared, owns: true })
     }
@@ -339,11 +315,7 @@ impl Engine {
             m.insert("rpc_thread_count".into(), self.shared.rpc_threads.into());
             m.insert(
                 ARGOBOTS.into(),
-                argobots_section(
-                    self.shared.progress_thread,
-                    self.shared.rpc_threads,
-                    self.shared.jobs.inline,
-                ),
+                argobots_section(self.shared.progress_thread, self.shared.rpc_threads),
             );
         }
         py.import("json")?.getattr("loads")?.call1((v.to_string(),))
@@ -360,7 +332,7 @@ impl Engine {
         let text = address.to_owned();
         let addr = self
             .shared
-            .run(py, "lookup", async move { engine.lookup(&text).await })?
+            .wait(py, "lookup", async move { engine.lookup(&text).await })?
             .map_err(|e| errors::to_py(py, &e))?;
         Ok(Address::new(addr, self.shared.clone()))
     }
@@ -380,6 +352,7 @@ impl Engine {
                 "the handler of RPC '{name}' is not callable"
             )));
         }
+        self.shared.start_handlers();
         let jobs = self.shared.jobs.clone();
         let func = Arc::new(func.unbind());
         let mut options = courier::RpcOptions::provider(provider_id);
@@ -536,7 +509,7 @@ impl Engine {
     /// raises KeyboardInterrupt here.
     fn wait_for_finalize(&self, py: Python<'_>) -> PyResult<()> {
         let engine = self.shared.engine.clone();
-        self.shared.wait(py, "wait_for_finalize", async move {
+        self.shared.wait_idle(py, "wait_for_finalize", async move {
             engine.wait_for_finalize().await;
         })
     }
@@ -548,7 +521,7 @@ impl Engine {
         // The timer is made inside the runtime (where `wait` polls it): made
         // here, on a Python thread, it would find no runtime and panic.
         self.shared
-            .wait(py, "sleep", async move { tokio::time::sleep(d).await })
+            .wait_idle(py, "sleep", async move { tokio::time::sleep(d).await })
     }
 
     /// Calls `callback()` when finalize starts, before anything stops.

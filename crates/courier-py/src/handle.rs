@@ -158,7 +158,7 @@ impl Handle {
         let send = self.response(py, value, data)?;
         if blocking {
             self.shared
-                .run(py, "Handle.respond", send)?
+                .wait(py, "Handle.respond", send)?
                 .map_err(|e| errors::to_py(py, &e))?;
             Ok(None)
         } else {

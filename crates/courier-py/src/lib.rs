@@ -6,14 +6,26 @@
 //! bytes or waits lives here:
 //!
 //! * `shared::Shared` owns the tokio runtime and the engine, and has the
-//!   one way a Python thread waits (`Shared::wait`): with the GIL
-//!   released, in slices, checking for signals (Ctrl-C) between them.
-//! * Python handlers never run on a tokio thread. The engine's raw handler
-//!   queues a `jobs::Job`; a Python thread runs it with the GIL held,
-//!   outside any runtime, so a handler may make blocking calls itself.
-//!   Without a progress thread or RPC threads (PyMargo's default), the
-//!   thread that is waiting in the engine runs the jobs (as Margo runs
-//!   handlers on its progress loop); otherwise dedicated threads do.
+//!   ways a Python thread waits (`Shared::wait`, `Shared::wait_idle`):
+//!   with the GIL released, in slices, checking for signals (Ctrl-C)
+//!   between them.
+//! * Python handlers never run on a tokio thread, nor on a thread of the
+//!   program's that waits in the engine. The engine's raw handler queues a
+//!   `jobs::Job`; a handler thread of the engine's own runs it, with the
+//!   GIL held for the Python call only, outside any runtime, so a handler
+//!   may make blocking calls itself. Without a progress thread (PyMargo's
+//!   default) that is the engine's own thread, `courier-py-progress`,
+//!   started with the first handler registered: it drives the runtime
+//!   while it waits for requests and leaves it to run a handler, when a
+//!   thread waiting in a call takes the runtime over (so timeouts fire
+//!   whatever a handler does). With a progress thread or RPC threads,
+//!   `num_rpc_threads + 1` threads `courier-py-rpc` (at least 2) take
+//!   turns: each waits for requests inside the runtime, the one holding it
+//!   drives it and runs the handler of a request it read, at most
+//!   `num_rpc_threads` at once, so one always drives the engine.
+//!   A handler that waits inside an engine lends its place to the next
+//!   request (`jobs::Jobs::lend`), so handlers that call their own engine
+//!   or call back their caller complete.
 //! * Deadlines and cancellation (`handle.rs`, `remote.rs`): a Python
 //!   handler sees its request's deadline and cancellation through its
 //!   `Handle`; the thread running it records the request

@@ -72,7 +72,7 @@ pub(crate) fn resolve(
     let text: String = address.extract()?;
     let engine = shared.engine.clone();
     shared
-        .run(py, "lookup", async move { engine.lookup(&text).await })?
+        .wait(py, "lookup", async move { engine.lookup(&text).await })?
         .map_err(|e| errors::to_py(py, &e))
 }
 
@@ -224,7 +224,7 @@ impl CallableRemoteFunction {
         let serving = crate::shared::serving();
         let (call, one_way) = self.prepare(py, args, timeout, kwargs, serving)?;
         if blocking {
-            let out = self.shared.run(py, "call", call)?;
+            let out = self.shared.wait(py, "call", call)?;
             outcome(py, out)
         } else {
             let join = self.shared.spawn(call);

@@ -2,13 +2,18 @@
 //! the handler queue; and the one way a Python thread waits on Courier.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Once, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tokio::runtime::Runtime;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::errors;
@@ -21,28 +26,29 @@ use crate::pickle;
 /// call's own latency does not depend on it.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
-/// How deep handlers may nest on one thread: a handler waiting runs other
-/// requests' handlers (so a handler can call its own engine), up to this
-/// depth; deeper waits only wait.
-const MAX_NESTED_HANDLERS: usize = 8;
+/// How long a wait inside a handler lasts before the handler lends its
+/// place to the next request (`Jobs::lend`): long enough for a response or
+/// a request to be written, so that only real waits (a call to this engine
+/// itself, a slow peer) hand requests to another thread.
+const LEND_PATIENCE: Duration = Duration::from_millis(1);
 
-/// How long a wait inside a handler lasts before that thread runs other
-/// handlers: long enough for a response or a request to be sent, so only
-/// real waits (a call to this engine itself, a slow peer) nest handlers.
-const NESTED_PATIENCE: Duration = Duration::from_millis(1);
-
-/// The stack of a handler thread: room for nested handlers (each is a
-/// Python call inside a wait), debug builds included.
+/// The stack of a handler thread, debug builds included.
 const HANDLER_THREAD_STACK: usize = 16 << 20;
 
+/// The name of the engine's own thread (without a progress thread).
+const ENGINE_THREAD_NAME: &str = "courier-py-progress";
+
+/// The name of the handler threads with a progress thread or RPC threads,
+/// and of those started for handlers that lend their place.
+const RPC_THREAD_NAME: &str = "courier-py-rpc";
+
 thread_local! {
-    /// How many handlers this thread is running, one inside another's wait.
-    static HANDLER_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    /// The job queue this thread is a dedicated handler thread of (its
-    /// address), or 0.
-    static HANDLER_THREAD_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    /// The request whose Python handler this thread is running (the
-    /// innermost one, when handlers nest), if any.
+    /// The engine whose handlers this thread runs, if it is a handler
+    /// thread (dangling otherwise).
+    static POOL: std::cell::RefCell<Weak<Shared>> = const { std::cell::RefCell::new(Weak::new()) };
+    /// Whether this is Python's main thread, once known.
+    static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    /// The request whose Python handler this thread is running, if any.
     static SERVING: std::cell::RefCell<Option<courier::CancelToken>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -53,14 +59,40 @@ thread_local! {
 ///
 /// The binding keeps this record itself rather than running the handler
 /// inside `CancelToken::scope`: the engine reads its own record when a
-/// call's future is first polled, and a thread waiting inside a handler
-/// drives the engine's runtime (without a progress thread), so calls that
-/// other threads started would be polled there, inside the scope, and
-/// inherit a request that is not theirs. A call instead reads this record
-/// on the thread that makes it, and runs its own future only under
+/// call's future is first polled, and a thread waiting in the engine may
+/// drive its runtime (without a progress thread), so calls that other
+/// threads started would be polled there, inside the scope, and inherit a
+/// request that is not theirs. A call instead reads this record on the
+/// thread that makes it, and runs its own future only under
 /// `CancelToken::in_scope` (`remote.rs`).
 pub(crate) fn serving() -> Option<courier::CancelToken> {
     SERVING.with(|s| s.borrow().clone())
+}
+
+/// Whether this is Python's main thread, the only one that ever raises
+/// KeyboardInterrupt (worked out once per thread; when unknown, yes).
+fn is_main_thread(py: Python<'_>) -> bool {
+    fn ask(py: Python<'_>) -> PyResult<bool> {
+        let threading = py.import("threading")?;
+        let main: u64 = threading
+            .call_method0("main_thread")?
+            .getattr("ident")?
+            .extract()?;
+        let this: u64 = threading.call_method0("get_ident")?.extract()?;
+        Ok(main == this)
+    }
+    MAIN_THREAD.with(|m| match m.get() {
+        Some(main) => main,
+        None => {
+            let main = ask(py).unwrap_or(true);
+            m.set(Some(main));
+            main
+        }
+    })
+}
+
+fn is_serving() -> bool {
+    SERVING.with(|s| s.borrow().is_some())
 }
 
 /// Runs `f` as part of the request of `token` (see [`serving`]); the
@@ -78,84 +110,189 @@ fn serve<T>(token: courier::CancelToken, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn queue_id(jobs: &Arc<Jobs>) -> usize {
-    Arc::as_ptr(jobs) as usize
+/// A handler's place lent while it waits (see `Jobs::lend`); given back
+/// when dropped.
+struct Lent(Arc<Shared>);
+
+impl Lent {
+    /// Lends this thread's place if it is a handler thread running a
+    /// handler (of any engine: a handler of A waiting on B lends its place
+    /// at A, where B's handler may call back).
+    fn lend() -> Option<Self> {
+        if !is_serving() {
+            return None;
+        }
+        let pool = POOL.with(|p| p.borrow().upgrade())?;
+        if pool.jobs.lend() {
+            pool.start_handler_thread(RPC_THREAD_NAME);
+        }
+        Some(Self(pool))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.0.jobs.unlend();
+    }
 }
 
 pub(crate) struct Shared {
     pub(crate) engine: courier::Engine,
     pub(crate) jobs: Arc<Jobs>,
-    /// Whether the runtime is a progress thread (else the waiting threads
-    /// drive it).
+    /// PyMargo's `use_progress_thread` (or RPC threads): the handler
+    /// threads start with the engine, one more than the RPC threads, so
+    /// one of them always drives it.
     pub(crate) progress_thread: bool,
-    /// Dedicated handler threads (at least one with a progress thread).
+    /// PyMargo's `num_rpc_threads` (handler threads: at least one with a
+    /// progress thread).
     pub(crate) rpc_threads: usize,
     /// The Mercury spelling the engine was made with (`na+sm`, `ofi+tcp`),
     /// when it is not the canonical protocol name: addresses print with it
     /// (`address.rs`), as PyMargo prints the spelling it was given.
     pub(crate) spelling: std::sync::OnceLock<String>,
-    /// `None` only while dropping.
-    rt: Option<Runtime>,
     /// asyncio's state for this engine (`aio.rs`).
     pub(crate) aio: crate::aio::AioState,
+    /// Whether the handler threads were started (at the first handler
+    /// registered).
+    started: Once,
+    /// Set once a handler thread runs: one drives the engine while it
+    /// waits for requests.
+    engine_thread: AtomicBool,
+    /// Tells the handler threads to end.
+    stop: watch::Sender<bool>,
+    /// `None` only while dropping.
+    rt: Option<Arc<Runtime>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.jobs.close();
+        self.stop.send_replace(true);
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            // The engine's thread, if it still holds the runtime, shuts it
+            // down itself when it ends.
+            if let Ok(rt) = Arc::try_unwrap(rt) {
+                rt.shutdown_background();
+            }
         }
     }
 }
 
 enum Step<T> {
     Done(T),
-    Job(Job),
     Signals,
+    Lend,
+}
+
+/// One slice of a wait: `fut` until it completes or, if `length` is set,
+/// until that much time has passed. The timer is armed only once `fut` is
+/// pending: most waits end at the first poll (a response written, a
+/// request sent), and a timer armed from outside a progress thread wakes
+/// it to re-arm its own.
+struct Slice<'a, F: Future> {
+    fut: Pin<&'a mut F>,
+    length: Option<Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What the end of the slice means: lend the handler's place, or
+    /// check for signals.
+    lend: bool,
+}
+
+impl<F: Future> Future for Slice<'_, F> {
+    type Output = Step<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(out) = self.fut.as_mut().poll(cx) {
+            return Poll::Ready(Step::Done(out));
+        }
+        let Some(length) = self.length else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(length)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) if self.lend => Poll::Ready(Step::Lend),
+            Poll::Ready(()) => Poll::Ready(Step::Signals),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl Shared {
     pub(crate) fn new(
         engine: courier::Engine,
         rt: Runtime,
-        jobs: Arc<Jobs>,
         progress_thread: bool,
         rpc_threads: usize,
     ) -> Arc<Self> {
+        let jobs = Arc::new(Jobs::new(rpc_threads));
         let shared = Arc::new(Self {
             engine,
             jobs: jobs.clone(),
             progress_thread,
             rpc_threads,
             spelling: std::sync::OnceLock::new(),
-            rt: Some(rt),
             aio: crate::aio::AioState::default(),
+            started: Once::new(),
+            engine_thread: AtomicBool::new(false),
+            stop: watch::Sender::new(false),
+            rt: Some(Arc::new(rt)),
         });
-        let closing = jobs.clone();
-        shared.engine.on_finalize(move || closing.close());
-        if !jobs.inline {
-            for i in 0..rpc_threads.max(1) {
-                let queue = jobs.clone();
-                let weak = Arc::downgrade(&shared);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("courier-py-rpc-{i}"))
-                    .stack_size(HANDLER_THREAD_STACK)
-                    .spawn(move || handler_thread(&queue, &weak));
-                if spawned.is_err() {
-                    // Without its threads the engine cannot serve: refuse
-                    // requests (callers get an error) rather than queue them.
-                    jobs.close();
-                }
-            }
-        }
+        shared.engine.on_finalize(move || jobs.close());
         shared
     }
 
-    fn runtime(&self) -> &Runtime {
+    fn runtime(&self) -> &Arc<Runtime> {
         self.rt
             .as_ref()
             .unwrap_or_else(|| unreachable!("the runtime is only taken when dropping"))
+    }
+
+    /// Starts the threads that run Python handlers, once: without a
+    /// progress thread, at the first handler registered (an engine that
+    /// serves nothing has none), the engine's own thread; with one, when
+    /// the engine is built, `num_rpc_threads + 1` threads (at least 2).
+    /// Each waits for requests inside the runtime, the one holding it
+    /// driving it, and runs the handler of a request it read itself.
+    pub(crate) fn start_handlers(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            let name = if self.progress_thread {
+                RPC_THREAD_NAME
+            } else {
+                ENGINE_THREAD_NAME
+            };
+            for _ in 0..self.jobs.initial_threads(self.progress_thread) {
+                if self.jobs.add_thread() {
+                    self.start_handler_thread(name);
+                }
+            }
+        });
+    }
+
+    /// Starts one more handler thread (counted already in the pool).
+    fn start_handler_thread(self: &Arc<Self>, name: &str) {
+        let rt = self.runtime().clone();
+        let jobs = self.jobs.clone();
+        let stop = self.stop.subscribe();
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(HANDLER_THREAD_STACK)
+            .spawn(move || handler_thread(rt, &jobs, stop, weak));
+        match spawned {
+            Ok(_) => self.engine_thread.store(true, Ordering::Release),
+            Err(_) => self.thread_failed(),
+        }
+    }
+
+    /// A handler thread could not be started: if none runs, the engine
+    /// cannot serve, so it refuses requests (callers get an error) rather
+    /// than queue them.
+    fn thread_failed(&self) {
+        if self.jobs.thread_failed() == 0 {
+            self.jobs.close();
+        }
     }
 
     /// Runs `fut` on the runtime in the background.
@@ -168,13 +305,14 @@ impl Shared {
     }
 
     /// Blocks this thread until `fut` completes, with the GIL released.
-    /// `fut` is polled by this thread only: it must hold no lock of the
-    /// engine while pending (else use [`Self::run`]).
     ///
     /// Between slices of at most [`SIGNAL_CHECK`] it checks for signals,
     /// so Ctrl-C raises KeyboardInterrupt here. Without a progress thread,
-    /// this thread drives the engine meanwhile and runs the Python handlers
-    /// whose requests arrive (Margo's progress loop).
+    /// this thread helps drive the engine meanwhile (it takes the runtime
+    /// whenever the engine's own thread leaves it to run a handler), so a
+    /// call's timeout fires whatever the handlers do. It never runs
+    /// handlers: inside a handler, a wait that lasts lends the handler's
+    /// place to another thread ([`Lent`]).
     pub(crate) fn wait<F>(
         self: &Arc<Self>,
         py: Python<'_>,
@@ -195,64 +333,51 @@ impl Shared {
             ));
         }
         let rt = self.runtime();
-        let jobs = self.runs_jobs().then_some(&*self.jobs);
-        let nested = HANDLER_DEPTH.with(|d| d.get()) > 0;
+        // Only the main thread ever sees KeyboardInterrupt: other threads
+        // wait in one go, without a timer (which, armed from outside a
+        // progress thread, would wake it to re-arm its own).
+        let main = is_main_thread(py);
+        let mut lent = None;
+        let mut may_lend = is_serving();
         let mut fut = std::pin::pin!(fut);
         loop {
+            let slice = if may_lend {
+                Some(LEND_PATIENCE)
+            } else if main {
+                Some(SIGNAL_CHECK)
+            } else {
+                None
+            };
             let step = py.detach(|| {
-                rt.block_on(async {
-                    tokio::select! {
-                        biased;
-                        out = fut.as_mut() => Step::Done(out),
-                        job = async {
-                            match jobs {
-                                Some(j) => {
-                                    // Let ready tasks run first (the
-                                    // call or response being waited for,
-                                    // typically); inside a handler, wait a
-                                    // little more, so handlers nest only
-                                    // when the wait is a real one.
-                                    if nested {
-                                        tokio::time::sleep(NESTED_PATIENCE).await;
-                                    } else {
-                                        tokio::task::yield_now().await;
-                                    }
-                                    j.next().await
-                                }
-                                None => std::future::pending().await,
-                            }
-                        } => Step::Job(job),
-                        () = tokio::time::sleep(SIGNAL_CHECK) => Step::Signals,
-                    }
+                rt.block_on(Slice {
+                    fut: fut.as_mut(),
+                    length: slice,
+                    timer: None,
+                    lend: may_lend,
                 })
             });
             match step {
                 Step::Done(out) => {
-                    self.jobs.pass_on();
+                    drop(lent);
                     return Ok(out);
                 }
-                Step::Job(job) => self.run_job(py, job)?,
+                Step::Lend => {
+                    may_lend = false;
+                    lent = Lent::lend();
+                }
                 Step::Signals => {}
             }
             py.check_signals()?;
         }
     }
 
-    /// Whether this thread runs handlers while it waits: without handler
-    /// threads, any thread; with them, a handler thread (a handler calling
-    /// its own engine would otherwise wait for itself, where a Margo ULT
-    /// would let others run); not past [`MAX_NESTED_HANDLERS`].
-    fn runs_jobs(&self) -> bool {
-        (self.jobs.inline || HANDLER_THREAD_OF.with(|t| t.get()) == queue_id(&self.jobs))
-            && HANDLER_DEPTH.with(|d| d.get()) < MAX_NESTED_HANDLERS
-    }
-
-    /// Waits for `fut` like [`Self::wait`], for futures that may hold a lock
-    /// of the engine while pending (a call, a response, a lookup): when this
-    /// thread may run handlers meanwhile, the future runs as a task of its
-    /// own, so a handler waiting for the same lock cannot wait for a future
-    /// that only its own thread would poll. Dropped (Ctrl-C) it is aborted.
-    pub(crate) fn run<F>(
+    /// Waits for `fut`, which only the engine's progress needs to complete
+    /// (`wait_for_finalize`, `sleep`), without taking part in it when the
+    /// engine's own thread drives it: this thread then parks (GIL released,
+    /// checking for signals), and the engine's thread keeps the runtime to
+    /// itself, so requests are read and handled there without crossing
+    /// threads. Otherwise as [`Self::wait`].
+    pub(crate) fn wait_idle<F>(
         self: &Arc<Self>,
         py: Python<'_>,
         what: &str,
@@ -262,7 +387,10 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        if !self.runs_jobs() {
+        if !self.engine_thread.load(Ordering::Acquire)
+            || is_serving()
+            || tokio::runtime::Handle::try_current().is_ok()
+        {
             return self.wait(py, what, fut);
         }
         struct AbortOnDrop<T>(JoinHandle<T>);
@@ -271,43 +399,55 @@ impl Shared {
                 self.0.abort();
             }
         }
-        let mut task = AbortOnDrop(self.spawn(fut));
-        match self.wait(py, what, &mut task.0)? {
-            Ok(out) => Ok(out),
-            Err(_) => Err(errors::courier_error(
-                py,
-                format!("{what} was abandoned: the engine's runtime shut down"),
-            )),
-        }
-    }
-
-    /// Lets the engine make a little progress (without a progress thread,
-    /// nothing moves unless a thread is waiting in it): runs the tasks that
-    /// are ready, e.g. sends a request just started, and a handler waiting.
-    pub(crate) fn tick(self: &Arc<Self>, py: Python<'_>, what: &str) -> PyResult<()> {
-        if self.progress_thread || !self.jobs.inline {
-            return Ok(());
-        }
-        self.wait(py, what, tokio::task::yield_now())?;
-        if self.runs_jobs() {
-            if let Some(job) = self.jobs.try_pop() {
-                self.run_job(py, job)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let _task = AbortOnDrop(self.spawn(async move {
+            let _ = tx.send(fut.await);
+        }));
+        let main = is_main_thread(py);
+        let mut rx = rx;
+        loop {
+            // The receiver moves to the detached closure and back (it is
+            // Send, not Sync).
+            let (received, back) = py.detach(move || {
+                let received = if main {
+                    rx.recv_timeout(SIGNAL_CHECK)
+                } else {
+                    rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                };
+                (received, rx)
+            });
+            rx = back;
+            match received {
+                Ok(out) => return Ok(out),
+                Err(RecvTimeoutError::Timeout) => py.check_signals()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(errors::courier_error(
+                        py,
+                        format!("{what} was abandoned: the engine's runtime shut down"),
+                    ))
+                }
             }
         }
-        Ok(())
     }
 
-    /// Lets the engine read what has arrived, without running handlers:
-    /// for `Handle.is_cancelled()`, which a handler polls while it works.
-    /// Without a progress thread nothing reads the caller's `Cancel` frame
-    /// unless a thread drives the engine, and a handler that works does
-    /// not wait in it. With a progress thread (or inside the runtime) it
-    /// does nothing.
+    /// Lets the engine make a little progress: runs the tasks that are
+    /// ready, e.g. sends a request just started, when no thread drives the
+    /// engine (its own thread busy in a handler, or none). With a progress
+    /// thread it does nothing.
+    pub(crate) fn tick(self: &Arc<Self>, py: Python<'_>, what: &str) -> PyResult<()> {
+        if self.progress_thread {
+            return Ok(());
+        }
+        self.wait(py, what, tokio::task::yield_now())
+    }
+
+    /// Lets the engine read what has arrived: for `Handle.is_cancelled()`,
+    /// which a handler polls while it works. Without a progress thread the
+    /// engine's own thread is the one running the handler, so nothing reads
+    /// the caller's `Cancel` frame unless a thread drives the engine. With
+    /// a progress thread (or inside the runtime) it does nothing.
     pub(crate) fn nudge(&self, py: Python<'_>) {
-        if self.progress_thread
-            || !self.jobs.inline
-            || tokio::runtime::Handle::try_current().is_ok()
-        {
+        if self.progress_thread || tokio::runtime::Handle::try_current().is_ok() {
             return;
         }
         let rt = self.runtime();
@@ -333,10 +473,18 @@ impl Shared {
         }
     }
 
-    /// Runs one Python handler (GIL held, outside the runtime). Returns an
-    /// error only for what must go on up the waiting thread's stack:
-    /// KeyboardInterrupt, SystemExit (the caller gets an error either way).
-    pub(crate) fn run_job(self: &Arc<Self>, py: Python<'_>, job: Job) -> PyResult<()> {
+    /// Runs one Python handler taken from the queue (GIL held, outside the
+    /// runtime), and frees its place. Returns an error only for what must
+    /// not be swallowed: KeyboardInterrupt, SystemExit (the caller gets an
+    /// error either way).
+    fn run_job(self: &Arc<Self>, py: Python<'_>, job: Job) -> PyResult<()> {
+        struct Finished<'a>(&'a Jobs);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.finished();
+            }
+        }
+        let _finished = Finished(&self.jobs);
         let Job {
             handle,
             payload,
@@ -356,9 +504,7 @@ impl Shared {
         let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());
         let unsent = handle.unsent_response();
-        HANDLER_DEPTH.with(|d| d.set(d.get() + 1));
         let outcome = serve(token, || call_handler(py, handle, &payload, &func));
-        HANDLER_DEPTH.with(|d| d.set(d.get() - 1));
         match outcome {
             Ok(()) => {
                 // A response `respond` could not pickle, and none since: the
@@ -402,19 +548,49 @@ fn call_handler(py: Python<'_>, handle: Handle, payload: &[u8], func: &Py<PyAny>
     Ok(())
 }
 
-/// A dedicated handler thread: runs jobs until the engine is finalized.
-fn handler_thread(jobs: &Arc<Jobs>, shared: &Weak<Shared>) {
-    HANDLER_THREAD_OF.with(|t| t.set(queue_id(jobs)));
-    while let Some(job) = jobs.next_blocking() {
-        let Some(shared) = shared.upgrade() else {
-            break;
-        };
-        // Not while the interpreter is shutting down: the job is dropped
-        // and its caller gets an error.
+/// Runs one job on a handler thread: takes the GIL for the Python call
+/// only. Not while the interpreter is shutting down: the job is dropped
+/// and its caller gets an error. A KeyboardInterrupt or SystemExit raised
+/// by the handler has no thread of the program's to go up: it is printed.
+fn run_on_handler_thread(jobs: &Jobs, shared: &Weak<Shared>, job: Job) {
+    let ran = shared.upgrade().and_then(|shared| {
         Python::try_attach(|py| {
             if let Err(e) = shared.run_job(py, job) {
                 e.print(py);
             }
+        })
+    });
+    if ran.is_none() {
+        jobs.finished();
+    }
+}
+
+/// A handler thread: waits for requests inside the runtime, driving it
+/// while it holds it (reading requests, writing responses, firing
+/// timers), and runs each handler outside it, so that another handler
+/// thread, or a thread waiting in the engine, takes the runtime over
+/// meanwhile. Ends when the engine's objects are all gone.
+fn handler_thread(
+    rt: Arc<Runtime>,
+    jobs: &Jobs,
+    mut stop: watch::Receiver<bool>,
+    shared: Weak<Shared>,
+) {
+    POOL.with(|p| *p.borrow_mut() = shared.clone());
+    loop {
+        let next = rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => None,
+                job = jobs.next() => Some(job),
+            }
         });
+        let Some(job) = next else {
+            break;
+        };
+        run_on_handler_thread(jobs, &shared, job);
+    }
+    if let Ok(rt) = Arc::try_unwrap(rt) {
+        rt.shutdown_background();
     }
 }

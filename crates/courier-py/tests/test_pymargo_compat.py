@@ -243,15 +243,21 @@ def test_config_describes_the_threads_as_argobots(protocol):
     with Engine(protocol) as engine:
         abt = engine.config["argobots"]
         assert "__primary__" in names(abt, "xstreams") and "__primary__" in names(abt, "pools")
-        assert "__progress__" not in names(abt, "xstreams")
+        # The engine's own thread: its progress and its handlers.
+        assert names(abt, "xstreams") == ["__primary__", "__progress__"]
         # Every xstream's scheduler takes from pools that are listed.
         for xs in abt["xstreams"]:
             assert set(xs["scheduler"]["pools"]) <= set(names(abt, "pools"))
     with Engine(protocol, use_progress_thread=True, num_rpc_threads=2) as engine:
         abt = engine.config["argobots"]
         xstreams = names(abt, "xstreams")
-        assert "__progress__" in xstreams
-        assert [x for x in xstreams if x.startswith("__rpc_")] == ["__rpc_0__", "__rpc_1__"]
+        # Two handlers at once, and a third thread free to drive the engine.
+        assert "__progress__" not in xstreams
+        assert [x for x in xstreams if x.startswith("__rpc_")] == [
+            "__rpc_0__", "__rpc_1__", "__rpc_2__"
+        ]
+        for xs in abt["xstreams"]:
+            assert set(xs["scheduler"]["pools"]) <= set(names(abt, "pools"))
 
 
 def test_a_config_read_from_an_engine_can_be_given_back(protocol):

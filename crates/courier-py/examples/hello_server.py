@@ -24,7 +24,8 @@ def main(protocol: str) -> None:
         engine.register("hello", hello)
         print(f"Service running at {engine.address}", flush=True)
         engine.enable_remote_shutdown()
-        # Handlers run on this thread while it waits (PyMargo's default).
+        # Handlers run on the engine's own thread, whatever this one does;
+        # this one only waits for the shutdown.
         engine.wait_for_finalize()
 
 

@@ -726,15 +726,7 @@ fn start_task<'py>(
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let token = handle.cancel_token();
     let handle = Py::new(py, Handle::new(handle, shared))?;
-    let (args, kwargs) = pickle::load_arguments(py, payload).map_err(|e| {
-        errors::courier_error(
-            py,
-            format!(
-                "cannot decode the arguments (a pickled (args, kwargs) pair, as courier and \
-                 pymargo send): {e}"
-            ),
-        )
-    })?;
+    let (args, kwargs) = pickle::load_arguments(py, payload)?;
     // The handler's context: a copy of the loop's, naming the request.
     let context = py.import("contextvars")?.call_method0("copy_context")?;
     let served = Py::new(py, ServedRequest { token })?;

@@ -29,7 +29,7 @@
 //! * Deadlines and cancellation (`handle.rs`, `remote.rs`): a Python
 //!   handler sees its request's deadline and cancellation through its
 //!   `Handle`; the thread running it records the request
-//!   (`shared::serving`), so the calls it makes inherit both; a
+//!   (`CancelToken::serve_here`), so the calls it makes inherit both; a
 //!   non-blocking call's `Request` can be cancelled (dropping it cancels
 //!   it too), which tells the server.
 //!

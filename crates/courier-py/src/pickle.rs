@@ -61,12 +61,24 @@ pub(crate) fn dump_response(
     dumps(py, value).map_err(|e| errors::pickling_error(py, "response", rpc, value, e))
 }
 
-/// Reads a request payload back into `(args, kwargs)`.
+/// Reads a request payload back into `(args, kwargs)`; what cannot be read
+/// is a `CourierError` saying what was expected.
 pub(crate) fn load_arguments<'py>(
     py: Python<'py>,
     data: &[u8],
 ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
-    let pair = loads(py, data)?;
-    let (args, kwargs): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
-    Ok((args.cast_into::<PyTuple>()?, kwargs.cast_into::<PyDict>()?))
+    let read = || -> PyResult<_> {
+        let pair = loads(py, data)?;
+        let (args, kwargs): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
+        Ok((args.cast_into::<PyTuple>()?, kwargs.cast_into::<PyDict>()?))
+    };
+    read().map_err(|e| {
+        errors::courier_error(
+            py,
+            format!(
+                "cannot decode the arguments (a pickled (args, kwargs) pair, as courier and \
+                 pymargo send): {e}"
+            ),
+        )
+    })
 }

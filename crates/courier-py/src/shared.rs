@@ -48,25 +48,21 @@ thread_local! {
     static POOL: std::cell::RefCell<Weak<Shared>> = const { std::cell::RefCell::new(Weak::new()) };
     /// Whether this is Python's main thread, once known.
     static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-    /// The request whose Python handler this thread is running, if any.
-    static SERVING: std::cell::RefCell<Option<courier::CancelToken>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 /// The cancellation token of the request whose Python handler this thread
 /// is running, if any: a call made here inherits its deadline and is
 /// cancelled with it.
 ///
-/// The binding keeps this record itself rather than running the handler
-/// inside `CancelToken::scope`: the engine reads its own record when a
-/// call's future is first polled, and a thread waiting in the engine may
-/// drive its runtime (without a progress thread), so calls that other
-/// threads started would be polled there, inside the scope, and inherit a
-/// request that is not theirs. A call instead reads this record on the
-/// thread that makes it, and runs its own future only under
-/// `CancelToken::in_scope` (`remote.rs`).
+/// The handler runs under `CancelToken::serve_here`, not inside
+/// `CancelToken::scope`: the engine reads its own record when a call's
+/// future is first polled, and a thread waiting in the engine may drive
+/// its runtime, so calls that other threads started would be polled there,
+/// inside the scope, and inherit a request that is not theirs. A call
+/// instead reads this record on the thread that makes it, and runs its own
+/// future only under `CancelToken::in_scope` (`remote.rs`).
 pub(crate) fn serving() -> Option<courier::CancelToken> {
-    SERVING.with(|s| s.borrow().clone())
+    courier::CancelToken::served_here()
 }
 
 /// Whether this is Python's main thread, the only one that ever raises
@@ -92,22 +88,7 @@ fn is_main_thread(py: Python<'_>) -> bool {
 }
 
 fn is_serving() -> bool {
-    SERVING.with(|s| s.borrow().is_some())
-}
-
-/// Runs `f` as part of the request of `token` (see [`serving`]); the
-/// request served before is back afterwards, even if `f` unwinds.
-fn serve<T>(token: courier::CancelToken, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<courier::CancelToken>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            SERVING.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let previous = SERVING.with(|s| s.borrow_mut().replace(token));
-    let _restore = Restore(previous);
-    f()
+    serving().is_some()
 }
 
 /// A handler's place lent while it waits (see `Jobs::lend`); given back
@@ -504,7 +485,7 @@ impl Shared {
         let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());
         let unsent = handle.unsent_response();
-        let outcome = serve(token, || call_handler(py, handle, &payload, &func));
+        let outcome = token.serve_here(|| call_handler(py, handle, &payload, &func));
         match outcome {
             Ok(()) => {
                 // A response `respond` could not pickle, and none since: the
@@ -530,15 +511,7 @@ impl Shared {
 /// reported to the caller at once.
 fn call_handler(py: Python<'_>, handle: Handle, payload: &[u8], func: &Py<PyAny>) -> PyResult<()> {
     let handle = Py::new(py, handle)?;
-    let (args, kwargs) = pickle::load_arguments(py, payload).map_err(|e| {
-        errors::courier_error(
-            py,
-            format!(
-                "cannot decode the arguments (a pickled (args, kwargs) pair, as courier and \
-                 pymargo send): {e}"
-            ),
-        )
-    })?;
+    let (args, kwargs) = pickle::load_arguments(py, payload)?;
     let mut all = Vec::with_capacity(args.len() + 1);
     all.push(handle.into_any().into_bound(py));
     all.extend(args.iter());

@@ -538,6 +538,33 @@ fn run_on_handler_thread(jobs: &Jobs, shared: &Weak<Shared>, job: Job) {
     }
 }
 
+/// The next request for a handler thread (driving the runtime while it
+/// waits); `None` once the engine's objects are all gone.
+fn next_job(rt: &Runtime, jobs: &Jobs, stop: &mut watch::Receiver<bool>) -> Option<Job> {
+    rt.block_on(async {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => None,
+            job = jobs.next() => Some(job),
+        }
+    })
+}
+
+/// Runs `first`, then every request that follows, until there is none.
+fn serve_jobs(
+    first: Option<Job>,
+    rt: &Runtime,
+    jobs: &Jobs,
+    stop: &mut watch::Receiver<bool>,
+    shared: &Weak<Shared>,
+) {
+    let mut job = first;
+    while let Some(j) = job {
+        run_on_handler_thread(jobs, shared, j);
+        job = next_job(rt, jobs, stop);
+    }
+}
+
 /// A handler thread: waits for requests inside the runtime, driving it
 /// while it holds it (reading requests, writing responses, firing
 /// timers), and runs each handler outside it, so that another handler
@@ -550,18 +577,23 @@ fn handler_thread(
     shared: Weak<Shared>,
 ) {
     POOL.with(|p| *p.borrow_mut() = shared.clone());
-    loop {
-        let next = rt.block_on(async {
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|stop| *stop) => None,
-                job = jobs.next() => Some(job),
-            }
+    // The first request is waited for without a Python thread state (the
+    // thread takes nothing of Python's until a handler must run: an engine
+    // serving bulk transfers never waits for the GIL). From then on the
+    // thread keeps one state for its whole life: each handler only takes
+    // the GIL (`Python::try_attach` finds the state), where attaching a
+    // thread without one creates a state and destroys it again, an mmap
+    // and a munmap of its frame stack per request (half of what Python
+    // added to a round trip over shm; docs/python.md).
+    let mut first = next_job(&rt, jobs, &mut stop);
+    if first.is_some() {
+        let held = Python::try_attach(|py| {
+            let job = first.take();
+            py.detach(|| serve_jobs(job, &rt, jobs, &mut stop, &shared));
         });
-        let Some(job) = next else {
-            break;
-        };
-        run_on_handler_thread(jobs, &shared, job);
+        if held.is_none() {
+            serve_jobs(first.take(), &rt, jobs, &mut stop, &shared);
+        }
     }
     if let Ok(rt) = Arc::try_unwrap(rt) {
         rt.shutdown_background();

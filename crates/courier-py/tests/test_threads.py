@@ -73,29 +73,40 @@ def test_handlers_run_on_threads_of_the_engines_own(mode, name):
         assert threading.get_native_id() not in [tid for tid, _ in names]
 
 
-def test_a_self_call_times_out_while_its_handler_blocks(protocol_any, mode):
-    # The call's timeout fires at its time, while the handler is still
-    # blocked (the test releases it only afterwards).
-    entered = threading.Event()
-    release = threading.Event()
-    finished = threading.Event()
+class Stuck:
+    """A handler that blocks until released, and says whether it started
+    and whether it finished."""
 
-    def stuck(handle):
-        entered.set()
-        release.wait(GUARD_S)
-        finished.set()
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+
+    def __call__(self, handle):
+        self.entered.set()
+        self.release.wait(GUARD_S)
+        self.finished.set()
         handle.respond("late")
 
-    with Engine(protocol_any, **MODES[mode]) as engine:
-        f = engine.register("stuck", stuck).on(engine.address)
+    def times_out(self, f):
+        """Calls `f` with a 200 ms timeout: it must raise while the handler
+        is still blocked (released only afterwards)."""
         try:
             with pytest.raises(courier.TimeoutError):
                 f(timeout=200)
-            assert entered.is_set()
+            assert self.entered.is_set()
             # Raised while the handler was still blocked, not after it.
-            assert not finished.is_set()
+            assert not self.finished.is_set()
         finally:
-            release.set()
+            self.release.set()
+
+
+def test_a_self_call_times_out_while_its_handler_blocks(protocol_any, mode):
+    # The call's timeout fires at its time, while the handler is still
+    # blocked (the test releases it only afterwards).
+    stuck = Stuck()
+    with Engine(protocol_any, **MODES[mode]) as engine:
+        stuck.times_out(engine.register("stuck", stuck).on(engine.address))
         # The engine serves on once the handler is released.
         assert engine.register("echo", lambda h, x: h.respond(x)).on(engine.address)(7) == 7
 
@@ -103,27 +114,10 @@ def test_a_self_call_times_out_while_its_handler_blocks(protocol_any, mode):
 def test_a_timeout_fires_while_a_handler_blocks_without_a_self_call(mode):
     # Two engines in one process: a caller's timeout is not delayed by a
     # handler of another engine holding its thread.
-    entered = threading.Event()
-    release = threading.Event()
-    finished = threading.Event()
-
-    def stuck(handle):
-        entered.set()
-        release.wait(GUARD_S)
-        finished.set()
-        handle.respond("late")
-
+    stuck = Stuck()
     with Engine("tcp", **MODES[mode]) as server, Engine("tcp", **MODES[mode]) as client:
         server.register("stuck", stuck)
-        f = client.register("stuck").on(client.lookup(str(server.address)))
-        try:
-            with pytest.raises(courier.TimeoutError):
-                f(timeout=200)
-            assert entered.is_set()
-            # Raised while the handler was still blocked, not after it.
-            assert not finished.is_set()
-        finally:
-            release.set()
+        stuck.times_out(client.register("stuck").on(client.lookup(str(server.address))))
 
 
 def test_a_handler_calls_its_own_engine(protocol_any, mode):

@@ -72,6 +72,7 @@ impl fmt::Debug for Providers {
 struct Provider {
     gate: Option<Arc<Gate>>,
     pool: Option<RtHandle>,
+    pool_name: Option<String>,
 }
 
 /// A provider's limits and its counters.
@@ -112,7 +113,15 @@ impl Providers {
                     })
                 });
                 let pool = o.pool.as_ref().and_then(|name| pools.get(name).cloned());
-                (provider, Provider { gate, pool })
+                let pool_name = o.pool.clone();
+                (
+                    provider,
+                    Provider {
+                        gate,
+                        pool,
+                        pool_name,
+                    },
+                )
             })
             .collect();
         Self { by_id }
@@ -139,6 +148,29 @@ impl Providers {
             ticket,
             pool: p.pool.clone(),
         }))
+    }
+
+    /// Every provider with limits or a pool, by id, with what it is doing.
+    pub(crate) fn describe(&self) -> Vec<crate::stats::ProviderStats> {
+        let mut all: Vec<_> = self
+            .by_id
+            .iter()
+            .map(|(&provider, p)| {
+                let load = self.load(provider).unwrap_or_default();
+                crate::stats::ProviderStats {
+                    provider,
+                    max_running: p.gate.as_ref().map(|g| g.max_running),
+                    max_queued: p.gate.as_ref().map_or(0, |g| g.max_queued),
+                    pool: p.pool_name.clone(),
+                    running: load.running,
+                    queued: load.queued,
+                    refused: load.refused,
+                    dropped: load.dropped,
+                }
+            })
+            .collect();
+        all.sort_by_key(|p| p.provider);
+        all
     }
 
     /// What `provider` is doing; `None` if it has no limit.

@@ -37,6 +37,14 @@ impl Body<'_> {
     /// An empty body.
     pub(crate) const EMPTY: Body<'static> = Body::Parts(&[]);
 
+    /// Payload bytes (the header's room not counted).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Body::Parts(parts) => parts.iter().map(|p| p.len()).sum(),
+            Body::Encoded(msg) => msg.len().saturating_sub(HEADER_LEN),
+        }
+    }
+
     /// Sends `header` and the body; with `flushed`, returns once the
     /// message is written to the medium, not only queued. With a
     /// `deadline`, the header carries the budget left until it (an

@@ -145,6 +145,24 @@ impl Keepalive {
     }
 }
 
+/// Statistics: the `stats` section of the JSON configuration
+/// (`docs/observability.md`). Counters are always kept; this says whether
+/// latencies are timed too, and whether peers may read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsOptions {
+    /// Time every request's phases (queue, handler, respond) and every
+    /// call's round trip, into histograms. Default false: the clock reads
+    /// cost more than 3% of a 64-byte call on the fastest transports
+    /// (`docs/benchmarks.md`).
+    pub timing: bool,
+    /// Answer the built-in statistics RPC ([`crate::stats::STATS_RPC`]),
+    /// so that `courier stats ADDR` and [`crate::Address::stats`] can read
+    /// this engine's figures. Default false: statistics name RPCs and
+    /// peers. On unix and shm, only the owner's processes can connect.
+    pub serve: bool,
+}
+
 /// How bulk transfers are run; [`crate::Engine::set_bulk_options`] sets an
 /// engine's, and so does the `bulk` object of the JSON configuration, where
 /// every key is optional. (A transfer's timeout is `timeouts.bulk_ms`, or
@@ -359,6 +377,8 @@ pub struct Config {
     pub providers: BTreeMap<u16, ProviderOptions>,
     /// Handler pools, by name ([`PoolOptions`]).
     pub pools: BTreeMap<String, PoolOptions>,
+    /// Statistics ([`StatsOptions`]).
+    pub stats: StatsOptions,
 }
 
 impl Default for Config {
@@ -381,6 +401,7 @@ impl Default for Config {
             transport: Map::new(),
             providers: BTreeMap::new(),
             pools: BTreeMap::new(),
+            stats: StatsOptions::default(),
         }
     }
 }

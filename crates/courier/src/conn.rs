@@ -51,6 +51,7 @@ use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
 use crate::liveness::Liveness;
 use crate::progress::Progress;
+use crate::stats::record::ConnCounters;
 use crate::sync::{lock, poll_once};
 
 /// Batches written one after another by the future that queued a message
@@ -148,6 +149,8 @@ pub(crate) struct Conn {
     pub(crate) liveness: Liveness,
     /// What the transport connection offers besides messages (bulk fast path).
     pub(crate) capabilities: OnceLock<courier_transport::Capabilities>,
+    /// Messages, bytes and requests counted for the statistics.
+    pub(crate) counters: ConnCounters,
 }
 
 impl Conn {
@@ -194,6 +197,7 @@ impl Conn {
             limits,
             liveness: Liveness::default(),
             capabilities: OnceLock::new(),
+            counters: ConnCounters::default(),
         })
     }
 
@@ -280,6 +284,7 @@ impl Conn {
                 max: self.max_message,
             }));
         }
+        self.counters.sent(len);
         // The fast path, where one call in flight always is: nobody is
         // writing and nothing waits, so the message is written at once from
         // its sender's buffer, as if there were no outbox.
@@ -830,6 +835,11 @@ impl Conn {
     /// Completes a call with its reply. Returns false for an unknown sequence
     /// (a late reply after a timeout: dropped).
     pub(crate) fn complete(&self, header: Header, payload: Bytes) -> bool {
+        if header.kind == Kind::Error {
+            self.counters
+                .errors_received
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let tx = self.lock_pending().calls.remove(&header.seq);
         match tx {
             Some(tx) => {
@@ -838,6 +848,11 @@ impl Conn {
             }
             None => false,
         }
+    }
+
+    /// This engine's calls waiting for answers on the connection.
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.lock_pending().calls.len()
     }
 
     /// Marks the connection dead: every call in flight fails with `reason`,
@@ -882,6 +897,7 @@ impl Conn {
         status: Status,
         message: &str,
     ) -> Result<()> {
+        self.counters.errors_sent.fetch_add(1, Ordering::Relaxed);
         let h = Header {
             kind: Kind::Error,
             flags: 0,

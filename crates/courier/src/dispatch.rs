@@ -10,6 +10,7 @@
 //! * a `Shutdown`: the engine finalizes, if remote shutdown is enabled;
 //! * a bulk frame: the exposing side answers it (`bulk/serve.rs`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,23 +19,31 @@ use bytes::Bytes;
 use crate::admission::Providers;
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
+use crate::frame::RESERVED_PROVIDER;
 use crate::frame::{Extensions, Header, Kind, Status};
-use crate::handler::{self, Handle, RawHandler};
+use crate::handler::{self, Arrival, Handle, RawHandler};
 use crate::limits::RequestSlot;
 use crate::rpcs::RpcTable;
 use crate::state::EngineState;
+use crate::stats::record::{Outcome, RpcRecord};
 use crate::sync::poll_once;
 
 /// How long a remote shutdown waits for its answer to be delivered (the
 /// sending half closed gracefully) before the engine finalizes.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A registered RPC's handler and its statistics.
+pub(crate) struct Served {
+    pub(crate) run: RawHandler,
+    pub(crate) stats: Arc<RpcRecord>,
+}
+
 /// Routes frames to handlers, calls in flight, and the engine.
 pub(crate) struct Dispatcher {
     pub(crate) state: Arc<EngineState>,
-    pub(crate) rpcs: Arc<RpcTable<RawHandler>>,
+    pub(crate) rpcs: Arc<RpcTable<Served>>,
     /// Limits and pools of providers.
-    pub(crate) providers: Providers,
+    pub(crate) providers: Arc<Providers>,
 }
 
 impl Dispatcher {
@@ -112,6 +121,9 @@ impl Dispatcher {
         slot: RequestSlot,
     ) {
         let state = &self.state;
+        if header.provider == RESERVED_PROVIDER {
+            return crate::stats::serve::request(state, &self.providers, conn, header, slot).await;
+        }
         let refuse = |status: Status, message: String| async move {
             if header.no_response() {
                 tracing::debug!(
@@ -123,10 +135,11 @@ impl Dispatcher {
             }
             let _ = conn.send_error(&header, status, &message).await;
         };
-        if state.is_finalizing() {
-            return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
-        }
         let Some(entry) = self.rpcs.get(header.rpc, header.provider) else {
+            state.stats.unknown_rpcs.fetch_add(1, Ordering::Relaxed);
+            if state.is_finalizing() {
+                return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
+            }
             let what = self.rpcs.describe(header.rpc);
             return refuse(
                 Status::NoSuchRpc,
@@ -134,7 +147,14 @@ impl Dispatcher {
             )
             .await;
         };
+        let record = &entry.handler.stats;
+        let bytes_in = payload.len();
+        if state.is_finalizing() {
+            record.server.refused(Outcome::Finalizing, bytes_in as u64);
+            return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
+        }
         if entry.disable_response && !header.no_response() {
+            record.server.refused(Outcome::OneWay, bytes_in as u64);
             return refuse(
                 Status::OneWay,
                 format!("RPC '{}' is registered with disable_response", entry.name),
@@ -145,21 +165,33 @@ impl Dispatcher {
         // only for a request that has one).
         let deadline = ext.deadline.map(|budget| Instant::now() + budget);
         if ext.deadline.is_some_and(|budget| budget.is_zero()) {
+            record.server.refused(Outcome::Deadline, bytes_in as u64);
             tracing::debug!(rpc = %entry.name, "dropping a request whose deadline had passed when it was sent");
             return;
         }
         let admitted = match self.providers.admit(header.provider, header.no_response()) {
             Ok(admitted) => admitted,
-            Err(busy) => return refuse(Status::Busy, busy.to_string()).await,
+            Err(busy) => {
+                record.server.refused(Outcome::Busy, bytes_in as u64);
+                return refuse(Status::Busy, busy.to_string()).await;
+            }
         };
+        conn.counters.request(
+            conn.limits
+                .in_flight(state.config.max_in_flight_per_connection),
+        );
         let handle = Handle::new(
             state.clone(),
             conn.clone(),
-            entry.name.clone(),
-            header,
+            record.clone(),
             entry.idempotent,
-            deadline,
-            Some(slot),
+            Arrival {
+                header,
+                deadline,
+                received: state.stats.now(),
+                bytes_in,
+                slot: Some(slot),
+            },
         );
         if let Some(admitted) = admitted {
             // A provider with limits or a pool: a task (on its pool), never
@@ -173,17 +205,17 @@ impl Dispatcher {
                 if state.is_finalizing() {
                     return; // It waited in the queue across a finalize.
                 }
-                handler::run(entry.handler.clone(), handle, payload).await;
+                handler::run(entry.handler.run.clone(), handle, payload).await;
             });
         }
         if !state.inline_handlers {
             // It runs on another thread: a cancel may come before it starts.
             handle.track();
-            let fut = handler::run(entry.handler.clone(), handle, payload);
+            let fut = handler::run(entry.handler.run.clone(), handle, payload);
             state.handler_rt.spawn(fut);
             return;
         }
-        let mut fut = Box::pin(handler::run(entry.handler.clone(), handle, payload));
+        let mut fut = Box::pin(handler::run(entry.handler.run.clone(), handle, payload));
         // Handlers run on this runtime: poll the handler once right here.
         // Most finish in that one poll (decode, compute, respond), which
         // saves a task spawn and a trip through the scheduler per request;

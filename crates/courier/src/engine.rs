@@ -16,7 +16,7 @@ use tokio::runtime::Handle as RtHandle;
 use crate::address::Address;
 use crate::admission::{ProviderLoad, Providers};
 use crate::config::{Config, Mode, PoolOptions, ProviderOptions};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Served};
 use crate::error::{Error, Result};
 use crate::handler::{self, Handle, HandlerOutput, RawHandler};
 use crate::keepalive;
@@ -27,6 +27,7 @@ use crate::remote::{RawRemoteFunction, RemoteFunction};
 use crate::rpcs::RpcTable;
 use crate::runtime;
 use crate::state::{EngineState, Runtimes};
+use crate::stats::Stats;
 
 /// Options of one registered RPC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub struct EngineBuilder {
     connect_timeout: Option<Duration>,
     call_timeout: Option<Duration>,
     progress_spin: Option<Duration>,
+    stats_timing: Option<bool>,
+    serve_stats: Option<bool>,
     providers: Vec<(u16, ProviderOptions)>,
     pools: Vec<(String, usize)>,
     /// Set by the blocking facade, whose runtime already is the progress thread.
@@ -168,6 +171,8 @@ impl EngineBuilder {
             connect_timeout: None,
             call_timeout: None,
             progress_spin: None,
+            stats_timing: None,
+            serve_stats: None,
             providers: Vec::new(),
             pools: Vec::new(),
             progress_provided: false,
@@ -235,6 +240,24 @@ impl EngineBuilder {
         self
     }
 
+    /// Times every request's phases and every call's round trip into the
+    /// statistics' histograms (`stats.timing` in the JSON configuration;
+    /// off by default). See [`Engine::stats`].
+    #[must_use]
+    pub fn stats_timing(mut self, on: bool) -> Self {
+        self.stats_timing = Some(on);
+        self
+    }
+
+    /// Answers the built-in statistics RPC, so that peers can read this
+    /// engine's statistics ([`Address::stats`], `courier stats ADDR`;
+    /// `stats.serve` in the JSON configuration; off by default).
+    #[must_use]
+    pub fn serve_stats(mut self, on: bool) -> Self {
+        self.serve_stats = Some(on);
+        self
+    }
+
     /// Limits and pool of provider `provider_id` (the `providers` key of
     /// the JSON configuration; these options replace that provider's
     /// there). See [`ProviderOptions`].
@@ -297,6 +320,12 @@ impl EngineBuilder {
         }
         if let Some(w) = self.progress_spin {
             config.progress_spin_us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
+        }
+        if let Some(on) = self.stats_timing {
+            config.stats.timing = on;
+        }
+        if let Some(on) = self.serve_stats {
+            config.stats.serve = on;
         }
         let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
         if let Some(t) = self.connect_timeout {
@@ -395,7 +424,7 @@ impl EngineBuilder {
         let dispatch = Arc::new(Dispatcher {
             state: state.clone(),
             rpcs,
-            providers,
+            providers: Arc::new(providers),
         });
         let links = Arc::new(Links::new(dispatch.clone()));
         state.set_dialer(Arc::downgrade(&links) as Weak<dyn Dial>);
@@ -494,6 +523,16 @@ impl Engine {
         self.owner.dispatch.providers.load(provider_id)
     }
 
+    /// A snapshot of the engine's statistics: per RPC and provider (served
+    /// and called), per peer connection, per provider's limits, bulk
+    /// transfers, and the progress loop. Serializes to JSON
+    /// ([`Stats::to_json`]); see [`crate::stats`] for what each figure
+    /// means. Latencies are there only with timing on
+    /// ([`EngineBuilder::stats_timing`]).
+    pub fn stats(&self) -> Stats {
+        crate::stats::snapshot::collect(self.state(), &self.owner.dispatch.providers)
+    }
+
     /// Allows peers to shut this engine down (`Address::shutdown`).
     pub fn enable_remote_shutdown(&self) {
         self.state().lifecycle.enable_remote_shutdown();
@@ -548,13 +587,17 @@ impl Engine {
         Fut: std::future::Future + Send + 'static,
         Fut::Output: HandlerOutput,
     {
-        let handler: RawHandler = handler::boxed(handler);
+        let run: RawHandler = handler::boxed(handler);
+        let stats = self
+            .state()
+            .stats
+            .rpc(name, crate::frame::rpc_id(name), options.provider_id);
         self.owner.dispatch.rpcs.insert(
             name,
             options.provider_id,
             options.disable_response,
             options.idempotent,
-            handler,
+            Served { run, stats },
         )
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use crate::frame::{self, Header, Kind, Status};
 use crate::limits::RequestSlot;
 use crate::peer::Peer;
 use crate::state::EngineState;
+use crate::stats::record::{Outcome, RpcRecord};
 
 /// What a handler may return: `()`, or `Result<(), E>` where `E` displays
 /// (the message is sent to the caller as a remote error).
@@ -109,7 +110,15 @@ pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
 struct RequestState {
     engine: Arc<EngineState>,
     conn: Arc<Conn>,
-    name: Arc<str>,
+    /// The RPC's statistics (and its name).
+    rpc: Arc<RpcRecord>,
+    /// How the request ended, as counted when it is done ([`Outcome`]).
+    outcome: AtomicU8,
+    /// Payload bytes of the request, and of the response sent.
+    bytes_in: u64,
+    bytes_out: AtomicU64,
+    /// The phases' marks, with timing on.
+    timing: Option<Timing>,
     header: Header,
     idempotent: bool,
     responded: AtomicBool,
@@ -131,7 +140,54 @@ struct RequestState {
     provider: OnceLock<ProviderPermit>,
 }
 
+/// When a request arrived, and its later marks in nanoseconds after that
+/// (0: not yet). Stores, not read-modify-writes: each mark is set by the
+/// one party that reaches it.
+struct Timing {
+    received: Instant,
+    started: AtomicU64,
+    responded: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Timing {
+    fn mark(&self, at: &AtomicU64) {
+        let ns = u64::try_from(self.received.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        at.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    /// The phases (queue, handler, respond) of a request done now.
+    fn phases(&self) -> [Duration; 3] {
+        let started = self.started.load(Ordering::Relaxed);
+        let responded = self.responded.load(Ordering::Relaxed);
+        let sent = self.sent.load(Ordering::Relaxed);
+        // A handler that sent nothing ran until now.
+        let handler_end = if responded == 0 {
+            u64::try_from(self.received.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        } else {
+            responded
+        };
+        [
+            Duration::from_nanos(started),
+            Duration::from_nanos(handler_end.saturating_sub(started)),
+            Duration::from_nanos(sent.saturating_sub(responded)),
+        ]
+    }
+}
+
 impl RequestState {
+    fn set_outcome(&self, outcome: Outcome) {
+        self.outcome.store(outcome as u8, Ordering::Relaxed);
+    }
+
+    /// Marks the handler's start (its first poll, or, for a blocking
+    /// handler, when a thread takes it up).
+    fn mark_started(&self) {
+        if let Some(t) = &self.timing {
+            t.mark(&t.started);
+        }
+    }
+
     fn expects_response(&self) -> bool {
         !self.header.no_response()
     }
@@ -180,10 +236,14 @@ impl RequestState {
     /// The request was cancelled: its handler is dropped (or told), and
     /// nothing is sent back (the caller is gone, or has given up).
     fn cancelled(&self, reason: CancelReason) {
+        self.set_outcome(match reason {
+            CancelReason::Deadline => Outcome::Deadline,
+            CancelReason::Caller | CancelReason::ConnectionLost => Outcome::Cancelled,
+        });
         self.token().fire(reason);
         self.responded.store(true, Ordering::Release);
         tracing::info!(
-            rpc = %self.name,
+            rpc = %self.rpc.name,
             provider = self.header.provider,
             peer = %self.conn.remote(),
             "handler cancelled: {reason}"
@@ -191,12 +251,17 @@ impl RequestState {
     }
 
     async fn fail(&self, status: Status, message: &str) {
+        self.set_outcome(match status {
+            Status::HandlerPanicked => Outcome::Panicked,
+            Status::NoResponse => Outcome::NoResponse,
+            _ => Outcome::Failed,
+        });
         if self.claim() {
             let _ = self.conn.send_error(&self.header, status, message).await;
         } else if self.expects_response() {
-            tracing::warn!(rpc = %self.name, "handler error after it responded: {message}");
+            tracing::warn!(rpc = %self.rpc.name, "handler error after it responded: {message}");
         } else {
-            tracing::warn!(rpc = %self.name, "one-way handler failed: {message}");
+            tracing::warn!(rpc = %self.rpc.name, "one-way handler failed: {message}");
         }
     }
 }
@@ -216,12 +281,20 @@ impl Drop for RequestState {
         if *self.tracked.get_mut() {
             self.conn.untrack_request(self.header.seq);
         }
+        let outcome = Outcome::from_u8(*self.outcome.get_mut());
+        let phases = self.timing.as_ref().map(Timing::phases);
+        self.rpc.server.end(
+            outcome,
+            self.bytes_in,
+            *self.bytes_out.get_mut(),
+            phases.as_ref().map_or(&[][..], |p| &p[..]),
+        );
         // A handle dropped without responding, after the handler returned
         // (a deferred response that never came): tell the caller.
         if self.claim() {
             let conn = self.conn.clone();
             let header = self.header;
-            let name = self.name.clone();
+            let name = self.rpc.name.clone();
             self.engine.rt.spawn(async move {
                 tracing::warn!(rpc = %name, "handle dropped without responding");
                 let _ = conn
@@ -250,28 +323,56 @@ pub struct Handle {
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("rpc", &self.state.name)
+            .field("rpc", &self.state.rpc.name)
             .field("provider", &self.state.header.provider)
             .field("peer", &self.state.conn.remote().to_string())
             .finish()
     }
 }
 
+/// What arrived with a request, for [`Handle::new`].
+pub(crate) struct Arrival {
+    pub(crate) header: Header,
+    /// The caller's deadline, if it sent one.
+    pub(crate) deadline: Option<Instant>,
+    /// When the request arrived, with timing on.
+    pub(crate) received: Option<Instant>,
+    /// Payload bytes.
+    pub(crate) bytes_in: usize,
+    /// Its place among the connection's requests in flight.
+    pub(crate) slot: Option<RequestSlot>,
+}
+
 impl Handle {
     pub(crate) fn new(
         engine: Arc<EngineState>,
         conn: Arc<Conn>,
-        name: Arc<str>,
-        header: Header,
+        rpc: Arc<RpcRecord>,
         idempotent: bool,
-        deadline: Option<Instant>,
-        slot: Option<RequestSlot>,
+        arrival: Arrival,
     ) -> Self {
+        let Arrival {
+            header,
+            deadline,
+            received,
+            bytes_in,
+            slot,
+        } = arrival;
+        rpc.server.begin();
         Self {
             state: Arc::new(RequestState {
                 engine,
                 conn,
-                name,
+                rpc,
+                outcome: AtomicU8::new(Outcome::NoResponse as u8),
+                bytes_in: bytes_in as u64,
+                bytes_out: AtomicU64::new(0),
+                timing: received.map(|received| Timing {
+                    received,
+                    started: AtomicU64::new(0),
+                    responded: AtomicU64::new(0),
+                    sent: AtomicU64::new(0),
+                }),
                 header,
                 idempotent,
                 responded: AtomicBool::new(false),
@@ -282,6 +383,16 @@ impl Handle {
                 provider: OnceLock::new(),
             }),
         }
+    }
+
+    /// Marks when the handler's work starts, for the statistics (the end of
+    /// the request's `queue` phase, the start of its `handler` phase). The
+    /// engine marks the first poll of the handler's future; a binding or
+    /// framework that hands the request to a thread of its own calls this
+    /// when that thread takes it up, so that the wait for the thread counts
+    /// as queueing. Does nothing unless timing is on.
+    pub fn mark_started(&self) {
+        self.state.mark_started();
     }
 
     /// Makes the request reachable by a `Cancel` frame before its handler
@@ -317,7 +428,7 @@ impl Handle {
 
     /// The RPC's name.
     pub fn rpc_name(&self) -> &str {
-        &self.state.name
+        &self.state.rpc.name
     }
 
     /// Whether the RPC was registered idempotent
@@ -439,6 +550,9 @@ impl Handle {
         if !self.state.claim() {
             return Err(self.not_claimed());
         }
+        if let Some(t) = &self.state.timing {
+            t.mark(&t.responded);
+        }
         let state = self.state.clone();
         self.state.engine.rt.spawn(async move {
             let header = Header {
@@ -448,7 +562,7 @@ impl Handle {
                 ..state.header
             };
             if let Err(e) = send_claimed(&state, &[&header.encode(), &payload]).await {
-                tracing::warn!(rpc = %state.name, "cannot send the response: {e}");
+                tracing::warn!(rpc = %state.rpc.name, "cannot send the response: {e}");
             }
         });
         Ok(())
@@ -457,7 +571,30 @@ impl Handle {
 
 /// Sends a response whose right to be sent was claimed.
 async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
-    match state.conn.send(parts).await {
+    if let Some(t) = &state.timing {
+        if t.responded.load(Ordering::Relaxed) == 0 {
+            t.mark(&t.responded);
+        }
+    }
+    let sent = state.conn.send(parts).await;
+    if let Some(t) = &state.timing {
+        t.mark(&t.sent);
+    }
+    match &sent {
+        Ok(()) => {
+            state.set_outcome(Outcome::Ok);
+            let len = courier_transport::transport::message_len(parts);
+            state.bytes_out.store(
+                len.saturating_sub(frame::HEADER_LEN) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        Err(Error::Transport(TransportError::MessageTooLarge { .. })) => {
+            state.set_outcome(Outcome::Invalid);
+        }
+        Err(_) => state.set_outcome(Outcome::ConnectionLost),
+    }
+    match sent {
         Err(Error::Transport(e @ TransportError::MessageTooLarge { .. })) => {
             let message = format!("the response could not be sent: {e}");
             let _ = state
@@ -476,7 +613,7 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     let state = handle.state.clone();
     let span = tracing::debug_span!(
         "rpc.handle",
-        rpc = %state.name,
+        rpc = %state.rpc.name,
         provider = state.header.provider,
         peer = %state.conn.remote(),
         status = tracing::field::Empty,
@@ -513,13 +650,18 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
             state.cancelled(reason);
             ("cancelled", false)
         }
-        Ended::Done(Ok(Ok(()))) => ("ok", true),
+        Ended::Done(Ok(Ok(()))) => {
+            if !state.expects_response() {
+                state.set_outcome(Outcome::Ok);
+            }
+            ("ok", true)
+        }
         Ended::Done(Ok(Err(message))) => {
             state.fail(Status::HandlerFailed, &message).await;
             ("error", true)
         }
         Ended::Done(Err(message)) => {
-            tracing::warn!(rpc = %state.name, "handler panicked: {message}");
+            tracing::warn!(rpc = %state.rpc.name, "handler panicked: {message}");
             state.fail(Status::HandlerPanicked, &message).await;
             ("panic", true)
         }
@@ -592,6 +734,9 @@ impl Future for Guarded {
         // error first, as if the handler had failed.
         if let Some(reason) = state.reason() {
             return Poll::Ready((Ended::Cancelled(reason), Some(state)));
+        }
+        if this.start.is_some() {
+            state.mark_started();
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
         let mut serving: Option<Arc<dyn Serving>> = Some(state);

@@ -188,6 +188,7 @@ mod remote;
 mod rpcs;
 pub mod runtime;
 mod state;
+pub mod stats;
 mod sync;
 mod timeouts;
 
@@ -196,7 +197,7 @@ pub use admission::ProviderLoad;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use cancel::{CancelReason, CancelToken};
 pub use config::{
-    BulkOptions, Config, Keepalive, Mode, PoolOptions, ProviderOptions, Timeouts,
+    BulkOptions, Config, Keepalive, Mode, PoolOptions, ProviderOptions, StatsOptions, Timeouts,
     DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS,
     DEFAULT_KEEPALIVE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US,
@@ -207,6 +208,7 @@ pub use error::{Error, Reach, Result, TransportError};
 pub use handler::{Handle, HandlerOutput};
 pub use registry::{default_registry, install_layer, install_plugin, PROTOCOLS_ENV};
 pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
+pub use stats::Stats;
 
 pub use bytes::Bytes;
 /// The transport layer (plugins, registry, addresses).

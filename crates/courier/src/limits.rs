@@ -161,7 +161,6 @@ impl ConnLimits {
     }
 
     /// Requests of this connection in flight now.
-    #[cfg(test)]
     pub(crate) fn in_flight(&self, max: usize) -> usize {
         max - self.requests.available_permits()
     }

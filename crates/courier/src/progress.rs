@@ -49,6 +49,8 @@ pub(crate) struct Progress {
     activity: AtomicU64,
     spinning: AtomicBool,
     wake: Notify,
+    /// Windows that ended without activity (the runtime may park after).
+    parks: AtomicU64,
 }
 
 impl Progress {
@@ -60,7 +62,13 @@ impl Progress {
             activity: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             wake: Notify::new(),
+            parks: AtomicU64::new(0),
         }
+    }
+
+    /// Windows that ended without activity so far (statistics).
+    pub(crate) fn parks(&self) -> u64 {
+        self.parks.load(Ordering::Relaxed)
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -127,6 +135,7 @@ impl Progress {
                 }
             }
             self.spinning.store(false, Ordering::Relaxed);
+            self.parks.fetch_add(1, Ordering::Relaxed);
             // Activity between the last check and the store above would
             // find `spinning` still set and not notify: look once more.
             if self.activity.load(Ordering::Relaxed) != seen {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -56,6 +57,7 @@ pub(crate) async fn read_loop(
                 request_slot = match poll_once(&mut slot).await {
                     Poll::Ready(s) => Some(s),
                     Poll::Pending => {
+                        conn.counters.limit_waits.fetch_add(1, Ordering::Relaxed);
                         burst.end(&conn).await;
                         // Not read on purpose: keepalive waits meanwhile.
                         let _paused = conn.liveness.pause(&state.clock);
@@ -93,6 +95,7 @@ pub(crate) async fn read_loop(
         let msg = match received {
             Ok(Some(m)) => {
                 conn.progress.activity();
+                conn.counters.received(m.len());
                 m
             }
             Ok(None) => break "the peer closed the connection".to_owned(),

@@ -17,6 +17,7 @@ use crate::frame::{self, Header, Kind, Status, FLAG_NO_RESPONSE};
 use crate::handler::decode_exact;
 use crate::peer::Peer;
 use crate::state::EngineState;
+use crate::stats::record::{Outcome, RpcRecord, Side};
 use crate::timeouts;
 
 /// A remote function on raw payload bytes; see [`RemoteFunction`] for the
@@ -26,6 +27,9 @@ pub struct RawRemoteFunction {
     state: Arc<EngineState>,
     name: Arc<str>,
     id: u64,
+    /// The statistics of calls to provider 0, the common target (others
+    /// are looked up when a callable is made).
+    stats: Arc<RpcRecord>,
     disable_response: bool,
     idempotent: bool,
     timeout: Option<Duration>,
@@ -43,10 +47,12 @@ impl fmt::Debug for RawRemoteFunction {
 
 impl RawRemoteFunction {
     pub(crate) fn new(state: Arc<EngineState>, name: &str) -> Self {
+        let id = frame::rpc_id(name);
         Self {
+            stats: state.stats.rpc(name, id, 0),
             state,
             name: name.into(),
-            id: frame::rpc_id(name),
+            id,
             disable_response: false,
             idempotent: false,
             timeout: None,
@@ -106,8 +112,12 @@ impl RawRemoteFunction {
 
     /// Targets provider `provider_id` at `address`.
     pub fn on_provider(&self, address: &Address, provider_id: u16) -> RawCallable {
+        let mut function = self.clone();
+        if provider_id != 0 {
+            function.stats = self.state.stats.rpc(&self.name, self.id, provider_id);
+        }
         RawCallable {
-            function: self.clone(),
+            function,
             peer: address.peer.clone(),
             provider: provider_id,
             timeout: None,
@@ -191,6 +201,7 @@ impl RawCallable {
         );
         if deadline.passed() {
             // A zero budget, or an inherited one spent: nothing is sent.
+            f.stats.client.refused(Outcome::Deadline, 0);
             return Err(Error::DeadlineExceeded {
                 rpc: f.name.to_string(),
                 address: self.peer.addr.to_string(),
@@ -215,6 +226,8 @@ impl RawCallable {
             seq: 0,
         };
         let expired = timeouts::expired_call(&f.name, &self.peer.addr);
+        // Counted as cancelled if the call's future is dropped first.
+        let counted = Counted::start(&f.stats.client, body.len(), f.state.stats.now());
         if f.disable_response {
             header.flags = FLAG_NO_RESPONSE;
         }
@@ -245,6 +258,10 @@ impl RawCallable {
             // One-way: nothing comes back.
             None => Ok(Bytes::new()),
             Some((reply, payload)) => self.interpret(reply, payload),
+        });
+        counted.end(match &result {
+            Ok(response) => (Outcome::Ok, response.len()),
+            Err(e) => (Outcome::of_error(e), 0),
         });
         if let Some(start) = start {
             span.record("status", if result.is_ok() { "ok" } else { "error" });
@@ -302,6 +319,50 @@ impl RawCallable {
                 address,
                 reason: format!("a {kind:?} frame with status {status:?} answered a request"),
             }),
+        }
+    }
+}
+
+/// A call counted in its RPC's statistics (client side): started when
+/// made, ended with its outcome, or as cancelled if dropped before.
+struct Counted<'a> {
+    side: &'a Side,
+    bytes_out: usize,
+    started: Option<Instant>,
+    ended: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn start(side: &'a Side, bytes_out: usize, started: Option<Instant>) -> Self {
+        side.begin();
+        Self {
+            side,
+            bytes_out,
+            started,
+            ended: false,
+        }
+    }
+
+    fn end(mut self, (outcome, bytes_in): (Outcome, usize)) {
+        self.ended = true;
+        self.record(outcome, bytes_in);
+    }
+
+    fn record(&self, outcome: Outcome, bytes_in: usize) {
+        let phases = self.started.map(|t| [t.elapsed()]);
+        self.side.end(
+            outcome,
+            bytes_in as u64,
+            self.bytes_out as u64,
+            phases.as_ref().map_or(&[][..], |p| &p[..]),
+        );
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.record(Outcome::Cancelled, 0);
         }
     }
 }

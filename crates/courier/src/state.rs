@@ -24,6 +24,8 @@ use crate::limits::ConnectionSlots;
 use crate::liveness::Clock;
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
+use crate::stats::record::Recorder;
+use crate::stats::serve::Serving as StatsServing;
 use crate::sync::lock;
 
 /// Where an engine's tasks run.
@@ -65,6 +67,10 @@ pub(crate) struct EngineState {
     pub(crate) bulk: Arc<BulkTable>,
     /// Places for accepted connections (`max_connections`).
     pub(crate) conn_slots: ConnectionSlots,
+    /// Statistics (`stats/`).
+    pub(crate) stats: Recorder,
+    /// Whether a statistics snapshot is being taken for a peer.
+    pub(crate) stats_serving: StatsServing,
     /// The coarse clock keepalive and the readers share (`liveness.rs`).
     pub(crate) clock: Clock,
     /// Keepalive's interval + timeout in milliseconds, if it is on: a
@@ -116,6 +122,8 @@ impl EngineState {
             lifecycle: Lifecycle::new(config.enable_remote_shutdown),
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
+            stats: Recorder::new(config.stats.timing),
+            stats_serving: StatsServing::default(),
             clock: Clock::new(),
             keepalive_limit_ms: config.keepalive.enabled().map(|(interval, timeout)| {
                 u64::try_from((interval + timeout).as_millis()).unwrap_or(u64::MAX)
@@ -265,7 +273,9 @@ impl EngineState {
 
     /// Forgets a connection whose reader ended.
     pub(crate) fn forget_conn(&self, id: u64) {
-        lock(&self.conns).remove(&id);
+        if let Some(conn) = lock(&self.conns).remove(&id) {
+            self.stats.retire(&conn.counters);
+        }
         self.bulk.forget_conn(id);
     }
 

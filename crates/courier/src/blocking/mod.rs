@@ -181,6 +181,22 @@ impl EngineBuilder {
         }
     }
 
+    /// See [`AsyncBuilder::stats_timing`].
+    #[must_use]
+    pub fn stats_timing(self, on: bool) -> Self {
+        Self {
+            inner: self.inner.stats_timing(on),
+        }
+    }
+
+    /// See [`AsyncBuilder::serve_stats`].
+    #[must_use]
+    pub fn serve_stats(self, on: bool) -> Self {
+        Self {
+            inner: self.inner.serve_stats(on),
+        }
+    }
+
     /// See [`AsyncBuilder::provider`].
     #[must_use]
     pub fn provider(self, provider_id: u16, options: ProviderOptions) -> Self {
@@ -317,6 +333,11 @@ impl Engine {
     /// See [`crate::Engine::config`].
     pub fn config(&self) -> Value {
         self.engine.config()
+    }
+
+    /// See [`crate::Engine::stats`].
+    pub fn stats(&self) -> crate::Stats {
+        self.engine.stats()
     }
 
     /// See [`crate::Engine::provider_load`].
@@ -630,6 +651,14 @@ impl Address {
         self.rt.block_on("shutdown", self.inner.shutdown())?
     }
 
+    /// Reads the peer engine's statistics; see [`crate::Address::stats`].
+    ///
+    /// # Errors
+    /// See [`crate::Address::stats`].
+    pub fn stats(&self) -> Result<crate::Stats> {
+        self.rt.block_on("stats", self.inner.stats())?
+    }
+
     /// One engine-level round trip; see [`crate::Address::ping`].
     ///
     /// # Errors
@@ -861,6 +890,7 @@ fn enqueue<O: HandlerOutput>(
         if h.is_cancelled() {
             return;
         }
+        h.mark_started();
         let token = h.cancel_token();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             token.serve_here(|| run(Handle { inner: h }).into_result())

@@ -57,6 +57,29 @@ pub(crate) async fn run(
         inherited,
     } = bounds;
     let job = Job::new(op, remote, local, options)?;
+    let bytes = match op {
+        BulkOp::Pull => remote.len(),
+        BulkOp::Push => local.len(),
+    };
+    let started = std::time::Instant::now();
+    let result = bounded(state, peer, &job, deadline, inherited).await;
+    state.stats.bulk.transfer(
+        op == BulkOp::Pull,
+        bytes as u64,
+        started.elapsed(),
+        result.is_ok(),
+    );
+    result
+}
+
+/// [`run`]'s job, within its deadline and its request's cancellation.
+async fn bounded(
+    state: &EngineState,
+    peer: &Peer,
+    job: &Job,
+    deadline: Deadline,
+    inherited: Option<CancelToken>,
+) -> Result<()> {
     let work = deadline.bound(
         async {
             let conn = state.connection_for(peer).await?;

@@ -1,0 +1,386 @@
+//! Recording: the counters and histograms the call path updates.
+//!
+//! One [`RpcRecord`] per (RPC id, provider id), shared by the RPC's entry
+//! in the table (server side) and by every callable aimed at it (client
+//! side), so that the call path never looks a record up: it holds it.
+//! Each side counts a request when it starts (one relaxed increment) and
+//! takes one uncontended lock when it ends, to count its outcome and
+//! bytes and, with timing on, record its phases in histograms. Peers
+//! count bytes on their connection ([`ConnCounters`]), one relaxed
+//! increment per message.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
+
+use crate::error::Error;
+use crate::sync::lock;
+
+/// How a request ended, on either side. The names are the statistics'
+/// error kinds (`Stats` JSON: `errors`), stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Outcome {
+    /// Answered (server), or answered with a response (client).
+    Ok = 0,
+    /// The handler returned an error (`Error::Remote` on the caller).
+    Failed,
+    /// The handler panicked.
+    Panicked,
+    /// The handler finished, or dropped its handle, without responding.
+    NoResponse,
+    /// The caller gave up (dropped or cancelled its call), or the
+    /// connection to it was lost while the handler ran.
+    Cancelled,
+    /// The caller's deadline passed (server); the call's timeout or
+    /// inherited deadline passed (client).
+    Deadline,
+    /// Refused by the provider's limits (load shed).
+    Busy,
+    /// No such RPC at that provider.
+    NoSuchRpc,
+    /// A call expecting an answer to an RPC registered one-way.
+    OneWay,
+    /// The server was finalizing.
+    Finalizing,
+    /// The connection died before the answer.
+    ConnectionLost,
+    /// The request or its answer could not be encoded, decoded or sent
+    /// (transport errors, protocol errors, type mismatches).
+    Invalid,
+    /// This engine was finalized during the call.
+    Finalized,
+}
+
+impl Outcome {
+    pub(crate) const COUNT: usize = 13;
+
+    const ALL: [Self; Self::COUNT] = [
+        Self::Ok,
+        Self::Failed,
+        Self::Panicked,
+        Self::NoResponse,
+        Self::Cancelled,
+        Self::Deadline,
+        Self::Busy,
+        Self::NoSuchRpc,
+        Self::OneWay,
+        Self::Finalizing,
+        Self::ConnectionLost,
+        Self::Invalid,
+        Self::Finalized,
+    ];
+
+    /// The name in the statistics.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Panicked => "panicked",
+            Self::NoResponse => "no_response",
+            Self::Cancelled => "cancelled",
+            Self::Deadline => "deadline",
+            Self::Busy => "busy",
+            Self::NoSuchRpc => "no_such_rpc",
+            Self::OneWay => "one_way",
+            Self::Finalizing => "finalizing",
+            Self::ConnectionLost => "connection_lost",
+            Self::Invalid => "invalid",
+            Self::Finalized => "finalized",
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
+        Self::ALL.get(usize::from(v)).copied().unwrap_or(Self::Ok)
+    }
+
+    /// The outcome of a call that failed with `e`, on the caller's side.
+    pub(crate) fn of_error(e: &Error) -> Self {
+        match e {
+            Error::Remote { .. } => Self::Failed,
+            Error::RemotePanic { .. } => Self::Panicked,
+            Error::NoResponse { .. } => Self::NoResponse,
+            Error::Cancelled { .. } => Self::Cancelled,
+            Error::Timeout { .. } | Error::DeadlineExceeded { .. } => Self::Deadline,
+            Error::Busy { .. } => Self::Busy,
+            Error::NoSuchRpc { .. } => Self::NoSuchRpc,
+            Error::OneWay { .. } => Self::OneWay,
+            Error::RemoteFinalizing { .. } => Self::Finalizing,
+            Error::ConnectionLost { .. } | Error::ConnectTimeout { .. } => Self::ConnectionLost,
+            Error::Finalized => Self::Finalized,
+            _ => Self::Invalid,
+        }
+    }
+}
+
+/// A latency histogram in nanoseconds: two significant figures (1%),
+/// growing with the largest value recorded (it starts at a few KiB).
+pub(crate) type Hist = Histogram<u64>;
+
+/// An empty histogram: nanoseconds, two significant figures, growing.
+#[allow(clippy::expect_used)]
+pub(crate) fn new_histogram() -> Hist {
+    // A constant argument: `new` fails only for more than five figures.
+    Histogram::new(2).expect("two significant figures are valid")
+}
+
+/// What one side of one RPC counted, under its lock.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) finished: u64,
+    pub(crate) outcomes: [u64; Outcome::COUNT],
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    /// Histograms by phase, made on first use (timing on).
+    pub(crate) phases: [Option<Box<Hist>>; 3],
+}
+
+impl Tally {
+    fn record(&mut self, phase: usize, d: Duration) {
+        let h = self.phases[phase].get_or_insert_with(|| Box::new(new_histogram()));
+        // A value past what the histogram can grow to is not recorded.
+        let _ = h.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
+    }
+}
+
+/// One side (server or client) of one RPC.
+#[derive(Default)]
+pub(crate) struct Side {
+    started: AtomicU64,
+    tally: Mutex<Tally>,
+}
+
+impl Side {
+    /// Counts a request (server) or call (client) that starts.
+    #[inline]
+    pub(crate) fn begin(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one that ended: its outcome, bytes, and phases (timed only).
+    #[inline]
+    pub(crate) fn end(&self, outcome: Outcome, bytes_in: u64, bytes_out: u64, phases: &[Duration]) {
+        let mut t = lock(&self.tally);
+        t.finished += 1;
+        t.outcomes[outcome as usize] += 1;
+        t.bytes_in += bytes_in;
+        t.bytes_out += bytes_out;
+        for (i, d) in phases.iter().enumerate() {
+            t.record(i, *d);
+        }
+    }
+
+    /// Counts a request refused before any handler saw it.
+    pub(crate) fn refused(&self, outcome: Outcome, bytes_in: u64) {
+        self.begin();
+        self.end(outcome, bytes_in, 0, &[]);
+    }
+
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the tally (histograms cloned), taken under the lock.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Tally) -> T) -> T {
+        f(&lock(&self.tally))
+    }
+}
+
+/// The statistics of one (RPC, provider).
+pub(crate) struct RpcRecord {
+    pub(crate) name: Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) provider: u16,
+    /// Requests served here.
+    pub(crate) server: Side,
+    /// Calls made from here.
+    pub(crate) client: Side,
+}
+
+/// Bulk transfers, engine-wide.
+#[derive(Default)]
+pub(crate) struct BulkCounters {
+    pub(crate) transfers: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) bytes_pulled: AtomicU64,
+    pub(crate) bytes_pushed: AtomicU64,
+    /// Time spent in transfers, in nanoseconds (for MiB/s).
+    pub(crate) busy_ns: AtomicU64,
+}
+
+impl BulkCounters {
+    /// Counts a transfer of `bytes` that took `took`.
+    pub(crate) fn transfer(&self, pulled: bool, bytes: u64, took: Duration, ok: bool) {
+        self.transfers.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let to = if pulled {
+            &self.bytes_pulled
+        } else {
+            &self.bytes_pushed
+        };
+        to.fetch_add(bytes, Ordering::Relaxed);
+        self.busy_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// What a connection counts: one relaxed increment per message each way,
+/// the rest on colder paths.
+#[derive(Default, Debug)]
+pub(crate) struct ConnCounters {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Requests the peer sent.
+    pub(crate) requests: AtomicU64,
+    /// Error frames sent to the peer.
+    pub(crate) errors_sent: AtomicU64,
+    /// Error frames received from the peer.
+    pub(crate) errors_received: AtomicU64,
+    /// Times the reader stopped reading: every request slot was taken
+    /// (`max_in_flight_per_connection`), or queued answers were over their
+    /// budget.
+    pub(crate) limit_waits: AtomicU64,
+    /// The most requests in flight at once on the connection.
+    pub(crate) peak_in_flight: AtomicUsize,
+}
+
+impl ConnCounters {
+    #[inline]
+    pub(crate) fn received(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a request from the peer, with `in_flight` of them now.
+    #[inline]
+    pub(crate) fn request(&self, in_flight: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
+            self.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The engine's records.
+pub(crate) struct Recorder {
+    /// Whether phases are timed (histograms); counters always count.
+    pub(crate) timing: bool,
+    pub(crate) since: Instant,
+    rpcs: Mutex<FxHashMap<(u64, u16), Arc<RpcRecord>>>,
+    /// Requests for RPCs not registered here (not kept by name: a peer
+    /// chooses the ids).
+    pub(crate) unknown_rpcs: AtomicU64,
+    pub(crate) bulk: BulkCounters,
+    /// Messages received on connections that closed.
+    retired_messages_in: AtomicU64,
+}
+
+impl Recorder {
+    pub(crate) fn new(timing: bool) -> Self {
+        Self {
+            timing,
+            since: Instant::now(),
+            rpcs: Mutex::new(FxHashMap::default()),
+            unknown_rpcs: AtomicU64::new(0),
+            bulk: BulkCounters::default(),
+            retired_messages_in: AtomicU64::new(0),
+        }
+    }
+
+    /// The record of `name` (id `id`) at `provider`, made on first use.
+    pub(crate) fn rpc(&self, name: &str, id: u64, provider: u16) -> Arc<RpcRecord> {
+        lock(&self.rpcs)
+            .entry((id, provider))
+            .or_insert_with(|| {
+                Arc::new(RpcRecord {
+                    name: name.into(),
+                    id,
+                    provider,
+                    server: Side::default(),
+                    client: Side::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Every record, in no particular order.
+    pub(crate) fn rpcs(&self) -> Vec<Arc<RpcRecord>> {
+        lock(&self.rpcs).values().cloned().collect()
+    }
+
+    /// Keeps what a closing connection counted in the engine's totals.
+    pub(crate) fn retire(&self, conn: &ConnCounters) {
+        self.retired_messages_in
+            .fetch_add(conn.messages_in.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Messages received on connections that closed.
+    pub(crate) fn messages_in(&self) -> u64 {
+        self.retired_messages_in.load(Ordering::Relaxed)
+    }
+
+    /// The clock, if phases are timed.
+    #[inline]
+    pub(crate) fn now(&self) -> Option<Instant> {
+        self.timing.then(Instant::now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip_through_their_number() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_u8(o as u8), o);
+        }
+        let names: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
+        assert_eq!(names.len(), Outcome::COUNT, "names are distinct");
+    }
+
+    #[test]
+    fn a_side_counts_outcomes_bytes_and_phases() {
+        let s = Side::default();
+        s.begin();
+        s.begin();
+        s.end(Outcome::Ok, 10, 20, &[Duration::from_micros(5)]);
+        s.refused(Outcome::Busy, 7);
+        assert_eq!(s.started(), 3);
+        s.read(|t| {
+            assert_eq!(t.finished, 2);
+            assert_eq!(t.outcomes[Outcome::Ok as usize], 1);
+            assert_eq!(t.outcomes[Outcome::Busy as usize], 1);
+            assert_eq!((t.bytes_in, t.bytes_out), (17, 20));
+            let h = t.phases[0].as_deref().map(Histogram::len);
+            assert_eq!(h, Some(1));
+            assert!(t.phases[1].is_none());
+        });
+    }
+
+    #[test]
+    fn one_record_per_rpc_and_provider() {
+        let r = Recorder::new(false);
+        let a = r.rpc("a", 1, 0);
+        let b = r.rpc("a", 1, 0);
+        assert!(Arc::ptr_eq(&a, &b));
+        let _c = r.rpc("a", 1, 2);
+        assert_eq!(r.rpcs().len(), 2);
+        assert!(r.now().is_none(), "no clock read with timing off");
+    }
+}

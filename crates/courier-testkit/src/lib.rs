@@ -49,6 +49,7 @@ use courier::{Engine, Handle};
 pub mod bulk;
 pub mod deadlines;
 pub mod engine;
+pub mod stats;
 pub mod transport;
 
 /// A scenario's overall bound (its individual waits have their own guards).
@@ -260,6 +261,15 @@ macro_rules! conformance_tests {
             $crate::__scenarios! { blocking deadlines:
                 blocking_handler_polls_its_token,
                 blocking_request_cancel,
+            }
+        }
+
+        /// Statistics over the protocol (`courier_testkit::stats`).
+        mod stats {
+            $crate::__scenarios! { async "multi_thread" stats:
+                counts_outcomes_and_bytes,
+                counts_timeouts,
+                stats_rpc,
             }
         }
 

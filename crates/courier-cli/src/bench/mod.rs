@@ -118,6 +118,9 @@ pub(crate) const THROUGHPUT_FROM: usize = 64 << 10;
 pub(crate) enum Layer {
     /// A full RPC through two engines (`bench.sink`).
     Engine,
+    /// The same as `engine`, with both engines timing every call's phases
+    /// for their statistics (`stats.timing`): what timing costs.
+    Timed,
     /// The same transport through the `Transport` trait, no engine.
     Raw,
     /// Plain tokio sockets with a length prefix, no Courier code (tcp, unix).
@@ -128,6 +131,7 @@ impl Layer {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Engine => "engine",
+            Self::Timed => "timed",
             Self::Raw => "raw",
             Self::Socket => "socket",
         }
@@ -253,7 +257,9 @@ pub(crate) struct BenchArgs {
     progress_spin_us: Vec<u64>,
 
     /// Layers to measure, comma-separated [default: engine,raw,socket]; the
-    /// socket floor exists for the tcp and unix plugins only.
+    /// socket floor exists for the tcp and unix plugins only. `timed` is the
+    /// engine with statistics timing on (`stats.timing`) on both sides: add
+    /// it beside `engine` to see what timing costs, in the same run.
     #[arg(long, value_name = "L,L,...", value_delimiter = ',', value_enum)]
     layers: Vec<Layer>,
 
@@ -650,13 +656,16 @@ struct Group<'a> {
 #[derive(Debug, Default)]
 struct Peers {
     engine: Option<Peer>,
+    timed: Option<Peer>,
     raw: Option<Peer>,
     socket: Option<Peer>,
 }
 
 impl Peers {
     fn all(self) -> impl Iterator<Item = Peer> {
-        [self.engine, self.raw, self.socket].into_iter().flatten()
+        [self.engine, self.timed, self.raw, self.socket]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -708,6 +717,7 @@ impl Group<'_> {
             let p = Peer::start(args, self.verbose, self.proto.in_process).await?;
             match layer {
                 Layer::Engine => peers.engine = Some(p),
+                Layer::Timed => peers.timed = Some(p),
                 Layer::Raw => peers.raw = Some(p),
                 Layer::Socket => peers.socket = Some(p),
             }
@@ -724,30 +734,43 @@ impl Group<'_> {
     ) -> CliResult {
         let plan = self.plan;
         let spin = Duration::from_micros(self.spin_us);
-        // The client engine, on this thread's runtime, polling as the server does.
-        let client = match &peers.engine {
-            None => None,
-            Some(p) => {
-                let engine = Engine::builder(&self.proto.name)
-                    .client()
-                    .progress_spin(spin)
-                    .max_message_size(plan.max_message_size)
-                    .build()
-                    .await
-                    .context(|| "client engine")?;
-                match engine.lookup(p.address()).await {
-                    Ok(a) => Some((engine, a)),
-                    Err(e) => {
-                        engine.finalize().await;
-                        return Err(Error::from(e).context("lookup of the engine peer"));
-                    }
+        // The client engines, on this thread's runtime, polling as the
+        // servers do: one for the engine layer, one timing its calls for
+        // the timed layer.
+        let mut clients = Vec::new();
+        let mut made = Ok(());
+        for (peer, timed) in [(&peers.engine, false), (&peers.timed, true)] {
+            let Some(p) = peer else {
+                clients.push(None);
+                continue;
+            };
+            let engine = Engine::builder(&self.proto.name)
+                .client()
+                .progress_spin(spin)
+                .stats_timing(timed)
+                .max_message_size(plan.max_message_size)
+                .build()
+                .await
+                .context(|| "client engine")?;
+            match engine.lookup(p.address()).await {
+                Ok(a) => clients.push(Some((engine, a))),
+                Err(e) => {
+                    engine.finalize().await;
+                    made = Err(Error::from(e).context("lookup of the engine peer"));
+                    break;
                 }
             }
+        }
+        let result = match made {
+            Ok(()) => {
+                let client = clients.first().and_then(Option::as_ref);
+                let timed = clients.get(1).and_then(Option::as_ref);
+                self.measure_loop(layers, peers, [client, timed], results, errors)
+                    .await
+            }
+            Err(e) => Err(e),
         };
-        let result = self
-            .measure_loop(layers, peers, client.as_ref(), results, errors)
-            .await;
-        if let Some((engine, _)) = client {
+        for (engine, _) in clients.into_iter().flatten() {
             engine.finalize().await;
         }
         result
@@ -757,12 +780,13 @@ impl Group<'_> {
         &self,
         layers: &[Layer],
         peers: &Peers,
-        client: Option<&(Engine, courier::Address)>,
+        [client, timed]: [Option<&(Engine, courier::Address)>; 2],
         results: &mut Vec<RunResult>,
         errors: &mut Vec<Error>,
     ) -> CliResult {
         let plan = self.plan;
         let sink = client.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
+        let timed_sink = timed.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
         let transport = match &peers.raw {
             None => None,
             Some(p) => {
@@ -804,10 +828,15 @@ impl Group<'_> {
                             let measured = if c > 1 {
                                 self.measure_clients(layer, peers, size, &spec, c).await
                             } else {
+                                let sink = if layer == Layer::Timed {
+                                    timed_sink.as_ref()
+                                } else {
+                                    sink.as_ref()
+                                };
                                 self.measure_one(
                                     layer,
                                     peers,
-                                    sink.as_ref(),
+                                    sink,
                                     transport.as_ref(),
                                     &payload,
                                     &spec,
@@ -866,7 +895,7 @@ impl Group<'_> {
         let polling = self.spin_us > 0;
         let work = async {
             match layer {
-                Layer::Engine => match sink {
+                Layer::Engine | Layer::Timed => match sink {
                     Some(s) => measure(s, payload, spec).await,
                     None => Err(Error::Peer("no engine peer".into())),
                 },
@@ -901,6 +930,7 @@ impl Group<'_> {
     ) -> CliResult<(Figures, Vec<u64>)> {
         let peer = match layer {
             Layer::Engine => &peers.engine,
+            Layer::Timed => &peers.timed,
             Layer::Raw => &peers.raw,
             Layer::Socket => &peers.socket,
         };

@@ -151,13 +151,13 @@ impl Providers {
     }
 
     /// Every provider with limits or a pool, by id, with what it is doing.
-    pub(crate) fn describe(&self) -> Vec<crate::stats::ProviderStats> {
+    pub(crate) fn describe(&self) -> Vec<crate::stats::schema::ProviderStats> {
         let mut all: Vec<_> = self
             .by_id
             .iter()
             .map(|(&provider, p)| {
                 let load = self.load(provider).unwrap_or_default();
-                crate::stats::ProviderStats {
+                crate::stats::schema::ProviderStats {
                     provider,
                     max_running: p.gate.as_ref().map(|g| g.max_running),
                     max_queued: p.gate.as_ref().map_or(0, |g| g.max_queued),

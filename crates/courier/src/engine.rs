@@ -27,7 +27,7 @@ use crate::remote::{RawRemoteFunction, RemoteFunction};
 use crate::rpcs::RpcTable;
 use crate::runtime;
 use crate::state::{EngineState, Runtimes};
-use crate::stats::Stats;
+use crate::stats::schema::Stats;
 
 /// Options of one registered RPC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -24,8 +24,7 @@ use crate::limits::ConnectionSlots;
 use crate::liveness::Clock;
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
-use crate::stats::record::Recorder;
-use crate::stats::serve::Serving as StatsServing;
+use crate::stats::record::{Recorder, Serving as StatsServing};
 use crate::sync::lock;
 
 /// Where an engine's tasks run.

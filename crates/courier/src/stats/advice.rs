@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Stats;
+use super::schema::Stats;
 
 /// How much a piece of advice matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,6 +32,14 @@ pub struct Advice {
     pub setting: String,
 }
 
-pub(super) fn advise(_stats: &Stats) -> Vec<Advice> {
+impl Stats {
+    /// Advice on the engine's settings from these figures ([`Advice`]);
+    /// empty when nothing stands out.
+    pub fn advise(&self) -> Vec<Advice> {
+        advise(self)
+    }
+}
+
+fn advise(_stats: &Stats) -> Vec<Advice> {
     Vec::new()
 }

@@ -9,7 +9,7 @@
 //! count bytes on their connection ([`ConnCounters`]), one relaxed
 //! increment per message.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -275,6 +275,10 @@ impl ConnCounters {
         }
     }
 }
+
+/// Whether a snapshot is being taken for a peer now (`serve.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Serving(pub(crate) AtomicBool);
 
 /// The engine's records.
 pub(crate) struct Recorder {

@@ -2,15 +2,15 @@
 //! (65535), served only when the configuration says so (`stats.serve`).
 //!
 //! The request's payload is empty; the response is the JSON of a
-//! [`Stats`](super::Stats) snapshot. The snapshot is taken and encoded on
+//! [`Stats`](Stats) snapshot. The snapshot is taken and encoded on
 //! a blocking thread, never on the engine's runtime, one at a time: a
 //! request that comes while another is being answered gets `Busy`, so a
 //! peer asking in a loop costs the engine nothing but the refusals.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::STATS_RPC;
+use super::schema::{Stats, STATS_RPC};
 use crate::address::Address;
 use crate::admission::Providers;
 use crate::conn::Conn;
@@ -22,10 +22,6 @@ use crate::state::EngineState;
 
 /// The id of [`STATS_RPC`].
 pub(crate) const STATS_RPC_ID: u64 = rpc_id(STATS_RPC);
-
-/// Whether a snapshot is being taken for a peer now.
-#[derive(Debug, Default)]
-pub(crate) struct Serving(AtomicBool);
 
 /// Clears [`Serving`] when the answer is sent (or the task dropped).
 struct Done(Arc<EngineState>);
@@ -121,7 +117,7 @@ impl Address {
     /// errors, [`Error::Timeout`] past the engine's call timeout, and
     /// [`Error::Protocol`] if what came back is not statistics of a schema
     /// this version reads.
-    pub async fn stats(&self) -> Result<super::Stats> {
+    pub async fn stats(&self) -> Result<Stats> {
         let raw = RawRemoteFunction::new(self.state.clone(), STATS_RPC)
             .on_provider(self, RESERVED_PROVIDER)
             .call(&[])
@@ -130,7 +126,7 @@ impl Address {
             address: self.to_string(),
             reason: format!("statistics that are not UTF-8: {e}"),
         })?;
-        super::Stats::from_json(text).map_err(|e| match e {
+        Stats::from_json(text).map_err(|e| match e {
             Error::Protocol { reason, .. } => Error::Protocol {
                 address: self.to_string(),
                 reason,

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::record::{Outcome, Recorder, Side};
-use super::{
+use super::schema::{
     BulkStats, Latency, PeerStats, ProgressStats, ProviderStats, RpcStats, Settings, SideStats,
     Stats, SCHEMA,
 };

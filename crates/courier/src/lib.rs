@@ -87,6 +87,11 @@
 //!   says what one is doing.
 //! * Errors never hang a caller: a handler that fails, panics, or returns
 //!   without responding sends the caller an error with its message.
+//! * Statistics ([`stats`]): [`Engine::stats`] counts every call per RPC
+//!   and provider, per peer, per provider's limits and for bulk transfers,
+//!   and with [`EngineBuilder::stats_timing`] times each phase into
+//!   histograms; [`Address::stats`] reads a peer's, when it serves them
+//!   ([`EngineBuilder::serve_stats`]; `courier stats ADDR`, `courier top`).
 //!
 //! # Every call bounded: deadlines and cancellation
 //!

@@ -58,6 +58,8 @@ const BOUNDS: [(&str, u64); 22] = [
 enum Num {
     Int(u64),
     Float(f64),
+    /// Nanoseconds, written as seconds with no rounding noise.
+    Nanos(u64),
 }
 
 impl From<u64> for Num {
@@ -87,6 +89,16 @@ impl From<bool> for Num {
 fn write_num(out: &mut String, n: Num) {
     let _ = match n {
         Num::Int(n) => write!(out, "{n}"),
+        Num::Nanos(ns) => {
+            let fraction = format!("{:09}", ns % 1_000_000_000);
+            let fraction = fraction.trim_end_matches('0');
+            let seconds = ns / 1_000_000_000;
+            if fraction.is_empty() {
+                write!(out, "{seconds}")
+            } else {
+                write!(out, "{seconds}.{fraction}")
+            }
+        }
         Num::Float(x) if x.is_nan() => write!(out, "NaN"),
         Num::Float(x) if x == f64::INFINITY => write!(out, "+Inf"),
         Num::Float(x) if x == f64::NEG_INFINITY => write!(out, "-Inf"),
@@ -192,8 +204,9 @@ impl Text {
             self.sample(name, "_bucket", &labels, all.into());
             labels.pop();
             // The mean is the histogram's: the sum it stands for.
-            let sum = latency.mean_us * all as f64 / 1e6;
-            self.sample(name, "_sum", &labels, sum.into());
+            let sum_ns = (latency.mean_us * 1000.0 * all as f64).round();
+            // In range: a float to integer cast saturates.
+            self.sample(name, "_sum", &labels, Num::Nanos(sum_ns as u64));
             self.sample(name, "_count", &labels, all.into());
         }
     }
@@ -763,6 +776,19 @@ mod tests {
             Some(3.0)
         );
         assert!(!text.contains("courier_rpc_"), "{text}");
+    }
+
+    #[test]
+    fn nanoseconds_are_written_as_exact_seconds() {
+        let text = |ns| {
+            let mut s = String::new();
+            write_num(&mut s, Num::Nanos(ns));
+            s
+        };
+        assert_eq!(text(0), "0");
+        assert_eq!(text(7_379_338), "0.007379338");
+        assert_eq!(text(2_500_000_000), "2.5");
+        assert_eq!(text(3_000_000_000), "3");
     }
 
     #[test]

@@ -237,21 +237,25 @@ fn frame(address: &str, before: Option<&Stats>, now: &Stats) -> Vec<String> {
             .map(f)
             .fold(0.0, |a, b| a + b)
     };
-    let parks = now
-        .progress
-        .parks
-        .saturating_sub(before.map_or(0, |b| b.progress.parks));
+    // Per second over the interval, of an engine-wide counter.
+    let per_s = |f: fn(&Stats) -> u64| {
+        let n = f(now).saturating_sub(before.map_or(0, f));
+        rate(if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        })
+    };
     text.push(format!(
-        "served {} calls/s, {} errors/s - called {} calls/s - connections {} - parks {}/s",
+        "served {} calls/s, {} errors/s - called {} calls/s - messages in {}/s - \
+         connections {} - parks {}/s",
         rate(total(|l| l.calls_per_s, "served")),
         rate(total(|l| l.errors_per_s, "served")),
         rate(total(|l| l.calls_per_s, "called")),
+        // Pings included: they are messages, not RPCs.
+        per_s(|s| s.progress.messages_in),
         now.peers.len(),
-        rate(if seconds > 0.0 {
-            parks as f64 / seconds
-        } else {
-            0.0
-        }),
+        per_s(|s| s.progress.parks),
     ));
     for p in &now.providers {
         let refused = p.refused.saturating_sub(

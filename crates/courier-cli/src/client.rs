@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use courier::{Address, Engine, Mode};
+use courier::{Address, Engine, Mode, RawCallable};
 
 use crate::{out, out_bytes, CliResult, Error, TimeoutArg};
 
@@ -44,6 +44,7 @@ pub(crate) const SHUTDOWN_LONG_ABOUT: &str =
         courier call tcp://127.0.0.1:PORT echo --input data.bin > copy.bin   # the same bytes back\n  \
         date | courier call tcp://127.0.0.1:PORT echo --input -    # from standard input\n  \
         courier call tcp://127.0.0.1:PORT sleep --u64 500 --timeout-ms 100   # times out\n  \
+        courier call tcp://127.0.0.1:PORT echo --raw load --count 1000   # 1000 calls, then a summary\n  \
         courier call tcp://127.0.0.1:PORT relay --timeout-ms 200 -- tcp://127.0.0.1:PORT2 sleep --u64 5000\n      \
         # the same through a second service: both log their handler cancelled\n\n\
         Put `--` before ARGS that start with '-'.")]
@@ -78,6 +79,13 @@ pub(crate) struct CallArgs {
     /// are.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["args", "u64"])]
     input: Option<PathBuf>,
+
+    /// Make the call N times, one after the other (load for `courier stats`
+    /// and `courier top`): print the first response, then a summary line
+    /// (on stderr with --input). Exits 1 if any call failed.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +207,11 @@ pub(crate) async fn call(args: CallArgs) -> CliResult {
     if let Some(t) = timeout {
         callable = callable.timeout(t);
     }
+    if args.count > 1 {
+        let result = call_many(&callable, &payload, &args).await;
+        engine.finalize().await;
+        return result;
+    }
     let result = callable.call(&payload).await;
     if result.is_err() {
         // A call given up (timed out) tells its server from a task of this
@@ -209,15 +222,78 @@ pub(crate) async fn call(args: CallArgs) -> CliResult {
         tokio::task::yield_now().await;
     }
     engine.finalize().await;
-    let response = result?;
+    print_response(&result?, &args)
+}
+
+/// Prints a response as `args` say: bytes with --input, text with --raw,
+/// else a string or hex (nothing if empty).
+fn print_response(response: &[u8], args: &CallArgs) -> CliResult {
     if args.input.is_some() {
-        out_bytes(&response)
+        out_bytes(response)
     } else if args.raw {
-        out(String::from_utf8_lossy(&response))
+        out(String::from_utf8_lossy(response))
     } else if response.is_empty() {
         Ok(())
     } else {
-        out(render_response(&response))
+        out(render_response(response))
+    }
+}
+
+/// `call --count N`: the call N times, one after the other; the first
+/// response printed, then a summary as `ping` prints it.
+async fn call_many(callable: &RawCallable, payload: &[u8], args: &CallArgs) -> CliResult {
+    let count = args.count;
+    let mut times = Vec::with_capacity(count as usize);
+    let mut last_error = None;
+    let mut printed = false;
+    for _ in 0..count {
+        let start = Instant::now();
+        match callable.call(payload).await {
+            Ok(response) => {
+                times.push(start.elapsed());
+                if !printed {
+                    print_response(&response, args)?;
+                    printed = true;
+                }
+            }
+            Err(e) => {
+                // As for one call: let the `Cancel` of a call given up go
+                // out before the next call (or finalize).
+                tokio::task::yield_now().await;
+                last_error = Some(e);
+            }
+        }
+    }
+    let failed = count as usize - times.len();
+    let mut summary = format!(
+        "--- {} at {}: {count} calls, {} answered",
+        args.rpc,
+        args.address,
+        times.len()
+    );
+    if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
+        let total: Duration = times.iter().sum();
+        let avg = total / u32::try_from(times.len()).unwrap_or(u32::MAX);
+        let _ = write!(
+            summary,
+            ", round trip min/avg/max = {}/{}/{} µs",
+            micros(*min),
+            micros(avg),
+            micros(*max)
+        );
+    }
+    if args.input.is_some() {
+        // Stdout holds the response's bytes alone.
+        eprintln!("{summary}");
+    } else {
+        out(summary)?;
+    }
+    match last_error {
+        None => Ok(()),
+        Some(e) => Err(Error::from(e).context(format!(
+            "{failed} of {count} calls of {} failed; the last",
+            args.rpc
+        ))),
     }
 }
 

@@ -1,6 +1,7 @@
-//! `courier`: serve, call, ping and shut down Courier engines, list the
-//! protocols this build knows, run a cross-protocol demo, and benchmark
-//! every protocol against its raw transport floor.
+//! `courier`: serve, call, ping and shut down Courier engines, read their
+//! statistics (`stats`, and a live view, `top`), list the protocols this
+//! build knows, run a cross-protocol demo, and benchmark every protocol
+//! against its raw transport floor.
 //!
 //! Every error is printed as `courier: <message>` on stderr, with exit
 //! status 1. Logs go to stderr too (`-v`, `-vv`, or `RUST_LOG`).
@@ -32,7 +33,9 @@ mod client;
 mod demo;
 mod error;
 mod serve;
+mod stats;
 mod table;
+mod top;
 
 use std::fmt;
 use std::io::Write;
@@ -91,6 +94,8 @@ pub(crate) fn fail_with_last(failures: impl IntoIterator<Item = Error>) -> CliRe
         courier serve --enable-remote-shutdown        # prints: Service running at tcp://127.0.0.1:PORT\n  \
         courier call tcp://127.0.0.1:PORT hello Matthieu Dorier\n  \
         courier ping tcp://127.0.0.1:PORT\n  \
+        courier stats tcp://127.0.0.1:PORT            # with `courier serve --stats`\n  \
+        courier top tcp://127.0.0.1:PORT              # the same, live\n  \
         courier shutdown tcp://127.0.0.1:PORT\n  \
         courier demo                                  # all of the above, for every protocol\n  \
         courier bench --quick                         # latency and throughput, every protocol"
@@ -125,6 +130,13 @@ enum Command {
     Call(client::CallArgs),
     /// Measure engine-level round trips to a service (no handler runs).
     Ping(client::PingArgs),
+    /// Print a service's statistics: per RPC and provider, providers, peers,
+    /// bulk (it must run with `serve --stats`).
+    #[command(long_about = stats::STATS_LONG_ABOUT)]
+    Stats(stats::StatsArgs),
+    /// A live view of a service's statistics, refreshed like `top`.
+    #[command(long_about = top::TOP_LONG_ABOUT)]
+    Top(top::TopArgs),
     /// Ask a service to shut down (it must run with remote shutdown enabled).
     #[command(long_about = client::SHUTDOWN_LONG_ABOUT)]
     Shutdown(client::ShutdownArgs),
@@ -237,6 +249,8 @@ async fn run() -> ExitCode {
         Command::Call(args) => client::call(args).await,
         Command::Ping(args) => client::ping(args).await,
         Command::Shutdown(args) => client::shutdown(args).await,
+        Command::Stats(args) => stats::run(args).await,
+        Command::Top(args) => top::run(args).await,
         Command::Demo(args) => demo::run(args, cli.verbose).await,
         Command::Bench(args) => bench::run(args, cli.verbose).await,
         Command::BenchPeer(args) => bench::peer::run(args).await,

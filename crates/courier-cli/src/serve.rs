@@ -55,6 +55,13 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     enable_remote_shutdown: bool,
 
+    /// Serve this engine's statistics to `courier stats ADDR` and `courier top
+    /// ADDR`, and time every request's phases (queue, handler, respond) for
+    /// their latencies: '{"stats": {"serve": true, "timing": true}}'. Anyone
+    /// who can connect can then read the names of the RPCs and of the peers.
+    #[arg(long)]
+    stats: bool,
+
     /// Threads that run handlers; 0 runs them on the progress loop
     /// (default: the configuration's, else 0).
     #[arg(long, value_name = "N")]
@@ -297,6 +304,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if args.progress_thread {
         builder = builder.use_progress_thread(true);
     }
+    if args.stats {
+        builder = builder.serve_stats(true).stats_timing(true);
+    }
     let engine = builder.build().await?;
     register_rpcs(&engine, args.detached)?;
     if args.enable_remote_shutdown {
@@ -327,7 +337,9 @@ pub(crate) const SERVE_LONG_ABOUT: &str =
         could not start), so that a script can go on with it:\n\n  \
         ADDR=$(courier serve --enable-remote-shutdown --detach)\n  \
         courier call \"$ADDR\" hello Matthieu Dorier\n  \
-        courier shutdown \"$ADDR\"";
+        courier shutdown \"$ADDR\"\n\n\
+        With --stats, the service also serves its statistics, with the latency of each \
+        phase of every request, to `courier stats ADDR` and `courier top ADDR`.";
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,25 @@ fn readme_courier_block_runs_as_pasted() {
         assert!(lines.contains(&expected), "no line {expected:?}:\n{out}");
     }
     assert!(out.contains("10 sent, 10 answered"), "{out}");
+    assert!(out.contains("100 calls, 100 answered"), "{out}");
+    // stats: the echo calls in the table; top: two frames.
+    let echo: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with("| echo "))
+        .unwrap_or_else(|| panic!("no stats row for echo:\n{out}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    // ["", rpc, provider, calls, ...]: --input - once, then 100.
+    assert_eq!(echo[3], "101", "{echo:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("courier top - unix://"))
+            .count(),
+        2,
+        "{out}"
+    );
     assert!(out.contains("shutdown requested: unix://"), "{out}");
     // The detached service greeted on the terminal (here, stderr).
     assert!(err.contains("Hello Matthieu Dorier!"), "{err}");

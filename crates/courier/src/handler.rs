@@ -156,9 +156,14 @@ impl Timing {
         at.store(ns.max(1), Ordering::Relaxed);
     }
 
-    /// The phases (queue, handler, respond) of a request done now.
-    fn phases(&self) -> [Duration; 3] {
+    /// The phases (queue, handler, respond) of a request done now: only
+    /// those it reached (a request cancelled in its queue has none; one
+    /// that sent no response has no `respond`).
+    fn phases(&self) -> [Option<Duration>; 3] {
         let started = self.started.load(Ordering::Relaxed);
+        if started == 0 {
+            return [None; 3];
+        }
         let responded = self.responded.load(Ordering::Relaxed);
         let sent = self.sent.load(Ordering::Relaxed);
         // A handler that sent nothing ran until now.
@@ -167,10 +172,12 @@ impl Timing {
         } else {
             responded
         };
+        let respond = (responded != 0 && sent != 0)
+            .then(|| Duration::from_nanos(sent.saturating_sub(responded)));
         [
-            Duration::from_nanos(started),
-            Duration::from_nanos(handler_end.saturating_sub(started)),
-            Duration::from_nanos(sent.saturating_sub(responded)),
+            Some(Duration::from_nanos(started)),
+            Some(Duration::from_nanos(handler_end.saturating_sub(started))),
+            respond,
         ]
     }
 }

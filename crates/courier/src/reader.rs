@@ -58,6 +58,8 @@ pub(crate) async fn read_loop(
                     Poll::Ready(s) => Some(s),
                     Poll::Pending => {
                         conn.counters.limit_waits.fetch_add(1, Ordering::Relaxed);
+                        conn.counters.at_limit.store(true, Ordering::Relaxed);
+                        let _waited = ClearOnDrop(&conn.counters.at_limit);
                         burst.end(&conn).await;
                         // Not read on purpose: keepalive waits meanwhile.
                         let _paused = conn.liveness.pause(&state.clock);
@@ -264,5 +266,14 @@ fn announce(state: &EngineState, conn: &Conn, payload: &[u8]) {
         None => {
             tracing::debug!(peer = %conn.remote(), "ignoring an invalid address in a Hello frame")
         }
+    }
+}
+
+/// Clears a flag when dropped (however the wait it marks ends).
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }

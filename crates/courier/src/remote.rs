@@ -349,7 +349,7 @@ impl<'a> Counted<'a> {
     }
 
     fn record(&self, outcome: Outcome, bytes_in: usize) {
-        let phases = self.started.map(|t| [t.elapsed()]);
+        let phases = self.started.map(|t| [Some(t.elapsed())]);
         self.side.end(
             outcome,
             bytes_in as u64,

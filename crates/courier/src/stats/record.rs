@@ -160,16 +160,25 @@ impl Side {
         self.started.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one that ended: its outcome, bytes, and phases (timed only).
+    /// Counts one that ended: its outcome, bytes, and phases (timed only;
+    /// `None` for a phase it never reached).
     #[inline]
-    pub(crate) fn end(&self, outcome: Outcome, bytes_in: u64, bytes_out: u64, phases: &[Duration]) {
+    pub(crate) fn end(
+        &self,
+        outcome: Outcome,
+        bytes_in: u64,
+        bytes_out: u64,
+        phases: &[Option<Duration>],
+    ) {
         let mut t = lock(&self.tally);
         t.finished += 1;
         t.outcomes[outcome as usize] += 1;
         t.bytes_in += bytes_in;
         t.bytes_out += bytes_out;
         for (i, d) in phases.iter().enumerate() {
-            t.record(i, *d);
+            if let Some(d) = d {
+                t.record(i, *d);
+            }
         }
     }
 
@@ -251,6 +260,9 @@ pub(crate) struct ConnCounters {
     pub(crate) limit_waits: AtomicU64,
     /// The most requests in flight at once on the connection.
     pub(crate) peak_in_flight: AtomicUsize,
+    /// Set while the reader waits for a request slot: it then holds none
+    /// (otherwise it holds the next request's, taken before reading).
+    pub(crate) at_limit: AtomicBool,
 }
 
 impl ConnCounters {
@@ -264,6 +276,17 @@ impl ConnCounters {
     pub(crate) fn sent(&self, bytes: usize) {
         self.messages_out.fetch_add(1, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The peer's requests in flight, from the slots taken on the
+    /// connection (`taken`): all but the one the reader holds for the next
+    /// request, unless it waits for one.
+    pub(crate) fn requests_in_flight(&self, taken: usize) -> usize {
+        if self.at_limit.load(Ordering::Relaxed) {
+            taken
+        } else {
+            taken.saturating_sub(1)
+        }
     }
 
     /// Counts a request from the peer, with `in_flight` of them now.
@@ -363,7 +386,7 @@ mod tests {
         let s = Side::default();
         s.begin();
         s.begin();
-        s.end(Outcome::Ok, 10, 20, &[Duration::from_micros(5)]);
+        s.end(Outcome::Ok, 10, 20, &[Some(Duration::from_micros(5)), None]);
         s.refused(Outcome::Busy, 7);
         assert_eq!(s.started(), 3);
         s.read(|t| {

@@ -48,7 +48,8 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
                 messages_out: n.messages_out.load(Ordering::Relaxed),
                 bytes_out: n.bytes_out.load(Ordering::Relaxed),
                 requests: n.requests.load(Ordering::Relaxed),
-                requests_in_flight: c.limits.in_flight(config.max_in_flight_per_connection),
+                requests_in_flight: n
+                    .requests_in_flight(c.limits.in_flight(config.max_in_flight_per_connection)),
                 peak_requests_in_flight: n.peak_in_flight.load(Ordering::Relaxed),
                 calls_in_flight: c.calls_in_flight(),
                 errors_sent: n.errors_sent.load(Ordering::Relaxed),

@@ -122,6 +122,8 @@ impl Dispatcher {
     ) {
         let state = &self.state;
         if header.provider == RESERVED_PROVIDER {
+            conn.counters
+                .request(conn.limits.in_flight(state.config.max_in_flight_per_connection));
             return crate::stats::serve::request(state, &self.providers, conn, header, slot).await;
         }
         let refuse = |status: Status, message: String| async move {

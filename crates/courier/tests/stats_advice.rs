@@ -500,7 +500,11 @@ async fn calls_past_their_deadline_are_told_to_the_caller() {
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
     let c = advice(&client.stats(), DEADLINE_ERRORS, "hold@0");
     assert_eq!(c.severity, Severity::Warning);
-    assert!(c.finding.contains("1 of 1 call from here"), "{c}");
+    assert!(
+        c.finding
+            .contains("1 of 1 call from here ended past its deadline"),
+        "{c}"
+    );
     assert!(c.setting.contains("timeouts.call_ms"), "{c}");
     // Calls that end in time are no advice (the late call's handler was
     // dropped when it was cancelled: the permit is for the next one).

@@ -592,8 +592,9 @@ fn deadline_errors(stats: &Stats, out: &mut Vec<Advice>) {
                 Severity::Warning,
                 subject(rpc),
                 format!(
-                    "{n} of {} from here ended past their deadline{round_trip}.",
-                    count(called.calls, "call", "calls")
+                    "{n} of {} from here ended past {} deadline{round_trip}.",
+                    count(called.calls, "call", "calls"),
+                    if n == 1 { "its" } else { "their" },
                 ),
                 "a longer timeout for this RPC (`timeouts.call_ms` in the JSON configuration, \
                  `EngineBuilder::call_timeout`, `RemoteFunction::timeout`, \
@@ -604,14 +605,32 @@ fn deadline_errors(stats: &Stats, out: &mut Vec<Advice>) {
         }
         if let Some(n) = rpc.served.as_ref().and_then(|s| past(s).map(|n| (n, s))) {
             let (n, served) = n;
+            let phases: Vec<String> = ["queue", "handler"]
+                .iter()
+                .filter_map(|p| {
+                    let l = served.phase(p)?;
+                    Some(format!("{p} p50 {}, p99 {}", us(l.p50_us), us(l.p99_us)))
+                })
+                .collect();
+            let phases = if phases.is_empty() {
+                String::new()
+            } else {
+                format!(" (timed: {})", phases.join("; "))
+            };
             out.push(Advice::new(
                 DEADLINE_ERRORS,
                 Severity::Warning,
                 subject(rpc),
                 format!(
-                    "{n} of {} here ended past their caller's deadline: the callers had given \
-                     up, and the work was wasted.",
-                    count(served.calls, "request", "requests")
+                    "{n} of {} here ended past {}: the {} given up, and the work was \
+                     wasted{phases}.",
+                    count(served.calls, "request", "requests"),
+                    if n == 1 {
+                        "its caller's deadline"
+                    } else {
+                        "their callers' deadlines"
+                    },
+                    if n == 1 { "caller had" } else { "callers had" },
                 ),
                 format!(
                     "this engine takes longer than its callers wait: the `queue` and `handler` \
@@ -1004,8 +1023,19 @@ mod tests {
         assert!(advice[0].setting.contains("timeouts.call_ms"));
         let mut served = side(4);
         served.errors.insert("deadline".into(), 1);
+        served
+            .phases
+            .insert("handler".into(), latency(&[100_000, 100_000, 5, 5]));
         s.rpcs[0].served = Some(served);
         assert_eq!(codes(&s), [DEADLINE_ERRORS, DEADLINE_ERRORS]);
+        let served = &s.advise()[1];
+        assert!(
+            served.finding.starts_with(
+                "1 of 4 requests here ended past its caller's deadline: the caller had given up"
+            ),
+            "{served}"
+        );
+        assert!(served.finding.contains("(timed: handler p50"), "{served}");
     }
 
     #[test]

@@ -98,6 +98,38 @@ impl Address {
             .map_err(|e| errors::to_py(py, &e))
     }
 
+    /// The statistics of the engine at this address, as a dict (the JSON
+    /// schema of docs/observability.md), read through its built-in
+    /// statistics RPC: it must serve them (`Engine(..., serve_stats=True)`,
+    /// `"stats": {"serve": true}`, `courier serve --stats`), else
+    /// `RemoteError`. `BusyError` while it answers another such request;
+    /// `TimeoutError` past `timeout` (milliseconds; None or 0: the
+    /// engine's call timeout, if any); `CourierError` for the rest.
+    #[pyo3(signature = (timeout=None))]
+    fn stats<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let after = crate::remote::timeout_from_ms(timeout)?;
+        let addr = self.inner.clone();
+        let stats = self
+            .shared
+            .wait(py, "Address.stats", async move {
+                let Some(after) = after else {
+                    return addr.stats().await;
+                };
+                match tokio::time::timeout(after, addr.stats()).await {
+                    Ok(read) => read,
+                    Err(_) => Err(courier::Error::Timeout {
+                        rpc: courier::stats::STATS_RPC.to_owned(),
+                        address: addr.to_string(),
+                        after,
+                    }),
+                }
+            })?
+            .map_err(|e| errors::to_py(py, &e))?;
+        py.import("json")?
+            .getattr("loads")?
+            .call1((stats.to_json(),))
+    }
+
     /// `ping` as an asyncio awaitable: `await address.ping_async()`.
     #[pyo3(signature = (timeout=None))]
     fn ping_async<'py>(

@@ -628,6 +628,9 @@ async fn serve(target: Arc<Target>, handle: courier::Handle, payload: Bytes) -> 
         target: target.clone(),
         armed: true,
     };
+    // It waits for its event loop: a `waiting` request in the statistics
+    // until the loop starts its task (`start`).
+    handle.mark_queued();
     target.mailbox.get().post(Delivery::Start(Starting {
         target: target.clone(),
         handle,
@@ -684,6 +687,8 @@ fn start(py: Python<'_>, starting: Starting) {
         )));
         return;
     };
+    // The loop takes it up: its wait (the `queue` phase) ends here.
+    handle.mark_started();
     match start_task(py, &target, handle, &payload, shared) {
         Ok(Some(task)) => {
             let finished = Finished {

@@ -169,13 +169,15 @@ impl Drop for Engine {
 impl Engine {
     /// `Engine(protocol, mode=server, use_progress_thread=False,
     /// num_rpc_threads=0, config=None)`, as PyMargo's (`options=` is
-    /// accepted for `config=`). The keyword arguments, when given, take
-    /// precedence over the same settings in `config`.
+    /// accepted for `config=`), and Courier's keywords `stats_timing` and
+    /// `serve_stats` (`"stats": {"timing": ..., "serve": ...}` in
+    /// `config`). The keyword arguments, when given, take precedence over
+    /// the same settings in `config`.
     ///
     /// `_instance` (an `InstanceId`, for `from_margo_instance_id`) makes
     /// another object over that engine instead of a new engine.
     #[new]
-    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, _instance=None))]
+    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, stats_timing=None, serve_stats=None, _instance=None))]
     // PyMargo's signature, and the two keywords of Courier's.
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -186,6 +188,8 @@ impl Engine {
         num_rpc_threads: Option<usize>,
         config: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyAny>>,
+        stats_timing: Option<bool>,
+        serve_stats: Option<bool>,
         _instance: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if let Some(instance) = _instance {
@@ -231,6 +235,12 @@ impl Engine {
         }
         if let Some(m) = mode {
             builder = builder.mode(m);
+        }
+        if let Some(on) = stats_timing {
+            builder = builder.stats_timing(on);
+        }
+        if let Some(on) = serve_stats {
+            builder = builder.serve_stats(on);
         }
         // One runtime for every mode, driven by the handler threads
         // (`Shared::start_handlers`) and by the threads waiting in it.
@@ -321,6 +331,27 @@ impl Engine {
         py.import("json")?.getattr("loads")?.call1((v.to_string(),))
     }
 
+    /// This engine's statistics, as a dict: the JSON schema of
+    /// docs/observability.md (counts, errors by kind and, with
+    /// `stats_timing`, latency phases per RPC and provider; peers;
+    /// providers' limits; bulk transfers; the progress loop). Its
+    /// `settings` give the handler threads as `config` does.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stats = self.shared.engine.stats();
+        let mut v = serde_json::to_value(&stats)
+            .map_err(|e| errors::courier_error(py, format!("statistics: {e}")))?;
+        // The binding runs the handlers on threads of its own: the engine
+        // underneath was built with neither (see `py_new`).
+        if let Some(Value::Object(settings)) = v.get_mut("settings") {
+            settings.insert(
+                "use_progress_thread".into(),
+                Value::Bool(self.shared.progress_thread),
+            );
+            settings.insert("rpc_thread_count".into(), self.shared.rpc_threads.into());
+        }
+        py.import("json")?.getattr("loads")?.call1((v.to_string(),))
+    }
+
     /// Lets peers shut this engine down with `address.shutdown()`.
     fn enable_remote_shutdown(&self) {
         self.shared.engine.enable_remote_shutdown();
@@ -365,6 +396,9 @@ impl Engine {
                 move |handle: courier::Handle, payload: Bytes| {
                     let (done, result) = oneshot::channel();
                     let token = handle.cancel_token();
+                    // It waits for a handler thread: a `waiting` request
+                    // in the statistics until one takes it up (`run_job`).
+                    handle.mark_queued();
                     let queued = jobs
                         .push(Job {
                             handle,

@@ -481,6 +481,9 @@ impl Shared {
             ));
             return Ok(());
         }
+        // A thread took the request up: its wait for one (the statistics'
+        // `queue` phase, and its count among the `waiting`) ends here.
+        handle.mark_started();
         let rpc = handle.rpc_name().to_owned();
         let token = handle.cancel_token();
         let handle = Handle::new(handle, self.clone());

@@ -122,8 +122,10 @@ impl Dispatcher {
     ) {
         let state = &self.state;
         if header.provider == RESERVED_PROVIDER {
-            conn.counters
-                .request(conn.limits.in_flight(state.config.max_in_flight_per_connection));
+            conn.counters.request(
+                conn.limits
+                    .in_flight(state.config.max_in_flight_per_connection),
+            );
             return crate::stats::serve::request(state, &self.providers, conn, header, slot).await;
         }
         let refuse = |status: Status, message: String| async move {
@@ -201,6 +203,7 @@ impl Dispatcher {
             // (or the deadline) while it waits in the queue: its handler
             // never runs.
             handle.track();
+            handle.mark_waiting();
             let state = state.clone();
             return admitted.spawn(&self.state.handler_rt, move |place| async move {
                 handle.hold_place(place);
@@ -213,6 +216,7 @@ impl Dispatcher {
         if !state.inline_handlers {
             // It runs on another thread: a cancel may come before it starts.
             handle.track();
+            handle.mark_waiting();
             let fut = handler::run(entry.handler.run.clone(), handle, payload);
             state.handler_rt.spawn(fut);
             return;

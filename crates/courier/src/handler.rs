@@ -114,6 +114,9 @@ struct RequestState {
     rpc: Arc<RpcRecord>,
     /// How the request ended, as counted when it is done ([`Outcome`]).
     outcome: AtomicU8,
+    /// Whether its handler runs ([`Start`]), for the statistics' count of
+    /// requests waiting for theirs.
+    start: AtomicU8,
     /// Payload bytes of the request, and of the response sent.
     bytes_in: u64,
     bytes_out: AtomicU64,
@@ -138,6 +141,22 @@ struct RequestState {
     /// has limits (`admission.rs`; set when the request's turn comes):
     /// given back at the same time.
     provider: OnceLock<ProviderPermit>,
+}
+
+/// Where a request's handler stands, for the statistics' count of requests
+/// waiting for theirs: new (polled at once on the progress loop: never
+/// counted as waiting), waiting (handed to a task: a handler thread, its
+/// provider's turn), running, or handed by its handler to a queue of a
+/// binding's own ([`Handle::mark_queued`]) where it waits again for a
+/// thread. Each step is taken by the one party that holds the request at
+/// that point, so plain loads and stores do.
+struct Start;
+
+impl Start {
+    const NEW: u8 = 0;
+    const WAITING: u8 = 1;
+    const RUNNING: u8 = 2;
+    const QUEUED: u8 = 3;
 }
 
 /// When a request arrived, and its later marks in nanoseconds after that
@@ -188,11 +207,45 @@ impl RequestState {
     }
 
     /// Marks the handler's start (its first poll, or, for a blocking
-    /// handler, when a thread takes it up).
+    /// handler, when a thread takes it up), timed with timing on. Ends the
+    /// request's wait, if it waited (one relaxed increment); a request
+    /// polled at once pays a load and a store of its own.
     fn mark_started(&self) {
+        match self.start.load(Ordering::Relaxed) {
+            Start::RUNNING => {}
+            Start::NEW => self.start.store(Start::RUNNING, Ordering::Relaxed),
+            _ => {
+                self.start.store(Start::RUNNING, Ordering::Relaxed);
+                self.rpc.server.wait_ends();
+            }
+        }
         if let Some(t) = &self.timing {
             t.mark(&t.started);
         }
+    }
+
+    /// The request is handed to a task that will poll its handler later
+    /// (a handler thread, its provider's turn): it waits until
+    /// [`RequestState::mark_started`].
+    fn mark_waiting(&self) {
+        if self.start.load(Ordering::Relaxed) == Start::NEW {
+            self.start.store(Start::WAITING, Ordering::Relaxed);
+            self.rpc.server.wait_begins();
+        }
+    }
+
+    /// The handler handed the request to a queue of its own: it waits
+    /// again, until [`RequestState::mark_started`].
+    fn mark_queued(&self) {
+        if self.start.load(Ordering::Relaxed) == Start::RUNNING {
+            self.start.store(Start::QUEUED, Ordering::Relaxed);
+            self.rpc.server.wait_begins();
+        }
+    }
+
+    /// Whether the request waits for its handler to start.
+    fn waits(start: u8) -> bool {
+        matches!(start, Start::WAITING | Start::QUEUED)
     }
 
     fn expects_response(&self) -> bool {
@@ -290,11 +343,12 @@ impl Drop for RequestState {
         }
         let outcome = Outcome::from_u8(*self.outcome.get_mut());
         let phases = self.timing.as_ref().map(Timing::phases);
-        self.rpc.server.end(
+        self.rpc.server.end_served(
             outcome,
             self.bytes_in,
             *self.bytes_out.get_mut(),
             phases.as_ref().map_or(&[][..], |p| &p[..]),
+            Self::waits(*self.start.get_mut()),
         );
         // A handle dropped without responding, after the handler returned
         // (a deferred response that never came): tell the caller.
@@ -372,6 +426,7 @@ impl Handle {
                 conn,
                 rpc,
                 outcome: AtomicU8::new(Outcome::NoResponse as u8),
+                start: AtomicU8::new(Start::NEW),
                 bytes_in: bytes_in as u64,
                 bytes_out: AtomicU64::new(0),
                 timing: received.map(|received| Timing {
@@ -393,13 +448,31 @@ impl Handle {
     }
 
     /// Marks when the handler's work starts, for the statistics (the end of
-    /// the request's `queue` phase, the start of its `handler` phase). The
-    /// engine marks the first poll of the handler's future; a binding or
-    /// framework that hands the request to a thread of its own calls this
-    /// when that thread takes it up, so that the wait for the thread counts
-    /// as queueing. Does nothing unless timing is on.
+    /// the request's `queue` phase, the start of its `handler` phase, the
+    /// end of its count among the requests `waiting` for their handler).
+    /// The engine marks the first poll of the handler's future; a binding
+    /// or framework that hands the request to a thread of its own calls
+    /// [`Handle::mark_queued`] when it queues it and this when that thread
+    /// takes it up, so that the wait for the thread counts as queueing.
+    /// The phases are timed only with timing on.
     pub fn mark_started(&self) {
         self.state.mark_started();
+    }
+
+    /// Tells the statistics that the handler handed the request to a queue
+    /// of its own (a binding's handler threads, a worker pool), where it
+    /// waits for a thread: it counts among the requests `waiting` for
+    /// their handler again until [`Handle::mark_started`]. Called from the
+    /// handler, before the request is queued (a thread may take it up at
+    /// once); nothing happens if its handler has not started.
+    pub fn mark_queued(&self) {
+        self.state.mark_queued();
+    }
+
+    /// The request goes to a task that polls its handler later: it counts
+    /// as waiting until then (statistics).
+    pub(crate) fn mark_waiting(&self) {
+        self.state.mark_waiting();
     }
 
     /// Makes the request reachable by a `Cancel` frame before its handler

@@ -51,7 +51,24 @@ pub(crate) struct Progress {
     wake: Notify,
     /// Windows that ended without activity (the runtime may park after).
     parks: AtomicU64,
+    /// Parks that a message received ended within `SHORT_PARK`, and their
+    /// total length in microseconds (statistics: a window that just
+    /// missed).
+    short_parks: AtomicU64,
+    short_parks_us: AtomicU64,
 }
+
+/// What a message received adds to [`Progress::activity`], besides the one
+/// every activity adds: the bits above count messages received (the bits
+/// below would carry into them after 2^40 other activities, once).
+const RECEIVED: u64 = 1 << 40;
+
+/// A park shorter than this, in microseconds, was a gap a longer window
+/// would have bridged (the statistics' short parks: `stats::SHORT_PARK_US`).
+pub(crate) const SHORT_PARK_US: u64 = 1000;
+
+/// [`SHORT_PARK_US`] as a duration.
+const SHORT_PARK: Duration = Duration::from_micros(SHORT_PARK_US);
 
 impl Progress {
     pub(crate) fn new(spin: Duration, busy_spin: Duration) -> Self {
@@ -63,12 +80,32 @@ impl Progress {
             spinning: AtomicBool::new(false),
             wake: Notify::new(),
             parks: AtomicU64::new(0),
+            short_parks: AtomicU64::new(0),
+            short_parks_us: AtomicU64::new(0),
         }
     }
 
     /// Windows that ended without activity so far (statistics).
     pub(crate) fn parks(&self) -> u64 {
         self.parks.load(Ordering::Relaxed)
+    }
+
+    /// Parks that a message received ended within [`SHORT_PARK`], and
+    /// their total length in microseconds (statistics).
+    pub(crate) fn short_parks(&self) -> (u64, u64) {
+        (
+            self.short_parks.load(Ordering::Relaxed),
+            self.short_parks_us.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a park of `parked` that a message ended, if it was short.
+    fn woke_after(&self, parked: Duration) {
+        if parked < SHORT_PARK {
+            self.short_parks.fetch_add(1, Ordering::Relaxed);
+            let us = u64::try_from(parked.as_micros()).unwrap_or(u64::MAX);
+            self.short_parks_us.fetch_add(us, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -78,10 +115,23 @@ impl Progress {
     /// Records activity: (re)opens the polling window.
     #[inline]
     pub(crate) fn activity(&self) {
+        self.bump(1);
+    }
+
+    /// Records a message received: activity, counted apart (in the same
+    /// increment) so that the spinner can tell the parks that a message
+    /// ended from those its own engine's sends ended.
+    #[inline]
+    pub(crate) fn received(&self) {
+        self.bump(1 + RECEIVED);
+    }
+
+    #[inline]
+    fn bump(&self, by: u64) {
         if self.spin.is_zero() {
             return;
         }
-        self.activity.fetch_add(1, Ordering::Relaxed);
+        self.activity.fetch_add(by, Ordering::Relaxed);
         if !self.spinning.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
@@ -117,21 +167,34 @@ impl Progress {
     }
 
     /// The spinner: sleeps until activity, then yields until the window
-    /// has passed without any.
+    /// has passed without any. How long each sleep lasted comes from the
+    /// clock reads it makes anyway (statistics: short parks).
     pub(crate) async fn run(self: Arc<Self>) {
+        // When the last window closed, and the activity count then.
+        let mut parked: Option<(Instant, u64)> = None;
         loop {
             self.wake.notified().await;
             self.spinning.store(true, Ordering::Relaxed);
             let mut seen = self.activity.load(Ordering::Relaxed);
             let mut last = Instant::now();
+            if let Some((at, before)) = parked {
+                // A message ended the park (not a send of this engine's).
+                if seen / RECEIVED != before / RECEIVED {
+                    self.woke_after(last.saturating_duration_since(at));
+                }
+            }
             loop {
                 tokio::task::yield_now().await;
                 let now = self.activity.load(Ordering::Relaxed);
                 if now != seen {
                     seen = now;
                     last = Instant::now();
-                } else if last.elapsed() >= self.window() {
-                    break;
+                } else {
+                    let t = Instant::now();
+                    if t.saturating_duration_since(last) >= self.window() {
+                        parked = Some((t, seen));
+                        break;
+                    }
                 }
             }
             self.spinning.store(false, Ordering::Relaxed);
@@ -198,6 +261,27 @@ mod tests {
         let p = Progress::new(spin, Duration::from_micros(10));
         let _c = p.outstanding();
         assert_eq!(p.window(), spin);
+    }
+
+    #[test]
+    fn messages_received_are_told_apart_from_other_activity() {
+        let p = Progress::new(Duration::from_micros(50), Duration::from_micros(1000));
+        p.activity();
+        p.activity();
+        assert_eq!(p.activity.load(Ordering::Relaxed) / RECEIVED, 0);
+        p.received();
+        let a = p.activity.load(Ordering::Relaxed);
+        assert_eq!((a / RECEIVED, a % RECEIVED), (1, 3));
+    }
+
+    #[test]
+    fn only_short_parks_are_counted_as_such() {
+        let p = Progress::new(Duration::from_micros(50), Duration::from_micros(1000));
+        p.woke_after(Duration::from_micros(200));
+        p.woke_after(Duration::from_micros(300));
+        p.woke_after(SHORT_PARK);
+        p.woke_after(Duration::from_secs(10));
+        assert_eq!(p.short_parks(), (2, 500));
     }
 
     #[test]

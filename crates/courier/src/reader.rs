@@ -96,7 +96,7 @@ pub(crate) async fn read_loop(
         };
         let msg = match received {
             Ok(Some(m)) => {
-                conn.progress.activity();
+                conn.progress.received();
                 conn.counters.received(m.len());
                 m
             }

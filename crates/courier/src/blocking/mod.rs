@@ -886,6 +886,9 @@ fn enqueue<O: HandlerOutput>(
     run: impl FnOnce(Handle) -> O + Send + 'static,
 ) -> impl Future<Output = std::result::Result<(), String>> + Send + 'static {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // It waits for a serving thread: a `waiting` request in the statistics
+    // until the thread takes it up (`mark_started` below).
+    h.mark_queued();
     let job: serve::Job = Box::new(move || {
         if h.is_cancelled() {
             return;

@@ -37,7 +37,7 @@
 //! # engine.finalize().await; Ok(()) }
 //! ```
 
-mod advice;
+pub mod advice;
 mod prometheus;
 pub(crate) mod record;
 pub(crate) mod schema;
@@ -47,5 +47,5 @@ pub(crate) mod snapshot;
 pub use advice::{Advice, Severity};
 pub use schema::{
     BulkStats, Latency, PeerStats, ProgressStats, ProviderStats, RpcStats, Settings, SideStats,
-    Stats, SCHEMA, STATS_RPC,
+    Stats, SCHEMA, SHORT_PARK_US, STATS_RPC,
 };

@@ -296,6 +296,21 @@ fn render(stats: &Stats) -> String {
         vec![(none(), stats.progress.parks.into())],
     );
     t.family(
+        "courier_progress_short_parks_total",
+        "counter",
+        "Parks that a message received ended within 1 ms: a longer polling window would have bridged the gap.",
+        vec![(none(), stats.progress.short_parks.into())],
+    );
+    t.family(
+        "courier_progress_short_parks_seconds_total",
+        "counter",
+        "The time those short parks lasted, in all.",
+        vec![(
+            none(),
+            Num::Nanos(stats.progress.short_parks_us.saturating_mul(1000)),
+        )],
+    );
+    t.family(
         "courier_unknown_rpc_requests_total",
         "counter",
         "Requests for RPCs not registered here.",
@@ -336,6 +351,16 @@ fn render(stats: &Stats) -> String {
         "gauge",
         "Requests or calls started and not ended yet.",
         per_side(&|s| s.in_flight.into()),
+    );
+    t.family(
+        "courier_rpc_waiting",
+        "gauge",
+        "Requests served whose handler has not started: waiting for a handler thread or their provider's turn.",
+        sides
+            .iter()
+            .filter(|(l, _)| l.iter().any(|(k, v)| *k == "side" && v == "served"))
+            .map(|(l, s)| (l.clone(), Num::from(s.waiting)))
+            .collect(),
     );
     t.family(
         "courier_rpc_received_bytes_total",
@@ -548,6 +573,7 @@ mod tests {
         SideStats {
             calls,
             in_flight: 1,
+            waiting: 1,
             ok: calls - 3,
             errors: BTreeMap::from([("failed".to_owned(), 1), ("busy".to_owned(), 1)]),
             bytes_in: 64 * calls,
@@ -584,6 +610,8 @@ mod tests {
             progress: ProgressStats {
                 messages_in: 40,
                 parks: 7,
+                short_parks: 5,
+                short_parks_us: 1_250,
             },
             rpcs: vec![
                 RpcStats {
@@ -659,6 +687,14 @@ mod tests {
         assert_eq!(v("courier_unknown_rpc_requests_total", &[]), 3.0);
         assert_eq!(v("courier_uptime_seconds", &[]), 12.345);
         assert_eq!(v("courier_progress_parks_total", &[]), 7.0);
+        assert_eq!(v("courier_progress_short_parks_total", &[]), 5.0);
+        assert_eq!(
+            v("courier_progress_short_parks_seconds_total", &[]),
+            0.00125
+        );
+        assert_eq!(v("courier_rpc_waiting", &echo_served), 1.0);
+        let echo_called = [("rpc", "echo"), ("provider", "0"), ("side", "called")];
+        assert!(e.value("courier_rpc_waiting", &echo_called).is_none());
         assert_eq!(
             v("courier_provider_refused_total", &[("provider", "7")]),
             9.0

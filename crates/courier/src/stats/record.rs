@@ -134,6 +134,10 @@ pub(crate) struct Tally {
     pub(crate) outcomes: [u64; Outcome::COUNT],
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    /// Requests (served side) that ended while they waited for their
+    /// handler to start ([`Side::wait_begins`]): cancelled, or dropped with
+    /// the engine.
+    pub(crate) ended_waiting: u64,
     /// Histograms by phase, made on first use (timing on).
     pub(crate) phases: [Option<Box<Hist>>; 3],
 }
@@ -150,6 +154,13 @@ impl Tally {
 #[derive(Default)]
 pub(crate) struct Side {
     started: AtomicU64,
+    /// Waits of requests for their handler to start (served side) that
+    /// began, and that ended with the start. Only requests that do wait
+    /// count: those handed to a task (handler threads, a provider's turn)
+    /// or to a binding's queue, which pay for a spawn or a lock anyway; a
+    /// request polled at once on the progress loop counts in neither.
+    waits: AtomicU64,
+    waits_ended: AtomicU64,
     tally: Mutex<Tally>,
 }
 
@@ -170,11 +181,27 @@ impl Side {
         bytes_out: u64,
         phases: &[Option<Duration>],
     ) {
+        self.end_served(outcome, bytes_in, bytes_out, phases, false);
+    }
+
+    /// [`Side::end`] for a request served here, which may have ended while
+    /// it waited for its handler to start (`waited`): counted under the
+    /// same lock ([`Side::waiting`]).
+    #[inline]
+    pub(crate) fn end_served(
+        &self,
+        outcome: Outcome,
+        bytes_in: u64,
+        bytes_out: u64,
+        phases: &[Option<Duration>],
+        waited: bool,
+    ) {
         let mut t = lock(&self.tally);
         t.finished += 1;
         t.outcomes[outcome as usize] += 1;
         t.bytes_in += bytes_in;
         t.bytes_out += bytes_out;
+        t.ended_waiting += u64::from(waited);
         for (i, d) in phases.iter().enumerate() {
             if let Some(d) = d {
                 t.record(i, *d);
@@ -186,6 +213,32 @@ impl Side {
     pub(crate) fn refused(&self, outcome: Outcome, bytes_in: u64) {
         self.begin();
         self.end(outcome, bytes_in, 0, &[]);
+    }
+
+    /// Counts a request that begins to wait for its handler to start (one
+    /// relaxed increment, on paths that spawn a task or take a lock).
+    #[inline]
+    pub(crate) fn wait_begins(&self) {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a wait that ended: the handler started.
+    #[inline]
+    pub(crate) fn wait_ends(&self) {
+        self.waits_ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests waiting for their handler to start now (served side):
+    /// waits begun, less those ended by a start or by the request's end.
+    /// The waits begun are read first, so that one that begins and ends
+    /// meanwhile is not counted (it may be left out instead): a snapshot is
+    /// a moment, not a transaction, and errs low, never below zero. Takes
+    /// the tally's lock: not from inside [`Side::read`].
+    pub(crate) fn waiting(&self) -> u64 {
+        let begun = self.waits.load(Ordering::Relaxed);
+        let started = self.waits_ended.load(Ordering::Relaxed);
+        let ended = self.read(|t| t.ended_waiting);
+        begun.saturating_sub(started + ended)
     }
 
     pub(crate) fn started(&self) -> u64 {
@@ -389,8 +442,10 @@ mod tests {
         s.end(Outcome::Ok, 10, 20, &[Some(Duration::from_micros(5)), None]);
         s.refused(Outcome::Busy, 7);
         assert_eq!(s.started(), 3);
+        assert_eq!(s.waiting(), 0, "none of them waited");
         s.read(|t| {
             assert_eq!(t.finished, 2);
+            assert_eq!(t.ended_waiting, 0);
             assert_eq!(t.outcomes[Outcome::Ok as usize], 1);
             assert_eq!(t.outcomes[Outcome::Busy as usize], 1);
             assert_eq!((t.bytes_in, t.bytes_out), (17, 20));
@@ -398,6 +453,27 @@ mod tests {
             assert_eq!(h, Some(1));
             assert!(t.phases[1].is_none());
         });
+    }
+
+    #[test]
+    fn waits_count_until_the_handler_starts_or_the_request_ends() {
+        let s = Side::default();
+        s.begin();
+        s.wait_begins(); // Spawned on a handler thread...
+        assert_eq!(s.waiting(), 1);
+        s.wait_ends(); // ...which polled it.
+        assert_eq!(s.waiting(), 0);
+        s.wait_begins(); // Its handler queued it for a thread of its own...
+        assert_eq!(s.waiting(), 1);
+        s.wait_ends(); // ...which took it up.
+        s.end_served(Outcome::Ok, 0, 0, &[], false);
+        // One that waited and was dropped meanwhile.
+        s.begin();
+        s.wait_begins();
+        assert_eq!(s.waiting(), 1);
+        s.end_served(Outcome::Finalizing, 0, 0, &[], true);
+        assert_eq!(s.waiting(), 0);
+        s.read(|t| assert_eq!(t.ended_waiting, 1));
     }
 
     #[test]

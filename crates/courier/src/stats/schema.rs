@@ -78,7 +78,23 @@ pub struct ProgressStats {
     /// `progress_spin_us = 0` the engine parks whenever it is idle and this
     /// counts nothing.
     pub parks: u64,
+    /// Parks that a message received ended within [`SHORT_PARK_US`]
+    /// microseconds: the message came soon after the window closed, and
+    /// paid the wake-up the window is there to save (a longer window would
+    /// have bridged the gap). Parks that this engine's own sends ended are
+    /// not counted. Counted by the polling loop when it wakes, from the
+    /// clock reads it makes anyway.
+    #[serde(default)]
+    pub short_parks: u64,
+    /// The time those short parks lasted, in all (microseconds): over
+    /// `short_parks`, the typical gap a window would have to bridge.
+    #[serde(default)]
+    pub short_parks_us: u64,
 }
+
+/// What makes a park short ([`ProgressStats::short_parks`]): a message
+/// came within this many microseconds.
+pub const SHORT_PARK_US: u64 = crate::progress::SHORT_PARK_US;
 
 /// The statistics of one RPC at one provider: the requests this engine
 /// served (`served`) and the calls it made (`called`).
@@ -107,6 +123,14 @@ pub struct SideStats {
     pub calls: u64,
     /// Started and not ended yet.
     pub in_flight: u64,
+    /// Of those, requests whose handler has not started (served side; 0 on
+    /// the called side): waiting for a handler thread (one of
+    /// `rpc_thread_count`, a pool's, the blocking API's serving thread, or
+    /// a binding's own: [`Handle::mark_queued`](crate::Handle::mark_queued)),
+    /// or for their provider's turn (`max_queued`). A request whose handler
+    /// is polled as soon as it is read, on the progress loop, never waits.
+    #[serde(default)]
+    pub waiting: u64,
     /// Ended well: answered (served), or a response received (called).
     pub ok: u64,
     /// Ended otherwise, by kind: `failed`, `panicked`, `no_response`,

@@ -29,8 +29,8 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
             name: r.name.to_string(),
             id: format!("{:#018x}", r.id),
             provider: r.provider,
-            served: side(&r.server, &SERVED_PHASES),
-            called: side(&r.client, &CALLED_PHASES),
+            served: side(&r.server, &SERVED_PHASES, true),
+            called: side(&r.client, &CALLED_PHASES, false),
         })
         .filter(|r| r.served.is_some() || r.called.is_some())
         .collect();
@@ -62,6 +62,7 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
     let b = &rec.bulk;
     let moved = b.bytes_pulled.load(Ordering::Relaxed) + b.bytes_pushed.load(Ordering::Relaxed);
     let busy_ns = b.busy_ns.load(Ordering::Relaxed);
+    let (short_parks, short_parks_us) = state.progress.short_parks();
     Stats {
         schema: SCHEMA,
         protocol: state.protocol.name.clone(),
@@ -83,6 +84,8 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
         progress: ProgressStats {
             messages_in: peers_total(state),
             parks: state.progress.parks(),
+            short_parks,
+            short_parks_us,
         },
         rpcs,
         unknown_rpc_requests: rec.unknown_rpcs.load(Ordering::Relaxed),
@@ -113,16 +116,22 @@ fn peers_total(state: &EngineState) -> u64 {
             .sum::<u64>()
 }
 
-/// One side's statistics; `None` if it never started anything.
-fn side(s: &Side, phases: &[&str]) -> Option<SideStats> {
+/// One side's statistics; `None` if it never started anything. `served`:
+/// the server's side, whose requests may wait for their handler.
+fn side(s: &Side, phases: &[&str], served: bool) -> Option<SideStats> {
+    // Before `calls`, and outside the tally's lock (it takes it): the
+    // requests counted here arrived before those counted below.
+    let waiting = if served { s.waiting() } else { 0 };
     let calls = s.started();
     if calls == 0 {
         return None;
     }
     Some(s.read(|t| {
+        let in_flight = calls.saturating_sub(t.finished);
         SideStats {
             calls,
-            in_flight: calls.saturating_sub(t.finished),
+            in_flight,
+            waiting: waiting.min(in_flight),
             ok: t.outcomes[Outcome::Ok as usize],
             errors: t
                 .outcomes

@@ -84,6 +84,9 @@ struct Outbox {
     /// Senders of large messages waiting for the sender: a writer that
     /// ends hands it to them rather than writing the queue itself.
     waiting: usize,
+    /// Messages and bytes sent so far (statistics).
+    messages_out: u64,
+    bytes_out: u64,
 }
 
 impl Outbox {
@@ -176,6 +179,8 @@ impl Conn {
                 spare: Batch::new(),
                 tickets: 0,
                 waiting: 0,
+                messages_out: 0,
+                bytes_out: 0,
             }),
             corked: AtomicBool::new(false),
             written: AtomicU64::new(0),
@@ -284,12 +289,13 @@ impl Conn {
                 max: self.max_message,
             }));
         }
-        self.counters.sent(len);
         // The fast path, where one call in flight always is: nobody is
         // writing and nothing waits, so the message is written at once from
         // its sender's buffer, as if there were no outbox.
         let idle = {
             let mut ob = lock(&self.outbox);
+            ob.messages_out += 1;
+            ob.bytes_out += len as u64;
             if ob.queue.is_empty() && ob.waiting == 0 && !self.corked.load(Ordering::Relaxed) {
                 ob.sender.take().map(|sender| {
                     ob.tickets += 1;
@@ -848,6 +854,12 @@ impl Conn {
             }
             None => false,
         }
+    }
+
+    /// Messages and bytes sent on the connection so far (statistics).
+    pub(crate) fn sent(&self) -> (u64, u64) {
+        let ob = lock(&self.outbox);
+        (ob.messages_out, ob.bytes_out)
     }
 
     /// This engine's calls waiting for answers on the connection.

@@ -150,9 +150,15 @@ impl Tally {
     }
 }
 
-/// One side (server or client) of one RPC.
+/// Shards of a [`Side`]: each thread counts in its own (the `home` it is
+/// given on first use), so that threads calling or serving the same RPC at
+/// once neither wait for one lock nor pass one cache line back and forth.
+const SHARDS: usize = 8;
+
+/// One shard of a [`Side`], on cache lines of its own.
 #[derive(Default)]
-pub(crate) struct Side {
+#[repr(align(128))]
+struct Shard {
     started: AtomicU64,
     /// Waits of requests for their handler to start (served side) that
     /// began, and that ended with the start. Only requests that do wait
@@ -164,11 +170,57 @@ pub(crate) struct Side {
     tally: Mutex<Tally>,
 }
 
+/// The shard of the calling thread.
+fn home() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    HOME.with(|h| *h)
+}
+
+/// One side (server or client) of one RPC.
+pub(crate) struct Side {
+    shards: Box<[Shard; SHARDS]>,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self {
+            shards: Box::default(),
+        }
+    }
+}
+
+impl Tally {
+    /// Adds `other`'s counts and histograms to these.
+    fn add(&mut self, other: &Self) {
+        self.finished += other.finished;
+        for (a, b) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *a += b;
+        }
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.ended_waiting += other.ended_waiting;
+        for (mine, theirs) in self.phases.iter_mut().zip(&other.phases) {
+            if let Some(theirs) = theirs {
+                let h = mine.get_or_insert_with(|| Box::new(new_histogram()));
+                // Both grow as needed: adding cannot overflow their range.
+                let _ = h.add(&**theirs);
+            }
+        }
+    }
+}
+
 impl Side {
+    fn shard(&self) -> &Shard {
+        &self.shards[home()]
+    }
+
     /// Counts a request (server) or call (client) that starts.
     #[inline]
     pub(crate) fn begin(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.shard().started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one that ended: its outcome, bytes, and phases (timed only;
@@ -196,7 +248,7 @@ impl Side {
         phases: &[Option<Duration>],
         waited: bool,
     ) {
-        let mut t = lock(&self.tally);
+        let mut t = self.lock_near();
         t.finished += 1;
         t.outcomes[outcome as usize] += 1;
         t.bytes_in += bytes_in;
@@ -209,6 +261,22 @@ impl Side {
         }
     }
 
+    /// This thread's shard's tally, or, if another thread holds it, the
+    /// first free one after it: a thread never sleeps on a tally while one
+    /// is free.
+    fn lock_near(&self) -> std::sync::MutexGuard<'_, Tally> {
+        let home = home();
+        for i in 0..SHARDS {
+            let shard = &self.shards[(home + i) % SHARDS];
+            match shard.tally.try_lock() {
+                Ok(t) => return t,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        lock(&self.shards[home].tally)
+    }
+
     /// Counts a request refused before any handler saw it.
     pub(crate) fn refused(&self, outcome: Outcome, bytes_in: u64) {
         self.begin();
@@ -219,13 +287,20 @@ impl Side {
     /// relaxed increment, on paths that spawn a task or take a lock).
     #[inline]
     pub(crate) fn wait_begins(&self) {
-        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.shard().waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a wait that ended: the handler started.
     #[inline]
     pub(crate) fn wait_ends(&self) {
-        self.waits_ended.fetch_add(1, Ordering::Relaxed);
+        self.shard().waits_ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Requests waiting for their handler to start now (served side):
@@ -233,21 +308,25 @@ impl Side {
     /// The waits begun are read first, so that one that begins and ends
     /// meanwhile is not counted (it may be left out instead): a snapshot is
     /// a moment, not a transaction, and errs low, never below zero. Takes
-    /// the tally's lock: not from inside [`Side::read`].
+    /// the tallies' locks: not from inside [`Side::read`].
     pub(crate) fn waiting(&self) -> u64 {
-        let begun = self.waits.load(Ordering::Relaxed);
-        let started = self.waits_ended.load(Ordering::Relaxed);
+        let begun = self.sum(|s| &s.waits);
+        let started = self.sum(|s| &s.waits_ended);
         let ended = self.read(|t| t.ended_waiting);
         begun.saturating_sub(started + ended)
     }
 
     pub(crate) fn started(&self) -> u64 {
-        self.started.load(Ordering::Relaxed)
+        self.sum(|s| &s.started)
     }
 
-    /// A copy of the tally (histograms cloned), taken under the lock.
+    /// The shards' tallies added up (each locked in turn, briefly).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Tally) -> T) -> T {
-        f(&lock(&self.tally))
+        let mut all = Tally::default();
+        for shard in self.shards.iter() {
+            all.add(&lock(&shard.tally));
+        }
+        f(&all)
     }
 }
 
@@ -293,14 +372,15 @@ impl BulkCounters {
     }
 }
 
-/// What a connection counts: one relaxed increment per message each way,
-/// the rest on colder paths.
+/// What a connection counts. The reader alone writes what it counts (the
+/// messages it receives, the requests it dispatches): a load and a store
+/// each. Messages sent are counted under the outbox's lock
+/// (`conn.rs`), which every send takes anyway. The rest is on colder
+/// paths.
 #[derive(Default, Debug)]
 pub(crate) struct ConnCounters {
     pub(crate) messages_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
-    pub(crate) messages_out: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
     /// Requests the peer sent.
     pub(crate) requests: AtomicU64,
     /// Error frames sent to the peer.
@@ -321,14 +401,8 @@ pub(crate) struct ConnCounters {
 impl ConnCounters {
     #[inline]
     pub(crate) fn received(&self, bytes: usize) {
-        self.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    #[inline]
-    pub(crate) fn sent(&self, bytes: usize) {
-        self.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        bump(&self.messages_in, 1);
+        bump(&self.bytes_in, bytes as u64);
     }
 
     /// The peer's requests in flight, from the slots taken on the
@@ -345,11 +419,21 @@ impl ConnCounters {
     /// Counts a request from the peer, with `in_flight` of them now.
     #[inline]
     pub(crate) fn request(&self, in_flight: usize) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        bump(&self.requests, 1);
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
-            self.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+            self.peak_in_flight.store(in_flight, Ordering::Relaxed);
         }
     }
+}
+
+/// Adds `n` to a counter only the connection's reader writes (others only
+/// read it): a load and a store, no read-modify-write.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// Whether a snapshot is being taken for a peer now (`serve.rs`).

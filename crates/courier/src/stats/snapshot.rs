@@ -40,13 +40,14 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
         .iter()
         .map(|c| {
             let n = &c.counters;
+            let sent = c.sent();
             PeerStats {
                 address: c.remote().to_string(),
                 connection: c.id,
                 messages_in: n.messages_in.load(Ordering::Relaxed),
                 bytes_in: n.bytes_in.load(Ordering::Relaxed),
-                messages_out: n.messages_out.load(Ordering::Relaxed),
-                bytes_out: n.bytes_out.load(Ordering::Relaxed),
+                messages_out: sent.0,
+                bytes_out: sent.1,
                 requests: n.requests.load(Ordering::Relaxed),
                 requests_in_flight: n
                     .requests_in_flight(c.limits.in_flight(config.max_in_flight_per_connection)),

@@ -180,16 +180,9 @@ fn home() -> usize {
 }
 
 /// One side (server or client) of one RPC.
+#[derive(Default)]
 pub(crate) struct Side {
     shards: Box<[Shard; SHARDS]>,
-}
-
-impl Default for Side {
-    fn default() -> Self {
-        Self {
-            shards: Box::default(),
-        }
-    }
 }
 
 impl Tally {

@@ -159,6 +159,7 @@ impl Dispatcher {
             header,
             entry.idempotent,
             deadline,
+            ext.trace,
             Some(slot),
         );
         if let Some(admitted) = admitted {

@@ -22,6 +22,7 @@ use crate::frame::{self, Header, Kind, Status};
 use crate::limits::RequestSlot;
 use crate::peer::Peer;
 use crate::state::EngineState;
+use crate::trace::{self, TraceContext};
 
 /// What a handler may return: `()`, or `Result<(), E>` where `E` displays
 /// (the message is sent to the caller as a remote error).
@@ -115,6 +116,11 @@ struct RequestState {
     responded: AtomicBool,
     /// The caller's deadline, if it sent one.
     deadline: Option<Instant>,
+    /// The caller's trace context, if it sent one.
+    parent_trace: Option<TraceContext>,
+    /// The handler's own (a child of the caller's), made with its span
+    /// when it starts running (`run`).
+    trace: OnceLock<TraceContext>,
     /// Fires when the caller gives up or the deadline passes; made when
     /// first needed (the handler waits, asks for it, or makes a call).
     token: OnceLock<CancelToken>,
@@ -258,6 +264,7 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
+    #[allow(clippy::too_many_arguments)] // the request's parts, as dispatch has them
     pub(crate) fn new(
         engine: Arc<EngineState>,
         conn: Arc<Conn>,
@@ -265,6 +272,7 @@ impl Handle {
         header: Header,
         idempotent: bool,
         deadline: Option<Instant>,
+        parent_trace: Option<TraceContext>,
         slot: Option<RequestSlot>,
     ) -> Self {
         Self {
@@ -276,6 +284,8 @@ impl Handle {
                 idempotent,
                 responded: AtomicBool::new(false),
                 deadline,
+                parent_trace,
+                trace: OnceLock::new(),
                 token: OnceLock::new(),
                 tracked: AtomicBool::new(false),
                 _slot: slot,
@@ -337,6 +347,20 @@ impl Handle {
     /// need not agree). Past it the handler is cancelled.
     pub fn deadline(&self) -> Option<Instant> {
         self.state.deadline
+    }
+
+    /// The trace context the caller sent, as received: its span is the
+    /// parent of this handler's. `None` if it sent none.
+    pub fn parent_trace(&self) -> Option<TraceContext> {
+        self.state.parent_trace
+    }
+
+    /// This handler's own trace context, if the caller sent one: the same
+    /// trace, a span id of its own, whose parent is the caller's
+    /// ([`Handle::parent_trace`]). The calls the handler makes carry it.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.state.parent_trace?;
+        self.state.trace.get().copied()
     }
 
     /// The time left before [`Handle::deadline`], if there is one (zero
@@ -481,14 +505,24 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
         peer = %state.conn.remote(),
         status = tracing::field::Empty,
         duration_us = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
     );
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
+    // A caller's trace context: the handler's span is its child.
+    let trace = state.parent_trace.as_ref().map(|parent| {
+        let own = trace::server_span(&span, parent);
+        let _ = state.trace.set(own);
+        own
+    });
     let guarded = Guarded {
         state: Some(state),
         start: Some((handler, handle, payload)),
         fut: None,
         cancel: None,
+        trace,
     };
     let (mut ended, state) = guarded.instrument(span.clone()).await;
     let Some(state) = state else {
@@ -574,6 +608,9 @@ struct Guarded {
     /// Completes when the request is cancelled; made when the handler
     /// first has to wait (one that finishes at once pays nothing for it).
     cancel: Option<BoxFuture<'static, CancelReason>>,
+    /// The handler's trace context, in scope while it is polled
+    /// (`trace.rs`): its calls carry it.
+    trace: Option<TraceContext>,
 }
 
 impl Future for Guarded {
@@ -595,16 +632,18 @@ impl Future for Guarded {
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
         let mut serving: Option<Arc<dyn Serving>> = Some(state);
-        let polled = cancel::enter(&mut serving, || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if let Some((handler, handle, payload)) = start.take() {
-                    *fut = Some(handler(handle, payload));
-                }
-                match fut.as_mut() {
-                    Some(f) => f.as_mut().poll(cx),
-                    None => Poll::Ready(Ok(())),
-                }
-            }))
+        let polled = trace::enter(this.trace, || {
+            cancel::enter(&mut serving, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if let Some((handler, handle, payload)) = start.take() {
+                        *fut = Some(handler(handle, payload));
+                    }
+                    match fut.as_mut() {
+                        Some(f) => f.as_mut().poll(cx),
+                        None => Poll::Ready(Ok(())),
+                    }
+                }))
+            })
         });
         let state = serving.and_then(|s| s.into_any().downcast::<RequestState>().ok());
         match polled {

@@ -356,7 +356,8 @@ impl Handle {
     }
 
     /// This handler's own trace context, if the caller sent one: the same
-    /// trace, a span id of its own, whose parent is the caller's
+    /// trace, a span id of its own (with the `otel` feature, that of the
+    /// exported `rpc.handle` span), whose parent is the caller's
     /// ([`Handle::parent_trace`]). The calls the handler makes carry it.
     pub fn trace_context(&self) -> Option<TraceContext> {
         self.state.parent_trace?;

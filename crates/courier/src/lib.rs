@@ -140,8 +140,10 @@
 //! `traceparent`): its own ([`Callable::trace`]), the scope's
 //! ([`trace::in_context`], [`trace::with_context`]), or, made by a
 //! handler, that of the handler's span, itself a child of its caller's
-//! ([`Handle::trace_context`], [`Handle::parent_trace`]). A call without
-//! a context sends nothing more. See the [`trace`] module.
+//! ([`Handle::trace_context`], [`Handle::parent_trace`]). With the `otel`
+//! cargo feature, the OpenTelemetry context of the current `tracing` span
+//! is sent, and a handler's span is the child of the received one. A call
+//! without a context sends nothing more. See the [`trace`] module.
 //!
 //! # Bulk transfers
 //!

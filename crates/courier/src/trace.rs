@@ -19,7 +19,11 @@
 //!    ([`Handle::trace_context`](crate::Handle::trace_context)), which is in
 //!    turn the child of the caller's span
 //!    ([`Handle::parent_trace`](crate::Handle::parent_trace));
-//! 4. else nothing is sent: a call without a context costs no random
+//! 4. with the `otel` cargo feature, the OpenTelemetry context of the
+//!    current `tracing` span (tracing-opentelemetry); on the server side the
+//!    handler's `rpc.handle` span then has the received context as its
+//!    parent, so that exported spans link up across processes;
+//! 5. else nothing is sent: a call without a context costs no random
 //!    number, no clock read and no byte on the wire.
 //!
 //! ```
@@ -421,16 +425,27 @@ thread_local! {
 
 /// The context an async call made here would carry, if it sets none of
 /// its own: that of the [`in_context`] future or of the handler being
-/// polled.
+/// polled; with the `otel` feature, else that of the current `tracing`
+/// span.
 pub fn current() -> Option<TraceContext> {
-    POLLED.with(Cell::get)
+    let polled = POLLED.with(Cell::get);
+    #[cfg(feature = "otel")]
+    if polled.is_none() {
+        return otel::current_span();
+    }
+    polled
 }
 
 /// The context a blocking call made here would carry: as [`current`], and
-/// then that of [`with_context`] (or of the blocking handler running
-/// here).
+/// that of [`with_context`] (or the blocking handler running here) before
+/// a `tracing` span's.
 pub(crate) fn here() -> Option<TraceContext> {
-    POLLED.with(Cell::get).or_else(|| HERE.with(Cell::get))
+    let found = POLLED.with(Cell::get).or_else(|| HERE.with(Cell::get));
+    #[cfg(feature = "otel")]
+    if found.is_none() {
+        return otel::current_span();
+    }
+    found
 }
 
 /// Polls `fut` with `ctx` as its trace context: the calls it makes (and
@@ -504,8 +519,12 @@ impl Drop for Restore {
 
 /// The handler's own span, for a request that came with `parent`: records
 /// the ids on its `rpc.handle` span, and returns its context — the same
-/// trace, a new span id.
+/// trace, a new span id (with the `otel` feature and its layer installed,
+/// that of the exported span, whose parent is `parent`).
 pub(crate) fn server_span(span: &tracing::Span, parent: &TraceContext) -> TraceContext {
+    #[cfg(feature = "otel")]
+    let own = otel::server_span(span, parent).unwrap_or_else(|| parent.child());
+    #[cfg(not(feature = "otel"))]
     let own = parent.child();
     if !span.is_disabled() {
         span.record("trace_id", tracing::field::display(own.trace_id_hex()));
@@ -513,6 +532,54 @@ pub(crate) fn server_span(span: &tracing::Span, parent: &TraceContext) -> TraceC
         span.record("parent_id", tracing::field::display(parent.span_id_hex()));
     }
     own
+}
+
+/// The `otel` feature: trace contexts to and from OpenTelemetry's, through
+/// the `tracing` spans that tracing-opentelemetry exports.
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    /// The context of an OpenTelemetry span, if it is a valid one.
+    fn from_otel(sc: &SpanContext) -> Option<TraceContext> {
+        if !sc.is_valid() {
+            return None;
+        }
+        TraceContext::new(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
+        )
+        .ok()
+    }
+
+    /// The OpenTelemetry context of the current `tracing` span.
+    pub(super) fn current_span() -> Option<TraceContext> {
+        let cx = tracing::Span::current().context();
+        from_otel(cx.span().span_context())
+    }
+
+    /// Makes `parent` (received from another process) the parent of the
+    /// handler's span, and returns that span's own context, if the span is
+    /// exported.
+    pub(super) fn server_span(span: &tracing::Span, parent: &TraceContext) -> Option<TraceContext> {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+            .ok()?;
+        from_otel(span.context().span().span_context())
+            .filter(|own| own.trace_id == parent.trace_id)
+    }
 }
 
 #[cfg(test)]

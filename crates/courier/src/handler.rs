@@ -116,11 +116,9 @@ struct RequestState {
     responded: AtomicBool,
     /// The caller's deadline, if it sent one.
     deadline: Option<Instant>,
-    /// The caller's trace context, if it sent one.
-    parent_trace: Option<TraceContext>,
-    /// The handler's own (a child of the caller's), made with its span
-    /// when it starts running (`run`).
-    trace: OnceLock<TraceContext>,
+    /// The trace contexts of a request that came with one (boxed: a
+    /// request without one carries 8 bytes for it).
+    trace: Option<Box<Traced>>,
     /// Fires when the caller gives up or the deadline passes; made when
     /// first needed (the handler waits, asks for it, or makes a call).
     token: OnceLock<CancelToken>,
@@ -135,6 +133,15 @@ struct RequestState {
     /// has limits (`admission.rs`; set when the request's turn comes):
     /// given back at the same time.
     provider: OnceLock<ProviderPermit>,
+}
+
+/// The trace contexts of a request: the caller's, and the handler's own.
+struct Traced {
+    /// The caller's, as received.
+    parent: TraceContext,
+    /// The handler's (a child of the caller's), made with its span when
+    /// it starts running (`run`).
+    own: OnceLock<TraceContext>,
 }
 
 impl RequestState {
@@ -284,8 +291,12 @@ impl Handle {
                 idempotent,
                 responded: AtomicBool::new(false),
                 deadline,
-                parent_trace,
-                trace: OnceLock::new(),
+                trace: parent_trace.map(|parent| {
+                    Box::new(Traced {
+                        parent,
+                        own: OnceLock::new(),
+                    })
+                }),
                 token: OnceLock::new(),
                 tracked: AtomicBool::new(false),
                 _slot: slot,
@@ -352,7 +363,7 @@ impl Handle {
     /// The trace context the caller sent, as received: its span is the
     /// parent of this handler's. `None` if it sent none.
     pub fn parent_trace(&self) -> Option<TraceContext> {
-        self.state.parent_trace
+        self.state.trace.as_ref().map(|t| t.parent)
     }
 
     /// This handler's own trace context, if the caller sent one: the same
@@ -360,8 +371,7 @@ impl Handle {
     /// exported `rpc.handle` span), whose parent is the caller's
     /// ([`Handle::parent_trace`]). The calls the handler makes carry it.
     pub fn trace_context(&self) -> Option<TraceContext> {
-        self.state.parent_trace?;
-        self.state.trace.get().copied()
+        self.state.trace.as_ref()?.own.get().copied()
     }
 
     /// The time left before [`Handle::deadline`], if there is one (zero
@@ -513,9 +523,9 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
     // A caller's trace context: the handler's span is its child.
-    let trace = state.parent_trace.as_ref().map(|parent| {
-        let own = trace::server_span(&span, parent);
-        let _ = state.trace.set(own);
+    let trace = state.trace.as_ref().map(|traced| {
+        let own = trace::server_span(&span, &traced.parent);
+        let _ = traced.own.set(own);
         own
     });
     let guarded = Guarded {

@@ -193,7 +193,7 @@ pub(crate) async fn exchange(
     body: Body<'_>,
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
-    trace: Option<TraceContext>,
+    trace: Option<&TraceContext>,
 ) -> Result<Option<Reply>> {
     // The common case, no deadline, awaits the call itself: no timer, and
     // no layer of futures around it to move.
@@ -220,10 +220,9 @@ async fn call_now(
     mut header: Header,
     body: Body<'_>,
     deadline: Option<Instant>,
-    trace: Option<TraceContext>,
+    trace: Option<&TraceContext>,
 ) -> Result<Option<Reply>> {
     let conn = state.connection_for(peer).await?;
-    let trace = trace.as_ref();
     if header.no_response() {
         header.seq = conn.next_seq();
         body.send(&conn, &header, true, deadline, trace).await?;

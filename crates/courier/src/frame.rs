@@ -222,7 +222,7 @@ pub struct Extensions {
 /// call path writes one without allocating. Derefs to its bytes.
 #[derive(Clone, Copy)]
 pub struct ExtensionBlock {
-    len: usize,
+    len: u8,
     bytes: [u8; MAX_BLOCK_LEN],
 }
 
@@ -230,7 +230,7 @@ impl std::ops::Deref for ExtensionBlock {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -401,7 +401,7 @@ impl Extensions {
         }
         let entries = (at - EXT_BLOCK_HEADER_LEN) as u16;
         b[2..4].copy_from_slice(&entries.to_le_bytes());
-        block.len = at;
+        block.len = at as u8;
         block
     }
 

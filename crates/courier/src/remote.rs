@@ -242,7 +242,15 @@ impl RawCallable {
         let trace = self.trace.or_else(trace::current);
         // The span wraps the call only when it is recorded somewhere: a
         // wrapper is one more move of the call's future on every call.
-        let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired, trace);
+        let work = call::exchange(
+            &f.state,
+            &self.peer,
+            header,
+            body,
+            deadline,
+            expired,
+            trace.as_ref(),
+        );
         let answer = match (&inherited, start) {
             (None, None) => work.await,
             (None, Some(_)) => work.instrument(span.clone()).await,

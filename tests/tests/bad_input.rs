@@ -9,9 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use courier::frame::{rpc_id, Extensions, Header, Kind, Status, FLAG_EXTENSIONS, HEADER_LEN};
+use courier::frame::{
+    rpc_id, Extensions, Header, Kind, Status, EXT_TRACEPARENT, FLAG_EXTENSIONS, HEADER_LEN,
+};
 use courier::transport::framing::PREAMBLE;
-use courier::Error;
+use courier::{Error, TraceContext};
 use courier_conformance::{
     self as cc, assert_hello, call_hello, garbage, guard, length_prefixed, preamble_and_hello,
     raw_connect, read_message, register_hello, wait_for_close, Closed, RawListener, RawSocket,
@@ -259,11 +261,13 @@ async fn read_frame(raw: &mut Box<dyn RawSocket>) -> (Header, Vec<u8>) {
 
 /// Header extensions and cancels from a raw peer, on one connection: a
 /// flood of cancels for unknown requests is ignored; an unknown optional
-/// extension is skipped and the request served; an unknown critical one, or
-/// a malformed block, is refused with a `BadExtension` error naming it
-/// while the connection goes on; a request whose budget was zero when sent
-/// is not run; a frame with a flag bit this version does not define closes
-/// the connection (as the version before extensions did with bit 1).
+/// extension is skipped and the request served (beside a deadline, and
+/// beside a traceparent); an unknown critical one, a malformed block, or
+/// an invalid traceparent (all-zero trace id, wrong length) is refused
+/// with a `BadExtension` error naming it while the connection goes on; a
+/// request whose budget was zero when sent is not run; a frame with a flag
+/// bit this version does not define closes the connection (as the version
+/// before extensions did with bit 1).
 async fn extensions_and_cancels(proto: &str) {
     let server = cc::server(proto).await;
     register_hello(&server);
@@ -288,6 +292,19 @@ async fn extensions_and_cancels(proto: &str) {
         &Extensions::deadline_block(std::time::Duration::ZERO),
     ));
     bytes.extend_from_slice(&extended_hello(5, &[1, 0, 0, 0]));
+    // A traceparent between two optional entries this engine does not know.
+    let trace = TraceContext::new_root(true).to_bytes();
+    let mut traced = vec![1, 0, 38, 0, 0x22, 3, 1, 2, 3, EXT_TRACEPARENT, 26];
+    traced.extend_from_slice(&trace);
+    traced.extend_from_slice(&[0x7f, 3, 4, 5, 6]);
+    bytes.extend_from_slice(&extended_hello(6, &traced));
+    let mut zero_trace_id = vec![1, 0, 28, 0, EXT_TRACEPARENT, 26];
+    zero_trace_id.extend_from_slice(&trace);
+    zero_trace_id[7..23].fill(0);
+    bytes.extend_from_slice(&extended_hello(7, &zero_trace_id));
+    let mut short = vec![1, 0, 27, 0, EXT_TRACEPARENT, 25];
+    short.extend_from_slice(&trace[..25]);
+    bytes.extend_from_slice(&extended_hello(8, &short));
     raw.write_all(&bytes).await.unwrap();
 
     let mut preamble = [0u8; 4];
@@ -312,6 +329,24 @@ async fn extensions_and_cancels(proto: &str) {
     // Request 4's budget was zero: not run, not answered; 5 is next.
     let (h, _) = read_frame(&mut raw).await;
     assert_eq!((h.kind, h.seq), (Kind::Response, 5), "{h:?}");
+    let (h, payload) = read_frame(&mut raw).await;
+    assert_eq!((h.kind, h.seq), (Kind::Response, 6), "{h:?}");
+    assert_eq!(&payload[1..], b"Good bye Matthieu");
+    for (seq, says) in [
+        (
+            7,
+            "extension 0x02 (traceparent) is invalid: the traceparent's trace id is all zeros",
+        ),
+        (8, "extension 0x02 has a 25-byte value, expected 26"),
+    ] {
+        let (h, payload) = read_frame(&mut raw).await;
+        assert_eq!(
+            (h.kind, h.status, h.seq),
+            (Kind::Error, Status::BadExtension, seq)
+        );
+        let message = String::from_utf8(payload).unwrap();
+        assert!(message.contains(says), "{message}");
+    }
 
     let mut unknown_flag = Header::new(Kind::Ping).encode();
     unknown_flag[2] = 0x04;
@@ -319,6 +354,62 @@ async fn extensions_and_cancels(proto: &str) {
         .await
         .unwrap();
     wait_for_close(&mut raw, "the server closing after an unknown flag bit").await;
+}
+
+/// What a client engine sends, seen from a raw server: a call without a
+/// trace context has no extension block (its request is the header and
+/// the arguments, nothing more); a call with one carries exactly the
+/// 26-byte traceparent entry, and the answer completes it.
+async fn trace_context_on_the_wire(proto: &str) {
+    let (listener, peer) = RawListener::bind(proto).await;
+    let client = cc::client(proto).await;
+    let (found, mut raw) = tokio::join!(client.lookup(&peer), listener.accept());
+    let address = found.unwrap();
+    let double = client.remote::<u32, u32>("double");
+    let trace = TraceContext::new_root(true);
+    let plain = {
+        let c = double.on(&address);
+        tokio::spawn(async move { c.call(&2).await })
+    };
+    let mut preamble = [0u8; 4];
+    guard("the client's preamble", raw.read_exact(&mut preamble))
+        .await
+        .unwrap();
+    let hello = read_message(&mut raw).await;
+    assert_eq!(Header::decode(&hello).unwrap().kind, Kind::Hello);
+    let request = read_message(&mut raw).await;
+    let header = Header::decode(&request).unwrap();
+    assert_eq!(header.flags & FLAG_EXTENSIONS, 0, "no context, no block");
+    assert_eq!(&request[HEADER_LEN..], &[2], "the arguments alone");
+    let answer = Header {
+        kind: Kind::Response,
+        ..header
+    };
+    let mut bytes = PREAMBLE.to_vec();
+    bytes.extend_from_slice(&length_prefixed(&answer.encode(), &[4]));
+    raw.write_all(&bytes).await.unwrap();
+    assert_eq!(guard("the plain call", plain).await.unwrap().unwrap(), 4);
+
+    let traced = {
+        let c = double.on(&address).trace(trace);
+        tokio::spawn(async move { c.call(&3).await })
+    };
+    let request = read_message(&mut raw).await;
+    let header = Header::decode(&request).unwrap();
+    assert_eq!(header.flags & FLAG_EXTENSIONS, FLAG_EXTENSIONS);
+    let mut want = vec![1, 0, 28, 0, EXT_TRACEPARENT, 26];
+    want.extend_from_slice(&trace.to_bytes());
+    want.push(3); // the arguments
+    assert_eq!(&request[HEADER_LEN..], &want[..]);
+    let answer = Header {
+        kind: Kind::Response,
+        flags: 0,
+        ..header
+    };
+    raw.write_all(&length_prefixed(&answer.encode(), &[6]))
+        .await
+        .unwrap();
+    assert_eq!(guard("the traced call", traced).await.unwrap().unwrap(), 6);
 }
 
 /// An answer whose extension block is malformed fails its call with a
@@ -427,6 +518,11 @@ macro_rules! stream_bad_input_tests {
             #[tokio::test(flavor = "multi_thread")]
             async fn extensions_and_cancels() {
                 super::super::extensions_and_cancels(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn trace_context_on_the_wire() {
+                super::super::trace_context_on_the_wire(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]

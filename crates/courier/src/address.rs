@@ -96,6 +96,7 @@ impl Address {
             Body::EMPTY,
             deadline,
             timeouts::expired_call(name, &self.peer.addr),
+            None,
         )
         .await?;
         // A control frame always expects an answer (it has no one-way flag).

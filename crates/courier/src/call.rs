@@ -22,6 +22,7 @@ use crate::frame::{self, Extensions, Header, Kind, FLAG_EXTENSIONS, HEADER_LEN};
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
+use crate::trace::TraceContext;
 
 /// What follows the header of an outgoing message.
 #[derive(Debug)]
@@ -48,26 +49,32 @@ impl Body<'_> {
     /// Sends `header` and the body; with `flushed`, returns once the
     /// message is written to the medium, not only queued. With a
     /// `deadline`, the header carries the budget left until it (an
-    /// extension block, `frame.rs`), measured now.
+    /// extension block, `frame.rs`), measured now; with a `trace`, that
+    /// trace context (in the same block).
     async fn send(
         self,
         conn: &Conn,
         header: &Header,
         flushed: bool,
         deadline: Option<Instant>,
+        trace: Option<&TraceContext>,
     ) -> Result<()> {
         // One await for every shape (a nested future for the deadline's
         // shapes would make every call's future larger, and every move of
         // it dearer).
         let mut header = *header;
-        let block = deadline.map(|at| {
+        let block = (deadline.is_some() || trace.is_some()).then(|| {
             header.flags |= FLAG_EXTENSIONS;
-            Extensions::deadline_block(at.saturating_duration_since(Instant::now()))
+            Extensions {
+                deadline: deadline.map(|at| at.saturating_duration_since(Instant::now())),
+                trace: trace.copied(),
+            }
+            .block()
         });
         let head = header.encode();
         let mut all: Vec<&[u8]>;
         let few: [&[u8]; 3];
-        let parts: &[&[u8]] = match (self, &block) {
+        let parts: &[&[u8]] = match (self, block.as_deref()) {
             (Body::Parts([]), None) => {
                 few = [&head, &[], &[]];
                 &few[..1]
@@ -174,7 +181,7 @@ impl Conn {
         body: Body<'_>,
     ) -> Result<PendingCall<'_>> {
         let pending = self.register(&mut header)?;
-        body.send(self, &header, false, None).await?;
+        body.send(self, &header, false, None, None).await?;
         Ok(pending)
     }
 }
@@ -182,7 +189,8 @@ impl Conn {
 /// One call to `peer`, all of it within `deadline`: the connection (opened
 /// if there is none), the send, and — unless `header` says no response is
 /// expected (a one-way request) — the answer. `expired` makes the error
-/// when the deadline passes.
+/// when the deadline passes. `trace`, for a request: the trace context it
+/// carries, if any.
 ///
 /// # Errors
 /// [`Error::Finalized`], connection errors, and `expired`'s.
@@ -193,15 +201,16 @@ pub(crate) async fn exchange(
     body: Body<'_>,
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
+    trace: Option<&TraceContext>,
 ) -> Result<Option<Reply>> {
     // The common case, no deadline, awaits the call itself: no timer, and
     // no layer of futures around it to move.
     match deadline.limit() {
-        None => call_now(state, peer, header, body, None).await,
+        None => call_now(state, peer, header, body, None, trace).await,
         Some((at, after)) => {
             // A request carries its deadline to the server.
             let carried = (header.kind == Kind::Request).then_some(at);
-            let work = call_now(state, peer, header, body, carried);
+            let work = call_now(state, peer, header, body, carried, trace);
             match tokio::time::timeout_at(at.into(), work).await {
                 Ok(r) => r,
                 Err(_) => Err(expired(after)),
@@ -219,14 +228,15 @@ async fn call_now(
     mut header: Header,
     body: Body<'_>,
     deadline: Option<Instant>,
+    trace: Option<&TraceContext>,
 ) -> Result<Option<Reply>> {
     let conn = state.connection_for(peer).await?;
     if header.no_response() {
         header.seq = conn.next_seq();
-        body.send(&conn, &header, true, deadline).await?;
+        body.send(&conn, &header, true, deadline, trace).await?;
         return Ok(None);
     }
     let pending = conn.register(&mut header)?;
-    body.send(&conn, &header, false, deadline).await?;
+    body.send(&conn, &header, false, deadline, trace).await?;
     pending.reply().await.map(Some)
 }

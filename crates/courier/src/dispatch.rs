@@ -192,6 +192,7 @@ impl Dispatcher {
             Arrival {
                 header,
                 deadline,
+                trace: ext.trace,
                 received: state.stats.now(),
                 bytes_in,
                 slot: Some(slot),

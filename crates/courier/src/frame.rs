@@ -32,12 +32,15 @@
 //!
 //! An entry type with bit 7 set is *critical*: an engine that does not know
 //! it refuses the frame. An unknown type without bit 7 is skipped. Known
-//! types: [`EXT_DEADLINE`]. [`Extensions::decode`] parses a block,
-//! [`Extensions::encode`] writes one.
+//! types: [`EXT_DEADLINE`], [`EXT_TRACEPARENT`]. [`Extensions::decode`]
+//! parses a block, [`Extensions::encode`] and [`Extensions::block`] write
+//! one.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::trace::{TraceContext, TraceContextError, TRACEPARENT_LEN};
 
 /// The frame version this engine speaks.
 pub const VERSION: u8 = 1;
@@ -192,8 +195,18 @@ pub const EXT_DEADLINE: u8 = 0x01;
 /// as this one (7 days), so that an absurd value cannot overflow a clock.
 pub const MAX_BUDGET: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Extension type 2, the caller's W3C trace context (its `traceparent`,
+/// binary): version u8 (0), trace id (16 bytes), parent id (8 bytes),
+/// trace flags u8 — 26 bytes ([`TraceContext::to_bytes`]). Not critical:
+/// an engine that does not know it skips it and still answers.
+pub const EXT_TRACEPARENT: u8 = 0x02;
+
 /// Bytes of an extension block that carries only a deadline.
 pub const DEADLINE_BLOCK_LEN: usize = EXT_BLOCK_HEADER_LEN + 2 + 8;
+
+/// Bytes of the largest block this engine writes: a deadline and a
+/// traceparent.
+pub const MAX_BLOCK_LEN: usize = DEADLINE_BLOCK_LEN + 2 + TRACEPARENT_LEN;
 
 /// The optional fields of a frame, from its extension block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -201,6 +214,30 @@ pub struct Extensions {
     /// The caller's remaining budget when it sent the request (capped at
     /// [`MAX_BUDGET`]).
     pub deadline: Option<Duration>,
+    /// The caller's trace context ([`EXT_TRACEPARENT`]).
+    pub trace: Option<TraceContext>,
+}
+
+/// An extension block, built on the stack ([`Extensions::block`]): the
+/// call path writes one without allocating. Derefs to its bytes.
+#[derive(Clone, Copy)]
+pub struct ExtensionBlock {
+    len: u8,
+    bytes: [u8; MAX_BLOCK_LEN],
+}
+
+impl std::ops::Deref for ExtensionBlock {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for ExtensionBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ExtensionBlock").field(&&**self).finish()
+    }
 }
 
 /// Why an extension block is refused.
@@ -238,12 +275,16 @@ pub enum ExtensionError {
     /// The same known entry twice.
     #[error("extension {0:#04x} appears twice")]
     Duplicate(u8),
+    /// A traceparent entry ([`EXT_TRACEPARENT`]) that is not a valid trace
+    /// context: an all-zero trace id or parent id, or version `0xff`.
+    #[error("extension 0x02 (traceparent) is invalid: {0}")]
+    Traceparent(TraceContextError),
 }
 
 impl Extensions {
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.deadline.is_none()
+        self.deadline.is_none() && self.trace.is_none()
     }
 
     /// Splits the extension block off the start of `payload` (the bytes
@@ -298,6 +339,20 @@ impl Extensions {
                     let micros = u64::from_le_bytes(bytes);
                     ext.deadline = Some(Duration::from_micros(micros).min(MAX_BUDGET));
                 }
+                EXT_TRACEPARENT => {
+                    let bytes: &[u8; TRACEPARENT_LEN] =
+                        value.try_into().map_err(|_| ExtensionError::BadLength {
+                            kind,
+                            len,
+                            expected: TRACEPARENT_LEN,
+                        })?;
+                    if ext.trace.is_some() {
+                        return Err(ExtensionError::Duplicate(kind));
+                    }
+                    let trace =
+                        TraceContext::from_bytes(bytes).map_err(ExtensionError::Traceparent)?;
+                    ext.trace = Some(trace);
+                }
                 k if k & EXT_CRITICAL != 0 => return Err(ExtensionError::UnknownCritical(k)),
                 _ => {} // an optional extension this engine does not know
             }
@@ -316,14 +371,38 @@ impl Extensions {
     /// The extension block of these extensions, appended to `out` (nothing
     /// if there are none). A deadline over [`MAX_BUDGET`] is capped.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let Some(deadline) = self.deadline else {
-            return;
+        out.extend_from_slice(&self.block());
+    }
+
+    /// The extension block of these extensions, on the stack (empty if
+    /// there are none): the deadline's entry first, then the
+    /// traceparent's. A deadline over [`MAX_BUDGET`] is capped.
+    pub fn block(&self) -> ExtensionBlock {
+        let mut block = ExtensionBlock {
+            len: 0,
+            bytes: [0; MAX_BLOCK_LEN],
         };
-        let micros = u64::try_from(deadline.min(MAX_BUDGET).as_micros()).unwrap_or(u64::MAX);
-        out.extend_from_slice(&[EXT_VERSION, 0]);
-        out.extend_from_slice(&10u16.to_le_bytes());
-        out.extend_from_slice(&[EXT_DEADLINE, 8]);
-        out.extend_from_slice(&micros.to_le_bytes());
+        if self.is_empty() {
+            return block;
+        }
+        let b = &mut block.bytes;
+        b[0] = EXT_VERSION;
+        let mut at = EXT_BLOCK_HEADER_LEN;
+        if let Some(deadline) = self.deadline {
+            let micros = u64::try_from(deadline.min(MAX_BUDGET).as_micros()).unwrap_or(u64::MAX);
+            b[at..at + 2].copy_from_slice(&[EXT_DEADLINE, 8]);
+            b[at + 2..at + 10].copy_from_slice(&micros.to_le_bytes());
+            at += 10;
+        }
+        if let Some(trace) = &self.trace {
+            b[at..at + 2].copy_from_slice(&[EXT_TRACEPARENT, TRACEPARENT_LEN as u8]);
+            b[at + 2..at + 2 + TRACEPARENT_LEN].copy_from_slice(&trace.to_bytes());
+            at += 2 + TRACEPARENT_LEN;
+        }
+        let entries = (at - EXT_BLOCK_HEADER_LEN) as u16;
+        b[2..4].copy_from_slice(&entries.to_le_bytes());
+        block.len = at as u8;
+        block
     }
 
     /// The block of a deadline alone, on the stack (the hot path of a call
@@ -610,6 +689,7 @@ mod tests {
         let mut msg = req.encode().to_vec();
         let ext = Extensions {
             deadline: Some(Duration::from_millis(250)),
+            trace: None,
         };
         ext.encode(&mut msg);
         msg.extend_from_slice(b"args");
@@ -645,6 +725,14 @@ mod tests {
         ]);
         let (ext, payload) = Extensions::decode(&block).unwrap();
         assert_eq!(ext.deadline, Some(Duration::from_micros(1)));
+        assert_eq!(&payload[..], b"p");
+        // The same around a traceparent: the unknown entry before and after.
+        let trace = TraceContext::new_root(true);
+        let mut block = vec![1, 0, 38, 0, 0x22, 3, 9, 9, 9, EXT_TRACEPARENT, 26];
+        block.extend_from_slice(&trace.to_bytes());
+        block.extend_from_slice(&[0x7f, 3, 1, 2, 3, b'p']);
+        let (ext, payload) = Extensions::decode(&Bytes::from(block)).unwrap();
+        assert_eq!((ext.deadline, ext.trace), (None, Some(trace)));
         assert_eq!(&payload[..], b"p");
         let critical = Bytes::from_static(&[1, 0, 3, 0, 0xa2, 1, 0]);
         assert_eq!(
@@ -703,6 +791,135 @@ mod tests {
         );
     }
 
+    /// Pins the bytes of a request carrying a deadline and a traceparent in
+    /// one block (docs/wire-format.md, "Header extensions").
+    #[test]
+    fn deadline_and_traceparent_bytes_are_pinned() {
+        let req = Header {
+            kind: Kind::Request,
+            flags: FLAG_EXTENSIONS,
+            status: Status::Ok,
+            provider: 3,
+            rpc: rpc_id("hello"),
+            seq: 7,
+        };
+        let trace =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let ext = Extensions {
+            deadline: Some(Duration::from_millis(250)),
+            trace: Some(trace),
+        };
+        let mut msg = req.encode().to_vec();
+        ext.encode(&mut msg);
+        msg.extend_from_slice(b"args");
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            0x01, 0x02, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, // flags: extensions
+            0x0b, 0xbd, 0xaa, 0x80, 0x46, 0xd8, 0x30, 0xa4, // rpc id "hello"
+            0x07, 0, 0, 0, 0, 0, 0, 0, // sequence
+            0x01, 0x00, 0x26, 0x00, // block version 1, reserved, 38 bytes of entries
+            0x01, 0x08, // deadline, 8 bytes
+            0x90, 0xd0, 0x03, 0, 0, 0, 0, 0, // 250 000 microseconds
+            0x02, 0x1a, // traceparent, 26 bytes
+            0x00, // version 0
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, // trace id
+            0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
+            0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7, // parent id
+            0x01, // flags: sampled
+            b'a', b'r', b'g', b's',
+        ];
+        assert_eq!(msg, want);
+        assert_eq!(ext.block().len(), MAX_BLOCK_LEN);
+        let (h, rest) = split(&Bytes::from(msg)).unwrap();
+        assert_eq!(h, req);
+        let (back, payload) = Extensions::decode(&rest).unwrap();
+        assert_eq!(back, ext);
+        assert_eq!(&payload[..], b"args");
+
+        // A traceparent alone: 4 + 28 bytes.
+        let alone = Extensions {
+            deadline: None,
+            trace: Some(trace),
+        };
+        let block = alone.block();
+        assert_eq!(&block[..6], &[0x01, 0x00, 0x1c, 0x00, 0x02, 0x1a]);
+        assert_eq!(&block[6..], &trace.to_bytes());
+        let (back, rest) = Extensions::decode(&Bytes::copy_from_slice(&block)).unwrap();
+        assert_eq!((back, rest.len()), (alone, 0));
+        // A deadline alone: the same bytes as the deadline's own block.
+        let deadline = Extensions {
+            deadline: Some(Duration::from_millis(250)),
+            trace: None,
+        };
+        assert_eq!(
+            &deadline.block()[..],
+            &Extensions::deadline_block(Duration::from_millis(250))[..]
+        );
+        assert!(Extensions::default().block().is_empty());
+    }
+
+    #[test]
+    fn invalid_traceparents_are_refused() {
+        let good = TraceContext::new([7; 16], [9; 8], 1).unwrap().to_bytes();
+        let entry = |value: &[u8]| {
+            let mut block = vec![1, 0, (2 + value.len()) as u8, 0, EXT_TRACEPARENT];
+            block.push(value.len() as u8);
+            block.extend_from_slice(value);
+            Bytes::from(block)
+        };
+        let mut zero_trace = good;
+        zero_trace[1..17].fill(0);
+        let mut zero_parent = good;
+        zero_parent[17..25].fill(0);
+        let mut version_ff = good;
+        version_ff[0] = 0xff;
+        let cases = [
+            (
+                entry(&good[..25]),
+                ExtensionError::BadLength {
+                    kind: 2,
+                    len: 25,
+                    expected: 26,
+                },
+                "extension 0x02 has a 25-byte value, expected 26",
+            ),
+            (
+                entry(&zero_trace),
+                ExtensionError::Traceparent(TraceContextError::ZeroTraceId),
+                "traceparent) is invalid: the traceparent's trace id is all zeros",
+            ),
+            (
+                entry(&zero_parent),
+                ExtensionError::Traceparent(TraceContextError::ZeroSpanId),
+                "parent id is all zeros",
+            ),
+            (
+                entry(&version_ff),
+                ExtensionError::Traceparent(TraceContextError::Version(0xff)),
+                "version 0xff is invalid",
+            ),
+        ];
+        for (block, want, says) in cases {
+            let got = Extensions::decode(&block);
+            assert_eq!(got, Err(want.clone()));
+            assert!(want.to_string().contains(says), "{want}");
+        }
+        let mut twice = vec![1, 0, 56, 0];
+        for _ in 0..2 {
+            twice.extend_from_slice(&[EXT_TRACEPARENT, 26]);
+            twice.extend_from_slice(&good);
+        }
+        assert_eq!(
+            Extensions::decode(&Bytes::from(twice)),
+            Err(ExtensionError::Duplicate(2))
+        );
+        // A later version (not 0xff) is read as version 0.
+        let mut v1 = good;
+        v1[0] = 1;
+        let (ext, _) = Extensions::decode(&entry(&v1)).unwrap();
+        assert_eq!(ext.trace.map(|t| t.to_bytes()), Some(good));
+    }
+
     #[test]
     fn absurd_deadlines_are_capped() {
         let mut block = vec![1, 0, 10, 0, 1, 8];
@@ -753,10 +970,12 @@ mod tests {
         }
 
         #[test]
-        fn extension_blocks_round_trip_or_refuse(bytes in proptest::collection::vec(any::<u8>(), 0..48), micros: Option<u64>) {
+        fn extension_blocks_round_trip_or_refuse(bytes in proptest::collection::vec(any::<u8>(), 0..48), micros: Option<u64>,
+                                                 trace in proptest::option::of((any::<[u8; 16]>(), any::<[u8; 8]>(), any::<u8>()))) {
             // Arbitrary bytes: refused or decoded, never a panic.
             let _ = Extensions::decode(&Bytes::from(bytes.clone()));
-            let ext = Extensions { deadline: micros.map(Duration::from_micros) };
+            let trace = trace.and_then(|(t, s, f)| TraceContext::new(t, s, f).ok());
+            let ext = Extensions { deadline: micros.map(Duration::from_micros), trace };
             let mut block = Vec::new();
             ext.encode(&mut block);
             if ext.is_empty() {
@@ -765,6 +984,7 @@ mod tests {
                 block.extend_from_slice(&bytes);
                 let (back, rest) = Extensions::decode(&Bytes::from(block)).unwrap();
                 prop_assert_eq!(back.deadline, ext.deadline.map(|d| d.min(MAX_BUDGET)));
+                prop_assert_eq!(back.trace, ext.trace);
                 prop_assert_eq!(&rest[..], &bytes[..]);
             }
         }

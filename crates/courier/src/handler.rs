@@ -23,6 +23,7 @@ use crate::limits::RequestSlot;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord};
+use crate::trace::{self, TraceContext};
 
 /// What a handler may return: `()`, or `Result<(), E>` where `E` displays
 /// (the message is sent to the caller as a remote error).
@@ -127,6 +128,9 @@ struct RequestState {
     responded: AtomicBool,
     /// The caller's deadline, if it sent one.
     deadline: Option<Instant>,
+    /// The trace contexts of a request that came with one (boxed: a
+    /// request without one carries 8 bytes for it).
+    trace: Option<Box<Traced>>,
     /// Fires when the caller gives up or the deadline passes; made when
     /// first needed (the handler waits, asks for it, or makes a call).
     token: OnceLock<CancelToken>,
@@ -199,6 +203,15 @@ impl Timing {
             respond,
         ]
     }
+}
+
+/// The trace contexts of a request: the caller's, and the handler's own.
+struct Traced {
+    /// The caller's, as received.
+    parent: TraceContext,
+    /// The handler's (a child of the caller's), made with its span when
+    /// it starts running (`run`).
+    own: OnceLock<TraceContext>,
 }
 
 impl RequestState {
@@ -396,6 +409,8 @@ pub(crate) struct Arrival {
     pub(crate) header: Header,
     /// The caller's deadline, if it sent one.
     pub(crate) deadline: Option<Instant>,
+    /// The caller's trace context, if it sent one.
+    pub(crate) trace: Option<TraceContext>,
     /// When the request arrived, with timing on.
     pub(crate) received: Option<Instant>,
     /// Payload bytes.
@@ -415,6 +430,7 @@ impl Handle {
         let Arrival {
             header,
             deadline,
+            trace,
             received,
             bytes_in,
             slot,
@@ -439,6 +455,12 @@ impl Handle {
                 idempotent,
                 responded: AtomicBool::new(false),
                 deadline,
+                trace: trace.map(|parent| {
+                    Box::new(Traced {
+                        parent,
+                        own: OnceLock::new(),
+                    })
+                }),
                 token: OnceLock::new(),
                 tracked: AtomicBool::new(false),
                 _slot: slot,
@@ -528,6 +550,20 @@ impl Handle {
     /// need not agree). Past it the handler is cancelled.
     pub fn deadline(&self) -> Option<Instant> {
         self.state.deadline
+    }
+
+    /// The trace context the caller sent, as received: its span is the
+    /// parent of this handler's. `None` if it sent none.
+    pub fn parent_trace(&self) -> Option<TraceContext> {
+        self.state.trace.as_ref().map(|t| t.parent)
+    }
+
+    /// This handler's own trace context, if the caller sent one: the same
+    /// trace, a span id of its own (with the `otel` feature, that of the
+    /// exported `rpc.handle` span), whose parent is the caller's
+    /// ([`Handle::parent_trace`]). The calls the handler makes carry it.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.state.trace.as_ref()?.own.get().copied()
     }
 
     /// The time left before [`Handle::deadline`], if there is one (zero
@@ -698,14 +734,24 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
         peer = %state.conn.remote(),
         status = tracing::field::Empty,
         duration_us = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
     );
     // The clock is read only when the span is recorded somewhere.
     let start = (!span.is_disabled()).then(Instant::now);
+    // A caller's trace context: the handler's span is its child.
+    let trace = state.trace.as_ref().map(|traced| {
+        let own = trace::server_span(&span, &traced.parent);
+        let _ = traced.own.set(own);
+        own
+    });
     let guarded = Guarded {
         state: Some(state),
         start: Some((handler, handle, payload)),
         fut: None,
         cancel: None,
+        trace,
     };
     let (mut ended, state) = guarded.instrument(span.clone()).await;
     let Some(state) = state else {
@@ -796,6 +842,9 @@ struct Guarded {
     /// Completes when the request is cancelled; made when the handler
     /// first has to wait (one that finishes at once pays nothing for it).
     cancel: Option<BoxFuture<'static, CancelReason>>,
+    /// The handler's trace context, in scope while it is polled
+    /// (`trace.rs`): its calls carry it.
+    trace: Option<TraceContext>,
 }
 
 impl Future for Guarded {
@@ -820,16 +869,18 @@ impl Future for Guarded {
         }
         let (start, fut) = (&mut this.start, &mut this.fut);
         let mut serving: Option<Arc<dyn Serving>> = Some(state);
-        let polled = cancel::enter(&mut serving, || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if let Some((handler, handle, payload)) = start.take() {
-                    *fut = Some(handler(handle, payload));
-                }
-                match fut.as_mut() {
-                    Some(f) => f.as_mut().poll(cx),
-                    None => Poll::Ready(Ok(())),
-                }
-            }))
+        let polled = trace::enter(this.trace, || {
+            cancel::enter(&mut serving, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if let Some((handler, handle, payload)) = start.take() {
+                        *fut = Some(handler(handle, payload));
+                    }
+                    match fut.as_mut() {
+                        Some(f) => f.as_mut().poll(cx),
+                        None => Poll::Ready(Ok(())),
+                    }
+                }))
+            })
         });
         let state = serving.and_then(|s| s.into_any().downcast::<RequestState>().ok());
         match polled {

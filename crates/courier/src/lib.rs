@@ -139,6 +139,17 @@
 //! safe ([`Error::is_retry_safe`], [`RpcOptions::idempotent`]). Courier
 //! never retries by itself.
 //!
+//! # Trace context across processes
+//!
+//! A call can carry a W3C trace context ([`TraceContext`], the
+//! `traceparent`): its own ([`Callable::trace`]), the scope's
+//! ([`trace::in_context`], [`trace::with_context`]), or, made by a
+//! handler, that of the handler's span, itself a child of its caller's
+//! ([`Handle::trace_context`], [`Handle::parent_trace`]). With the `otel`
+//! cargo feature, the OpenTelemetry context of the current `tracing` span
+//! is sent, and a handler's span is the child of the received one. A call
+//! without a context sends nothing more. See the [`trace`] module.
+//!
 //! # Bulk transfers
 //!
 //! Large payloads do not ride inside RPC messages: the caller exposes memory
@@ -161,7 +172,7 @@
 
 // Modules, from the leaves up (no module imports one above it; `.ci/run`
 // checks that no cycle of imports comes back):
-// leaves: error, frame, cancel, config, timeouts, progress, liveness, limits, admission,
+// leaves: error, trace, frame, cancel, config, timeouts, progress, liveness, limits, admission,
 // lifecycle, rpcs, runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
 // bulk/*; incoming frames: dispatch, reader, links; probing idle
@@ -196,6 +207,7 @@ mod state;
 pub mod stats;
 mod sync;
 mod timeouts;
+pub mod trace;
 
 pub use address::Address;
 pub use admission::ProviderLoad;
@@ -214,6 +226,7 @@ pub use handler::{Handle, HandlerOutput};
 pub use registry::{default_registry, install_layer, install_plugin, PROTOCOLS_ENV};
 pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
 pub use stats::Stats;
+pub use trace::{TraceContext, TraceContextError};
 
 pub use bytes::Bytes;
 /// The transport layer (plugins, registry, addresses).

@@ -19,6 +19,7 @@ use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord, Side};
 use crate::timeouts;
+use crate::trace::{self, TraceContext};
 
 /// A remote function on raw payload bytes; see [`RemoteFunction`] for the
 /// typed one. Made by [`Engine::remote_raw`](crate::Engine::remote_raw).
@@ -121,6 +122,7 @@ impl RawRemoteFunction {
             peer: address.peer.clone(),
             provider: provider_id,
             timeout: None,
+            trace: None,
         }
     }
 }
@@ -132,6 +134,8 @@ pub struct RawCallable {
     peer: Arc<Peer>,
     provider: u16,
     timeout: Option<Duration>,
+    /// The trace context its calls carry, if set (`trace.rs`).
+    trace: Option<TraceContext>,
 }
 
 impl fmt::Debug for RawCallable {
@@ -141,6 +145,7 @@ impl fmt::Debug for RawCallable {
             .field("address", &self.peer.addr.to_string())
             .field("provider", &self.provider)
             .field("timeout", &self.timeout)
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -150,6 +155,15 @@ impl RawCallable {
     #[must_use]
     pub fn timeout(mut self, after: Duration) -> Self {
         self.timeout = Some(after);
+        self
+    }
+
+    /// The trace context calls through this callable carry to the server
+    /// (its span is the parent of the handler's), instead of the one they
+    /// would find in their scope or handler ([`crate::trace`]).
+    #[must_use]
+    pub fn trace(mut self, ctx: TraceContext) -> Self {
+        self.trace = Some(ctx);
         self
     }
 
@@ -167,6 +181,11 @@ impl RawCallable {
     /// spawned) inherits nothing, unless it runs under
     /// [`CancelToken::in_scope`]. Dropping the future before the answer
     /// tells the server, whose handler is then cancelled.
+    ///
+    /// It carries a W3C trace context to the server if it has one: its
+    /// own ([`RawCallable::trace`]), else its scope's
+    /// ([`trace::in_context`]) or that of the handler making it (see
+    /// [`crate::trace`]).
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::DeadlineExceeded`], [`Error::Busy`],
@@ -231,9 +250,20 @@ impl RawCallable {
         if f.disable_response {
             header.flags = FLAG_NO_RESPONSE;
         }
+        // Its own trace context, else its scope's or its handler's (one
+        // thread-local read), else none.
+        let trace = self.trace.or_else(trace::current);
         // The span wraps the call only when it is recorded somewhere: a
         // wrapper is one more move of the call's future on every call.
-        let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired);
+        let work = call::exchange(
+            &f.state,
+            &self.peer,
+            header,
+            body,
+            deadline,
+            expired,
+            trace.as_ref(),
+        );
         let answer = match (&inherited, start) {
             (None, None) => work.await,
             (None, Some(_)) => work.instrument(span.clone()).await,
@@ -486,6 +516,16 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     pub fn timeout(self, after: Duration) -> Self {
         Self {
             raw: self.raw.timeout(after),
+            _types: PhantomData,
+        }
+    }
+
+    /// The trace context calls through this callable carry; see
+    /// [`RawCallable::trace`].
+    #[must_use]
+    pub fn trace(self, ctx: TraceContext) -> Self {
+        Self {
+            raw: self.raw.trace(ctx),
             _types: PhantomData,
         }
     }

@@ -629,6 +629,18 @@ impl Handle {
         self.inner.cancel_token()
     }
 
+    /// The trace context the caller sent (see
+    /// [`crate::Handle::parent_trace`]).
+    pub fn parent_trace(&self) -> Option<crate::TraceContext> {
+        self.inner.parent_trace()
+    }
+
+    /// This handler's own trace context, which its calls carry (see
+    /// [`crate::Handle::trace_context`]).
+    pub fn trace_context(&self) -> Option<crate::TraceContext> {
+        self.inner.trace_context()
+    }
+
     /// The async handle underneath.
     pub fn as_async(&self) -> &AsyncHandle {
         &self.inner
@@ -777,6 +789,17 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
         }
     }
 
+    /// The trace context calls through this callable carry; see
+    /// [`crate::Callable::trace`] (without it, a call carries that of
+    /// [`crate::trace::with_context`], or of the handler making it).
+    #[must_use]
+    pub fn trace(self, ctx: crate::TraceContext) -> Self {
+        Self {
+            inner: self.inner.trace(ctx),
+            rt: self.rt,
+        }
+    }
+
     /// Calls the RPC and blocks until its response (or error).
     ///
     /// # Errors
@@ -794,10 +817,14 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     pub fn call_nonblocking(&self, args: &A) -> Result<Request<R>> {
         let (raw, msg) = self.inner.encoded(args)?;
         let inherited = crate::cancel::current().or_else(crate::CancelToken::served_here);
-        let join = self.rt.runtime().spawn(async move {
-            let mut msg = msg;
-            raw.invoke(Body::Encoded(&mut msg), inherited).await
-        });
+        let trace = crate::trace::here();
+        let join = self
+            .rt
+            .runtime()
+            .spawn(crate::trace::scoped(trace, async move {
+                let mut msg = msg;
+                raw.invoke(Body::Encoded(&mut msg), inherited).await
+            }));
         Ok(Request {
             join: Some(join),
             rt: self.rt.clone(),
@@ -895,8 +922,13 @@ fn enqueue<O: HandlerOutput>(
         }
         h.mark_started();
         let token = h.cancel_token();
+        let trace = h.trace_context();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            token.serve_here(|| run(Handle { inner: h }).into_result())
+            // Its blocking calls carry its trace context (none if the
+            // caller sent none).
+            crate::trace::serve_here(trace, || {
+                token.serve_here(|| run(Handle { inner: h }).into_result())
+            })
         }));
         let _ = tx.send(out);
     });

@@ -25,6 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::cancel::CancelToken;
+use crate::trace;
 
 /// The name of a blocking engine's serving thread.
 pub const SERVE_THREAD_NAME: &str = "courier-serve";
@@ -153,8 +154,10 @@ impl Queue {
     }
 }
 
-/// `fut`, as part of the request this thread serves, if any.
+/// `fut`, as part of the request this thread serves, if any, and with
+/// this thread's trace context (`trace::with_context`, or the handler's).
 pub(super) async fn scoped<F: Future>(fut: F) -> F::Output {
+    let fut = trace::scoped(trace::here(), fut);
     match CancelToken::served_here() {
         Some(token) => token.in_scope(fut).await,
         None => fut.await,

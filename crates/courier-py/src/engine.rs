@@ -169,15 +169,15 @@ impl Drop for Engine {
 impl Engine {
     /// `Engine(protocol, mode=server, use_progress_thread=False,
     /// num_rpc_threads=0, config=None)`, as PyMargo's (`options=` is
-    /// accepted for `config=`), and Courier's keywords `stats_timing` and
-    /// `serve_stats` (`"stats": {"timing": ..., "serve": ...}` in
-    /// `config`). The keyword arguments, when given, take precedence over
+    /// accepted for `config=`), and Courier's keywords `stats`,
+    /// `stats_timing` and `serve_stats` (`"stats": {"counters": ...,
+    /// "timing": ..., "serve": ...}` in `config`). The keyword arguments, when given, take precedence over
     /// the same settings in `config`.
     ///
     /// `_instance` (an `InstanceId`, for `from_margo_instance_id`) makes
     /// another object over that engine instead of a new engine.
     #[new]
-    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, stats_timing=None, serve_stats=None, _instance=None))]
+    #[pyo3(signature = (addr, mode=None, use_progress_thread=None, num_rpc_threads=None, config=None, *, options=None, stats=None, stats_timing=None, serve_stats=None, _instance=None))]
     // PyMargo's signature, and the two keywords of Courier's.
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -188,6 +188,7 @@ impl Engine {
         num_rpc_threads: Option<usize>,
         config: Option<&Bound<'_, PyAny>>,
         options: Option<&Bound<'_, PyAny>>,
+        stats: Option<bool>,
         stats_timing: Option<bool>,
         serve_stats: Option<bool>,
         _instance: Option<&Bound<'_, PyAny>>,
@@ -235,6 +236,9 @@ impl Engine {
         }
         if let Some(m) = mode {
             builder = builder.mode(m);
+        }
+        if let Some(on) = stats {
+            builder = builder.stats(on);
         }
         if let Some(on) = stats_timing {
             builder = builder.stats_timing(on);

@@ -185,7 +185,12 @@ pub async fn counts_timeouts(proto: &str) {
             }
         })
         .unwrap();
-    let client = crate::client(proto).await;
+    let client = Engine::builder(proto)
+        .client()
+        .stats(true)
+        .build()
+        .await
+        .unwrap();
     let at = crate::lookup(&client, &server).await;
     let wait = client.remote::<(), ()>("stats.wait");
     let r = guard(
@@ -237,4 +242,35 @@ pub async fn stats_rpc(proto: &str) {
     client.finalize().await;
     silent.finalize().await;
     served_engine.finalize().await;
+}
+
+/// An engine built with the defaults counts nothing (statistics are off
+/// unless asked for), and says so; `stats(true)` alone counts without
+/// timing.
+pub async fn off_by_default(proto: &str) {
+    let quiet = crate::server(proto).await;
+    crate::register_hello(&quiet);
+    let counting = Engine::builder(proto).stats(true).build().await.unwrap();
+    crate::register_hello(&counting);
+    let client = crate::client(proto).await;
+    for server in [&quiet, &counting] {
+        let at = crate::lookup(&client, server).await;
+        crate::assert_hello(&client, &at).await;
+    }
+    let s = quiet.stats();
+    assert!(!s.counters && !s.timing, "{s:#?}");
+    assert!(s.rpcs.is_empty(), "nothing counted: {:#?}", s.rpcs);
+    assert!(client.stats().rpcs.is_empty());
+    let s = settled(&counting, "the counting server's figures", |s| {
+        s.rpc("hello", 0)
+            .and_then(|r| r.served.as_ref())
+            .is_some_and(|h| h.ok == 1)
+    })
+    .await;
+    assert!(s.counters && !s.timing, "{s:#?}");
+    let hello = served(&s, "hello");
+    assert!(hello.phases.is_empty(), "no timing: {hello:#?}");
+    client.finalize().await;
+    counting.finalize().await;
+    quiet.finalize().await;
 }

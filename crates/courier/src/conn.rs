@@ -164,6 +164,7 @@ impl Conn {
         progress: Arc<Progress>,
         limits: ConnLimits,
         rt: RtHandle,
+        counting: bool,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             id,
@@ -202,7 +203,7 @@ impl Conn {
             limits,
             liveness: Liveness::default(),
             capabilities: OnceLock::new(),
-            counters: ConnCounters::default(),
+            counters: ConnCounters::new(counting),
         })
     }
 
@@ -1091,6 +1092,7 @@ mod tests {
             Arc::new(Progress::new(Duration::ZERO, Duration::ZERO)),
             ConnLimits::new(&config),
             tokio::runtime::Handle::current(),
+            true,
         );
         (conn, log, gate)
     }

@@ -122,10 +122,10 @@ impl Dispatcher {
     ) {
         let state = &self.state;
         if header.provider == RESERVED_PROVIDER {
-            conn.counters.request(
+            conn.counters.request(|| {
                 conn.limits
-                    .in_flight(state.config.max_in_flight_per_connection),
-            );
+                    .in_flight(state.config.max_in_flight_per_connection)
+            });
             return crate::stats::serve::request(state, &self.providers, conn, header, slot).await;
         }
         let refuse = |status: Status, message: String| async move {
@@ -180,10 +180,10 @@ impl Dispatcher {
                 return refuse(Status::Busy, busy.to_string()).await;
             }
         };
-        conn.counters.request(
+        conn.counters.request(|| {
             conn.limits
-                .in_flight(state.config.max_in_flight_per_connection),
-        );
+                .in_flight(state.config.max_in_flight_per_connection)
+        });
         let handle = Handle::new(
             state.clone(),
             conn.clone(),

@@ -146,6 +146,7 @@ pub struct EngineBuilder {
     connect_timeout: Option<Duration>,
     call_timeout: Option<Duration>,
     progress_spin: Option<Duration>,
+    stats: Option<bool>,
     stats_timing: Option<bool>,
     serve_stats: Option<bool>,
     providers: Vec<(u16, ProviderOptions)>,
@@ -171,6 +172,7 @@ impl EngineBuilder {
             connect_timeout: None,
             call_timeout: None,
             progress_spin: None,
+            stats: None,
             stats_timing: None,
             serve_stats: None,
             providers: Vec::new(),
@@ -240,9 +242,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Counts every request and call per RPC and provider, and messages
+    /// per connection (`stats.counters` in the JSON configuration; off by
+    /// default, see [`crate::StatsOptions`]). See [`Engine::stats`].
+    #[must_use]
+    pub fn stats(mut self, on: bool) -> Self {
+        self.stats = Some(on);
+        self
+    }
+
     /// Times every request's phases and every call's round trip into the
     /// statistics' histograms (`stats.timing` in the JSON configuration;
-    /// off by default). See [`Engine::stats`].
+    /// off by default; it turns counting on). See [`Engine::stats`].
     #[must_use]
     pub fn stats_timing(mut self, on: bool) -> Self {
         self.stats_timing = Some(on);
@@ -320,6 +331,9 @@ impl EngineBuilder {
         }
         if let Some(w) = self.progress_spin {
             config.progress_spin_us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
+        }
+        if let Some(on) = self.stats {
+            config.stats.counters = on;
         }
         if let Some(on) = self.stats_timing {
             config.stats.timing = on;

@@ -92,6 +92,7 @@ impl Links {
             state.progress.clone(),
             limits,
             state.rt.clone(),
+            state.stats.counting,
         );
         let _ = conn.capabilities.set(capabilities);
         state.add_conn(conn.clone());

@@ -121,7 +121,7 @@ impl EngineState {
             lifecycle: Lifecycle::new(config.enable_remote_shutdown),
             bulk: Arc::new(BulkTable::new(config.bulk)),
             conn_slots: ConnectionSlots::new(config.max_connections),
-            stats: Recorder::new(config.stats.timing),
+            stats: Recorder::new(config.stats.counting(), config.stats.timing),
             stats_serving: StatsServing::default(),
             clock: Clock::new(),
             keepalive_limit_ms: config.keepalive.enabled().map(|(interval, timeout)| {

@@ -74,6 +74,7 @@ fn advice(stats: &Stats, code: &str, subject: &str) -> Advice {
 
 async fn server(config: &str) -> Engine {
     Engine::builder("unix")
+        .stats(true)
         .config_json(config)
         .build()
         .await
@@ -81,7 +82,12 @@ async fn server(config: &str) -> Engine {
 }
 
 async fn client_of(server: &Engine) -> (Engine, courier::Address) {
-    let client = Engine::builder("unix").client().build().await.unwrap();
+    let client = Engine::builder("unix")
+        .stats(true)
+        .client()
+        .build()
+        .await
+        .unwrap();
     let address = guard("lookup", client.lookup(&server.address().to_string()))
         .await
         .unwrap();
@@ -127,6 +133,7 @@ fn served(stats: &Stats, name: &str, provider: u16) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_that_serve_and_call_in_the_ordinary_way_get_no_advice() {
     let server = Engine::builder("unix")
+        .stats(true)
         .stats_timing(true)
         .build()
         .await
@@ -191,6 +198,7 @@ struct HeldBlockingServer {
 impl HeldBlockingServer {
     fn start(rpc_threads: usize, calls: u32) -> Self {
         let server = courier::blocking::Engine::builder("unix")
+            .stats(true)
             .use_progress_thread(true)
             .num_rpc_threads(rpc_threads)
             .stats_timing(true)
@@ -212,6 +220,7 @@ impl HeldBlockingServer {
             })
             .unwrap();
         let client = courier::blocking::Engine::builder("unix")
+            .stats(true)
             .client()
             .use_progress_thread(true)
             .build()
@@ -275,6 +284,7 @@ impl HeldBlockingServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_refuses_a_request_sheds_load() {
     let server = Engine::builder("unix")
+        .stats(true)
         .provider(3, ProviderOptions::limits(1, 0))
         .serve_stats(true)
         .build()
@@ -320,6 +330,7 @@ async fn a_provider_that_refuses_a_request_sheds_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_within_its_limits_sheds_nothing() {
     let server = Engine::builder("unix")
+        .stats(true)
         .provider(3, ProviderOptions::limits(2, 0))
         .build()
         .await
@@ -354,6 +365,7 @@ async fn a_provider_within_its_limits_sheds_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_window_too_short_for_a_steady_stream_parks_between_its_messages() {
     let server = Engine::builder("unix")
+        .stats(true)
         .progress_spin(Duration::from_micros(1))
         .build()
         .await
@@ -391,6 +403,7 @@ async fn a_polling_window_too_short_for_a_steady_stream_parks_between_its_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_window_longer_than_the_gaps_of_a_stream_does_not_park() {
     let server = Engine::builder("unix")
+        .stats(true)
         .progress_spin(Duration::from_millis(20))
         .build()
         .await

@@ -113,7 +113,7 @@ where
 {
     let points = vec![(x, y), (x + 28, y)];
     match layer {
-        Layer::Engine | Layer::Timed => {
+        Layer::Engine | Layer::Counted | Layer::Timed => {
             area.draw(&PathElement::new(points, color.stroke_width(3)))?;
         }
         Layer::Raw => area.draw(&DashedPathElement::new(points, 8, 5, color.stroke_width(2)))?,
@@ -279,7 +279,7 @@ where
     for (pi, layer, pts) in series {
         let color = COLORS[pi % COLORS.len()];
         match layer {
-            Layer::Engine | Layer::Timed => {
+            Layer::Engine | Layer::Counted | Layer::Timed => {
                 chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))?;
                 chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
             }

@@ -275,10 +275,11 @@ pub(crate) async fn run(args: ClientArgs) -> CliResult {
     let payload = Bytes::from(vec![0xa5u8; args.size]);
     let polling = args.progress_spin_us > 0;
     let sample = match args.layer {
-        Layer::Engine | Layer::Timed => {
+        Layer::Engine | Layer::Counted | Layer::Timed => {
             let engine = Engine::builder(&args.protocol)
                 .client()
                 .progress_spin(Duration::from_micros(args.progress_spin_us))
+                .stats(args.layer == Layer::Counted)
                 .stats_timing(args.layer == Layer::Timed)
                 .max_message_size(args.max_message_size)
                 .build()

@@ -118,8 +118,12 @@ pub(crate) const THROUGHPUT_FROM: usize = 64 << 10;
 pub(crate) enum Layer {
     /// A full RPC through two engines (`bench.sink`).
     Engine,
-    /// The same as `engine`, with both engines timing every call's phases
-    /// for their statistics (`stats.timing`): what timing costs.
+    /// The same as `engine`, with both engines counting every call for
+    /// their statistics (`stats.counters`): what counting costs.
+    Counted,
+    /// The same as `engine`, with both engines counting and timing every
+    /// call's phases for their statistics (`stats.timing`): what timing
+    /// costs.
     Timed,
     /// The same transport through the `Transport` trait, no engine.
     Raw,
@@ -131,6 +135,7 @@ impl Layer {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Engine => "engine",
+            Self::Counted => "counted",
             Self::Timed => "timed",
             Self::Raw => "raw",
             Self::Socket => "socket",
@@ -257,9 +262,10 @@ pub(crate) struct BenchArgs {
     progress_spin_us: Vec<u64>,
 
     /// Layers to measure, comma-separated [default: engine,raw,socket]; the
-    /// socket floor exists for the tcp and unix plugins only. `timed` is the
-    /// engine with statistics timing on (`stats.timing`) on both sides: add
-    /// it beside `engine` to see what timing costs, in the same run.
+    /// socket floor exists for the tcp and unix plugins only. `counted` is the
+    /// engine with statistics counters on (`stats.counters`) on both sides,
+    /// `timed` with counters and timing on (`stats.timing`): add them beside
+    /// `engine` to see what they cost, in the same run.
     #[arg(long, value_name = "L,L,...", value_delimiter = ',', value_enum)]
     layers: Vec<Layer>,
 
@@ -656,6 +662,7 @@ struct Group<'a> {
 #[derive(Debug, Default)]
 struct Peers {
     engine: Option<Peer>,
+    counted: Option<Peer>,
     timed: Option<Peer>,
     raw: Option<Peer>,
     socket: Option<Peer>,
@@ -663,7 +670,7 @@ struct Peers {
 
 impl Peers {
     fn all(self) -> impl Iterator<Item = Peer> {
-        [self.engine, self.timed, self.raw, self.socket]
+        [self.engine, self.counted, self.timed, self.raw, self.socket]
             .into_iter()
             .flatten()
     }
@@ -717,6 +724,7 @@ impl Group<'_> {
             let p = Peer::start(args, self.verbose, self.proto.in_process).await?;
             match layer {
                 Layer::Engine => peers.engine = Some(p),
+                Layer::Counted => peers.counted = Some(p),
                 Layer::Timed => peers.timed = Some(p),
                 Layer::Raw => peers.raw = Some(p),
                 Layer::Socket => peers.socket = Some(p),
@@ -739,7 +747,11 @@ impl Group<'_> {
         // the timed layer.
         let mut clients = Vec::new();
         let mut made = Ok(());
-        for (peer, timed) in [(&peers.engine, false), (&peers.timed, true)] {
+        for (peer, layer) in [
+            (&peers.engine, Layer::Engine),
+            (&peers.counted, Layer::Counted),
+            (&peers.timed, Layer::Timed),
+        ] {
             let Some(p) = peer else {
                 clients.push(None);
                 continue;
@@ -747,7 +759,8 @@ impl Group<'_> {
             let engine = Engine::builder(&self.proto.name)
                 .client()
                 .progress_spin(spin)
-                .stats_timing(timed)
+                .stats(layer == Layer::Counted)
+                .stats_timing(layer == Layer::Timed)
                 .max_message_size(plan.max_message_size)
                 .build()
                 .await
@@ -763,10 +776,15 @@ impl Group<'_> {
         }
         let result = match made {
             Ok(()) => {
-                let client = clients.first().and_then(Option::as_ref);
-                let timed = clients.get(1).and_then(Option::as_ref);
-                self.measure_loop(layers, peers, [client, timed], results, errors)
-                    .await
+                let client = |i: usize| clients.get(i).and_then(Option::as_ref);
+                self.measure_loop(
+                    layers,
+                    peers,
+                    [client(0), client(1), client(2)],
+                    results,
+                    errors,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -780,12 +798,13 @@ impl Group<'_> {
         &self,
         layers: &[Layer],
         peers: &Peers,
-        [client, timed]: [Option<&(Engine, courier::Address)>; 2],
+        [client, counted, timed]: [Option<&(Engine, courier::Address)>; 3],
         results: &mut Vec<RunResult>,
         errors: &mut Vec<Error>,
     ) -> CliResult {
         let plan = self.plan;
         let sink = client.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
+        let counted_sink = counted.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
         let timed_sink = timed.map(|(engine, addr)| EngineSink::new(engine, addr, SINK_RPC));
         let transport = match &peers.raw {
             None => None,
@@ -828,10 +847,10 @@ impl Group<'_> {
                             let measured = if c > 1 {
                                 self.measure_clients(layer, peers, size, &spec, c).await
                             } else {
-                                let sink = if layer == Layer::Timed {
-                                    timed_sink.as_ref()
-                                } else {
-                                    sink.as_ref()
+                                let sink = match layer {
+                                    Layer::Counted => counted_sink.as_ref(),
+                                    Layer::Timed => timed_sink.as_ref(),
+                                    _ => sink.as_ref(),
                                 };
                                 self.measure_one(
                                     layer,
@@ -895,7 +914,7 @@ impl Group<'_> {
         let polling = self.spin_us > 0;
         let work = async {
             match layer {
-                Layer::Engine | Layer::Timed => match sink {
+                Layer::Engine | Layer::Counted | Layer::Timed => match sink {
                     Some(s) => measure(s, payload, spec).await,
                     None => Err(Error::Peer("no engine peer".into())),
                 },
@@ -930,6 +949,7 @@ impl Group<'_> {
     ) -> CliResult<(Figures, Vec<u64>)> {
         let peer = match layer {
             Layer::Engine => &peers.engine,
+            Layer::Counted => &peers.counted,
             Layer::Timed => &peers.timed,
             Layer::Raw => &peers.raw,
             Layer::Socket => &peers.socket,

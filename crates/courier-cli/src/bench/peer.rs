@@ -100,7 +100,7 @@ async fn serve(
 ) -> CliResult {
     let polling = args.progress_spin_us > 0;
     match args.layer {
-        Layer::Engine | Layer::Timed => engine_peer(&args, announce, stop).await,
+        Layer::Engine | Layer::Counted | Layer::Timed => engine_peer(&args, announce, stop).await,
         Layer::Raw => raw_peer(&args, polling, announce, stop).await,
         Layer::Socket => {
             let registry = courier::default_registry()?;
@@ -125,6 +125,7 @@ async fn engine_peer(
 ) -> CliResult {
     let engine = Engine::builder(&args.protocol)
         .progress_spin(Duration::from_micros(args.progress_spin_us))
+        .stats(args.layer == Layer::Counted)
         .stats_timing(args.layer == Layer::Timed)
         .max_message_size(args.max_message_size)
         .build()

@@ -75,7 +75,7 @@ _C = TypeVar("_C", bound=type)
 class Engine(_native.Engine):
     """A Courier engine: ``Engine(protocol, mode=server,
     use_progress_thread=False, num_rpc_threads=0, config=None, *,
-    stats_timing=None, serve_stats=None)``.
+    stats=None, stats_timing=None, serve_stats=None)``.
 
     ``protocol`` is a protocol name (``tcp``, ``unix``, ``quic``, ``shm``,
     or an alias such as ``ofi+tcp`` or ``na+sm``) or a full listen address
@@ -88,9 +88,10 @@ class Engine(_native.Engine):
     size, blocking=True, timeout=None)``, with the names of
     ``courier.bulk``.
 
-    Statistics: ``stats()`` returns the engine's as a dict;
-    ``stats_timing=True`` times their phases, ``serve_stats=True`` lets
-    peers read them (``Address.stats()``, ``courier stats ADDR``).
+    Statistics: ``stats()`` returns the engine's as a dict; they are off
+    by default: ``stats=True`` counts calls, ``stats_timing=True`` also
+    times their phases, ``serve_stats=True`` also lets peers read them
+    (``Address.stats()``, ``courier stats ADDR``).
 
     Handlers run on the thread that waits in the engine
     (``wait_for_finalize``, a call, ...) unless ``use_progress_thread`` or

@@ -52,6 +52,7 @@ class Engine:
         config: _ConfigArg | None = None,
         *,
         options: _ConfigArg | None = None,
+        stats: bool | None = None,
         stats_timing: bool | None = None,
         serve_stats: bool | None = None,
         # Private: `courier.Engine.from_margo_instance_id` passes it, to make

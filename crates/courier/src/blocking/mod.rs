@@ -181,6 +181,14 @@ impl EngineBuilder {
         }
     }
 
+    /// See [`AsyncBuilder::stats`].
+    #[must_use]
+    pub fn stats(self, on: bool) -> Self {
+        Self {
+            inner: self.inner.stats(on),
+        }
+    }
+
     /// See [`AsyncBuilder::stats_timing`].
     #[must_use]
     pub fn stats_timing(self, on: bool) -> Self {

@@ -698,6 +698,7 @@ mod tests {
             protocol: "unix".into(),
             address: "unix:///tmp/x.sock".into(),
             uptime_ms: 10_000,
+            counters: true,
             timing: false,
             settings: Settings {
                 progress_spin_us: 50,

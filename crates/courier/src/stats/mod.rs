@@ -9,13 +9,17 @@
 //! configuration, [`EngineBuilder::serve_stats`](crate::EngineBuilder::serve_stats)),
 //! with [`Address::stats`](crate::Address::stats) or `courier stats ADDR`.
 //!
-//! Counters always count (a relaxed increment, or one uncontended lock, per
-//! request on each side). Latencies, split by phase, are timed when
-//! `"stats": {"timing": true}` (or
-//! [`EngineBuilder::stats_timing`](crate::EngineBuilder::stats_timing)) is
-//! set: off by default, since the clock reads cost more than the 3% of a
-//! 64-byte call's latency that would be acceptable on every call
-//! (`docs/benchmarks.md` has the figures).
+//! Statistics are off by default: counting costs 3-6% of a 64-byte call's
+//! latency on shm (0-1% on tcp, unix and quic; `docs/benchmarks.md` has
+//! the figures), more than the 3% that would be acceptable on every call.
+//! `"stats": {"counters": true}` (or
+//! [`EngineBuilder::stats`](crate::EngineBuilder::stats)) counts calls,
+//! errors and bytes per RPC and provider and per peer (a relaxed increment
+//! and one uncontended lock per request on each side); `"stats":
+//! {"timing": true}` (or
+//! [`EngineBuilder::stats_timing`](crate::EngineBuilder::stats_timing))
+//! also times each phase into histograms. Timing and serving turn
+//! counting on.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> courier::Result<()> {

@@ -598,6 +598,7 @@ mod tests {
             protocol: "tcp".into(),
             address: "tcp://127.0.0.1:41235".into(),
             uptime_ms: 12_345,
+            counters: true,
             timing: true,
             settings: Settings {
                 progress_spin_us: 50,

@@ -180,9 +180,17 @@ fn home() -> usize {
 }
 
 /// One side (server or client) of one RPC.
-#[derive(Default)]
 pub(crate) struct Side {
+    /// Whether the engine counts (`stats.counters`): if not, every method
+    /// returns at once.
+    on: bool,
     shards: Box<[Shard; SHARDS]>,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 impl Tally {
@@ -206,6 +214,13 @@ impl Tally {
 }
 
 impl Side {
+    pub(crate) fn new(on: bool) -> Self {
+        Self {
+            on,
+            shards: Box::default(),
+        }
+    }
+
     fn shard(&self) -> &Shard {
         &self.shards[home()]
     }
@@ -213,6 +228,9 @@ impl Side {
     /// Counts a request (server) or call (client) that starts.
     #[inline]
     pub(crate) fn begin(&self) {
+        if !self.on {
+            return;
+        }
         self.shard().started.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -241,6 +259,9 @@ impl Side {
         phases: &[Option<Duration>],
         waited: bool,
     ) {
+        if !self.on {
+            return;
+        }
         let mut t = self.lock_near();
         t.finished += 1;
         t.outcomes[outcome as usize] += 1;
@@ -280,12 +301,18 @@ impl Side {
     /// relaxed increment, on paths that spawn a task or take a lock).
     #[inline]
     pub(crate) fn wait_begins(&self) {
+        if !self.on {
+            return;
+        }
         self.shard().waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a wait that ended: the handler started.
     #[inline]
     pub(crate) fn wait_ends(&self) {
+        if !self.on {
+            return;
+        }
         self.shard().waits_ended.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -389,11 +416,23 @@ pub(crate) struct ConnCounters {
     /// Set while the reader waits for a request slot: it then holds none
     /// (otherwise it holds the next request's, taken before reading).
     pub(crate) at_limit: AtomicBool,
+    /// Whether the engine counts (`stats.counters`).
+    on: bool,
 }
 
 impl ConnCounters {
+    pub(crate) fn new(on: bool) -> Self {
+        Self {
+            on,
+            ..Self::default()
+        }
+    }
+
     #[inline]
     pub(crate) fn received(&self, bytes: usize) {
+        if !self.on {
+            return;
+        }
         bump(&self.messages_in, 1);
         bump(&self.bytes_in, bytes as u64);
     }
@@ -411,7 +450,11 @@ impl ConnCounters {
 
     /// Counts a request from the peer, with `in_flight` of them now.
     #[inline]
-    pub(crate) fn request(&self, in_flight: usize) {
+    pub(crate) fn request(&self, in_flight: impl FnOnce() -> usize) {
+        if !self.on {
+            return;
+        }
+        let in_flight = in_flight();
         bump(&self.requests, 1);
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
             self.peak_in_flight.store(in_flight, Ordering::Relaxed);
@@ -435,7 +478,9 @@ pub(crate) struct Serving(pub(crate) AtomicBool);
 
 /// The engine's records.
 pub(crate) struct Recorder {
-    /// Whether phases are timed (histograms); counters always count.
+    /// Whether the engine counts (`stats.counting()`).
+    pub(crate) counting: bool,
+    /// Whether phases are timed (histograms).
     pub(crate) timing: bool,
     pub(crate) since: Instant,
     rpcs: Mutex<FxHashMap<(u64, u16), Arc<RpcRecord>>>,
@@ -448,9 +493,10 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn new(timing: bool) -> Self {
+    pub(crate) fn new(counting: bool, timing: bool) -> Self {
         Self {
-            timing,
+            counting,
+            timing: timing && counting,
             since: Instant::now(),
             rpcs: Mutex::new(FxHashMap::default()),
             unknown_rpcs: AtomicU64::new(0),
@@ -468,8 +514,8 @@ impl Recorder {
                     name: name.into(),
                     id,
                     provider,
-                    server: Side::default(),
-                    client: Side::default(),
+                    server: Side::new(self.counting),
+                    client: Side::new(self.counting),
                 })
             })
             .clone()
@@ -555,7 +601,7 @@ mod tests {
 
     #[test]
     fn one_record_per_rpc_and_provider() {
-        let r = Recorder::new(false);
+        let r = Recorder::new(true, false);
         let a = r.rpc("a", 1, 0);
         let b = r.rpc("a", 1, 0);
         assert!(Arc::ptr_eq(&a, &b));

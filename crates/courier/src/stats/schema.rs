@@ -28,6 +28,11 @@ pub struct Stats {
     pub address: String,
     /// Milliseconds since the engine started counting.
     pub uptime_ms: u64,
+    /// Whether the engine counts (`stats.counters`, or timing or serving
+    /// on); without it every count is zero (snapshots of versions that
+    /// always counted read as true).
+    #[serde(default = "yes")]
+    pub counters: bool,
     /// Whether latencies are timed (`stats.timing`); without it, every
     /// [`SideStats::phases`] is empty.
     pub timing: bool,
@@ -355,4 +360,9 @@ impl Stats {
         }
         Ok(stats)
     }
+}
+
+/// The default of [`Stats::counters`] for snapshots that lack it.
+fn yes() -> bool {
+    true
 }

@@ -73,6 +73,7 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
             .map(ToString::to_string)
             .unwrap_or_default(),
         uptime_ms: u64::try_from(rec.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+        counters: rec.counting,
         timing: rec.timing,
         settings: Settings {
             progress_spin_us: config.progress_spin_us,

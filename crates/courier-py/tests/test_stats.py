@@ -76,14 +76,14 @@ def test_engine_stats_is_the_schema_as_a_dict(protocol):
 def test_timing_and_serving_come_from_keywords_or_the_configuration():
     with Engine("tcp") as plain:
         assert plain.stats()["timing"] is False
-        assert plain.config["stats"] == {"counters": False, "timing": False, "serve": False}
+        assert plain.config["stats"] == {"counters": True, "timing": False, "serve": False}
     with Engine("tcp", config={"stats": {"timing": True, "serve": True}}) as configured:
         assert configured.stats()["timing"] is True
-        assert configured.config["stats"] == {"counters": False, "timing": True, "serve": True}
+        assert configured.config["stats"] == {"counters": True, "timing": True, "serve": True}
     # A keyword takes precedence over the configuration.
     with Engine("tcp", config='{"stats": {"timing": true}}', stats_timing=False, serve_stats=True) as both:
         assert both.stats()["timing"] is False
-        assert both.config["stats"] == {"counters": False, "timing": False, "serve": True}
+        assert both.config["stats"] == {"counters": True, "timing": False, "serve": True}
 
 
 @pytest.mark.parametrize("protocol", ["tcp", "unix"])
@@ -104,7 +104,7 @@ def test_address_stats_reads_a_peers_statistics(protocol):
 
 
 def test_address_stats_of_an_engine_that_does_not_serve_them_raises():
-    with Engine("tcp", use_progress_thread=True, stats=True) as server, \
+    with Engine("tcp", use_progress_thread=True, stats=False) as server, \
             Engine("tcp", mode=courier.client, use_progress_thread=True) as client:
         address = client.lookup(str(server.address))
         with pytest.raises(courier.RemoteError, match="does not serve its statistics") as raised:

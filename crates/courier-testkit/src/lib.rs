@@ -270,7 +270,7 @@ macro_rules! conformance_tests {
                 counts_outcomes_and_bytes,
                 counts_timeouts,
                 stats_rpc,
-                off_by_default,
+                counting_by_default,
             }
         }
 

@@ -243,8 +243,9 @@ impl EngineBuilder {
     }
 
     /// Counts every request and call per RPC and provider, and messages
-    /// per connection (`stats.counters` in the JSON configuration; off by
-    /// default, see [`crate::StatsOptions`]). See [`Engine::stats`].
+    /// per connection (`stats.counters` in the JSON configuration; on by
+    /// default, see [`crate::StatsOptions`]); `false` turns counting off.
+    /// See [`Engine::stats`].
     #[must_use]
     pub fn stats(mut self, on: bool) -> Self {
         self.stats = Some(on);

@@ -88,10 +88,10 @@ class Engine(_native.Engine):
     size, blocking=True, timeout=None)``, with the names of
     ``courier.bulk``.
 
-    Statistics: ``stats()`` returns the engine's as a dict; they are off
-    by default: ``stats=True`` counts calls, ``stats_timing=True`` also
-    times their phases, ``serve_stats=True`` also lets peers read them
-    (``Address.stats()``, ``courier stats ADDR``).
+    Statistics: ``stats()`` returns the engine's as a dict. Calls are
+    counted by default (``stats=False`` turns it off);
+    ``stats_timing=True`` also times their phases, ``serve_stats=True``
+    lets peers read them (``Address.stats()``, ``courier stats ADDR``).
 
     Handlers run on the thread that waits in the engine
     (``wait_for_finalize``, a call, ...) unless ``use_progress_thread`` or

@@ -123,6 +123,34 @@ fn register_hold(server: &Engine, provider: u16, release: &Arc<Semaphore>) {
 }
 
 /// The served side of `name@provider`: (in flight, waiting).
+/// Starts `n` calls of `hold` at `provider`, each on a task of its own.
+fn call_holds(
+    client: &Engine,
+    address: &courier::Address,
+    provider: u16,
+    n: u32,
+) -> Vec<tokio::task::JoinHandle<courier::Result<u32>>> {
+    (0..n)
+        .map(|i| {
+            let c = client
+                .remote::<u32, u32>("hold")
+                .on_provider(address, provider);
+            tokio::spawn(async move { c.call(&i).await })
+        })
+        .collect()
+}
+
+/// Lets the held handlers answer, and waits for every call to succeed.
+async fn release_all(
+    release: &Semaphore,
+    calls: Vec<tokio::task::JoinHandle<courier::Result<u32>>>,
+) {
+    release.add_permits(calls.len());
+    for call in calls {
+        guard("a call", call).await.unwrap().unwrap();
+    }
+}
+
 fn served(stats: &Stats, name: &str, provider: u16) -> (u64, u64) {
     stats
         .rpc(name, provider)
@@ -338,21 +366,13 @@ async fn a_provider_within_its_limits_sheds_nothing() {
     let release = Arc::new(Semaphore::new(0));
     register_hold(&server, 3, &release);
     let (client, address) = client_of(&server).await;
-    let calls: Vec<_> = (0..2)
-        .map(|n| {
-            let c = client.remote::<u32, u32>("hold").on_provider(&address, 3);
-            tokio::spawn(async move { c.call(&n).await })
-        })
-        .collect();
+    let calls = call_holds(&client, &address, 3, 2);
     let s = stats_until(&server, "both calls running", |s| {
         served(s, "hold", 3).0 == 2
     })
     .await;
     assert!(!has(&s, PROVIDER_SHEDS_LOAD), "{:#?}", s.advise());
-    release.add_permits(2);
-    for call in calls {
-        guard("a call", call).await.unwrap().unwrap();
-    }
+    release_all(&release, calls).await;
     assert!(
         server.stats().advise().is_empty(),
         "{:#?}",
@@ -432,12 +452,7 @@ async fn a_connection_with_more_calls_than_its_in_flight_limit_is_near_it() {
     let release = Arc::new(Semaphore::new(0));
     register_hold(&server, 0, &release);
     let (client, address) = client_of(&server).await;
-    let calls: Vec<_> = (0..3)
-        .map(|n| {
-            let c = client.remote::<u32, u32>("hold").on(&address);
-            tokio::spawn(async move { c.call(&n).await })
-        })
-        .collect();
+    let calls = call_holds(&client, &address, 0, 3);
     // Two requests run; the reader stopped before a third.
     let stats = stats_until(&server, "the connection stopped at its limit", |s| {
         served(s, "hold", 0).0 == 2 && s.peers.iter().any(|p| p.limit_waits > 0)
@@ -457,10 +472,7 @@ async fn a_connection_with_more_calls_than_its_in_flight_limit_is_near_it() {
         a.setting.contains("sending more than this engine can run"),
         "{a}"
     );
-    release.add_permits(3);
-    for call in calls {
-        guard("a call", call).await.unwrap().unwrap();
-    }
+    release_all(&release, calls).await;
     client.finalize().await;
     server.finalize().await;
 }
@@ -471,12 +483,7 @@ async fn a_connection_below_its_in_flight_limit_is_not_near_it() {
     let release = Arc::new(Semaphore::new(0));
     register_hold(&server, 0, &release);
     let (client, address) = client_of(&server).await;
-    let calls: Vec<_> = (0..3)
-        .map(|n| {
-            let c = client.remote::<u32, u32>("hold").on(&address);
-            tokio::spawn(async move { c.call(&n).await })
-        })
-        .collect();
+    let calls = call_holds(&client, &address, 0, 3);
     let stats = stats_until(&server, "three requests running", |s| {
         served(s, "hold", 0).0 == 3
     })
@@ -486,10 +493,7 @@ async fn a_connection_below_its_in_flight_limit_is_not_near_it() {
         "{:#?}",
         stats.advise()
     );
-    release.add_permits(3);
-    for call in calls {
-        guard("a call", call).await.unwrap().unwrap();
-    }
+    release_all(&release, calls).await;
     client.finalize().await;
     server.finalize().await;
 }

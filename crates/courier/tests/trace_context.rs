@@ -14,56 +14,11 @@ use std::time::Duration;
 
 use courier::{blocking, trace, Address, Engine, Handle, TraceContext};
 
-/// What a handler saw of its trace context: the caller's, as received,
-/// and its own (traceparent strings).
-type Seen = (Option<String>, Option<String>);
-
-/// What an outer handler saw, and what the inner handler it called saw.
-type Nested = (Seen, Seen);
-
 const KNOWN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn seen(h: &Handle) -> Seen {
-    (
-        h.parent_trace().map(|c| c.traceparent()),
-        h.trace_context().map(|c| c.traceparent()),
-    )
-}
-
-fn ctx(s: &Option<String>) -> TraceContext {
-    s.as_deref().expect("a trace context").parse().unwrap()
-}
-
-/// A server with `seen` (answers what it saw) and `outer` (calls `seen`
-/// at the address it is given, then answers what both saw). With `own`,
-/// `outer` calls with that context instead of its handler's.
-async fn server(proto: &str) -> Engine {
-    let server = Engine::new(proto).await.unwrap();
-    server
-        .register("seen", |h: Handle, (): ()| async move {
-            h.respond(&seen(&h)).await
-        })
-        .unwrap();
-    let engine = server.clone();
-    server
-        .register(
-            "outer",
-            move |h: Handle, (at, own): (String, Option<String>)| {
-                let engine = engine.clone();
-                async move {
-                    let address = engine.lookup(&at).await?;
-                    let mut inner = engine.remote::<(), Seen>("seen").on(&address);
-                    if let Some(own) = own {
-                        inner = inner.trace(own.parse().unwrap());
-                    }
-                    let theirs = inner.call(&()).await?;
-                    h.respond(&(seen(&h), theirs)).await
-                }
-            },
-        )
-        .unwrap();
-    server
-}
+#[path = "common/trace.rs"]
+mod common;
+use common::{ctx, seen, server, Nested, Seen};
 
 async fn client(proto: &str, server: &Engine) -> (Engine, Address) {
     let client = Engine::new(proto).await.unwrap();

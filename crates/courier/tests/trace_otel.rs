@@ -13,6 +13,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[cfg(feature = "otel")]
+#[path = "common/trace.rs"]
+mod common;
+
+#[cfg(feature = "otel")]
 mod otel {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -25,52 +29,9 @@ mod otel {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     use tracing_subscriber::layer::SubscriberExt;
 
-    use courier::{Engine, Handle, TraceContext};
+    use courier::{Engine, TraceContext};
 
-    /// What a handler saw of its trace context: the caller's, as received,
-    /// and its own (traceparent strings).
-    type Seen = (Option<String>, Option<String>);
-
-    /// What an outer handler saw, and what the inner handler it called saw.
-    type Nested = (Seen, Seen);
-
-    fn seen(h: &Handle) -> Seen {
-        (
-            h.parent_trace().map(|c| c.traceparent()),
-            h.trace_context().map(|c| c.traceparent()),
-        )
-    }
-
-    fn ctx(s: &Option<String>) -> TraceContext {
-        s.as_deref().expect("a trace context").parse().unwrap()
-    }
-
-    /// A server with `seen` (answers what it saw) and `outer` (calls `seen`
-    /// at the address it is given, then answers what both saw).
-    async fn server(proto: &str) -> Engine {
-        let server = Engine::new(proto).await.unwrap();
-        server
-            .register("seen", |h: Handle, (): ()| async move {
-                h.respond(&seen(&h)).await
-            })
-            .unwrap();
-        let engine = server.clone();
-        server
-            .register("outer", move |h: Handle, at: String| {
-                let engine = engine.clone();
-                async move {
-                    let address = engine.lookup(&at).await?;
-                    let theirs = engine
-                        .remote::<(), Seen>("seen")
-                        .on(&address)
-                        .call(&())
-                        .await?;
-                    h.respond(&(seen(&h), theirs)).await
-                }
-            })
-            .unwrap();
-        server
-    }
+    use super::common::{ctx, server, Nested, Seen};
 
     /// Keeps the spans that end, and says when one does.
     #[derive(Debug, Clone)]
@@ -126,7 +87,7 @@ mod otel {
         let server = server("mem").await;
         let client = Engine::new("mem").await.unwrap();
         let address = client.lookup(&server.address().to_string()).await.unwrap();
-        let outer = client.remote::<String, Nested>("outer");
+        let outer = client.remote::<(String, Option<String>), Nested>("outer");
 
         // The caller's span, with no context set by hand: its OpenTelemetry
         // context is what the call carries.
@@ -135,7 +96,7 @@ mod otel {
         assert!(caller_cx.is_valid());
         let ((outer_parent, outer_own), (inner_parent, inner_own)): (Seen, Seen) = outer
             .on(&address)
-            .call(&server.address().to_string())
+            .call(&(server.address().to_string(), None))
             .instrument(caller.clone())
             .await
             .unwrap();

@@ -151,6 +151,21 @@ async fn release_all(
     }
 }
 
+/// A counting server whose polling window is `spin`, with `echo`, and a
+/// client's callable of it.
+async fn echo_with_spin(spin: Duration) -> (Engine, Engine, courier::Callable<u32, u32>) {
+    let server = Engine::builder("unix")
+        .stats(true)
+        .progress_spin(spin)
+        .build()
+        .await
+        .unwrap();
+    register_echo(&server);
+    let (client, address) = client_of(&server).await;
+    let echo = client.remote::<u32, u32>("echo").on(&address);
+    (server, client, echo)
+}
+
 fn served(stats: &Stats, name: &str, provider: u16) -> (u64, u64) {
     stats
         .rpc(name, provider)
@@ -384,15 +399,7 @@ async fn a_provider_within_its_limits_sheds_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_window_too_short_for_a_steady_stream_parks_between_its_messages() {
-    let server = Engine::builder("unix")
-        .stats(true)
-        .progress_spin(Duration::from_micros(1))
-        .build()
-        .await
-        .unwrap();
-    register_echo(&server);
-    let (client, address) = client_of(&server).await;
-    let echo = client.remote::<u32, u32>("echo").on(&address);
+    let (server, client, echo) = echo_with_spin(Duration::from_micros(1)).await;
     // One call after another, until the server's figures show the stream
     // (a condition, bounded by a number of calls and the hang guard).
     let mut calls = 0;
@@ -422,15 +429,7 @@ async fn a_polling_window_too_short_for_a_steady_stream_parks_between_its_messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_window_longer_than_the_gaps_of_a_stream_does_not_park() {
-    let server = Engine::builder("unix")
-        .stats(true)
-        .progress_spin(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
-    register_echo(&server);
-    let (client, address) = client_of(&server).await;
-    let echo = client.remote::<u32, u32>("echo").on(&address);
+    let (server, client, echo) = echo_with_spin(Duration::from_millis(20)).await;
     for n in 0..300 {
         assert_eq!(guard("a call", echo.call(&n)).await.unwrap(), n);
     }

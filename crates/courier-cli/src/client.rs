@@ -271,17 +271,7 @@ async fn call_many(callable: &RawCallable, payload: &[u8], args: &CallArgs) -> C
         args.address,
         times.len()
     );
-    if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
-        let total: Duration = times.iter().sum();
-        let avg = total / u32::try_from(times.len()).unwrap_or(u32::MAX);
-        let _ = write!(
-            summary,
-            ", round trip min/avg/max = {}/{}/{} µs",
-            micros(*min),
-            micros(avg),
-            micros(*max)
-        );
-    }
+    round_trips(&mut summary, &times);
     if args.input.is_some() {
         // Stdout holds the response's bytes alone.
         eprintln!("{summary}");
@@ -329,17 +319,7 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
     }
     let lost = count as usize - times.len();
     let mut summary = format!("--- {address}: {count} sent, {} answered", times.len());
-    if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
-        let total: Duration = times.iter().sum();
-        let avg = total / u32::try_from(times.len()).unwrap_or(u32::MAX);
-        let _ = write!(
-            summary,
-            ", round trip min/avg/max = {}/{}/{} µs",
-            micros(*min),
-            micros(avg),
-            micros(*max)
-        );
-    }
+    round_trips(&mut summary, &times);
     out(summary)?;
     match last_error {
         None => Ok(()),
@@ -357,6 +337,22 @@ pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
     engine.finalize().await;
     result?;
     out(format_args!("shutdown requested: {address}"))
+}
+
+/// Appends ", round trip min/avg/max = … µs" of `times` to `summary` (for
+/// `ping --count` and `call --count`); nothing if there are none.
+fn round_trips(summary: &mut String, times: &[Duration]) {
+    if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
+        let total: Duration = times.iter().sum();
+        let avg = total / u32::try_from(times.len()).unwrap_or(u32::MAX);
+        let _ = write!(
+            summary,
+            ", round trip min/avg/max = {}/{}/{} µs",
+            micros(*min),
+            micros(avg),
+            micros(*max)
+        );
+    }
 }
 
 #[cfg(test)]

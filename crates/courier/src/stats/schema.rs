@@ -29,8 +29,11 @@ pub struct Stats {
     /// Milliseconds since the engine started counting.
     pub uptime_ms: u64,
     /// Whether the engine counts (`stats.counters`, or timing or serving
-    /// on); without it every count is zero (snapshots of versions that
-    /// always counted read as true).
+    /// on). Without it, the per-request counts are zero (`rpcs` is empty,
+    /// a peer's `messages_in`, `bytes_in`, `requests` and peak are zero);
+    /// what is counted off the per-request path is kept (messages sent,
+    /// error frames, limit waits, providers, bulk, parks, unknown RPCs).
+    /// Snapshots of versions that always counted read as true.
     #[serde(default = "yes")]
     pub counters: bool,
     /// Whether latencies are timed (`stats.timing`); without it, every

@@ -9,7 +9,7 @@ use courier_transport::Address as WireAddr;
 
 use crate::call::{self, Body};
 use crate::error::{Error, Result};
-use crate::frame::{Header, Kind, Status};
+use crate::frame::{Extensions, Header, Kind, Status};
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts;
@@ -96,7 +96,7 @@ impl Address {
             Body::EMPTY,
             deadline,
             timeouts::expired_call(name, &self.peer.addr),
-            None,
+            &Extensions::default(),
         )
         .await?;
         // A control frame always expects an answer (it has no one-way flag).

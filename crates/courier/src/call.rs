@@ -22,7 +22,6 @@ use crate::frame::{self, Extensions, Header, Kind, FLAG_EXTENSIONS, HEADER_LEN};
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
-use crate::trace::TraceContext;
 
 /// What follows the header of an outgoing message.
 #[derive(Debug)]
@@ -49,25 +48,26 @@ impl Body<'_> {
     /// Sends `header` and the body; with `flushed`, returns once the
     /// message is written to the medium, not only queued. With a
     /// `deadline`, the header carries the budget left until it (an
-    /// extension block, `frame.rs`), measured now; with a `trace`, that
-    /// trace context (in the same block).
-    async fn send(
+    /// extension block, `frame.rs`), measured now; with other extensions
+    /// in `ext` (a trace context, a stream's credit, an overflow), those
+    /// too, in the same block (`ext`'s own deadline is not read).
+    pub(crate) async fn send(
         self,
         conn: &Conn,
         header: &Header,
         flushed: bool,
         deadline: Option<Instant>,
-        trace: Option<&TraceContext>,
+        ext: &Extensions,
     ) -> Result<()> {
         // One await for every shape (a nested future for the deadline's
         // shapes would make every call's future larger, and every move of
         // it dearer).
         let mut header = *header;
-        let block = (deadline.is_some() || trace.is_some()).then(|| {
+        let block = (deadline.is_some() || !ext.is_empty()).then(|| {
             header.flags |= FLAG_EXTENSIONS;
             Extensions {
                 deadline: deadline.map(|at| at.saturating_duration_since(Instant::now())),
-                trace: trace.copied(),
+                ..*ext
             }
             .block()
         });
@@ -181,7 +181,8 @@ impl Conn {
         body: Body<'_>,
     ) -> Result<PendingCall<'_>> {
         let pending = self.register(&mut header)?;
-        body.send(self, &header, false, None, None).await?;
+        body.send(self, &header, false, None, &Extensions::default())
+            .await?;
         Ok(pending)
     }
 }
@@ -189,8 +190,8 @@ impl Conn {
 /// One call to `peer`, all of it within `deadline`: the connection (opened
 /// if there is none), the send, and — unless `header` says no response is
 /// expected (a one-way request) — the answer. `expired` makes the error
-/// when the deadline passes. `trace`, for a request: the trace context it
-/// carries, if any.
+/// when the deadline passes. `ext`, for a request: the extensions it
+/// carries besides its deadline (a trace context, an overflow), if any.
 ///
 /// # Errors
 /// [`Error::Finalized`], connection errors, and `expired`'s.
@@ -201,16 +202,16 @@ pub(crate) async fn exchange(
     body: Body<'_>,
     deadline: Deadline,
     expired: impl FnOnce(Duration) -> Error,
-    trace: Option<&TraceContext>,
+    ext: &Extensions,
 ) -> Result<Option<Reply>> {
     // The common case, no deadline, awaits the call itself: no timer, and
     // no layer of futures around it to move.
     match deadline.limit() {
-        None => call_now(state, peer, header, body, None, trace).await,
+        None => call_now(state, peer, header, body, None, ext).await,
         Some((at, after)) => {
             // A request carries its deadline to the server.
             let carried = (header.kind == Kind::Request).then_some(at);
-            let work = call_now(state, peer, header, body, carried, trace);
+            let work = call_now(state, peer, header, body, carried, ext);
             match tokio::time::timeout_at(at.into(), work).await {
                 Ok(r) => r,
                 Err(_) => Err(expired(after)),
@@ -228,15 +229,15 @@ async fn call_now(
     mut header: Header,
     body: Body<'_>,
     deadline: Option<Instant>,
-    trace: Option<&TraceContext>,
+    ext: &Extensions,
 ) -> Result<Option<Reply>> {
     let conn = state.connection_for(peer).await?;
     if header.no_response() {
         header.seq = conn.next_seq();
-        body.send(&conn, &header, true, deadline, trace).await?;
+        body.send(&conn, &header, true, deadline, ext).await?;
         return Ok(None);
     }
     let pending = conn.register(&mut header)?;
-    body.send(&conn, &header, false, deadline, trace).await?;
+    body.send(&conn, &header, false, deadline, ext).await?;
     pending.reply().await.map(Some)
 }

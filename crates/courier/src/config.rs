@@ -169,6 +169,37 @@ pub struct StatsOptions {
     pub serve: bool,
 }
 
+/// Streams (`docs/streams.md`): how far a producer may run ahead of its
+/// consumer, and the largest item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamOptions {
+    /// Credit a receiver grants each stream, in bytes (an item costs its
+    /// length plus 32): a producer waits once this much is sent and not
+    /// yet consumed. A stream's receiver holds at most this much, plus one
+    /// item. Default 4 MiB.
+    pub window_bytes: u64,
+    /// The largest item this engine sends or accepts, in bytes; `null`:
+    /// the transport's largest message, less the frame header. An item
+    /// over it is refused before it is sent.
+    pub max_item_bytes: Option<u64>,
+}
+
+/// The default [`StreamOptions::window_bytes`].
+pub(crate) const DEFAULT_STREAM_WINDOW: u64 = 4 << 20;
+
+/// The default [`Config::max_payload_bytes`]: 8 GiB.
+pub(crate) const DEFAULT_MAX_PAYLOAD: u64 = 8 << 30;
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            window_bytes: DEFAULT_STREAM_WINDOW,
+            max_item_bytes: None,
+        }
+    }
+}
+
 impl Default for StatsOptions {
     fn default() -> Self {
         Self {
@@ -341,7 +372,9 @@ fn provider_ids<'de, D: Deserializer<'de>>(
 ///             "direct_threshold": 65536, "direct_chunk": 4194304 },
 ///   "transport": { "nodelay": true },
 ///   "providers": { "3": { "max_running": 4, "max_queued": 16, "pool": "storage" } },
-///   "pools": { "storage": { "threads": 2 } }
+///   "pools": { "storage": { "threads": 2 } },
+///   "max_payload_bytes": 8589934592,
+///   "streams": { "window_bytes": 4194304, "max_item_bytes": null }
 /// }
 /// ```
 ///
@@ -403,6 +436,13 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolOptions>,
     /// Statistics ([`StatsOptions`]).
     pub stats: StatsOptions,
+    /// The largest argument or response payload sent or accepted, in
+    /// bytes. One over the transport's largest message travels by the bulk
+    /// path on its own (`docs/bulk.md`, "Payloads of any size"). Default
+    /// 8 GiB.
+    pub max_payload_bytes: u64,
+    /// Streams ([`StreamOptions`]).
+    pub streams: StreamOptions,
 }
 
 impl Default for Config {
@@ -426,6 +466,8 @@ impl Default for Config {
             providers: BTreeMap::new(),
             pools: BTreeMap::new(),
             stats: StatsOptions::default(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD,
+            streams: StreamOptions::default(),
         }
     }
 }
@@ -511,6 +553,14 @@ impl Config {
             ("bulk.chunk_size", self.bulk.chunk_size),
             ("bulk.window", self.bulk.window),
             ("bulk.direct_chunk", self.bulk.direct_chunk),
+            (
+                "streams.window_bytes",
+                usize::from(self.streams.window_bytes > 0),
+            ),
+            (
+                "streams.max_item_bytes",
+                usize::from(self.streams.max_item_bytes != Some(0)),
+            ),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{key} must be positive")));

@@ -101,6 +101,16 @@ impl Dispatcher {
                     tracing::debug!(peer = %conn.remote(), seq = header.seq, "request cancelled by its caller");
                 }
             }
+            Kind::RequestItem
+            | Kind::RequestEnd
+            | Kind::RequestCredit
+            | Kind::ResponseItem
+            | Kind::ResponseCredit => {
+                // Streams: not yet served (dropped).
+            }
+            Kind::OverflowRelease => {
+                // Overflow: not yet served (dropped).
+            }
             Kind::Hello => {
                 tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
                 return Err("the peer sent a second Hello frame".to_owned());

@@ -32,7 +32,7 @@
 //!
 //! An entry type with bit 7 set is *critical*: an engine that does not know
 //! it refuses the frame. An unknown type without bit 7 is skipped. Known
-//! types: [`EXT_DEADLINE`], [`EXT_TRACEPARENT`]. [`Extensions::decode`]
+//! types: [`EXT_DEADLINE`], [`EXT_TRACEPARENT`], [`EXT_STREAM`], [`EXT_OVERFLOW`]. [`Extensions::decode`]
 //! parses a block, [`Extensions::encode`] and [`Extensions::block`] write
 //! one.
 
@@ -90,6 +90,26 @@ pub enum Kind {
     /// passed): the sequence is the request's. No answer; a cancel for an
     /// unknown or finished request is ignored.
     Cancel = 12,
+    /// Streams: an item of a request's request stream (caller to handler);
+    /// the sequence is the request's, the payload the item.
+    RequestItem = 13,
+    /// Streams: the caller's request stream ended (caller to handler);
+    /// status `Ok`: a clean end; [`Status::StreamAborted`]: the caller
+    /// aborted it, payload its message.
+    RequestEnd = 14,
+    /// Streams: the handler's engine lets the caller send more request
+    /// items (handler to caller); payload: a u64 of credit.
+    RequestCredit = 15,
+    /// Streams: an item of a request's response stream (handler to caller).
+    /// The stream ends with the request's `Response` or `Error` frame.
+    ResponseItem = 16,
+    /// Streams: the caller lets the handler send more response items
+    /// (caller to handler); payload: a u64 of credit.
+    ResponseCredit = 17,
+    /// Overflow: the caller has pulled a response that travelled by the
+    /// bulk path ([`EXT_OVERFLOW`]); the handler's engine may free it. The
+    /// sequence is the request's; no answer.
+    OverflowRelease = 18,
 }
 
 impl Kind {
@@ -107,6 +127,12 @@ impl Kind {
             10 => Self::BulkGrant,
             11 => Self::BulkRelease,
             12 => Self::Cancel,
+            13 => Self::RequestItem,
+            14 => Self::RequestEnd,
+            15 => Self::RequestCredit,
+            16 => Self::ResponseItem,
+            17 => Self::ResponseCredit,
+            18 => Self::OverflowRelease,
             _ => return None,
         })
     }
@@ -145,6 +171,12 @@ pub enum Status {
     /// The request's header extensions are malformed, or carry a critical
     /// extension this engine does not know. Nothing ran. Payload: why.
     BadExtension = 11,
+    /// The caller aborted its request stream (in a `RequestEnd` frame), or
+    /// a stream broke its flow control. Payload: why.
+    StreamAborted = 12,
+    /// A payload over the receiving engine's `max_payload_bytes`, refused
+    /// before any of it was moved. Payload: why.
+    TooLarge = 13,
 }
 
 impl Status {
@@ -162,6 +194,8 @@ impl Status {
             9 => Self::BulkRefused,
             10 => Self::Busy,
             11 => Self::BadExtension,
+            12 => Self::StreamAborted,
+            13 => Self::TooLarge,
             _ => return None,
         })
     }
@@ -201,12 +235,67 @@ pub const MAX_BUDGET: Duration = Duration::from_secs(7 * 24 * 3600);
 /// an engine that does not know it skips it and still answers.
 pub const EXT_TRACEPARENT: u8 = 0x02;
 
+/// Extension type `0x81`, critical: the request opens streams
+/// (`docs/streams.md`). Value: a u64, the credit the caller grants the
+/// handler for its response stream at once. Critical, so that an engine
+/// that has no streams refuses the request rather than answer it as a
+/// unary call.
+pub const EXT_STREAM: u8 = 0x81;
+
+/// Extension type `0x82`, critical: the frame's payload did not travel with
+/// it but is exposed for a bulk pull by the sender ([`Overflow`], 32
+/// bytes). Critical: an engine that does not know it would take the empty
+/// payload for the arguments.
+pub const EXT_OVERFLOW: u8 = 0x82;
+
+/// Bytes of an overflow entry's value.
+pub const OVERFLOW_LEN: usize = 32;
+
 /// Bytes of an extension block that carries only a deadline.
 pub const DEADLINE_BLOCK_LEN: usize = EXT_BLOCK_HEADER_LEN + 2 + 8;
 
-/// Bytes of the largest block this engine writes: a deadline and a
-/// traceparent.
-pub const MAX_BLOCK_LEN: usize = DEADLINE_BLOCK_LEN + 2 + TRACEPARENT_LEN;
+/// Bytes of the largest block this engine writes: a deadline, a
+/// traceparent, a stream and an overflow entry.
+pub const MAX_BLOCK_LEN: usize =
+    DEADLINE_BLOCK_LEN + 2 + TRACEPARENT_LEN + 2 + 8 + 2 + OVERFLOW_LEN;
+
+/// Where a payload that did not travel with its frame waits to be pulled
+/// ([`EXT_OVERFLOW`]): a region exposed read-only by the frame's sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow {
+    /// The region's id in the sender's engine.
+    pub region: u64,
+    /// The region's key.
+    pub key: u128,
+    /// The payload's length in bytes (the whole region).
+    pub len: u64,
+}
+
+impl Overflow {
+    /// The entry's 32 bytes: region u64, key u128, length u64.
+    pub fn to_bytes(&self) -> [u8; OVERFLOW_LEN] {
+        let mut b = [0u8; OVERFLOW_LEN];
+        b[..8].copy_from_slice(&self.region.to_le_bytes());
+        b[8..24].copy_from_slice(&self.key.to_le_bytes());
+        b[24..].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Reads the entry's 32 bytes.
+    pub fn from_bytes(b: &[u8; OVERFLOW_LEN]) -> Self {
+        let mut region = [0u8; 8];
+        region.copy_from_slice(&b[..8]);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&b[8..24]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&b[24..]);
+        Self {
+            region: u64::from_le_bytes(region),
+            key: u128::from_le_bytes(key),
+            len: u64::from_le_bytes(len),
+        }
+    }
+}
 
 /// The optional fields of a frame, from its extension block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -216,6 +305,11 @@ pub struct Extensions {
     pub deadline: Option<Duration>,
     /// The caller's trace context ([`EXT_TRACEPARENT`]).
     pub trace: Option<TraceContext>,
+    /// The request opens streams; the credit granted for the response
+    /// stream ([`EXT_STREAM`]).
+    pub stream: Option<u64>,
+    /// The payload waits to be pulled ([`EXT_OVERFLOW`]).
+    pub overflow: Option<Overflow>,
 }
 
 /// An extension block, built on the stack ([`Extensions::block`]): the
@@ -284,7 +378,10 @@ pub enum ExtensionError {
 impl Extensions {
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.deadline.is_none() && self.trace.is_none()
+        self.deadline.is_none()
+            && self.trace.is_none()
+            && self.stream.is_none()
+            && self.overflow.is_none()
     }
 
     /// Splits the extension block off the start of `payload` (the bytes
@@ -353,6 +450,30 @@ impl Extensions {
                         TraceContext::from_bytes(bytes).map_err(ExtensionError::Traceparent)?;
                     ext.trace = Some(trace);
                 }
+                EXT_STREAM => {
+                    let bytes: [u8; 8] =
+                        value.try_into().map_err(|_| ExtensionError::BadLength {
+                            kind,
+                            len,
+                            expected: 8,
+                        })?;
+                    if ext.stream.is_some() {
+                        return Err(ExtensionError::Duplicate(kind));
+                    }
+                    ext.stream = Some(u64::from_le_bytes(bytes));
+                }
+                EXT_OVERFLOW => {
+                    let bytes: &[u8; OVERFLOW_LEN] =
+                        value.try_into().map_err(|_| ExtensionError::BadLength {
+                            kind,
+                            len,
+                            expected: OVERFLOW_LEN,
+                        })?;
+                    if ext.overflow.is_some() {
+                        return Err(ExtensionError::Duplicate(kind));
+                    }
+                    ext.overflow = Some(Overflow::from_bytes(bytes));
+                }
                 k if k & EXT_CRITICAL != 0 => return Err(ExtensionError::UnknownCritical(k)),
                 _ => {} // an optional extension this engine does not know
             }
@@ -376,7 +497,8 @@ impl Extensions {
 
     /// The extension block of these extensions, on the stack (empty if
     /// there are none): the deadline's entry first, then the
-    /// traceparent's. A deadline over [`MAX_BUDGET`] is capped.
+    /// traceparent's, the stream's, the overflow's. A deadline over
+    /// [`MAX_BUDGET`] is capped.
     pub fn block(&self) -> ExtensionBlock {
         let mut block = ExtensionBlock {
             len: 0,
@@ -398,6 +520,16 @@ impl Extensions {
             b[at..at + 2].copy_from_slice(&[EXT_TRACEPARENT, TRACEPARENT_LEN as u8]);
             b[at + 2..at + 2 + TRACEPARENT_LEN].copy_from_slice(&trace.to_bytes());
             at += 2 + TRACEPARENT_LEN;
+        }
+        if let Some(credit) = self.stream {
+            b[at..at + 2].copy_from_slice(&[EXT_STREAM, 8]);
+            b[at + 2..at + 10].copy_from_slice(&credit.to_le_bytes());
+            at += 10;
+        }
+        if let Some(overflow) = &self.overflow {
+            b[at..at + 2].copy_from_slice(&[EXT_OVERFLOW, OVERFLOW_LEN as u8]);
+            b[at + 2..at + 2 + OVERFLOW_LEN].copy_from_slice(&overflow.to_bytes());
+            at += 2 + OVERFLOW_LEN;
         }
         let entries = (at - EXT_BLOCK_HEADER_LEN) as u16;
         b[2..4].copy_from_slice(&entries.to_le_bytes());
@@ -948,11 +1080,11 @@ mod tests {
     }
 
     fn any_kind() -> impl Strategy<Value = Kind> {
-        (1u8..=12).prop_map(|k| Kind::from_u8(k).unwrap())
+        (1u8..=18).prop_map(|k| Kind::from_u8(k).unwrap())
     }
 
     fn any_status() -> impl Strategy<Value = Status> {
-        (0u8..=11).prop_map(|s| Status::from_u8(s).unwrap())
+        (0u8..=13).prop_map(|s| Status::from_u8(s).unwrap())
     }
 
     proptest! {

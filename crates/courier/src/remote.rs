@@ -13,7 +13,7 @@ use crate::address::Address;
 use crate::call::{self, Body};
 use crate::cancel::{self, CancelToken};
 use crate::error::{Error, Result};
-use crate::frame::{self, Header, Kind, Status, FLAG_NO_RESPONSE};
+use crate::frame::{self, Extensions, Header, Kind, Status, FLAG_NO_RESPONSE};
 use crate::handler::decode_exact;
 use crate::peer::Peer;
 use crate::state::EngineState;
@@ -252,18 +252,13 @@ impl RawCallable {
         }
         // Its own trace context, else its scope's or its handler's (one
         // thread-local read), else none.
-        let trace = self.trace.or_else(trace::current);
+        let ext = Extensions {
+            trace: self.trace.or_else(trace::current),
+            ..Extensions::default()
+        };
         // The span wraps the call only when it is recorded somewhere: a
         // wrapper is one more move of the call's future on every call.
-        let work = call::exchange(
-            &f.state,
-            &self.peer,
-            header,
-            body,
-            deadline,
-            expired,
-            trace.as_ref(),
-        );
+        let work = call::exchange(&f.state, &self.peer, header, body, deadline, expired, &ext);
         let answer = match (&inherited, start) {
             (None, None) => work.await,
             (None, Some(_)) => work.instrument(span.clone()).await,

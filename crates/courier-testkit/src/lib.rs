@@ -50,6 +50,7 @@ pub mod bulk;
 pub mod deadlines;
 pub mod engine;
 pub mod stats;
+pub mod streams;
 pub mod transport;
 
 /// A scenario's overall bound (its individual waits have their own guards).
@@ -261,6 +262,23 @@ macro_rules! conformance_tests {
             $crate::__scenarios! { blocking deadlines:
                 blocking_handler_polls_its_token,
                 blocking_request_cancel,
+            }
+        }
+
+        /// Streams over the protocol (`courier_testkit::streams`).
+        mod streams {
+            $crate::__scenarios! { async "multi_thread" streams:
+                server_streaming,
+                client_streaming,
+                bidirectional_raw,
+                flow_control_holds_the_producer,
+                error_in_the_middle,
+                caller_aborts,
+                caller_cancels,
+                handler_answers_early,
+                oversized_item_is_refused,
+                unary_call_to_a_stream_handler,
+                peer_gone_releases_the_stream,
             }
         }
 

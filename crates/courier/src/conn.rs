@@ -47,11 +47,12 @@ use tokio::task::AbortHandle;
 
 use crate::cancel::{CancelReason, CancelToken};
 use crate::error::{Error, Result};
+use crate::flow::{End, Flow};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
 use crate::liveness::Liveness;
 use crate::progress::Progress;
-use crate::stats::record::ConnCounters;
+use crate::stats::record::{ConnCounters, StreamCounters};
 use crate::sync::{lock, poll_once};
 
 /// Batches written one after another by the future that queued a message
@@ -133,6 +134,11 @@ pub(crate) struct Conn {
     /// Requests from the peer whose handlers had to wait (or run on other
     /// threads), by sequence: where a `Cancel` frame finds them.
     running: Mutex<FxHashMap<u64, CancelToken>>,
+    /// Streams this engine opened (its calls made with `stream`), by
+    /// sequence: where their items, credit and answer arrive (`flow.rs`).
+    streams: Mutex<FxHashMap<u64, Arc<Flow>>>,
+    /// Streams the peer opened, served here, by the request's sequence.
+    served: Mutex<FxHashMap<u64, Arc<Flow>>>,
     /// Set while the reader waits for a request slot with none of this
     /// engine's own calls in flight on the connection: the first call
     /// started then wakes it (`call_started`), since its answer must be
@@ -193,6 +199,8 @@ impl Conn {
                 closed: None,
             }),
             running: Mutex::new(FxHashMap::default()),
+            streams: Mutex::new(FxHashMap::default()),
+            served: Mutex::new(FxHashMap::default()),
             reader_parked: AtomicBool::new(false),
             call_started: Notify::new(),
             next_seq: AtomicU64::new(1),
@@ -215,6 +223,11 @@ impl Conn {
     /// The peer's address: announced (Hello) or as the transport sees it.
     pub(crate) fn remote(&self) -> &WireAddr {
         self.announced.get().unwrap_or(&self.transport_peer)
+    }
+
+    /// The largest message the connection's sender takes.
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message
     }
 
     pub(crate) fn is_dead(&self) -> bool {
@@ -769,7 +782,7 @@ impl Conn {
     /// Whether this engine has calls in flight on the connection (answers
     /// to read).
     pub(crate) fn has_calls(&self) -> bool {
-        !self.lock_pending().calls.is_empty()
+        !self.lock_pending().calls.is_empty() || !lock(&self.streams).is_empty()
     }
 
     /// Waits until this engine starts a call on the connection (or one is
@@ -791,25 +804,105 @@ impl Conn {
     /// peer with a `Cancel` frame, so that its handler stops.
     pub(crate) fn cancel_call(&self, seq: u64) {
         let was_waiting = self.lock_pending().calls.remove(&seq).is_some();
-        if !was_waiting || self.is_dead() {
+        if was_waiting {
+            self.send_detached(Header {
+                seq,
+                ..Header::new(Kind::Cancel)
+            });
+        }
+    }
+
+    /// Sends a header-only frame from code that cannot wait (a drop):
+    /// tried at once (an idle connection takes it without waiting, which
+    /// is the common case), then, if it must wait, finished by a task.
+    /// Nothing is sent on a dead connection.
+    pub(crate) fn send_detached(&self, header: Header) {
+        self.send_detached_with(header, &[]);
+    }
+
+    /// [`Conn::send_detached`] with a payload.
+    pub(crate) fn send_detached_with(&self, header: Header, payload: &[u8]) {
+        if self.is_dead() {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
-        let cancel = Header {
-            seq,
-            ..Header::new(Kind::Cancel)
-        };
-        // A dropped future cannot wait for the send. Tried at once (an idle
-        // connection takes it without waiting, which is the common case),
-        // then, if it must wait, finished by a task.
+        let payload = payload.to_vec();
         let mut send = Box::pin(async move {
-            let _ = me.send(&[&cancel.encode()]).await;
+            let _ = me.send(&[&header.encode(), &payload]).await;
         });
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if send.as_mut().poll(&mut cx).is_pending() {
             self.rt.spawn(send);
         }
+    }
+
+    /// Registers a stream this engine opens: its sequence number, and its
+    /// flow (granting `window` for the response stream), in the table
+    /// where its items and answer will arrive.
+    ///
+    /// # Errors
+    /// The connection is dead.
+    pub(crate) fn open_stream(
+        &self,
+        window: u64,
+        counters: Arc<StreamCounters>,
+    ) -> Result<(u64, Arc<Flow>)> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let flow = Arc::new(Flow::new(window, 0, counters));
+        {
+            // Under the pending lock, so that `kill` cannot come between
+            // the check and the insertion and leave the stream waiting.
+            let p = self.lock_pending();
+            if p.closed.is_some() {
+                drop(p);
+                return Err(self.lost());
+            }
+            lock(&self.streams).insert(seq, flow.clone());
+        }
+        if self.reader_parked.load(Ordering::Acquire) {
+            self.call_started.notify_one();
+        }
+        Ok((seq, flow))
+    }
+
+    /// The flow of a stream this engine opened.
+    pub(crate) fn opened_stream(&self, seq: u64) -> Option<Arc<Flow>> {
+        lock(&self.streams).get(&seq).cloned()
+    }
+
+    /// A stream this engine opened is done with: forgotten; with `cancel`
+    /// (it ended before the handler's answer), the peer is told.
+    pub(crate) fn close_stream(&self, seq: u64, cancel: bool) {
+        let was_open = lock(&self.streams).remove(&seq).is_some();
+        if was_open && cancel {
+            self.send_detached(Header {
+                seq,
+                ..Header::new(Kind::Cancel)
+            });
+        }
+    }
+
+    /// Serves a stream the peer opened with request `seq`. On a dead
+    /// connection the flow ends at once.
+    pub(crate) fn serve_stream(&self, seq: u64, flow: Arc<Flow>) {
+        let p = self.lock_pending();
+        if p.closed.is_some() {
+            drop(p);
+            flow.finish(End::Lost);
+            return;
+        }
+        lock(&self.served).insert(seq, flow);
+    }
+
+    /// The flow of a stream the peer opened.
+    pub(crate) fn served_stream(&self, seq: u64) -> Option<Arc<Flow>> {
+        lock(&self.served).get(&seq).cloned()
+    }
+
+    /// A stream the peer opened is done with (its request is over).
+    pub(crate) fn unserve_stream(&self, seq: u64) {
+        lock(&self.served).remove(&seq);
     }
 
     /// Makes a request from the peer reachable by a `Cancel` frame.
@@ -853,7 +946,15 @@ impl Conn {
                 let _ = tx.send((header, payload));
                 true
             }
-            None => false,
+            // The answer that ends a stream this engine opened (its table
+            // entry goes when its owner is done).
+            None => match self.opened_stream(header.seq) {
+                Some(flow) => {
+                    flow.finish(End::Reply(header, payload));
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -882,6 +983,12 @@ impl Conn {
         };
         // Dropping the senders wakes every waiting call.
         drop(calls);
+        // Streams end, both ways: their owners see the reason.
+        let opened = std::mem::take(&mut *lock(&self.streams));
+        let served = std::mem::take(&mut *lock(&self.served));
+        for flow in opened.into_values().chain(served.into_values()) {
+            flow.finish(End::Lost);
+        }
         self.killed.notify_waiters();
         // No answer can reach the peer any more: its requests' handlers
         // stop (one-way requests are not tracked; they go on).

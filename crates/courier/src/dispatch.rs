@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::admission::Providers;
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
+use crate::flow::{End, Flow};
 use crate::frame::RESERVED_PROVIDER;
 use crate::frame::{Extensions, Header, Kind, Status};
 use crate::handler::{self, Arrival, Handle, RawHandler};
@@ -105,9 +106,7 @@ impl Dispatcher {
             | Kind::RequestEnd
             | Kind::RequestCredit
             | Kind::ResponseItem
-            | Kind::ResponseCredit => {
-                // Streams: not yet served (dropped).
-            }
+            | Kind::ResponseCredit => return stream_frame(conn, header, payload).await,
             Kind::OverflowRelease => {
                 // Overflow: not yet served (dropped).
             }
@@ -194,6 +193,23 @@ impl Dispatcher {
             conn.limits
                 .in_flight(state.config.max_in_flight_per_connection)
         });
+        // A stream: its flow is served from now, and the caller may send
+        // its window's worth of request items.
+        let stream = match ext.stream {
+            Some(credit) => {
+                let window = state.config.streams.window_bytes;
+                let flow = Arc::new(Flow::new(window, credit, state.stats.streams.clone()));
+                conn.serve_stream(header.seq, flow.clone());
+                let grant = Header {
+                    kind: Kind::RequestCredit,
+                    flags: 0,
+                    ..header
+                };
+                let _ = conn.send(&[&grant.encode(), &window.to_le_bytes()]).await;
+                Some(flow)
+            }
+            None => None,
+        };
         let handle = Handle::new(
             state.clone(),
             conn.clone(),
@@ -206,6 +222,7 @@ impl Dispatcher {
                 received: state.stats.now(),
                 bytes_in,
                 slot: Some(slot),
+                stream,
             },
         );
         if let Some(admitted) = admitted {
@@ -298,6 +315,73 @@ async fn refuse_extensions(conn: &Conn, header: Header, why: &str) {
         }
         _ => {}
     }
+}
+
+/// A stream's frame: an item, the end of a request stream, or credit,
+/// handed to its flow (`flow.rs`). Frames of a stream that is over are
+/// dropped (bounded: the peer had credit for them). An item past its
+/// credit cuts the connection off.
+///
+/// # Errors
+/// Why the connection must be closed: a peer that floods, or a credit
+/// frame that is not 8 bytes.
+async fn stream_frame(conn: &Conn, header: Header, payload: Bytes) -> Result<(), String> {
+    let seq = header.seq;
+    // Frames of the peer's requests (caller to handler), or of this
+    // engine's calls (handler to caller).
+    let served = matches!(
+        header.kind,
+        Kind::RequestItem | Kind::RequestEnd | Kind::ResponseCredit
+    );
+    let flow = if served {
+        conn.served_stream(seq)
+    } else {
+        conn.opened_stream(seq)
+    };
+    let Some(flow) = flow else {
+        tracing::trace!(peer = %conn.remote(), seq, kind = ?header.kind, "dropping a frame of a stream that is over");
+        return Ok(());
+    };
+    match header.kind {
+        Kind::RequestItem | Kind::ResponseItem => match flow.on_item(payload) {
+            Ok(None) => {}
+            Ok(Some(grant)) => {
+                // Nobody reads it: its credit goes back at once.
+                let kind = if served {
+                    Kind::RequestCredit
+                } else {
+                    Kind::ResponseCredit
+                };
+                let credit = Header {
+                    kind,
+                    flags: 0,
+                    ..header
+                };
+                let _ = conn.send(&[&credit.encode(), &grant.to_le_bytes()]).await;
+            }
+            Err(flood) => {
+                return Err(format!(
+                    "the peer broke flow control: it sent an item of stream {seq} after using all {} bytes of credit it was granted ({} used)",
+                    flood.granted, flood.used
+                ));
+            }
+        },
+        Kind::RequestEnd => match header.status {
+            Status::Ok => flow.finish(End::Finished),
+            _ => flow.finish(End::Aborted(String::from_utf8_lossy(&payload).into_owned())),
+        },
+        _ => {
+            let Ok(bytes) = <[u8; 8]>::try_from(&payload[..]) else {
+                return Err(format!(
+                    "a {:?} frame of {} bytes (expected 8)",
+                    header.kind,
+                    payload.len()
+                ));
+            };
+            flow.on_credit(u64::from_le_bytes(bytes));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a request that came while the connection is at

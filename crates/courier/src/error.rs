@@ -305,6 +305,55 @@ pub enum Error {
         /// The server's address.
         address: String,
     },
+
+    /// A stream item over the largest item (`streams.max_item_bytes`, or
+    /// the transport's largest message less the header), refused before
+    /// anything was sent; the stream goes on. Reach: not reached.
+    #[error("a {size}-byte item of stream '{rpc}' is over the largest item, {max} bytes")]
+    StreamItemTooLarge {
+        /// The RPC's name.
+        rpc: String,
+        /// The item's size.
+        size: u64,
+        /// The largest item.
+        max: u64,
+    },
+
+    /// A stream operation on a request or call that has no streams: the
+    /// caller made a unary call ([`crate::Callable::call`]) to an RPC
+    /// whose handler sends or reads items. Reach: not reached.
+    #[error("RPC '{rpc}' was not called as a stream (use `stream` on the caller's side)")]
+    NotAStream {
+        /// The RPC's name.
+        rpc: String,
+    },
+
+    /// The caller aborted its request stream, with a message
+    /// ([`crate::StreamCall::abort`]): what the handler's next read
+    /// returns. Reach: reached.
+    #[error("the caller at {address} aborted the request stream of '{rpc}': {message}")]
+    StreamAborted {
+        /// The RPC's name.
+        rpc: String,
+        /// The caller's address.
+        address: String,
+        /// The caller's message.
+        message: String,
+    },
+
+    /// An item sent on a stream whose sending side has ended: the caller
+    /// closed its request stream, or the handler finished (its answer is
+    /// waiting in [`crate::StreamCall::finish`]). Reach: not reached
+    /// (the item was not sent).
+    #[error("the {side} stream of '{rpc}' has ended: {why}")]
+    StreamEnded {
+        /// The RPC's name.
+        rpc: String,
+        /// `request` or `response`.
+        side: &'static str,
+        /// Why.
+        why: &'static str,
+    },
 }
 
 /// Whether a failed request can have reached its handler: what decides if
@@ -346,7 +395,8 @@ impl Error {
             | Self::RemotePanic { .. }
             | Self::NoResponse { .. }
             | Self::Decode { .. }
-            | Self::AlreadyResponded { .. } => Reach::Reached,
+            | Self::AlreadyResponded { .. }
+            | Self::StreamAborted { .. } => Reach::Reached,
             Self::Config(_)
             | Self::Runtime { .. }
             | Self::ProtocolMismatch { .. }
@@ -364,7 +414,10 @@ impl Error {
             | Self::BulkInvalid(_)
             | Self::BlockingInAsync(_)
             | Self::Busy { .. }
-            | Self::DeadlineExceeded { .. } => Reach::NotReached,
+            | Self::DeadlineExceeded { .. }
+            | Self::StreamItemTooLarge { .. }
+            | Self::NotAStream { .. }
+            | Self::StreamEnded { .. } => Reach::NotReached,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::admission::ProviderPermit;
 use crate::cancel::{self, CancelReason, CancelToken, Serving};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::flow::{Closed, Flow};
 use crate::frame::{self, Header, Kind, Status};
 use crate::limits::RequestSlot;
 use crate::peer::Peer;
@@ -145,6 +146,8 @@ struct RequestState {
     /// has limits (`admission.rs`; set when the request's turn comes):
     /// given back at the same time.
     provider: OnceLock<ProviderPermit>,
+    /// The request's streams, if the caller opened them (`flow.rs`).
+    stream: Option<Arc<Flow>>,
 }
 
 /// Where a request's handler stands, for the statistics' count of requests
@@ -330,6 +333,9 @@ impl RequestState {
             _ => Outcome::Failed,
         });
         if self.claim() {
+            if let Some(flow) = &self.stream {
+                flow.close_sending(Closed::Done);
+            }
             let _ = self.conn.send_error(&self.header, status, message).await;
         } else if self.expects_response() {
             tracing::warn!(rpc = %self.rpc.name, "handler error after it responded: {message}");
@@ -354,6 +360,11 @@ impl Drop for RequestState {
         if *self.tracked.get_mut() {
             self.conn.untrack_request(self.header.seq);
         }
+        if let Some(flow) = &self.stream {
+            // Its request stream's items and credit are dropped from now.
+            flow.close_sending(Closed::Done);
+            self.conn.unserve_stream(self.header.seq);
+        }
         let outcome = Outcome::from_u8(*self.outcome.get_mut());
         let phases = self.timing.as_ref().map(Timing::phases);
         self.rpc.server.end_served(
@@ -369,6 +380,17 @@ impl Drop for RequestState {
             let conn = self.conn.clone();
             let header = self.header;
             let name = self.rpc.name.clone();
+            if self.stream.is_some() {
+                // A stream's handler that kept its handle, then let it go:
+                // the response stream ends there.
+                conn.send_detached(Header {
+                    kind: Kind::Response,
+                    flags: 0,
+                    status: Status::Ok,
+                    ..header
+                });
+                return;
+            }
             self.engine.rt.spawn(async move {
                 tracing::warn!(rpc = %name, "handle dropped without responding");
                 let _ = conn
@@ -417,6 +439,8 @@ pub(crate) struct Arrival {
     pub(crate) bytes_in: usize,
     /// Its place among the connection's requests in flight.
     pub(crate) slot: Option<RequestSlot>,
+    /// Its streams, if the caller opened them.
+    pub(crate) stream: Option<Arc<Flow>>,
 }
 
 impl Handle {
@@ -434,6 +458,7 @@ impl Handle {
             received,
             bytes_in,
             slot,
+            stream,
         } = arrival;
         rpc.server.begin();
         Self {
@@ -465,6 +490,7 @@ impl Handle {
                 tracked: AtomicBool::new(false),
                 _slot: slot,
                 provider: OnceLock::new(),
+                stream,
             }),
         }
     }
@@ -592,6 +618,26 @@ impl Handle {
         self.state.token()
     }
 
+    /// The request's streams, if its caller opened them.
+    pub(crate) fn flow(&self) -> Option<&Arc<Flow>> {
+        self.state.stream.as_ref()
+    }
+
+    /// The engine serving the request.
+    pub(crate) fn engine_state(&self) -> &Arc<EngineState> {
+        &self.state.engine
+    }
+
+    /// The connection the request came on.
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.state.conn
+    }
+
+    /// The request's header.
+    pub(crate) fn header(&self) -> &Header {
+        &self.state.header
+    }
+
     /// Sends `value` back to the caller (postcard-encoded). On a one-way RPC
     /// this does nothing.
     ///
@@ -687,6 +733,10 @@ impl Handle {
 
 /// Sends a response whose right to be sent was claimed.
 async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
+    if let Some(flow) = &state.stream {
+        // The answer ends the response stream: no item may follow it.
+        flow.close_sending(Closed::Done);
+    }
     if let Some(t) = &state.timing {
         if t.responded.load(Ordering::Relaxed) == 0 {
             t.mark(&t.responded);
@@ -799,6 +849,20 @@ pub(crate) async fn run(handler: RawHandler, handle: Handle, payload: Bytes) {
             // (from another task or thread, as the Python binding's
             // handlers do): a `Cancel` must still reach its token.
             state.track();
+        } else if state.stream.is_some() && state.claim() {
+            // A stream's handler that returned without answering: its
+            // response stream ends cleanly, with an empty answer.
+            if let Some(flow) = &state.stream {
+                flow.close_sending(Closed::Done);
+            }
+            let end = Header {
+                kind: Kind::Response,
+                flags: 0,
+                status: Status::Ok,
+                ..state.header
+            };
+            let _ = state.conn.send(&[&end.encode()]).await;
+            state.set_outcome(Outcome::Ok);
         } else if state.claim() {
             // The handler is done and nobody kept its handle: no response
             // will come.

@@ -18,6 +18,7 @@ use crate::handler::decode_exact;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord, Side};
+use crate::stream::{self, Opening, RawStreamCall, StreamCall};
 use crate::timeouts;
 use crate::trace::{self, TraceContext};
 
@@ -204,6 +205,57 @@ impl RawCallable {
         &self.function.name
     }
 
+    /// Opens a stream call with a raw payload as its arguments: the
+    /// handler reads request items, sends response items, or both
+    /// ([`crate::stream`]). Returns once the request is sent.
+    ///
+    /// Its deadline (the callable's timeout, else the function's, else
+    /// the engine's `timeouts.call_ms` or the one inherited from a
+    /// handler) bounds the whole stream, as for a call.
+    ///
+    /// # Errors
+    /// [`Error::DeadlineExceeded`], [`Error::Timeout`], connection errors,
+    /// arguments over the largest message.
+    pub async fn stream(&self, payload: &[u8]) -> Result<RawStreamCall> {
+        self.open_stream(Body::Parts(&[payload]), cancel::current())
+            .await
+    }
+
+    pub(crate) async fn open_stream(
+        &self,
+        body: Body<'_>,
+        inherited: Option<CancelToken>,
+    ) -> Result<RawStreamCall> {
+        let f = &self.function;
+        let deadline = timeouts::call(
+            &f.state.config.timeouts,
+            self.timeout,
+            f.timeout,
+            inherited.as_ref().and_then(CancelToken::deadline),
+        );
+        let header = Header {
+            kind: Kind::Request,
+            flags: 0,
+            status: Status::Ok,
+            provider: self.provider,
+            rpc: f.id,
+            seq: 0,
+        };
+        let opening = Opening {
+            state: &f.state,
+            peer: &self.peer,
+            rpc: f.name.clone(),
+            header,
+            deadline,
+            ext: Extensions {
+                trace: self.trace.or_else(trace::current),
+                ..Extensions::default()
+            },
+            stats: f.stats.clone(),
+        };
+        stream::open(opening, body).await
+    }
+
     /// Sends the request and interprets its answer: the client side of
     /// every RPC, typed or raw, blocking or not.
     pub(crate) async fn invoke(
@@ -296,55 +348,13 @@ impl RawCallable {
     }
 
     fn interpret(&self, reply: Header, payload: Bytes) -> Result<Bytes> {
-        if reply.kind == Kind::Response {
-            return Ok(payload);
-        }
-        // An error: only now name what failed (three strings per call on
-        // the success path were a measurable share of a 64 B call).
-        let rpc = self.function.name.to_string();
-        let address = self.peer.addr.to_string();
-        let message = || String::from_utf8_lossy(&payload).into_owned();
-        match (reply.kind, reply.status) {
-            (Kind::Error, Status::NoSuchRpc) => Err(Error::NoSuchRpc {
-                rpc,
-                provider: self.provider,
-                address,
-            }),
-            (Kind::Error, Status::HandlerFailed | Status::BadRequest) => Err(Error::Remote {
-                rpc,
-                address,
-                message: message(),
-            }),
-            (Kind::Error, Status::HandlerPanicked) => Err(Error::RemotePanic {
-                rpc,
-                address,
-                message: message(),
-            }),
-            (Kind::Error, Status::NoResponse) => Err(Error::NoResponse { rpc, address }),
-            (Kind::Error, Status::OneWay) => Err(Error::OneWay {
-                rpc,
-                provider: self.provider,
-                address,
-            }),
-            (Kind::Error, Status::Finalizing) => Err(Error::RemoteFinalizing { address }),
-            (Kind::Error, Status::Busy) => Err(Error::Busy {
-                rpc,
-                provider: self.provider,
-                address,
-                reason: message(),
-            }),
-            (Kind::Error, Status::BadExtension) => Err(Error::Protocol {
-                address,
-                reason: format!(
-                    "the server refused the request's header extensions: {}",
-                    message()
-                ),
-            }),
-            (kind, status) => Err(Error::Protocol {
-                address,
-                reason: format!("a {kind:?} frame with status {status:?} answered a request"),
-            }),
-        }
+        call::interpret(
+            reply,
+            payload,
+            &self.function.name,
+            self.provider,
+            &self.peer.addr,
+        )
     }
 }
 
@@ -542,6 +552,25 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
 
     pub(crate) fn rpc_name(&self) -> &str {
         self.raw.rpc_name()
+    }
+
+    /// Opens a stream call: request items of type `S`, response items of
+    /// type `I`, and the handler's answer of type `R` at its end
+    /// ([`crate::stream`] has an example). Returns once the request is
+    /// sent; see [`RawCallable::stream`].
+    ///
+    /// # Errors
+    /// [`Error::Encode`], and see [`RawCallable::stream`].
+    pub async fn stream<S, I>(&self, args: &A) -> Result<StreamCall<S, I, R>>
+    where
+        S: serde::Serialize + ?Sized,
+        I: serde::de::DeserializeOwned,
+    {
+        let (raw, mut msg) = self.encoded(args)?;
+        let call = raw
+            .open_stream(Body::Encoded(&mut msg), cancel::current())
+            .await?;
+        Ok(StreamCall::new(call))
     }
 
     /// The raw callable and a request message holding the encoded arguments.

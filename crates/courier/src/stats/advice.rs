@@ -720,6 +720,7 @@ mod tests {
                 bytes_pushed: 0,
                 mib_per_s: 0.0,
             },
+            streams: Default::default(),
         }
     }
 

@@ -51,5 +51,5 @@ pub(crate) mod snapshot;
 pub use advice::{Advice, Severity};
 pub use schema::{
     BulkStats, Latency, PeerStats, ProgressStats, ProviderStats, RpcStats, Settings, SideStats,
-    Stats, SCHEMA, SHORT_PARK_US, STATS_RPC,
+    Stats, StreamStats, SCHEMA, SHORT_PARK_US, STATS_RPC,
 };

@@ -666,6 +666,7 @@ mod tests {
                 bytes_pushed: 0,
                 mib_per_s: 512.5,
             },
+            streams: Default::default(),
         }
     }
 

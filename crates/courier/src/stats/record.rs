@@ -361,6 +361,17 @@ pub(crate) struct RpcRecord {
     pub(crate) client: Side,
 }
 
+/// Streams' figures, kept by their flows.
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounters {
+    /// Flows alive.
+    pub(crate) open: AtomicU64,
+    /// Bytes of items queued, not yet read.
+    pub(crate) buffered: AtomicU64,
+    pub(crate) items_in: AtomicU64,
+    pub(crate) items_out: AtomicU64,
+}
+
 /// Bulk transfers, engine-wide.
 #[derive(Default)]
 pub(crate) struct BulkCounters {
@@ -488,6 +499,9 @@ pub(crate) struct Recorder {
     /// chooses the ids).
     pub(crate) unknown_rpcs: AtomicU64,
     pub(crate) bulk: BulkCounters,
+    /// Streams' flows (`flow.rs`): counted always, they are what a leak
+    /// would show.
+    pub(crate) streams: Arc<StreamCounters>,
     /// Messages received on connections that closed.
     retired_messages_in: AtomicU64,
 }
@@ -501,6 +515,7 @@ impl Recorder {
             rpcs: Mutex::new(FxHashMap::default()),
             unknown_rpcs: AtomicU64::new(0),
             bulk: BulkCounters::default(),
+            streams: Arc::default(),
             retired_messages_in: AtomicU64::new(0),
         }
     }

@@ -54,6 +54,10 @@ pub struct Stats {
     pub peers: Vec<PeerStats>,
     /// Bulk transfers made by this engine.
     pub bulk: BulkStats,
+    /// Streams, both ways (snapshots of versions without streams read as
+    /// zeros).
+    #[serde(default)]
+    pub streams: StreamStats,
 }
 
 /// Settings of the engine that the figures depend on.
@@ -321,6 +325,21 @@ pub struct BulkStats {
     /// MiB/s while transfers ran: bytes over the time spent in transfers
     /// (0 if none).
     pub mib_per_s: f64,
+}
+
+/// Streams of this engine, opened here or by peers (`docs/streams.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamStats {
+    /// Streams open now, counting each side once: a call this engine
+    /// opened, or a request a peer opened and this engine serves.
+    pub open: u64,
+    /// Bytes of items received and not yet read, in every stream now.
+    pub buffered_bytes: u64,
+    /// Items received since the engine started.
+    pub items_in: u64,
+    /// Items sent since the engine started.
+    pub items_out: u64,
 }
 
 impl Stats {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::record::{Outcome, Recorder, Side};
 use super::schema::{
     BulkStats, Latency, PeerStats, ProgressStats, ProviderStats, RpcStats, Settings, SideStats,
-    Stats, SCHEMA,
+    Stats, StreamStats, SCHEMA,
 };
 use crate::admission::Providers;
 use crate::state::EngineState;
@@ -103,6 +103,15 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
             } else {
                 moved as f64 / (1024.0 * 1024.0) / (busy_ns as f64 / 1e9)
             },
+        },
+        streams: {
+            let s = &rec.streams;
+            StreamStats {
+                open: s.open.load(Ordering::Relaxed),
+                buffered_bytes: s.buffered.load(Ordering::Relaxed),
+                items_in: s.items_in.load(Ordering::Relaxed),
+                items_out: s.items_out.load(Ordering::Relaxed),
+            }
         },
     }
 }

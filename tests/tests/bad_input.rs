@@ -259,6 +259,68 @@ async fn read_frame(raw: &mut Box<dyn RawSocket>) -> (Header, Vec<u8>) {
     (header, message[HEADER_LEN..].to_vec())
 }
 
+/// A raw peer that opens a stream and then ignores its credit: the server
+/// grants its window (1000 bytes here), takes the items it allowed, and
+/// cuts the connection off at the first item past it; the handler, which
+/// never read, is released, and the server goes on serving others.
+async fn stream_flood_is_cut_off(proto: &str) {
+    let server = courier::Engine::builder(proto)
+        .config_json(r#"{"streams": {"window_bytes": 1000}}"#)
+        .build()
+        .await
+        .unwrap();
+    register_hello(&server);
+    server
+        .register("sink", |h: courier::Handle, (): ()| async move {
+            // Never reads: the items pile up to the window, no further.
+            h.cancelled().await;
+        })
+        .unwrap();
+    let mut raw = raw_connect(&server.address().to_string()).await.unwrap();
+    let mut bytes = preamble_and_hello();
+    let mut open = Header::new(Kind::Request);
+    open.rpc = rpc_id("sink");
+    open.seq = 1;
+    open.flags = FLAG_EXTENSIONS;
+    let ext = Extensions {
+        stream: Some(1 << 20),
+        ..Extensions::default()
+    };
+    let mut block = Vec::new();
+    ext.encode(&mut block);
+    bytes.extend_from_slice(&length_prefixed(&open.encode(), &block));
+    let item = Header {
+        kind: Kind::RequestItem,
+        ..open
+    };
+    let item = Header { flags: 0, ..item };
+    // 100-byte items cost 132 of credit each: 8 fit in 1000 (the eighth
+    // overshoots), the ninth is a flood; 50 are sent.
+    for _ in 0..50 {
+        bytes.extend_from_slice(&length_prefixed(&item.encode(), &[7u8; 100]));
+    }
+    raw.write_all(&bytes).await.unwrap();
+    match wait_for_close(&mut raw, "the flooding connection is closed").await {
+        Closed::Eof(_) | Closed::Error(..) => {}
+    }
+    // Nothing of the stream is left on the server, and others are served.
+    guard("the stream is released", async {
+        loop {
+            let s = server.stats();
+            if s.streams.open == 0 && s.streams.buffered_bytes == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let client = cc::client(proto).await;
+    let address = cc::lookup(&client, &server).await;
+    assert_hello(&client, &address).await;
+    client.finalize().await;
+    server.finalize().await;
+}
+
 /// Header extensions and cancels from a raw peer, on one connection: a
 /// flood of cancels for unknown requests is ignored; an unknown optional
 /// extension is skipped and the request served (beside a deadline, and
@@ -513,6 +575,11 @@ macro_rules! stream_bad_input_tests {
             #[tokio::test(flavor = "multi_thread")]
             async fn stray_response_is_ignored() {
                 super::super::stray_response_is_ignored(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn stream_flood_is_cut_off() {
+                super::super::stream_flood_is_cut_off(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,8 @@
 //! * `echo` (`String` → `String`): answers its argument;
 //! * `hang` (`String` → never): prints `GOT hang` on stdout once the request
 //!   is being handled, then keeps the request open until the process dies;
+//! * `drip` (a stream): sends 4 KiB items for ever, as fast as the caller's
+//!   credit allows;
 //!
 //! enables remote shutdown, prints `ADDRESS <address>` on stdout, and serves
 //! until shut down (exit 0). On an error it prints the message on stderr and
@@ -14,6 +16,10 @@
 //! `conformance_server --client <ADDRESS>` is a client instead: it looks the
 //! address up, prints `CALLING`, and calls `hang` there, waiting for ever
 //! (the test kills it mid-call).
+//!
+//! `conformance_server --stream-client <ADDRESS>` opens a stream to `sink`
+//! there, sends 4 KiB items, prints `STREAMING` after the first 100, and
+//! goes on sending for ever (the test kills it mid-stream).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +42,8 @@ async fn main() {
     };
     let outcome = if protocol == "--client" {
         call_hang(&std::env::args().nth(2).unwrap_or_default()).await
+    } else if protocol == "--stream-client" {
+        stream_to_sink(&std::env::args().nth(2).unwrap_or_default()).await
     } else {
         serve(&protocol).await
     };
@@ -57,6 +65,14 @@ async fn serve(protocol: &str) -> courier::Result<()> {
         std::future::pending::<()>().await;
         drop(h);
     })?;
+    engine.register("drip", |h: Handle, (): ()| async move {
+        let item = vec![5u8; 4096];
+        loop {
+            h.send_item_raw(&item).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), courier::Error>(())
+    })?;
     engine.enable_remote_shutdown();
     println!("ADDRESS {}", engine.address());
     engine.wait_for_finalize().await;
@@ -72,5 +88,20 @@ async fn call_hang(address: &str) -> courier::Result<()> {
     hang.on(&server)
         .call(&"from a client process".to_owned())
         .await?;
+    Ok(())
+}
+
+async fn stream_to_sink(address: &str) -> courier::Result<()> {
+    let parsed: courier::transport::Address = address.parse()?;
+    let engine = Engine::builder(parsed.protocol()).client().build().await?;
+    let server = engine.lookup(address).await?;
+    let mut stream = engine.remote_raw("sink").on(&server).stream(b"").await?;
+    let item = vec![9u8; 4096];
+    for sent in 1u64.. {
+        stream.send(&item).await?;
+        if sent == 100 {
+            println!("STREAMING");
+        }
+    }
     Ok(())
 }

@@ -60,6 +60,10 @@ use crate::sync::{lock, poll_once};
 /// for others).
 const INLINE_BATCHES: usize = 4;
 
+/// Bytes of stream items queued at which their producer writes them
+/// itself rather than leave them to the flush it scheduled.
+const ITEM_BATCH: usize = 64 * 1024;
+
 /// A reply to a call: the response or error frame's header and payload.
 pub(crate) type Reply = (Header, Bytes);
 
@@ -88,6 +92,9 @@ struct Outbox {
     /// Messages and bytes sent so far (statistics).
     messages_out: u64,
     bytes_out: u64,
+    /// A task is spawned to write what stream items queued
+    /// ([`Conn::send_item`]).
+    flush_scheduled: bool,
 }
 
 impl Outbox {
@@ -188,6 +195,7 @@ impl Conn {
                 waiting: 0,
                 messages_out: 0,
                 bytes_out: 0,
+                flush_scheduled: false,
             }),
             corked: AtomicBool::new(false),
             written: AtomicU64::new(0),
@@ -330,6 +338,66 @@ impl Conn {
             // small.
             Box::pin(self.send_direct(parts, len)).await
         }
+    }
+
+    /// Sends a stream item: a small one is queued, not written, and a task
+    /// spawned (once per batch) writes the queue. Spawned from the
+    /// producer's thread, tokio runs that task when the producer yields
+    /// (it is not stolen by another thread meanwhile): a producer that
+    /// sends items back to back fills the queue, which goes out as one
+    /// batch (one write, one wake-up of the peer) instead of one each.
+    /// Past [`ITEM_BATCH`] queued bytes the producer writes the batch
+    /// itself, so the peer gets items while it goes on. Large items are
+    /// sent as any message ([`Conn::send`]).
+    ///
+    /// # Errors
+    /// See [`Conn::send`].
+    pub(crate) async fn send_item(&self, parts: &[&[u8]]) -> Result<()> {
+        let len = courier_transport::transport::message_len(parts);
+        if len > COPY_MAX {
+            return self.send(parts).await;
+        }
+        while !self.limits.has_room(len) {
+            Box::pin(self.wait_for_room(len)).await?;
+        }
+        let (write, schedule) = {
+            let mut ob = lock(&self.outbox);
+            if self.is_dead() {
+                drop(ob);
+                return Err(self.lost());
+            }
+            ob.messages_out += 1;
+            ob.bytes_out += len as u64;
+            ob.queue.push(parts);
+            ob.tickets += 1;
+            self.limits.add_queued(len);
+            if ob.waiting > 0 || ob.sender.is_none() {
+                // A writer is at work, or large messages wait for the
+                // sender: they take the queue with them.
+                (None, false)
+            } else if ob.queue.bytes() >= ITEM_BATCH {
+                let sender = ob.sender.take();
+                (sender.map(|s| (s, ob.take_queue())), false)
+            } else if ob.flush_scheduled {
+                (None, false)
+            } else {
+                ob.flush_scheduled = true;
+                (None, true)
+            }
+        };
+        self.progress.activity();
+        if let Some((sender, (batch, upto))) = write {
+            self.write(sender, batch, upto).await;
+        }
+        if schedule {
+            if let Some(me) = self.me.upgrade() {
+                self.rt.spawn(async move {
+                    lock(&me.outbox).flush_scheduled = false;
+                    me.flush().await;
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Queues a small message, and writes the queue if nobody is writing.
@@ -1242,6 +1310,30 @@ mod tests {
         assert_eq!(w[0], [b"first".to_vec()]);
         let batch: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'm', i]).collect();
         assert_eq!(w[1], batch, "one batch, in order");
+        assert!(conn.limits.has_room(1 << 20), "nothing left counted");
+    }
+
+    #[tokio::test]
+    async fn stream_items_sent_back_to_back_go_out_as_one_batch() {
+        let (conn, log, _gate) = conn(10, 1 << 20);
+        // The producer queues its items without yielding: nothing is
+        // written yet; the flush it scheduled runs once it yields.
+        for i in 0..5u8 {
+            conn.send_item(&[b"i", &[i]]).await.unwrap();
+        }
+        assert!(
+            writes(&log).is_empty(),
+            "written before the producer yielded"
+        );
+        until(|| writes(&log).len() == 1).await;
+        let batch: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'i', i]).collect();
+        assert_eq!(writes(&log)[0], batch, "one batch, in order");
+        // Past ITEM_BATCH bytes, the producer writes the batch itself.
+        let big = vec![0u8; 8 * 1024];
+        for _ in 0..(ITEM_BATCH / big.len()) {
+            conn.send_item(&[&big]).await.unwrap();
+        }
+        assert_eq!(writes(&log).len(), 2, "a full batch waits for no flush");
         assert!(conn.limits.has_room(1 << 20), "nothing left counted");
     }
 

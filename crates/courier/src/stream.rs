@@ -386,10 +386,10 @@ impl Item<'_> {
 
     async fn send(self, conn: &Conn, header: &Header) -> Result<()> {
         match self {
-            Item::Raw(b) => conn.send(&[&header.encode(), b]).await,
+            Item::Raw(b) => conn.send_item(&[&header.encode(), b]).await,
             Item::Encoded(mut m) => {
                 frame::set_header(&mut m, header);
-                conn.send(&[&m]).await
+                conn.send_item(&[&m]).await
             }
         }
     }

@@ -610,6 +610,17 @@ impl RawStreamReceiver {
     }
 }
 
+impl Drop for RawStreamReceiver {
+    fn drop(&mut self) {
+        // Nobody reads any more: what arrives is dropped and its credit
+        // given back, so the handler is not left waiting for it (the call
+        // itself goes on while its sender lives).
+        if let Some(grant) = self.core.flow.discard() {
+            self.core.grant(grant);
+        }
+    }
+}
+
 impl futures_core::Stream for RawStreamReceiver {
     type Item = Result<Bytes>;
 

@@ -544,6 +544,32 @@ fn render(stats: &Stats) -> String {
         "Bytes moved over the time spent in transfers, since the start (0 if none).",
         vec![(none(), (b.mib_per_s * 1024.0 * 1024.0).into())],
     );
+
+    let st = &stats.streams;
+    t.family(
+        "courier_streams_open",
+        "gauge",
+        "Streams open now, opened here or served here.",
+        vec![(none(), st.open.into())],
+    );
+    t.family(
+        "courier_streams_buffered_bytes",
+        "gauge",
+        "Bytes of stream items received and not yet read.",
+        vec![(none(), st.buffered_bytes.into())],
+    );
+    t.family(
+        "courier_stream_items_received_total",
+        "counter",
+        "Stream items received.",
+        vec![(none(), st.items_in.into())],
+    );
+    t.family(
+        "courier_stream_items_sent_total",
+        "counter",
+        "Stream items sent.",
+        vec![(none(), st.items_out.into())],
+    );
     t.0
 }
 

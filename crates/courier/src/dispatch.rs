@@ -360,10 +360,12 @@ async fn stream_frame(conn: &Conn, header: Header, payload: Bytes) -> Result<(),
                 let _ = conn.send(&[&credit.encode(), &grant.to_le_bytes()]).await;
             }
             Err(flood) => {
-                return Err(format!(
+                let why = format!(
                     "the peer broke flow control: it sent an item of stream {seq} after using all {} bytes of credit it was granted ({} used)",
                     flood.granted, flood.used
-                ));
+                );
+                tracing::warn!(peer = %conn.remote(), "closing the connection: {why}");
+                return Err(why);
             }
         },
         Kind::RequestEnd => match header.status {

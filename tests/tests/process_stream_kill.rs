@@ -16,9 +16,9 @@
 
 use std::path::Path;
 
-use courier::stats::Stats;
 use courier::{Bytes, Engine, Error, Handle, RpcOptions};
 use courier_conformance::{guard, until, Process, PROTOCOLS};
+use courier_testkit::streams::clean;
 use tokio::sync::mpsc;
 
 fn peer_binary() -> &'static Path {
@@ -39,16 +39,6 @@ fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks()
-}
-
-fn released(stats: &Stats) -> bool {
-    stats.streams.open == 0
-        && stats.streams.buffered_bytes == 0
-        && stats
-            .rpcs
-            .iter()
-            .filter_map(|r| r.served.as_ref())
-            .all(|s| s.in_flight == 0)
 }
 
 async fn caller_killed_mid_stream(proto: &str) {
@@ -89,7 +79,7 @@ async fn caller_killed_mid_stream(proto: &str) {
     // The handler, waiting for the next item, sees the caller go (or is
     // cancelled with its connection: then it never reports).
     until(&format!("{proto}: the stream's buffers released"), || {
-        released(&server.stats())
+        clean(&server.stats())
     })
     .await;
     if let Ok(why) = ended.try_recv() {

@@ -57,9 +57,9 @@ async fn finalize(server: Engine, client: Engine) {
     .await;
 }
 
-/// No stream open and nothing buffered on `engine`, and no request of it
+/// No stream open and nothing buffered on an engine, and no request of it
 /// in flight: what a stream leaves behind once it is over.
-fn clean(stats: &Stats) -> bool {
+pub fn clean(stats: &Stats) -> bool {
     stats.streams.open == 0
         && stats.streams.buffered_bytes == 0
         && stats

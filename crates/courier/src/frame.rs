@@ -424,55 +424,22 @@ impl Extensions {
             };
             match kind {
                 EXT_DEADLINE => {
-                    let bytes: [u8; 8] =
-                        value.try_into().map_err(|_| ExtensionError::BadLength {
-                            kind,
-                            len,
-                            expected: 8,
-                        })?;
-                    if ext.deadline.is_some() {
-                        return Err(ExtensionError::Duplicate(kind));
-                    }
-                    let micros = u64::from_le_bytes(bytes);
+                    let micros = u64::from_le_bytes(fixed(kind, value, ext.deadline.is_some())?);
                     ext.deadline = Some(Duration::from_micros(micros).min(MAX_BUDGET));
                 }
                 EXT_TRACEPARENT => {
-                    let bytes: &[u8; TRACEPARENT_LEN] =
-                        value.try_into().map_err(|_| ExtensionError::BadLength {
-                            kind,
-                            len,
-                            expected: TRACEPARENT_LEN,
-                        })?;
-                    if ext.trace.is_some() {
-                        return Err(ExtensionError::Duplicate(kind));
-                    }
+                    let bytes = fixed(kind, value, ext.trace.is_some())?;
                     let trace =
-                        TraceContext::from_bytes(bytes).map_err(ExtensionError::Traceparent)?;
+                        TraceContext::from_bytes(&bytes).map_err(ExtensionError::Traceparent)?;
                     ext.trace = Some(trace);
                 }
                 EXT_STREAM => {
-                    let bytes: [u8; 8] =
-                        value.try_into().map_err(|_| ExtensionError::BadLength {
-                            kind,
-                            len,
-                            expected: 8,
-                        })?;
-                    if ext.stream.is_some() {
-                        return Err(ExtensionError::Duplicate(kind));
-                    }
-                    ext.stream = Some(u64::from_le_bytes(bytes));
+                    let credit = u64::from_le_bytes(fixed(kind, value, ext.stream.is_some())?);
+                    ext.stream = Some(credit);
                 }
                 EXT_OVERFLOW => {
-                    let bytes: &[u8; OVERFLOW_LEN] =
-                        value.try_into().map_err(|_| ExtensionError::BadLength {
-                            kind,
-                            len,
-                            expected: OVERFLOW_LEN,
-                        })?;
-                    if ext.overflow.is_some() {
-                        return Err(ExtensionError::Duplicate(kind));
-                    }
-                    ext.overflow = Some(Overflow::from_bytes(bytes));
+                    let bytes = fixed(kind, value, ext.overflow.is_some())?;
+                    ext.overflow = Some(Overflow::from_bytes(&bytes));
                 }
                 k if k & EXT_CRITICAL != 0 => return Err(ExtensionError::UnknownCritical(k)),
                 _ => {} // an optional extension this engine does not know
@@ -549,6 +516,20 @@ impl Extensions {
         b[6..].copy_from_slice(&micros.to_le_bytes());
         b
     }
+}
+
+/// The value of a known entry, which has a fixed length `N`: refused if it
+/// has another length, or if the entry came before (`seen`).
+fn fixed<const N: usize>(kind: u8, value: &[u8], seen: bool) -> Result<[u8; N], ExtensionError> {
+    let bytes = value.try_into().map_err(|_| ExtensionError::BadLength {
+        kind,
+        len: value.len(),
+        expected: N,
+    })?;
+    if seen {
+        return Err(ExtensionError::Duplicate(kind));
+    }
+    Ok(bytes)
 }
 
 /// A decoded frame header.

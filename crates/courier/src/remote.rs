@@ -19,7 +19,7 @@ use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord, Side};
 use crate::stream::{self, Opening, RawStreamCall, StreamCall};
-use crate::timeouts;
+use crate::timeouts::{self, Deadline};
 use crate::trace::{self, TraceContext};
 
 /// A remote function on raw payload bytes; see [`RemoteFunction`] for the
@@ -227,26 +227,12 @@ impl RawCallable {
         inherited: Option<CancelToken>,
     ) -> Result<RawStreamCall> {
         let f = &self.function;
-        let deadline = timeouts::call(
-            &f.state.config.timeouts,
-            self.timeout,
-            f.timeout,
-            inherited.as_ref().and_then(CancelToken::deadline),
-        );
-        let header = Header {
-            kind: Kind::Request,
-            flags: 0,
-            status: Status::Ok,
-            provider: self.provider,
-            rpc: f.id,
-            seq: 0,
-        };
         let opening = Opening {
             state: &f.state,
             peer: &self.peer,
             rpc: f.name.clone(),
-            header,
-            deadline,
+            header: self.request_header(),
+            deadline: self.deadline(inherited.as_ref()),
             ext: Extensions {
                 trace: self.trace.or_else(trace::current),
                 ..Extensions::default()
@@ -254,6 +240,32 @@ impl RawCallable {
             stats: f.stats.clone(),
         };
         stream::open(opening, body).await
+    }
+
+    /// The deadline of a call made now: its own timeout, else its
+    /// function's, else the engine's or the one `inherited` from the
+    /// request whose handler makes it (`timeouts.rs`).
+    fn deadline(&self, inherited: Option<&CancelToken>) -> Deadline {
+        let f = &self.function;
+        timeouts::call(
+            &f.state.config.timeouts,
+            self.timeout,
+            f.timeout,
+            inherited.and_then(CancelToken::deadline),
+        )
+    }
+
+    /// The header of a request of this callable (its sequence is set
+    /// when it is sent).
+    fn request_header(&self) -> Header {
+        Header {
+            kind: Kind::Request,
+            flags: 0,
+            status: Status::Ok,
+            provider: self.provider,
+            rpc: self.function.id,
+            seq: 0,
+        }
     }
 
     /// Sends the request and interprets its answer: the client side of
@@ -264,12 +276,7 @@ impl RawCallable {
         inherited: Option<CancelToken>,
     ) -> Result<Bytes> {
         let f = &self.function;
-        let deadline = timeouts::call(
-            &f.state.config.timeouts,
-            self.timeout,
-            f.timeout,
-            inherited.as_ref().and_then(CancelToken::deadline),
-        );
+        let deadline = self.deadline(inherited.as_ref());
         if deadline.passed() {
             // A zero budget, or an inherited one spent: nothing is sent.
             f.stats.client.refused(Outcome::Deadline, 0);
@@ -288,14 +295,7 @@ impl RawCallable {
         );
         // The clock is read only when the span is recorded somewhere.
         let start = (!span.is_disabled()).then(Instant::now);
-        let mut header = Header {
-            kind: Kind::Request,
-            flags: 0,
-            status: Status::Ok,
-            provider: self.provider,
-            rpc: f.id,
-            seq: 0,
-        };
+        let mut header = self.request_header();
         let expired = timeouts::expired_call(&f.name, &self.peer.addr);
         // Counted as cancelled if the call's future is dropped first.
         let counted = Counted::start(&f.stats.client, body.len(), f.state.stats.now());

@@ -1,8 +1,8 @@
 //! Streams: RPCs whose caller sends a stream of items, receives one, or
 //! both, with flow control (`docs/streams.md`).
 //!
-//! A stream is an RPC call opened with [`Callable::stream`] (typed) or
-//! [`RawCallable::stream`] (raw bytes) instead of `call`. Its handler is an
+//! A stream is an RPC call opened with [`Callable::stream`](crate::Callable::stream) (typed) or
+//! [`RawCallable::stream`](crate::RawCallable::stream) (raw bytes) instead of `call`. Its handler is an
 //! ordinary handler, registered as any other: it reads the caller's items
 //! with [`Handle::recv_item`], sends its own with [`Handle::send_item`],
 //! and ends the call as any handler does — by responding, by returning

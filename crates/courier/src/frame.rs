@@ -779,8 +779,8 @@ mod tests {
         assert_eq!((b[1], b[3]), (0x04, 0x09));
         assert_eq!(Header::decode(&b), Ok(refused));
         let mut b = pull.encode();
-        b[1] = 13;
-        assert_eq!(Header::decode(&b), Err(FrameError::Kind(13)));
+        b[1] = 19;
+        assert_eq!(Header::decode(&b), Err(FrameError::Kind(19)));
     }
 
     #[test]
@@ -821,7 +821,7 @@ mod tests {
         let mut msg = req.encode().to_vec();
         let ext = Extensions {
             deadline: Some(Duration::from_millis(250)),
-            trace: None,
+            ..Extensions::default()
         };
         ext.encode(&mut msg);
         msg.extend_from_slice(b"args");
@@ -940,6 +940,7 @@ mod tests {
         let ext = Extensions {
             deadline: Some(Duration::from_millis(250)),
             trace: Some(trace),
+            ..Extensions::default()
         };
         let mut msg = req.encode().to_vec();
         ext.encode(&mut msg);
@@ -961,7 +962,7 @@ mod tests {
             b'a', b'r', b'g', b's',
         ];
         assert_eq!(msg, want);
-        assert_eq!(ext.block().len(), MAX_BLOCK_LEN);
+        assert_eq!(ext.block().len(), DEADLINE_BLOCK_LEN + 2 + TRACEPARENT_LEN);
         let (h, rest) = split(&Bytes::from(msg)).unwrap();
         assert_eq!(h, req);
         let (back, payload) = Extensions::decode(&rest).unwrap();
@@ -970,8 +971,8 @@ mod tests {
 
         // A traceparent alone: 4 + 28 bytes.
         let alone = Extensions {
-            deadline: None,
             trace: Some(trace),
+            ..Extensions::default()
         };
         let block = alone.block();
         assert_eq!(&block[..6], &[0x01, 0x00, 0x1c, 0x00, 0x02, 0x1a]);
@@ -981,7 +982,7 @@ mod tests {
         // A deadline alone: the same bytes as the deadline's own block.
         let deadline = Extensions {
             deadline: Some(Duration::from_millis(250)),
-            trace: None,
+            ..Extensions::default()
         };
         assert_eq!(
             &deadline.block()[..],
@@ -1107,7 +1108,7 @@ mod tests {
             // Arbitrary bytes: refused or decoded, never a panic.
             let _ = Extensions::decode(&Bytes::from(bytes.clone()));
             let trace = trace.and_then(|(t, s, f)| TraceContext::new(t, s, f).ok());
-            let ext = Extensions { deadline: micros.map(Duration::from_micros), trace };
+            let ext = Extensions { deadline: micros.map(Duration::from_micros), trace, ..Extensions::default() };
             let mut block = Vec::new();
             ext.encode(&mut block);
             if ext.is_empty() {

@@ -14,11 +14,13 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::conn::{Conn, Reply};
 use crate::error::{Error, Result};
 use crate::frame::{self, Extensions, Header, Kind, FLAG_EXTENSIONS, HEADER_LEN};
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
@@ -29,8 +31,13 @@ pub(crate) enum Body<'a> {
     /// Parts sent after the encoded header.
     Parts(&'a [&'a [u8]]),
     /// A whole message whose first `HEADER_LEN` bytes are room for the
-    /// header (built by `frame::with_header`): one buffer, one write.
-    Encoded(&'a mut [u8]),
+    /// header (built by `frame::with_header`): one buffer, one write. A
+    /// request over the connection's largest message takes the buffer
+    /// (its payload is exposed as it is, `overflow.rs`).
+    Encoded(&'a mut Vec<u8>),
+    /// A payload the engine may keep (exposed as it is, without a copy, if
+    /// it is over the connection's largest message).
+    Shared(&'a Bytes),
 }
 
 impl Body<'_> {
@@ -42,6 +49,18 @@ impl Body<'_> {
         match self {
             Body::Parts(parts) => parts.iter().map(|p| p.len()).sum(),
             Body::Encoded(msg) => msg.len().saturating_sub(HEADER_LEN),
+            Body::Shared(payload) => payload.len(),
+        }
+    }
+
+    /// The payload as bytes the engine keeps: taken from an encoded
+    /// message or shared as they are (no copy); parts are copied.
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Parts([one]) => Bytes::copy_from_slice(one),
+            Body::Parts(parts) => Bytes::from(parts.concat()),
+            Body::Encoded(msg) => Bytes::from(std::mem::take(msg)).slice(HEADER_LEN..),
+            Body::Shared(payload) => payload.clone(),
         }
     }
 
@@ -99,6 +118,14 @@ impl Body<'_> {
             }
             (Body::Encoded(msg), Some(block)) => {
                 few = [&head, block, msg.get(HEADER_LEN..).unwrap_or_default()];
+                &few[..]
+            }
+            (Body::Shared(payload), None) => {
+                few = [&head, payload, &[]];
+                &few[..2]
+            }
+            (Body::Shared(payload), Some(block)) => {
+                few = [&head, block, payload];
                 &few[..]
             }
         };
@@ -237,7 +264,35 @@ async fn call_now(
         body.send(&conn, &header, true, deadline, ext).await?;
         return Ok(None);
     }
+    if expose::over(&conn, body.len(), deadline.is_some(), ext) {
+        // Rare, and a future of its own: every other call's stays small.
+        return Box::pin(call_by_bulk(state, &conn, header, body, deadline, ext)).await;
+    }
     let pending = conn.register(&mut header)?;
     body.send(&conn, &header, false, deadline, ext).await?;
+    pending.reply().await.map(Some)
+}
+
+/// A request over the connection's largest message: its payload is
+/// exposed read-only, as it is, and the request goes with an overflow
+/// entry instead (`overflow.rs`); the region lives until the call ends,
+/// however it ends (this future returns or is dropped).
+async fn call_by_bulk(
+    state: &EngineState,
+    conn: &Conn,
+    mut header: Header,
+    body: Body<'_>,
+    deadline: Option<Instant>,
+    ext: &Extensions,
+) -> Result<Option<Reply>> {
+    let (_exposed, entry) = expose::expose(state, body.into_bytes())?;
+    let ext = Extensions {
+        overflow: Some(entry),
+        ..*ext
+    };
+    let pending = conn.register(&mut header)?;
+    Body::EMPTY
+        .send(conn, &header, false, deadline, &ext)
+        .await?;
     pending.reply().await.map(Some)
 }

@@ -15,6 +15,7 @@ use crate::cancel::{self, CancelToken};
 use crate::error::{Error, Result};
 use crate::frame::{self, Extensions, Header, Kind, Status, FLAG_NO_RESPONSE};
 use crate::handler::decode_exact;
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord, Side};
@@ -191,13 +192,33 @@ impl RawCallable {
     /// [`Error::Timeout`], [`Error::DeadlineExceeded`], [`Error::Busy`],
     /// [`Error::NoSuchRpc`], [`Error::Remote`], [`Error::RemotePanic`],
     /// [`Error::NoResponse`], [`Error::OneWay`], [`Error::Cancelled`],
-    /// [`Error::ConnectionLost`], [`Error::Finalized`], transport errors
-    /// (refused, message too large). [`Error::reach`] says whether the
-    /// request can have reached the handler.
+    /// [`Error::ConnectionLost`], [`Error::Finalized`], [`Error::TooLarge`]
+    /// (the arguments over this engine's or the server's
+    /// `max_payload_bytes`, the response over this engine's),
+    /// [`Error::BulkRefused`] (a payload by the bulk path could not be
+    /// pulled), transport errors (refused; a one-way request's message too
+    /// large). [`Error::reach`] says whether the request can have reached
+    /// the handler.
+    ///
+    /// A payload over the connection's largest message travels by the
+    /// bulk path on its own, copied once into memory the engine keeps
+    /// while the call lasts (see [`RawCallable::call_bytes`] for no copy);
+    /// one over `max_payload_bytes` fails with [`Error::TooLarge`],
+    /// unsent (`docs/bulk.md`, "Payloads of any size").
     pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
         // The request being served where the call is first polled.
         self.invoke(Body::Parts(&[payload]), cancel::current())
             .await
+    }
+
+    /// [`RawCallable::call`] with a payload the engine may keep: one over
+    /// the connection's largest message is exposed as it is, without a
+    /// copy, while the server pulls it.
+    ///
+    /// # Errors
+    /// See [`RawCallable::call`].
+    pub async fn call_bytes(&self, payload: Bytes) -> Result<Bytes> {
+        self.invoke(Body::Shared(&payload), cancel::current()).await
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
@@ -218,6 +239,19 @@ impl RawCallable {
             f.timeout,
             inherited.as_ref().and_then(CancelToken::deadline),
         );
+        let size = body.len() as u64;
+        let max = f.state.config.max_payload_bytes;
+        if size > max {
+            f.stats.client.refused(Outcome::Invalid, 0);
+            return Err(Error::TooLarge {
+                what: format!("the arguments of RPC '{}'", f.name),
+                size,
+                max,
+                whose: "this engine".to_owned(),
+                why: expose::over_max(max),
+                response: false,
+            });
+        }
         if deadline.passed() {
             // A zero budget, or an inherited one spent: nothing is sent.
             f.stats.client.refused(Outcome::Deadline, 0);
@@ -297,6 +331,10 @@ impl RawCallable {
 
     fn interpret(&self, reply: Header, payload: Bytes) -> Result<Bytes> {
         if reply.kind == Kind::Response {
+            if reply.has_extensions() {
+                // A response by the bulk path that was not pulled.
+                return Err(self.unpulled(&payload));
+            }
             return Ok(payload);
         }
         // An error: only now name what failed (three strings per call on
@@ -333,6 +371,27 @@ impl RawCallable {
                 address,
                 reason: message(),
             }),
+            (Kind::Error, Status::TooLarge) => Err(match expose::parse_too_large(&payload) {
+                Some((size, max, response, why)) => Error::TooLarge {
+                    what: format!(
+                        "the {} of RPC '{rpc}'",
+                        if response { "response" } else { "arguments" }
+                    ),
+                    size,
+                    max,
+                    whose: address,
+                    why,
+                    response,
+                },
+                None => Error::Protocol {
+                    address,
+                    reason: "a TooLarge error shorter than its 17-byte head".into(),
+                },
+            }),
+            (Kind::Error, Status::BulkRefused) => Err(Error::BulkRefused {
+                address,
+                reason: message(),
+            }),
             (Kind::Error, Status::BadExtension) => Err(Error::Protocol {
                 address,
                 reason: format!(
@@ -344,6 +403,38 @@ impl RawCallable {
                 address,
                 reason: format!("a {kind:?} frame with status {status:?} answered a request"),
             }),
+        }
+    }
+}
+
+impl RawCallable {
+    /// The error of a response by the bulk path this engine did not pull
+    /// (the call got its overflow entry back, `overflow.rs`): over its
+    /// `max_payload_bytes`, or no memory for it.
+    #[cold]
+    fn unpulled(&self, block: &Bytes) -> Error {
+        let address = self.peer.addr.to_string();
+        let Some(entry) = Extensions::decode(block).ok().and_then(|(e, _)| e.overflow) else {
+            return Error::Protocol {
+                address,
+                reason: "a response with header extensions but no payload".into(),
+            };
+        };
+        let max = self.function.state.config.max_payload_bytes;
+        Error::TooLarge {
+            what: format!(
+                "the response of RPC '{}' from {address}",
+                self.function.name
+            ),
+            size: entry.len,
+            max,
+            whose: "this engine".to_owned(),
+            why: if entry.len > max {
+                expose::over_max(max)
+            } else {
+                format!("no memory for {} bytes", entry.len)
+            },
+            response: true,
         }
     }
 }

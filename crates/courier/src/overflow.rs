@@ -54,20 +54,41 @@ pub(crate) fn check(state: &EngineState, entry: &Overflow) -> Result<(), String>
 }
 
 /// The memory a payload lands in: its final buffer, which the pull writes
-/// in place (chunk by chunk, or by direct copies).
-struct Landing(Mutex<Vec<u8>>);
+/// in place (chunk by chunk, or by direct copies). Its memory is reserved
+/// whole when the payload is accepted, and its bytes are made (zeroed, a
+/// chunk at a time, just before the pull writes them) as the payload
+/// arrives: a pull that stops early touched only what it pulled.
+struct Landing {
+    buffer: Mutex<Vec<u8>>,
+    len: usize,
+}
+
+/// Zeros to grow a buffer from (a copy, fast in every build profile).
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+impl Landing {
+    /// The buffer, with its first `end` bytes made.
+    fn made(&self, end: usize) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        let mut b = lock(&self.buffer);
+        while b.len() < end {
+            let n = (end - b.len()).min(ZEROS.len());
+            b.extend_from_slice(&ZEROS[..n]);
+        }
+        b
+    }
+}
 
 impl BulkMemory for Landing {
     fn len(&self) -> usize {
-        lock(&self.0).len()
+        self.len
     }
 
     fn read_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) {
-        f(&lock(&self.0)[offset..offset + len]);
+        f(&self.made(offset + len)[offset..offset + len]);
     }
 
     fn write_with(&self, offset: usize, len: usize, f: &mut dyn FnMut(&mut [u8])) {
-        f(&mut lock(&self.0)[offset..offset + len]);
+        f(&mut self.made(offset + len)[offset..offset + len]);
     }
 }
 
@@ -92,8 +113,10 @@ pub(crate) async fn receive(
     let len = usize::try_from(entry.len).map_err(|_| no_memory())?;
     let mut buffer = Vec::new();
     buffer.try_reserve_exact(len).map_err(|_| no_memory())?;
-    buffer.resize(len, 0);
-    let landing = Arc::new(Landing(Mutex::new(buffer)));
+    let landing = Arc::new(Landing {
+        buffer: Mutex::new(buffer),
+        len,
+    });
     let access = Access {
         id: entry.region,
         key: entry.key,
@@ -103,7 +126,7 @@ pub(crate) async fn receive(
     transfer::pull_into(state, conn, access, landing.clone())
         .await
         .map_err(NotReceived::Failed)?;
-    let buffer = std::mem::take(&mut *lock(&landing.0));
+    let buffer = std::mem::take(&mut *landing.made(len));
     state.stats.bulk.payload_received();
     Ok(Bytes::from(buffer))
 }

@@ -142,3 +142,30 @@ pub(crate) fn parse_too_large(payload: &[u8]) -> Option<(u64, u64, bool, String)
 pub(crate) fn over_max(max: u64) -> String {
     format!("over max_payload_bytes ({max} bytes)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_bytes_are_pinned() {
+        // Arguments of 3 MiB refused by an engine whose limit is 2 MiB.
+        let b = too_large(3 << 20, 2 << 20, ARGUMENTS, "over");
+        assert_eq!(
+            b,
+            [
+                0x00, 0x00, 0x30, 0, 0, 0, 0, 0, // size: 3 MiB
+                0x00, 0x00, 0x20, 0, 0, 0, 0, 0,    // max_payload_bytes: 2 MiB
+                0x01, // the arguments (2: a response)
+                b'o', b'v', b'e', b'r', // why, UTF-8
+            ]
+        );
+        assert_eq!(
+            parse_too_large(&b),
+            Some((3 << 20, 2 << 20, false, "over".to_owned()))
+        );
+        let r = too_large(1, 0, RESPONSE, "");
+        assert_eq!(parse_too_large(&r), Some((1, 0, true, String::new())));
+        assert_eq!(parse_too_large(&b[..16]), None);
+    }
+}

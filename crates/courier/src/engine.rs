@@ -222,10 +222,11 @@ impl EngineBuilder {
         self
     }
 
-    /// The largest argument or response payload sent or accepted
-    /// (`max_payload_bytes`, default 8 GiB): one over the largest message
-    /// travels by the bulk path, one over this is refused with
-    /// [`Error::TooLarge`] (`docs/bulk.md`, "Payloads of any size").
+    /// The largest argument or response payload this engine sends, or
+    /// accepts by the bulk path (`max_payload_bytes`, default 8 GiB): one
+    /// over the largest message travels by the bulk path, one over this
+    /// is refused with [`Error::TooLarge`] (`docs/bulk.md`, "Payloads of
+    /// any size").
     #[must_use]
     pub fn max_payload_bytes(mut self, bytes: u64) -> Self {
         self.max_payload_bytes = Some(bytes);

@@ -740,9 +740,11 @@ async fn send_claimed(state: &RequestState, payload: Payload<'_>) -> Result<()> 
         }
     }
     let len = payload.len();
-    let sent = if len.saturating_add(frame::HEADER_LEN) > state.conn.max_message() {
+    let sent = if len.saturating_add(frame::HEADER_LEN) > state.conn.max_message()
+        || len as u64 > state.engine.config.max_payload_bytes
+    {
         // Rare, and a future of its own: every other response's stays
-        // small.
+        // small. (Over max_payload_bytes, it is refused there.)
         Box::pin(send_by_bulk(state, payload)).await
     } else {
         let head = Header {

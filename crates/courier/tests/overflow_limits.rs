@@ -1,7 +1,8 @@
 //! Payloads of any size, at their limits (`docs/bulk.md`, "Payloads of any
 //! size"): a payload over `max_payload_bytes` is refused with
 //! `Error::TooLarge` — by the caller before anything is sent, or by the
-//! receiver before it pulls or allocates anything — and the arguments of a
+//! receiver before it pulls or allocates anything, and by a handler's
+//! engine for a response, inline or not — and the arguments of a
 //! request that waits for its provider's place, or runs on RPC threads,
 //! are pulled there.
 //!
@@ -302,6 +303,74 @@ async fn response_over_the_servers_cap(proto: &str) {
     assert_eq!(server.stats().bulk.regions, 0, "nothing exposed");
 }
 
+/// `max_payload_bytes` below the largest message bounds what an engine
+/// sends inline too: arguments refused at once, a response refused (the
+/// caller gets the server's `TooLarge`).
+async fn a_cap_below_the_largest_message(proto: &str) {
+    let server = engine(proto, false, Some(1000)).await;
+    let mut said = register(&server, Arc::default());
+    let client = engine(proto, true, Some(1000)).await;
+    let address = guard("lookup", client.lookup(&server.address().to_string()))
+        .await
+        .unwrap();
+    let err = guard(
+        "call",
+        client.remote_raw("len").on(&address).call(&[0; 1001]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                size: 1001,
+                max: 1000,
+                response: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = guard(
+        "call",
+        client
+            .remote::<usize, Vec<u8>>("produce")
+            .on(&address)
+            .call(&2000),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        Error::TooLarge {
+            what,
+            max,
+            whose,
+            response,
+            ..
+        } => {
+            assert_eq!(what, "the response of RPC 'produce'");
+            assert_eq!(*max, 1000);
+            assert_eq!(whose, &server.address().to_string());
+            assert!(response);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let handler_saw = guard("the handler's respond", said.recv()).await.unwrap();
+    assert!(
+        matches!(handler_saw, Err(Error::TooLarge { .. })),
+        "{handler_saw:?}"
+    );
+    // Within the cap, inline as ever.
+    let n = guard(
+        "call",
+        client.remote_raw("len").on(&address).call(&[0; 1000]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(postcard::from_bytes::<u64>(&n).unwrap(), 1000);
+    assert_eq!(client.stats().bulk.payloads_sent, 0);
+}
+
 /// Arguments by the bulk path to a provider with limits and a pool (pulled
 /// once the request has its place, on the pool), and to an engine whose
 /// handlers run on RPC threads.
@@ -385,6 +454,11 @@ macro_rules! overflow_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn response_over_the_servers_cap() {
                 super::response_over_the_servers_cap(PROTO).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_cap_below_the_largest_message() {
+                super::a_cap_below_the_largest_message(PROTO).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,11 @@
 //! the server (it refused something); no stuck task (the whole exchange has
 //! a deadline, after which this target panics).
 //!
+//! A request may announce arguments by the bulk path (an overflow entry):
+//! the server pulls them from this connection, which never answers, so
+//! such a request waits until the connection closes; the final Ping is
+//! answered meanwhile.
+//!
 //! Input layout: a sequence of messages, each a u16 little-endian length
 //! then that many bytes (a frame: 24-byte header and payload). The server
 //! has `echo` (answers its payload), `typed` (postcard `String` in and out),
@@ -49,7 +54,13 @@ fn server() -> &'static Server {
         let _ = std::fs::remove_file(&path);
         let engine = rt.block_on(async {
             let e = Engine::builder(&format!("unix://{path}"))
-                .config_json(r#"{"progress_spin_us": 0, "max_message_size": 1048576}"#)
+                // Arguments by the bulk path (an overflow entry) up to 4 MiB:
+                // the server reserves what an entry announces, and libFuzzer
+                // counts a reservation over its malloc limit as a crash.
+                .config_json(
+                    r#"{"progress_spin_us": 0, "max_message_size": 1048576,
+                        "max_payload_bytes": 4194304}"#,
+                )
                 .build()
                 .await
                 .unwrap_or_else(|e| panic!("engine: {e}"));

@@ -479,6 +479,20 @@ pub(crate) fn table(stats: &Stats) -> Vec<String> {
     if b.transfers > 0 {
         let _ = write!(bulk, ", {:.1} MiB/s while transferring", b.mib_per_s);
     }
+    if b.payloads_sent + b.payloads_received + b.payloads_refused > 0 {
+        let _ = write!(
+            bulk,
+            "; payloads over the largest message: {} sent, {} received, {} refused",
+            b.payloads_sent, b.payloads_received, b.payloads_refused
+        );
+    }
+    if b.regions > 0 {
+        let _ = write!(
+            bulk,
+            "; {} regions exposed ({} responses held for their callers)",
+            b.regions, b.held_responses
+        );
+    }
     lines.push(bulk);
     lines.push(format!(
         "Engine: messages received {}, requests for unknown RPCs {}, parks of the progress loop {}",

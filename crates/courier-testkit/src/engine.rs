@@ -668,12 +668,15 @@ pub async fn payloads_typed(proto: &str) {
     }
 }
 
-/// A request over the client's maximum is refused before anything is sent
-/// (`MessageTooLarge` with the sizes), and the same connection keeps working.
+/// A request over the client's maximum travels by the bulk path on its
+/// own (`docs/bulk.md`, "Payloads of any size"): the server gets it whole,
+/// raw and typed, over the same connection; a one-way request, whose
+/// caller waits for nothing, is refused before anything is sent
+/// (`MessageTooLarge` with the sizes), and the connection keeps working.
 pub async fn request_over_max(proto: &str) {
     let server = crate::server(proto).await;
     register_hello(&server);
-    register_echo_raw(&server);
+    crate::overflow::register_overflow_rpcs(&server);
     register_whoconn(&server);
     let client = Engine::builder(proto)
         .client()
@@ -683,10 +686,35 @@ pub async fn request_over_max(proto: &str) {
         .unwrap();
     let address = crate::lookup(&client, &server).await;
     let before = whoconn(&client, &address).await;
-    let big = vec![7u8; 2 << 20];
-    let err = guard(
+    let big = pattern(2 << 20, 7);
+    let sum = crate::overflow::checksum(&big);
+    let answer = guard(
         "oversized call",
-        client.remote_raw("echo_raw").on(&address).call(&big),
+        client.remote_raw("digest_raw").on(&address).call(&big),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer[..8], (big.len() as u64).to_le_bytes());
+    assert_eq!(answer[8..16], sum.to_le_bytes());
+    // The typed API too.
+    let got = guard(
+        "oversized typed call",
+        client
+            .remote::<Vec<u8>, (u64, u64)>("digest")
+            .on(&address)
+            .call(&big),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, (big.len() as u64, sum));
+    // One-way: refused, unsent.
+    let err = guard(
+        "oversized one-way call",
+        client
+            .remote_raw("digest_raw")
+            .disable_response()
+            .on(&address)
+            .call(&big),
     )
     .await
     .unwrap_err();
@@ -697,23 +725,6 @@ pub async fn request_over_max(proto: &str) {
         }
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
-    // The typed API says the same.
-    let err = guard(
-        "oversized typed call",
-        client
-            .remote::<Vec<u8>, Vec<u8>>("echo_vec")
-            .on(&address)
-            .call(&big),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Transport(TransportError::MessageTooLarge { .. })
-        ),
-        "{err:?}"
-    );
     assert_hello(&client, &address).await;
     assert_eq!(
         whoconn(&client, &address).await,
@@ -723,7 +734,8 @@ pub async fn request_over_max(proto: &str) {
 }
 
 /// At the maximum: a message of exactly `max` bytes (header included) goes
-/// through both ways; one byte more is refused.
+/// through both ways inline; one byte more goes by the bulk path, both
+/// ways (see `overflow::at_the_limit_stays_inline`).
 pub async fn max_message_boundary(proto: &str) {
     let server = Engine::builder(proto)
         .max_message_size(SMALL_MAX)
@@ -744,26 +756,25 @@ pub async fn max_message_boundary(proto: &str) {
         .await
         .unwrap();
     assert!(back[..] == fits[..]);
+    assert_eq!(client.stats().bulk.payloads_sent, 0, "inline");
     let over = pattern(SMALL_MAX - courier::frame::HEADER_LEN + 1, 4);
-    let err = guard("echo over the maximum", echo.on(&address).call(&over))
+    let back = guard("echo over the maximum", echo.on(&address).call(&over))
         .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Transport(TransportError::MessageTooLarge { .. })
-        ),
-        "{err:?}"
-    );
+        .unwrap();
+    assert!(back[..] == over[..]);
+    let bulk = client.stats().bulk;
+    assert_eq!((bulk.payloads_sent, bulk.payloads_received), (1, 1));
     let back = guard("echo after", echo.on(&address).call(b"still here"))
         .await
         .unwrap();
     assert_eq!(&back[..], b"still here");
 }
 
-/// A response over the *client's* maximum: the caller gets an error (the
-/// client drops the connection it cannot read), not a hang; the next call
-/// works on a new connection.
+/// A response over the *client's* maximum (but within the server's, so
+/// the server sends it in one message: an engine knows only its own
+/// largest message): the caller gets an error (the client drops the
+/// connection it cannot read), not a hang; the next call works on a new
+/// connection.
 pub async fn response_over_client_max(proto: &str) {
     let server = crate::server(proto).await;
     register_hello(&server);
@@ -796,8 +807,8 @@ pub async fn response_over_client_max(proto: &str) {
     assert_hello(&client, &address).await;
 }
 
-/// A response over the *server's* maximum cannot be sent: the caller gets a
-/// remote error saying so.
+/// A response over the *server's* maximum travels by the bulk path: the
+/// caller gets it whole, and the server frees it once released.
 pub async fn response_over_server_max(proto: &str) {
     let server = Engine::builder(proto)
         .max_message_size(SMALL_MAX)
@@ -809,30 +820,28 @@ pub async fn response_over_server_max(proto: &str) {
         .register_raw(
             "big",
             RpcOptions::default(),
-            |h: Handle, _p: Bytes| async move { h.respond_raw(&vec![9u8; 2 << 20]).await },
+            |h: Handle, _p: Bytes| async move { h.respond_raw(&pattern(2 << 20, 9)).await },
         )
         .unwrap();
     let client = crate::client(proto).await;
     let address = crate::lookup(&client, &server).await;
-    let err = guard(
-        "call with an unsendable response",
+    let got = guard(
+        "call with a response over the server's maximum",
         client.remote_raw("big").on(&address).call(b""),
     )
     .await
-    .unwrap_err();
-    match &err {
-        Error::Remote { rpc, message, .. } => {
-            assert_eq!(rpc, "big");
-            assert!(message.contains("could not be sent"), "{message}");
-            assert!(message.contains("maximum message size"), "{message}");
-        }
-        other => panic!("expected Remote, got {other:?}"),
-    }
+    .unwrap();
+    assert!(got[..] == pattern(2 << 20, 9)[..]);
+    crate::stats::settled(&server, "the response is freed", |s| {
+        s.bulk.payloads_sent == 1 && s.bulk.held_responses == 0 && s.bulk.regions == 0
+    })
+    .await;
     assert_hello(&client, &address).await;
 }
 
-/// A request over the *server's* maximum: the server drops the connection,
-/// the caller gets `ConnectionLost` (not a hang), the next call reconnects.
+/// A request over the *server's* maximum (but within the client's, so the
+/// client sends it in one message): the server drops the connection, the
+/// caller gets `ConnectionLost` (not a hang), the next call reconnects.
 pub async fn request_over_server_max(proto: &str) {
     let server = Engine::builder(proto)
         .max_message_size(SMALL_MAX)

@@ -15,8 +15,9 @@
 //! engines and transports. Courier's own plugins run the same suite (see
 //! `tests/tests/conformance.rs` in the repository).
 //!
-//! Four groups of scenarios are generated, as modules
-//! `transport_contract`, `engine`, `deadlines` and `bulk`:
+//! Six groups of scenarios are generated, as modules
+//! `transport_contract`, `engine`, `deadlines`, `bulk`, `overflow` and
+//! `stats`:
 //!
 //! * [`transport`]: the transport contract below the engine (message
 //!   boundaries, order under backpressure, both directions at once, maximum
@@ -30,7 +31,11 @@
 //!   sent, callbacks at `max_in_flight_per_connection`;
 //! * [`bulk`]: bulk transfers over the protocol's messages (and its fast
 //!   path, if it has one): PyMargo's bulk programs, ranges, multi-segment
-//!   regions, hostile handles, a region dropped mid-transfer.
+//!   regions, hostile handles, a region dropped mid-transfer;
+//! * [`overflow`]: arguments and responses over the largest message, by
+//!   the bulk path on their own (typed, raw, both ways, blocking
+//!   handlers), and one exactly at the limit inline;
+//! * [`stats`]: what the engine counts over the protocol.
 //!
 //! No scenario sleeps to synchronise or asserts on timing: each wait is
 //! bounded by [`guard`], a hang guard that turns a hang into a failure.
@@ -49,6 +54,7 @@ use courier::{Engine, Handle};
 pub mod bulk;
 pub mod deadlines;
 pub mod engine;
+pub mod overflow;
 pub mod stats;
 pub mod streams;
 pub mod transport;
@@ -279,6 +285,21 @@ macro_rules! conformance_tests {
                 oversized_item_is_refused,
                 unary_call_to_a_stream_handler,
                 peer_gone_releases_the_stream,
+                large_arguments_and_answer,
+            }
+        }
+
+        /// Payloads of any size (`courier_testkit::overflow`).
+        mod overflow {
+            $crate::__scenarios! { async "multi_thread" overflow:
+                raw_arguments,
+                typed_arguments,
+                responses,
+                both_ways,
+                at_the_limit_stays_inline,
+            }
+            $crate::__scenarios! { blocking overflow:
+                blocking_responses,
             }
         }
 

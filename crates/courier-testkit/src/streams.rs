@@ -551,3 +551,55 @@ pub async fn peer_gone_releases_the_stream(proto: &str) {
     settled(&server, "the server released the stream", clean).await;
     guard("finalize", server.finalize()).await;
 }
+
+/// A stream's arguments and answer over the largest message travel by
+/// the bulk path, as a call's do; the items in between are messages.
+pub async fn large_arguments_and_answer(proto: &str) {
+    let build = |client: bool| {
+        let b = Engine::builder(proto)
+            .config_json(&config())
+            .max_message_size(1 << 20);
+        if client {
+            b.client()
+        } else {
+            b
+        }
+    };
+    let server = build(false).build().await.unwrap();
+    let client = build(true).build().await.unwrap();
+    let address = lookup(&client, &server).await;
+    server
+        .register_raw(
+            "mirror",
+            RpcOptions::default(),
+            |h: Handle, args: Bytes| async move {
+                h.send_item_raw(&args[..1000]).await?;
+                h.send_item_raw(&args[args.len() - 1000..]).await?;
+                let mut back = args.to_vec();
+                back.reverse();
+                h.respond_raw(&back).await
+            },
+        )
+        .unwrap();
+    let args = pattern(3 << 20, 9);
+    guard("large arguments and answer", async {
+        let mut s = client
+            .remote_raw("mirror")
+            .on(&address)
+            .stream(&args)
+            .await
+            .unwrap();
+        assert!(s.recv().await.unwrap().unwrap() == args[..1000]);
+        assert!(s.recv().await.unwrap().unwrap() == args[args.len() - 1000..]);
+        assert!(s.recv().await.unwrap().is_none());
+        let mut expected = args.clone();
+        expected.reverse();
+        assert!(
+            s.finish().await.unwrap() == expected,
+            "the answer came back wrong"
+        );
+    })
+    .await;
+    settled(&server, "the server's stream is over", clean).await;
+    finalize(server, client).await;
+}

@@ -84,12 +84,12 @@ use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts;
 
-mod handle;
-mod region;
+pub(crate) mod handle;
+pub(crate) mod region;
 pub(crate) mod serve;
 pub(crate) mod table;
-mod transfer;
-mod wire;
+pub(crate) mod transfer;
+pub(crate) mod wire;
 
 pub use crate::config::BulkOptions;
 pub use handle::Bulk;

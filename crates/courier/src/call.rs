@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::conn::{Conn, Reply};
 use crate::error::{Error, Result};
 use crate::frame::{self, Extensions, Header, Kind, Status, FLAG_EXTENSIONS, HEADER_LEN};
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
@@ -31,8 +32,13 @@ pub(crate) enum Body<'a> {
     /// Parts sent after the encoded header.
     Parts(&'a [&'a [u8]]),
     /// A whole message whose first `HEADER_LEN` bytes are room for the
-    /// header (built by `frame::with_header`): one buffer, one write.
-    Encoded(&'a mut [u8]),
+    /// header (built by `frame::with_header`): one buffer, one write. A
+    /// request over the connection's largest message takes the buffer
+    /// (its payload is exposed as it is, `overflow.rs`).
+    Encoded(&'a mut Vec<u8>),
+    /// A payload the engine may keep (exposed as it is, without a copy, if
+    /// it is over the connection's largest message).
+    Shared(&'a Bytes),
 }
 
 impl Body<'_> {
@@ -44,6 +50,18 @@ impl Body<'_> {
         match self {
             Body::Parts(parts) => parts.iter().map(|p| p.len()).sum(),
             Body::Encoded(msg) => msg.len().saturating_sub(HEADER_LEN),
+            Body::Shared(payload) => payload.len(),
+        }
+    }
+
+    /// The payload as bytes the engine keeps: taken from an encoded
+    /// message or shared as they are (no copy); parts are copied.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Parts([one]) => Bytes::copy_from_slice(one),
+            Body::Parts(parts) => Bytes::from(parts.concat()),
+            Body::Encoded(msg) => Bytes::from(std::mem::take(msg)).slice(HEADER_LEN..),
+            Body::Shared(payload) => payload.clone(),
         }
     }
 
@@ -101,6 +119,14 @@ impl Body<'_> {
             }
             (Body::Encoded(msg), Some(block)) => {
                 few = [&head, block, msg.get(HEADER_LEN..).unwrap_or_default()];
+                &few[..]
+            }
+            (Body::Shared(payload), None) => {
+                few = [&head, payload, &[]];
+                &few[..2]
+            }
+            (Body::Shared(payload), Some(block)) => {
+                few = [&head, block, payload];
                 &few[..]
             }
         };
@@ -239,14 +265,44 @@ async fn call_now(
         body.send(&conn, &header, true, deadline, ext).await?;
         return Ok(None);
     }
+    if expose::over(&conn, body.len(), deadline.is_some(), ext) {
+        // Rare, and a future of its own: every other call's stays small.
+        return Box::pin(call_by_bulk(state, &conn, header, body, deadline, ext)).await;
+    }
     let pending = conn.register(&mut header)?;
     body.send(&conn, &header, false, deadline, ext).await?;
     pending.reply().await.map(Some)
 }
 
+/// A request over the connection's largest message: its payload is
+/// exposed read-only, as it is, and the request goes with an overflow
+/// entry instead (`overflow.rs`); the region lives until the call ends,
+/// however it ends (this future returns or is dropped).
+async fn call_by_bulk(
+    state: &EngineState,
+    conn: &Conn,
+    mut header: Header,
+    body: Body<'_>,
+    deadline: Option<Instant>,
+    ext: &Extensions,
+) -> Result<Option<Reply>> {
+    let (_exposed, entry) = expose::expose(state, body.into_bytes())?;
+    let ext = Extensions {
+        overflow: Some(entry),
+        ..*ext
+    };
+    let pending = conn.register(&mut header)?;
+    Body::EMPTY
+        .send(conn, &header, false, deadline, &ext)
+        .await?;
+    pending.reply().await.map(Some)
+}
+
 /// Interprets the answer to a request of RPC `rpc` at `provider` of
 /// `address`: a `Response`'s payload, or the typed error of an `Error`
-/// frame (for unary calls and streams alike).
+/// frame (for unary calls and streams alike). A `Response` that still
+/// carries its overflow entry was not pulled by this engine, whose
+/// `max_payload_bytes` is `max_payload` (`overflow.rs`).
 ///
 /// # Errors
 /// The error the frame reports.
@@ -256,8 +312,12 @@ pub(crate) fn interpret(
     rpc: &str,
     provider: u16,
     address: &WireAddr,
+    max_payload: u64,
 ) -> Result<Bytes> {
     if reply.kind == Kind::Response {
+        if reply.has_extensions() {
+            return Err(unpulled(&payload, rpc, address, max_payload));
+        }
         return Ok(payload);
     }
     // An error: only now name what failed (three strings per call on
@@ -294,6 +354,27 @@ pub(crate) fn interpret(
             address,
             reason: message(),
         }),
+        (Kind::Error, Status::TooLarge) => Err(match expose::parse_too_large(&payload) {
+            Some((size, max, response, why)) => Error::TooLarge {
+                what: format!(
+                    "the {} of RPC '{rpc}'",
+                    if response { "response" } else { "arguments" }
+                ),
+                size,
+                max,
+                whose: address,
+                why,
+                response,
+            },
+            None => Error::Protocol {
+                address,
+                reason: "a TooLarge error shorter than its 17-byte head".into(),
+            },
+        }),
+        (Kind::Error, Status::BulkRefused) => Err(Error::BulkRefused {
+            address,
+            reason: message(),
+        }),
         (Kind::Error, Status::BadExtension) => Err(Error::Protocol {
             address,
             reason: format!(
@@ -305,5 +386,31 @@ pub(crate) fn interpret(
             address,
             reason: format!("a {kind:?} frame with status {status:?} answered a request"),
         }),
+    }
+}
+
+/// The error of a response by the bulk path this engine did not pull
+/// (the call got its overflow entry back, `overflow.rs`): over its
+/// `max_payload_bytes`, or no memory for it.
+#[cold]
+fn unpulled(block: &Bytes, rpc: &str, address: &WireAddr, max: u64) -> Error {
+    let address = address.to_string();
+    let Some(entry) = Extensions::decode(block).ok().and_then(|(e, _)| e.overflow) else {
+        return Error::Protocol {
+            address,
+            reason: "a response with header extensions but no payload".into(),
+        };
+    };
+    Error::TooLarge {
+        what: format!("the response of RPC '{rpc}' from {address}"),
+        size: entry.len,
+        max,
+        whose: "this engine".to_owned(),
+        why: if entry.len > max {
+            expose::over_max(max)
+        } else {
+            format!("no memory for {} bytes", entry.len)
+        },
+        response: true,
     }
 }

@@ -436,10 +436,12 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolOptions>,
     /// Statistics ([`StatsOptions`]).
     pub stats: StatsOptions,
-    /// The largest argument or response payload sent or accepted, in
-    /// bytes. One over the transport's largest message travels by the bulk
-    /// path on its own (`docs/bulk.md`, "Payloads of any size"). Default
-    /// 8 GiB.
+    /// The largest argument or response payload this engine sends, or
+    /// accepts by the bulk path, in bytes (a payload that comes inline is
+    /// bounded by `max_message_size` already). One over the transport's
+    /// largest message travels by the bulk path on its own (`docs/bulk.md`,
+    /// "Payloads of any size"); one over this is refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge). Default 8 GiB.
     pub max_payload_bytes: u64,
     /// Streams ([`StreamOptions`]).
     pub streams: StreamOptions,

@@ -233,11 +233,6 @@ impl Conn {
         self.announced.get().unwrap_or(&self.transport_peer)
     }
 
-    /// The largest message the connection's sender takes.
-    pub(crate) fn max_message(&self) -> usize {
-        self.max_message
-    }
-
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
@@ -995,6 +990,18 @@ impl Conn {
         token.is_some_and(|t| t.fire(CancelReason::Caller))
     }
 
+    /// Takes call `seq` out of the table, to complete it later (a response
+    /// whose payload is still to be pulled, `overflow.rs`): the call's
+    /// caller waits on, and the connection's death no longer fails it.
+    pub(crate) fn take_call(&self, seq: u64) -> Option<oneshot::Sender<Reply>> {
+        self.lock_pending().calls.remove(&seq)
+    }
+
+    /// The largest message the sender takes (header included).
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     /// Forgets a call (completed, timed out or cancelled).
     pub(crate) fn forget_call(&self, seq: u64) {
         self.lock_pending().calls.remove(&seq);
@@ -1085,6 +1092,18 @@ impl Conn {
         status: Status,
         message: &str,
     ) -> Result<()> {
+        self.send_error_payload(req, status, message.as_bytes())
+            .await
+    }
+
+    /// Sends an error frame answering `req`, with `payload` as it is (a
+    /// status whose payload is not only a message, `TooLarge`).
+    pub(crate) async fn send_error_payload(
+        &self,
+        req: &Header,
+        status: Status,
+        payload: &[u8],
+    ) -> Result<()> {
         self.counters.errors_sent.fetch_add(1, Ordering::Relaxed);
         let h = Header {
             kind: Kind::Error,
@@ -1094,7 +1113,7 @@ impl Conn {
             rpc: req.rpc,
             seq: req.seq,
         };
-        self.send(&[&h.encode(), message.as_bytes()]).await
+        self.send(&[&h.encode(), payload]).await
     }
 }
 

@@ -16,15 +16,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::admission::Providers;
+use crate::admission::{Admitted, Providers};
 use crate::bulk::serve::serve as serve_bulk;
 use crate::conn::Conn;
 use crate::flow::{End, Flow};
 use crate::frame::RESERVED_PROVIDER;
-use crate::frame::{Extensions, Header, Kind, Status};
+use crate::frame::{Extensions, Header, Kind, Overflow, Status};
 use crate::handler::{self, Arrival, Handle, RawHandler};
 use crate::limits::RequestSlot;
-use crate::rpcs::RpcTable;
+use crate::overflow::{self, expose, NotReceived};
+use crate::rpcs::{RpcEntry, RpcTable};
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord};
 use crate::sync::poll_once;
@@ -79,6 +80,12 @@ impl Dispatcher {
                     over_limit(conn, header, self.state.config.max_in_flight_per_connection).await
                 }
             },
+            Kind::Response if ext.overflow.is_some() => {
+                if let Some(entry) = ext.overflow {
+                    // Its payload is to be pulled, by a task.
+                    overflow::response(&self.state, conn, header, entry);
+                }
+            }
             Kind::Response | Kind::Error | Kind::Pong => {
                 if !conn.complete(header, payload) {
                     tracing::debug!(peer = %conn.remote(), seq = header.seq, "reply to no call in flight (late, after a timeout?)");
@@ -108,7 +115,9 @@ impl Dispatcher {
             | Kind::ResponseItem
             | Kind::ResponseCredit => return stream_frame(conn, header, payload).await,
             Kind::OverflowRelease => {
-                // Overflow: not yet served (dropped).
+                // The caller pulled a response (or gave it up): free it.
+                // An unknown sequence is ignored.
+                self.state.bulk.release_held(conn.id, header.seq);
             }
             Kind::Hello => {
                 tracing::warn!(peer = %conn.remote(), "closing connection: a second Hello frame");
@@ -161,7 +170,10 @@ impl Dispatcher {
             .await;
         };
         let record = &entry.handler.stats;
-        let bytes_in = payload.len();
+        // Arguments by the bulk path count as what they are.
+        let bytes_in = ext.overflow.map_or(payload.len(), |o| {
+            usize::try_from(o.len).unwrap_or(usize::MAX)
+        });
         if state.is_finalizing() {
             record.server.refused(Outcome::Finalizing, bytes_in as u64);
             return refuse(Status::Finalizing, "the engine is finalizing".into()).await;
@@ -189,6 +201,18 @@ impl Dispatcher {
                 return refuse(Status::Busy, busy.to_string()).await;
             }
         };
+        if let Some(over) = &ext.overflow {
+            // Over this engine's max_payload_bytes: refused before anything
+            // is pulled or allocated (the provider's place goes back).
+            if let Err(why) = overflow::check(state, over) {
+                record.server.refused(Outcome::Invalid, bytes_in as u64);
+                tracing::info!(rpc = %entry.name, "refusing arguments of {} bytes: {why}", over.len);
+                if !header.no_response() {
+                    overflow::refuse(state, conn, &header, over.len, expose::ARGUMENTS, &why).await;
+                }
+                return;
+            }
+        }
         conn.counters.request(|| {
             conn.limits
                 .in_flight(state.config.max_in_flight_per_connection)
@@ -225,6 +249,9 @@ impl Dispatcher {
                 stream,
             },
         );
+        if let Some(over) = ext.overflow {
+            return self.pull_then_run(conn, entry, handle, over, admitted);
+        }
         if let Some(admitted) = admitted {
             // A provider with limits or a pool: a task (on its pool), never
             // polled here; its handle holds the provider's place. A cancel
@@ -258,6 +285,67 @@ impl Dispatcher {
         let first = poll_once(&mut fut).await;
         if first.is_pending() {
             state.handler_rt.spawn(fut);
+        }
+    }
+
+    /// A request whose arguments travel by the bulk path: a task (on its
+    /// provider's pool, once it has its place, if it has limits or a pool)
+    /// pulls them from the caller over `conn`, bounded by the request's
+    /// deadline and stopped by its cancellation (a `Cancel` frame, the
+    /// connection's loss), then runs the handler on them as on inline
+    /// arguments. A request cancelled meanwhile never reaches its handler;
+    /// one whose arguments cannot be had is refused (`TooLarge` if no
+    /// memory, `BulkRefused` if the pull failed).
+    fn pull_then_run(
+        &self,
+        conn: &Arc<Conn>,
+        entry: Arc<RpcEntry<Served>>,
+        handle: Handle,
+        over: Overflow,
+        admitted: Option<Admitted>,
+    ) {
+        // A Cancel frame (or the connection's loss) finds it from now on.
+        handle.track();
+        handle.mark_waiting();
+        let (state, conn) = (self.state.clone(), conn.clone());
+        let run = move |place| async move {
+            handle.hold_place(place);
+            let token = handle.cancel_token();
+            let received = tokio::select! {
+                biased;
+                reason = token.cancelled() => return handle.cancel_unstarted(reason),
+                r = overflow::receive(&state, &conn, over) => r,
+            };
+            match received {
+                Ok(payload) => {
+                    if state.is_finalizing() {
+                        return;
+                    }
+                    handler::run(entry.handler.run.clone(), handle, payload).await;
+                }
+                Err(NotReceived::TooLarge(why)) => {
+                    let refusal = expose::too_large(
+                        over.len,
+                        state.config.max_payload_bytes,
+                        expose::ARGUMENTS,
+                        &why,
+                    );
+                    handle.refuse_unstarted(Status::TooLarge, &refusal).await;
+                }
+                Err(NotReceived::Failed(e)) => {
+                    let why = format!(
+                        "cannot pull the arguments of RPC '{}' from its caller: {e}",
+                        entry.name
+                    );
+                    handle
+                        .refuse_unstarted(Status::BulkRefused, why.as_bytes())
+                        .await;
+                }
+            }
+        };
+        match admitted {
+            Some(admitted) => admitted.spawn(&self.state.handler_rt, run),
+            None => drop(self.state.handler_rt.spawn(run(None))),
         }
     }
 

@@ -143,6 +143,7 @@ pub struct EngineBuilder {
     progress_thread: Option<bool>,
     rpc_threads: Option<usize>,
     max_message_size: Option<usize>,
+    max_payload_bytes: Option<u64>,
     connect_timeout: Option<Duration>,
     call_timeout: Option<Duration>,
     progress_spin: Option<Duration>,
@@ -169,6 +170,7 @@ impl EngineBuilder {
             progress_thread: None,
             rpc_threads: None,
             max_message_size: None,
+            max_payload_bytes: None,
             connect_timeout: None,
             call_timeout: None,
             progress_spin: None,
@@ -211,10 +213,23 @@ impl EngineBuilder {
         self
     }
 
-    /// The largest message (header + payload) sent or accepted.
+    /// The largest message (header + payload) sent or accepted. Arguments
+    /// and responses over it travel by the bulk path on their own, up to
+    /// [`EngineBuilder::max_payload_bytes`].
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// The largest argument or response payload this engine sends, or
+    /// accepts by the bulk path (`max_payload_bytes`, default 8 GiB): one
+    /// over the largest message travels by the bulk path, one over this
+    /// is refused with [`Error::TooLarge`] (`docs/bulk.md`, "Payloads of
+    /// any size").
+    #[must_use]
+    pub fn max_payload_bytes(mut self, bytes: u64) -> Self {
+        self.max_payload_bytes = Some(bytes);
         self
     }
 
@@ -329,6 +344,9 @@ impl EngineBuilder {
         }
         if let Some(n) = self.max_message_size {
             config.max_message_size = n;
+        }
+        if let Some(n) = self.max_payload_bytes {
+            config.max_payload_bytes = n;
         }
         if let Some(w) = self.progress_spin {
             config.progress_spin_us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);

@@ -294,6 +294,30 @@ pub enum Error {
         address: String,
     },
 
+    /// A payload (the arguments or the response of an RPC) over a
+    /// `max_payload_bytes` limit: this engine's, for what it sends or
+    /// receives, or the peer's, which refused it. Refused before any of it
+    /// moved, and before the receiver allocated anything for it
+    /// (`docs/bulk.md`, "Payloads of any size"). Reach: not reached for
+    /// arguments; reached for a response (its handler ran).
+    #[error("{what} ({size} bytes) refused by {whose}: {why}")]
+    TooLarge {
+        /// What is too large: "the arguments of RPC 'put'", "the response
+        /// of RPC 'get' from tcp://…".
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The `max_payload_bytes` of the engine that refused it.
+        max: u64,
+        /// Which engine refused it: "this engine", or the peer's address.
+        whose: String,
+        /// Why: over `max_payload_bytes`, or no memory for it.
+        why: String,
+        /// Whether it is a response (its handler ran) rather than the
+        /// arguments (no handler saw them).
+        response: bool,
+    },
+
     /// The call was cancelled: by its [`Request`](crate::blocking::Request)'s
     /// `cancel`, or because the request whose handler made it was
     /// cancelled by its own caller. The server was told; its handler may
@@ -418,6 +442,15 @@ impl Error {
             | Self::StreamItemTooLarge { .. }
             | Self::NotAStream { .. }
             | Self::StreamEnded { .. } => Reach::NotReached,
+            // Arguments refused, by this engine or the server, before the
+            // handler saw them; a response refused: the handler ran.
+            Self::TooLarge { response, .. } => {
+                if *response {
+                    Reach::Reached
+                } else {
+                    Reach::NotReached
+                }
+            }
         }
     }
 

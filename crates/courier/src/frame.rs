@@ -973,6 +973,103 @@ mod tests {
     }
 
     #[test]
+    fn overflow_extension_bytes_are_pinned() {
+        // A hello request at provider 3, sequence 7, with a 250 ms budget,
+        // whose 3 MiB of arguments wait in region 5 of the caller.
+        let req = Header {
+            kind: Kind::Request,
+            flags: FLAG_EXTENSIONS,
+            status: Status::Ok,
+            provider: 3,
+            rpc: rpc_id("hello"),
+            seq: 7,
+        };
+        let overflow = Overflow {
+            region: 5,
+            key: 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100,
+            len: 3 << 20,
+        };
+        let ext = Extensions {
+            deadline: Some(Duration::from_millis(250)),
+            overflow: Some(overflow),
+            ..Extensions::default()
+        };
+        let mut msg = req.encode().to_vec();
+        ext.encode(&mut msg);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            0x01, 0x02, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, // flags: extensions
+            0x0b, 0xbd, 0xaa, 0x80, 0x46, 0xd8, 0x30, 0xa4, // rpc id "hello"
+            0x07, 0, 0, 0, 0, 0, 0, 0, // sequence
+            0x01, 0x00, 0x2c, 0x00, // block version 1, reserved, 44 bytes of entries
+            0x01, 0x08, // deadline, 8 bytes
+            0x90, 0xd0, 0x03, 0, 0, 0, 0, 0, // 250 000 microseconds
+            0x82, 0x20, // overflow (critical), 32 bytes
+            0x05, 0, 0, 0, 0, 0, 0, 0, // region 5
+            0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, // key
+            0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+            0x00, 0x00, 0x30, 0, 0, 0, 0, 0, // length: 3 MiB
+            // no payload
+        ];
+        assert_eq!(msg, want);
+        let (h, rest) = split(&Bytes::from(msg)).unwrap();
+        assert_eq!(h, req);
+        let (back, payload) = Extensions::decode(&rest).unwrap();
+        assert_eq!(back, ext);
+        assert!(payload.is_empty());
+        assert_eq!(Overflow::from_bytes(&overflow.to_bytes()), overflow);
+        // Every entry this engine writes fits the largest block.
+        let all = Extensions {
+            trace: Some(TraceContext::new([7; 16], [9; 8], 1).unwrap()),
+            stream: Some(1),
+            ..ext
+        };
+        assert_eq!(all.block().len(), MAX_BLOCK_LEN);
+
+        // The caller's release of a pulled response: its sequence is the
+        // request's; and a refusal of a payload over the limit.
+        let release = Header {
+            seq: 7,
+            ..Header::new(Kind::OverflowRelease)
+        };
+        assert_eq!(
+            release.encode(),
+            [
+                0x01, 0x12, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version, kind 18
+                0, 0, 0, 0, 0, 0, 0, 0, // rpc id: unused
+                0x07, 0, 0, 0, 0, 0, 0, 0, // the request's sequence
+            ]
+        );
+        let too_large = Header {
+            kind: Kind::Error,
+            status: Status::TooLarge,
+            ..req
+        };
+        let b = too_large.encode();
+        assert_eq!((b[1], b[2], b[3]), (0x04, 0x02, 0x0d));
+        // An overflow entry of another length is refused, and so is a
+        // second one.
+        let short = Bytes::from_static(&[1, 0, 3, 0, EXT_OVERFLOW, 1, 0]);
+        assert_eq!(
+            Extensions::decode(&short).unwrap_err(),
+            ExtensionError::BadLength {
+                kind: EXT_OVERFLOW,
+                len: 1,
+                expected: OVERFLOW_LEN
+            }
+        );
+        let mut twice = vec![1, 0, 68, 0];
+        for _ in 0..2 {
+            twice.extend_from_slice(&[EXT_OVERFLOW, 32]);
+            twice.extend_from_slice(&overflow.to_bytes());
+        }
+        assert_eq!(
+            Extensions::decode(&Bytes::from(twice)).unwrap_err(),
+            ExtensionError::Duplicate(EXT_OVERFLOW)
+        );
+    }
+
+    #[test]
     fn invalid_traceparents_are_refused() {
         let good = TraceContext::new([7; 16], [9; 8], 1).unwrap().to_bytes();
         let entry = |value: &[u8]| {

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::flow::{Closed, Flow};
 use crate::frame::{self, Header, Kind, Status};
 use crate::limits::RequestSlot;
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord};
@@ -657,7 +658,7 @@ impl Handle {
                 source,
             },
         )?;
-        self.send_response(&[&msg]).await
+        self.send_response(Payload::Message(msg)).await
     }
 
     /// Sends raw payload bytes back to the caller; see [`Handle::respond`].
@@ -668,8 +669,7 @@ impl Handle {
         if !self.expects_response() {
             return Ok(());
         }
-        let header = self.response_header().encode();
-        self.send_response(&[&header, payload]).await
+        self.send_response(Payload::Lent(payload)).await
     }
 
     fn response_header(&self) -> Header {
@@ -681,11 +681,11 @@ impl Handle {
         }
     }
 
-    async fn send_response(&self, parts: &[&[u8]]) -> Result<()> {
+    async fn send_response(&self, payload: Payload<'_>) -> Result<()> {
         if !self.state.claim() {
             return Err(self.not_claimed());
         }
-        send_claimed(&self.state, parts).await
+        send_claimed(&self.state, payload).await
     }
 
     /// The error of a second response, or of one after the request was
@@ -717,22 +717,69 @@ impl Handle {
         }
         let state = self.state.clone();
         self.state.engine.rt.spawn(async move {
-            let header = Header {
-                kind: Kind::Response,
-                flags: 0,
-                status: Status::Ok,
-                ..state.header
-            };
-            if let Err(e) = send_claimed(&state, &[&header.encode(), &payload]).await {
+            if let Err(e) = send_claimed(&state, Payload::Owned(payload)).await {
                 tracing::warn!(rpc = %state.rpc.name, "cannot send the response: {e}");
             }
         });
         Ok(())
     }
+
+    /// Refuses the request before its handler ran (its arguments, sent by
+    /// the bulk path, could not be received): an `Error` frame of
+    /// `status` with `payload` goes to the caller (`dispatch.rs`).
+    pub(crate) async fn refuse_unstarted(&self, status: Status, payload: &[u8]) {
+        let state = &self.state;
+        state.set_outcome(Outcome::Invalid);
+        if state.claim() {
+            let _ = state
+                .conn
+                .send_error_payload(&state.header, status, payload)
+                .await;
+        }
+    }
+
+    /// The request was cancelled before its handler ran (while its
+    /// arguments were being pulled): nothing goes back.
+    pub(crate) fn cancel_unstarted(&self, reason: CancelReason) {
+        self.state.cancelled(reason);
+    }
 }
 
-/// Sends a response whose right to be sent was claimed.
-async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
+/// A response's payload, as the handler gave it.
+enum Payload<'a> {
+    /// A whole message: its header, then the payload (the typed API's
+    /// encoding, `frame::with_header`).
+    Message(Vec<u8>),
+    /// Bytes lent by the handler (copied if they travel by the bulk path).
+    Lent(&'a [u8]),
+    /// Bytes given to the engine.
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// Payload bytes (the header not counted).
+    fn len(&self) -> usize {
+        match self {
+            Payload::Message(m) => m.len().saturating_sub(frame::HEADER_LEN),
+            Payload::Lent(b) => b.len(),
+            Payload::Owned(v) => v.len(),
+        }
+    }
+
+    /// The payload as bytes the engine keeps (a copy only if lent).
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Message(m) => Bytes::from(m).slice(frame::HEADER_LEN..),
+            Payload::Lent(b) => Bytes::copy_from_slice(b),
+            Payload::Owned(v) => Bytes::from(v),
+        }
+    }
+}
+
+/// Sends a response whose right to be sent was claimed: in one message,
+/// or by the bulk path if it is over the connection's largest
+/// ([`send_by_bulk`]).
+async fn send_claimed(state: &RequestState, payload: Payload<'_>) -> Result<()> {
     if let Some(flow) = &state.stream {
         // The answer ends the response stream: no item may follow it.
         flow.close_sending(Closed::Done);
@@ -742,20 +789,41 @@ async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
             t.mark(&t.responded);
         }
     }
-    let sent = state.conn.send(parts).await;
+    let len = payload.len();
+    let sent = if len.saturating_add(frame::HEADER_LEN) > state.conn.max_message()
+        || len as u64 > state.engine.config.max_payload_bytes
+    {
+        // Rare, and a future of its own: every other response's stays
+        // small. (Over max_payload_bytes, it is refused there.)
+        Box::pin(send_by_bulk(state, payload)).await
+    } else {
+        let head = Header {
+            kind: Kind::Response,
+            flags: 0,
+            status: Status::Ok,
+            ..state.header
+        }
+        .encode();
+        match &payload {
+            // Its header is written already.
+            Payload::Message(msg) => state.conn.send(&[msg]).await,
+            Payload::Lent(bytes) => state.conn.send(&[&head, bytes]).await,
+            Payload::Owned(bytes) => state.conn.send(&[&head, bytes]).await,
+        }
+    };
     if let Some(t) = &state.timing {
         t.mark(&t.sent);
     }
     match &sent {
         Ok(()) => {
             state.set_outcome(Outcome::Ok);
-            let len = courier_transport::transport::message_len(parts);
-            state.bytes_out.store(
-                len.saturating_sub(frame::HEADER_LEN) as u64,
-                Ordering::Relaxed,
-            );
+            state.bytes_out.store(len as u64, Ordering::Relaxed);
         }
-        Err(Error::Transport(TransportError::MessageTooLarge { .. })) => {
+        Err(
+            Error::Transport(TransportError::MessageTooLarge { .. })
+            | Error::TooLarge { .. }
+            | Error::BulkInvalid(_),
+        ) => {
             state.set_outcome(Outcome::Invalid);
         }
         Err(_) => state.set_outcome(Outcome::ConnectionLost),
@@ -771,6 +839,52 @@ async fn send_claimed(state: &RequestState, parts: &[&[u8]]) -> Result<()> {
         }
         other => other,
     }
+}
+
+/// A response over the connection's largest message: exposed read-only,
+/// as it is (a copy only if the handler lent it), held for the caller to
+/// pull, and announced by a `Response` with an overflow entry and no
+/// payload (`overflow.rs`). One over this engine's `max_payload_bytes` is
+/// refused: the caller gets a `TooLarge` error, the handler
+/// [`Error::TooLarge`].
+async fn send_by_bulk(state: &RequestState, payload: Payload<'_>) -> Result<()> {
+    let engine = &state.engine;
+    let size = payload.len() as u64;
+    let max = engine.config.max_payload_bytes;
+    if size > max {
+        let why = expose::over_max(max);
+        let refusal = expose::too_large(size, max, expose::RESPONSE, &why);
+        let _ = state
+            .conn
+            .send_error_payload(&state.header, Status::TooLarge, &refusal)
+            .await;
+        return Err(Error::TooLarge {
+            what: format!("the response of RPC '{}'", state.rpc.name),
+            size,
+            max,
+            whose: "this engine".to_owned(),
+            why,
+            response: true,
+        });
+    }
+    let seq = state.header.seq;
+    let entry = expose::hold_response(engine, &state.conn, seq, payload.into_bytes())?;
+    let header = Header {
+        kind: Kind::Response,
+        flags: frame::FLAG_EXTENSIONS,
+        status: Status::Ok,
+        ..state.header
+    };
+    let block = frame::Extensions {
+        overflow: Some(entry),
+        ..frame::Extensions::default()
+    }
+    .block();
+    let sent = state.conn.send(&[&header.encode(), &block]).await;
+    if sent.is_err() {
+        engine.bulk.release_held(state.conn.id, seq);
+    }
+    sent
 }
 
 /// Runs one request's handler, catching its errors and panics, until it

@@ -175,7 +175,9 @@
 // leaves: error, trace, frame, cancel, config, timeouts, progress, liveness, limits, admission,
 // lifecycle, rpcs, runtime; the connection: conn, call (the call primitive), peer; the
 // shared state: state; the API below the engine: address, handler, remote,
-// bulk/*; incoming frames: dispatch, reader, links; probing idle
+// bulk/*; payloads by the bulk path: overflow::expose (sending, below call and
+// handler), overflow (receiving, below dispatch); incoming frames: dispatch,
+// reader, links; probing idle
 // connections: keepalive; the engine: engine,
 // bulk (its bulk methods), blocking.
 mod address;
@@ -197,6 +199,7 @@ mod lifecycle;
 mod limits;
 mod links;
 mod liveness;
+mod overflow;
 mod peer;
 mod progress;
 mod reader;

@@ -15,6 +15,7 @@ use crate::cancel::{self, CancelToken};
 use crate::error::{Error, Result};
 use crate::frame::{self, Extensions, Header, Kind, Status, FLAG_NO_RESPONSE};
 use crate::handler::decode_exact;
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord, Side};
@@ -192,13 +193,33 @@ impl RawCallable {
     /// [`Error::Timeout`], [`Error::DeadlineExceeded`], [`Error::Busy`],
     /// [`Error::NoSuchRpc`], [`Error::Remote`], [`Error::RemotePanic`],
     /// [`Error::NoResponse`], [`Error::OneWay`], [`Error::Cancelled`],
-    /// [`Error::ConnectionLost`], [`Error::Finalized`], transport errors
-    /// (refused, message too large). [`Error::reach`] says whether the
-    /// request can have reached the handler.
+    /// [`Error::ConnectionLost`], [`Error::Finalized`], [`Error::TooLarge`]
+    /// (the arguments over this engine's or the server's
+    /// `max_payload_bytes`, the response over this engine's),
+    /// [`Error::BulkRefused`] (a payload by the bulk path could not be
+    /// pulled), transport errors (refused; a one-way request's message too
+    /// large). [`Error::reach`] says whether the request can have reached
+    /// the handler.
+    ///
+    /// A payload over the connection's largest message travels by the
+    /// bulk path on its own, copied once into memory the engine keeps
+    /// while the call lasts (see [`RawCallable::call_bytes`] for no copy);
+    /// one over `max_payload_bytes` fails with [`Error::TooLarge`],
+    /// unsent (`docs/bulk.md`, "Payloads of any size").
     pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
         // The request being served where the call is first polled.
         self.invoke(Body::Parts(&[payload]), cancel::current())
             .await
+    }
+
+    /// [`RawCallable::call`] with a payload the engine may keep: one over
+    /// the connection's largest message is exposed as it is, without a
+    /// copy, while the server pulls it.
+    ///
+    /// # Errors
+    /// See [`RawCallable::call`].
+    pub async fn call_bytes(&self, payload: Bytes) -> Result<Bytes> {
+        self.invoke(Body::Shared(&payload), cancel::current()).await
     }
 
     pub(crate) fn rpc_name(&self) -> &str {
@@ -277,6 +298,19 @@ impl RawCallable {
     ) -> Result<Bytes> {
         let f = &self.function;
         let deadline = self.deadline(inherited.as_ref());
+        let size = body.len() as u64;
+        let max = f.state.config.max_payload_bytes;
+        if size > max {
+            f.stats.client.refused(Outcome::Invalid, 0);
+            return Err(Error::TooLarge {
+                what: format!("the arguments of RPC '{}'", f.name),
+                size,
+                max,
+                whose: "this engine".to_owned(),
+                why: expose::over_max(max),
+                response: false,
+            });
+        }
         if deadline.passed() {
             // A zero budget, or an inherited one spent: nothing is sent.
             f.stats.client.refused(Outcome::Deadline, 0);
@@ -354,6 +388,7 @@ impl RawCallable {
             &self.function.name,
             self.provider,
             &self.peer.addr,
+            self.function.state.config.max_payload_bytes,
         )
     }
 }

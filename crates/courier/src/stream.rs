@@ -81,12 +81,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use courier_transport::Address as WireAddr;
 
+use crate::bulk::handle::Bulk;
 use crate::call::{self, Body};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::flow::{Closed, End, Flow, Taken};
 use crate::frame::{self, Extensions, Header, Kind, Status, HEADER_LEN};
 use crate::handler::{decode_exact, Handle};
+use crate::overflow::expose;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord};
@@ -108,7 +110,7 @@ pub(crate) struct Opening<'a> {
 ///
 /// # Errors
 /// [`Error::DeadlineExceeded`] (a spent budget: nothing sent), connection
-/// errors, a request over the largest message.
+/// errors, arguments over `max_payload_bytes`.
 pub(crate) async fn open(opening: Opening<'_>, body: Body<'_>) -> Result<RawStreamCall> {
     let Opening {
         state,
@@ -128,12 +130,33 @@ pub(crate) async fn open(opening: Opening<'_>, body: Body<'_>) -> Result<RawStre
     }
     let limit = deadline.limit();
     let bytes_out = body.len() as u64;
+    let max = state.config.max_payload_bytes;
+    if bytes_out > max {
+        stats.client.refused(Outcome::Invalid, 0);
+        return Err(Error::TooLarge {
+            what: format!("the arguments of RPC '{rpc}'"),
+            size: bytes_out,
+            max,
+            whose: "this engine".to_owned(),
+            why: expose::over_max(max),
+            response: false,
+        });
+    }
     let opened = async {
         let conn = state.connection_for(peer).await?;
         let window = state.config.streams.window_bytes;
         let (seq, flow) = conn.open_stream(window, state.stats.streams.clone())?;
         header.seq = seq;
         ext.stream = Some(window);
+        // Arguments over the largest message wait to be pulled (as a
+        // call's do, `overflow.rs`), exposed while the call lives.
+        let (body, exposed) = if expose::over(&conn, body.len(), limit.is_some(), &ext) {
+            let (exposed, entry) = expose::expose(state, body.into_bytes())?;
+            ext.overflow = Some(entry);
+            (Body::EMPTY, Some(exposed))
+        } else {
+            (body, None)
+        };
         stats.client.begin();
         let core = Arc::new(Core {
             conn: conn.clone(),
@@ -143,10 +166,12 @@ pub(crate) async fn open(opening: Opening<'_>, body: Body<'_>) -> Result<RawStre
             address: peer.addr.clone(),
             deadline: limit,
             max_item: max_item(state, &conn),
+            max_payload: state.config.max_payload_bytes,
             stats: stats.clone(),
             outcome: AtomicU8::new(Outcome::Cancelled as u8),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(bytes_out),
+            _exposed: exposed,
         });
         // Sent by the caller's future: dropped part way, the core's drop
         // forgets the stream and tells the peer.
@@ -200,11 +225,17 @@ struct Core {
     /// The call's deadline and the duration it was set from.
     deadline: Option<(Instant, Duration)>,
     max_item: u64,
+    /// This engine's `max_payload_bytes` (an answer by the bulk path over
+    /// it is not pulled).
+    max_payload: u64,
     stats: Arc<RpcRecord>,
     /// How the call ended ([`Outcome`]), for the statistics.
     outcome: AtomicU8,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// The arguments, while the handler's engine may pull them (when
+    /// they were over the largest message).
+    _exposed: Option<Bulk>,
 }
 
 impl Drop for Core {
@@ -342,6 +373,7 @@ impl Core {
                 &self.rpc,
                 self.header.provider,
                 &self.address,
+                self.max_payload,
             ),
             End::Lost => Err(self.conn.lost()),
             // A caller's response stream ends only with the answer.

@@ -181,6 +181,14 @@ impl EngineBuilder {
         }
     }
 
+    /// See [`AsyncBuilder::max_payload_bytes`].
+    #[must_use]
+    pub fn max_payload_bytes(self, bytes: u64) -> Self {
+        Self {
+            inner: self.inner.max_payload_bytes(bytes),
+        }
+    }
+
     /// See [`AsyncBuilder::stats`].
     #[must_use]
     pub fn stats(self, on: bool) -> Self {

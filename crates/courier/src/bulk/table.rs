@@ -7,6 +7,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::task::AbortHandle;
+
 use super::region::{BulkMemory, BulkMode, Region};
 use super::wire::Access;
 use crate::config::BulkOptions;
@@ -29,6 +31,17 @@ pub(crate) struct BulkTable {
     /// Message buffers of finished chunks, reused: a fresh megabyte would
     /// cost a page fault per 4 KiB on its first write.
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// Responses that travel by the bulk path (`overflow.rs`), by
+    /// (connection, request sequence): the region that holds each until
+    /// the caller releases it, and the timer that frees it otherwise.
+    held: Mutex<HashMap<(u64, u64), Held>>,
+}
+
+/// A response's region, held for its caller to pull.
+#[derive(Debug)]
+struct Held {
+    region: u64,
+    timer: Option<AbortHandle>,
 }
 
 /// Most buffers kept for reuse.
@@ -54,6 +67,7 @@ impl BulkTable {
             secret: RandomState::new(),
             options: Mutex::new(options),
             buffers: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -112,10 +126,53 @@ impl BulkTable {
         lock(&self.no_direct).insert(conn);
     }
 
-    /// Forgets what belonged to a closed connection.
+    /// Forgets what belonged to a closed connection (the responses held
+    /// for it are withdrawn).
     pub(crate) fn forget_conn(&self, conn: u64) {
         lock(&self.leases).retain(|(c, _), _| *c != conn);
         lock(&self.no_direct).remove(&conn);
+        let gone: Vec<Held> = {
+            let mut held = lock(&self.held);
+            let keys: Vec<(u64, u64)> = held.keys().filter(|(c, _)| *c == conn).copied().collect();
+            keys.iter().filter_map(|k| held.remove(k)).collect()
+        };
+        for held in gone {
+            self.unhold(held);
+        }
+    }
+
+    /// Holds region `region` (exposed in this table) for the caller of
+    /// request `seq` on connection `conn`, until [`BulkTable::release_held`]
+    /// or the connection's end; `timer`, if any, is stopped then.
+    pub(crate) fn hold(&self, conn: u64, seq: u64, region: u64, timer: Option<AbortHandle>) {
+        let old = lock(&self.held).insert((conn, seq), Held { region, timer });
+        if let Some(old) = old {
+            self.unhold(old);
+        }
+    }
+
+    /// Withdraws the region held for request `seq` of connection `conn`;
+    /// whether there was one.
+    pub(crate) fn release_held(&self, conn: u64, seq: u64) -> bool {
+        let held = lock(&self.held).remove(&(conn, seq));
+        held.map(|h| self.unhold(h)).is_some()
+    }
+
+    fn unhold(&self, held: Held) {
+        if let Some(timer) = held.timer {
+            timer.abort();
+        }
+        self.withdraw(held.region);
+    }
+
+    /// Regions exposed now (those of payloads by the bulk path included).
+    pub(crate) fn regions(&self) -> usize {
+        lock(&self.regions).len()
+    }
+
+    /// Responses held for their callers to pull now.
+    pub(crate) fn held(&self) -> usize {
+        lock(&self.held).len()
     }
 
     pub(crate) fn options(&self) -> BulkOptions {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use courier_transport::{DirectMemory, PeerRange};
 
 use super::handle::Bulk;
-use super::region::Region;
+use super::region::{BulkMemory, BulkMode, Region};
 use super::wire::{parse_ranges, Access, ACCESS_LEN, GRANT_READ, GRANT_WRITE};
 use crate::call::{Body, PendingCall};
 use crate::cancel::CancelToken;
@@ -69,6 +69,40 @@ pub(crate) async fn run(
         started.elapsed(),
         result.is_ok(),
     );
+    result
+}
+
+/// Pulls all of the range `access` names, exposed by the engine at the
+/// other end of `conn`, into `into` (this process's memory, from its
+/// start; at least as long): a payload that travelled by the bulk path
+/// (`overflow.rs`). The same chunks, window and direct copies as [`run`],
+/// on that connection only (a dead one is not reopened), and counted in
+/// the same statistics. Not bounded here: the caller races it against
+/// its deadline and cancellation (dropping it drops the chunks in flight).
+///
+/// # Errors
+/// As [`run`]'s, but for timeouts and cancellation.
+pub(crate) async fn pull_into(
+    state: &EngineState,
+    conn: &Arc<Conn>,
+    access: Access,
+    into: Arc<dyn BulkMemory>,
+) -> Result<()> {
+    let local = Region::new(0, 0, BulkMode::WriteOnly, vec![into])
+        .ok_or_else(|| Error::BulkInvalid("the destination's length overflows".into()))?;
+    let job = Job {
+        op: BulkOp::Pull,
+        access,
+        local: Arc::new(local),
+        local_start: 0,
+        options: state.bulk.options(),
+    };
+    let started = std::time::Instant::now();
+    let result = job.run(state, conn).await;
+    state
+        .stats
+        .bulk
+        .transfer(true, access.len, started.elapsed(), result.is_ok());
     result
 }
 

@@ -719,6 +719,11 @@ mod tests {
                 bytes_pulled: 0,
                 bytes_pushed: 0,
                 mib_per_s: 0.0,
+                regions: 0,
+                held_responses: 0,
+                payloads_sent: 0,
+                payloads_received: 0,
+                payloads_refused: 0,
             },
             streams: Default::default(),
         }

@@ -544,6 +544,28 @@ fn render(stats: &Stats) -> String {
         "Bytes moved over the time spent in transfers, since the start (0 if none).",
         vec![(none(), (b.mib_per_s * 1024.0 * 1024.0).into())],
     );
+    t.family(
+        "courier_bulk_regions",
+        "gauge",
+        "Regions exposed now, payloads waiting to be pulled by peers included.",
+        vec![(none(), b.regions.into())],
+    );
+    t.family(
+        "courier_bulk_held_responses",
+        "gauge",
+        "Responses held for their callers to pull now.",
+        vec![(none(), b.held_responses.into())],
+    );
+    t.family(
+        "courier_payloads_by_bulk_total",
+        "counter",
+        "Payloads over the largest message: sent (exposed for the peer to pull), received (pulled whole), refused (over max_payload_bytes, or no memory).",
+        vec![
+            (vec![("way", "sent".to_owned())], b.payloads_sent.into()),
+            (vec![("way", "received".to_owned())], b.payloads_received.into()),
+            (vec![("way", "refused".to_owned())], b.payloads_refused.into()),
+        ],
+    );
 
     let st = &stats.streams;
     t.family(
@@ -691,6 +713,11 @@ mod tests {
                 bytes_pulled: 1 << 20,
                 bytes_pushed: 0,
                 mib_per_s: 512.5,
+                regions: 1,
+                held_responses: 0,
+                payloads_sent: 0,
+                payloads_received: 1,
+                payloads_refused: 0,
             },
             streams: Default::default(),
         }

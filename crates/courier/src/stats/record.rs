@@ -381,9 +381,32 @@ pub(crate) struct BulkCounters {
     pub(crate) bytes_pushed: AtomicU64,
     /// Time spent in transfers, in nanoseconds (for MiB/s).
     pub(crate) busy_ns: AtomicU64,
+    /// Payloads (arguments, responses) sent by the bulk path: exposed for
+    /// the peer to pull (`overflow.rs`).
+    pub(crate) payloads_sent: AtomicU64,
+    /// Payloads received by the bulk path: pulled whole.
+    pub(crate) payloads_received: AtomicU64,
+    /// Payloads this engine refused to receive, before pulling or
+    /// allocating anything: over its `max_payload_bytes`, or no memory.
+    pub(crate) payloads_refused: AtomicU64,
 }
 
 impl BulkCounters {
+    /// Counts a payload exposed for the peer to pull.
+    pub(crate) fn payload_sent(&self) {
+        self.payloads_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a payload pulled whole.
+    pub(crate) fn payload_received(&self) {
+        self.payloads_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a payload refused before anything moved.
+    pub(crate) fn payload_refused(&self) {
+        self.payloads_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a transfer of `bytes` that took `took`.
     pub(crate) fn transfer(&self, pulled: bool, bytes: u64, took: Duration, ok: bool) {
         self.transfers.fetch_add(1, Ordering::Relaxed);

@@ -325,6 +325,26 @@ pub struct BulkStats {
     /// MiB/s while transfers ran: bytes over the time spent in transfers
     /// (0 if none).
     pub mib_per_s: f64,
+    /// Regions exposed now, the payloads waiting to be pulled by peers
+    /// included (`docs/bulk.md`, "Payloads of any size").
+    #[serde(default)]
+    pub regions: u64,
+    /// Of which responses held for their callers to pull (each until the
+    /// caller releases it, its connection ends, or `timeouts.bulk_ms`).
+    #[serde(default)]
+    pub held_responses: u64,
+    /// Payloads (arguments or responses) over the connection's largest
+    /// message that this engine exposed for the peer to pull.
+    #[serde(default)]
+    pub payloads_sent: u64,
+    /// Payloads this engine pulled whole from peers.
+    #[serde(default)]
+    pub payloads_received: u64,
+    /// Payloads this engine refused to receive, before pulling anything or
+    /// allocating memory for them: over its `max_payload_bytes`, or no
+    /// memory to be had.
+    #[serde(default)]
+    pub payloads_refused: u64,
 }
 
 /// Streams of this engine, opened here or by peers (`docs/streams.md`).

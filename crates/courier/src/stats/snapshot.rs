@@ -103,6 +103,11 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
             } else {
                 moved as f64 / (1024.0 * 1024.0) / (busy_ns as f64 / 1e9)
             },
+            regions: state.bulk.regions() as u64,
+            held_responses: state.bulk.held() as u64,
+            payloads_sent: b.payloads_sent.load(Ordering::Relaxed),
+            payloads_received: b.payloads_received.load(Ordering::Relaxed),
+            payloads_refused: b.payloads_refused.load(Ordering::Relaxed),
         },
         streams: {
             let s = &rec.streams;

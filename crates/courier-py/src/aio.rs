@@ -41,7 +41,9 @@
 //! handler: an exception reaches the caller as a blocking handler's does.
 //! When the request is cancelled the engine drops the raw handler's
 //! future, which posts the task's cancellation (`asyncio.CancelledError`
-//! inside the coroutine).
+//! inside the coroutine). An async generator function's items are the
+//! response stream (`courier._aio.serve_async_generator` drives it, as the
+//! task's coroutine).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -443,6 +445,11 @@ where
     awaitable_with(py, shared, what, fut, on_cancel, crate::remote::outcome)
 }
 
+/// A coroutine that returns `value` at once (`__aenter__`, `__aexit__`).
+pub(crate) fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    aio_module(py)?.call_method1("ready", (value,))
+}
+
 /// `await engine.lookup_async(address)`.
 pub(crate) fn lookup<'py>(
     py: Python<'py>,
@@ -739,12 +746,19 @@ fn start_task<'py>(
     // context.run(func, handle, *args, **kwargs)
     let mut all = Vec::with_capacity(args.len() + 2);
     all.push(target.func.bind(py).clone());
-    all.push(handle.into_any().into_bound(py));
+    all.push(handle.clone_ref(py).into_any().into_bound(py));
     all.extend(args.iter());
     let all = PyTuple::new(py, all)?;
     let kwargs: Option<&Bound<'_, PyDict>> = (!kwargs.is_empty()).then_some(&kwargs);
-    let awaitable = context.call_method("run", all, kwargs)?;
+    let mut awaitable = context.call_method("run", all, kwargs)?;
     let inspect = py.import("inspect")?;
+    if inspect
+        .call_method1("isasyncgen", (&awaitable,))?
+        .is_truthy()?
+    {
+        // An async generator: its items are the response stream.
+        awaitable = aio_module(py)?.call_method1("serve_async_generator", (handle, awaitable))?;
+    }
     if inspect
         .call_method1("iscoroutine", (&awaitable,))?
         .is_truthy()?

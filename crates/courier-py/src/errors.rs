@@ -77,7 +77,9 @@ pub(crate) fn bulk_error(py: Python<'_>, message: String, address: Option<&str>)
 /// transfers (`courier.BulkTimeoutError` past their timeout),
 /// `courier.TimeoutError` for other timeouts (`courier.DeadlineExceededError`
 /// for a call whose deadline had passed before it was sent),
-/// `courier.CancelledError` for a cancelled call, `courier.BusyError` for a
+/// `courier.CancelledError` for a cancelled call (or a stream operation of a
+/// cancelled request), `courier.StreamAbortedError` for a request stream its
+/// caller aborted, `courier.BusyError` for a
 /// request the server refused as busy, `courier.RemoteError` (or its
 /// subclass for the remote exception's builtin type) for a handler's
 /// failure, `courier.CourierError` for the rest. Every one carries the
@@ -140,6 +142,17 @@ pub(crate) fn to_py(py: Python<'_>, e: &courier::Error) -> PyErr {
                 address.as_str(),
                 format!("panic: {message}"),
             ),
+            t,
+            reach,
+        ),
+        courier::Error::StreamAborted {
+            rpc,
+            address,
+            message,
+        } => make_reaching(
+            py,
+            "_stream_aborted_error",
+            (t, rpc.as_str(), address.as_str(), message.as_str()),
             t,
             reach,
         ),

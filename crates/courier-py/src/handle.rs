@@ -56,6 +56,16 @@ impl Handle {
         UnsentResponse(self.unsent.clone())
     }
 
+    /// The engine's handle on the request.
+    pub(crate) fn inner(&self) -> &Arc<courier::Handle> {
+        &self.inner
+    }
+
+    /// The engine's objects.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn set_unsent(&self, text: Option<String>) {
         *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = text;
     }
@@ -188,6 +198,59 @@ impl Handle {
             send,
             crate::aio::OnCancel::Finish,
         )
+    }
+
+    /// Whether the caller opened streams with this request (called it with
+    /// `stream()`, not as a plain call): only then may the handler send and
+    /// read items.
+    #[getter]
+    fn is_stream(&self) -> bool {
+        self.inner.is_stream()
+    }
+
+    /// Sends `item` (pickled) on the response stream, once the caller has
+    /// credit for it: a caller that does not read holds the handler here
+    /// (GIL released). Raises `courier.CancelledError` once the caller
+    /// gave up (or the deadline passed), `courier.CourierError` on a
+    /// request that is not a stream or after `respond()`.
+    fn send_item(&self, py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::stream::send_item(py, &self.shared, &self.inner, item)
+    }
+
+    /// The caller's next item (unpickled); `default` (None) once the
+    /// caller closed its request stream. Raises
+    /// `courier.StreamAbortedError` if the caller aborted it,
+    /// `courier.CancelledError` once it gave up (or the deadline passed).
+    #[pyo3(signature = (default=None))]
+    fn recv_item(&self, py: Python<'_>, default: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        crate::stream::recv_item(py, &self.shared, &self.inner, default)
+    }
+
+    /// The caller's items, an iterator (`for item in handle.items()`, or
+    /// `async for` in an `async def` handler) that ends when the caller
+    /// closes its request stream.
+    fn items(&self) -> crate::stream::HandleItems {
+        crate::stream::HandleItems::new(self.inner.clone(), self.shared.clone())
+    }
+
+    /// `send_item` as an awaitable, for `async def` handlers. Cancelling
+    /// the awaiting task does not take the item back.
+    fn send_item_async<'py>(
+        &self,
+        py: Python<'py>,
+        item: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stream::send_item_async(py, &self.shared, &self.inner, item)
+    }
+
+    /// `recv_item` as an awaitable, for `async def` handlers.
+    #[pyo3(signature = (default=None))]
+    fn recv_item_async<'py>(
+        &self,
+        py: Python<'py>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stream::recv_item_async(py, &self.shared, &self.inner, default)
     }
 
     /// The sender's address (its listening address if it is a server),

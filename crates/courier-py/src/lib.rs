@@ -37,6 +37,10 @@
 //!   def` handlers; the engine hands an event loop what it completes
 //!   through the loop's mailbox, so only the loop's thread touches Python.
 //!
+//! * Streams (`stream.rs`): a caller's `StreamCall`, a handler's
+//!   `send_item`, `recv_item` and `items()`, and generator handlers,
+//!   whose yielded items are the response stream; items are pickled.
+//!
 //! * Bulk transfers (`bulk.rs`: `Engine.create_bulk`, `Engine.transfer`,
 //!   `Bulk`) expose buffer-protocol objects to the engine through
 //!   `buffer::PyBufferMemory`, which reads and writes them on the
@@ -67,6 +71,7 @@ mod pickle;
 mod protocols;
 mod remote;
 mod shared;
+mod stream;
 
 /// The `courier._native` module.
 #[pymodule]
@@ -80,6 +85,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<remote::RemoteFunction>()?;
     m.add_class::<remote::CallableRemoteFunction>()?;
     m.add_class::<remote::Request>()?;
+    m.add_class::<stream::StreamCall>()?;
+    m.add_class::<stream::HandleItems>()?;
     m.add_class::<bulk::Bulk>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;

@@ -61,6 +61,20 @@ pub(crate) fn dump_response(
     dumps(py, value).map_err(|e| errors::pickling_error(py, "response", rpc, value, e))
 }
 
+/// A stream item of `rpc`, pickled (the `bytes` pickle made, sent as it
+/// is); a value pickle refuses raises `courier.SerializationError`,
+/// naming its type (nothing is sent, the stream goes on).
+pub(crate) fn dump_item<'py>(
+    py: Python<'py>,
+    rpc: &str,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    function(py, &DUMPS, "dumps")?
+        .call1((value, PROTOCOL))
+        .and_then(|out| Ok(out.cast_into::<PyBytes>()?))
+        .map_err(|e| errors::pickling_error(py, "item", rpc, value, e))
+}
+
 /// Reads a request payload back into `(args, kwargs)`; what cannot be read
 /// is a `CourierError` saying what was expected.
 pub(crate) fn load_arguments<'py>(

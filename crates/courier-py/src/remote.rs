@@ -197,6 +197,43 @@ impl CallableRemoteFunction {
     }
 }
 
+impl CallableRemoteFunction {
+    /// The opening of a stream call of `args` and `kwargs`, as a future
+    /// to run on the engine's runtime.
+    fn prepare_stream(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        timeout: Option<f64>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        serving: Option<courier::CancelToken>,
+    ) -> PyResult<
+        impl std::future::Future<Output = courier::Result<courier::stream::RawStreamCall>>
+            + Send
+            + 'static,
+    > {
+        let name = self.function.get().raw.name();
+        if self.function.get().one_way.load(Ordering::Acquire) {
+            return Err(crate::stream::one_way_error(name));
+        }
+        let payload = pickle::dump_arguments(py, name, args, kwargs)?;
+        let mut callable = self.callable.clone();
+        if let Some(after) = timeout_from_ms(timeout)? {
+            callable = callable.timeout(after);
+        }
+        Ok(crate::stream::open(callable, payload, serving))
+    }
+
+    fn stream_call(&self, call: courier::stream::RawStreamCall) -> crate::stream::StreamCall {
+        crate::stream::StreamCall::new(
+            call,
+            self.function.get().raw.name(),
+            self.callable.address(),
+            self.shared.clone(),
+        )
+    }
+}
+
 #[pymethods]
 impl CallableRemoteFunction {
     /// Calls the RPC with `args` and `kwargs` and returns the value the
@@ -265,6 +302,60 @@ impl CallableRemoteFunction {
             "call_async",
             call,
             crate::aio::OnCancel::Abort,
+        )
+    }
+
+    /// Opens a stream call with `args` and `kwargs` (docs/python.md,
+    /// "Streams") and returns its `StreamCall` once the request is sent:
+    /// send items to the handler, iterate over those it sends, `finish()`
+    /// for its answer. `timeout` (milliseconds; 0: none) bounds the whole
+    /// stream, and the handler sees it as its deadline. Made from a
+    /// handler, the stream inherits that request's deadline, as a call
+    /// does.
+    #[pyo3(signature = (*args, timeout=None, **kwargs))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        timeout: Option<f64>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<crate::stream::StreamCall> {
+        let serving = crate::shared::serving();
+        let open = self.prepare_stream(py, args, timeout, kwargs, serving)?;
+        let call = self
+            .shared
+            .wait(py, "stream", self.shared.flushed(open))?
+            .map_err(|e| errors::to_py(py, &e))?;
+        Ok(self.stream_call(call))
+    }
+
+    /// The awaitable form of `stream`: `call = await
+    /// f.stream_async(*args, timeout=0, **kwargs)` opens the stream
+    /// without blocking the event loop; `async for item in call` reads
+    /// its items. Called from an `async def` handler, the stream inherits
+    /// its request's deadline.
+    #[pyo3(signature = (*args, timeout=None, **kwargs))]
+    fn stream_async<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        timeout: Option<f64>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let serving = crate::aio::serving(py)?.or_else(crate::shared::serving);
+        let open = this.prepare_stream(py, args, timeout, kwargs, serving)?;
+        let me = slf.clone().unbind();
+        crate::aio::awaitable_with(
+            py,
+            &this.shared,
+            "stream_async",
+            open,
+            crate::aio::OnCancel::Abort,
+            move |py, out| match out {
+                Ok(call) => Ok(Py::new(py, me.get().stream_call(call))?.into_any()),
+                Err(e) => Err(errors::to_py(py, &e)),
+            },
         )
     }
 

@@ -276,6 +276,43 @@ impl Shared {
         }
     }
 
+    /// Runs `fut` at once, as far as it goes without waiting (in the
+    /// runtime's context, from any thread), and the rest on the runtime
+    /// in the background: for what must leave now even if no thread
+    /// drives the engine (a stream's cancellation, when its call is
+    /// dropped).
+    pub(crate) fn start<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut fut = Box::pin(fut);
+        let _runtime = self.runtime().enter();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            self.runtime().spawn(fut);
+        }
+    }
+
+    /// `op` (a send: a stream's item, its end, its opening request) and,
+    /// without a progress thread, one turn of the engine after it, for
+    /// [`Self::wait`]: what it queued (a QUIC stream's packets, which a
+    /// task of the engine's sends) leaves before the wait returns, even if
+    /// the program then waits elsewhere.
+    pub(crate) fn flushed<'a, F>(&self, op: F) -> impl Future<Output = F::Output> + Send + 'a
+    where
+        F: Future + Send + 'a,
+        F::Output: Send,
+    {
+        let turn = !self.progress_thread;
+        async move {
+            let out = op.await;
+            if turn {
+                tokio::task::yield_now().await;
+            }
+            out
+        }
+    }
+
     /// Runs `fut` on the runtime in the background.
     pub(crate) fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
     where
@@ -511,17 +548,18 @@ impl Shared {
 
 /// `func(handle, *args, **kwargs)`; the handle object is released before
 /// returning, so a handler that neither responded nor kept its handle is
-/// reported to the caller at once.
+/// reported to the caller at once. A generator (or iterator) it returns is served as the response stream
+/// (`stream::serve_returned`) before the handle is released.
 fn call_handler(py: Python<'_>, handle: Handle, payload: &[u8], func: &Py<PyAny>) -> PyResult<()> {
-    let handle = Py::new(py, handle)?;
+    let handle = Bound::new(py, handle)?;
     let (args, kwargs) = pickle::load_arguments(py, payload)?;
     let mut all = Vec::with_capacity(args.len() + 1);
-    all.push(handle.into_any().into_bound(py));
+    all.push(handle.clone().into_any());
     all.extend(args.iter());
     let all = PyTuple::new(py, all)?;
     let kwargs: Option<&Bound<'_, PyDict>> = (!kwargs.is_empty()).then_some(&kwargs);
-    func.bind(py).call(all, kwargs)?;
-    Ok(())
+    let returned = func.bind(py).call(all, kwargs)?;
+    crate::stream::serve_returned(py, &handle, returned)
 }
 
 /// Runs one job on a handler thread: takes the GIL for the Python call

@@ -31,17 +31,22 @@ from ._errors import (
     DeadlineExceededError,
     RemoteError,
     SerializationError,
+    StreamAbortedError,
     TimeoutError,
 )
-from ._native import Address, Bulk, CallableRemoteFunction, Handle, RemoteFunction, Request
+from ._native import (
+    Address, Bulk, CallableRemoteFunction, Handle, HandleItems, RemoteFunction, Request,
+    StreamCall,
+)
 from . import bulk
 from . import _aio
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
+    "StreamCall", "HandleItems",
     "Bulk", "bulk", "CourierError", "TimeoutError", "RemoteError", "BulkError",
     "BulkTimeoutError", "CancelledError", "DeadlineExceededError", "BusyError", "Mode", "client", "server", "remote", "provider", "Provider",
-    "SerializationError", "on_finalize", "on_prefinalize",
+    "SerializationError", "StreamAbortedError", "on_finalize", "on_prefinalize",
 ]
 __version__ = _native.__version__
 
@@ -64,7 +69,7 @@ _live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 #: What ``Engine.register`` takes as a handler: ``func(handle, *args,
 #: **kwargs)``, whatever it returns (the response is what it passes to
-#: ``handle.respond``). Typed ``Callable[..., object]``: mypy cannot infer
+#: ``handle.respond``; a generator's items are a response stream). Typed ``Callable[..., object]``: mypy cannot infer
 #: a lambda's parameters against ``Concatenate[Handle, ...]``, and lambdas
 #: make fine handlers.
 _Handler = Callable[..., object]
@@ -146,7 +151,11 @@ class Engine(_native.Engine):
 
         A coroutine function (``async def``) runs on an asyncio event loop:
         ``loop``, else the loop running in this thread, else a loop of the
-        engine's own on a thread of its own (docs/python.md, "asyncio")."""
+        engine's own on a thread of its own (docs/python.md, "asyncio").
+
+        A generator function (or one returning an iterator), and an async
+        generator function, serve streams: each item it yields is sent to
+        the caller's ``StreamCall`` (docs/python.md, "Streams")."""
         if func is not None and isinstance(provider_id, str):
             # PyMargo's older form: register(name, obj, method_name, provider_id).
             func, provider_id, disable_response = getattr(func, provider_id), int(disable_response), False

@@ -22,10 +22,11 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _native
+from ._errors import CourierError
 
 if TYPE_CHECKING:
     from . import Engine
@@ -49,6 +50,29 @@ async def awaited(future: Awaitable[_T]) -> _T:
     return await future
 
 
+async def ready(value: _T) -> _T:
+    """A coroutine returning ``value`` at once (``StreamCall.__aenter__``)."""
+    return value
+
+
+async def serve_async_generator(handle: _native.Handle, agen: AsyncGenerator[object, None]) -> None:
+    """An ``async def`` handler that yields: each item it yields is sent on
+    the response stream (``await handle.send_item_async(item)``, once the
+    caller has credit for it, so the generator is advanced only after the
+    item before it was sent). Closed (``GeneratorExit`` at its ``yield``)
+    when the task is cancelled (the caller left) or a send fails."""
+    try:
+        if not handle.is_stream:
+            raise CourierError(
+                f"the handler of RPC {handle.rpc_name!r} is an async generator, whose items "
+                "make a response stream: call it with stream(), not as a plain call"
+            )
+        async for item in agen:
+            await handle.send_item_async(item)
+    finally:
+        await agen.aclose()
+
+
 def engine_made(engine: Engine) -> None:
     """An engine made while an event loop runs in this thread is driven by
     a thread of the binding from the start (when it has no progress
@@ -62,12 +86,12 @@ def engine_made(engine: Engine) -> None:
 
 
 def is_async_handler(func: object) -> bool:
-    """Whether ``func`` is a coroutine function (also through a bound
-    method or ``functools.partial``): its handler then runs on an event
-    loop."""
+    """Whether ``func`` is a coroutine function or an async generator
+    function (also through a bound method or ``functools.partial``): its
+    handler then runs on an event loop."""
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func)
+    return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
 
 
 class _LoopThread:

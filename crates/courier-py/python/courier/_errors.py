@@ -19,6 +19,7 @@ from typing import Literal, cast
 __all__ = [
     "CourierError", "TimeoutError", "RemoteError", "BulkError", "BulkTimeoutError",
     "CancelledError", "DeadlineExceededError", "BusyError", "SerializationError",
+    "StreamAbortedError",
 ]
 
 _log = logging.getLogger("courier")
@@ -79,6 +80,21 @@ class CancelledError(CourierError):
         self.address = address
 
 
+class StreamAbortedError(CourierError):
+    """The caller aborted its request stream (``StreamCall.abort(message)``):
+    what a handler's next read of its items raises, after the items sent
+    before. ``message`` is the caller's; the handler may still answer."""
+
+    def __init__(
+        self, text: str, rpc: str | None = None, address: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(text)
+        self.rpc = rpc
+        self.address = address
+        self.message = message
+
+
 class BusyError(CourierError):
     """The server refused the request before any handler saw it (too many
     requests in flight on the connection): sending it again later is safe.
@@ -132,8 +148,9 @@ class BulkTimeoutError(BulkError, TimeoutError):
 
 
 class SerializationError(CourierError, pickle.PicklingError, builtins.TypeError):
-    """A call's arguments, or a handler's response, cannot be pickled:
-    nothing was sent. ``what`` is ``"arguments"`` or ``"response"``,
+    """A call's arguments, a handler's response or a stream item cannot be
+    pickled: nothing was sent. ``what`` is ``"arguments"``, ``"response"``
+    or ``"item"`` (a stream's item: the stream goes on),
     ``rpc`` the RPC, ``type_name`` the type of the value pickle refused and
     ``path`` where it is (``args[0]``, ``kwargs['name']``, ``value``, and
     ``[i]``, ``['key']``, ``.attr`` inside them). The original error is its
@@ -147,7 +164,7 @@ class SerializationError(CourierError, pickle.PicklingError, builtins.TypeError)
     returns without responding."""
 
     def __init__(
-        self, message: str, what: Literal["arguments", "response"] | None = None,
+        self, message: str, what: Literal["arguments", "response", "item"] | None = None,
         rpc: str | None = None, type_name: str | None = None, path: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -158,7 +175,8 @@ class SerializationError(CourierError, pickle.PicklingError, builtins.TypeError)
 
 
 for _cls in (CourierError, TimeoutError, RemoteError, BulkError, BulkTimeoutError,
-             DeadlineExceededError, CancelledError, BusyError, SerializationError):
+             DeadlineExceededError, CancelledError, BusyError, SerializationError,
+             StreamAbortedError):
     _cls.__module__ = "courier"
 
 _TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -218,6 +236,10 @@ def _deadline_exceeded_error(text: str, rpc: str, address: str) -> DeadlineExcee
 
 def _cancelled_error(text: str, rpc: str, address: str) -> CancelledError:
     return CancelledError(text, rpc, address)
+
+
+def _stream_aborted_error(text: str, rpc: str, address: str, message: str) -> StreamAbortedError:
+    return StreamAbortedError(text, rpc, address, message)
 
 
 def _busy_error(text: str, rpc: str, address: str, reason: str) -> BusyError:
@@ -306,11 +328,12 @@ def _describe_type(value: object) -> tuple[str, str]:
 
 
 def _pickling_error(
-    what: Literal["arguments", "response"], rpc: str, value: object, exc: BaseException,
+    what: Literal["arguments", "response", "item"], rpc: str, value: object,
+    exc: BaseException,
 ) -> SerializationError:
     """The SerializationError for ``value`` (a call's ``(args, kwargs)`` for
-    ``what == "arguments"``, a response otherwise), which pickle refused
-    with ``exc``."""
+    ``what == "arguments"``, a response or a stream item otherwise), which
+    pickle refused with ``exc``."""
     try:
         if what == "arguments":
             # The call's (args, kwargs) pair (src/pickle.rs, dump_arguments).
@@ -332,11 +355,15 @@ def _pickling_error(
     except Exception:
         path, type_name = "?", type(value).__name__
         described = type_name
-    where = f"the arguments of RPC {rpc!r}" if what == "arguments" else f"the response of RPC {rpc!r}"
+    where = {
+        "arguments": f"the arguments of RPC {rpc!r}",
+        "response": f"the response of RPC {rpc!r}",
+        "item": f"an item of the stream of RPC {rpc!r}",
+    }[what]
     message = f"cannot pickle {where}: {path} is a {described}, which pickle refused ({type(exc).__name__}: {exc})"
     err = SerializationError(message, what, rpc, type_name, path)
     err.__cause__ = exc
-    if what == "arguments":
+    if what != "response":
         err.reach = "not_reached"
     return err
 

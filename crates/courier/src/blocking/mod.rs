@@ -21,8 +21,19 @@
 //! engine). A handler may make blocking calls, to other engines or to its
 //! own; they inherit its request's deadline and cancellation.
 //!
+//! Streams ([`crate::stream`]) block too: [`Callable::stream`] opens a
+//! [`StreamCall`] whose `send` waits while the handler has no credit and
+//! whose `recv` waits for the next item; a blocking handler sends and
+//! reads items with [`Handle::send_item`] and [`Handle::recv_item`],
+//! which fail with [`Error::Cancelled`] as soon as the request is
+//! cancelled (its caller gone, its deadline passed), waiting or not.
+//!
 //! Blocking calls must not be made from inside an async runtime; they
-//! return [`Error::BlockingInAsync`] there instead of deadlocking.
+//! return [`Error::BlockingInAsync`] there instead of deadlocking. (So a
+//! provider with a handler pool of its own, whose blocking handlers run
+//! inside that pool's runtime, cannot make blocking calls, nor use the
+//! blocking stream methods: register its streaming handlers on the async
+//! engine, [`Engine::as_async`].)
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -42,9 +53,10 @@ use crate::call::Body;
 use crate::config::{Mode, ProviderOptions};
 use crate::engine::{Engine as AsyncEngine, EngineBuilder as AsyncBuilder, RpcOptions};
 use crate::error::{Error, Result};
-use crate::handler::{Handle as AsyncHandle, HandlerOutput};
+use crate::handler::{decode_exact, Handle as AsyncHandle, HandlerOutput};
 use crate::remote::{decode_response, Callable as AsyncCallable, RemoteFunction as AsyncRemote};
 use crate::runtime;
+use crate::stream::StreamCall as AsyncStreamCall;
 
 mod serve;
 
@@ -65,6 +77,22 @@ impl Rt {
         self.rt
             .as_ref()
             .unwrap_or_else(|| unreachable!("runtime used after drop"))
+    }
+
+    /// [`Rt::block_on`] of a send (a stream's item, its end, its opening
+    /// request) and, on a runtime that only moves while driven, one turn
+    /// of it after: what the send queued (a QUIC stream's packets, which
+    /// a task sends) leaves before this returns, even if the program then
+    /// waits elsewhere.
+    fn block_on_send<F: Future>(&self, what: &'static str, f: F) -> Result<F::Output> {
+        let turn = self.needs_driving;
+        self.block_on(what, async move {
+            let out = f.await;
+            if turn {
+                tokio::task::yield_now().await;
+            }
+            out
+        })
     }
 
     fn block_on<F: Future>(&self, what: &'static str, f: F) -> Result<F::Output> {
@@ -390,12 +418,14 @@ impl Engine {
         F: Fn(Handle, A) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
+        let rt = self.rt.clone();
         if self.pooled.contains(&options.provider_id) {
             // On its pool's threads, which no caller's timeout needs.
             return self
                 .engine
                 .register_with(name, options, move |h: AsyncHandle, args: A| {
-                    std::future::ready(handler(Handle { inner: h }, args).into_result())
+                    let h = Handle::new(h, rt.clone());
+                    std::future::ready(handler(h, args).into_result())
                 });
         }
         let queue = self.serving_queue()?;
@@ -403,7 +433,7 @@ impl Engine {
         self.engine
             .register_with(name, options, move |h: AsyncHandle, args: A| {
                 let handler = handler.clone();
-                enqueue(&queue, h, move |h| handler(h, args))
+                enqueue(&queue, h, rt.clone(), move |h| handler(h, args))
             })
     }
 
@@ -416,13 +446,15 @@ impl Engine {
         F: Fn(Handle, Bytes) -> O + Send + Sync + 'static,
         O: HandlerOutput + Send + 'static,
     {
+        let rt = self.rt.clone();
         if self.pooled.contains(&options.provider_id) {
             // On its pool's threads, which no caller's timeout needs.
             return self.engine.register_raw(
                 name,
                 options,
                 move |h: AsyncHandle, payload: Bytes| {
-                    std::future::ready(handler(Handle { inner: h }, payload).into_result())
+                    let h = Handle::new(h, rt.clone());
+                    std::future::ready(handler(h, payload).into_result())
                 },
             );
         }
@@ -431,7 +463,7 @@ impl Engine {
         self.engine
             .register_raw(name, options, move |h: AsyncHandle, payload: Bytes| {
                 let handler = handler.clone();
-                enqueue(&queue, h, move |h| handler(h, payload))
+                enqueue(&queue, h, rt.clone(), move |h| handler(h, payload))
             })
     }
 
@@ -583,12 +615,25 @@ impl Engine {
 }
 
 /// The blocking view of a request (see [`crate::Handle`]).
-#[derive(Debug)]
 pub struct Handle {
     inner: AsyncHandle,
+    /// The engine's runtime, for the stream methods that wait.
+    rt: Arc<Rt>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::Handle")
+            .field(&self.inner)
+            .finish()
+    }
 }
 
 impl Handle {
+    fn new(inner: AsyncHandle, rt: Arc<Rt>) -> Self {
+        Self { inner, rt }
+    }
+
     /// Sends `value` to the caller. It returns once the response is encoded
     /// and queued: the engine sends it without blocking the handler.
     ///
@@ -661,7 +706,106 @@ impl Handle {
     pub fn as_async(&self) -> &AsyncHandle {
         &self.inner
     }
+
+    /// Whether the caller opened streams with this request (called it
+    /// with [`Callable::stream`], not `call`); see
+    /// [`crate::Handle::is_stream`].
+    pub fn is_stream(&self) -> bool {
+        self.inner.is_stream()
+    }
+
+    /// Sends an item of the response stream (postcard-encoded), blocking
+    /// until the caller has credit for it: a slow caller holds the
+    /// handler here. See [`crate::Handle::send_item`].
+    ///
+    /// It returns [`Error::Cancelled`] as soon as the request is cancelled
+    /// (the caller dropped its stream, its deadline passed, the
+    /// connection was lost), whether it waits for credit or not: a
+    /// handler that sends in a loop stops at its next item. Without a
+    /// progress thread, a caller's cancellation is read while the handler
+    /// waits in the engine (for credit, for an item).
+    ///
+    /// # Errors
+    /// Those of [`crate::Handle::send_item`]; [`Error::BlockingInAsync`]
+    /// (in the handler of a provider with a handler pool of its own: see
+    /// the [module docs](self)).
+    pub fn send_item<T: serde::Serialize + ?Sized>(&self, item: &T) -> Result<()> {
+        self.stream_op("Handle::send_item", self.inner.send_item(item))
+    }
+
+    /// Sends raw bytes as an item of the response stream; see
+    /// [`Handle::send_item`].
+    ///
+    /// # Errors
+    /// See [`Handle::send_item`].
+    pub fn send_item_raw(&self, item: &[u8]) -> Result<()> {
+        self.stream_op("Handle::send_item_raw", self.inner.send_item_raw(item))
+    }
+
+    /// The caller's next request item, decoded, blocking until it comes;
+    /// `None` once the caller closed its request stream. See
+    /// [`crate::Handle::recv_item`]. Returns [`Error::Cancelled`] as soon
+    /// as the request is cancelled, as [`Handle::send_item`] does.
+    ///
+    /// # Errors
+    /// Those of [`crate::Handle::recv_item`] ([`Error::StreamAborted`]
+    /// when the caller aborted its stream); [`Error::BlockingInAsync`].
+    pub fn recv_item<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        let item = self.recv_item_raw()?;
+        item.map(|b| {
+            decode_exact(&b).map_err(|reason| Error::Decode {
+                rpc: self.inner.rpc_name().to_owned(),
+                what: "stream item",
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    /// The caller's next request item, raw; see [`Handle::recv_item`].
+    ///
+    /// # Errors
+    /// See [`Handle::recv_item`].
+    pub fn recv_item_raw(&self) -> Result<Option<Bytes>> {
+        let out = self.stream_op("Handle::recv_item", self.inner.recv_item_raw());
+        if matches!(&out, Err(Error::StreamAborted { message, .. }) if message == CANCELLED_BY_CALLER)
+        {
+            // A caller's `StreamCall::cancel`: its cancel follows.
+            let _ = self
+                .rt
+                .block_on("Handle::recv_item", self.inner.cancelled());
+        }
+        // A caller whose call is dropped ends its request stream before it
+        // cancels: the end of a cancelled request is its cancellation.
+        if matches!(out, Ok(None) | Err(Error::StreamAborted { .. })) && self.is_cancelled() {
+            return Err(self.cancelled());
+        }
+        out
+    }
+
+    /// Runs a stream operation of this request, unless it is cancelled
+    /// already (the operation itself stops when the request is cancelled
+    /// while it waits).
+    fn stream_op<T>(&self, what: &'static str, op: impl Future<Output = Result<T>>) -> Result<T> {
+        if self.inner.is_stream() && self.inner.is_cancelled() {
+            return Err(self.cancelled());
+        }
+        self.rt.block_on(what, op)?
+    }
+
+    fn cancelled(&self) -> Error {
+        Error::Cancelled {
+            rpc: self.inner.rpc_name().to_owned(),
+            address: self.inner.conn().remote().to_string(),
+        }
+    }
 }
+
+/// The message of the abort with which [`StreamCall::cancel`] ends its
+/// request stream before it cancels the call (the Python binding's
+/// `StreamCall.cancel` sends the same): a blocking handler that reads it
+/// waits for the cancel, and fails with [`Error::Cancelled`].
+const CANCELLED_BY_CALLER: &str = "the caller cancelled the call";
 
 /// The blocking form of [`crate::Address`].
 #[derive(Clone)]
@@ -850,6 +994,260 @@ impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R
     }
 }
 
+impl<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned> Callable<A, R> {
+    /// Opens a stream call: request items of type `S`, response items of
+    /// type `I`, and the handler's answer of type `R` at its end (see
+    /// [`crate::stream`]). Blocks until the request is sent.
+    ///
+    /// Made from a blocking handler, the stream inherits its request's
+    /// deadline, as a call does.
+    ///
+    /// # Errors
+    /// See [`crate::Callable::stream`].
+    pub fn stream<S, I>(&self, args: &A) -> Result<StreamCall<S, I, R>>
+    where
+        S: serde::Serialize + ?Sized,
+        I: serde::de::DeserializeOwned,
+    {
+        let inner = self
+            .rt
+            .block_on_send("stream", serve::scoped(self.inner.stream::<S, I>(args)))??;
+        Ok(StreamCall {
+            inner,
+            rt: self.rt.clone(),
+        })
+    }
+}
+
+/// A stream call in progress, blocking: the blocking form of
+/// [`crate::stream::StreamCall`], made by [`Callable::stream`]. Request items of
+/// type `S`, response items of type `I`, the handler's answer of type `R`.
+///
+/// [`send`](Self::send) items (blocking while the handler has no credit
+/// for more) and [`close`](Self::close) the request stream (or
+/// [`abort`](Self::abort) it); [`recv`](Self::recv) items until `None`
+/// (or iterate over [`items`](Self::items)); [`finish`](Self::finish)
+/// returns the handler's answer. To send from one thread and receive on
+/// another, [`split`](Self::split) it. Dropped before the answer came (or
+/// [`cancel`](Self::cancel)led), it cancels the call: the handler's next
+/// stream operation fails with [`Error::Cancelled`].
+pub struct StreamCall<S: ?Sized, I, R> {
+    inner: AsyncStreamCall<S, I, R>,
+    rt: Arc<Rt>,
+}
+
+impl<S: ?Sized, I, R> fmt::Debug for StreamCall<S, I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::StreamCall")
+            .field(&self.inner)
+            .finish()
+    }
+}
+
+impl<S, I, R> StreamCall<S, I, R>
+where
+    S: serde::Serialize + ?Sized,
+    I: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned,
+{
+    /// Sends a request item, blocking until the handler's side has credit
+    /// for it; see [`crate::stream::StreamCall::send`].
+    ///
+    /// # Errors
+    /// See [`crate::stream::StreamCall::send`]; [`Error::BlockingInAsync`].
+    pub fn send(&mut self, item: &S) -> Result<()> {
+        self.rt
+            .block_on_send("StreamCall::send", self.inner.send(item))?
+    }
+
+    /// Ends the request stream: the handler's next read returns `None`.
+    ///
+    /// # Errors
+    /// Connection errors; [`Error::BlockingInAsync`].
+    pub fn close(&mut self) -> Result<()> {
+        self.rt
+            .block_on_send("StreamCall::close", self.inner.close())?
+    }
+
+    /// Ends the request stream with an error: the handler's next read
+    /// returns [`Error::StreamAborted`] with `message`.
+    ///
+    /// # Errors
+    /// Connection errors; [`Error::BlockingInAsync`].
+    pub fn abort(&mut self, message: &str) -> Result<()> {
+        self.rt
+            .block_on_send("StreamCall::abort", self.inner.abort(message))?
+    }
+
+    /// The next response item, blocking until it comes; `None` once the
+    /// handler has answered (the answer is then in
+    /// [`finish`](Self::finish)). See [`crate::stream::StreamCall::recv`].
+    ///
+    /// # Errors
+    /// The handler's error, after the items it sent before it;
+    /// [`Error::Timeout`]; see [`crate::stream::StreamCall::recv`].
+    pub fn recv(&mut self) -> Result<Option<I>> {
+        self.rt.block_on("StreamCall::recv", self.inner.recv())?
+    }
+
+    /// The response items, as an iterator: [`recv`](Self::recv) until the
+    /// end (or the first error, which is its last item).
+    pub fn items(&mut self) -> impl Iterator<Item = Result<I>> + '_ {
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let next = self.recv().transpose();
+            done = !matches!(next, Some(Ok(_)));
+            next
+        })
+    }
+
+    /// Ends the call: closes the request stream if it is open, drops the
+    /// response items not read, and returns the handler's answer.
+    ///
+    /// # Errors
+    /// As [`Callable::call`].
+    pub fn finish(self) -> Result<R> {
+        let Self { inner, rt } = self;
+        rt.block_on("StreamCall::finish", inner.finish())?
+    }
+
+    /// Gives the call up: the handler's next stream operation fails with
+    /// [`Error::Cancelled`] (the same as dropping it, but the engine is
+    /// driven until the server is told, also without a progress thread).
+    /// Once the handler's answer has come, there is nothing to cancel.
+    ///
+    /// # Errors
+    /// [`Error::BlockingInAsync`].
+    pub fn cancel(self) -> Result<()> {
+        let Self { mut inner, rt } = self;
+        rt.block_on("StreamCall::cancel", async move {
+            // Its request stream, if open, is aborted first: dropped, it
+            // would end cleanly before the handler hears of the cancel,
+            // and a handler reading items would take it for the end.
+            let _ = inner.abort(CANCELLED_BY_CALLER).await;
+            drop(inner);
+            // The cancel is sent from a task if it could not go at once.
+            tokio::task::yield_now().await;
+        })
+    }
+
+    /// The two halves, to send from one thread and receive on another.
+    pub fn split(self) -> (StreamSender<S>, StreamReceiver<I, R>) {
+        let Self { inner, rt } = self;
+        let (sender, receiver) = inner.split();
+        (
+            StreamSender {
+                inner: sender,
+                rt: rt.clone(),
+            },
+            StreamReceiver {
+                inner: receiver,
+                rt,
+            },
+        )
+    }
+
+    /// The async stream call underneath (use it from async code only).
+    pub fn as_async(&mut self) -> &mut AsyncStreamCall<S, I, R> {
+        &mut self.inner
+    }
+}
+
+/// The sending half of a blocking [`StreamCall`] ([`StreamCall::split`]).
+/// Dropped, it closes the request stream.
+pub struct StreamSender<S: ?Sized> {
+    inner: crate::stream::StreamSender<S>,
+    rt: Arc<Rt>,
+}
+
+impl<S: ?Sized> fmt::Debug for StreamSender<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::StreamSender")
+            .field(&self.inner)
+            .finish()
+    }
+}
+
+impl<S: serde::Serialize + ?Sized> StreamSender<S> {
+    /// See [`StreamCall::send`].
+    ///
+    /// # Errors
+    /// See [`StreamCall::send`].
+    pub fn send(&mut self, item: &S) -> Result<()> {
+        self.rt
+            .block_on_send("StreamSender::send", self.inner.send(item))?
+    }
+
+    /// See [`StreamCall::close`].
+    ///
+    /// # Errors
+    /// See [`StreamCall::close`].
+    pub fn close(&mut self) -> Result<()> {
+        self.rt
+            .block_on_send("StreamSender::close", self.inner.close())?
+    }
+
+    /// See [`StreamCall::abort`].
+    ///
+    /// # Errors
+    /// See [`StreamCall::abort`].
+    pub fn abort(&mut self, message: &str) -> Result<()> {
+        self.rt
+            .block_on_send("StreamSender::abort", self.inner.abort(message))?
+    }
+}
+
+/// The receiving half of a blocking [`StreamCall`] ([`StreamCall::split`]);
+/// also an [`Iterator`] of items, which ends at the end of the response
+/// stream or after its first error.
+pub struct StreamReceiver<I, R> {
+    inner: crate::stream::StreamReceiver<I, R>,
+    rt: Arc<Rt>,
+}
+
+impl<I, R> fmt::Debug for StreamReceiver<I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::StreamReceiver")
+            .field(&self.inner)
+            .finish()
+    }
+}
+
+impl<I: serde::de::DeserializeOwned, R: serde::de::DeserializeOwned> StreamReceiver<I, R> {
+    /// See [`StreamCall::recv`].
+    ///
+    /// # Errors
+    /// See [`StreamCall::recv`].
+    pub fn recv(&mut self) -> Result<Option<I>> {
+        self.rt
+            .block_on("StreamReceiver::recv", self.inner.recv())?
+    }
+
+    /// Drops the items not read and returns the handler's answer (the
+    /// request stream is not closed here: its sender does that, when it
+    /// is closed or dropped).
+    ///
+    /// # Errors
+    /// See [`StreamCall::finish`].
+    pub fn finish(self) -> Result<R> {
+        let Self { inner, rt } = self;
+        rt.block_on("StreamReceiver::finish", inner.finish())?
+    }
+}
+
+impl<I: serde::de::DeserializeOwned, R: serde::de::DeserializeOwned> Iterator
+    for StreamReceiver<I, R>
+{
+    type Item = Result<I>;
+
+    fn next(&mut self) -> Option<Result<I>> {
+        self.recv().transpose()
+    }
+}
+
 /// A call in flight, from [`Callable::call_nonblocking`].
 pub struct Request<R> {
     join: Option<JoinHandle<Result<Bytes>>>,
@@ -926,6 +1324,7 @@ impl<R> Drop for Request<R> {
 fn enqueue<O: HandlerOutput>(
     queue: &serve::Queue,
     h: AsyncHandle,
+    rt: Arc<Rt>,
     run: impl FnOnce(Handle) -> O + Send + 'static,
 ) -> impl Future<Output = std::result::Result<(), String>> + Send + 'static {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -943,7 +1342,7 @@ fn enqueue<O: HandlerOutput>(
             // Its blocking calls carry its trace context (none if the
             // caller sent none).
             crate::trace::serve_here(trace, || {
-                token.serve_here(|| run(Handle { inner: h }).into_result())
+                token.serve_here(|| run(Handle::new(h, rt)).into_result())
             })
         }));
         let _ = tx.send(out);

@@ -286,6 +286,7 @@ macro_rules! conformance_tests {
                 unary_call_to_a_stream_handler,
                 peer_gone_releases_the_stream,
                 large_arguments_and_answer,
+                dropped_upload_is_not_complete,
             }
         }
 

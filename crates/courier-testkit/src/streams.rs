@@ -603,3 +603,66 @@ pub async fn large_arguments_and_answer(proto: &str) {
     settled(&server, "the server's stream is over", clean).await;
     finalize(server, client).await;
 }
+
+/// A caller that drops an upload part way cancels it: the handler never
+/// reads a clean end of the request stream (it is cancelled, its future
+/// dropped or its read failing), so it cannot take a cut upload for a
+/// whole one.
+pub async fn dropped_upload_is_not_complete(proto: &str) {
+    type Tell = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<String>>>>;
+    /// Tells the test how the handler ended: what its last read returned,
+    /// or "dropped" if its future was dropped first.
+    struct Ended(Tell, String);
+    impl Ended {
+        fn set(&mut self, why: String) {
+            self.1 = why;
+        }
+    }
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(std::mem::take(&mut self.1));
+            }
+        }
+    }
+    let (server, client, address) = pair(proto).await;
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
+    let ended_tx: Tell = Arc::new(std::sync::Mutex::new(Some(ended_tx)));
+    server
+        .register_raw(
+            "upload",
+            RpcOptions::default(),
+            move |h: Handle, _: Bytes| {
+                let mut ended = Ended(ended_tx.clone(), "dropped".to_owned());
+                async move {
+                    let why = loop {
+                        match h.recv_item_raw().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break "a clean end".to_owned(),
+                            Err(e) => break e.to_string(),
+                        }
+                    };
+                    ended.set(why);
+                    Ok::<(), Error>(())
+                }
+            },
+        )
+        .unwrap();
+    guard("dropped upload", async {
+        let mut s = client
+            .remote_raw("upload")
+            .on(&address)
+            .stream(b"")
+            .await
+            .unwrap();
+        for i in 0..5u8 {
+            s.send(&pattern(100, i)).await.unwrap();
+        }
+        drop(s);
+        let why = ended_rx.await.unwrap();
+        assert_ne!(why, "a clean end", "a dropped upload read as complete");
+    })
+    .await;
+    settled(&server, "the server's stream is over", clean).await;
+    finalize(server, client).await;
+}

@@ -193,11 +193,14 @@ pub(crate) async fn open(opening: Opening<'_>, body: Body<'_>) -> Result<RawStre
         },
     };
     Ok(RawStreamCall {
-        sender: RawStreamSender {
+        receiver: RawStreamReceiver {
             core: core.clone(),
+            sleep: None,
+        },
+        sender: RawStreamSender {
+            core,
             closed: false,
         },
-        receiver: RawStreamReceiver { core, sleep: None },
     })
 }
 
@@ -458,8 +461,11 @@ fn decoded<T: serde::de::DeserializeOwned>(rpc: &str, item: &[u8]) -> Result<T> 
 /// two tasks, [`split`](Self::split) it. Dropped before the answer came,
 /// it cancels the call.
 pub struct RawStreamCall {
-    sender: RawStreamSender,
+    // The receiver first: dropped before the sender, which then holds the
+    // last reference and does not close the request stream (a dropped
+    // call is cancelled, never ended as if the upload were complete).
     receiver: RawStreamReceiver,
+    sender: RawStreamSender,
 }
 
 impl fmt::Debug for RawStreamCall {
@@ -524,7 +530,8 @@ impl RawStreamCall {
 }
 
 /// The sending half of a caller's stream ([`RawStreamCall::split`]).
-/// Dropped, it closes the request stream.
+/// Dropped while its receiver lives, it closes the request stream; the
+/// last half dropped before the answer came cancels the call.
 pub struct RawStreamSender {
     core: Arc<Core>,
     closed: bool,
@@ -570,7 +577,10 @@ impl RawStreamSender {
 
 impl Drop for RawStreamSender {
     fn drop(&mut self) {
-        if !self.closed && self.core.flow.close_sending(Closed::Done) {
+        // The last half: the core's drop cancels the call (if its answer
+        // has not come), which an end sent first would belie.
+        let last = Arc::strong_count(&self.core) == 1;
+        if !self.closed && !last && self.core.flow.close_sending(Closed::Done) {
             self.core.conn.send_detached(Header {
                 kind: Kind::RequestEnd,
                 flags: 0,
@@ -766,7 +776,7 @@ impl RawStreamSender {
 }
 
 /// The typed sending half of a stream call ([`StreamCall::split`]).
-/// Dropped, it closes the request stream.
+/// Dropped while its receiver lives, it closes the request stream.
 pub struct StreamSender<S: ?Sized> {
     raw: RawStreamSender,
     types: PhantomData<fn(&S)>,

@@ -225,8 +225,10 @@ async fn oneway_orders(tx: &mut dyn DynSender, rx: &mut dyn DynReceiver) -> CliR
     }
 }
 
-/// This process's side of the one-way floor: one connection to the raw
-/// peer, for every measurement of a protocol.
+/// This process's side of the one-way floor: a connection to the raw
+/// peer, for one measurement (its warm-up and its measured run). Not one
+/// for all: while a connection is open, a raw peer under a spin policy
+/// keeps its CPU busy, which is the engine peer's CPU too.
 struct OneWay {
     tx: Box<dyn DynSender>,
     rx: Box<dyn DynReceiver>,
@@ -712,27 +714,21 @@ impl Target<'_> {
                 .address()
                 .parse()
                 .context(|| "the raw peer's address")?;
-            let mut oneway = OneWay::connect(&*transport, &raw_addr).await?;
             let endpoints = Endpoints {
                 out: client.remote_raw(OUT_RPC).on(&address),
                 into: client.remote_raw(IN_RPC).on(&address),
                 sink: EngineSink::new(&client, &address, SINK_RPC),
+                transport,
+                raw_addr,
             };
-            let measured = self.measure_runs(&endpoints, &mut oneway, samples).await;
-            oneway.close().await;
-            measured
+            self.measure_runs(&endpoints, samples).await
         }
         .await;
         client.finalize().await;
         result
     }
 
-    async fn measure_runs(
-        self,
-        endpoints: &Endpoints,
-        oneway: &mut OneWay,
-        samples: &mut Vec<Sample>,
-    ) -> CliResult {
+    async fn measure_runs(self, endpoints: &Endpoints, samples: &mut Vec<Sample>) -> CliResult {
         let Self { plan, setup, .. } = self;
         let largest = setup.sizes.iter().copied().max().unwrap_or(0);
         let buffer = Bytes::from(vec![0xa5u8; largest]);
@@ -773,9 +769,16 @@ impl Target<'_> {
                     let stream = guarded(&what, engine(items)).await?;
                     let raw_what = format!("raw one-way floor, {} {items} × {label}", dir.name());
                     let raw = guarded(&raw_what, async {
+                        let mut oneway =
+                            OneWay::connect(&*endpoints.transport, &endpoints.raw_addr).await?;
                         let _spin = Spinner::start(polling);
-                        oneway.run(dir, &payload, warmup).await?;
-                        oneway.run(dir, &payload, items).await
+                        let measured = async {
+                            oneway.run(dir, &payload, warmup).await?;
+                            oneway.run(dir, &payload, items).await
+                        }
+                        .await;
+                        oneway.close().await;
+                        measured
                     })
                     .await?;
                     samples.push(Sample {
@@ -794,11 +797,13 @@ impl Target<'_> {
     }
 }
 
-/// The client's callables on the engine peer.
+/// The client's callables on the engine peer, and the raw peer.
 struct Endpoints {
     out: RawCallable,
     into: RawCallable,
     sink: EngineSink,
+    transport: std::sync::Arc<dyn DynTransport>,
+    raw_addr: WireAddr,
 }
 
 fn table(records: &[Record]) -> Table {

@@ -224,6 +224,8 @@ async fn measure_protocol(target: Target<'_>, verbose: u8) -> CliResult<Vec<Row>
             progress_spin_us: spin,
             max_message_size: plan.max_message_size,
             cpu: plan.peer_cpu,
+            stream_window: None,
+            oneway: false,
         };
         Peer::start(args, verbose, proto.in_process)
     };

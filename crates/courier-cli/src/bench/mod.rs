@@ -63,6 +63,8 @@ mod measure;
 pub(crate) mod peer;
 mod report;
 mod stats;
+mod stream;
+mod sweep;
 
 pub use self::machine::Machine;
 pub use self::measure::{measure, Caller, EngineSink, Figures, Spec, Spinner};
@@ -150,6 +152,10 @@ pub(crate) enum BenchMode {
     Rpc,
     /// Bulk transfers (pull and push).
     Bulk,
+    /// Streams: server- and client-streaming items/s and MiB/s.
+    Stream,
+    /// Unary calls by payload size up to 1 GiB, one in flight.
+    Sweep,
 }
 
 /// Where the client and its peers run.
@@ -198,6 +204,15 @@ pub(crate) fn socket_kind(entry: &ProtocolEntry) -> Option<SocketKind> {
     }
 }
 
+/// How the headings say the runs: "1 run", "3 runs, median".
+pub(crate) fn runs_label(runs: u32) -> String {
+    if runs == 1 {
+        "1 run".to_owned()
+    } else {
+        format!("{runs} runs, median")
+    }
+}
+
 /// The policy column: "park" for 0, "spin Nµs" otherwise.
 pub(crate) fn policy_label(spin_us: u64) -> String {
     if spin_us == 0 {
@@ -210,11 +225,21 @@ pub(crate) fn policy_label(spin_us: u64) -> String {
 #[derive(Debug, Args)]
 #[command(after_help = BENCH_AFTER_HELP)]
 pub(crate) struct BenchArgs {
-    /// What to measure: `rpc` (the RPC workload) or `bulk` (pull and push
+    /// What to measure: `rpc` (the RPC workload); `bulk` (pull and push
     /// MiB/s by transfer size, 64K..16M by default, beside the raw and
-    /// socket floors and memcpy; see docs/bulk.md).
+    /// socket floors and memcpy; see docs/bulk.md); `stream` (server- and
+    /// client-streaming items/s and MiB/s by item size, 64,64K..16M by
+    /// default, beside the transport's one-way raw floor and, below 64 KiB,
+    /// the unary RPCs/s at 32 in flight); `sweep` (unary calls by payload
+    /// size, 64..1G by default, one in flight, beside the raw floor).
     #[arg(long, value_enum, default_value_t = BenchMode::Rpc)]
     mode: BenchMode,
+
+    /// With --mode stream: `streams.window_bytes` of both engines, the
+    /// credit a stream's receiver grants (K, M, G suffixes) [default: the
+    /// engine's, 4 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    window: Option<usize>,
 
     /// Protocols to measure, comma-separated names or aliases (default: every
     /// protocol whose plugin is built in; see `courier protocols`).
@@ -430,10 +455,23 @@ impl Plan {
         };
         clients.sort_unstable();
         clients.dedup();
-        if args.mode == BenchMode::Bulk && clients != [1] {
+        if args.mode != BenchMode::Rpc && clients != [1] {
             return Err(Error::Argument(
                 "--clients applies to --mode rpc only".into(),
             ));
+        }
+        match args.window {
+            Some(_) if args.mode != BenchMode::Stream => {
+                return Err(Error::Argument(
+                    "--window applies to --mode stream only".into(),
+                ))
+            }
+            Some(0) => {
+                return Err(Error::Argument(
+                    "--window 0: a stream needs some credit (at least 1 byte)".into(),
+                ))
+            }
+            _ => {}
         }
         let mut policies = Vec::new();
         for p in &args.progress_spin_us {
@@ -589,8 +627,11 @@ pub(crate) async fn run(args: BenchArgs, verbose: u8) -> CliResult {
         // The client runs on this thread (a current-thread runtime).
         pin_current_thread(cpu)?;
     }
-    if args.mode == BenchMode::Bulk {
-        return bulk::run(&args, &plan, &registry, verbose).await;
+    match args.mode {
+        BenchMode::Rpc => {}
+        BenchMode::Bulk => return bulk::run(&args, &plan, &registry, verbose).await,
+        BenchMode::Stream => return stream::run(&args, &plan, &registry, verbose).await,
+        BenchMode::Sweep => return sweep::run(&args, &plan, &registry, verbose).await,
     }
     let started = Instant::now();
     let bar = progress_bar(plan.measurements());
@@ -720,6 +761,8 @@ impl Group<'_> {
                 progress_spin_us: self.spin_us,
                 max_message_size: self.plan.max_message_size,
                 cpu: self.plan.peer_cpu,
+                stream_window: None,
+                oneway: false,
             };
             let p = Peer::start(args, self.verbose, self.proto.in_process).await?;
             match layer {
@@ -1002,7 +1045,11 @@ Examples:
   courier bench --quick                              # < 30 s, every built-in protocol
   courier bench --protocols tcp,unix --sizes 0,4K,1M --in-flight 1,8,64
   courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg
-  courier bench --protocols tcp,unix --sizes 64 --in-flight 32 --clients 1,8";
+  courier bench --protocols tcp,unix --sizes 64 --in-flight 32 --clients 1,8
+  courier bench --mode bulk --quick                  # bulk pull and push MiB/s
+  courier bench --mode stream --protocols tcp,shm    # streamed items/s and MiB/s
+  courier bench --mode stream --window 16M --sizes 1M
+  courier bench --mode sweep --protocols tcp         # unary calls 64 B..1 GiB";
 
 /// The long help of the subcommand (clap takes it from the enum variant).
 pub(crate) const BENCH_LONG_ABOUT: &str =
@@ -1049,6 +1096,7 @@ mod tests {
     fn plan(quick: bool) -> Plan {
         let args = BenchArgs {
             mode: BenchMode::Rpc,
+            window: None,
             protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
             sizes: Vec::new(),
             in_flight: Vec::new(),

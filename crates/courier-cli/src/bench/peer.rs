@@ -56,6 +56,16 @@ pub(crate) struct PeerArgs {
     /// Pin the peer (its one runtime thread) to this CPU.
     #[arg(long, value_name = "CPU")]
     pub(crate) cpu: Option<usize>,
+
+    /// The engine peer's `streams.window_bytes` (default: the engine's).
+    #[arg(long = "stream-window", value_name = "BYTES")]
+    pub(crate) stream_window: Option<u64>,
+
+    /// The raw peer speaks the one-way protocol of `courier bench --mode
+    /// stream` (orders, each followed by its messages) instead of answering
+    /// every message.
+    #[arg(long)]
+    pub(crate) oneway: bool,
 }
 
 /// Resolves when stdin reaches its end (read on a plain thread, which does
@@ -123,19 +133,24 @@ async fn engine_peer(
     announce: Announce,
     stop: impl std::future::Future<Output = ()>,
 ) -> CliResult {
-    let engine = Engine::builder(&args.protocol)
+    let mut builder = Engine::builder(&args.protocol)
         .progress_spin(Duration::from_micros(args.progress_spin_us))
         .stats(args.layer == Layer::Counted)
         .stats_timing(args.layer == Layer::Timed)
-        .max_message_size(args.max_message_size)
-        .build()
-        .await?;
+        .max_message_size(args.max_message_size);
+    if let Some(window) = args.stream_window {
+        builder =
+            builder.config_value(serde_json::json!({ "streams": { "window_bytes": window } }));
+    }
+    let engine = builder.build().await?;
     let registered = engine.register_raw(
         SINK_RPC,
         RpcOptions::default(),
         |handle: Handle, _payload: Bytes| async move { handle.respond_raw(&[]).await },
     );
-    let registered = registered.and_then(|()| super::bulk::register_region(&engine));
+    let registered = registered
+        .and_then(|()| super::bulk::register_region(&engine))
+        .and_then(|()| super::stream::register(&engine));
     let ready = registered
         .map_err(Error::from)
         .and_then(|()| announce(&engine.address().to_string()));
@@ -165,6 +180,9 @@ async fn raw_peer(
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept_dyn() => match accepted {
+                Ok(conn) if args.oneway => {
+                    conns.spawn(super::stream::serve_oneway(conn, polling));
+                }
                 Ok(conn) => {
                     conns.spawn(raw_answer(conn, polling));
                 }
@@ -380,6 +398,23 @@ impl Peer {
     }
 }
 
+/// Ends `peers` after their measurement: stops them if it succeeded (the
+/// first failure to stop is then the result), kills them if it failed.
+pub(crate) async fn stop_peers(
+    measured: CliResult,
+    peers: impl IntoIterator<Item = Peer>,
+) -> CliResult {
+    let mut result = measured;
+    for p in peers {
+        if result.is_ok() {
+            result = p.stop().await;
+        } else {
+            p.kill().await;
+        }
+    }
+    result
+}
+
 /// A peer on a thread of this process.
 #[derive(Debug)]
 pub(crate) struct PeerThread {
@@ -488,6 +523,8 @@ impl PeerProc {
             progress_spin_us: spin_us,
             max_message_size,
             cpu,
+            stream_window,
+            oneway,
         } = args;
         let what = format!("the {} peer ({protocol})", layer.name());
         let exe =
@@ -506,6 +543,12 @@ impl PeerProc {
         .arg(max_message_size.to_string());
         if let Some(cpu) = cpu {
             cmd.arg("--cpu").arg(cpu.to_string());
+        }
+        if let Some(window) = stream_window {
+            cmd.arg("--stream-window").arg(window.to_string());
+        }
+        if *oneway {
+            cmd.arg("--oneway");
         }
         for _ in 0..verbose {
             cmd.arg("-v");

@@ -69,6 +69,27 @@ pub fn clean(stats: &Stats) -> bool {
             .all(|s| s.in_flight == 0)
 }
 
+type Tell = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<String>>>>;
+
+/// Tells a test how a handler ended, when its future goes: what the
+/// handler [`set`](Ended::set), or "dropped" if its future was dropped
+/// first (a cancel).
+struct Ended(Tell, String);
+
+impl Ended {
+    fn set(&mut self, why: String) {
+        self.1 = why;
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tx.send(std::mem::take(&mut self.1));
+        }
+    }
+}
+
 /// Server-streaming: the handler sends 1000 typed items; the caller reads
 /// them in order, then the answer.
 pub async fn server_streaming(proto: &str) {
@@ -495,22 +516,6 @@ pub async fn unary_call_to_a_stream_handler(proto: &str) {
 /// request (nothing open, nothing buffered, nothing in flight).
 pub async fn peer_gone_releases_the_stream(proto: &str) {
     let (server, client, address) = pair(proto).await;
-    type Tell = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<String>>>>;
-    /// Tells the test how the handler ended, when its future goes
-    /// (returned, or dropped by a cancel: "dropped").
-    struct Ended(Tell, String);
-    impl Ended {
-        fn set(&mut self, why: String) {
-            self.1 = why;
-        }
-    }
-    impl Drop for Ended {
-        fn drop(&mut self) {
-            if let Some(tx) = self.0.lock().ok().and_then(|mut t| t.take()) {
-                let _ = tx.send(std::mem::take(&mut self.1));
-            }
-        }
-    }
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
     let ended_tx: Tell = Arc::new(std::sync::Mutex::new(Some(ended_tx)));
     server
@@ -609,22 +614,6 @@ pub async fn large_arguments_and_answer(proto: &str) {
 /// dropped or its read failing), so it cannot take a cut upload for a
 /// whole one.
 pub async fn dropped_upload_is_not_complete(proto: &str) {
-    type Tell = Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<String>>>>;
-    /// Tells the test how the handler ended: what its last read returned,
-    /// or "dropped" if its future was dropped first.
-    struct Ended(Tell, String);
-    impl Ended {
-        fn set(&mut self, why: String) {
-            self.1 = why;
-        }
-    }
-    impl Drop for Ended {
-        fn drop(&mut self) {
-            if let Some(tx) = self.0.lock().ok().and_then(|mut t| t.take()) {
-                let _ = tx.send(std::mem::take(&mut self.1));
-            }
-        }
-    }
     let (server, client, address) = pair(proto).await;
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
     let ended_tx: Tell = Arc::new(std::sync::Mutex::new(Some(ended_tx)));

@@ -477,26 +477,25 @@ impl Extensions {
         let b = &mut block.bytes;
         b[0] = EXT_VERSION;
         let mut at = EXT_BLOCK_HEADER_LEN;
+        // One entry: its type, its length, its value (at most 32 bytes).
+        let mut put = |kind: u8, value: &[u8]| {
+            b[at] = kind;
+            b[at + 1] = value.len() as u8;
+            b[at + 2..at + 2 + value.len()].copy_from_slice(value);
+            at += 2 + value.len();
+        };
         if let Some(deadline) = self.deadline {
             let micros = u64::try_from(deadline.min(MAX_BUDGET).as_micros()).unwrap_or(u64::MAX);
-            b[at..at + 2].copy_from_slice(&[EXT_DEADLINE, 8]);
-            b[at + 2..at + 10].copy_from_slice(&micros.to_le_bytes());
-            at += 10;
+            put(EXT_DEADLINE, &micros.to_le_bytes());
         }
         if let Some(trace) = &self.trace {
-            b[at..at + 2].copy_from_slice(&[EXT_TRACEPARENT, TRACEPARENT_LEN as u8]);
-            b[at + 2..at + 2 + TRACEPARENT_LEN].copy_from_slice(&trace.to_bytes());
-            at += 2 + TRACEPARENT_LEN;
+            put(EXT_TRACEPARENT, &trace.to_bytes());
         }
         if let Some(credit) = self.stream {
-            b[at..at + 2].copy_from_slice(&[EXT_STREAM, 8]);
-            b[at + 2..at + 10].copy_from_slice(&credit.to_le_bytes());
-            at += 10;
+            put(EXT_STREAM, &credit.to_le_bytes());
         }
         if let Some(overflow) = &self.overflow {
-            b[at..at + 2].copy_from_slice(&[EXT_OVERFLOW, OVERFLOW_LEN as u8]);
-            b[at + 2..at + 2 + OVERFLOW_LEN].copy_from_slice(&overflow.to_bytes());
-            at += 2 + OVERFLOW_LEN;
+            put(EXT_OVERFLOW, &overflow.to_bytes());
         }
         let entries = (at - EXT_BLOCK_HEADER_LEN) as u16;
         b[2..4].copy_from_slice(&entries.to_le_bytes());

@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use courier::{Bytes, Engine, Error, Handle, RpcOptions};
-use courier_conformance::{guard, until, Process, PROTOCOLS};
+use courier_conformance::{guard, remove_stale_socket, until, Process, PROTOCOLS};
 use courier_testkit::streams::clean;
 use tokio::sync::mpsc;
 
@@ -115,6 +115,8 @@ async fn server_killed_mid_stream(proto: &str) {
     }
     server.child.kill().await.unwrap();
     server.wait().await;
+    // A killed unix server leaves its socket behind: the test removes it.
+    remove_stale_socket(&address);
     let err = guard("the read fails", async {
         loop {
             match raw.recv().await {

@@ -287,6 +287,7 @@ macro_rules! conformance_tests {
                 peer_gone_releases_the_stream,
                 large_arguments_and_answer,
                 dropped_upload_is_not_complete,
+                deadline_bounds_the_stream,
             }
         }
 

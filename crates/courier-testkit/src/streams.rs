@@ -655,3 +655,58 @@ pub async fn dropped_upload_is_not_complete(proto: &str) {
     settled(&server, "the server's stream is over", clean).await;
     finalize(server, client).await;
 }
+
+/// A stream's deadline bounds the whole stream: a caller that stops
+/// reading gets `Timeout` once it passes, and the handler, waiting for
+/// credit, is cancelled by the same deadline (it travelled with the
+/// request): its future is dropped, and both sides let go.
+pub async fn deadline_bounds_the_stream(proto: &str) {
+    let (server, client, address) = pair(proto).await;
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<String>();
+    let ended_tx: Tell = Arc::new(std::sync::Mutex::new(Some(ended_tx)));
+    server
+        .register_raw(
+            "endless",
+            RpcOptions::default(),
+            move |h: Handle, _: Bytes| {
+                let mut ended = Ended(ended_tx.clone(), "dropped".to_owned());
+                async move {
+                    let why = loop {
+                        if let Err(e) = h.send_item_raw(&[3u8; 1000]).await {
+                            break e.to_string();
+                        }
+                    };
+                    ended.set(why);
+                    Ok::<(), Error>(())
+                }
+            },
+        )
+        .unwrap();
+    guard("stream deadline", async {
+        let f = client
+            .remote_raw("endless")
+            .timeout(std::time::Duration::from_millis(200));
+        let mut s = f.on(&address).stream(b"").await.unwrap();
+        assert!(s.recv().await.unwrap().is_some());
+        // Not reading: the handler fills the window and waits. The next
+        // read still returns what is queued, then the deadline's error.
+        let err = loop {
+            match s.recv().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("an endless stream ended"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        let why = ended_rx.await.unwrap();
+        assert!(
+            why == "dropped" || why.contains("cancelled"),
+            "the handler ended with: {why}"
+        );
+        drop(s);
+    })
+    .await;
+    settled(&server, "the server's stream is over", clean).await;
+    settled(&client, "the client's stream is over", clean).await;
+    finalize(server, client).await;
+}

@@ -68,7 +68,7 @@ pub use capability::{Capabilities, DirectMemory, PeerRange};
 pub use error::TransportError;
 pub use registry::{
     Layer, LayerEntry, Plugin, PluginContext, PluginOptions, ProtocolEntry, Reach, Registry,
-    BUILTIN_PROTOCOLS_TOML,
+    BUILTIN_PROTOCOLS_TOML, DEFAULT_PATH_RANK,
 };
 pub use transport::{
     BatchSent, BoxFuture, Connection, DynConnection, DynListener, DynReceiver, DynSender,

@@ -106,7 +106,20 @@ pub trait Plugin: Send + Sync + 'static {
     fn reach(&self) -> Reach {
         Reach::Host
     }
+
+    /// Where a path over this plugin goes among the paths of one address
+    /// set that have the same [`Reach`] (`docs/transports.md`, "Address
+    /// sets"): lower ranks are tried first. Among [`Reach::Network`]
+    /// paths, the order the set lists them in decides instead. The
+    /// default, [`DEFAULT_PATH_RANK`], puts a plugin that does not say
+    /// after those that do (`shm` says 10, `unix` 20).
+    fn path_rank(&self) -> u8 {
+        DEFAULT_PATH_RANK
+    }
 }
+
+/// The [`Plugin::path_rank`] of a plugin that does not give one.
+pub const DEFAULT_PATH_RANK: u8 = 100;
 
 /// How far a transport's connections reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -471,6 +484,12 @@ impl Registry {
     /// is not registered.
     pub fn reach(&self, entry: &ProtocolEntry) -> Option<Reach> {
         self.plugins.get(&entry.plugin).map(|p| p.reach())
+    }
+
+    /// A protocol's [`Plugin::path_rank`], or `None` when its plugin is not
+    /// registered.
+    pub fn path_rank(&self, entry: &ProtocolEntry) -> Option<u8> {
+        self.plugins.get(&entry.plugin).map(|p| p.path_rank())
     }
 
     /// The names of the registered plugins, sorted.

@@ -10,6 +10,7 @@ use courier_transport::Address as WireAddr;
 use crate::call::{self, Body};
 use crate::error::{Error, Result};
 use crate::frame::{Extensions, Header, Kind, Status};
+use crate::paths::AddressSet;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts;
@@ -17,9 +18,13 @@ use crate::timeouts;
 /// The address of a peer engine, obtained from [`Engine::lookup`](crate::Engine::lookup)
 /// or from [`Handle::address`](crate::Handle::address).
 ///
-/// It prints as the string that `lookup` takes (`tcp://127.0.0.1:41235`),
-/// compares and hashes by that string, and is cheap to clone. Calls made
-/// through it share one connection, opened again if it dies.
+/// It prints as the string that `lookup` takes (`tcp://127.0.0.1:41235`,
+/// or an address set, `tcp://127.0.0.1:41235,shm://courier-…`, for an
+/// engine listening on several protocols), compares and hashes by that
+/// string, and is cheap to clone. Calls made through it share one
+/// connection, opened again if it dies; of a set, the connection takes
+/// one path ([`Address::path`]), chosen anew each time it is opened
+/// (`docs/transports.md`, "Address sets").
 #[derive(Clone)]
 pub struct Address {
     pub(crate) state: Arc<EngineState>,
@@ -31,9 +36,24 @@ impl Address {
         Self { state, peer }
     }
 
-    /// The transport-level address.
+    /// The transport-level address: of a set, its first part.
     pub fn wire(&self) -> &WireAddr {
+        self.peer.addr.first()
+    }
+
+    /// The address set (one part for a peer that listens on one protocol).
+    pub fn set(&self) -> &AddressSet {
         &self.peer.addr
+    }
+
+    /// The path the connection to the peer takes now: the part of the set
+    /// it was opened to (`shm://courier-…`), or, for the address of a
+    /// caller ([`Handle::address`](crate::Handle::address)) connected by
+    /// another way, the transport's view of it. `None` when there is no
+    /// live connection (it is opened again, maybe by another path, on the
+    /// next call).
+    pub fn path(&self) -> Option<WireAddr> {
+        self.peer.live().map(|c| c.path().clone())
     }
 
     /// Asks the peer engine to finalize (PyMargo's `address.shutdown()`),

@@ -15,13 +15,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_transport::Address as WireAddr;
 use tokio::sync::oneshot;
 
 use crate::conn::{Conn, Reply};
 use crate::error::{Error, Result};
 use crate::frame::{self, Extensions, Header, Kind, Status, FLAG_EXTENSIONS, HEADER_LEN};
 use crate::overflow::expose;
+use crate::paths::AddressSet;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::timeouts::Deadline;
@@ -311,7 +311,7 @@ pub(crate) fn interpret(
     payload: Bytes,
     rpc: &str,
     provider: u16,
-    address: &WireAddr,
+    address: &AddressSet,
     max_payload: u64,
 ) -> Result<Bytes> {
     if reply.kind == Kind::Response {
@@ -393,7 +393,7 @@ pub(crate) fn interpret(
 /// (the call got its overflow entry back, `overflow.rs`): over its
 /// `max_payload_bytes`, or no memory for it.
 #[cold]
-fn unpulled(block: &Bytes, rpc: &str, address: &WireAddr, max: u64) -> Error {
+fn unpulled(block: &Bytes, rpc: &str, address: &AddressSet, max: u64) -> Error {
     let address = address.to_string();
     let Some(entry) = Extensions::decode(block).ok().and_then(|(e, _)| e.overflow) else {
         return Error::Protocol {

@@ -323,6 +323,81 @@ pub struct PoolOptions {
     pub threads: usize,
 }
 
+/// Which path a lookup of an address set tries first
+/// (`docs/transports.md`, "Address sets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathOrder {
+    /// The fastest first: the in-process path, then the same host's
+    /// (`shm`, then `unix`: each plugin's rank), then the network
+    /// transports in the order the set lists them.
+    #[default]
+    Fastest,
+    /// The order the set lists its parts in, whatever they are.
+    Listed,
+}
+
+/// How an engine speaking several protocols listens, and chooses among
+/// the parts of an address set (the `paths` key of the JSON
+/// configuration; `docs/transports.md`, "Address sets").
+///
+/// ```json
+/// "paths": { "order": "fastest", "in_process": true, "auto_sm": false }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathOptions {
+    /// Which part of a set a lookup tries first ([`PathOrder`]).
+    pub order: PathOrder,
+    /// An engine built for several protocols also listens on the
+    /// in-process protocol (`mem`, a plugin whose reach is the process),
+    /// whose address its set carries: an engine of the same process
+    /// takes that path, with no socket. Default true.
+    pub in_process: bool,
+    /// Mercury's `auto_sm`: the engine also speaks the fastest protocol
+    /// of the host (`shm`), unless its protocols include one of the host
+    /// already, so that peers on the same host take that path. Default
+    /// false. PyMargo's `{"mercury": {"auto_sm": true}}` means the same.
+    pub auto_sm: bool,
+}
+
+impl Default for PathOptions {
+    fn default() -> Self {
+        Self {
+            order: PathOrder::Fastest,
+            in_process: true,
+            auto_sm: false,
+        }
+    }
+}
+
+/// Reads `listen`: one address (or set, `"tcp://0.0.0.0:7000,shm"`), or a
+/// list of them, each a full address or a protocol name.
+fn listen_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Listen {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<Listen>::deserialize(d)? {
+        None => Ok(None),
+        Some(Listen::One(s)) => Ok(Some(s)),
+        Some(Listen::Many(v)) if v.is_empty() => Err(D::Error::custom(
+            "`listen` is an empty list: give at least one address or protocol",
+        )),
+        Some(Listen::Many(v)) => {
+            if let Some(bad) = v.iter().find(|a| a.contains(',')) {
+                return Err(D::Error::custom(format!(
+                    "`listen`: '{bad}' holds a comma; a list gives one address per item"
+                )));
+            }
+            Ok(Some(v.join(",")))
+        }
+    }
+}
+
 /// Reads the `providers` object: its keys are provider ids, as strings.
 fn provider_ids<'de, D: Deserializer<'de>>(
     d: D,
@@ -374,7 +449,8 @@ fn provider_ids<'de, D: Deserializer<'de>>(
 ///   "providers": { "3": { "max_running": 4, "max_queued": 16, "pool": "storage" } },
 ///   "pools": { "storage": { "threads": 2 } },
 ///   "max_payload_bytes": 8589934592,
-///   "streams": { "window_bytes": 4194304, "max_item_bytes": null }
+///   "streams": { "window_bytes": 4194304, "max_item_bytes": null },
+///   "paths": { "order": "fastest", "in_process": true, "auto_sm": false }
 /// }
 /// ```
 ///
@@ -389,7 +465,11 @@ pub struct Config {
     /// Server or client.
     pub mode: Mode,
     /// Full listen address (`tcp://0.0.0.0:7000`); absent: the protocol's
-    /// default loopback address.
+    /// default loopback address. Several, to listen on several protocols:
+    /// a list in the JSON (`["tcp://0.0.0.0:7000", "shm"]`), held here as
+    /// an address set (`"tcp://0.0.0.0:7000,shm"`; `docs/transports.md`,
+    /// "Address sets").
+    #[serde(deserialize_with = "listen_list")]
     pub listen: Option<String>,
     /// Run the engine's I/O on a dedicated thread.
     pub use_progress_thread: bool,
@@ -445,6 +525,8 @@ pub struct Config {
     pub max_payload_bytes: u64,
     /// Streams ([`StreamOptions`]).
     pub streams: StreamOptions,
+    /// Several protocols: how the engine chooses a path ([`PathOptions`]).
+    pub paths: PathOptions,
 }
 
 impl Default for Config {
@@ -470,6 +552,7 @@ impl Default for Config {
             stats: StatsOptions::default(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
             streams: StreamOptions::default(),
+            paths: PathOptions::default(),
         }
     }
 }

@@ -51,6 +51,7 @@ use crate::flow::{End, Flow};
 use crate::frame::{Header, Kind, Status};
 use crate::limits::{ConnLimits, COPY_MAX};
 use crate::liveness::Liveness;
+use crate::paths::AddressSet;
 use crate::progress::Progress;
 use crate::stats::record::{ConnCounters, StreamCounters};
 use crate::sync::{lock, poll_once};
@@ -113,10 +114,14 @@ pub(crate) struct Conn {
     /// The engine's runtime, where a write that could not finish at once
     /// goes on.
     rt: RtHandle,
-    /// The address the peer is known by: the one dialed, the one it announced
-    /// in its Hello, or the transport's view of it.
-    transport_peer: WireAddr,
-    announced: OnceLock<WireAddr>,
+    /// The path: the address dialed (one part of the peer's set), or the
+    /// transport's view of the peer that connected.
+    path: WireAddr,
+    /// The path as a set, for `remote` until `known` is set.
+    path_set: AddressSet,
+    /// The peer's address set: the one dialed, or the one it announced in
+    /// its Hello.
+    known: OnceLock<AddressSet>,
     outbox: Mutex<Outbox>,
     /// The largest message the sender takes.
     max_message: usize,
@@ -183,8 +188,9 @@ impl Conn {
             id,
             me: me.clone(),
             rt,
-            transport_peer: peer,
-            announced: OnceLock::new(),
+            path_set: AddressSet::single(peer.clone()),
+            path: peer,
+            known: OnceLock::new(),
             max_message: sender.max_message_size_dyn(),
             coalesce: sender.pacing_dyn() == Pacing::Coalesce,
             outbox: Mutex::new(Outbox {
@@ -223,14 +229,22 @@ impl Conn {
         })
     }
 
-    /// Records the address the peer announced in its Hello.
-    pub(crate) fn announce(&self, addr: WireAddr) {
-        let _ = self.announced.set(addr);
+    /// Records the peer's address set: the one dialed, or the one it
+    /// announced in its Hello.
+    pub(crate) fn announce(&self, addr: AddressSet) {
+        let _ = self.known.set(addr);
     }
 
-    /// The peer's address: announced (Hello) or as the transport sees it.
-    pub(crate) fn remote(&self) -> &WireAddr {
-        self.announced.get().unwrap_or(&self.transport_peer)
+    /// The peer's address: its set (dialed or announced), or the path
+    /// alone (the transport's view of a peer that announced none).
+    pub(crate) fn remote(&self) -> &AddressSet {
+        self.known.get().unwrap_or(&self.path_set)
+    }
+
+    /// The path the connection takes: the part of the peer's set it
+    /// dialed, or the transport's view of the peer that connected.
+    pub(crate) fn path(&self) -> &WireAddr {
+        &self.path
     }
 
     pub(crate) fn is_dead(&self) -> bool {

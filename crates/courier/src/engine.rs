@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_transport::{Address as WireAddr, Registry};
+use courier_transport::Registry;
 use serde_json::Value;
 use tokio::runtime::Handle as RtHandle;
 
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::handler::{self, Handle, HandlerOutput, RawHandler};
 use crate::keepalive;
 use crate::links::{self, Links};
+use crate::paths::{AddressSet, Paths};
 use crate::peer::{Dial, Peer};
 use crate::registry;
 use crate::remote::{RawRemoteFunction, RemoteFunction};
@@ -126,7 +127,7 @@ impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = self.state();
         f.debug_struct("Engine")
-            .field("protocol", &i.protocol.name)
+            .field("protocol", &i.paths.name())
             .field("mode", &i.config.mode)
             .field("address", &i.self_addr.as_ref().map(ToString::to_string))
             .finish_non_exhaustive()
@@ -394,12 +395,8 @@ impl EngineBuilder {
             Some(r) => r,
             None => registry::default_registry()?,
         };
-        let protocol_name = match &config.listen {
-            Some(listen) => listen.parse::<WireAddr>()?.protocol().to_owned(),
-            None => self.target.clone(),
-        };
-        let (entry, transport) =
-            registry.create(&protocol_name, &config.transport, config.max_message_size)?;
+        let plan = config.listen.clone().unwrap_or_else(|| self.target.clone());
+        let paths = Paths::build(&plan, &config, registry)?;
 
         // Shut down (without waiting) if the build fails part way.
         let mut owned = runtime::Started::default();
@@ -420,28 +417,31 @@ impl EngineBuilder {
         }
         let providers = Providers::new(&config.providers, &pools);
 
-        let listener = if config.mode == Mode::Server {
-            let listen = match &config.listen {
-                Some(l) => l.parse::<WireAddr>()?.with_protocol(&entry.name),
-                None => WireAddr::new(entry.name.clone(), "")?,
-            };
-            let t = transport.clone();
-            let listener = io
-                .spawn(async move { t.listen_dyn(&listen).await })
-                .await
-                .map_err(|e| Error::Config(format!("listen task failed: {e}")))??;
-            Some(listener)
-        } else {
+        // One listener per protocol; the set lists their addresses in order.
+        let mut listeners = Vec::new();
+        if config.mode == Mode::Server {
+            for route in paths.routes() {
+                let listen = route.listen.clone();
+                let t = route.transport.clone();
+                let listener = io
+                    .spawn(async move { t.listen_dyn(&listen).await })
+                    .await
+                    .map_err(|e| Error::Config(format!("listen task failed: {e}")))??;
+                listeners.push(listener);
+            }
+        }
+        let self_addr = if listeners.is_empty() {
             None
+        } else {
+            let parts = listeners.iter().map(|l| l.local_addr().clone()).collect();
+            Some(AddressSet::new(parts)?)
         };
-        let self_addr = listener.as_ref().map(|l| l.local_addr().clone());
         if let Some(a) = &self_addr {
             config.listen = Some(a.to_string());
         }
 
         let state = Arc::new(EngineState::new(
-            transport,
-            entry,
+            paths,
             config,
             self_addr,
             Runtimes {
@@ -466,10 +466,10 @@ impl EngineBuilder {
             state.set_spinner(task.abort_handle());
         }
         keepalive::start(&state);
-        if let Some(listener) = listener {
+        for listener in listeners {
             links::listen(&links, listener);
         }
-        tracing::debug!(protocol = %state.protocol.name, address = ?state.self_addr.as_ref().map(ToString::to_string), "engine started");
+        tracing::debug!(protocol = %state.paths.name(), address = ?state.self_addr.as_ref().map(ToString::to_string), "engine started");
         Ok(Engine {
             owner: Arc::new(Owner {
                 dispatch,
@@ -501,19 +501,25 @@ impl Engine {
         &self.owner.dispatch.state
     }
 
-    /// The engine's address, as a client passes it to `lookup`. In client
-    /// mode, an engine has no listening address: this is `<protocol>://`.
+    /// The engine's address, as a client passes it to `lookup`: of an
+    /// engine listening on several protocols, the address set
+    /// (`tcp://127.0.0.1:41235,shm://courier-…,mem://anon-1-…`). In client
+    /// mode, an engine has no listening address: this is `<protocol>://`
+    /// (its first protocol).
     pub fn address(&self) -> Address {
         let state = self.state().clone();
-        let addr = state.self_addr.clone().unwrap_or_else(|| {
-            WireAddr::new(state.protocol.name.clone(), "").unwrap_or_else(|_| unreachable!())
-        });
+        let addr = state
+            .self_addr
+            .clone()
+            .unwrap_or_else(|| AddressSet::single(state.paths.primary().listen.with_rest("")));
         Address::new(state, Arc::new(Peer::new(addr, None)))
     }
 
-    /// The canonical protocol name (`"tcp"` for an engine built as `"ofi+tcp"`).
+    /// The canonical protocol name (`"tcp"` for an engine built as
+    /// `"ofi+tcp"`); for an engine of several protocols, their names as
+    /// listed (`"tcp,shm"`; the in-process path it adds is not named).
     pub fn protocol(&self) -> &str {
-        &self.state().protocol.name
+        self.state().paths.name()
     }
 
     /// Server or client.
@@ -529,12 +535,9 @@ impl Engine {
         if let Value::Object(m) = &mut v {
             m.insert(
                 "protocol".into(),
-                Value::String(state.protocol.name.clone()),
+                Value::String(state.paths.name().to_owned()),
             );
-            m.insert(
-                "plugin".into(),
-                Value::String(state.protocol.plugin.clone()),
-            );
+            m.insert("plugin".into(), Value::String(state.paths.plugins()));
             m.insert(
                 "enable_remote_shutdown".into(),
                 Value::Bool(state.lifecycle.remote_shutdown_enabled()),
@@ -665,17 +668,22 @@ impl Engine {
     }
 
     /// Resolves an address string (`tcp://127.0.0.1:41235`, aliases
-    /// accepted) and connects to it.
+    /// accepted, or an address set, `tcp://…,shm://…`) and connects to it.
+    /// Of a set, the first path that connects is taken, in the order
+    /// `paths.order` says (default: the same process, then the same host,
+    /// then the network; `docs/transports.md`, "Address sets").
     ///
     /// # Errors
-    /// Malformed address, another protocol than the engine's, connect refused
-    /// or timed out, engine finalized.
+    /// Malformed address or set ([`Error::AddressSet`]), no protocol of the
+    /// engine's ([`Error::ProtocolMismatch`]), connect refused or timed out
+    /// (of a set whose every path failed: [`Error::NoPath`]), engine
+    /// finalized.
     pub async fn lookup(&self, address: &str) -> Result<Address> {
         let state = self.state();
         if state.is_finalizing() {
             return Err(Error::Finalized);
         }
-        let wire = state.canonical(&address.parse::<WireAddr>()?)?;
+        let wire = state.canonical(&address.parse::<AddressSet>()?)?;
         let peer = state.peer(wire);
         state.connection_for(&peer).await?;
         Ok(Address::new(state.clone(), peer))

@@ -47,6 +47,29 @@ pub enum Error {
         engine: String,
     },
 
+    /// An address set (`tcp://127.0.0.1:7000,shm://courier-…`) or the list
+    /// of protocols an engine is built for (`"tcp,shm"`) is not usable:
+    /// empty, with an empty part, a part that does not parse, a part given
+    /// twice, or a protocol nobody declared (`docs/transports.md`,
+    /// "Address sets"). Reach: not reached.
+    #[error("invalid address set '{set}': {reason}")]
+    AddressSet {
+        /// The set as given.
+        set: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Every path of an address set failed to connect; `tried` says how
+    /// each failed, in the order they were tried. Reach: not reached.
+    #[error("no path to {address} could connect: {tried}")]
+    NoPath {
+        /// The address set.
+        address: String,
+        /// Each path tried and its error (`shm://…: …; tcp://…: …`).
+        tried: String,
+    },
+
     /// Connecting took longer than the configured connect timeout.
     /// Reach: not reached (nothing was sent).
     #[error("timed out connecting to {address} after {after:?}")]
@@ -424,6 +447,8 @@ impl Error {
             Self::Config(_)
             | Self::Runtime { .. }
             | Self::ProtocolMismatch { .. }
+            | Self::AddressSet { .. }
+            | Self::NoPath { .. }
             | Self::ConnectTimeout { .. }
             | Self::NoSuchRpc { .. }
             | Self::OneWay { .. }

@@ -200,6 +200,7 @@ mod limits;
 mod links;
 mod liveness;
 mod overflow;
+mod paths;
 mod peer;
 mod progress;
 mod reader;
@@ -219,8 +220,8 @@ pub use admission::ProviderLoad;
 pub use bulk::{Bulk, BulkBuffer, BulkMemory, BulkMode, BulkOp, BulkRequest, Transfer};
 pub use cancel::{CancelReason, CancelToken};
 pub use config::{
-    BulkOptions, Config, Keepalive, Mode, PoolOptions, ProviderOptions, StatsOptions,
-    StreamOptions, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
+    BulkOptions, Config, Keepalive, Mode, PathOptions, PathOrder, PoolOptions, ProviderOptions,
+    StatsOptions, StreamOptions, Timeouts, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HELLO_TIMEOUT_MS,
     DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUED_RESPONSE_BYTES, DEFAULT_PROGRESS_SPIN_BUSY_US, DEFAULT_PROGRESS_SPIN_US,
@@ -228,6 +229,7 @@ pub use config::{
 pub use engine::{Engine, EngineBuilder, RpcOptions};
 pub use error::{Error, Reach, Result, TransportError};
 pub use handler::{Handle, HandlerOutput};
+pub use paths::AddressSet;
 pub use registry::{default_registry, install_layer, install_plugin, PROTOCOLS_ENV};
 pub use remote::{Callable, RawCallable, RawRemoteFunction, RemoteFunction};
 pub use stats::Stats;

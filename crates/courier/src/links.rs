@@ -13,6 +13,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::frame::{Header, Kind};
 use crate::limits::{ConnLimits, ConnectionSlot};
+use crate::paths::{AddressSet, Route};
 use crate::peer::Dial;
 use crate::reader::read_loop;
 use crate::state::EngineState;
@@ -32,19 +33,63 @@ impl Links {
         &self.dispatch.state
     }
 
-    /// Opens a connection to `addr`, introduces this engine, and starts its
-    /// reader.
+    /// Opens a connection to `set` by the first of its paths that
+    /// connects (`paths.rs` orders them), introduces this engine, and
+    /// starts its reader. Each path has `timeouts.connect_ms`.
     ///
     /// # Errors
-    /// [`Error::Finalized`], [`Error::ConnectTimeout`], the transport's
-    /// connect errors.
-    pub(crate) async fn connect(&self, addr: &WireAddr) -> Result<Arc<Conn>> {
+    /// [`Error::Finalized`]; with one path to try, its error
+    /// ([`Error::ConnectTimeout`], the transport's connect errors); with
+    /// several, [`Error::NoPath`] saying how each failed.
+    pub(crate) async fn connect(&self, set: &AddressSet) -> Result<Arc<Conn>> {
         let state = self.state();
         if state.is_finalizing() {
             return Err(Error::Finalized);
         }
-        let transport = state.transport.clone();
-        let target = addr.clone();
+        let order = state.paths.order(set);
+        if order.is_empty() {
+            // A set announced by a peer may have no part this engine speaks.
+            state.canonical(set)?;
+            return Err(Error::NoPath {
+                address: set.to_string(),
+                tried: "no part is of a protocol this engine speaks".into(),
+            });
+        }
+        let several = order.len() > 1;
+        let mut tried = Vec::new();
+        for (path, route) in order {
+            match self.connect_path(set, path, route).await {
+                Ok(conn) => {
+                    if several {
+                        tracing::debug!(peer = %set, %path, "path chosen");
+                    }
+                    return Ok(conn);
+                }
+                Err(Error::Finalized) => return Err(Error::Finalized),
+                Err(e) if !several => return Err(e),
+                Err(e) => {
+                    tracing::debug!(peer = %set, %path, "path failed, trying the next: {e}");
+                    tried.push(format!("{path}: {e}"));
+                }
+            }
+        }
+        Err(Error::NoPath {
+            address: set.to_string(),
+            tried: tried.join("; "),
+        })
+    }
+
+    /// Opens a connection to `set` by `path`, one of its parts, and sends
+    /// the Hello.
+    async fn connect_path(
+        &self,
+        set: &AddressSet,
+        path: &WireAddr,
+        route: &Route,
+    ) -> Result<Arc<Conn>> {
+        let state = self.state();
+        let transport = route.transport.clone();
+        let target = path.clone();
         // The socket is created on the engine's runtime, so that its I/O is
         // driven there (the progress thread, when there is one).
         let dial = state
@@ -58,17 +103,23 @@ impl Links {
                         Err(join) => Err(Error::Config(format!("connect task failed: {join}"))),
                     }
                 },
-                timeouts::expired_connect(addr),
+                timeouts::expired_connect(path),
             )
             .await?;
-        let conn = self.start(raw, Some(addr.clone()), false, None);
+        let conn = self.start(raw, Some(path.clone()), false, None);
+        conn.announce(set.clone());
         let hello_addr = state
             .self_addr
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        conn.send(&[&Header::new(Kind::Hello).encode(), hello_addr.as_bytes()])
-            .await?;
+        if let Err(e) = conn
+            .send(&[&Header::new(Kind::Hello).encode(), hello_addr.as_bytes()])
+            .await
+        {
+            conn.kill("the Hello could not be sent");
+            return Err(e);
+        }
         Ok(conn)
     }
 
@@ -109,12 +160,13 @@ impl Links {
 }
 
 impl Dial for Links {
-    fn dial<'a>(&'a self, addr: &'a WireAddr) -> BoxFuture<'a, Result<Arc<Conn>>> {
+    fn dial<'a>(&'a self, addr: &'a AddressSet) -> BoxFuture<'a, Result<Arc<Conn>>> {
         Box::pin(self.connect(addr))
     }
 }
 
-/// Starts accepting connections on `listener` (server mode).
+/// Starts accepting connections on `listener` (server mode; once per
+/// protocol the engine listens on).
 pub(crate) fn listen(links: &Arc<Links>, listener: Box<dyn DynListener>) {
     let state = links.state();
     let (done_tx, done_rx) = oneshot::channel();
@@ -122,7 +174,7 @@ pub(crate) fn listen(links: &Arc<Links>, listener: Box<dyn DynListener>) {
     let task = state
         .rt
         .spawn(accept_loop(Arc::downgrade(links), listener, stop, done_tx));
-    state.set_listener(task.abort_handle(), done_rx);
+    state.add_listener(task.abort_handle(), done_rx);
 }
 
 /// Accepts connections until told to stop. It holds only a weak reference

@@ -7,27 +7,29 @@
 
 use std::sync::{Arc, Mutex};
 
-use courier_transport::{Address as WireAddr, BoxFuture};
+use courier_transport::BoxFuture;
 
 use crate::conn::Conn;
 use crate::error::Result;
+use crate::paths::AddressSet;
 use crate::sync::lock;
 
 /// Opens connections to peers.
 pub(crate) trait Dial: Send + Sync {
-    /// Connects to `addr`, introduces this engine, starts the reader.
-    fn dial<'a>(&'a self, addr: &'a WireAddr) -> BoxFuture<'a, Result<Arc<Conn>>>;
+    /// Connects to `addr` by the first of its paths that connects,
+    /// introduces this engine, starts the reader.
+    fn dial<'a>(&'a self, addr: &'a AddressSet) -> BoxFuture<'a, Result<Arc<Conn>>>;
 }
 
 /// A peer, by address, and its connection.
 pub(crate) struct Peer {
-    pub(crate) addr: WireAddr,
+    pub(crate) addr: AddressSet,
     conn: Mutex<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: WireAddr, conn: Option<Arc<Conn>>) -> Self {
+    pub(crate) fn new(addr: AddressSet, conn: Option<Arc<Conn>>) -> Self {
         Self {
             addr,
             conn: Mutex::new(conn),

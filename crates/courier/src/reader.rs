@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
-use courier_transport::{Address as WireAddr, DynReceiver};
+use courier_transport::DynReceiver;
 
 use crate::conn::Conn;
 use crate::dispatch::Dispatcher;
@@ -252,15 +252,14 @@ impl Drop for ForgetConn<'_> {
     }
 }
 
-/// Records the listening address a Hello announces, if it is valid.
+/// Records the listening address (set) a Hello announces, if it parses.
 fn announce(state: &EngineState, conn: &Conn, payload: &[u8]) {
     if payload.is_empty() {
         return;
     }
     let parsed = std::str::from_utf8(payload)
         .ok()
-        .and_then(|s| s.parse::<WireAddr>().ok())
-        .and_then(|a| state.canonical(&a).ok());
+        .and_then(|s| state.paths.announced(s));
     match parsed {
         Some(a) => conn.announce(a),
         None => {

@@ -10,7 +10,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use courier_transport::{Address as WireAddr, DynTransport, ProtocolEntry};
 use tokio::runtime::{Handle as RtHandle, Runtime};
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
@@ -22,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::{Callback, Lifecycle};
 use crate::limits::ConnectionSlots;
 use crate::liveness::Clock;
+use crate::paths::{AddressSet, Paths};
 use crate::peer::{Dial, Peer};
 use crate::progress::Progress;
 use crate::stats::record::{Recorder, Serving as StatsServing};
@@ -38,7 +38,7 @@ pub(crate) struct Runtimes {
     pub(crate) owned: Vec<Runtime>,
 }
 
-/// The listener's task, while there is one.
+/// A listener's task, while there is one.
 struct ListenerTask {
     abort: AbortHandle,
     /// Answered by the accept loop once the listener is dropped.
@@ -47,11 +47,11 @@ struct ListenerTask {
 
 /// The state shared by an engine, its tasks, handles and addresses.
 pub(crate) struct EngineState {
-    pub(crate) transport: Arc<dyn DynTransport>,
-    pub(crate) protocol: ProtocolEntry,
+    /// The protocols spoken, and how a path to a peer is chosen.
+    pub(crate) paths: Paths,
     pub(crate) config: Config,
-    /// The listening address (server mode).
-    pub(crate) self_addr: Option<WireAddr>,
+    /// The listening address, one part per protocol (server mode).
+    pub(crate) self_addr: Option<AddressSet>,
     /// Where engine tasks run.
     pub(crate) rt: RtHandle,
     /// Where handlers run.
@@ -75,12 +75,12 @@ pub(crate) struct EngineState {
     /// Keepalive's interval + timeout in milliseconds, if it is on: a
     /// connection silent for longer is given up ([`EngineState::given_up`]).
     keepalive_limit_ms: Option<u64>,
-    peers: Mutex<HashMap<WireAddr, Arc<Peer>>>,
+    peers: Mutex<HashMap<AddressSet, Arc<Peer>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
     dialer: OnceLock<Weak<dyn Dial>>,
     stop_listener: watch::Sender<bool>,
-    listener: Mutex<Option<ListenerTask>>,
+    listeners: Mutex<Vec<ListenerTask>>,
     spinner: Mutex<Option<AbortHandle>>,
     keepalive: Mutex<Option<AbortHandle>>,
     owned_runtimes: Mutex<Vec<Runtime>>,
@@ -92,7 +92,7 @@ pub(crate) struct EngineState {
 impl fmt::Debug for EngineState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EngineState")
-            .field("protocol", &self.protocol.name)
+            .field("protocol", &self.paths.name())
             .field("mode", &self.config.mode)
             .field("address", &self.self_addr.as_ref().map(ToString::to_string))
             .finish_non_exhaustive()
@@ -101,15 +101,13 @@ impl fmt::Debug for EngineState {
 
 impl EngineState {
     pub(crate) fn new(
-        transport: Arc<dyn DynTransport>,
-        protocol: ProtocolEntry,
+        paths: Paths,
         config: Config,
-        self_addr: Option<WireAddr>,
+        self_addr: Option<AddressSet>,
         runtimes: Runtimes,
     ) -> Self {
         Self {
-            transport,
-            protocol,
+            paths,
             self_addr,
             rt: runtimes.io,
             handler_rt: runtimes.handlers,
@@ -133,7 +131,7 @@ impl EngineState {
             next_conn: AtomicU64::new(1),
             dialer: OnceLock::new(),
             stop_listener: watch::channel(false).0,
-            listener: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
             spinner: Mutex::new(None),
             keepalive: Mutex::new(None),
             owned_runtimes: Mutex::new(runtimes.owned),
@@ -150,16 +148,16 @@ impl EngineState {
         let _ = self.dialer.set(dialer);
     }
 
-    /// Records the accept loop's task, and the channel on which it says
-    /// that the listener is gone.
-    pub(crate) fn set_listener(&self, abort: AbortHandle, done: oneshot::Receiver<()>) {
-        *lock(&self.listener) = Some(ListenerTask {
+    /// Records an accept loop's task, and the channel on which it says
+    /// that its listener is gone.
+    pub(crate) fn add_listener(&self, abort: AbortHandle, done: oneshot::Receiver<()>) {
+        lock(&self.listeners).push(ListenerTask {
             abort,
             done: Some(done),
         });
     }
 
-    /// Tells the accept loop to stop (see [`EngineState::set_listener`]).
+    /// Tells the accept loops to stop (see [`EngineState::add_listener`]).
     pub(crate) fn listener_stop(&self) -> watch::Receiver<bool> {
         self.stop_listener.subscribe()
     }
@@ -179,27 +177,17 @@ impl EngineState {
         lock(&self.teardown).push(cb);
     }
 
-    /// Replaces an alias by the canonical protocol name and checks that the
-    /// address is for this engine's protocol.
+    /// Names the protocols of `addr` canonically and checks that this
+    /// engine speaks one of them (`paths.rs`).
     ///
     /// # Errors
-    /// [`Error::ProtocolMismatch`].
-    pub(crate) fn canonical(&self, addr: &WireAddr) -> Result<WireAddr> {
-        if addr.protocol() == self.protocol.name {
-            return Ok(addr.clone());
-        }
-        if self.protocol.aliases.iter().any(|a| a == addr.protocol()) {
-            return Ok(addr.with_protocol(&self.protocol.name));
-        }
-        Err(Error::ProtocolMismatch {
-            address: addr.to_string(),
-            protocol: addr.protocol().to_owned(),
-            engine: self.protocol.name.clone(),
-        })
+    /// [`Error::ProtocolMismatch`], [`Error::AddressSet`].
+    pub(crate) fn canonical(&self, addr: &AddressSet) -> Result<AddressSet> {
+        self.paths.check_lookup(addr)
     }
 
     /// The engine's one [`Peer`] for `addr` (canonical), made on first use.
-    pub(crate) fn peer(&self, addr: WireAddr) -> Arc<Peer> {
+    pub(crate) fn peer(&self, addr: AddressSet) -> Arc<Peer> {
         lock(&self.peers)
             .entry(addr.clone())
             .or_insert_with(|| Arc::new(Peer::new(addr, None)))
@@ -288,9 +276,12 @@ impl EngineState {
         }
         self.lifecycle.run_pre_finalize();
         self.stop_listener.send_replace(true);
-        let done = lock(&self.listener).as_mut().and_then(|l| l.done.take());
-        if let Some(done) = done {
-            // The accept loop drops the listener (removing a socket file)
+        let dones: Vec<_> = lock(&self.listeners)
+            .iter_mut()
+            .filter_map(|l| l.done.take())
+            .collect();
+        for done in dones {
+            // An accept loop drops its listener (removing a socket file)
             // before it answers.
             let _ = done.await;
         }
@@ -301,7 +292,7 @@ impl EngineState {
     /// dropped without being finalized).
     pub(crate) fn finish_finalize(&self) {
         self.lifecycle.begin_finalize();
-        if let Some(l) = lock(&self.listener).take() {
+        for l in lock(&self.listeners).drain(..) {
             l.abort.abort();
         }
         if let Some(s) = lock(&self.spinner).take() {

@@ -79,7 +79,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_transport::Address as WireAddr;
 
 use crate::bulk::handle::Bulk;
 use crate::call::{self, Body};
@@ -89,6 +88,7 @@ use crate::flow::{Closed, End, Flow, Taken};
 use crate::frame::{self, Extensions, Header, Kind, Status, HEADER_LEN};
 use crate::handler::{decode_exact, Handle};
 use crate::overflow::expose;
+use crate::paths::AddressSet;
 use crate::peer::Peer;
 use crate::state::EngineState;
 use crate::stats::record::{Outcome, RpcRecord};
@@ -224,7 +224,7 @@ struct Core {
     /// The request's header (its sequence, provider and RPC id).
     header: Header,
     rpc: Arc<str>,
-    address: WireAddr,
+    address: AddressSet,
     /// The call's deadline and the duration it was set from.
     deadline: Option<(Instant, Duration)>,
     max_item: u64,

@@ -25,6 +25,7 @@ use courier_transport::Address as WireAddr;
 
 use crate::config::Timeouts;
 use crate::error::{Error, Result};
+use crate::paths::AddressSet;
 
 /// When an exchange must be over, if ever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +142,7 @@ pub(crate) fn hello(config: &Timeouts) -> Deadline {
 /// `<shutdown>`) with `address` that ran out of time.
 pub(crate) fn expired_call<'a>(
     what: &'a str,
-    address: &'a WireAddr,
+    address: &'a AddressSet,
 ) -> impl FnOnce(Duration) -> Error + 'a {
     move |after| Error::Timeout {
         rpc: what.to_owned(),
@@ -151,7 +152,7 @@ pub(crate) fn expired_call<'a>(
 }
 
 /// The error of a bulk transfer with `address` that ran out of time.
-pub(crate) fn expired_bulk(address: &WireAddr) -> impl FnOnce(Duration) -> Error + '_ {
+pub(crate) fn expired_bulk(address: &AddressSet) -> impl FnOnce(Duration) -> Error + '_ {
     move |after| Error::BulkTimeout {
         address: address.to_string(),
         after,
@@ -212,7 +213,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_deadline_names_what_it_bounded() {
-        let addr: WireAddr = "tcp://127.0.0.1:1".parse().unwrap();
+        let addr: AddressSet = "tcp://127.0.0.1:1".parse().unwrap();
         let d = Deadline::within(Some(Duration::from_millis(5)));
         let never = std::future::pending::<Result<()>>();
         let err = d.bound(never, expired_call("hello", &addr)).await;

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -143,6 +144,19 @@ fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A random number drawn once per process. Fresh names carry it, so a
+/// name printed in an address set (`docs/transports.md`, "Address sets")
+/// and read by another process, where it means nothing, cannot name one
+/// of that process's own listeners by chance.
+fn process_nonce() -> u64 {
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
 fn check_name(addr: &Address) -> Result<(), TransportError> {
     let bad = addr
         .rest()
@@ -172,7 +186,7 @@ impl Transport for MemTransport {
     async fn listen(&self, addr: &Address) -> Result<MemListener, TransportError> {
         check_name(addr)?;
         let name = if addr.rest().is_empty() {
-            format!("anon-{}", next_id())
+            format!("anon-{}-{:016x}", next_id(), process_nonce())
         } else {
             addr.rest().to_owned()
         };

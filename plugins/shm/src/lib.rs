@@ -244,6 +244,11 @@ impl Plugin for ShmPlugin {
         courier_transport::Reach::Host
     }
 
+    /// Shared memory is the fastest way to a peer on this host.
+    fn path_rank(&self) -> u8 {
+        10
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         let options: ShmOptions = ctx.options(PLUGIN_NAME)?;
         let mut transport = ShmTransport::new(ctx.max_message_size);

@@ -65,6 +65,11 @@ impl Plugin for UnixPlugin {
         courier_transport::Reach::Host
     }
 
+    /// After shared memory, before plugins that give no rank.
+    fn path_rank(&self) -> u8 {
+        20
+    }
+
     fn create(&self, ctx: &PluginContext<'_>) -> Result<Arc<dyn DynTransport>, TransportError> {
         let UnixOptions {} = ctx.options(PLUGIN_NAME)?;
         Ok(Arc::new(UnixTransport {

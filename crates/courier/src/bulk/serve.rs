@@ -72,7 +72,7 @@ async fn answer(state: &EngineState, conn: &Conn, header: Header, payload: Bytes
                 Ok(x) => x,
                 Err(why) => return refuse(Status::BulkRefused, why).await,
             };
-            let max = state.transport.max_message_size();
+            let max = conn.max_message();
             if len > max.saturating_sub(HEADER_LEN) {
                 return refuse(
                     Status::BulkRefused,

@@ -242,7 +242,7 @@ impl Job {
     /// The message path: chunks, `window` of them in flight.
     async fn messages(&self, state: &EngineState, conn: &Conn) -> Result<()> {
         let len = self.access.len as usize;
-        let max = state.transport.max_message_size();
+        let max = conn.max_message();
         let chunk = self
             .options
             .chunk_size

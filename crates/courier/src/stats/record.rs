@@ -109,7 +109,9 @@ impl Outcome {
             Error::NoSuchRpc { .. } => Self::NoSuchRpc,
             Error::OneWay { .. } => Self::OneWay,
             Error::RemoteFinalizing { .. } => Self::Finalizing,
-            Error::ConnectionLost { .. } | Error::ConnectTimeout { .. } => Self::ConnectionLost,
+            Error::ConnectionLost { .. } | Error::ConnectTimeout { .. } | Error::NoPath { .. } => {
+                Self::ConnectionLost
+            }
             Error::Finalized => Self::Finalized,
             _ => Self::Invalid,
         }

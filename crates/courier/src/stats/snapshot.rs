@@ -66,7 +66,7 @@ pub(crate) fn collect(state: &EngineState, providers: &Providers) -> Stats {
     let (short_parks, short_parks_us) = state.progress.short_parks();
     Stats {
         schema: SCHEMA,
-        protocol: state.protocol.name.clone(),
+        protocol: state.paths.name().to_owned(),
         address: state
             .self_addr
             .as_ref()

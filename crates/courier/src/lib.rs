@@ -139,6 +139,29 @@
 //! safe ([`Error::is_retry_safe`], [`RpcOptions::idempotent`]). Courier
 //! never retries by itself.
 //!
+//! # Several protocols: address sets
+//!
+//! An engine built for several protocols listens on each and prints one
+//! [`AddressSet`]; a lookup of it takes the nearest path that connects (the
+//! same process, then the same host, then the network), and
+//! [`Address::path`] says which (`docs/transports.md`, "Address sets").
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> courier::Result<()> {
+//! let server = courier::Engine::new("tcp,unix").await?;
+//! let set = server.address().to_string(); // tcp://127.0.0.1:…,unix:///…,mem://anon-…
+//! assert_eq!(server.protocol(), "tcp,unix");
+//!
+//! // In the same process, the in-process path; a tcp-only engine takes tcp.
+//! let near = courier::Engine::new("tcp,unix").await?;
+//! assert_eq!(near.lookup(&set).await?.path().unwrap().protocol(), "mem");
+//! let far = courier::Engine::new("tcp").await?;
+//! assert_eq!(far.lookup(&set).await?.path().unwrap().protocol(), "tcp");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Trace context across processes
 //!
 //! A call can carry a W3C trace context ([`TraceContext`], the

@@ -133,10 +133,19 @@ impl FromStr for AddressSet {
                 .map_err(|e| invalid(format!("part {} ('{part}'): {e}", i + 1)))?;
             parts.push(addr);
         }
-        Self::new(parts).map_err(|e| match e {
-            Error::AddressSet { reason, .. } => invalid(reason),
-            other => other,
-        })
+        Self::new(parts).map_err(|e| as_given(e, s))
+    }
+}
+
+/// An [`Error::AddressSet`] about `set` as the user wrote it (`new` names
+/// the set it was given, which may be canonical or trimmed).
+fn as_given(e: Error, set: &str) -> Error {
+    match e {
+        Error::AddressSet { reason, .. } => Error::AddressSet {
+            set: set.to_owned(),
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -413,13 +422,7 @@ impl Paths {
         if !spoken {
             return Err(mismatch());
         }
-        AddressSet::new(parts).map_err(|e| match e {
-            Error::AddressSet { reason, .. } => Error::AddressSet {
-                set: set.to_string(),
-                reason,
-            },
-            other => other,
-        })
+        AddressSet::new(parts).map_err(|e| as_given(e, &set.to_string()))
     }
 
     /// A set as a peer announced it in its Hello, its known protocols named

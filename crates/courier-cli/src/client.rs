@@ -1,5 +1,6 @@
 //! `courier call`, `courier ping`, `courier shutdown`: a client-mode engine
-//! speaking the address's protocol.
+//! speaking the address's protocol, or, for an address set, every protocol
+//! of the set this build has ([`client_protocols`]).
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -7,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use courier::{Address, Engine, Mode, RawCallable};
+use courier::transport::Reach;
+use courier::{Address, AddressSet, Engine, EngineBuilder, Mode, RawCallable};
 
 use crate::{out, out_bytes, CliResult, Error, TimeoutArg};
 
@@ -66,6 +68,9 @@ pub(crate) struct CallArgs {
     #[command(flatten)]
     timeout: TimeoutArg,
 
+    #[command(flatten)]
+    protocol: ProtocolArg,
+
     /// Send the ARGS joined by spaces as raw bytes; print the response as UTF-8.
     #[arg(long, conflicts_with = "u64")]
     raw: bool,
@@ -100,6 +105,9 @@ pub(crate) struct PingArgs {
 
     #[command(flatten)]
     timeout: TimeoutArg,
+
+    #[command(flatten)]
+    protocol: ProtocolArg,
 }
 
 #[derive(Debug, Args)]
@@ -109,15 +117,82 @@ pub(crate) struct ShutdownArgs {
 
     #[command(flatten)]
     timeout: TimeoutArg,
+
+    #[command(flatten)]
+    protocol: ProtocolArg,
 }
 
-/// A client engine for `address`'s protocol, and the looked-up address.
+/// The `--protocol` of the subcommands that look a service up.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ProtocolArg {
+    /// The protocols this client speaks, e.g. tcp or tcp,shm. Default: the
+    /// address's protocol; for an address set (tcp://…,shm://…,mem://…),
+    /// every protocol of the set this build has, but the in-process ones
+    /// (another process's), so that the lookup takes the fastest path
+    /// (shm on the same host). `--protocol tcp` makes it take tcp.
+    #[arg(long, short = 'p', value_name = "P[,P…]")]
+    pub(crate) protocol: Option<String>,
+}
+
+/// The protocols a client engine is built for to reach `address`: `pinned`
+/// when given; the address's protocol for one address; for a set, each
+/// protocol of its parts that this build has (canonical names, in the
+/// set's order, once each), leaving out those that reach only within a
+/// process (the set's `mem://` part is the server's own process). A set
+/// none of whose protocols is usable gives its first part's protocol: the
+/// lookup then says what is wrong.
+///
+/// # Errors
+/// A malformed address or set ([`courier::Error::AddressSet`]); the
+/// protocol table cannot be read.
+pub(crate) fn client_protocols(address: &str, pinned: Option<&str>) -> CliResult<String> {
+    if let Some(p) = pinned {
+        return Ok(p.to_owned());
+    }
+    let set: AddressSet = address.parse()?;
+    if !set.is_set() {
+        return Ok(set.first().protocol().to_owned());
+    }
+    let registry = courier::default_registry()?;
+    let mut names: Vec<String> = Vec::new();
+    for part in set.parts() {
+        // An unknown protocol is left to the lookup, whose error names it
+        // and the known ones.
+        let Ok(entry) = registry.resolve(part.protocol()) else {
+            continue;
+        };
+        let usable =
+            registry.is_available(&entry) && registry.reach(&entry) != Some(Reach::Process);
+        if usable && !names.contains(&entry.name) {
+            names.push(entry.name);
+        }
+    }
+    if names.is_empty() {
+        return Ok(set.first().protocol().to_owned());
+    }
+    Ok(names.join(","))
+}
+
+/// A client-mode engine builder for `address` (see [`client_protocols`]).
+/// An engine of several protocols gets no in-process path: nothing in
+/// another process can use it.
+pub(crate) fn client_builder(address: &str, pinned: Option<&str>) -> CliResult<EngineBuilder> {
+    let protocols = client_protocols(address, pinned)?;
+    let mut builder = Engine::builder(&protocols).mode(Mode::Client);
+    if protocols.contains(',') {
+        builder = builder.config_value(serde_json::json!({"paths": {"in_process": false}}));
+    }
+    Ok(builder)
+}
+
+/// A client engine for `address` (see [`client_protocols`]), and the
+/// looked-up address.
 pub(crate) async fn connect(
     address: &str,
+    pinned: Option<&str>,
     timeout: Option<Duration>,
 ) -> CliResult<(Engine, Address)> {
-    let parsed: courier::transport::Address = address.parse()?;
-    let mut builder = Engine::builder(parsed.protocol()).mode(Mode::Client);
+    let mut builder = client_builder(address, pinned)?;
     if let Some(t) = timeout {
         builder = builder.connect_timeout(t);
     }
@@ -200,7 +275,8 @@ pub(crate) async fn call(args: CallArgs) -> CliResult {
         encode_strings(&args.args)?
     };
     let timeout = args.timeout.duration();
-    let (engine, address) = connect(&args.address, timeout).await?;
+    let (engine, address) =
+        connect(&args.address, args.protocol.protocol.as_deref(), timeout).await?;
     let mut callable = engine
         .remote_raw(&args.rpc)
         .on_provider(&address, args.provider);
@@ -293,7 +369,8 @@ fn micros(d: Duration) -> String {
 
 pub(crate) async fn ping(args: PingArgs) -> CliResult {
     let timeout = args.timeout.duration();
-    let (engine, address) = connect(&args.address, timeout).await?;
+    let (engine, address) =
+        connect(&args.address, args.protocol.protocol.as_deref(), timeout).await?;
     let result = ping_loop(&address, args.count, timeout).await;
     engine.finalize().await;
     result
@@ -308,7 +385,12 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
     for seq in 1..=count {
         match address.ping(timeout).await {
             Ok(rtt) => {
-                out(format_args!("seq={seq} time={} µs", micros(rtt)))?;
+                // The path the connection took (the part of a set, or the
+                // address): it may change if the connection is opened again.
+                let via = address
+                    .path()
+                    .map_or_else(|| "(no live connection)".to_owned(), |p| p.to_string());
+                out(format_args!("seq={seq} via {via} time={} µs", micros(rtt)))?;
                 times.push(rtt);
             }
             Err(e) => {
@@ -332,7 +414,8 @@ async fn ping_loop(address: &Address, count: u32, timeout: Option<Duration>) -> 
 
 pub(crate) async fn shutdown(args: ShutdownArgs) -> CliResult {
     let timeout = args.timeout.duration();
-    let (engine, address) = connect(&args.address, timeout).await?;
+    let (engine, address) =
+        connect(&args.address, args.protocol.protocol.as_deref(), timeout).await?;
     let result = address.shutdown_within(timeout).await.map_err(Error::from);
     engine.finalize().await;
     result?;

@@ -324,7 +324,7 @@ async fn demo_one(row: &mut Row, calls: u64, verbose: u8) {
 
 /// The client side: lookup, hello, echo timing, pings, shutdown.
 async fn exercise(row: &mut Row, address: &str, calls: u64) -> CliResult {
-    let (engine, server) = client::connect(address, Some(CALL_GUARD)).await?;
+    let (engine, server) = client::connect(address, None, Some(CALL_GUARD)).await?;
     let result = exercise_with(row, &engine, &server, calls).await;
     engine.finalize().await;
     result

@@ -94,6 +94,8 @@ pub(crate) fn fail_with_last(failures: impl IntoIterator<Item = Error>) -> CliRe
         courier serve --enable-remote-shutdown        # prints: Service running at tcp://127.0.0.1:PORT\n  \
         courier call tcp://127.0.0.1:PORT hello Matthieu Dorier\n  \
         courier ping tcp://127.0.0.1:PORT\n  \
+        courier serve --protocol tcp,shm              # prints an address set: tcp://…,shm://…,mem://…\n  \
+        courier ping 'tcp://…,shm://…,mem://…'        # seq=1 via shm://… (the path taken)\n  \
         courier stats tcp://127.0.0.1:PORT            # with `courier serve --stats`\n  \
         courier top tcp://127.0.0.1:PORT              # the same, live\n  \
         courier shutdown tcp://127.0.0.1:PORT\n  \
@@ -128,7 +130,8 @@ enum Command {
     /// Call an RPC on a service and print its response.
     #[command(long_about = client::CALL_LONG_ABOUT)]
     Call(client::CallArgs),
-    /// Measure engine-level round trips to a service (no handler runs).
+    /// Measure engine-level round trips to a service (no handler runs), and
+    /// show the path each took (the part of an address set).
     Ping(client::PingArgs),
     /// Print a service's statistics: per RPC and provider, providers, peers,
     /// bulk (it must run with `serve --stats`).

@@ -42,12 +42,16 @@ info line, -vv debug; RUST_LOG, when set, decides instead (RUST_LOG=warn hides t
 )]
 pub(crate) struct ServeArgs {
     /// Protocol to listen with, on loopback at an ephemeral port or path
-    /// (tcp, unix, ofi+tcp, ...; see `courier protocols`). Default: tcp.
-    #[arg(long, short = 'p', value_name = "P", conflicts_with = "listen")]
+    /// (tcp, unix, ofi+tcp, ...; see `courier protocols`), or several,
+    /// comma-separated (tcp,shm): the service then listens on each (and
+    /// in-process) and prints one address set, tcp://…,shm://…,mem://….
+    /// Default: tcp.
+    #[arg(long, short = 'p', value_name = "P[,P…]", conflicts_with = "listen")]
     protocol: Option<String>,
 
     /// Full listen address instead, e.g. tcp://127.0.0.1:7000, tcp://[::1]:0,
-    /// unix:///tmp/courier.sock (tcp://0.0.0.0:PORT makes it reachable from other hosts).
+    /// unix:///tmp/courier.sock (tcp://0.0.0.0:PORT makes it reachable from other hosts);
+    /// or several, comma-separated, each an address or a protocol: tcp://0.0.0.0:0,shm.
     #[arg(long, short = 'l', value_name = "ADDR")]
     listen: Option<String>,
 
@@ -338,6 +342,7 @@ pub(crate) const SERVE_LONG_ABOUT: &str =
         ADDR=$(courier serve --enable-remote-shutdown --detach)\n  \
         courier call \"$ADDR\" hello Matthieu Dorier\n  \
         courier shutdown \"$ADDR\"\n\n\
+        With several protocols (--protocol tcp,shm, or --listen tcp://0.0.0.0:0,shm),         the address is an address set, tcp://…,shm://…,mem://…: a client given it         (`courier ping SET`) speaks the set's protocols and connects by the fastest         path it can take (shm on the same host, tcp from elsewhere); `courier ping`         shows which.\n\n\
         With --stats, the service also serves its statistics, with the latency of each \
         phase of every request, to `courier stats ADDR` and `courier top ADDR`.";
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use courier::stats::{Advice, Latency, SideStats, Stats};
-use courier::{Address, Engine, Mode};
+use courier::{Address, Engine};
 
 use crate::table::{Align, Table};
 use crate::{out, CliResult, Error};
@@ -85,6 +85,9 @@ pub(crate) struct StatsArgs {
 
     #[command(flatten)]
     timeout: StatsTimeout,
+
+    #[command(flatten)]
+    protocol: crate::client::ProtocolArg,
 }
 
 /// A service whose statistics are read: a client engine of its protocol
@@ -123,14 +126,17 @@ fn too_slow(address: &str, after: Duration) -> Error {
 }
 
 impl Source {
-    /// A client engine for `address`'s protocol, looked up; nothing is sent
-    /// yet. `timeout` bounds the connection and each [`Source::read`].
-    pub(crate) async fn open(address: &str, timeout: Option<Duration>) -> CliResult<Self> {
-        let parsed: courier::transport::Address =
-            address.parse().map_err(|e: courier::TransportError| {
-                Error::from(e).context(format!("cannot read the statistics of '{address}'"))
-            })?;
-        let mut builder = Engine::builder(parsed.protocol()).mode(Mode::Client);
+    /// A client engine for `address`'s protocols (`pinned`, else those of
+    /// the address or set: [`crate::client::client_protocols`]), looked up;
+    /// nothing is sent yet. `timeout` bounds the connection and each
+    /// [`Source::read`].
+    pub(crate) async fn open(
+        address: &str,
+        pinned: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> CliResult<Self> {
+        let mut builder = crate::client::client_builder(address, pinned)
+            .map_err(|e| e.context(format!("cannot read the statistics of '{address}'")))?;
         if let Some(t) = timeout {
             builder = builder.connect_timeout(t).call_timeout(t);
         }
@@ -206,7 +212,12 @@ impl Source {
 
 pub(crate) async fn run(args: StatsArgs) -> CliResult {
     let format = if args.json { Format::Json } else { args.format };
-    let source = Source::open(&args.address, args.timeout.duration()).await?;
+    let source = Source::open(
+        &args.address,
+        args.protocol.protocol.as_deref(),
+        args.timeout.duration(),
+    )
+    .await?;
     let read = source.read().await;
     source.close().await;
     let stats = read?;

@@ -50,6 +50,9 @@ pub(crate) struct TopArgs {
 
     #[command(flatten)]
     timeout: StatsTimeout,
+
+    #[command(flatten)]
+    protocol: crate::client::ProtocolArg,
 }
 
 /// Reads `1`, `0.5`, `1.5s`, `250ms`: at least a millisecond, at most a
@@ -353,7 +356,7 @@ pub(crate) async fn run(args: TopArgs) -> CliResult {
     let stop = crate::serve::stop_signal();
     tokio::pin!(stop);
     let source = tokio::select! {
-        source = Source::open(&args.address, args.timeout.duration()) => source?,
+        source = Source::open(&args.address, args.protocol.protocol.as_deref(), args.timeout.duration()) => source?,
         () = &mut stop => return Ok(()),
     };
     let result = watch(&source, &args, terminal, stop).await;

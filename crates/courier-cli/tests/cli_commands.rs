@@ -431,3 +431,123 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         assert!(!r.stderr.contains("\x1b["), "colour codes in a pipe: {r:?}");
     }
 }
+
+/// The path `ping` says each reply took (`seq=N via PATH time=…`), one per
+/// answered ping.
+fn ping_paths(r: &Run) -> Vec<String> {
+    r.stdout
+        .lines()
+        .filter(|l| l.starts_with("seq="))
+        .map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "via")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no path in {l:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `serve --protocol tcp,shm` prints one address set; a client given the
+/// set reaches it by shm (same host), one pinned to tcp (or given the tcp
+/// part alone) by tcp; every subcommand takes the set.
+#[test]
+fn serve_on_an_address_set_and_ping_it_by_shm_or_tcp() {
+    let mut server = Server::start(&["--protocol", "tcp,shm", "--enable-remote-shutdown"]);
+    let set = server.address.clone();
+    let parts: Vec<&str> = set.split(',').collect();
+    assert_eq!(parts.len(), 3, "{set}");
+    assert!(parts[0].starts_with("tcp://127.0.0.1:"), "{set}");
+    assert!(parts[1].starts_with("shm://"), "{set}");
+    // The engine's in-process path, of no use to another process.
+    assert!(parts[2].starts_with("mem://"), "{set}");
+
+    let r = run(&["ping", &set, "--count", "2"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(ping_paths(&r), vec![parts[1]; 2], "{r:?}");
+    assert!(r.stdout.contains("2 sent, 2 answered"), "{r:?}");
+
+    let r = run(&["ping", &set, "--count", "1", "--protocol", "tcp"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(ping_paths(&r), vec![parts[0]], "{r:?}");
+
+    let r = run(&["ping", parts[0], "--count", "1"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(ping_paths(&r), vec![parts[0]], "{r:?}");
+
+    let r = run(&["call", &set, "hello", "Matthieu", "Dorier"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, "Good bye Matthieu\n", "{r:?}");
+    assert_eq!(
+        server.next_line().as_deref(),
+        Some("Hello Matthieu Dorier!")
+    );
+
+    let r = run(&["shutdown", &set]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert_eq!(r.stdout, format!("shutdown requested: {set}\n"), "{r:?}");
+    assert!(server.wait_exit().0.success());
+}
+
+/// A full set as `--protocol` (or `--listen`): the listen address of each
+/// protocol.
+#[test]
+fn serve_listens_on_a_set_of_full_addresses() {
+    let mut server = Server::start(&[
+        "--listen",
+        "tcp://127.0.0.1:0,shm",
+        "--enable-remote-shutdown",
+    ]);
+    let set = server.address.clone();
+    assert!(set.starts_with("tcp://127.0.0.1:"), "{set}");
+    assert!(set.contains(",shm://"), "{set}");
+    let r = run(&["ping", &set, "--count", "1"]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    assert!(ping_paths(&r)[0].starts_with("shm://"), "{r:?}");
+    assert_eq!(run(&["shutdown", &set]).code(), Some(0));
+    assert!(server.wait_exit().0.success());
+}
+
+#[test]
+fn a_bad_address_set_is_an_error_that_says_what_is_wrong() {
+    for (set, says) in [
+        ("tcp://127.0.0.1:1,,shm://x", "part 2 is empty"),
+        ("tcp://127.0.0.1:1,tcp://127.0.0.1:1", "is given twice"),
+        (
+            "tcp://127.0.0.1:1,pigeon://coop",
+            "unknown protocol 'pigeon' (known: ",
+        ),
+        (
+            "tcp://127.0.0.1:1,not an address",
+            "part 2 ('not an address')",
+        ),
+    ] {
+        for args in [
+            &["ping", set][..],
+            &["call", set, "hello"][..],
+            &["shutdown", set][..],
+        ] {
+            let r = run(args);
+            assert_eq!(r.code(), Some(1), "{args:?}: {r:?}");
+            assert!(
+                r.stderr
+                    .starts_with(&format!("courier: invalid address set '{set}': ")),
+                "{args:?}: {r:?}"
+            );
+            assert!(r.stderr.contains(says), "{args:?}: {r:?}");
+            assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+        }
+    }
+    // Nothing listens at any part: each path tried is named.
+    let tcp = dead_tcp_address();
+    let set = format!("{tcp},shm://courier-nobody-0");
+    let r = run(&["ping", &set, "--count", "1"]);
+    assert_eq!(r.code(), Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("no path to {set} could connect")),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("shm://courier-nobody-0: "), "{r:?}");
+    assert!(r.stderr.contains(&format!("{tcp}: ")), "{r:?}");
+}

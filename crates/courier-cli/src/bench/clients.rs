@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use courier::transport::{Address as WireAddr, PluginOptions};
-use courier::{Bytes, Engine};
+use courier::Bytes;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -276,8 +276,14 @@ pub(crate) async fn run(args: ClientArgs) -> CliResult {
     let polling = args.progress_spin_us > 0;
     let sample = match args.layer {
         Layer::Engine | Layer::Counted | Layer::Timed => {
-            let engine = Engine::builder(&args.protocol)
-                .client()
+            let proto = super::Proto {
+                name: args.protocol.clone(),
+                plugin: String::new(),
+                socket: None,
+                in_process: false,
+                set: args.protocol.contains(','),
+            };
+            let engine = super::client_builder(&proto)
                 .progress_spin(Duration::from_micros(args.progress_spin_us))
                 .stats(args.layer == Layer::Counted)
                 .stats_timing(args.layer == Layer::Timed)

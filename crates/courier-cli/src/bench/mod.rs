@@ -204,6 +204,65 @@ pub(crate) fn socket_kind(entry: &ProtocolEntry) -> Option<SocketKind> {
     }
 }
 
+/// A client-mode engine builder for `proto`; for a set, without the
+/// in-process path (the peer is another process: the set's mem part is of
+/// no use to this one, and would be tried first).
+pub(crate) fn client_builder(proto: &Proto) -> courier::EngineBuilder {
+    let builder = Engine::builder(&proto.name).client();
+    if proto.set {
+        builder.config_value(serde_json::json!({"paths": {"in_process": false}}))
+    } else {
+        builder
+    }
+}
+
+/// Resolves `--set P,P,...`: two protocols or more, each built in, none
+/// reaching this process only (the row is measured across processes).
+fn set_proto(registry: &Registry, text: &str, max_message_size: usize) -> CliResult<Proto> {
+    let mut names: Vec<String> = Vec::new();
+    let mut plugins: Vec<String> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(Error::Argument(format!(
+                "--set '{text}': an empty protocol name (give protocols separated by commas, \
+                 e.g. --set tcp,shm)"
+            )));
+        }
+        let (entry, _) = registry
+            .create(part, &PluginOptions::new(), max_message_size)
+            .context(|| format!("--set '{text}'"))?;
+        if registry.reach(&entry) == Some(courier::transport::Reach::Process) {
+            return Err(Error::Argument(format!(
+                "--set '{text}': '{}' reaches one process only; a set row is measured \
+                 across processes (every engine of several protocols has an in-process path \
+                 already)",
+                entry.name
+            )));
+        }
+        if names.contains(&entry.name) {
+            return Err(Error::Argument(format!(
+                "--set '{text}': protocol '{}' is given twice",
+                entry.name
+            )));
+        }
+        names.push(entry.name);
+        plugins.push(entry.plugin);
+    }
+    if names.len() < 2 {
+        return Err(Error::Argument(format!(
+            "--set '{text}': a set has two protocols or more (e.g. --set tcp,shm); \
+             for one, use --protocols"
+        )));
+    }
+    Ok(Proto {
+        name: names.join(","),
+        plugin: plugins.join(","),
+        socket: None,
+        in_process: false,
+        set: true,
+    })
+}
+
 /// How the headings say the runs: "1 run", "3 runs, median".
 pub(crate) fn runs_label(runs: u32) -> String {
     if runs == 1 {
@@ -245,6 +304,20 @@ pub(crate) struct BenchArgs {
     /// protocol whose plugin is built in; see `courier protocols`).
     #[arg(long, value_name = "P,P,...", value_delimiter = ',')]
     protocols: Vec<String>,
+
+    /// An address set to measure as a row of its own, e.g. --set tcp,shm
+    /// (repeat --set for more; one set per --set, its protocols
+    /// comma-separated). Its engine peer, a child process, listens on each
+    /// protocol (as `courier serve --protocol tcp,shm`) and prints one
+    /// address set; the client engine, in this process, speaks the same
+    /// protocols (with `paths.in_process` off: the set's mem part is the
+    /// peer's own process) and connects by the path a lookup of the set
+    /// picks: shm on the same host. The row is named by the set, the path
+    /// taken is printed under the table (and is the JSON record's
+    /// `plugin`). Engine layers only (no raw or socket floor of a set);
+    /// --mode rpc only. Added to the --protocols rows.
+    #[arg(long = "set", value_name = "P,P[,...]")]
+    sets: Vec<String>,
 
     /// Payload sizes in bytes, comma-separated, with an optional K, M or G
     /// suffix in powers of 1024 (4K = 4096) [default: 0,64,4K,64K,1M,16M;
@@ -379,6 +452,9 @@ pub(crate) struct Proto {
     /// Its connections reach this process only (`mem`): the peers run on
     /// threads here instead of in child processes.
     pub(crate) in_process: bool,
+    /// An address set (`--set tcp,shm`): `name` lists its protocols, the
+    /// engine layers only are measured, across processes.
+    pub(crate) set: bool,
 }
 
 /// Everything `courier bench` will do, from its options.
@@ -510,7 +586,17 @@ impl Plan {
                     socket: socket_kind(&entry),
                     name: entry.name,
                     plugin: entry.plugin,
+                    set: false,
                 });
+            }
+        }
+        if !args.sets.is_empty() && args.mode != BenchMode::Rpc {
+            return Err(Error::Argument("--set applies to --mode rpc only".into()));
+        }
+        for text in &args.sets {
+            let set = set_proto(registry, text, max_message_size)?;
+            if seen.insert(set.name.clone()) {
+                protocols.push(set);
             }
         }
         if protocols.is_empty() {
@@ -548,12 +634,14 @@ impl Plan {
         })
     }
 
-    /// The layers measured for `p` (no socket floor for other plugins).
+    /// The layers measured for `p` (no socket floor for other plugins; the
+    /// engine layers only for a set).
     pub(crate) fn layers_for(&self, p: &Proto) -> Vec<Layer> {
         self.layers
             .iter()
             .copied()
             .filter(|l| *l != Layer::Socket || p.socket.is_some())
+            .filter(|l| !p.set || matches!(l, Layer::Engine | Layer::Counted | Layer::Timed))
             .collect()
     }
 
@@ -799,8 +887,7 @@ impl Group<'_> {
                 clients.push(None);
                 continue;
             };
-            let engine = Engine::builder(&self.proto.name)
-                .client()
+            let engine = client_builder(&self.proto)
                 .progress_spin(spin)
                 .stats(layer == Layer::Counted)
                 .stats_timing(layer == Layer::Timed)
@@ -808,7 +895,13 @@ impl Group<'_> {
                 .build()
                 .await
                 .context(|| "client engine")?;
-            match engine.lookup(p.address()).await {
+            let found = match engine.lookup(p.address()).await {
+                // The path a set's connection takes is known once it is
+                // open: a ping opens it.
+                Ok(a) if self.proto.set => a.ping(None).await.map(|_| a),
+                other => other,
+            };
+            match found {
                 Ok(a) => clients.push(Some((engine, a))),
                 Err(e) => {
                     engine.finalize().await;
@@ -835,6 +928,31 @@ impl Group<'_> {
             engine.finalize().await;
         }
         result
+    }
+
+    /// The plugin that carries the calls of `layer`: the protocol's; for a
+    /// set, that of the path its client's connection took (`path:` and the
+    /// part, as `path:shm://courier-…`, for the note under the table).
+    fn plugin_of(
+        &self,
+        layer: Layer,
+        [client, counted, timed]: [Option<&(Engine, courier::Address)>; 3],
+    ) -> String {
+        if !self.proto.set {
+            return self.proto.plugin.clone();
+        }
+        let client = match layer {
+            Layer::Counted => counted,
+            Layer::Timed => timed,
+            _ => client,
+        };
+        match client.and_then(|(_, a)| a.path()) {
+            Some(path) => self
+                .registry
+                .resolve(path.protocol())
+                .map_or_else(|_| path.protocol().to_owned(), |e| e.plugin),
+            None => "-".to_owned(),
+        }
     }
 
     async fn measure_loop(
@@ -923,7 +1041,7 @@ impl Group<'_> {
                             results.push(RunResult {
                                 proto_index: self.proto_index,
                                 protocol: self.proto.name.clone(),
-                                plugin: self.proto.plugin.clone(),
+                                plugin: self.plugin_of(layer, [client, counted, timed]),
                                 spin_us: self.spin_us,
                                 layer,
                                 size,
@@ -1046,6 +1164,7 @@ Examples:
   courier bench --protocols tcp,unix --sizes 0,4K,1M --in-flight 1,8,64
   courier bench --progress-spin-us 0,50 --json bench.json --svg bench.svg
   courier bench --protocols tcp,unix --sizes 64 --in-flight 32 --clients 1,8
+  courier bench --protocols shm --set tcp,shm --layers engine --sizes 0,64   # a set beside shm alone
   courier bench --mode bulk --quick                  # bulk pull and push MiB/s
   courier bench --mode stream --protocols tcp,shm    # streamed items/s and MiB/s
   courier bench --mode stream --window 16M --sizes 1M
@@ -1141,6 +1260,7 @@ mod tests {
             plugin: "mem".into(),
             socket: None,
             in_process: true,
+            set: false,
         };
         assert_eq!(p.clients_for(&mem), [1]);
         assert_eq!(p.measurements(), 2 * 4 * 2 * 3 * 2 * 2);

@@ -1,6 +1,7 @@
 //! From runs to records: medians and spreads, the table, the JSON.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -345,11 +346,70 @@ pub(crate) fn print(plan: &Plan, records: &[Record], elapsed: Duration) -> CliRe
             ))?;
         }
     }
+    for line in set_notes(plan, records) {
+        out(line)?;
+    }
     out(format_args!(
         "{} measurements in {:.1} s",
         records.iter().map(|r| r.runs).sum::<usize>(),
         elapsed.as_secs_f64()
     ))
+}
+
+/// A line per address set (`--set`) under the table: the path its
+/// client's calls took, and, when that path's protocol was measured alone
+/// too, the set's engine p50 over its p50, by size and calls in flight.
+fn set_notes(plan: &Plan, records: &[Record]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for p in plan.protocols.iter().filter(|p| p.set) {
+        let rows: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.protocol == p.name && r.layer == Layer::Engine)
+            .collect();
+        let mut via: Vec<&str> = rows.iter().map(|r| r.plugin.as_str()).collect();
+        via.dedup();
+        let mut line = format!(
+            "{}: an address set (--set): the engine peer, a child process, listens on each \
+             protocol; the client (paths.in_process off) connected by {}",
+            p.name,
+            if via.is_empty() {
+                "-".to_owned()
+            } else {
+                via.join(", ")
+            }
+        );
+        let ratios: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let alone = records.iter().find(|a| {
+                    !a.protocol.contains(',')
+                        && a.plugin == r.plugin
+                        && a.layer == r.layer
+                        && a.progress_spin_us == r.progress_spin_us
+                        && a.payload_bytes == r.payload_bytes
+                        && a.in_flight == r.in_flight
+                        && a.clients == r.clients
+                })?;
+                let x = ratio(r.p50_us, alone.p50_us)?;
+                Some(format!(
+                    "{x:.2} ({} ×{})",
+                    size_label(r.payload_bytes),
+                    r.in_flight
+                ))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            let _ = write!(
+                line,
+                "; engine p50 over {}'s alone: {}",
+                via.join(", "),
+                ratios.join(", ")
+            );
+        }
+        line.push('.');
+        lines.push(line);
+    }
+    lines
 }
 
 fn config(plan: &Plan) -> Value {

@@ -961,6 +961,7 @@ mod tests {
             plugin: "tcp".into(),
             socket: None,
             in_process: false,
+            set: false,
         };
         let samples: Vec<Sample> = [(64, Some(1000.0)), (1 << 20, None)]
             .into_iter()

@@ -549,6 +549,7 @@ mod tests {
             plugin: "tcp".into(),
             socket: None,
             in_process: false,
+            set: false,
         };
         let samples = [Sample {
             proto_index: 0,

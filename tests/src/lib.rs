@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod netns;
+
 /// The helpers shared with plugin authors live in `courier-testkit`.
 pub use courier_testkit::{
     assert_hello, call_hello, client, guard, guard_blocking, lookup, pattern, register_hello,

@@ -13,7 +13,8 @@
 //! call with `ConnectionLost` naming keepalive.
 //!
 //! The namespaces, the veth pair and the nftables table are the test's own
-//! (unique names), removed by a guard even when the test fails. Creating
+//! (unique names; `courier_conformance::netns`), removed by a guard even
+//! when the test fails. Creating
 //! them needs root (CAP_NET_ADMIN), `ip` (iproute2) and `nft` (nftables), so
 //! the tests are `#[ignore]`d: `cargo test --workspace` lists them as
 //! ignored, never as passed. `.ci/run` (root, installs `nftables`) runs them
@@ -27,8 +28,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use courier_conformance::netns::{missing_ip_or_nft as unsupported, Netns};
 use courier_conformance::{guard, Process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -41,145 +42,6 @@ const TIMEOUT_MS: u64 = 1500;
 /// The client's keepalive in the keepalive test: probe after 200 ms of
 /// silence, give up 300 ms later. No assertion compares a duration with it.
 const SMALL_KEEPALIVE: &str = r#"{"keepalive": {"interval_ms": 200, "timeout_ms": 300}}"#;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn run_in(ns: &str, args: &[&str]) -> Result<(), String> {
-    let mut full = vec!["ip", "netns", "exec", ns];
-    full.extend_from_slice(args);
-    run(&full)
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop.
-struct Netns {
-    server_ns: String,
-    client_ns: String,
-    server_ip: String,
-    client_ip: String,
-    server_if: String,
-}
-
-impl Netns {
-    /// Sets the pair up, or says why it cannot be done here.
-    fn create() -> Result<Self, String> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}x{n}", std::process::id() % 100_000);
-        let subnet = (10 + std::process::id() % 200 + n) % 250;
-        let net = Self {
-            server_ns: format!("crs{id}"),
-            client_ns: format!("crc{id}"),
-            server_ip: format!("10.203.{subnet}.1"),
-            client_ip: format!("10.203.{subnet}.2"),
-            server_if: format!("crvs{id}"),
-        };
-        let client_if = format!("crvc{id}");
-        run(&["ip", "netns", "add", &net.server_ns])?;
-        // From here on, drop cleans up whatever was made.
-        run(&["ip", "netns", "add", &net.client_ns])?;
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &net.server_if,
-            "netns",
-            &net.server_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "netns",
-            &net.client_ns,
-        ])?;
-        for (ns, ifname, ip) in [
-            (&net.server_ns, &net.server_if, &net.server_ip),
-            (&net.client_ns, &client_if, &net.client_ip),
-        ] {
-            run_in(
-                ns,
-                &["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname],
-            )?;
-            run_in(ns, &["ip", "link", "set", ifname, "up"])?;
-            run_in(ns, &["ip", "link", "set", "lo", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn link(&self, up: bool) {
-        run_in(
-            &self.server_ns,
-            &[
-                "ip",
-                "link",
-                "set",
-                &self.server_if,
-                if up { "up" } else { "down" },
-            ],
-        )
-        .unwrap();
-    }
-
-    /// Drops every packet from the client at the server's side (and back),
-    /// with an nftables table of the server namespace's own.
-    fn partition(&self) {
-        let rules = format!(
-            "table inet courier_partition {{\n\
-               chain input {{ type filter hook input priority 0; policy accept; ip saddr {c} drop; }}\n\
-               chain output {{ type filter hook output priority 0; policy accept; ip daddr {c} drop; }}\n\
-             }}\n",
-            c = self.client_ip
-        );
-        let path = courier_conformance::unique_temp_path("nft-rules");
-        std::fs::write(&path, rules).unwrap();
-        let outcome = run_in(&self.server_ns, &["nft", "-f", &path.display().to_string()]);
-        let _ = std::fs::remove_file(&path);
-        outcome.unwrap();
-    }
-
-    fn heal(&self) {
-        run_in(
-            &self.server_ns,
-            &["nft", "delete", "table", "inet", "courier_partition"],
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes its end of the veth pair, and with it
-        // the other end; its nftables tables go with it too.
-        let _ = run(&["ip", "netns", "del", &self.server_ns]);
-        let _ = run(&["ip", "netns", "del", &self.client_ns]);
-    }
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn unsupported() -> Option<String> {
-    if run(&["ip", "-V"]).is_err() {
-        return Some("the `ip` command (iproute2) is missing".into());
-    }
-    if run(&["nft", "--version"]).is_err() {
-        return Some("the `nft` command is missing (Debian package `nftables`)".into());
-    }
-    None
-}
 
 /// The client process in the client namespace, driven on stdin.
 struct Client {

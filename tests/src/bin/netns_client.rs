@@ -14,8 +14,14 @@
 //!   looks the address up and calls `echo` there;
 //! * `hang`: calls `hang` (which never answers) on the address looked up
 //!   at the start, with no timeout: only the connection's end ends it;
+//! * `path`: calls `echo` as `call` does, then answers the path its
+//!   connection took (`Address::path`: `tcp://…`, `shm://…`) instead;
 //!
 //! and prints `OK <answer>` or `ERR <error message>`. End of stdin ends it.
+//!
+//! Its engines speak the address's protocol; for an address set
+//! (`tcp://…,shm://…,mem://…`, from `netns_address_set.rs`), every protocol
+//! of the set but `mem` (the server's own process), as `courier ping` does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,7 +38,7 @@ async fn main() {
     };
     let config = args.next().unwrap_or_else(|| "{}".to_owned());
     let timeout = Duration::from_millis(timeout.parse().unwrap_or(2000));
-    let protocol = address.split("://").next().unwrap_or("tcp").to_owned();
+    let protocol = protocols(&address);
     let client = engine(&protocol, timeout, &config).await;
     let server = match client.lookup(&address).await {
         Ok(a) => a,
@@ -55,6 +61,15 @@ async fn main() {
     while let Some(line) = lines.recv().await {
         let outcome = match line.trim() {
             "call" => echo.on(&server).call(&"over the link".to_owned()).await,
+            "path" => echo
+                .on(&server)
+                .call(&"which way".to_owned())
+                .await
+                .map(|_| {
+                    server
+                        .path()
+                        .map_or_else(|| "none".to_owned(), |p| p.to_string())
+                }),
             "hang" => {
                 client
                     .remote::<String, String>("hang")
@@ -87,6 +102,23 @@ async fn main() {
             Ok(answer) => println!("OK {answer}"),
             Err(e) => println!("ERR {e}"),
         }
+    }
+}
+
+/// The protocols to speak to `address`: its own; of a set, each of its
+/// parts' but `mem`, once each, in the set's order.
+fn protocols(address: &str) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for part in address.split(',') {
+        let name = part.trim().split("://").next().unwrap_or("tcp");
+        if name != "mem" && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        "tcp".to_owned()
+    } else {
+        names.join(",")
     }
 }
 

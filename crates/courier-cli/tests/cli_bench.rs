@@ -359,3 +359,101 @@ fn layers_and_policies_select_what_is_measured() {
     }
     assert!(!rows.iter().any(|c| c[4] == "socket"));
 }
+
+/// `--set tcp,shm`: a row of its own, engine layers only, named by the set;
+/// its client, this process, reaches the peer (a child process) by shm, as
+/// the note under the table and the JSON record's `plugin` say. The JSON's
+/// `config.sets` lists it, `config.protocols` does not.
+#[test]
+fn a_set_row_is_measured_by_the_path_a_lookup_takes() {
+    let scratch = Scratch::new("set");
+    let json = scratch.path("bench.json");
+    let r = run(&[
+        "bench",
+        "--quick",
+        "--protocols",
+        "shm",
+        "--set",
+        "tcp,shm",
+        "--sizes",
+        "64",
+        "--in-flight",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    let rows = r.rows();
+    let set_rows: Vec<&Vec<String>> = rows.iter().filter(|c| c[0] == "tcp,shm").collect();
+    assert_eq!(set_rows.len(), 1, "{}", r.stdout);
+    assert_eq!(set_rows[0][4], "engine", "{:?}", set_rows[0]);
+    // No raw floor of a set: no ratio to it.
+    assert_eq!(set_rows[0][10], "-", "{:?}", set_rows[0]);
+    assert_eq!(
+        rows.iter().filter(|c| c[0] == "shm").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    let note = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tcp,shm: an address set"))
+        .unwrap_or_else(|| panic!("no note on the set:\n{}", r.stdout));
+    assert!(note.contains("connected by shm"), "{note}");
+    assert!(note.contains("engine p50 over shm's alone: "), "{note}");
+    assert!(note.contains("(64 B ×1)"), "{note}");
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["config"]["protocols"], serde_json::json!(["shm"]));
+    assert_eq!(doc["config"]["sets"], serde_json::json!(["tcp,shm"]));
+    let set: Vec<&Value> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rec| rec["protocol"] == "tcp,shm")
+        .collect();
+    assert_eq!(set.len(), 1, "{doc}");
+    assert_eq!(set[0]["plugin"], "shm", "{}", set[0]);
+    assert_eq!(set[0]["layer"], "engine", "{}", set[0]);
+    assert!(set[0]["p50_vs_raw"].is_null(), "{}", set[0]);
+    for k in RECORD_FIELDS {
+        assert!(set[0].get(k).is_some(), "record without {k}: {}", set[0]);
+    }
+}
+
+#[test]
+fn a_bad_set_is_an_error_saying_why() {
+    for (args, says) in [
+        (
+            &["bench", "--set", "tcp"][..],
+            "a set has two protocols or more",
+        ),
+        (
+            &["bench", "--set", "tcp,,shm"][..],
+            "an empty protocol name",
+        ),
+        (
+            &["bench", "--set", "tcp,tcp"][..],
+            "protocol 'tcp' is given twice",
+        ),
+        (
+            &["bench", "--set", "tcp,mem"][..],
+            "'mem' reaches one process only",
+        ),
+        (
+            &["bench", "--set", "tcp,carrier-pigeon"][..],
+            "unknown protocol 'carrier-pigeon'",
+        ),
+        (
+            &["bench", "--mode", "bulk", "--set", "tcp,shm"][..],
+            "--set applies to --mode rpc only",
+        ),
+    ] {
+        let r = run(args);
+        assert_eq!(r.code(), Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("courier: "), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(says), "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+    }
+}

@@ -124,6 +124,28 @@ fn readme_courier_block_runs_as_pasted() {
         "{out}"
     );
     assert!(out.contains("shutdown requested: unix://"), "{out}");
+    // The address set: both pings went by shm, and the set was shut down.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("seq=") && l.contains(" via shm://"))
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("shutdown requested: tcp://"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("| tcp,shm ") && l.contains("engine")),
+        "no bench row for the set tcp,shm:\n{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("tcp,shm: an address set") && l.contains("connected by shm")),
+        "{out}"
+    );
     // The detached service greeted on the terminal (here, stderr).
     assert!(err.contains("Hello Matthieu Dorier!"), "{err}");
     // bench and demo printed their tables.

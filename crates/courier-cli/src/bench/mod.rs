@@ -216,6 +216,25 @@ pub(crate) fn client_builder(proto: &Proto) -> courier::EngineBuilder {
     }
 }
 
+/// The sets to measure: `--set`'s; without `--set` and `--protocols`, in
+/// `--mode rpc`, the set `tcp,shm` when both plugins are built in (the
+/// main job's row of an address set).
+fn default_sets(args: &BenchArgs, registry: &Registry) -> Vec<String> {
+    if !args.sets.is_empty() || !args.protocols.is_empty() || args.mode != BenchMode::Rpc {
+        return args.sets.clone();
+    }
+    let built_in = |name: &str| {
+        registry
+            .resolve(name)
+            .is_ok_and(|entry| registry.is_available(&entry))
+    };
+    if built_in("tcp") && built_in("shm") {
+        vec!["tcp,shm".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Resolves `--set P,P,...`: two protocols or more, each built in, none
 /// reaching this process only (the row is measured across processes).
 fn set_proto(registry: &Registry, text: &str, max_message_size: usize) -> CliResult<Proto> {
@@ -315,7 +334,8 @@ pub(crate) struct BenchArgs {
     /// picks: shm on the same host. The row is named by the set, the path
     /// taken is printed under the table (and is the JSON record's
     /// `plugin`). Engine layers only (no raw or socket floor of a set);
-    /// --mode rpc only. Added to the --protocols rows.
+    /// --mode rpc only. Added to the --protocols rows [default: tcp,shm
+    /// when both are built in and --protocols is not given].
     #[arg(long = "set", value_name = "P,P[,...]")]
     sets: Vec<String>,
 
@@ -593,7 +613,7 @@ impl Plan {
         if !args.sets.is_empty() && args.mode != BenchMode::Rpc {
             return Err(Error::Argument("--set applies to --mode rpc only".into()));
         }
-        for text in &args.sets {
+        for text in &default_sets(args, registry) {
             let set = set_proto(registry, text, max_message_size)?;
             if seen.insert(set.name.clone()) {
                 protocols.push(set);

@@ -415,7 +415,8 @@ fn set_notes(plan: &Plan, records: &[Record]) -> Vec<String> {
 fn config(plan: &Plan) -> Value {
     json!({
         "command": std::env::args().collect::<Vec<_>>(),
-        "protocols": plan.protocols.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "protocols": plan.protocols.iter().filter(|p| !p.set).map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "sets": plan.protocols.iter().filter(|p| p.set).map(|p| p.name.clone()).collect::<Vec<_>>(),
         "sizes": plan.sizes,
         "in_flight": plan.in_flight,
         "clients": plan.clients,

@@ -444,6 +444,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_speaks_the_protocols_of_the_set_it_can_use() {
+        let speaks = |address: &str| client_protocols(address, None).unwrap();
+        assert_eq!(speaks("tcp://127.0.0.1:1"), "tcp");
+        assert_eq!(speaks("ofi+tcp://127.0.0.1:1"), "ofi+tcp");
+        // Of a set: canonical names, once each, in the set's order; not
+        // mem (the server's own process), not an unknown protocol (the
+        // lookup names it).
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(speaks("tcp://127.0.0.1:1,shm://x,mem://y"), "tcp,shm");
+            assert_eq!(speaks("na+sm://x,ofi+tcp://127.0.0.1:1"), "shm,tcp");
+        }
+        assert_eq!(
+            speaks("tcp://127.0.0.1:1,tcp://127.0.0.1:2,pigeon://coop,mem://y"),
+            "tcp"
+        );
+        // Nothing usable: the first part's, for the lookup to explain.
+        assert_eq!(speaks("mem://a,mem://b"), "mem");
+        // Pinned: as given.
+        assert_eq!(
+            client_protocols("tcp://127.0.0.1:1,shm://x", Some("tcp")).unwrap(),
+            "tcp"
+        );
+        let e = client_protocols("tcp://127.0.0.1:1,,shm://x", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid address set 'tcp://127.0.0.1:1,,shm://x': part 2 is empty"
+        );
+    }
+
+    #[test]
     fn strings_encode_as_the_tuple_does() {
         let args = vec!["Matthieu".to_owned(), "Dorier".to_owned()];
         let tuple = postcard::to_allocvec(&("Matthieu", "Dorier")).unwrap();

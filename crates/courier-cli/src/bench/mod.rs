@@ -907,7 +907,7 @@ impl Group<'_> {
                 clients.push(None);
                 continue;
             };
-            let engine = client_builder(&self.proto)
+            let engine = client_builder(self.proto)
                 .progress_spin(spin)
                 .stats(layer == Layer::Counted)
                 .stats_timing(layer == Layer::Timed)
@@ -1232,11 +1232,12 @@ mod tests {
         assert_eq!(policy_label(50), "spin 50µs");
     }
 
-    fn plan(quick: bool) -> Plan {
-        let args = BenchArgs {
+    fn args(protocols: &[&str], sets: &[&str], quick: bool) -> BenchArgs {
+        BenchArgs {
             mode: BenchMode::Rpc,
             window: None,
-            protocols: vec!["ofi+tcp".into(), "tcp".into(), "uds".into()],
+            protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
+            sets: sets.iter().map(|p| (*p).to_owned()).collect(),
             sizes: Vec::new(),
             in_flight: Vec::new(),
             clients: Vec::new(),
@@ -1249,8 +1250,41 @@ mod tests {
             pin: Some(Pin::None),
             json: None,
             svg: None,
-        };
+        }
+    }
+
+    fn plan(quick: bool) -> Plan {
+        let args = args(&["ofi+tcp", "tcp", "uds"], &[], quick);
         Plan::new(&args, &courier::default_registry().unwrap()).unwrap()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_set_is_a_row_of_engine_layers_and_the_main_job_has_one() {
+        let registry = courier::default_registry().unwrap();
+        let p = Plan::new(&args(&["shm"], &["ofi+tcp, na+sm"], true), &registry).unwrap();
+        let names: Vec<(&str, bool)> = p
+            .protocols
+            .iter()
+            .map(|p| (p.name.as_str(), p.set))
+            .collect();
+        assert_eq!(names, [("shm", false), ("tcp,shm", true)]);
+        let set = &p.protocols[1];
+        assert_eq!(set.plugin, "tcp,shm");
+        assert!(!set.in_process);
+        assert_eq!(p.layers_for(set), [Layer::Engine]);
+        // Without --protocols and --set: every protocol, and tcp,shm.
+        let p = Plan::new(&args(&[], &[], true), &registry).unwrap();
+        let sets: Vec<&str> = p
+            .protocols
+            .iter()
+            .filter(|p| p.set)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(sets, ["tcp,shm"]);
+        // With --protocols only: no set.
+        let p = Plan::new(&args(&["tcp"], &[], true), &registry).unwrap();
+        assert!(p.protocols.iter().all(|p| !p.set));
     }
 
     #[test]

@@ -11,6 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+mod calls;
+
+pub use calls::{
+    Backoff, Group, GroupBuilder, GroupFunction, GroupStats, Hedge, MemberStatus, RawGroupFunction,
+    RetryBudget,
+};
+
 /// Where a group call finds the members it may call.
 pub trait Members: Send + Sync + 'static {
     /// The addresses (as [`courier::Engine::lookup`] takes them) of the

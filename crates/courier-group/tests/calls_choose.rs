@@ -2,6 +2,8 @@
 //! calls in flight), members that cannot be reached (skipped, backed off,
 //! not hammered), an empty group, and the deadline over everything.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod calls_support;
 
 use std::sync::atomic::Ordering;

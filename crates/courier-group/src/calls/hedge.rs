@@ -52,11 +52,11 @@ struct Windows {
 
 impl Latencies {
     pub(crate) fn new() -> Self {
-        // Two significant figures; auto-resizing, so no bound can refuse a
-        // value. Creation fails only for a precision out of range.
-        let windows = Histogram::new(2)
-            .ok()
-            .and_then(|h| Some((h.clone(), Histogram::new(2).ok()?)))
+        // 1 µs to an hour, two significant figures (a latency past an hour
+        // counts as an hour). Creation fails only for bounds out of range.
+        let window = || Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+        let windows = window()
+            .zip(window())
             .map(|(current, previous)| Mutex::new(Windows { current, previous }));
         Self { windows }
     }

@@ -1,7 +1,7 @@
 //! What the group-call tests share: a group whose list the test changes,
 //! replicas that count, hang or fail on demand, and a guard on every wait.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

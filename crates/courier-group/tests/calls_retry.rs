@@ -1,0 +1,285 @@
+//! Group calls that fail: retried on another member for an idempotent RPC
+//! (a member finalized under a call), never for another; the retry
+//! budget; and the test, a client that sees no failed call while
+//! one of three replicas is killed and restarted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod calls_support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier::{Engine, Error};
+use courier_group::{Group, GroupFunction, RetryBudget};
+
+use calls_support::*;
+
+/// Three replicas; the group shows only the first until a call hangs in
+/// it, then all three; then the first is finalized under the call.
+async fn finalize_under_a_call(
+    rpc: &str,
+    idempotent: bool,
+) -> (
+    Vec<Replica>,
+    courier::Result<(u32, u32)>,
+    courier_group::GroupStats,
+) {
+    let mut replicas = replicas("mem", 3).await;
+    replicas[0].behaviour.hang.store(true, Ordering::SeqCst);
+    let members = TestMembers::new([replicas[0].address()]);
+    let client = client("mem").await;
+    let mut f = GroupFunction::<u32, (u32, u32)>::new(&client, members.clone(), rpc)
+        .provider(PROVIDER)
+        .timeout(Duration::from_secs(20));
+    if idempotent {
+        f = f.idempotent();
+    }
+    let call = tokio::spawn({
+        let f = f.clone();
+        async move { f.call(&7).await }
+    });
+    within("the call to reach replica 0", replicas[0].started.recv()).await;
+    members.set(addresses(&replicas));
+    replicas[0].engine.finalize().await;
+    let result = within("the call to end", call).await.unwrap();
+    (replicas, result, f.stats())
+}
+
+#[tokio::test]
+async fn an_idempotent_call_goes_on_to_another_member_when_its_member_dies() {
+    let (replicas, result, stats) = finalize_under_a_call("get", true).await;
+    let (at, key) = result.unwrap();
+    assert!(at == 1 || at == 2, "answered by replica {at}");
+    assert_eq!(key, 7);
+    assert_eq!(
+        (stats.retries, stats.failed, stats.succeeded),
+        (1, 0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        replicas[at as usize]
+            .behaviour
+            .served
+            .load(Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_call_not_idempotent_is_never_sent_twice() {
+    let (replicas, result, stats) = finalize_under_a_call("put", false).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.reach(), courier::Reach::Unknown), "{err:?}");
+    assert_eq!((stats.retries, stats.failed), (0, 1), "{stats:?}");
+    for r in &replicas[1..] {
+        assert_eq!(r.behaviour.served.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_nothing_saw_is_not_retried_either_unless_idempotent() {
+    // Members that lack the RPC refuse it before any handler runs (safe
+    // to send again); still, only an idempotent function retries.
+    let empty: Vec<Engine> = vec![
+        Engine::new("mem").await.unwrap(),
+        Engine::new("mem").await.unwrap(),
+    ];
+    let members = TestMembers::new(empty.iter().map(|e| e.address().to_string()));
+    let client = client("mem").await;
+    let put = GroupFunction::<u32, ()>::new(&client, members.clone(), "absent");
+    let err = put.call(&1).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchRpc { .. }), "{err:?}");
+    assert_eq!(put.stats().retries, 0);
+    let get = GroupFunction::<u32, ()>::new(&client, members, "absent").idempotent();
+    let err = get.call(&1).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchRpc { .. }), "{err:?}");
+    // The first try, then the other member, then a wait and one more.
+    assert_eq!(get.stats().retries, 2, "{:?}", get.stats());
+}
+
+#[tokio::test]
+async fn an_empty_budget_stops_retries() {
+    let empty: Vec<Engine> = vec![
+        Engine::new("mem").await.unwrap(),
+        Engine::new("mem").await.unwrap(),
+    ];
+    let members = TestMembers::new(empty.iter().map(|e| e.address().to_string()));
+    let client = client("mem").await;
+    let group = Group::builder(&client, members)
+        .retry_budget(RetryBudget::none().max_tokens(3.0))
+        .build();
+    let get = group
+        .function::<u32, ()>("absent")
+        .idempotent()
+        .max_attempts(100)
+        .retry_backoff(courier_group::Backoff::new(
+            Duration::from_micros(1),
+            Duration::from_micros(1),
+        ));
+    assert!(get.call(&1).await.is_err());
+    let s = get.stats();
+    assert_eq!((s.retries, s.budget_exhausted), (3, 1), "{s:?}");
+    for _ in 0..5 {
+        assert!(matches!(get.call(&1).await, Err(Error::NoSuchRpc { .. })));
+    }
+    let s = get.stats();
+    assert_eq!((s.calls, s.retries, s.budget_exhausted), (6, 3, 6), "{s:?}");
+    assert!(group.budget_tokens() < 1.0);
+
+    // A bucket of one token, full at the start, and half a token a call:
+    // ten calls pay for five retries.
+    let paid = group
+        .function::<u32, ()>("absent")
+        .idempotent()
+        .max_attempts(2)
+        .retry_budget(RetryBudget::none().ratio(0.5).max_tokens(1.0));
+    for _ in 0..10 {
+        let _ = paid.call(&1).await;
+    }
+    let s = paid.stats();
+    assert_eq!((s.retries, s.budget_exhausted), (5, 5), "{s:?}");
+}
+
+/// The test: a client calls a group of 3 replicas of an
+/// idempotent RPC from 8 tasks while one replica is killed (finalized:
+/// its connections close under the calls in flight) and restarted; no
+/// call fails. `same_address`: the replica comes back where it was and
+/// the list never changes (the client reconnects after its backoff);
+/// else it comes back elsewhere and the list is updated, as a membership
+/// would: the dead address leaves, the new one joins.
+async fn kill_and_restart(protocol: &str, same_address: bool) {
+    // A unix replica that comes back at its address needs a directory
+    // that outlives it (an engine removes its own at finalize).
+    let dir = std::env::temp_dir().join(format!(
+        "courier-group-calls-{}-{same_address}",
+        std::process::id()
+    ));
+    let listen = if protocol == "unix" && same_address {
+        std::fs::create_dir_all(&dir).unwrap();
+        format!("unix://{}", dir.join("replica-1.sock").display())
+    } else {
+        protocol.to_owned()
+    };
+    let mut replicas = vec![
+        replica(protocol, 0, None).await,
+        replica(&listen, 1, None).await,
+        replica(protocol, 2, None).await,
+    ];
+    let members = TestMembers::new(addresses(&replicas));
+    let client = client(protocol).await;
+    let group = Group::builder(&client, members.clone())
+        .connect_backoff(courier_group::Backoff::new(
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ))
+        .build();
+    let get = group
+        .function::<u32, (u32, u32)>("get")
+        .provider(PROVIDER)
+        .idempotent()
+        .timeout(Duration::from_secs(10));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8u32 {
+        let (get, done, ok) = (get.clone(), done.clone(), ok.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut key = w * 1_000_000;
+            while !done.load(Ordering::SeqCst) {
+                key += 1;
+                match get.call(&key).await {
+                    Ok((_, k)) if k == key => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            failures
+        }));
+    }
+    let served = |r: &Replica| r.behaviour.served.load(Ordering::SeqCst);
+    let wait_for = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
+        within(what, async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    };
+
+    let b = replicas[1].behaviour.clone();
+    wait_for(
+        "replica 1 to serve 200 calls",
+        Box::new(move || b.served.load(Ordering::SeqCst) >= 200),
+    )
+    .await;
+    let old = replicas.remove(1);
+    let old_address = old.address();
+    old.engine.finalize().await;
+    drop(old);
+    let o = ok.clone();
+    let at_kill = o.load(Ordering::SeqCst);
+    wait_for(
+        "200 calls with replica 1 dead",
+        Box::new(move || o.load(Ordering::SeqCst) >= at_kill + 200),
+    )
+    .await;
+
+    let back = if same_address {
+        replica(&old_address, 1, None).await
+    } else {
+        let back = replica(protocol, 1, None).await;
+        let mut list = addresses(&replicas);
+        list.push(back.address());
+        members.set(list);
+        back
+    };
+    let b = back.behaviour.clone();
+    wait_for(
+        "the restarted replica to serve 200 calls",
+        Box::new(move || b.served.load(Ordering::SeqCst) >= 200),
+    )
+    .await;
+    done.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(within("a worker to stop", w).await.unwrap());
+    }
+    let stats = get.stats();
+    assert!(
+        failures.is_empty(),
+        "{} failed calls, e.g. {:?}; {stats:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert!(served(&replicas[0]) > 0 && served(&replicas[1]) > 0);
+    eprintln!(
+        "{protocol}, same address {same_address}: {} calls, {stats:?}",
+        ok.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_while_a_replica_restarts_at_its_address_mem() {
+    kill_and_restart("mem", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_while_a_replica_restarts_elsewhere_mem() {
+    kill_and_restart("mem", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_while_a_replica_restarts_at_its_address_unix() {
+    kill_and_restart("unix", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_while_a_replica_restarts_elsewhere_unix() {
+    kill_and_restart("unix", false).await;
+}

@@ -136,6 +136,7 @@ impl Group {
             max_attempts: RawGroupFunction::DEFAULT_MAX_ATTEMPTS,
             retry_backoff: Backoff::retry(),
             budget: self.inner.budget.clone(),
+            key: next_key(),
             latencies: Arc::new(Latencies::new()),
             counters: Arc::new(Counters::default()),
         }
@@ -306,8 +307,17 @@ pub struct RawGroupFunction {
     max_attempts: u32,
     retry_backoff: Backoff,
     budget: Arc<Bucket>,
+    /// Names this function's callables in its members' caches: changed
+    /// with anything a callable holds (the provider, idempotence).
+    key: u64,
     latencies: Arc<Latencies>,
     counters: Arc<Counters>,
+}
+
+/// A fresh key for a function's callables.
+fn next_key() -> u64 {
+    static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    KEYS.fetch_add(1, Ordering::Relaxed)
 }
 
 impl fmt::Debug for RawGroupFunction {
@@ -339,6 +349,7 @@ impl RawGroupFunction {
     #[must_use]
     pub fn provider(mut self, provider_id: u16) -> Self {
         self.provider = provider_id;
+        self.key = next_key();
         self
     }
 
@@ -358,6 +369,7 @@ impl RawGroupFunction {
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
         self.remote = self.remote.idempotent();
+        self.key = next_key();
         self
     }
 
@@ -551,7 +563,8 @@ impl RawGroupFunction {
         deadline: Option<Instant>,
     ) -> Result<Bytes> {
         let _counted = InFlight::start(member);
-        let mut callable = self.remote.on_provider(address, self.provider);
+        let mut callable =
+            member.callable(self.key, || self.remote.on_provider(address, self.provider));
         if let Some(d) = deadline {
             callable = callable.timeout(d.saturating_duration_since(Instant::now()));
         }
@@ -594,8 +607,9 @@ impl RawGroupFunction {
         }
         let Some(second) = pick(list, tried, &[], &self.group.inner.rng)
             .filter(|m| !tried.iter().any(|t| Arc::ptr_eq(t, m)))
+            .filter(|m| !m.backed_off(Instant::now()))
         else {
-            // No other member to ask.
+            // No other member to ask (or only members backed off).
             return one.await;
         };
         if !self.budget.withdraw() {

@@ -3,11 +3,11 @@
 //! its backoff; the list follows [`Members::version`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use courier::Address;
+use courier::{Address, RawCallable};
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
@@ -30,13 +30,29 @@ pub(crate) struct Member {
     pub(crate) in_flight: AtomicUsize,
     /// Lookups (connection attempts) made for it.
     pub(crate) connects: AtomicU64,
-    /// The looked-up address, while its connection is believed good.
-    conn: Mutex<Option<Address>>,
+    /// The looked-up address, while its connection is believed good, and
+    /// the callables made on it.
+    conn: Mutex<Option<Connected>>,
     /// Held by the one caller looking the member up, so that a burst of
     /// calls makes one lookup.
     pub(crate) connecting: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
+    /// Whether `health` counts failures: read without the lock on every
+    /// call, which then takes it only for a failing member.
+    failing: AtomicBool,
 }
+
+/// A member's connection and the callables of the functions that used it
+/// (a callable costs a lookup in the engine's statistics to make).
+#[derive(Debug)]
+struct Connected {
+    address: Address,
+    callables: Vec<(u64, RawCallable)>,
+}
+
+/// Callables a member keeps, beyond which it forgets them all (a program
+/// that makes a function per call should not grow the list).
+const MAX_CALLABLES: usize = 16;
 
 #[derive(Debug, Default)]
 struct Health {
@@ -55,20 +71,44 @@ impl Member {
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             health: Mutex::new(Health::default()),
+            failing: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn cached(&self) -> Option<Address> {
-        lock(&self.conn).clone()
+        lock(&self.conn).as_ref().map(|c| c.address.clone())
     }
 
     pub(crate) fn set_connection(&self, address: Address) {
-        *lock(&self.conn) = Some(address);
+        *lock(&self.conn) = Some(Connected {
+            address,
+            callables: Vec::new(),
+        });
+    }
+
+    /// The callable of function `key` on `address` (this member's
+    /// connection): the one kept, else one `make` makes (kept while the
+    /// connection is).
+    pub(crate) fn callable(&self, key: u64, make: impl FnOnce() -> RawCallable) -> RawCallable {
+        let mut conn = lock(&self.conn);
+        let Some(c) = conn.as_mut() else {
+            // Dropped since it was looked up (it failed): not kept.
+            return make();
+        };
+        if let Some((_, callable)) = c.callables.iter().find(|(k, _)| *k == key) {
+            return callable.clone();
+        }
+        if c.callables.len() >= MAX_CALLABLES {
+            c.callables.clear();
+        }
+        let callable = make();
+        c.callables.push((key, callable.clone()));
+        callable
     }
 
     /// Whether it is backed off at `now`.
     pub(crate) fn backed_off(&self, now: Instant) -> bool {
-        lock(&self.health).until.is_some_and(|t| t > now)
+        self.failing.load(Ordering::Acquire) && lock(&self.health).until.is_some_and(|t| t > now)
     }
 
     /// How long it stays backed off from `now`.
@@ -89,14 +129,17 @@ impl Member {
         let mut h = lock(&self.health);
         h.failures = h.failures.saturating_add(1);
         h.until = Some(Instant::now() + backoff.delay(h.failures, rng));
+        self.failing.store(true, Ordering::Release);
     }
 
     /// It answered: forget its failures.
     pub(crate) fn succeeded(&self) {
-        let mut h = lock(&self.health);
-        if h.failures != 0 || h.until.is_some() {
-            *h = Health::default();
+        if !self.failing.load(Ordering::Acquire) {
+            return;
         }
+        let mut h = lock(&self.health);
+        *h = Health::default();
+        self.failing.store(false, Ordering::Release);
     }
 }
 
@@ -189,6 +232,31 @@ pub(crate) fn pick(
     rng: &Rng,
 ) -> Option<Arc<Member>> {
     let now = Instant::now();
+    let rng_pair = |n: usize| {
+        // Two distinct, every pair as likely.
+        let i = rng.below(n);
+        let mut j = rng.below(n - 1);
+        if j >= i {
+            j += 1;
+        }
+        (i, j)
+    };
+    let load = |m: &Member| m.in_flight.load(Ordering::Relaxed);
+    // The common case, without a list of candidates: nothing tried or
+    // skipped, and the two drawn not backed off.
+    if tried.is_empty() && skip.is_empty() {
+        match list.len() {
+            0 => return None,
+            1 => return Some(list[0].clone()),
+            n => {
+                let (i, j) = rng_pair(n);
+                let (a, b) = (&list[i], &list[j]);
+                if !a.backed_off(now) && !b.backed_off(now) {
+                    return Some(if load(b) < load(a) { b } else { a }.clone());
+                }
+            }
+        }
+    }
     let mut best = u8::MAX;
     let mut candidates: Vec<usize> = Vec::new();
     for (i, m) in list.iter().enumerate() {
@@ -209,15 +277,9 @@ pub(crate) fn pick(
         0 => return None,
         1 => candidates[0],
         n => {
-            // Two distinct, every pair as likely.
-            let i = rng.below(n);
-            let mut j = rng.below(n - 1);
-            if j >= i {
-                j += 1;
-            }
+            let (i, j) = rng_pair(n);
             let (a, b) = (candidates[i], candidates[j]);
-            let load = |i: usize| list[i].in_flight.load(Ordering::Relaxed);
-            if load(b) < load(a) {
+            if load(&list[b]) < load(&list[a]) {
                 b
             } else {
                 a

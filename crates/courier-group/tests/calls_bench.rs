@@ -1,6 +1,7 @@
 //! A benchmark, not a test (it asserts nothing about speed): calls a
 //! second through a group of 3 replicas against direct calls to one
-//! replica, in one process, over `mem` and `tcp` (loopback), one call at
+//! replica (and, to tell the group's cost from that of spreading calls,
+//! direct calls to the 3 in turn, and a group of 1), in one process, over `mem` and `tcp` (loopback), one call at
 //! a time and 16 at once, the two kinds interleaved. Run it in a release
 //! build:
 //!
@@ -89,6 +90,19 @@ async fn group_against_direct_calls() {
             .provider(PROVIDER)
             .idempotent()
             .timeout(Duration::from_secs(10));
+        // Direct calls spread over the three in turn: what spreading
+        // costs here (three servers share this process's threads, and the
+        // client's calls fill three connections instead of one).
+        let mut three = Vec::new();
+        for r in &replicas {
+            let a = client.lookup(&r.address()).await.unwrap();
+            three.push(
+                client
+                    .remote::<u32, (u32, u32)>("get")
+                    .on_provider(&a, PROVIDER),
+            );
+        }
+        let three = Arc::new(three);
         // The group's own cost, with nothing to spread: a group of one.
         let alone = Group::new(&client, TestMembers::new([replicas[0].address()]))
             .function::<u32, (u32, u32)>("get")
@@ -96,8 +110,18 @@ async fn group_against_direct_calls() {
             .idempotent()
             .timeout(Duration::from_secs(10));
         for tasks in [1usize, 16] {
-            let (mut d, mut g, mut a) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut d, mut g, mut a, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
+                let t = three.clone();
+                r.push(
+                    rate(tasks, secs, move |k| {
+                        let t = t.clone();
+                        async move {
+                            t[k as usize % 3].call(&k).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
                 let c = direct.clone();
                 d.push(
                     rate(tasks, secs, move |k| {
@@ -129,12 +153,17 @@ async fn group_against_direct_calls() {
                     .await,
                 );
             }
-            let (dm, gm, am) = (median(d.clone()), median(g.clone()), median(a.clone()));
-            println!(
-                "{protocol:>4} {tasks:>2} in flight: direct {dm:>8.0}/s {d:.0?}; group of 3 {gm:>8.0}/s {g:.0?} ({:.2}x); group of 1 {am:>8.0}/s {a:.0?} ({:.2}x)",
-                gm / dm,
-                am / dm
+            let (dm, gm, am, rm) = (
+                median(d.clone()),
+                median(g.clone()),
+                median(a.clone()),
+                median(r.clone()),
             );
+            println!("{protocol} {tasks} in flight, calls/s (median of {rounds} runs of {secs} s; the runs):");
+            println!("  direct to one        {dm:>8.0}  {d:.0?}");
+            println!("  direct, 3 in turn    {rm:>8.0}  {r:.0?}  {:.2}x", rm / dm);
+            println!("  group of 3           {gm:>8.0}  {g:.0?}  {:.2}x", gm / dm);
+            println!("  group of 1           {am:>8.0}  {a:.0?}  {:.2}x", am / dm);
         }
         println!("group stats: {:?}", get.stats());
     }

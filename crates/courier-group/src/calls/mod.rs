@@ -452,7 +452,6 @@ impl RawGroupFunction {
             let list = self.group.inner.table.current();
             let (member, address) = self.connect(&list, &tried, deadline).await?;
             sent += 1;
-            tried.push(member.clone());
             let hedge = self.hedge_delay();
             let result = match hedge {
                 Some(delay) => {
@@ -467,6 +466,10 @@ impl RawGroupFunction {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
+            // Kept only for a call that fails (a hedged one already has it).
+            if !tried.iter().any(|t| Arc::ptr_eq(t, &member)) {
+                tried.push(member.clone());
+            }
             if !self.idempotent
                 || !worth_retrying(&err)
                 || sent >= self.max_attempts
@@ -593,7 +596,7 @@ impl RawGroupFunction {
     async fn hedged(
         &self,
         list: &[Arc<Member>],
-        first: &Member,
+        first: &Arc<Member>,
         address: &Address,
         payload: &[u8],
         deadline: Option<Instant>,
@@ -605,9 +608,12 @@ impl RawGroupFunction {
             r = &mut one => return r,
             () = tokio::time::sleep(delay) => {}
         }
+        if !tried.iter().any(|t| Arc::ptr_eq(t, first)) {
+            tried.push(first.clone());
+        }
         let Some(second) = pick(list, tried, &[], &self.group.inner.rng)
             .filter(|m| !tried.iter().any(|t| Arc::ptr_eq(t, m)))
-            .filter(|m| !m.backed_off(Instant::now()))
+            .filter(|m| !m.backed_off())
         else {
             // No other member to ask (or only members backed off).
             return one.await;

@@ -106,9 +106,11 @@ impl Member {
         callable
     }
 
-    /// Whether it is backed off at `now`.
-    pub(crate) fn backed_off(&self, now: Instant) -> bool {
-        self.failing.load(Ordering::Acquire) && lock(&self.health).until.is_some_and(|t| t > now)
+    /// Whether it is backed off now (the clock is read only for a member
+    /// that failed).
+    pub(crate) fn backed_off(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+            && lock(&self.health).until.is_some_and(|t| t > Instant::now())
     }
 
     /// How long it stays backed off from `now`.
@@ -231,7 +233,6 @@ pub(crate) fn pick(
     skip: &[Arc<Member>],
     rng: &Rng,
 ) -> Option<Arc<Member>> {
-    let now = Instant::now();
     let rng_pair = |n: usize| {
         // Two distinct, every pair as likely.
         let i = rng.below(n);
@@ -251,7 +252,7 @@ pub(crate) fn pick(
             n => {
                 let (i, j) = rng_pair(n);
                 let (a, b) = (&list[i], &list[j]);
-                if !a.backed_off(now) && !b.backed_off(now) {
+                if !a.backed_off() && !b.backed_off() {
                     return Some(if load(b) < load(a) { b } else { a }.clone());
                 }
             }
@@ -263,8 +264,7 @@ pub(crate) fn pick(
         if skip.iter().any(|s| Arc::ptr_eq(s, m)) {
             continue;
         }
-        let tier =
-            2 * u8::from(tried.iter().any(|t| Arc::ptr_eq(t, m))) + u8::from(m.backed_off(now));
+        let tier = 2 * u8::from(tried.iter().any(|t| Arc::ptr_eq(t, m))) + u8::from(m.backed_off());
         if tier < best {
             best = tier;
             candidates.clear();
@@ -338,7 +338,7 @@ mod tests {
         let all = [list[0].clone(), list[1].clone(), list[2].clone()];
         assert!(pick(&list, &[], &all, &rng).is_none());
         tokio::time::advance(Backoff::CONNECT_BASE).await;
-        assert!(!list[0].backed_off(Instant::now()), "the backoff ends");
+        assert!(!list[0].backed_off(), "the backoff ends");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `COURIER_GROUP_BENCH_SECS` sets each run's length (default 2 s),
-//! `COURIER_GROUP_BENCH_ROUNDS` the rounds of each pair (default 3).
+//! `COURIER_GROUP_BENCH_ROUNDS` the rounds of each kind (default 3),
+//! `COURIER_GROUP_BENCH_PROTOCOLS` the protocols (default `mem,tcp`),
+//! `COURIER_GROUP_BENCH_TASKS` one of the two concurrencies (1 or 16).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -78,18 +80,23 @@ async fn group_against_direct_calls() {
     let secs = env("COURIER_GROUP_BENCH_SECS", 2);
     let rounds = env("COURIER_GROUP_BENCH_ROUNDS", 3);
     println!("load average before: {}", loadavg());
-    for protocol in ["mem", "tcp"] {
+    let protocols =
+        std::env::var("COURIER_GROUP_BENCH_PROTOCOLS").unwrap_or_else(|_| "mem,tcp".to_owned());
+    for protocol in protocols.split(',') {
         let replicas = replicas(protocol, 3).await;
         let client = client(protocol).await;
         let direct = client.remote::<u32, (u32, u32)>("get");
         let one = client.lookup(&replicas[0].address()).await.unwrap();
-        let direct = direct.on_provider(&one, PROVIDER);
+        // Every kind of call has the same timeout (a deadline costs a
+        // timer per call).
+        let timeout = Duration::from_secs(10);
+        let direct = direct.on_provider(&one, PROVIDER).timeout(timeout);
         let group = Group::new(&client, TestMembers::new(addresses(&replicas)));
         let get = group
             .function::<u32, (u32, u32)>("get")
             .provider(PROVIDER)
             .idempotent()
-            .timeout(Duration::from_secs(10));
+            .timeout(timeout);
         // Direct calls spread over the three in turn: what spreading
         // costs here (three servers share this process's threads, and the
         // client's calls fill three connections instead of one).
@@ -99,7 +106,8 @@ async fn group_against_direct_calls() {
             three.push(
                 client
                     .remote::<u32, (u32, u32)>("get")
-                    .on_provider(&a, PROVIDER),
+                    .on_provider(&a, PROVIDER)
+                    .timeout(timeout),
             );
         }
         let three = Arc::new(three);
@@ -108,8 +116,11 @@ async fn group_against_direct_calls() {
             .function::<u32, (u32, u32)>("get")
             .provider(PROVIDER)
             .idempotent()
-            .timeout(Duration::from_secs(10));
-        for tasks in [1usize, 16] {
+            .timeout(timeout);
+        for tasks in [1usize, 16].into_iter().filter(|t| {
+            env("COURIER_GROUP_BENCH_TASKS", 0) as usize == *t
+                || env("COURIER_GROUP_BENCH_TASKS", 0) == 0
+        }) {
             let (mut d, mut g, mut a, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let t = three.clone();

@@ -283,3 +283,29 @@ async fn no_call_fails_while_a_replica_restarts_at_its_address_unix() {
 async fn no_call_fails_while_a_replica_restarts_elsewhere_unix() {
     kill_and_restart("unix", false).await;
 }
+
+#[tokio::test]
+async fn the_deadline_bounds_retries_and_their_waits() {
+    // One member without the RPC: every retry waits (no other member to
+    // try), 10 ms doubling, jittered; the call stops before a wait that
+    // would outlast its 300 ms, with the last error.
+    let empty = Engine::new("mem").await.unwrap();
+    let client = client("mem").await;
+    let get = GroupFunction::<u32, ()>::new(
+        &client,
+        TestMembers::new([empty.address().to_string()]),
+        "absent",
+    )
+    .idempotent()
+    .max_attempts(1000)
+    .timeout(Duration::from_millis(300));
+    let err = within("a call retried until its deadline", get.call(&1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoSuchRpc { .. }), "{err:?}");
+    let s = get.stats();
+    // Waits of at least 5, 10, 20, 40, 80, 160 ms: at most 5 fit in
+    // 300 ms (fewer when the machine is slow), far from the 999 allowed.
+    assert!((1..=5).contains(&s.retries), "{s:?}");
+    assert_eq!((s.calls, s.failed, s.budget_exhausted), (1, 1, 0));
+}

@@ -381,8 +381,9 @@ impl RawGroupFunction {
         self
     }
 
-    /// Requests a call sends at most, the first included (at least 1;
-    /// default [`RawGroupFunction::DEFAULT_MAX_ATTEMPTS`]).
+    /// Requests a call sends at most, the first included, a hedge not
+    /// counted (at least 1; default
+    /// [`RawGroupFunction::DEFAULT_MAX_ATTEMPTS`]).
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
@@ -426,8 +427,8 @@ impl RawGroupFunction {
     /// Those of [`courier::RawCallable::call`] (of the last request sent);
     /// a lookup's error when no member could be reached;
     /// [`Error::NoPath`] when the group has no live member;
-    /// [`Error::Timeout`] when the timeout passed before any request was
-    /// answered or failed.
+    /// [`Error::ConnectTimeout`] when the timeout passed while a member
+    /// was being looked up.
     pub async fn call(&self, payload: &[u8]) -> Result<Bytes> {
         bump(&self.counters.calls);
         if self.idempotent {

@@ -207,3 +207,22 @@ async fn the_timeout_bounds_a_call_whose_members_all_hang() {
     }
     assert_eq!(cancelled, 2);
 }
+
+#[tokio::test]
+async fn a_raw_function_carries_bytes() {
+    let replicas = replicas("mem", 2).await;
+    let client = client("mem").await;
+    let group = Group::new(&client, Arc::new(StaticMembers::new(addresses(&replicas))));
+    let raw = group.raw_function("get").provider(PROVIDER);
+    // A u32 of 5 in postcard is one byte; the answer is the pair (index, 5).
+    let answer = raw.call(&[5]).await.unwrap();
+    assert_eq!(answer.len(), 2);
+    assert_eq!(answer[1], 5);
+    assert!(answer[0] < 2);
+    // A typed function decoding the wrong type says so: one u32 leaves
+    // a byte of the pair over.
+    let wrong = group.function::<u32, u32>("get").provider(PROVIDER);
+    let err = wrong.call(&5).await.unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("left over"), "{err}");
+}

@@ -206,7 +206,6 @@ impl Group {
 }
 
 /// Settings of a [`Group`] (made by [`Group::builder`]).
-#[derive(Debug)]
 pub struct GroupBuilder {
     engine: Engine,
     members: Arc<dyn Members>,
@@ -214,11 +213,14 @@ pub struct GroupBuilder {
     budget: RetryBudget,
 }
 
-impl fmt::Debug for dyn Members {
+impl fmt::Debug for GroupBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Members")
-            .field("version", &self.version())
-            .finish_non_exhaustive()
+        f.debug_struct("GroupBuilder")
+            .field("engine", &self.engine)
+            .field("members_version", &self.members.version())
+            .field("connect_backoff", &self.connect_backoff)
+            .field("retry_budget", &self.budget)
+            .finish()
     }
 }
 

@@ -302,7 +302,12 @@ async fn the_deadline_bounds_retries_and_their_waits() {
     let err = within("a call retried until its deadline", get.call(&1))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::NoSuchRpc { .. }), "{err:?}");
+    // The last error: a refusal, or, if the deadline caught a request
+    // in flight (a slow machine), its timeout.
+    assert!(
+        matches!(err, Error::NoSuchRpc { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
     let s = get.stats();
     // Waits of at least 5, 10, 20, 40, 80, 160 ms: at most 5 fit in
     // 300 ms (fewer when the machine is slow), far from the 999 allowed.

@@ -501,6 +501,11 @@ impl RawGroupFunction {
                     return Err(err);
                 }
                 tokio::time::sleep(wait).await;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // Woken late: the last error, not a request unsent.
+                    self.budget.refund();
+                    return Err(err);
+                }
             }
             bump(&self.counters.retries);
             tracing::debug!(rpc = %self.name(), member = %member.address, error = %err, "group call retried");

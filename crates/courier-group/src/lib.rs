@@ -14,8 +14,8 @@
 mod calls;
 
 pub use calls::{
-    Backoff, Group, GroupBuilder, GroupFunction, GroupStats, Hedge, MemberStatus, RawGroupFunction,
-    RetryBudget,
+    Backoff, GroupClient, GroupClientBuilder, GroupFunction, GroupStats, Hedge, MemberStatus,
+    RawGroupFunction, RetryBudget,
 };
 
 /// Where a group call finds the members it may call.

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_group::Group;
+use courier_group::GroupClient;
 
 use calls_support::*;
 
@@ -91,7 +91,7 @@ async fn group_against_direct_calls() {
         // timer per call).
         let timeout = Duration::from_secs(10);
         let direct = direct.on_provider(&one, PROVIDER).timeout(timeout);
-        let group = Group::new(&client, TestMembers::new(addresses(&replicas)));
+        let group = GroupClient::new(&client, TestMembers::new(addresses(&replicas)));
         let get = group
             .function::<u32, (u32, u32)>("get")
             .provider(PROVIDER)
@@ -112,7 +112,7 @@ async fn group_against_direct_calls() {
         }
         let three = Arc::new(three);
         // The group's own cost, with nothing to spread: a group of one.
-        let alone = Group::new(&client, TestMembers::new([replicas[0].address()]))
+        let alone = GroupClient::new(&client, TestMembers::new([replicas[0].address()]))
             .function::<u32, (u32, u32)>("get")
             .provider(PROVIDER)
             .idempotent()

@@ -1,4 +1,4 @@
-//! Group calls: which member a call goes to (the power of two choices by
+//! GroupClient calls: which member a call goes to (the power of two choices by
 //! calls in flight), members that cannot be reached (skipped, backed off,
 //! not hammered), an empty group, and the deadline over everything.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier::Error;
-use courier_group::{Backoff, Group, GroupFunction, StaticMembers};
+use courier_group::{Backoff, GroupClient, GroupFunction, StaticMembers};
 
 use calls_support::*;
 
@@ -22,7 +22,7 @@ async fn calls_avoid_the_member_busy_with_a_call() {
         r.behaviour.hang.store(true, Ordering::SeqCst);
     }
     let client = client("mem").await;
-    let group = Group::new(&client, TestMembers::new(addresses(&replicas)));
+    let group = GroupClient::new(&client, TestMembers::new(addresses(&replicas)));
     let get = group.function::<u32, (u32, u32)>("get").provider(PROVIDER);
 
     // One call hangs at some member: now it has one call in flight.
@@ -113,7 +113,7 @@ async fn a_dead_member_is_skipped_and_not_hammered() {
     let live = replicas("mem", 1).await;
     let dead = dead_address().await;
     let client = client("mem").await;
-    let group = Group::new(&client, TestMembers::new([live[0].address(), dead.clone()]));
+    let group = GroupClient::new(&client, TestMembers::new([live[0].address(), dead.clone()]));
     let get = group.function::<u32, (u32, u32)>("get").provider(PROVIDER);
     let connects = || {
         group
@@ -154,7 +154,7 @@ async fn a_dead_member_is_skipped_and_not_hammered() {
 async fn a_lone_backed_off_member_is_still_tried() {
     let dead = dead_address().await;
     let client = client("mem").await;
-    let group = Group::builder(&client, Arc::new(StaticMembers::new([dead.clone()])))
+    let group = GroupClient::builder(&client, Arc::new(StaticMembers::new([dead.clone()])))
         .connect_backoff(Backoff::new(
             Duration::from_secs(60),
             Duration::from_secs(60),
@@ -212,7 +212,7 @@ async fn the_timeout_bounds_a_call_whose_members_all_hang() {
 async fn a_raw_function_carries_bytes() {
     let replicas = replicas("mem", 2).await;
     let client = client("mem").await;
-    let group = Group::new(&client, Arc::new(StaticMembers::new(addresses(&replicas))));
+    let group = GroupClient::new(&client, Arc::new(StaticMembers::new(addresses(&replicas))));
     let raw = group.raw_function("get").provider(PROVIDER);
     // A u32 of 5 in postcard is one byte; the answer is the pair (index, 5).
     let answer = raw.call(&[5]).await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_group::{Group, Hedge, RetryBudget};
+use courier_group::{GroupClient, Hedge, RetryBudget};
 
 use calls_support::*;
 
@@ -41,7 +41,7 @@ async fn hung_one_cancelled(replicas: &mut [Replica]) -> u32 {
 async fn a_slow_request_is_hedged_and_the_first_answer_wins() {
     let (mut replicas, next) = one_hangs().await;
     let client = client("mem").await;
-    let group = Group::new(&client, TestMembers::new(addresses(&replicas)));
+    let group = GroupClient::new(&client, TestMembers::new(addresses(&replicas)));
     let get = group
         .function::<u32, (u32, u32)>("get")
         .provider(PROVIDER)
@@ -77,7 +77,7 @@ async fn a_slow_request_is_hedged_and_the_first_answer_wins() {
 async fn a_call_not_idempotent_is_not_hedged() {
     let (mut replicas, next) = one_hangs().await;
     let client = client("mem").await;
-    let put = Group::new(&client, TestMembers::new(addresses(&replicas)))
+    let put = GroupClient::new(&client, TestMembers::new(addresses(&replicas)))
         .function::<u32, (u32, u32)>("put")
         .provider(PROVIDER)
         .hedge_after(Duration::from_millis(1))
@@ -98,7 +98,7 @@ async fn a_call_not_idempotent_is_not_hedged() {
 async fn a_hedge_needs_a_token() {
     let (mut replicas, next) = one_hangs().await;
     let client = client("mem").await;
-    let get = Group::new(&client, TestMembers::new(addresses(&replicas)))
+    let get = GroupClient::new(&client, TestMembers::new(addresses(&replicas)))
         .function::<u32, (u32, u32)>("get")
         .provider(PROVIDER)
         .idempotent()
@@ -117,7 +117,7 @@ async fn a_hedge_needs_a_token() {
 async fn a_percentile_hedges_once_enough_calls_are_known() {
     let (mut replicas, next) = one_hangs().await;
     let client = client("mem").await;
-    let get = Group::new(&client, TestMembers::new(addresses(&replicas)))
+    let get = GroupClient::new(&client, TestMembers::new(addresses(&replicas)))
         .function::<u32, (u32, u32)>("get")
         .provider(PROVIDER)
         .idempotent()

@@ -1,4 +1,4 @@
-//! Group calls that fail: retried on another member for an idempotent RPC
+//! GroupClient calls that fail: retried on another member for an idempotent RPC
 //! (a member finalized under a call), never for another; the retry
 //! budget; and the test, a client that sees no failed call while
 //! one of three replicas is killed and restarted.
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier::{Engine, Error};
-use courier_group::{Group, GroupFunction, RetryBudget};
+use courier_group::{GroupClient, GroupFunction, RetryBudget};
 
 use calls_support::*;
 
@@ -107,7 +107,7 @@ async fn an_empty_budget_stops_retries() {
     ];
     let members = TestMembers::new(empty.iter().map(|e| e.address().to_string()));
     let client = client("mem").await;
-    let group = Group::builder(&client, members)
+    let group = GroupClient::builder(&client, members)
         .retry_budget(RetryBudget::none().max_tokens(3.0))
         .build();
     let get = group
@@ -169,7 +169,7 @@ async fn kill_and_restart(protocol: &str, same_address: bool) {
     ];
     let members = TestMembers::new(addresses(&replicas));
     let client = client(protocol).await;
-    let group = Group::builder(&client, members.clone())
+    let group = GroupClient::builder(&client, members.clone())
         .connect_backoff(courier_group::Backoff::new(
             Duration::from_millis(5),
             Duration::from_millis(50),

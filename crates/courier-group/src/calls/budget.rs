@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-/// How many retries and hedges a [`Group`](super::Group) may send: a token
+/// How many retries and hedges a [`GroupClient`](super::GroupClient) may send: a token
 /// bucket. Every call of an idempotent RPC puts `ratio` of a token in;
 /// the bucket also fills by `min_per_second` tokens a second, a floor for
 /// groups called rarely; every retry or hedge takes one token out, and

@@ -44,7 +44,7 @@ use crate::Members;
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use courier::{Engine, Handle, RpcOptions};
-/// use courier_group::{Group, StaticMembers};
+/// use courier_group::{GroupClient, StaticMembers};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> courier::Result<()> {
@@ -60,7 +60,7 @@ use crate::Members;
 /// let members = StaticMembers::new(replicas.iter().map(|e| e.address().to_string()));
 ///
 /// let client = Engine::builder("mem").client().build().await?;
-/// let group = Group::new(&client, Arc::new(members));
+/// let group = GroupClient::new(&client, Arc::new(members));
 /// let get = group
 ///     .function::<u32, u32>("get")
 ///     .provider(7)
@@ -71,7 +71,7 @@ use crate::Members;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Group {
+pub struct GroupClient {
     inner: Arc<GroupInner>,
 }
 
@@ -83,9 +83,9 @@ struct GroupInner {
     budget: Arc<Bucket>,
 }
 
-impl fmt::Debug for Group {
+impl fmt::Debug for GroupClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Group")
+        f.debug_struct("GroupClient")
             .field("members", &self.inner.table)
             .field("connect_backoff", &self.inner.connect_backoff)
             .field("retry_budget", &self.inner.budget.config())
@@ -93,7 +93,7 @@ impl fmt::Debug for Group {
     }
 }
 
-impl Group {
+impl GroupClient {
     /// A group of `members`, called from `engine`, with the default
     /// connection backoff ([`Backoff::connect`]) and retry budget
     /// ([`RetryBudget::default`]).
@@ -102,8 +102,8 @@ impl Group {
     }
 
     /// A group with settings other than the defaults.
-    pub fn builder(engine: &Engine, members: Arc<dyn Members>) -> GroupBuilder {
-        GroupBuilder {
+    pub fn builder(engine: &Engine, members: Arc<dyn Members>) -> GroupClientBuilder {
+        GroupClientBuilder {
             engine: engine.clone(),
             members,
             connect_backoff: Backoff::connect(),
@@ -205,17 +205,17 @@ impl Group {
     }
 }
 
-/// Settings of a [`Group`] (made by [`Group::builder`]).
-pub struct GroupBuilder {
+/// Settings of a [`GroupClient`] (made by [`GroupClient::builder`]).
+pub struct GroupClientBuilder {
     engine: Engine,
     members: Arc<dyn Members>,
     connect_backoff: Backoff,
     budget: RetryBudget,
 }
 
-impl fmt::Debug for GroupBuilder {
+impl fmt::Debug for GroupClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupBuilder")
+        f.debug_struct("GroupClientBuilder")
             .field("engine", &self.engine)
             .field("members_version", &self.members.version())
             .field("connect_backoff", &self.connect_backoff)
@@ -224,7 +224,7 @@ impl fmt::Debug for GroupBuilder {
     }
 }
 
-impl GroupBuilder {
+impl GroupClientBuilder {
     /// How long a member whose lookup or connection failed is left alone
     /// (default [`Backoff::connect`]: 100 ms doubling to 10 s, jittered).
     /// While backed off, a member is chosen only if no other can be.
@@ -243,8 +243,8 @@ impl GroupBuilder {
     }
 
     /// The group.
-    pub fn build(self) -> Group {
-        Group {
+    pub fn build(self) -> GroupClient {
+        GroupClient {
             inner: Arc::new(GroupInner {
                 engine: self.engine,
                 table: Table::new(self.members),
@@ -291,7 +291,7 @@ fn worth_retrying(e: &Error) -> bool {
 
 /// A remote function bound to a group and a provider id, on raw payload
 /// bytes ([`GroupFunction`] is the typed one). Made by
-/// [`Group::raw_function`]; cheap to clone (clones share their counters).
+/// [`GroupClient::raw_function`]; cheap to clone (clones share their counters).
 ///
 /// A call picks a member by the power of two choices (two live members
 /// at random, the one with fewer calls in flight from this process), skips
@@ -300,7 +300,7 @@ fn worth_retrying(e: &Error) -> bool {
 /// retry budget; the timeout bounds all of it.
 #[derive(Clone)]
 pub struct RawGroupFunction {
-    group: Group,
+    group: GroupClient,
     remote: RawRemoteFunction,
     provider: u16,
     timeout: Option<Duration>,
@@ -418,7 +418,7 @@ impl RawGroupFunction {
     }
 
     /// The group it calls.
-    pub fn group(&self) -> &Group {
+    pub fn group(&self) -> &GroupClient {
         &self.group
     }
 
@@ -665,7 +665,7 @@ impl RawGroupFunction {
 /// A typed remote function bound to a group and a provider id: calls RPC
 /// `name` with arguments of type `A` and decodes responses of type `R`,
 /// on whichever member [`RawGroupFunction`]'s rules choose. Made by
-/// [`Group::function`] or [`GroupFunction::new`].
+/// [`GroupClient::function`] or [`GroupFunction::new`].
 pub struct GroupFunction<A: ?Sized, R> {
     raw: RawGroupFunction,
     _types: PhantomData<fn(&A) -> R>,
@@ -692,10 +692,10 @@ where
     R: serde::de::DeserializeOwned,
 {
     /// A function calling RPC `name` on `members` from `engine`, in a
-    /// group of its own ([`Group::function`] shares one group's
+    /// group of its own ([`GroupClient::function`] shares one group's
     /// connections and counts among several functions).
     pub fn new(engine: &Engine, members: Arc<dyn Members>, name: &str) -> Self {
-        Group::new(engine, members).function(name)
+        GroupClient::new(engine, members).function(name)
     }
 
     fn map(self, f: impl FnOnce(RawGroupFunction) -> RawGroupFunction) -> Self {
@@ -763,7 +763,7 @@ where
     }
 
     /// The group it calls.
-    pub fn group(&self) -> &Group {
+    pub fn group(&self) -> &GroupClient {
         self.raw.group()
     }
 

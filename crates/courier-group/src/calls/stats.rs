@@ -58,8 +58,8 @@ impl Counters {
     }
 }
 
-/// One member as a [`Group`](super::Group) sees it now
-/// ([`Group::members`](super::Group::members)).
+/// One member as a [`GroupClient`](super::GroupClient) sees it now
+/// ([`GroupClient::members`](super::GroupClient::members)).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MemberStatus {
     /// Its address, as the membership gave it.

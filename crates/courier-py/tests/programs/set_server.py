@@ -1,0 +1,20 @@
+"""A server listening on several protocols (tests/test_address_sets.py):
+`set_server.py PROTOCOLS [CONFIG_JSON]` prints its address set, answers
+`hello` and `caller_path` (the path its caller's connection came by, as
+the server sees it), and waits until shut down remotely."""
+
+import json
+import sys
+
+from courier import Engine
+
+protocols = sys.argv[1]
+config = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
+
+with Engine(protocols, config=config) as engine:
+    engine.register("hello", lambda handle, name: handle.respond(f"Hello {name}"))
+    engine.register("caller_path", lambda handle: handle.respond(handle.address.path))
+    print(f"protocol {engine.protocol}", flush=True)
+    print(f"Service running at {engine.address}", flush=True)
+    engine.enable_remote_shutdown()
+    engine.wait_for_finalize()

@@ -122,10 +122,36 @@ def test_python_m_courier_takes_a_set(scripts):
         return done.stdout
 
     assert cli("call", text, "hello", "--literal", "'cli'") == "Hello cli\n"
-    # Its client speaks the protocol of the set's first part.
-    assert cli("call", text, "caller_path").startswith("tcp://")
-    cli("shutdown", text)
+    # Its client speaks the set's protocols but mem (the server's process's
+    # own), so it takes shm; --protocol pins what it speaks.
+    assert cli("call", text, "caller_path").startswith("shm://")
+    assert cli("call", text, "caller_path", "--protocol", "tcp").startswith("tcp://")
+    shm = text.split(",")[1]
+    lines = cli("ping", text, "-c", "2").splitlines()
+    assert lines[0] == f"PING {text}: 2 engine-level round trips"
+    assert all(line.startswith(f"seq={i} via {shm} time=") for i, line in enumerate(lines[1:3], 1))
+    assert cli("ping", text, "-c", "1", "--protocol", "tcp").splitlines()[1].startswith(
+        f"seq=1 via {text.split(',')[0]} time="
+    )
+    assert cli("shutdown", text) == f"shutdown requested: {text}\n"
     assert server.wait() == 0, server.stderr()
+
+
+def test_python_m_courier_names_what_is_wrong_with_a_set():
+    def fails(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "courier", *args], stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, env=script_env(), timeout=GUARD_S,
+        )
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        return done.stderr.splitlines()[-1]
+
+    assert fails("ping", "tcp://127.0.0.1:1,,unix:///x") == (
+        "courier: invalid address set 'tcp://127.0.0.1:1,,unix:///x': part 2 is empty"
+    )
+    assert fails("ping", "tcp://127.0.0.1:1,nope://x").startswith(
+        "courier: invalid address set 'tcp://127.0.0.1:1,nope://x': unknown protocol 'nope'"
+    )
 
 
 # --- in one process ------------------------------------------------------------

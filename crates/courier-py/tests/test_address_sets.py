@@ -82,6 +82,30 @@ def test_unix_is_preferred_to_tcp_and_listed_order_keeps_the_sets(scripts):
 
 
 @needs_shm
+def test_a_path_dying_mid_call_fails_that_call_and_the_next_dials_again(scripts):
+    server, text = start_set_server(scripts, "tcp,shm")
+    with Engine("tcp,shm", mode=courier.client) as client:
+        address = client.lookup(text)
+        shm = address.path
+        assert shm.startswith("shm://")
+        held = client.register("hold").on(address)(blocking=False)
+        assert server.next_line() == "held"
+        server.kill()
+        with pytest.raises(CourierError) as err:
+            held.wait()
+        assert f"connection with {text} lost" in str(err.value) and shm in str(err.value)
+        # The connection is dead: no path until the next call dials again,
+        # trying every part in order, each failing now that nobody listens.
+        assert address.path is None
+        with pytest.raises(CourierError) as err:
+            client.register("hello").on(address)("again")
+        tried = str(err.value)
+        assert f"no path to {text} could connect" in tried
+        parts = text.split(",")
+        assert tried.index(parts[2]) < tried.index(parts[1] + ":") < tried.index(parts[0] + ":")
+
+
+@needs_shm
 def test_the_seed_scripts_run_unchanged_over_a_set(scripts):
     # COURIER_PROTOCOL_OVERRIDE may name a set: the scripts' "tcp" engines
     # then listen on (and look up by) tcp and shm.

@@ -139,7 +139,14 @@ fn three_members_one_killed_and_restarted_one_leaving() {
     wait_members(&file, &[], "three live members", |m| {
         m.len() == 3 && all.iter().all(|x| state_of(m, x) == Some("alive"))
     });
-    // Through an address too, and as JSON.
+    // Through an address too (each member has its own view: wait for A's),
+    // and as JSON.
+    wait_members(
+        Path::new(&a.address),
+        &[],
+        "three live members, as A sees it",
+        |m| m.len() == 3,
+    );
     let r = view(Path::new(&a.address), &["--json"]);
     assert_eq!(r.code(), Some(0), "{r:?}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();

@@ -127,8 +127,35 @@ impl Driver {
                     tracing::debug!(group = %self.group, "ignored a leave notice about this member's own address");
                     return;
                 }
+                if self.departed.get(&id.addr) == Some(&id.generation) {
+                    // Heard already (from it, or relayed).
+                    return;
+                }
                 tracing::debug!(group = %self.group, member = %id.addr, "a member leaves");
                 self.departed.insert(id.addr.clone(), id.generation);
+                // Relayed once, by each member that hears it first, to every
+                // member it knows: the leaver may not have known them all (a
+                // member that just joined, or just restarted at its address).
+                let notice =
+                    wire::encode(&self.group, &postcard::to_allocvec(&id).unwrap_or_default());
+                let me = &self.foca.identity().addr;
+                let others: Vec<String> = self
+                    .foca
+                    .iter_membership_state()
+                    .map(|m| m.id().addr.clone())
+                    .filter(|a| *a != id.addr && a != me)
+                    .collect();
+                for to in others {
+                    let engine = self.engine.clone();
+                    let function = self.leave.clone();
+                    let payload = notice.clone();
+                    let timeout = self.send_timeout;
+                    tokio::spawn(async move {
+                        if let Err(e) = send_one(&engine, &function, &to, &payload, timeout).await {
+                            tracing::debug!(to, "leave notice not relayed: {e}");
+                        }
+                    });
+                }
                 let down = foca::Member::new(id, 0, foca::State::Down);
                 if let Err(e) = self
                     .foca
@@ -236,16 +263,19 @@ impl Driver {
         });
     }
 
-    /// Tells every member known live that this one leaves, has foca
-    /// declare it down, and waits until those messages are sent.
+    /// Tells every member it knows that this one leaves, down ones
+    /// included (one believed down may have come back at its address),
+    /// and each relays it once to those it knows; has foca declare it
+    /// down, and waits until those messages are sent.
     async fn leave_group(&mut self) {
         let me = self.foca.identity().clone();
         let notice = wire::encode(&self.group, &postcard::to_allocvec(&me).unwrap_or_default());
         let mut sends = JoinSet::new();
         let members: Vec<String> = self
             .foca
-            .iter_members()
+            .iter_membership_state()
             .map(|m| m.id().addr.clone())
+            .filter(|a| *a != me.addr)
             .collect();
         for to in members {
             let engine = self.engine.clone();

@@ -477,3 +477,71 @@ async fn bad_group_files_are_errors_naming_the_file() {
     g.leave().await.unwrap();
     std::fs::remove_file(&alone).unwrap();
 }
+
+/// A member's identity as the group encodes it (the same fields, so the
+/// same postcard bytes): a test forges one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ForgedId {
+    addr: String,
+    generation: u64,
+}
+
+impl foca::Identity for ForgedId {
+    type Addr = String;
+    fn renew(&self) -> Option<Self> {
+        None
+    }
+    fn addr(&self) -> String {
+        self.addr.clone()
+    }
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_an_address_nobody_reaches_is_suspected_then_down() {
+    use rand::SeedableRng;
+    let engines = engines(3).await;
+    let groups = group_of(&engines[..2], "ghosts", &fast()).await;
+    let all: BTreeSet<String> = engines[..2]
+        .iter()
+        .map(|e| e.address().to_string())
+        .collect();
+    converge(&groups, &all).await;
+
+    // A join request, sent from a third engine, from a member claiming an
+    // address where nothing listens.
+    let ghost = "mem://courier-group-ghost-nowhere";
+    let mut forger = foca::Foca::new(
+        ForgedId {
+            addr: ghost.to_owned(),
+            generation: 1,
+        },
+        foca::Config::simple(),
+        rand::rngs::SmallRng::seed_from_u64(7),
+        foca::PostcardCodec,
+    );
+    let mut runtime = foca::AccumulatingRuntime::new();
+    let target = ForgedId {
+        addr: groups[0].address(),
+        generation: 0,
+    };
+    forger.announce(target, &mut runtime).unwrap();
+    let (_, announce) = runtime.to_send().unwrap();
+    let payload = postcard::to_allocvec(&(WIRE_VERSION, "ghosts", &announce[..])).unwrap();
+    send_raw(&engines[2], &groups[0].address(), SWIM_RPC, &payload).await;
+
+    // Taken in on its word, then probed, unanswered, and declared down.
+    wait_view(&groups[0], "the ghost is known", |v| {
+        v.member(ghost).is_some()
+    })
+    .await;
+    for g in &groups {
+        wait_view(g, "the ghost is down", |v| {
+            v.state_of(ghost) == Some(MemberState::Down)
+        })
+        .await;
+    }
+    converge(&groups, &all).await;
+}

@@ -11,6 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod membership;
+
+pub use membership::{
+    Dropped, Group, GroupFile, GroupOptions, Member, MemberState, MembershipError, View,
+    WIRE_VERSION,
+};
+
 /// Where a group call finds the members it may call.
 pub trait Members: Send + Sync + 'static {
     /// The addresses (as [`courier::Engine::lookup`] takes them) of the

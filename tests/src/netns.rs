@@ -179,3 +179,15 @@ pub fn missing_ip_or_nft() -> Option<String> {
             .map(|_| "the `nft` command is missing (Debian package `nftables`)".into())
     })
 }
+
+/// Starts `server` (the `conformance_server` binary: integration tests
+/// pass `env!("CARGO_BIN_EXE_conformance_server")`) in namespace `ns`,
+/// listening at `listen`; returns it and the address it printed.
+pub async fn serve_in(ns: &str, server: &str, listen: &str) -> (crate::Process, String) {
+    let mut process = crate::Process::spawn(
+        std::path::Path::new("ip"),
+        &["netns", "exec", ns, server, listen],
+    );
+    let address = process.expect_line("ADDRESS ").await;
+    (process, address)
+}

@@ -18,8 +18,8 @@
 
 use std::process::Stdio;
 
-use courier_conformance::netns::{missing_ip, Netns};
-use courier_conformance::{guard, Process};
+use courier_conformance::guard;
+use courier_conformance::netns::{missing_ip, serve_in, Netns};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -73,17 +73,12 @@ async fn a_set_is_reached_by_tcp_from_another_namespace_and_by_shm_from_the_same
         panic!("the address-set namespace test: cannot create namespaces here (root needed): {why}")
     });
     let listen = format!("tcp://{}:0,shm", net.server_ip);
-    let mut server = Process::spawn(
-        std::path::Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &net.server_ns,
-            env!("CARGO_BIN_EXE_conformance_server"),
-            &listen,
-        ],
-    );
-    let set = server.expect_line("ADDRESS ").await;
+    let (mut server, set) = serve_in(
+        &net.server_ns,
+        env!("CARGO_BIN_EXE_conformance_server"),
+        &listen,
+    )
+    .await;
     let parts: Vec<&str> = set.split(',').collect();
     let tcp = format!("tcp://{}:", net.server_ip);
     assert!(parts[0].starts_with(&tcp), "{set}");

@@ -29,7 +29,7 @@
 
 use std::process::Stdio;
 
-use courier_conformance::netns::{missing_ip_or_nft as unsupported, Netns};
+use courier_conformance::netns::{missing_ip_or_nft as unsupported, serve_in, Netns};
 use courier_conformance::{guard, Process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -119,18 +119,12 @@ impl Client {
 
 async fn start_server(net: &Netns, proto: &str) -> (Process, String) {
     let listen = format!("{proto}://{}:0", net.server_ip);
-    let mut server = Process::spawn(
-        std::path::Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &net.server_ns,
-            env!("CARGO_BIN_EXE_conformance_server"),
-            &listen,
-        ],
-    );
-    let address = server.expect_line("ADDRESS ").await;
-    (server, address)
+    serve_in(
+        &net.server_ns,
+        env!("CARGO_BIN_EXE_conformance_server"),
+        &listen,
+    )
+    .await
 }
 
 #[derive(Clone, Copy)]

@@ -19,6 +19,11 @@ pub enum Error {
     #[error(transparent)]
     Transport(#[from] courier::TransportError),
 
+    /// A group's membership failed: its group file (missing, unreadable,
+    /// malformed, stale), a join, a leave, reading a member's view.
+    #[error(transparent)]
+    Group(#[from] courier_group::MembershipError),
+
     /// An input or output operation failed: a file, a pipe, a socket, a
     /// child process, a thread.
     #[error("cannot {action}: {source}")]

@@ -1,5 +1,6 @@
 //! `courier`: serve, call, ping and shut down Courier engines, read their
-//! statistics (`stats`, and a live view, `top`), list the protocols this
+//! statistics (`stats`, and a live view, `top`), run them as groups
+//! (`serve --group FILE`, `group view`), list the protocols this
 //! build knows, run a cross-protocol demo, and benchmark every protocol
 //! against its raw transport floor.
 //!
@@ -32,6 +33,7 @@ mod child;
 mod client;
 mod demo;
 mod error;
+mod group;
 mod serve;
 mod stats;
 mod table;
@@ -99,6 +101,8 @@ pub(crate) fn fail_with_last(failures: impl IntoIterator<Item = Error>) -> CliRe
         courier stats tcp://127.0.0.1:PORT            # with `courier serve --stats`\n  \
         courier top tcp://127.0.0.1:PORT              # the same, live\n  \
         courier shutdown tcp://127.0.0.1:PORT\n  \
+        courier serve --group /tmp/kv.json            # makes group kv, or joins it; again elsewhere\n  \
+        courier group view /tmp/kv.json               # its live members: address and state\n  \
         courier demo                                  # all of the above, for every protocol\n  \
         courier bench --quick                         # latency and throughput, every protocol"
 )]
@@ -140,6 +144,9 @@ enum Command {
     /// A live view of a service's statistics, refreshed like `top`.
     #[command(long_about = top::TOP_LONG_ABOUT)]
     Top(top::TopArgs),
+    /// Groups of services: `courier group view FILE|ADDR` prints a group's
+    /// members (`courier serve --group FILE` makes and joins groups).
+    Group(group::GroupArgs),
     /// Ask a service to shut down (it must run with remote shutdown enabled).
     #[command(long_about = client::SHUTDOWN_LONG_ABOUT)]
     Shutdown(client::ShutdownArgs),
@@ -252,6 +259,7 @@ async fn run() -> ExitCode {
         Command::Call(args) => client::call(args).await,
         Command::Ping(args) => client::ping(args).await,
         Command::Shutdown(args) => client::shutdown(args).await,
+        Command::Group(args) => group::run(args).await,
         Command::Stats(args) => stats::run(args).await,
         Command::Top(args) => top::run(args).await,
         Command::Demo(args) => demo::run(args, cli.verbose).await,

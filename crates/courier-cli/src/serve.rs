@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use courier::{Bytes, Engine, Handle, RpcOptions};
+use courier_group::{Group, GroupOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::child::{exit_status, wait_ready, Ready};
@@ -81,6 +82,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "JSON|@FILE")]
     config: Option<String>,
 
+    /// Be a member of the group of this group file: if the file does not
+    /// exist, make the group (named after the file: kv.json makes group kv)
+    /// and write the file; else join the group through the members it
+    /// lists. The file is rewritten as members come and go; the service
+    /// leaves the group when it is stopped (Ctrl-C, SIGTERM). See
+    /// `courier group view`.
+    #[arg(long, value_name = "FILE")]
+    group: Option<std::path::PathBuf>,
+
+    /// The group's times and rates (with --group), as a JSON object or
+    /// @FILE; every member should use the same, e.g. '{"probe_period_ms":
+    /// 1000, "probe_timeout_ms": 500, "suspect_to_down_ms": 4000}' (the
+    /// defaults; docs/groups.md lists every field).
+    #[arg(long, value_name = "JSON|@FILE", requires = "group")]
+    group_options: Option<String>,
+
     /// Serve in the background: start the service as a new process, wait
     /// until it listens, print its address alone on stdout, and exit, as in
     /// `ADDR=$(courier serve --detach)`. The service's own output goes to
@@ -101,6 +118,28 @@ fn config_text(arg: &str) -> CliResult<String> {
             .map_err(|e| Error::io(format!("read the configuration file '{path}'"), e)),
         None => Ok(arg.to_owned()),
     }
+}
+
+/// `--group FILE`: makes or joins the group of the file, with
+/// `--group-options` if given.
+async fn open_group(
+    engine: &Engine,
+    path: &std::path::Path,
+    options: Option<&str>,
+) -> CliResult<Group> {
+    let options = match options {
+        Some(text) => GroupOptions::from_json(&config_text(text)?)?,
+        None => GroupOptions::default(),
+    };
+    let group = Group::open(engine, path, options).await?;
+    let view = group.view();
+    tracing::info!(
+        group = group.name(),
+        file = %path.display(),
+        live = view.live().count(),
+        "member of the group"
+    );
+    Ok(group)
 }
 
 /// Prints a line from a handler, on stdout (on stderr when `on_stderr`); a
@@ -316,6 +355,18 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if args.enable_remote_shutdown {
         engine.enable_remote_shutdown();
     }
+    // A member before it says it serves: a script that waits for the ready
+    // line finds it in the group.
+    let group = match &args.group {
+        Some(path) => match open_group(&engine, path, args.group_options.as_deref()).await {
+            Ok(group) => Some(group),
+            Err(e) => {
+                engine.finalize().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     tracing::info!(config = %engine.config(), "serving");
     if let Err(e) = out(format_args!("{READY_PREFIX}{}", engine.address())) {
         engine.finalize().await;
@@ -323,7 +374,16 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     }
     tokio::select! {
         () = engine.wait_for_finalize() => tracing::info!("finalized by a remote shutdown"),
-        () = stop_signal() => engine.finalize().await,
+        () = stop_signal() => {
+            // Leave first: the others see it left, not down, and the
+            // group file is rewritten without it.
+            if let Some(group) = &group {
+                if let Err(e) = group.leave().await {
+                    tracing::warn!("{e}");
+                }
+            }
+            engine.finalize().await;
+        }
     }
     // A remote shutdown finalizes on a spawned task: wait for it to finish
     // (the unix socket file is removed then).
@@ -343,6 +403,12 @@ pub(crate) const SERVE_LONG_ABOUT: &str =
         courier call \"$ADDR\" hello Matthieu Dorier\n  \
         courier shutdown \"$ADDR\"\n\n\
         With several protocols (--protocol tcp,shm, or --listen tcp://0.0.0.0:0,shm),         the address is an address set, tcp://…,shm://…,mem://…: a client given it         (`courier ping SET`) speaks the set's protocols and connects by the fastest         path it can take (shm on the same host, tcp from elsewhere); `courier ping`         shows which.\n\n\
+        With --group FILE, the service is also a member of a group: the first \
+        service given a file that does not exist makes the group and writes the file; \
+        the others join through the members it lists, and the file follows the live \
+        members. `courier group view FILE` prints them; a member stopped by Ctrl-C or \
+        SIGTERM leaves the group, one that dies is declared down by the others (within \
+        about 5 s with the default --group-options).\n\n\
         With --stats, the service also serves its statistics, with the latency of each \
         phase of every request, to `courier stats ADDR` and `courier top ADDR`.";
 

@@ -12,10 +12,15 @@
 #![forbid(unsafe_code)]
 
 mod calls;
+pub mod membership;
 
 pub use calls::{
     Backoff, GroupClient, GroupClientBuilder, GroupFunction, GroupStats, Hedge, MemberStatus,
     RawGroupFunction, RetryBudget,
+};
+pub use membership::{
+    Dropped, Group, GroupFile, GroupOptions, Member, MemberState, MembershipError, View,
+    WIRE_VERSION,
 };
 
 /// Where a group call finds the members it may call.

@@ -5,6 +5,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use courier::transport::Address as WireAddr;
 
 use crate::errors;
 use crate::shared::Shared;
@@ -22,41 +25,63 @@ impl Address {
         Self { inner, shared }
     }
 
-    /// The address as `str()` gives it: the engine's own spelling of its
+    /// The address as `str()` gives it: the address set (one part for a
+    /// peer of one protocol), each part in the engine's own spelling of its
     /// protocol when it was made with a Mercury alias (`na+sm://…` for an
     /// `na+sm` engine, where the engine itself says `shm://…`), as PyMargo
     /// prints what it was given. `lookup` takes either spelling.
     pub(crate) fn text(&self) -> String {
-        let canonical = self.inner.to_string();
-        spelled(
-            &canonical,
-            self.shared.engine.protocol(),
-            self.shared.spelling.get(),
-        )
+        self.parts().join(",")
+    }
+
+    /// The parts of the address set, each as `text` spells it.
+    fn parts(&self) -> Vec<String> {
+        let spellings = self.spellings();
+        self.inner
+            .set()
+            .parts()
+            .iter()
+            .map(|p| spelled(p, spellings))
+            .collect()
+    }
+
+    fn spellings(&self) -> &[Spelling] {
+        self.shared.spellings.get().map_or(&[], Vec::as_slice)
     }
 }
 
-/// `address` (canonical, `<protocol>://rest`) with its scheme replaced by
-/// `spelling`, when there is one and the address is of `protocol`.
-pub(crate) fn spelled(address: &str, protocol: &str, spelling: Option<&String>) -> String {
-    let Some(spelling) = spelling else {
-        return address.to_owned();
-    };
-    match address
-        .strip_prefix(protocol)
-        .and_then(|rest| rest.strip_prefix("://"))
+/// A Mercury spelling an engine was made with: (canonical protocol name,
+/// the alias it was given as), `("shm", "na+sm")`.
+pub(crate) type Spelling = (String, String);
+
+/// `address` (one transport address, `<protocol>://rest`) with its scheme
+/// replaced by the spelling of its protocol, when `spellings` has one.
+pub(crate) fn spelled(address: &WireAddr, spellings: &[Spelling]) -> String {
+    match spellings
+        .iter()
+        .find(|(canonical, _)| canonical == address.protocol())
     {
-        Some(rest) => format!("{spelling}://{rest}"),
-        None => address.to_owned(),
+        Some((_, spelling)) => format!("{spelling}://{}", address.rest()),
+        None => address.to_string(),
     }
 }
 
-/// The spelling an engine made for `target` (a protocol name or a listen
-/// address) keeps for its addresses: the scheme as given, when it is an
-/// alias rather than `protocol`, the canonical name.
-pub(crate) fn spelling_of(target: &str, protocol: &str) -> Option<String> {
-    let scheme = target.split("://").next().unwrap_or(target).trim();
-    (!scheme.is_empty() && scheme != protocol).then(|| scheme.to_owned())
+/// The spellings an engine made for `target` keeps for its addresses:
+/// `target` is a protocol name, a listen address, or a comma-separated
+/// list of them (`"ofi+tcp,na+sm"`), and `protocols` the engine's
+/// canonical names in the same order (`Engine::protocol`, `"tcp,shm"`).
+/// A part's scheme is kept when it is an alias rather than the canonical
+/// name.
+pub(crate) fn spellings_of(target: &str, protocols: &str) -> Vec<Spelling> {
+    target
+        .split(',')
+        .zip(protocols.split(','))
+        .filter_map(|(part, protocol)| {
+            let scheme = part.split("://").next().unwrap_or(part).trim();
+            (!scheme.is_empty() && scheme != protocol)
+                .then(|| (protocol.to_owned(), scheme.to_owned()))
+        })
+        .collect()
 }
 
 #[pymethods]
@@ -67,6 +92,24 @@ impl Address {
 
     fn __repr__(&self) -> String {
         format!("Address('{}')", self.text())
+    }
+
+    /// The path the connection to this engine takes now: the part of its
+    /// address set it was opened to (`shm://…` for a peer on the same host
+    /// listening on `tcp,shm`), or, for a caller's address
+    /// (`handle.address`), the transport's view of the connection it came
+    /// by. None when there is no live connection: the next call opens one
+    /// again, choosing the path anew.
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.inner.path().map(|p| spelled(&p, self.spellings()))
+    }
+
+    /// The parts of the address set, in its order (one for an engine of
+    /// one protocol): `str(address)` joins them with commas.
+    #[getter(parts)]
+    fn py_parts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.parts())
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -154,29 +197,50 @@ impl Address {
 
 #[cfg(test)]
 mod tests {
-    use super::{spelled, spelling_of};
+    use super::{spelled, spellings_of, Spelling, WireAddr};
+
+    fn spelling(canonical: &str, alias: &str) -> Spelling {
+        (canonical.to_owned(), alias.to_owned())
+    }
+
+    fn wire(s: &str) -> WireAddr {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn an_alias_is_kept_and_the_canonical_name_is_not() {
-        assert_eq!(spelling_of("na+sm", "shm").as_deref(), Some("na+sm"));
+        assert_eq!(spellings_of("na+sm", "shm"), vec![spelling("shm", "na+sm")]);
         assert_eq!(
-            spelling_of("ofi+tcp://127.0.0.1:0", "tcp").as_deref(),
-            Some("ofi+tcp")
+            spellings_of("ofi+tcp://127.0.0.1:0", "tcp"),
+            vec![spelling("tcp", "ofi+tcp")]
         );
-        assert_eq!(spelling_of("tcp", "tcp"), None);
-        assert_eq!(spelling_of("shm://", "shm"), None);
+        assert!(spellings_of("tcp", "tcp").is_empty());
+        assert!(spellings_of("shm://", "shm").is_empty());
+    }
+
+    #[test]
+    fn each_part_of_a_set_keeps_its_own_spelling() {
+        assert_eq!(
+            spellings_of("ofi+tcp://127.0.0.1:0, shm", "tcp,shm"),
+            vec![spelling("tcp", "ofi+tcp")]
+        );
+        assert_eq!(
+            spellings_of("tcp,na+sm", "tcp,shm"),
+            vec![spelling("shm", "na+sm")]
+        );
+        // auto_sm adds a protocol the target does not name: no spelling.
+        assert_eq!(
+            spellings_of("ofi+tcp", "tcp,shm"),
+            vec![spelling("tcp", "ofi+tcp")]
+        );
     }
 
     #[test]
     fn only_the_engines_own_scheme_is_respelled() {
-        let na = Some("na+sm".to_owned());
-        assert_eq!(spelled("shm://12-0", "shm", na.as_ref()), "na+sm://12-0");
-        assert_eq!(spelled("shm://12-0", "shm", None), "shm://12-0");
-        // Another protocol's address, or a prefix that is not the scheme.
-        assert_eq!(
-            spelled("tcp://1.2.3.4:5", "shm", na.as_ref()),
-            "tcp://1.2.3.4:5"
-        );
-        assert_eq!(spelled("shmx://a", "shm", na.as_ref()), "shmx://a");
+        let na = [spelling("shm", "na+sm")];
+        assert_eq!(spelled(&wire("shm://12-0"), &na), "na+sm://12-0");
+        assert_eq!(spelled(&wire("shm://12-0"), &[]), "shm://12-0");
+        // Another protocol's address.
+        assert_eq!(spelled(&wire("tcp://1.2.3.4:5"), &na), "tcp://1.2.3.4:5");
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::address::{self, Address};
@@ -67,8 +67,60 @@ fn parse_config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<O
         // applied: the threads follow `use_progress_thread` and
         // `num_rpc_threads`.
         m.remove(ARGOBOTS);
+        mercury_section(m)
+            .map_err(|e| errors::courier_error(py, format!("invalid engine configuration: {e}")))?;
     }
     Ok(Some(value))
+}
+
+/// The key of Margo's Mercury section.
+const MERCURY: &str = "mercury";
+
+/// Reads Margo's `mercury` section (`{"mercury": {"auto_sm": true}}`) into
+/// Courier's settings: its `auto_sm` is `paths.auto_sm` (the engine also
+/// listens on shm, and its address is a set). Courier has no other Mercury
+/// setting: another key is refused, naming it, as the engine refuses a key
+/// it does not know.
+fn mercury_section(config: &mut Map<String, Value>) -> Result<(), String> {
+    let Some(section) = config.remove(MERCURY) else {
+        return Ok(());
+    };
+    let Value::Object(section) = section else {
+        return Err(format!(
+            "`{MERCURY}` must be an object (Margo's Mercury section), not {section}"
+        ));
+    };
+    for (key, value) in section {
+        if key != "auto_sm" {
+            return Err(format!(
+                "`{MERCURY}.{key}`: Courier reads only `auto_sm` from Margo's Mercury \
+                 section (as `paths.auto_sm`)"
+            ));
+        }
+        let Value::Bool(on) = value else {
+            return Err(format!(
+                "`{MERCURY}.auto_sm` must be true or false, not {value}"
+            ));
+        };
+        let paths = config
+            .entry("paths")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(paths) = paths else {
+            return Err(format!("`paths` must be an object, not {paths}"));
+        };
+        match paths.get("auto_sm") {
+            Some(given) if *given != Value::Bool(on) => {
+                return Err(format!(
+                    "`{MERCURY}.auto_sm` ({on}) and `paths.auto_sm` ({given}) are the same \
+                     setting: give one of them"
+                ));
+            }
+            _ => {
+                paths.insert("auto_sm".into(), Value::Bool(on));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The key of Margo's Argobots section in `engine.config`.
@@ -218,7 +270,8 @@ impl Engine {
         // to drive the engine (Margo's way); here they get one.
         let progress_thread = progress_thread || rpc_threads > 0;
         let target = match std::env::var(PROTOCOL_OVERRIDE_ENV) {
-            Ok(p) if !p.is_empty() && !addr.contains("://") => p,
+            // Only a bare protocol name: not a listen address, nor a set.
+            Ok(p) if !p.is_empty() && !addr.contains("://") && !addr.contains(',') => p,
             _ => addr.to_owned(),
         };
 
@@ -251,10 +304,10 @@ impl Engine {
         let rt = courier::runtime::caller_driven().map_err(|e| errors::to_py(py, &e))?;
         let built = py.detach(|| rt.block_on(builder.build()));
         let engine = built.map_err(|e| errors::to_py(py, &e))?;
-        let spelling = address::spelling_of(&target, engine.protocol());
+        let spellings = address::spellings_of(&target, engine.protocol());
         let shared = Shared::new(engine, rt, progress_thread, rpc_threads);
-        if let Some(spelling) = spelling {
-            let _ = shared.spelling.set(spelling);
+        if !spellings.is_empty() {
+            let _ = shared.spellings.set(spellings);
         }
         if progress_thread {
             // The progress thread is there from the start, as PyMargo's.
@@ -277,7 +330,8 @@ impl Engine {
         self.mid()
     }
 
-    /// This engine's address (`str()` of it is what `lookup` takes).
+    /// This engine's address (`str()` of it is what `lookup` takes): of an
+    /// engine of several protocols, an address set (`tcp://…,shm://…`).
     #[getter]
     fn address(&self) -> Address {
         Address::new(self.shared.engine.address(), self.shared.clone())
@@ -288,7 +342,8 @@ impl Engine {
         self.address()
     }
 
-    /// The canonical protocol name ("tcp" for an engine built as "ofi+tcp").
+    /// The canonical protocol name ("tcp" for an engine built as "ofi+tcp");
+    /// of an engine of several protocols, their names as listed ("tcp,shm").
     #[getter]
     fn protocol(&self) -> &str {
         self.shared.engine.protocol()

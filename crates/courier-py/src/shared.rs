@@ -127,10 +127,11 @@ pub(crate) struct Shared {
     /// PyMargo's `num_rpc_threads` (handler threads: at least one with a
     /// progress thread).
     pub(crate) rpc_threads: usize,
-    /// The Mercury spelling the engine was made with (`na+sm`, `ofi+tcp`),
-    /// when it is not the canonical protocol name: addresses print with it
-    /// (`address.rs`), as PyMargo prints the spelling it was given.
-    pub(crate) spelling: std::sync::OnceLock<String>,
+    /// The Mercury spellings the engine was made with (`na+sm`,
+    /// `ofi+tcp`), for each of its protocols given as an alias rather than
+    /// by its canonical name: addresses print with them (`address.rs`), as
+    /// PyMargo prints the spelling it was given.
+    pub(crate) spellings: std::sync::OnceLock<Vec<crate::address::Spelling>>,
     /// asyncio's state for this engine (`aio.rs`).
     pub(crate) aio: crate::aio::AioState,
     /// Whether the handler threads were started (at the first handler
@@ -213,7 +214,7 @@ impl Shared {
             jobs: jobs.clone(),
             progress_thread,
             rpc_threads,
-            spelling: std::sync::OnceLock::new(),
+            spellings: std::sync::OnceLock::new(),
             aio: crate::aio::AioState::default(),
             started: Once::new(),
             engine_thread: AtomicBool::new(false),

@@ -136,6 +136,13 @@ def scripts():
             stream.close()
 
 
+def doc_example(caption):
+    """The Python block that follows ``caption`` in docs/python.md."""
+    text = (HERE.parents[2] / "docs" / "python.md").read_text()
+    after = text.split(caption, 1)[1]
+    return after.split("```python\n", 1)[1].split("```\n", 1)[0]
+
+
 def run_script(path, *args, protocol=None):
     """Runs a script to its end: (status, stdout, stderr)."""
     done = subprocess.run(

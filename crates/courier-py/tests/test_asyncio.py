@@ -23,7 +23,7 @@ import pytest
 import courier
 from courier import Engine
 
-from conftest import GUARD_S, HERE, PROTOCOLS, run_script
+from conftest import GUARD_S, HERE, PROTOCOLS, doc_example, run_script
 
 PROGRAMS = HERE / "programs"
 
@@ -582,13 +582,6 @@ def test_ctrl_c_stops_asyncio_processes(scripts, protocol):
     if protocol == "unix":
         # Leaving the `with` block finalized the engine: its socket is gone.
         assert not os.path.exists(address[len("unix://"):])
-
-
-def doc_example(caption):
-    """The Python block that follows ``caption`` in docs/python.md."""
-    text = (HERE.parents[2] / "docs" / "python.md").read_text()
-    after = text.split(caption, 1)[1]
-    return after.split("```python\n", 1)[1].split("```\n", 1)[0]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

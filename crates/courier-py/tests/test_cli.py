@@ -183,7 +183,8 @@ def test_ping_prints_each_round_trip_and_a_summary(service):
     lines = out.splitlines()
     assert lines[0] == f"PING {service}: 3 engine-level round trips"
     for seq, line in enumerate(lines[1:4], 1):
-        assert re.fullmatch(rf"seq={seq} time=\d+\.\d µs", line), line
+        # One address: the path is that address.
+        assert re.fullmatch(rf"seq={seq} via {re.escape(service)} time=\d+\.\d µs", line), line
     assert re.fullmatch(
         rf"--- {re.escape(service)}: 3 sent, 3 answered, "
         r"round trip min/avg/max = \d+\.\d/\d+\.\d/\d+\.\d µs", lines[4]), lines[4]

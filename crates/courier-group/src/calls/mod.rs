@@ -34,9 +34,11 @@ use table::{pick, InFlight, Member, Table};
 
 use crate::Members;
 
-/// A group to call: an engine, the [`Members`] it chooses from, and what
-/// it knows of each member (its connection, the calls in flight to it,
-/// its backoff), shared by every function made from it.
+/// A group to call: an engine, the [`Members`] it chooses from (a
+/// membership [`Group`](crate::Group), a [`StaticMembers`](crate::StaticMembers)),
+/// and what it knows of each member (its connection, the calls in flight
+/// to it, its backoff), shared by every function made from it. The
+/// caller's side of a group, where [`Group`](crate::Group) is a member's.
 ///
 /// Cheap to clone (clones share everything).
 ///

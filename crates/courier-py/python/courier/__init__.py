@@ -84,7 +84,10 @@ class Engine(_native.Engine):
 
     ``protocol`` is a protocol name (``tcp``, ``unix``, ``quic``, ``shm``,
     or an alias such as ``ofi+tcp`` or ``na+sm``) or a full listen address
-    (``tcp://0.0.0.0:7000``). ``config`` is a dict or JSON string of
+    (``tcp://0.0.0.0:7000``), or several of them separated by commas
+    (``tcp,shm``): the engine then listens on each, and its address is an
+    address set, which ``lookup`` reaches by the fastest path both engines
+    speak (``Address.path``). ``config`` is a dict or JSON string of
     Courier's engine settings. Use it as a context manager: leaving the
     block finalizes it.
 

@@ -39,6 +39,7 @@ Quick start (a Python service: see docs/python.md):
   python -m courier call tcp://127.0.0.1:PORT add --literal 2 40         # 42
   python -m courier call tcp://127.0.0.1:PORT put --json '{"k": [1, 2]}' --kwarg overwrite=true
   python -m courier ping tcp://127.0.0.1:PORT
+  python -m courier ping 'tcp://…,shm://…,mem://…'                      # seq=1 via shm://… (the path taken)
   python -m courier shutdown tcp://127.0.0.1:PORT
 """
 
@@ -108,6 +109,16 @@ def _add_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_protocol(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol", metavar="P[,P...]",
+        help="the protocols this client speaks, e.g. tcp or tcp,shm. Default: the address's "
+        "protocol; for an address set (tcp://…,shm://…,mem://…), every protocol of the set "
+        "this build has but the in-process ones (the server's own process), so that the "
+        "lookup takes the fastest path (shm on the same host). --protocol tcp takes tcp.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m courier``."""
     parser = _Parser(
@@ -145,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the provider id the RPC is registered at (default: 0)",
     )
     _add_timeout(call)
+    _add_protocol(call)
     encoding = call.add_mutually_exclusive_group()
     encoding.add_argument(
         "--literal", "-l", action="store_true",
@@ -170,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many pings to send, one after the other (default: 4)",
     )
     _add_timeout(ping)
+    _add_protocol(ping)
 
     shutdown = commands.add_parser(
         "shutdown", help="ask a service to shut down (it must enable remote shutdown)",
@@ -178,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shutdown.add_argument("address", metavar="ADDR", help="the service's address")
     _add_timeout(shutdown)
+    _add_protocol(shutdown)
     return parser
 
 
@@ -195,8 +209,39 @@ def _protocol_of(address: str) -> str:
     return protocol
 
 
-def _connect(address: str, timeout_ms: int) -> tuple[Engine, Address]:
-    """A client engine for ``address``'s protocol, and the looked-up address."""
+def _client_protocols(address: str, pinned: str | None) -> str:
+    """The protocols a client engine speaks to reach ``address``: ``pinned``
+    when given; the address's protocol for one address; for an address
+    set, each protocol of its parts that this build has (canonical names,
+    in the set's order, once each) but those that reach only within a
+    process (the set's ``mem://`` part is the server's own process). A set
+    none of whose protocols is usable gives its first part's protocol: the
+    lookup then says what is wrong with it."""
+    if pinned is not None:
+        return pinned
+    if "," not in address:
+        return _protocol_of(address)
+    table, _layers = _native._protocol_table()
+    usable = {
+        spelling: name
+        for name, aliases, _plugin, reach, available in table
+        if available and reach != "process"
+        for spelling in (name, *aliases)
+    }
+    spoken: list[str] = []
+    for part in address.split(","):
+        protocol, sep, _ = part.strip().partition("://")
+        canonical = usable.get(protocol) if sep else None
+        if canonical is not None and canonical not in spoken:
+            spoken.append(canonical)
+    if not spoken:
+        return _protocol_of(address.split(",", 1)[0].strip())
+    return ",".join(spoken)
+
+
+def _connect(address: str, timeout_ms: int, pinned: str | None = None) -> tuple[Engine, Address]:
+    """A client engine for ``address`` (speaking ``_client_protocols``), and
+    the looked-up address."""
     # The command names the protocol from the address itself: a
     # COURIER_PROTOCOL_OVERRIDE meant for scripts must not change it.
     os.environ.pop(_native.PROTOCOL_OVERRIDE_ENV, None)
@@ -206,7 +251,11 @@ def _connect(address: str, timeout_ms: int) -> tuple[Engine, Address]:
         # (shutdown); 0 keeps the engine's defaults: connect within 5 s,
         # wait for answers as long as it takes.
         config["timeouts"] = {"connect_ms": timeout_ms, "call_ms": timeout_ms}
-    engine = Engine(_protocol_of(address), mode=client, config=config)
+    protocols = _client_protocols(address, pinned)
+    if "," in protocols:
+        # No in-process path: nothing in another process can take it.
+        config["paths"] = {"in_process": False}
+    engine = Engine(protocols, mode=client, config=config)
     try:
         return engine, engine.lookup(address)
     except BaseException:
@@ -289,7 +338,7 @@ def _render(response: object, as_json: bool) -> str | None:
 def call(args: argparse.Namespace) -> int:
     """``call``: one call, its response on stdout."""
     positional, keywords = _call_arguments(args)
-    engine, address = _connect(args.address, args.timeout_ms)
+    engine, address = _connect(args.address, args.timeout_ms, args.protocol)
     with engine:
         rpc = engine.register(args.rpc).on(address, args.provider)
         response = rpc(*positional, timeout=args.timeout_ms, **keywords)
@@ -302,7 +351,7 @@ def call(args: argparse.Namespace) -> int:
 def ping(args: argparse.Namespace) -> int:
     """``ping``: ``count`` engine-level round trips, then a summary; fails
     with the last error when any ping failed."""
-    engine, address = _connect(args.address, args.timeout_ms)
+    engine, address = _connect(args.address, args.timeout_ms, args.protocol)
     count: int = args.count
     timeout = args.timeout_ms or None
     times: list[float] = []
@@ -316,7 +365,10 @@ def ping(args: argparse.Namespace) -> int:
                 _out(f"seq={seq} error: {e}")
                 last_error = e
                 continue
-            _out(f"seq={seq} time={rtt * 1e6:.1f} µs")
+            # The path the connection took (the part of a set, or the
+            # address): it may change if the connection is opened again.
+            via = address.path or "(no live connection)"
+            _out(f"seq={seq} via {via} time={rtt * 1e6:.1f} µs")
             times.append(rtt)
     summary = f"--- {address}: {count} sent, {len(times)} answered"
     if times:
@@ -331,7 +383,7 @@ def ping(args: argparse.Namespace) -> int:
 
 def shutdown(args: argparse.Namespace) -> int:
     """``shutdown``: asks the service to finalize."""
-    engine, address = _connect(args.address, args.timeout_ms)
+    engine, address = _connect(args.address, args.timeout_ms, args.protocol)
     with engine:
         address.shutdown()
     _out(f"shutdown requested: {address}")

@@ -226,3 +226,29 @@ async fn a_raw_function_carries_bytes() {
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
     assert!(err.to_string().contains("left over"), "{err}");
 }
+
+#[tokio::test]
+async fn durations_past_the_clock_do_not_panic() {
+    let replicas = replicas("mem", 1).await;
+    let dead = dead_address().await;
+    let client = client("mem").await;
+    let members = StaticMembers::new([replicas[0].address(), dead.clone()]);
+    let group = GroupClient::builder(&client, Arc::new(members))
+        .connect_backoff(Backoff::new(Duration::MAX, Duration::MAX))
+        .build();
+    let get = group
+        .function::<u32, (u32, u32)>("get")
+        .provider(PROVIDER)
+        .idempotent()
+        .retry_backoff(Backoff::new(Duration::MAX, Duration::MAX))
+        .hedge_after(Duration::MAX)
+        .timeout(Duration::MAX);
+    for key in 0..20 {
+        assert_eq!(get.call(&key).await.unwrap(), (0, key));
+    }
+    let status = group.members().into_iter().find(|m| m.address == dead);
+    // Looked up once at most (if ever drawn), then backed off for good.
+    assert!(
+        status.is_some_and(|m| m.connects <= 1 && (m.connects == 0 || m.backed_off_for.is_some()))
+    );
+}

@@ -59,7 +59,7 @@ impl RetryBudget {
     }
 
     /// The share of calls that may be retried or hedged (a negative or
-    /// non-finite value counts as 0).
+    /// NaN value counts as 0).
     #[must_use]
     pub fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = sane(ratio);
@@ -81,9 +81,15 @@ impl RetryBudget {
     }
 }
 
+/// Most tokens a figure may say (an infinite one says this): a
+/// thousandth of `i64::MAX` thousandths, so that sums do not overflow.
+const MOST: f64 = 1e15;
+
+/// A figure as the bucket uses it: negative or NaN is 0, beyond [`MOST`]
+/// (infinity too) is [`MOST`].
 fn sane(x: f64) -> f64 {
-    if x.is_finite() && x > 0.0 {
-        x
+    if x > 0.0 {
+        x.min(MOST)
     } else {
         0.0
     }
@@ -201,6 +207,17 @@ mod tests {
         assert!(!b.withdraw());
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!((b.tokens() - 2.0).abs() < 1e-9, "capped at max_tokens");
+    }
+
+    #[test]
+    fn an_infinite_budget_always_allows_and_nan_is_none() {
+        let b = Bucket::new(RetryBudget::none().max_tokens(f64::INFINITY));
+        for _ in 0..1000 {
+            assert!(b.withdraw());
+        }
+        let b = Bucket::new(RetryBudget::new().max_tokens(f64::NAN).ratio(-1.0));
+        b.deposit();
+        assert!(!b.withdraw());
     }
 
     #[test]

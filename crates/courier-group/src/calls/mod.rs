@@ -438,7 +438,8 @@ impl RawGroupFunction {
         if self.idempotent {
             self.budget.deposit();
         }
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        // A timeout past the clock's range is no deadline.
+        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
         let result = self.run(payload, deadline).await;
         bump(if result.is_ok() {
             &self.counters.succeeded
@@ -498,7 +499,8 @@ impl RawGroupFunction {
             if !fresh {
                 waits += 1;
                 let wait = self.retry_backoff.delay(waits, rng);
-                if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                let after = Instant::now().checked_add(wait);
+                if deadline.is_some_and(|d| after.is_none_or(|a| a >= d)) {
                     self.budget.refund();
                     return Err(err);
                 }

@@ -130,7 +130,11 @@ impl Member {
         *lock(&self.conn) = None;
         let mut h = lock(&self.health);
         h.failures = h.failures.saturating_add(1);
-        h.until = Some(Instant::now() + backoff.delay(h.failures, rng));
+        let now = Instant::now();
+        // A delay past the clock's range is a day.
+        h.until = now
+            .checked_add(backoff.delay(h.failures, rng))
+            .or_else(|| now.checked_add(Duration::from_secs(86_400)));
         self.failing.store(true, Ordering::Release);
     }
 

@@ -1,9 +1,9 @@
 //! A benchmark, not a test (it asserts nothing about speed): calls a
 //! second through a group of 3 replicas against direct calls to one
 //! replica (and, to tell the group's cost from that of spreading calls,
-//! direct calls to the 3 in turn, and a group of 1), in one process, over `mem` and `tcp` (loopback), one call at
-//! a time and 16 at once, the two kinds interleaved. Run it in a release
-//! build:
+//! direct calls to the 3 in turn, and a group of 1), in one process,
+//! over `mem` and `tcp` (loopback), one call at a time and 16 at once,
+//! the kinds interleaved. Run it in a release build:
 //!
 //! ```text
 //! cargo test --release -p courier-group --test calls_bench -- --ignored --nocapture

@@ -258,6 +258,12 @@ async fn kill_and_restart(protocol: &str, same_address: bool) {
     );
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert!(served(&replicas[0]) > 0 && served(&replicas[1]) > 0);
+    // Finalized before the directory goes (it removes its socket file).
+    back.engine.finalize().await;
+    drop(back);
+    if protocol == "unix" && same_address {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     eprintln!(
         "{protocol}, same address {same_address}: {} calls, {stats:?}",
         ok.load(Ordering::SeqCst)

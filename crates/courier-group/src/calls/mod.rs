@@ -259,8 +259,8 @@ impl GroupClientBuilder {
 }
 
 /// Whether an error says the member, or the way to it, failed (rather
-/// than the request; a message too large is the request's): the member's connection is dropped and it is
-/// backed off.
+/// than the request; a message too large is the request's): the member's
+/// connection is dropped and it is backed off.
 fn member_failed(e: &Error) -> bool {
     let too_large = matches!(e, Error::Transport(TransportError::MessageTooLarge { .. }));
     !too_large

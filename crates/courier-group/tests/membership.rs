@@ -352,12 +352,20 @@ async fn joins_that_cannot_work_say_why() {
     wait_view(&second, "two live members", |v| v.live().count() == 2).await;
 }
 
+/// A path named `name` (a group file's name is its group's) in a fresh
+/// directory of its own; [`clean_up`] removes the directory.
 fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("courier-group-test-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("courier-group-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
+    dir.join(name)
+}
+
+/// Removes what [`temp_file`] made for `path` (the group file, and the
+/// temporary files its writers use, with their directory).
+fn clean_up(path: &Path) {
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 /// Waits until the group file at `path` lists exactly `expected`.
@@ -408,7 +416,7 @@ async fn a_group_file_makes_the_group_then_joins_it_and_follows_it() {
     let mut rest = all.clone();
     rest.remove(&third.address());
     wait_file(&path, &rest).await;
-    std::fs::remove_file(&path).unwrap();
+    clean_up(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +444,7 @@ async fn bad_group_files_are_errors_naming_the_file() {
     assert!(m.contains("mem://courier-group-gone-2"), "{m}");
     let e = Group::view_from_file(&tool, &stale, t).await.unwrap_err();
     assert!(matches!(e, MembershipError::FileStale { .. }), "{e}");
-    std::fs::remove_file(&stale).unwrap();
+    clean_up(&stale);
 
     // Malformed.
     let bad = temp_file("bad.json");
@@ -444,7 +452,7 @@ async fn bad_group_files_are_errors_naming_the_file() {
     let e = Group::open(&engine, &bad, fast()).await.unwrap_err();
     assert!(matches!(e, MembershipError::FileMalformed { .. }), "{e}");
     assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
-    std::fs::remove_file(&bad).unwrap();
+    clean_up(&bad);
 
     // Missing, to a reader.
     let missing = temp_file("missing.json");
@@ -454,13 +462,14 @@ async fn bad_group_files_are_errors_naming_the_file() {
         e.to_string().contains(&missing.display().to_string()),
         "{e}"
     );
+    clean_up(&missing);
 
     // Unreadable (a directory), to a member.
     let dir = temp_file("dir.json");
     std::fs::create_dir_all(&dir).unwrap();
     let e = Group::open(&engine, &dir, fast()).await.unwrap_err();
     assert!(matches!(e, MembershipError::FileUnreadable { .. }), "{e}");
-    std::fs::remove_dir(&dir).unwrap();
+    clean_up(&dir);
 
     // A file listing only this member starts the group anew.
     let alone = temp_file("alone.json");
@@ -475,7 +484,7 @@ async fn bad_group_files_are_errors_naming_the_file() {
     assert_eq!(g.name(), "alone");
     assert_eq!(g.view().live().count(), 1);
     g.leave().await.unwrap();
-    std::fs::remove_file(&alone).unwrap();
+    clean_up(&alone);
 }
 
 /// A member's identity as the group encodes it (the same fields, so the

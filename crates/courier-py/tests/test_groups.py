@@ -227,7 +227,7 @@ def test_bad_input_raises_naming_what(engines, tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         courier.Group.create(e, "kv", {"probe_period": 100})
     with pytest.raises(TypeError, match="courier.Engine"):
-        courier.Group.create("mem", "kv")  # type: ignore[arg-type]
+        courier.Group.create("mem", "kv")
     with pytest.raises(courier.CourierError, match="cannot join group 'kv'"):
         courier.Group.join(e, "kv", ["mem://nobody-here"], {"join_timeout_ms": 500})
     client = courier.Engine("mem", mode=courier.client)

@@ -25,9 +25,9 @@ use crate::pickle;
 use crate::remote::{outcome, timeout_from_ms, CallCancel, Request};
 use crate::shared::Shared;
 
-/// How long `Group.view_at` and `Group.view_from_file` wait for a member,
-/// by default, in milliseconds.
-const VIEW_TIMEOUT_MS: f64 = 5000.0;
+/// How long `Group.view_at` and `Group.view_from_file` wait for a member
+/// when not told.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A membership error as a Python exception: `ValueError` for options the
 /// group refuses, `courier.CourierError` (with the Rust message, which
@@ -83,10 +83,10 @@ fn address_text(address: &Bound<'_, PyAny>) -> PyResult<String> {
     })
 }
 
-/// A timeout in milliseconds, or the default, as a duration.
+/// A timeout in milliseconds (None or 0: [`VIEW_TIMEOUT`]) for reading a
+/// view, which always has one.
 fn view_timeout(timeout: Option<f64>) -> PyResult<Duration> {
-    Ok(timeout_from_ms(Some(timeout.unwrap_or(VIEW_TIMEOUT_MS)))?
-        .unwrap_or(Duration::from_millis(VIEW_TIMEOUT_MS as u64)))
+    Ok(timeout_from_ms(timeout)?.unwrap_or(VIEW_TIMEOUT))
 }
 
 /// One member in a view: its address, its state (`"alive"`, `"suspect"`,
@@ -209,16 +209,22 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// Runs `start` (a membership's making) on the engine's runtime, and
-    /// starts the engine's thread so that the membership runs meanwhile.
-    fn start<F>(py: Python<'_>, engine: &Bound<'_, PyAny>, what: &str, start: F) -> PyResult<Self>
+    /// Runs `make(engine)` (a membership's making) on the engine's
+    /// runtime, and starts the engine's thread so that the membership runs
+    /// from then on, whatever the program does.
+    fn start<F>(
+        py: Python<'_>,
+        engine: &Bound<'_, PyAny>,
+        what: &str,
+        make: impl FnOnce(courier::Engine) -> F,
+    ) -> PyResult<Self>
     where
         F: std::future::Future<Output = Result<courier_group::Group, MembershipError>> + Send,
     {
         let (shared, engine) = engine_of(engine)?;
         shared.start_handlers();
         let inner = shared
-            .wait(py, what, start)?
+            .wait(py, what, make(shared.engine.clone()))?
             .map_err(|e| membership_error(py, &e))?;
         Ok(Self {
             inner,
@@ -247,9 +253,8 @@ impl Group {
         options: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = options_of(py, options)?;
-        let native = engine_of(engine)?.0.engine.clone();
         let name = name.to_owned();
-        Self::start(py, engine, "Group.create", async move {
+        Self::start(py, engine, "Group.create", |native| async move {
             courier_group::Group::create(&native, &name, options).await
         })
     }
@@ -275,9 +280,8 @@ impl Group {
                     .map(|a| address_text(&a?))
                     .collect::<PyResult<_>>()?
             };
-        let native = engine_of(engine)?.0.engine.clone();
         let name = name.to_owned();
-        Self::start(py, engine, "Group.join", async move {
+        Self::start(py, engine, "Group.join", |native| async move {
             courier_group::Group::join_any(&native, &name, &addresses, options).await
         })
     }
@@ -295,15 +299,14 @@ impl Group {
         options: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = options_of(py, options)?;
-        let native = engine_of(engine)?.0.engine.clone();
-        Self::start(py, engine, "Group.open", async move {
+        Self::start(py, engine, "Group.open", |native| async move {
             courier_group::Group::open(&native, &path, options).await
         })
     }
 
     /// Reads the view of the member at `address` (`group`: which of its
     /// groups; None: its first), waiting at most `timeout` milliseconds
-    /// (default 5000), as a tool would: `engine` need not be a member.
+    /// (None or 0: 5000), as a tool would: `engine` need not be a member.
     #[staticmethod]
     #[pyo3(signature = (engine, address, group=None, timeout=None))]
     fn view_at(
@@ -325,7 +328,7 @@ impl Group {
 
     /// Reads the view of the group of the group file at `path` from the
     /// first member it lists that answers, waiting at most `timeout`
-    /// milliseconds (default 5000) for each.
+    /// milliseconds (None or 0: 5000) for each.
     #[staticmethod]
     #[pyo3(signature = (engine, path, timeout=None))]
     fn view_from_file(

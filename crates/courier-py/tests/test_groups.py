@@ -5,6 +5,7 @@ calls (`courier.GroupFunction`), in one process on the `mem` transport
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -146,19 +147,51 @@ def test_a_group_call_is_balanced_over_the_members(engines):
 def test_an_idempotent_group_call_survives_a_member_finalized_mid_way(engines):
     es, groups = form(engines)
     serve_whoami(es)
-    [client] = engines(1)
-    f = courier.GroupFunction(
-        client, [g.address for g in groups], "whoami", 3, timeout=10_000, idempotent=True,
-    )
     dead = groups[1].address
-    before = [f(i, blocking=False) for i in range(30)]
-    es[1].finalize()
-    after = [f(i, blocking=False) for i in range(30, 60)]
+    # `held` answers at once, but at the member about to die, where it
+    # waits (bounded) with its request in flight.
+    entered, release = threading.Event(), threading.Event()
+
+    def held(handle, x, me):
+        if me == dead:
+            entered.set()
+            release.wait(GUARD_S)
+        handle.respond((me, x))
+
+    for e in es:
+        me = str(e.address)
+        e.register("held", lambda handle, x, me=me: held(handle, x, me), provider_id=3)
+    [client] = engines(1)
+    members = [g.address for g in groups]
+    f = courier.GroupFunction(client, members, "whoami", 3, timeout=10_000, idempotent=True)
+    h = courier.GroupFunction(client, members, "held", 3, timeout=10_000, idempotent=True)
+    try:
+        # Calls until one is in flight at the member about to die (each
+        # member is drawn in two thirds of the calls).
+        done, in_flight = [], None
+        deadline = time.monotonic() + GUARD_S
+        while in_flight is None:
+            assert time.monotonic() < deadline and len(done) < 200, "no call reached it"
+            request = h(len(done), blocking=False)
+            while not request.test() and not entered.is_set():
+                assert time.monotonic() < deadline
+            if entered.is_set():
+                in_flight = request
+            else:
+                done.append(request.wait())
+        before = [f(i, blocking=False) for i in range(30)]
+        es[1].finalize()
+        after = [f(i, blocking=False) for i in range(30, 60)]
+        # The call in flight there is answered by another member.
+        who, x = in_flight.wait()
+        assert x == len(done) and who != dead
+    finally:
+        release.set()
     answers = [r.wait() for r in before + after]  # raises if a call failed
     assert [x for _, x in answers] == list(range(60))
     assert {who for who, _ in answers[30:]} <= {groups[0].address, groups[2].address}
-    stats = f.stats()
-    assert stats["failed"] == 0 and stats["succeeded"] == 60
+    assert h.stats()["retries"] >= 1 and h.stats()["failed"] == 0
+    assert f.stats()["failed"] == 0 and f.stats()["succeeded"] == 60
     # And later calls go round the dead member without failing.
     assert {f(0)[0] for _ in range(30)} <= {groups[0].address, groups[2].address}
     assert f.stats()["failed"] == 0
@@ -167,6 +200,39 @@ def test_an_idempotent_group_call_survives_a_member_finalized_mid_way(engines):
     g = groups[0].remote("whoami", provider_id=3, timeout=10_000, idempotent=True)
     assert {g(0)[0] for _ in range(30)} <= {groups[0].address, groups[2].address}
     assert g.stats()["failed"] == 0
+
+
+def test_a_slow_member_is_hedged(engines):
+    es, groups = form(engines)
+    slow = groups[0].address
+    entered, release = threading.Event(), threading.Event()
+
+    def get(handle, x, me):
+        if me == slow:
+            entered.set()
+            release.wait(GUARD_S)
+        handle.respond((me, x))
+
+    for e in es:
+        me = str(e.address)
+        e.register("get", lambda handle, x, me=me: get(handle, x, me))
+    [client] = engines(1)
+    f = courier.GroupFunction(
+        client, [g.address for g in groups], "get", timeout=GUARD_S * 1000, idempotent=True,
+        hedge_after=20,
+    )
+    try:
+        # Calls until one goes to the slow member: another answers it.
+        answers = []
+        while not entered.is_set():
+            assert len(answers) < 200, "no call went to the slow member"
+            answers.append(f(len(answers)))
+    finally:
+        release.set()
+    assert [x for _, x in answers] == list(range(len(answers)))
+    assert slow not in {who for who, _ in answers}
+    stats = f.stats()
+    assert stats["hedges"] >= 1 and stats["hedge_wins"] >= 1 and stats["failed"] == 0
 
 
 def test_a_call_not_idempotent_is_not_retried(engines):

@@ -14,12 +14,13 @@ import courier
 
 from conftest import GUARD_S, doc_example, run_script
 
-#: Short times, so that a death is declared within about a second; a
-#: probe timeout well under the period, so a slow machine does not
-#: suspect live members.
+#: Short times, so that a death is declared within about a second. A live
+#: member of a loaded machine may still be suspected for a moment, so the
+#: tests ask the others to be live (alive or suspect), not alive, once
+#: they have seen them alive.
 FAST = {
     "probe_period_ms": 200,
-    "probe_timeout_ms": 100,
+    "probe_timeout_ms": 150,
     "suspect_to_down_ms": 800,
     "gossip_period_ms": 50,
 }
@@ -73,12 +74,14 @@ def form(engines, n=3, options=FAST):
 def test_three_engines_see_the_same_view(engines):
     es, groups = form(engines)
     views = [g.view() for g in groups]
-    expected = {str(e.address): "alive" for e in es}
+    expected = sorted(str(e.address) for e in es)
     for view, g in zip(views, groups):
         assert view.group == "kv" and view.viewer == g.address
-        assert states(view) == expected
-        assert sorted(view.live()) == sorted(expected)
+        assert sorted(states(view)) == expected
+        assert sorted(view.live()) == expected
         assert all(m.generation > 0 and m.live for m in view.members)
+    # One generation per member, the same in every view.
+    assert len({tuple((m.address, m.generation) for m in v.members) for v in views}) == 1
     assert [g.name for g in groups] == ["kv"] * 3
     assert all(g.running for g in groups)
     assert "alive" in repr(views[0]) and "kv" in repr(groups[0])
@@ -102,8 +105,7 @@ def test_a_finalized_member_goes_down(engines):
     es[1].finalize()
     for g in (groups[0], groups[2]):
         view = wait_view(g, lambda v: v.state_of(dead) == "down")
-        assert view.state_of(groups[0].address) == "alive"
-        assert view.state_of(groups[2].address) == "alive"
+        assert sorted(view.live()) == sorted([groups[0].address, groups[2].address])
 
 
 def serve_whoami(es):

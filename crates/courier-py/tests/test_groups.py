@@ -4,6 +4,7 @@ calls (`courier.GroupFunction`), in one process on the `mem` transport
 `GUARD_S` and ends as soon as the view shows what the test waits for."""
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -106,6 +107,15 @@ def test_a_finalized_member_goes_down(engines):
     for g in (groups[0], groups[2]):
         view = wait_view(g, lambda v: v.state_of(dead) == "down")
         assert sorted(view.live()) == sorted([groups[0].address, groups[2].address])
+
+
+def test_a_group_dropped_without_leave_goes_down(engines):
+    es, groups = form(engines)
+    dropped = groups.pop(1).address
+    gc.collect()  # the last reference to it is gone: its membership stops
+    for g in groups:
+        wait_view(g, lambda v: v.state_of(dropped) == "down")
+    assert not es[1].finalized  # the engine itself goes on
 
 
 def serve_whoami(es):

@@ -694,6 +694,11 @@ impl Engine {
 }
 
 impl Engine {
+    /// The engine's shared state (for `group.rs`).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Another object over the engine `instance` names (an `InstanceId`);
     /// dropping it does not finalize the engine.
     fn adopt(py: Python<'_>, instance: &Bound<'_, PyAny>) -> PyResult<Self> {

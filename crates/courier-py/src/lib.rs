@@ -46,6 +46,10 @@
 //!   `buffer::PyBufferMemory`, which reads and writes them on the
 //!   engine's reader threads without the GIL.
 //!
+//! * Groups (`group.rs`, issue 21): a membership (`Group`, its `View`)
+//!   and calls to a group's members (`GroupFunction`), over the
+//!   `courier-group` crate.
+//!
 //! * The engine's warnings and errors (its `tracing` events) go to
 //!   Python's `logging`, logger `courier.engine` (`log.rs`), from a thread
 //!   of their own: the engine's threads never wait for the GIL.
@@ -64,6 +68,7 @@ mod buffer;
 mod bulk;
 mod engine;
 mod errors;
+mod group;
 mod handle;
 mod jobs;
 mod log;
@@ -88,6 +93,10 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamCall>()?;
     m.add_class::<stream::HandleItems>()?;
     m.add_class::<bulk::Bulk>()?;
+    m.add_class::<group::Group>()?;
+    m.add_class::<group::View>()?;
+    m.add_class::<group::Member>()?;
+    m.add_class::<group::GroupFunction>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -422,6 +422,19 @@ pub(crate) struct CallCancel {
     cancelled: AtomicBool,
 }
 
+impl CallCancel {
+    /// What cancels the call of `rpc` to `address` (what the error names)
+    /// run by the task of `abort`.
+    pub(crate) fn new(rpc: String, address: String, abort: tokio::task::AbortHandle) -> Self {
+        Self {
+            rpc,
+            address,
+            abort,
+            cancelled: AtomicBool::new(false),
+        }
+    }
+}
+
 /// A call (or response, or bulk transfer) in flight, from `blocking=False`:
 /// `test()` whether it completed, `wait()` for its result, `cancel()` a
 /// call. Dropping the request of a call that is still in flight cancels it;
@@ -451,7 +464,11 @@ impl Request {
         Self::with_cancel(join, shared, None)
     }
 
-    fn with_cancel(join: Pending, shared: Arc<Shared>, cancel: Option<CallCancel>) -> Self {
+    pub(crate) fn with_cancel(
+        join: Pending,
+        shared: Arc<Shared>,
+        cancel: Option<CallCancel>,
+    ) -> Self {
         Self {
             state: Mutex::new(State::Running(join)),
             shared,

@@ -72,3 +72,49 @@ def test_stream_file_server_and_client(scripts, tmp_path, protocol):
     ]
     assert server.remaining_lines() == [f"stored data.bin: {len(data)} bytes"]
     assert server.wait() == 0, server.stderr()
+
+
+def view_line_where(member, condition):
+    """The first view line `member` prints for which `condition(states)`
+    holds (states: {address: state}); each line waits at most GUARD_S."""
+    while True:
+        line = member.next_line()
+        if not line.startswith("view "):
+            continue
+        states = dict(part.split("=", 1) for part in line.split(": ", 1)[1].split())
+        if condition(states):
+            return states
+
+
+def test_group_members_and_client(scripts, tmp_path):
+    """Three members of a group file on tcp (loopback), as a user runs them
+    in three terminals: the client's calls reach all three; one killed
+    (SIGKILL) goes down, and the calls go on without a failure; one
+    stopped with Ctrl-C leaves."""
+    path = str(tmp_path / "kv.json")
+    members, addresses = [], []
+    for _ in range(3):
+        member = scripts(EXAMPLES / "group_member.py", path)
+        addresses.append(member.expect_line("Service running at "))
+        members.append(member)
+    for member in members:
+        view_line_where(member, lambda s: all(s.get(a) == "alive" for a in addresses))
+    status, out, err = run_script(EXAMPLES / "group_client.py", path, "100")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert sorted(lines[:3]) == sorted(f"{a} alive" for a in addresses)
+    assert lines[3] == "3 members answered 100 calls, 0 failed"
+
+    members[1].kill()
+    for member in (members[0], members[2]):
+        view_line_where(member, lambda s: s.get(addresses[1]) == "down")
+    status, out, err = run_script(EXAMPLES / "group_client.py", path, "100")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert f"{addresses[1]} down" in lines[:-1] or addresses[1] not in out
+    assert lines[-1] == "2 members answered 100 calls, 0 failed"
+
+    members[2].interrupt()
+    assert members[2].remaining_lines()[-1] == "left"
+    assert members[2].wait() == 0, members[2].stderr()
+    view_line_where(members[0], lambda s: s.get(addresses[2]) == "left")

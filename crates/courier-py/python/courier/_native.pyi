@@ -9,7 +9,8 @@
 # and courier/bulk.py call them); programs use the public names.
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+import os
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal, final, overload
 
 from typing_extensions import Buffer, Self, disjoint_base
@@ -19,7 +20,8 @@ import courier.bulk
 
 __all__ = [
     "Engine", "InstanceId", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction",
-    "Request", "StreamCall", "HandleItems", "Bulk", "_Mailbox", "_bulk_from_bytes",
+    "Request", "StreamCall", "HandleItems", "Bulk", "Group", "View", "Member", "GroupFunction",
+    "_Mailbox", "_bulk_from_bytes",
     "_protocol_table", "__version__", "PROTOCOL_OVERRIDE_ENV",
 ]
 
@@ -330,6 +332,139 @@ class Bulk:
     def __reduce__(self) -> tuple[Callable[[bytes], Bulk], tuple[bytes]]: ...
 
 def _bulk_from_bytes(data: bytes) -> Bulk: ...
+
+# Groups (src/group.rs, docs/python.md "Groups", docs/groups.md).
+
+#: What the group functions take as options: a dict of the fields of
+#: docs/groups.md ("Options and their defaults", durations in ms), or the
+#: same as a JSON string.
+_GroupOptionsArg = Mapping[str, Any] | str
+#: A member's state in a view.
+_MemberState = Literal["alive", "suspect", "down", "left"]
+
+@final
+class Member:
+    @property
+    def address(self) -> str: ...
+    @property
+    def state(self) -> _MemberState: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def live(self) -> bool: ...
+
+@final
+class View:
+    @property
+    def group(self) -> str: ...
+    @property
+    def viewer(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def members(self) -> list[Member]: ...
+    def live(self) -> list[str]: ...
+    def state_of(self, address: Address | str) -> _MemberState | None: ...
+
+@final
+class Group:
+    @staticmethod
+    def create(engine: courier.Engine, name: str, options: _GroupOptionsArg | None = None) -> Group: ...
+    @staticmethod
+    def join(
+        engine: courier.Engine,
+        name: str,
+        via: Address | str | Iterable[Address | str],
+        options: _GroupOptionsArg | None = None,
+    ) -> Group: ...
+    @staticmethod
+    def open(
+        engine: courier.Engine, path: str | os.PathLike[str], options: _GroupOptionsArg | None = None
+    ) -> Group: ...
+    @staticmethod
+    def view_at(
+        engine: courier.Engine,
+        address: Address | str,
+        group: str | None = None,
+        timeout: float | None = None,
+    ) -> View: ...
+    @staticmethod
+    def view_from_file(
+        engine: courier.Engine, path: str | os.PathLike[str], timeout: float | None = None
+    ) -> View: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def engine(self) -> courier.Engine: ...
+    @property
+    def running(self) -> bool: ...
+    def view(self) -> View: ...
+    def wait_for_change(self, version: int | None = None, timeout: float | None = None) -> View: ...
+    def wait_for_change_async(
+        self, version: int | None = None, timeout: float | None = None
+    ) -> Coroutine[Any, Any, View]: ...
+    def leave(self) -> None: ...
+    def leave_async(self) -> Coroutine[Any, Any, None]: ...
+    def remote(
+        self,
+        name: str,
+        provider_id: int = 0,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        max_attempts: int | None = None,
+        hedge_after: float | None = None,
+        hedge_percentile: float | None = None,
+    ) -> GroupFunction: ...
+
+@final
+class GroupFunction:
+    def __new__(
+        cls,
+        engine: courier.Engine,
+        members: Group | Iterable[Address | str],
+        name: str,
+        provider_id: int = 0,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        max_attempts: int | None = None,
+        hedge_after: float | None = None,
+        hedge_percentile: float | None = None,
+    ) -> Self: ...
+    # The handler's response is whatever it passed to `respond()`: Any.
+    @overload
+    def __call__(
+        self, *args: Any, timeout: float | None = None, blocking: Literal[True] = True, **kwargs: Any
+    ) -> Any: ...
+    @overload
+    def __call__(
+        self, *args: Any, timeout: float | None = None, blocking: Literal[False], **kwargs: Any
+    ) -> Request: ...
+    @overload
+    def __call__(
+        self, *args: Any, timeout: float | None = None, blocking: bool = True, **kwargs: Any
+    ) -> Any: ...
+    def call_async(
+        self, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]: ...
+    # calls, succeeded, failed, retries, hedges, hedge_wins,
+    # budget_exhausted, connect_failures.
+    def stats(self) -> dict[str, int]: ...
+    # address, in_flight, connects, failures, backed_off_for (seconds or None).
+    def member_status(self) -> list[dict[str, Any]]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def provider_id(self) -> int: ...
+    @property
+    def idempotent(self) -> bool: ...
+    @property
+    def members(self) -> Group | tuple[str, ...]: ...
+    @property
+    def engine(self) -> courier.Engine: ...
 
 #: The protocols this build knows (name, aliases, plugin, reach or None when
 #: its plugin is not built in, available) and the layers (name, plugin,

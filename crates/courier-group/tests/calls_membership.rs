@@ -8,7 +8,7 @@
 
 mod calls_support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,40 +64,11 @@ async fn no_call_fails_while_a_member_dies_and_rejoins() {
         .provider(PROVIDER)
         .idempotent()
         .timeout(Duration::from_secs(10));
-    let done = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for w in 0..8u32 {
-        let (get, done, ok) = (get.clone(), done.clone(), ok.clone());
-        workers.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let mut key = w * 1_000_000;
-            while !done.load(Ordering::SeqCst) {
-                key += 1;
-                match get.call(&key).await {
-                    Ok((_, k)) if k == key => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    other => failures.push(format!("{other:?}")),
-                }
-            }
-            failures
-        }));
-    }
-    let until = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
-        within(what, async {
-            while !cond() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-    };
-
+    let load = Load::start(&get, 8);
     let b = replicas[2].behaviour.clone();
-    until(
-        "replica 2 to serve 100 calls",
-        Box::new(move || b.served.load(Ordering::SeqCst) >= 100),
-    )
+    until("replica 2 to serve 100 calls", || {
+        b.served.load(Ordering::SeqCst) >= 100
+    })
     .await;
     let dead = replicas.remove(2);
     let address = dead.address();
@@ -108,13 +79,8 @@ async fn no_call_fails_while_a_member_dies_and_rejoins() {
         v.state_of(&address) == Some(MemberState::Down)
     })
     .await;
-    let o = ok.clone();
-    let at_down = o.load(Ordering::SeqCst);
-    until(
-        "100 calls with replica 2 out of the view",
-        Box::new(move || o.load(Ordering::SeqCst) >= at_down + 100),
-    )
-    .await;
+    load.wait_for_more("100 calls with replica 2 out of the view", 100)
+        .await;
 
     let back = replica(&restart_at, 2, None).await;
     let _rejoined = Group::join(&back.engine, &name, &seed.address(), fast())
@@ -125,16 +91,12 @@ async fn no_call_fails_while_a_member_dies_and_rejoins() {
     })
     .await;
     let b = back.behaviour.clone();
-    until(
-        "the restarted replica to serve 100 calls",
-        Box::new(move || b.served.load(Ordering::SeqCst) >= 100),
-    )
+    until("the restarted replica to serve 100 calls", || {
+        b.served.load(Ordering::SeqCst) >= 100
+    })
     .await;
-    done.store(true, Ordering::SeqCst);
-    let mut failures = Vec::new();
-    for w in workers {
-        failures.extend(within("a worker to stop", w).await.unwrap());
-    }
+    let calls = load.ok();
+    let failures = load.stop().await;
     let stats = get.stats();
     assert!(
         failures.is_empty(),
@@ -143,5 +105,5 @@ async fn no_call_fails_while_a_member_dies_and_rejoins() {
         &failures[..failures.len().min(3)]
     );
     assert_eq!(stats.failed, 0, "{stats:?}");
-    eprintln!("{} calls, {stats:?}", ok.load(Ordering::SeqCst));
+    eprintln!("{} calls, {stats:?}", calls);
 }

@@ -7,8 +7,7 @@
 
 mod calls_support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use courier::{Engine, Error};
@@ -181,53 +180,19 @@ async fn kill_and_restart(protocol: &str, same_address: bool) {
         .idempotent()
         .timeout(Duration::from_secs(10));
 
-    let done = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for w in 0..8u32 {
-        let (get, done, ok) = (get.clone(), done.clone(), ok.clone());
-        workers.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let mut key = w * 1_000_000;
-            while !done.load(Ordering::SeqCst) {
-                key += 1;
-                match get.call(&key).await {
-                    Ok((_, k)) if k == key => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    other => failures.push(format!("{other:?}")),
-                }
-            }
-            failures
-        }));
-    }
+    let load = Load::start(&get, 8);
     let served = |r: &Replica| r.behaviour.served.load(Ordering::SeqCst);
-    let wait_for = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
-        within(what, async {
-            while !cond() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-    };
-
     let b = replicas[1].behaviour.clone();
-    wait_for(
-        "replica 1 to serve 200 calls",
-        Box::new(move || b.served.load(Ordering::SeqCst) >= 200),
-    )
+    until("replica 1 to serve 200 calls", || {
+        b.served.load(Ordering::SeqCst) >= 200
+    })
     .await;
     let old = replicas.remove(1);
     let old_address = old.address();
     old.engine.finalize().await;
     drop(old);
-    let o = ok.clone();
-    let at_kill = o.load(Ordering::SeqCst);
-    wait_for(
-        "200 calls with replica 1 dead",
-        Box::new(move || o.load(Ordering::SeqCst) >= at_kill + 200),
-    )
-    .await;
+    load.wait_for_more("200 calls with replica 1 dead", 200)
+        .await;
 
     let back = if same_address {
         replica(&old_address, 1, None).await
@@ -239,16 +204,12 @@ async fn kill_and_restart(protocol: &str, same_address: bool) {
         back
     };
     let b = back.behaviour.clone();
-    wait_for(
-        "the restarted replica to serve 200 calls",
-        Box::new(move || b.served.load(Ordering::SeqCst) >= 200),
-    )
+    until("the restarted replica to serve 200 calls", || {
+        b.served.load(Ordering::SeqCst) >= 200
+    })
     .await;
-    done.store(true, Ordering::SeqCst);
-    let mut failures = Vec::new();
-    for w in workers {
-        failures.extend(within("a worker to stop", w).await.unwrap());
-    }
+    let calls = load.ok();
+    let failures = load.stop().await;
     let stats = get.stats();
     assert!(
         failures.is_empty(),
@@ -266,7 +227,7 @@ async fn kill_and_restart(protocol: &str, same_address: bool) {
     }
     eprintln!(
         "{protocol}, same address {same_address}: {} calls, {stats:?}",
-        ok.load(Ordering::SeqCst)
+        calls
     );
 }
 

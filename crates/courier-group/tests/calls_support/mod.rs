@@ -154,3 +154,70 @@ pub async fn client(protocol: &str) -> Engine {
 pub fn addresses(replicas: &[Replica]) -> Vec<String> {
     replicas.iter().map(Replica::address).collect()
 }
+
+/// Workers calling `get(key)` (each with keys of its own) in a loop until
+/// stopped, counting the answers that are right and keeping the others.
+pub struct Load {
+    done: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// Starts `n` workers calling `get`, which answers `(replica, key)`.
+    pub fn start(get: &courier_group::GroupFunction<u32, (u32, u32)>, n: u32) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let workers = (0..n)
+            .map(|w| {
+                let (get, done, ok) = (get.clone(), done.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    let mut key = w * 1_000_000;
+                    while !done.load(Ordering::SeqCst) {
+                        key += 1;
+                        match get.call(&key).await {
+                            Ok((_, k)) if k == key => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            other => failures.push(format!("{other:?}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Self { done, ok, workers }
+    }
+
+    /// How many calls were answered right so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` calls were answered right after this one.
+    pub async fn wait_for_more(&self, what: &str, more: usize) {
+        let target = self.ok() + more;
+        until(what, || self.ok() >= target).await;
+    }
+
+    /// Stops the workers; the failed calls, as text.
+    pub async fn stop(self) -> Vec<String> {
+        self.done.store(true, Ordering::SeqCst);
+        let mut failures = Vec::new();
+        for w in self.workers {
+            failures.extend(within("a worker to stop", w).await.unwrap());
+        }
+        failures
+    }
+}
+
+/// Yields until `cond` holds, within [`GUARD`].
+pub async fn until(what: &str, cond: impl Fn() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}

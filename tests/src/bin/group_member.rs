@@ -18,10 +18,11 @@
 //!   for each failed call, and every 200 ms
 //!   `CALLS <succeeded> <failed> <address>=<answered> …`.
 //! * `group_member bench <ADDRESSES> <SECONDS> <IN_FLIGHT>`: a client engine
-//!   (not a member) calls `echo` for `SECONDS` directly at the first of the
-//!   comma-separated `ADDRESSES`, then as long through a group of all of
-//!   them (`StaticMembers`), then again both; prints
-//!   `BENCH direct <calls/s>` and `BENCH group <calls/s>` for each run.
+//!   (not a member) calls `echo` for `SECONDS` each: directly at the first
+//!   of the comma-separated `ADDRESSES` (`direct`), directly at each in
+//!   turn (`direct-in-turn`), through a group of all of them (`group`,
+//!   `StaticMembers`) and through a group of the first alone
+//!   (`group-of-1`); five times over, in turn. Prints `BENCH <kind> <calls/s>` for each.
 //!
 //! Logs follow `RUST_LOG`, on stderr. Any error ends it with status 1 and the error on stderr. With
 //! `GROUP_MEMBER_JOIN_TRIES=N` in its environment, a member tries to open
@@ -210,32 +211,52 @@ async fn bench(addresses: &str, span: Duration, in_flight: usize) {
         .build()
         .await
         .unwrap_or_else(|e| fail("a client engine", e));
-    let first = client
-        .lookup(addresses[0])
-        .await
-        .unwrap_or_else(|e| fail(addresses[0], e));
+    let mut looked_up = Vec::new();
+    for a in &addresses {
+        looked_up.push(client.lookup(a).await.unwrap_or_else(|e| fail(a, e)));
+    }
+    let looked_up = Arc::new(looked_up);
     let direct = client
         .remote::<u64, (u64, String)>("echo")
         .timeout(Duration::from_secs(10));
-    let group = GroupClient::new(&client, Arc::new(StaticMembers::new(addresses.clone())))
-        .function::<u64, (u64, String)>("echo")
-        .idempotent()
-        .timeout(Duration::from_secs(10));
-    for _ in 0..2 {
-        let (d, f) = (direct.clone(), first.clone());
+    let group_of = |members: &[&str]| {
+        GroupClient::new(&client, Arc::new(StaticMembers::new(members.to_vec())))
+            .function::<u64, (u64, String)>("echo")
+            .idempotent()
+            .timeout(Duration::from_secs(10))
+    };
+    let (all, one) = (group_of(&addresses), group_of(&addresses[..1]));
+    for _ in 0..5 {
+        let (d, to) = (direct.clone(), looked_up.clone());
         let calls = run_for(span, in_flight, move |n| {
-            let (direct, first) = (d.clone(), f.clone());
-            async move { direct.on(&first).call(&n).await.map(|_| ()) }
+            let (direct, to) = (d.clone(), to.clone());
+            async move { direct.on(&to[0]).call(&n).await.map(|_| ()) }
         })
         .await;
         println!("BENCH direct {:.0}", calls as f64 / span.as_secs_f64());
-        let g = group.clone();
+        let (d, to) = (direct.clone(), looked_up.clone());
         let calls = run_for(span, in_flight, move |n| {
-            let group = g.clone();
-            async move { group.call(&n).await.map(|_| ()) }
+            let (direct, to) = (d.clone(), to.clone());
+            // In turn: the n-th call of each task to the n-th member.
+            async move {
+                let member = &to[(n % to.len() as u64) as usize];
+                direct.on(member).call(&n).await.map(|_| ())
+            }
         })
         .await;
-        println!("BENCH group {:.0}", calls as f64 / span.as_secs_f64());
+        println!(
+            "BENCH direct-in-turn {:.0}",
+            calls as f64 / span.as_secs_f64()
+        );
+        for (kind, group) in [("group", &all), ("group-of-1", &one)] {
+            let g = group.clone();
+            let calls = run_for(span, in_flight, move |n| {
+                let group = g.clone();
+                async move { group.call(&n).await.map(|_| ()) }
+            })
+            .await;
+            println!("BENCH {kind} {:.0}", calls as f64 / span.as_secs_f64());
+        }
     }
 }
 

@@ -155,6 +155,13 @@ struct Cluster {
     lan: Lan,
 }
 
+/// A group file in a directory of the test's own (removed on drop).
+fn group_file() -> PathBuf {
+    let dir = unique_temp_path("group");
+    std::fs::create_dir(&dir).unwrap();
+    dir.join("netns.json")
+}
+
 impl Spawner {
     /// Starts a process of `group_member` in `host` with `args` after the
     /// mode; returns it once it printed its address.
@@ -272,7 +279,7 @@ impl Cluster {
                 calls: watch::Sender::new(Calls::default()),
                 seen: Arc::default(),
                 next_key: Arc::default(),
-                file: unique_temp_path("group").with_extension("json"),
+                file: group_file(),
                 options: options.to_owned(),
                 hosts: lan.hosts.clone(),
                 join_tries: "1",
@@ -390,7 +397,23 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.sp.file);
+        // The members rewrite the group file whenever their view changes:
+        // they are killed and reaped before its directory is removed.
+        for m in self.members.iter_mut().flatten() {
+            let _ = m.child.start_kill();
+        }
+        for m in self.members.iter_mut().flatten() {
+            // SIGKILLed: each exits at once; bounded all the same.
+            for _ in 0..5000 {
+                if !matches!(m.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if let Some(dir) = self.sp.file.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -663,7 +663,10 @@ async fn figures_calls_through_a_group_of_three() {
         let mut runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             println!("{in_flight} in flight: {line}");
-            let mut words = line.split_whitespace().skip(1);
+            let Some(rest) = line.strip_prefix("BENCH ") else {
+                continue;
+            };
+            let mut words = rest.split_whitespace();
             let (Some(kind), Some(rate)) = (words.next(), words.next()) else {
                 continue;
             };

@@ -22,7 +22,8 @@
 //!   of the comma-separated `ADDRESSES` (`direct`), directly at each in
 //!   turn (`direct-in-turn`), through a group of all of them (`group`,
 //!   `StaticMembers`) and through a group of the first alone
-//!   (`group-of-1`); five times over, in turn. Prints `BENCH <kind> <calls/s>` for each.
+//!   (`group-of-1`); five rounds, every other one in the reverse order;
+//!   after each run of `group`, `SPREAD <address>=<calls answered> …`. Prints `BENCH <kind> <calls/s>` for each.
 //!
 //! Logs follow `RUST_LOG`, on stderr. Any error ends it with status 1 and the error on stderr. With
 //! `GROUP_MEMBER_JOIN_TRIES=N` in its environment, a member tries to open
@@ -226,36 +227,52 @@ async fn bench(addresses: &str, span: Duration, in_flight: usize) {
             .timeout(Duration::from_secs(10))
     };
     let (all, one) = (group_of(&addresses), group_of(&addresses[..1]));
-    for _ in 0..5 {
-        let (d, to) = (direct.clone(), looked_up.clone());
-        let calls = run_for(span, in_flight, move |n| {
-            let (direct, to) = (d.clone(), to.clone());
-            async move { direct.on(&to[0]).call(&n).await.map(|_| ()) }
-        })
-        .await;
-        println!("BENCH direct {:.0}", calls as f64 / span.as_secs_f64());
-        let (d, to) = (direct.clone(), looked_up.clone());
-        let calls = run_for(span, in_flight, move |n| {
-            let (direct, to) = (d.clone(), to.clone());
-            // In turn: the n-th call of each task to the n-th member.
-            async move {
-                let member = &to[(n % to.len() as u64) as usize];
-                direct.on(member).call(&n).await.map(|_| ())
-            }
-        })
-        .await;
-        println!(
-            "BENCH direct-in-turn {:.0}",
-            calls as f64 / span.as_secs_f64()
-        );
-        for (kind, group) in [("group", &all), ("group-of-1", &one)] {
-            let g = group.clone();
+    let kinds = ["direct", "direct-in-turn", "group", "group-of-1"];
+    for round in 0..5 {
+        // Every other round in the reverse order: no kind always follows
+        // the same one.
+        let mut order = kinds;
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for kind in order {
+            let (d, to) = (direct.clone(), looked_up.clone());
+            let group = if kind == "group" {
+                all.clone()
+            } else {
+                one.clone()
+            };
+            // Which replica answered the group's calls.
+            let spread: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+            let tally = spread.clone();
             let calls = run_for(span, in_flight, move |n| {
-                let group = g.clone();
-                async move { group.call(&n).await.map(|_| ()) }
+                let (direct, to, group, tally) =
+                    (d.clone(), to.clone(), group.clone(), tally.clone());
+                async move {
+                    match kind {
+                        "direct" => direct.on(&to[0]).call(&n).await.map(|_| ()),
+                        // In turn: the n-th call of each task to the n-th member.
+                        "direct-in-turn" => {
+                            let member = &to[(n % to.len() as u64) as usize];
+                            direct.on(member).call(&n).await.map(|_| ())
+                        }
+                        _ => group.call(&n).await.map(|(_, from)| {
+                            *tally.lock().unwrap().entry(from).or_default() += 1;
+                        }),
+                    }
+                }
             })
             .await;
             println!("BENCH {kind} {:.0}", calls as f64 / span.as_secs_f64());
+            if kind == "group" {
+                let spread: Vec<String> = spread
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(a, n)| format!("{a}={n}"))
+                    .collect();
+                println!("SPREAD {}", spread.join(" "));
+            }
         }
     }
 }

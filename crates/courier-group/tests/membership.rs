@@ -416,6 +416,12 @@ async fn a_group_file_makes_the_group_then_joins_it_and_follows_it() {
     let mut rest = all.clone();
     rest.remove(&third.address());
     wait_file(&path, &rest).await;
+    // The others stop keeping the file before it goes.
+    first.leave().await.unwrap();
+    second.leave().await.unwrap();
+    for e in &engines {
+        e.finalize().await;
+    }
     clean_up(&path);
 }
 

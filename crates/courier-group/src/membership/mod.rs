@@ -477,26 +477,33 @@ impl Group {
                 MembershipError::View { source, .. } => source.to_string(),
                 other => other.to_string(),
             })?;
-        let (sent, outcome) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Announce {
-                address: address.to_owned(),
-                sent,
-            })
-            .await
-            .map_err(|_| "the group's task has stopped".to_owned())?;
-        outcome
-            .await
-            .map_err(|_| "the group's task has stopped".to_owned())??;
+        // An announce, or the answer to it, may be lost like any SWIM
+        // message: announce again every probe period until taken in.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let every = self.inner.options.probe_period.min(timeout);
         let mut active = self.inner.active.clone();
-        let taken_in = tokio::time::timeout(timeout, active.wait_for(|a| *a))
-            .await
-            .map(|r| r.map(|_| ()));
-        match taken_in {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("the group's task has stopped".to_owned()),
-            Err(_) => Err(format!("it took no one in within {timeout:?}")),
+        loop {
+            let (sent, outcome) = oneshot::channel();
+            self.inner
+                .commands
+                .send(Command::Announce {
+                    address: address.to_owned(),
+                    sent,
+                })
+                .await
+                .map_err(|_| "the group's task has stopped".to_owned())?;
+            outcome
+                .await
+                .map_err(|_| "the group's task has stopped".to_owned())??;
+            let until = (tokio::time::Instant::now() + every).min(deadline);
+            match tokio::time::timeout_at(until, active.wait_for(|a| *a)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(_)) => return Err("the group's task has stopped".to_owned()),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("it took no one in within {timeout:?}"))
+                }
+                Err(_) => {}
+            }
         }
     }
 

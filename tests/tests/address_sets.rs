@@ -294,6 +294,17 @@ async fn transport_options_go_to_the_protocol_they_name() {
         err.to_string().contains("'unix' plugin") && err.to_string().contains("nodelay"),
         "{err}"
     );
+    // Options for a protocol the engine does not speak: refused, not ignored.
+    let err = Engine::builder("tcp,unix")
+        .config_json(r#"{"transport": {"shm": {"ring_size": 4096}}}"#)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("'shm', a protocol this engine (tcp,unix) does not speak"),
+        "{err}"
+    );
     ok.unwrap().finalize().await;
 }
 

@@ -306,6 +306,20 @@ impl Paths {
             .collect::<Vec<_>>()
             .join(",");
         let alone = entries.len() == 1;
+        if !alone {
+            // Options for a protocol the engine does not speak would be
+            // ignored: more likely a mistake than a wish.
+            for key in config.transport.keys() {
+                if let Ok(e) = registry.resolve(key) {
+                    if !entries.iter().any(|(spoken, ..)| spoken.name == e.name) {
+                        return Err(Error::Config(format!(
+                            "`transport` has options for '{key}', a protocol this engine \
+                             ({name}) does not speak"
+                        )));
+                    }
+                }
+            }
+        }
         let mut routes = Vec::with_capacity(entries.len());
         for (entry, listen, implicit) in entries {
             let options = if alone {

@@ -2,7 +2,7 @@
 //! them (`courier serve --group FILE` makes and joins groups).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use courier_group::{Group, GroupFile, View};
@@ -44,6 +44,18 @@ struct ViewArgs {
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
 
+    /// Keep watching until Ctrl-C: print the view, then one line per
+    /// member that changes (joins, is suspected, goes down, leaves,
+    /// rejoins), each line led by the seconds since the watch began
+    /// (`+5.6s tcp://127.0.0.1:41236 down`); with --json, the whole view
+    /// as one JSON line each time it changes.
+    #[arg(long)]
+    watch: bool,
+
+    /// How often --watch asks for the view, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250, requires = "watch")]
+    interval_ms: u64,
+
     #[command(flatten)]
     timeout: TimeoutArg,
 }
@@ -59,7 +71,15 @@ const VIEW_LONG_ABOUT: &str = "Print a group's live members, one per line: the a
     courier serve --group /tmp/kv.json &     # the others join through it\n  \
     courier group view /tmp/kv.json\n  \
     tcp://127.0.0.1:41235 alive\n  \
-    tcp://127.0.0.1:41236 alive";
+    tcp://127.0.0.1:41236 alive\n\n\
+    With --watch, it keeps asking (through the next member the file lists when the \
+    one it asked stops answering) and prints each change as it happens:\n\n  \
+    courier group view /tmp/kv.json --watch\n  \
+    +0.0s tcp://127.0.0.1:41235 alive\n  \
+    +0.0s tcp://127.0.0.1:41236 alive\n  \
+    +2.9s tcp://127.0.0.1:41236 suspect\n  \
+    +5.6s tcp://127.0.0.1:41236 down\n  \
+    +9.1s tcp://127.0.0.1:41236 alive (rejoined)";
 
 pub(crate) async fn run(args: GroupArgs) -> CliResult {
     match args.command {
@@ -85,13 +105,88 @@ async fn view(args: ViewArgs) -> CliResult {
         .connect_timeout(timeout)
         .build()
         .await?;
-    let view = if from_file {
-        Group::view_from_file(&engine, path, timeout).await
+    let ask = || async {
+        if from_file {
+            Group::view_from_file(&engine, path, timeout).await
+        } else {
+            Group::view_at(&engine, &args.target, args.group.as_deref(), timeout).await
+        }
+    };
+    let result = if args.watch {
+        let every = Duration::from_millis(args.interval_ms.max(1));
+        tokio::select! {
+            r = watch(ask, every, args.all, args.json) => r,
+            () = crate::serve::stop_signal() => Ok(()),
+        }
     } else {
-        Group::view_at(&engine, &args.target, args.group.as_deref(), timeout).await
+        match ask().await {
+            Ok(view) => print_view(view, args.all, args.json),
+            Err(e) => Err(e.into()),
+        }
     };
     engine.finalize().await;
-    print_view(view?, args.all, args.json)
+    result
+}
+
+/// `--watch`: asks for the view every `every`, prints what changed. Runs
+/// until stopped (or stdout closes); a view that cannot be read is said on
+/// stderr once per failure streak, and asked for again.
+async fn watch<F, Fut>(ask: F, every: Duration, all: bool, json: bool) -> CliResult
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = courier_group::membership::Result<View>>,
+{
+    let start = Instant::now();
+    let stamp = || format!("+{:.1}s", start.elapsed().as_secs_f64());
+    let mut last: Option<View> = None;
+    let mut failing = false;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let view = match ask().await {
+            Ok(view) => view,
+            Err(e) => {
+                if !failing {
+                    eprintln!("{} cannot read the view: {e}", stamp());
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        if failing {
+            eprintln!("{} reading the view again, from {}", stamp(), view.viewer);
+            failing = false;
+        }
+        let changed = match &last {
+            None => {
+                if json {
+                    print_view(view.clone(), all, true)?;
+                } else {
+                    for m in view.members.iter().filter(|m| all || m.state.is_live()) {
+                        out(format_args!("{} {} {}", stamp(), m.address, m.state))?;
+                    }
+                }
+                false
+            }
+            Some(before) => {
+                if before.viewer != view.viewer {
+                    eprintln!("{} now asking {}", stamp(), view.viewer);
+                }
+                let changes = view.changes_since(before);
+                if !json {
+                    for change in &changes {
+                        out(format_args!("{} {change}", stamp()))?;
+                    }
+                }
+                !changes.is_empty()
+            }
+        };
+        if changed && json {
+            print_view(view.clone(), all, true)?;
+        }
+        last = Some(view);
+    }
 }
 
 /// Prints the members of `view` (the live ones, or `all`), as lines or JSON.

@@ -86,7 +86,7 @@ pub(crate) struct ServeArgs {
     /// exist, make the group (named after the file: kv.json makes group kv)
     /// and write the file; else join the group through the members it
     /// lists. The file is rewritten as members come and go; the service
-    /// leaves the group when it is stopped (Ctrl-C, SIGTERM). See
+    /// leaves the group when it is stopped (Ctrl-C, SIGTERM, `courier shutdown`). See
     /// `courier group view`.
     #[arg(long, value_name = "FILE")]
     group: Option<std::path::PathBuf>,
@@ -372,22 +372,17 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         engine.finalize().await;
         return Err(e);
     }
+    // However it ends (a signal, a remote shutdown), finalize leaves the
+    // group first: the others see it left, not down, and the group file is
+    // rewritten without it.
     tokio::select! {
         () = engine.wait_for_finalize() => tracing::info!("finalized by a remote shutdown"),
-        () = stop_signal() => {
-            // Leave first: the others see it left, not down, and the
-            // group file is rewritten without it.
-            if let Some(group) = &group {
-                if let Err(e) = group.leave().await {
-                    tracing::warn!("{e}");
-                }
-            }
-            engine.finalize().await;
-        }
+        () = stop_signal() => engine.finalize().await,
     }
     // A remote shutdown finalizes on a spawned task: wait for it to finish
     // (the unix socket file is removed then).
     engine.finalize().await;
+    drop(group);
     Ok(())
 }
 
@@ -402,12 +397,16 @@ pub(crate) const SERVE_LONG_ABOUT: &str =
         ADDR=$(courier serve --enable-remote-shutdown --detach)\n  \
         courier call \"$ADDR\" hello Matthieu Dorier\n  \
         courier shutdown \"$ADDR\"\n\n\
-        With several protocols (--protocol tcp,shm, or --listen tcp://0.0.0.0:0,shm),         the address is an address set, tcp://…,shm://…,mem://…: a client given it         (`courier ping SET`) speaks the set's protocols and connects by the fastest         path it can take (shm on the same host, tcp from elsewhere); `courier ping`         shows which.\n\n\
+        With several protocols (--protocol tcp,shm, or --listen tcp://0.0.0.0:0,shm), \
+        the address is an address set, tcp://…,shm://…,mem://…: a client given it \
+        (`courier ping SET`) speaks the set's protocols and connects by the fastest \
+        path it can take (shm on the same host, tcp from elsewhere); `courier ping` \
+        shows which.\n\n\
         With --group FILE, the service is also a member of a group: the first \
         service given a file that does not exist makes the group and writes the file; \
         the others join through the members it lists, and the file follows the live \
-        members. `courier group view FILE` prints them; a member stopped by Ctrl-C or \
-        SIGTERM leaves the group, one that dies is declared down by the others (within \
+        members. `courier group view FILE` prints them; a member stopped by Ctrl-C, \
+        SIGTERM or `courier shutdown` leaves the group, one that dies is declared down by the others (within \
         about 5 s with the default --group-options).\n\n\
         With --stats, the service also serves its statistics, with the latency of each \
         phase of every request, to `courier stats ADDR` and `courier top ADDR`.";

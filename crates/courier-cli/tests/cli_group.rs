@@ -1,8 +1,10 @@
 //! `courier serve --group FILE` and `courier group view`, as a user runs
-//! them: three services on one host make and join a group through its
-//! file; one is killed (SIGKILL) and restarted at its address; one is
-//! stopped (SIGTERM) and leaves. Each step waits for what `courier group
-//! view` prints, polling it under a hang guard; nothing asserts a time.
+//! them: services on one host make and join a group through its file; one
+//! is killed (SIGKILL) and restarted at its address; one is stopped
+//! (SIGTERM) and leaves; one is shut down by `courier shutdown` and leaves
+//! too; all the while `courier group view --watch` prints each change.
+//! Each step waits for what `courier group view` prints, polling it under
+//! a hang guard; nothing asserts a time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,6 +58,15 @@ impl Member {
             _stdout: stdout,
             exited: false,
         }
+    }
+
+    fn stop_with(&mut self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let r = run_cmd(std::process::Command::new("kill"), &[signal, &pid], GUARD);
+        assert_eq!(r.code(), Some(0), "{r:?}");
+        let status = self.child.wait().unwrap();
+        self.exited = true;
+        assert!(status.success(), "{signal}: {status:?}");
     }
 
     fn kill(&mut self) {
@@ -113,6 +124,64 @@ fn wait_members(file: &Path, extra: &[&str], what: &str, ok: impl Fn(&[(String, 
     panic!("`courier group view` never showed {what} within {GUARD:?}; last: {last:?}");
 }
 
+/// `courier group view FILE --watch`, its stdout a line at a time.
+struct Watcher {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watcher {
+    fn start(file: &Path) -> Self {
+        let mut child = courier()
+            .args(["group", "view", "--watch", "--interval-ms", "50"])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn courier group view --watch");
+        let lines = lines(child.stdout.take().unwrap());
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until it has printed a line `+T.Ts <what>` (now or earlier),
+    /// and returns T.
+    fn wait_for(&mut self, what: &str) -> f64 {
+        let deadline = Instant::now() + GUARD;
+        let mut next = 0;
+        loop {
+            for line in &self.seen[next..] {
+                let (stamp, rest) = line.split_once(' ').expect("+T.Ts ADDRESS STATE");
+                if rest == what {
+                    return stamp
+                        .strip_prefix('+')
+                        .and_then(|s| s.strip_suffix('s'))
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("no time stamp in {line:?}"));
+                }
+            }
+            next = self.seen.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("--watch never printed {what:?}; it printed {:?}", self.seen);
+            };
+            self.seen.push(line);
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn state_of<'a>(members: &'a [(String, String)], address: &str) -> Option<&'a str> {
     members
         .iter()
@@ -128,31 +197,42 @@ fn temp_dir(test: &str) -> PathBuf {
 }
 
 #[test]
-fn three_members_one_killed_and_restarted_one_leaving() {
+fn members_killed_restarted_stopped_and_shut_down_as_a_watcher_sees_them() {
     let dir = temp_dir("kill");
     let file = dir.join("kv.json");
     let a = Member::start(&file, &[]);
     assert!(file.exists(), "the first member writes the group file");
     let mut b = Member::start(&file, &[]);
     let mut c = Member::start(&file, &[]);
-    let all = [a.address.clone(), b.address.clone(), c.address.clone()];
-    wait_members(&file, &[], "three live members", |m| {
-        m.len() == 3 && all.iter().all(|x| state_of(m, x) == Some("alive"))
+    let mut d = Member::start(&file, &["--enable-remote-shutdown"]);
+    let all = [
+        a.address.clone(),
+        b.address.clone(),
+        c.address.clone(),
+        d.address.clone(),
+    ];
+    wait_members(&file, &[], "four live members", |m| {
+        m.len() == 4 && all.iter().all(|x| state_of(m, x) == Some("alive"))
     });
+    // The watcher prints the members it starts with, then each change.
+    let mut watcher = Watcher::start(&file);
+    for x in &all {
+        watcher.wait_for(&format!("{x} alive"));
+    }
     // Through an address too (each member has its own view: wait for A's),
     // and as JSON.
     wait_members(
         Path::new(&a.address),
         &[],
-        "three live members, as A sees it",
-        |m| m.len() == 3,
+        "four live members, as A sees it",
+        |m| m.len() == 4,
     );
     let r = view(Path::new(&a.address), &["--json"]);
     assert_eq!(r.code(), Some(0), "{r:?}");
     let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(json["group"], "kv");
     assert_eq!(json["viewer"], a.address.as_str());
-    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+    assert_eq!(json["members"].as_array().unwrap().len(), 4);
 
     // B dies: down for the others, gone from the live list.
     b.kill();
@@ -161,26 +241,39 @@ fn three_members_one_killed_and_restarted_one_leaving() {
     });
     let live = members(&file, &[]).unwrap();
     assert_eq!(state_of(&live, &b.address), None, "{live:?}");
+    let down_at = watcher.wait_for(&format!("{} down", b.address));
 
     // B again, at the same address: alive again.
     let b_address = b.address.clone();
     let b = Member::start(&file, &["--listen", &b_address]);
     assert_eq!(b.address, b_address);
     wait_members(&file, &[], "the restarted member alive", |m| {
-        m.len() == 3 && all.iter().all(|x| state_of(m, x) == Some("alive"))
+        m.len() == 4 && all.iter().all(|x| state_of(m, x) == Some("alive"))
     });
+    let back_at = watcher.wait_for(&format!("{} alive (rejoined)", b.address));
+    assert!(back_at >= down_at, "{:?}", watcher.seen);
 
     // C is stopped: it leaves, and says so.
-    let pid = c.child.id().to_string();
-    let r = run_cmd(std::process::Command::new("kill"), &["-TERM", &pid], GUARD);
-    assert_eq!(r.code(), Some(0), "{r:?}");
-    let status = c.child.wait().unwrap();
-    c.exited = true;
-    assert!(status.success(), "{status:?}");
+    c.stop_with("-TERM");
     wait_members(&file, &["--all"], "the stopped member left", |m| {
         state_of(m, &c.address) == Some("left")
     });
-    drop((a, b));
+    watcher.wait_for(&format!("{} left", c.address));
+
+    // D is shut down by a client: it leaves too, rather than dying.
+    let r = run_cmd(courier(), &["shutdown", &d.address], GUARD);
+    assert_eq!(r.code(), Some(0), "{r:?}");
+    let status = d.child.wait().unwrap();
+    d.exited = true;
+    assert!(status.success(), "{status:?}");
+    watcher.wait_for(&format!("{} left", d.address));
+    let everyone = members(&file, &["--all"]).unwrap();
+    assert_eq!(
+        state_of(&everyone, &d.address),
+        Some("left"),
+        "{everyone:?}"
+    );
+    drop((a, b, watcher));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

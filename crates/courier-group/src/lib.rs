@@ -19,7 +19,7 @@ pub use calls::{
     RawGroupFunction, RetryBudget,
 };
 pub use membership::{
-    Dropped, Group, GroupFile, GroupOptions, Member, MemberState, MembershipError, View,
+    Change, Dropped, Group, GroupFile, GroupOptions, Member, MemberState, MembershipError, View,
     WIRE_VERSION,
 };
 

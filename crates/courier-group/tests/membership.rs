@@ -126,8 +126,12 @@ async fn a_member_that_stops_answering_is_declared_down_everywhere() {
     let all: BTreeSet<String> = engines.iter().map(|e| e.address().to_string()).collect();
     converge(&groups, &all).await;
 
-    // It dies without a word: its engine stops, and its membership with it.
-    let dead = groups[3].address();
+    // It dies without a word: its membership stops (every handle dropped,
+    // so finalize has no group to leave), then its engine.
+    let mut groups = groups;
+    let dying = groups.pop().unwrap();
+    let dead = dying.address();
+    drop(dying);
     engines[3].finalize().await;
     let mut rest = all.clone();
     rest.remove(&dead);
@@ -139,7 +143,30 @@ async fn a_member_that_stops_answering_is_declared_down_everywhere() {
         assert!(!v.live().any(|m| m.address == dead));
     }
     converge(&groups[..3], &rest).await;
-    assert!(!groups[3].is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_shut_down_remotely_leaves_rather_than_dies() {
+    let engines = engines(3).await;
+    let groups = group_of(&engines, "shutdowns", &fast()).await;
+    let all: BTreeSet<String> = engines.iter().map(|e| e.address().to_string()).collect();
+    converge(&groups, &all).await;
+
+    // A remote shutdown finalizes the engine; the member leaves first.
+    let leaving = groups[2].address();
+    engines[2].enable_remote_shutdown();
+    let peer = engines[0].lookup(&leaving).await.unwrap();
+    peer.shutdown().await.unwrap();
+    engines[2].wait_for_finalize().await;
+    assert!(!groups[2].is_running());
+    for g in &groups[..2] {
+        wait_view(g, "the shut-down member is left", |v| {
+            v.state_of(&leaving) == Some(MemberState::Left)
+        })
+        .await;
+    }
+    // Its own finalize, after the leave, is quick and harmless.
+    engines[2].finalize().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,11 +194,22 @@ async fn a_leave_is_seen_as_left_and_ends_the_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarted_at_its_address_rejoins() {
+    restart_at_the_same_address("rejoin-died", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_left_and_restarts_at_its_address_rejoins() {
+    restart_at_the_same_address("rejoin-left", true).await;
+}
+
+/// A member stops (dies, or finalizes and so leaves), then an engine at
+/// its address joins again: a newer member, alive in every view.
+async fn restart_at_the_same_address(group: &str, leaves: bool) {
     let a = Engine::new("mem").await.unwrap();
     let b = Engine::new("mem").await.unwrap();
-    let name = format!("mem://courier-group-rejoin-{}", std::process::id());
+    let name = format!("mem://courier-group-{group}-{}", std::process::id());
     let c = Engine::new(&name).await.unwrap();
-    let groups = group_of(&[a.clone(), b.clone(), c.clone()], "rejoin", &fast()).await;
+    let mut groups = group_of(&[a.clone(), b.clone(), c.clone()], group, &fast()).await;
     let address = c.address().to_string();
     let all: BTreeSet<String> = [&a, &b, &c]
         .iter()
@@ -180,11 +218,18 @@ async fn a_member_restarted_at_its_address_rejoins() {
     converge(&groups, &all).await;
     let before = groups[0].view().member(&address).unwrap().generation;
 
+    let stopped = if leaves {
+        MemberState::Left
+    } else {
+        // A death: no handle left for finalize to leave with.
+        drop(groups.pop());
+        MemberState::Down
+    };
     c.finalize().await;
     drop(c);
     for g in &groups[..2] {
-        wait_view(g, "the stopped member is down", |v| {
-            v.state_of(&address) == Some(MemberState::Down)
+        wait_view(g, "the stopped member is out", |v| {
+            v.state_of(&address) == Some(stopped)
         })
         .await;
     }
@@ -192,7 +237,7 @@ async fn a_member_restarted_at_its_address_rejoins() {
     // The same address again, a new process in all but name.
     let c = Engine::new(&name).await.unwrap();
     assert_eq!(c.address().to_string(), address);
-    let back = Group::join(&c, "rejoin", &groups[1].address(), fast())
+    let back = Group::join(&c, group, &groups[1].address(), fast())
         .await
         .unwrap();
     for g in [&groups[0], &groups[1], &back] {

@@ -197,7 +197,8 @@ impl View {
 /// This engine's membership of a group (docs/groups.md, docs/python.md
 /// "Groups"): made by `Group.create`, `Group.join` or `Group.open`, read
 /// with `view()` and `wait_for_change()`, ended by `leave()` (or by the
-/// engine's finalize, which the others see as a death).
+/// engine's finalize, which leaves first; a membership whose last
+/// reference is dropped stops as a death would).
 #[pyclass(module = "courier._native", name = "Group", frozen)]
 pub(crate) struct Group {
     inner: courier_group::Group,

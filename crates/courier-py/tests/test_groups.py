@@ -100,12 +100,12 @@ def test_a_leave_shows_left_and_a_second_leave_raises(engines):
         leaver.leave()
 
 
-def test_a_finalized_member_goes_down(engines):
+def test_a_finalized_member_leaves(engines):
     es, groups = form(engines)
-    dead = groups[1].address
-    es[1].finalize()
+    gone = groups[1].address
+    es[1].finalize()  # as a remote shutdown does: the member leaves first
     for g in (groups[0], groups[2]):
-        view = wait_view(g, lambda v: v.state_of(dead) == "down")
+        view = wait_view(g, lambda v: v.state_of(gone) == "left")
         assert sorted(view.live()) == sorted([groups[0].address, groups[2].address])
 
 
@@ -207,8 +207,9 @@ def test_an_idempotent_group_call_survives_a_member_finalized_mid_way(engines):
     # And later calls go round the dead member without failing.
     assert {f(0)[0] for _ in range(30)} <= {groups[0].address, groups[2].address}
     assert f.stats()["failed"] == 0
-    # Over the membership: once the group sees it down, it is not called.
-    wait_view(groups[0], lambda v: v.state_of(dead) == "down")
+    # Over the membership: once the group sees it gone (finalize left), it
+    # is not called.
+    wait_view(groups[0], lambda v: v.state_of(dead) == "left")
     g = groups[0].remote("whoami", provider_id=3, timeout=10_000, idempotent=True)
     assert {g(0)[0] for _ in range(30)} <= {groups[0].address, groups[2].address}
     assert g.stats()["failed"] == 0

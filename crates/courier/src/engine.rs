@@ -689,6 +689,38 @@ impl Engine {
         Ok(Address::new(state.clone(), peer))
     }
 
+    /// Registers work that finalize awaits first, while the engine still
+    /// works: it can still make calls (a group member sends its goodbyes
+    /// this way, so that a remote shutdown leaves the group). Finalize
+    /// waits for each, in the order registered, before the
+    /// [`Engine::on_prefinalize`] callbacks and before anything stops:
+    /// bound the work (a timeout) so that finalize cannot hang on a dead
+    /// peer. It is not run when an engine is dropped without
+    /// [`Engine::finalize`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let engine = courier::Engine::new("mem").await?;
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// engine.on_prefinalize_async(move || async move {
+    ///     // Still running: a call could be made here.
+    ///     let _ = tx.send("said goodbye");
+    /// });
+    /// engine.finalize().await;
+    /// assert_eq!(rx.await.ok(), Some("said goodbye"));
+    /// # Ok(()) }
+    /// ```
+    pub fn on_prefinalize_async<F, Fut>(&self, work: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.state()
+            .lifecycle
+            .add_pre_finalize_async(Box::new(move || Box::pin(work())));
+    }
+
     /// Registers a callback run when finalize starts, before anything stops.
     pub fn on_prefinalize(&self, callback: impl FnOnce() + Send + 'static) {
         self.state().lifecycle.add_pre_finalize(Box::new(callback));

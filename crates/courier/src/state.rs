@@ -266,10 +266,20 @@ impl EngineState {
         self.bulk.forget_conn(id);
     }
 
-    /// Finalizes: refuses new work, stops listening, ends every connection
+    /// Finalizes: awaits the async pre-finalize callbacks (the engine
+    /// still works), then refuses new work, stops listening, ends every connection
     /// (calls in flight fail with [`Error::Finalized`]), stops owned
     /// threads. A second call waits for the first to finish.
     pub(crate) async fn finalize(&self) {
+        if !self.lifecycle.begin_closing() {
+            self.lifecycle.wait_finalized().await;
+            return;
+        }
+        // Work that needs a working engine (a group member's goodbyes)
+        // first: nothing has stopped yet.
+        if !self.lifecycle.is_finalizing() {
+            self.lifecycle.run_pre_finalize_async().await;
+        }
         if !self.lifecycle.begin_finalize() {
             self.lifecycle.wait_finalized().await;
             return;

@@ -60,7 +60,7 @@ use tokio::task::JoinHandle;
 pub use error::{MembershipError, Result};
 pub use file::GroupFile;
 pub use options::*;
-pub use view::{Member, MemberState, View};
+pub use view::{Change, Member, MemberState, View};
 pub use wire::{Dropped, LEAVE_RPC, SWIM_RPC, VIEW_RPC, WIRE_VERSION};
 
 use driver::{Command, Driver};
@@ -74,8 +74,10 @@ use wire::{Route, Router};
 /// by [`Group::leave`]. Cloning is cheap and gives another handle on the
 /// same membership. When every handle is dropped without a leave, the
 /// membership stops as if the process had died: the others declare it
-/// down. It stops too when its engine finalizes; while it runs, it keeps a
-/// handle on its engine.
+/// down. When its engine finalizes ([`Engine::finalize`], or a remote
+/// shutdown), it leaves first, as [`Group::leave`] does, while the engine
+/// can still send; an engine dropped without finalize stops it as a death
+/// would. While it runs, it keeps a handle on its engine.
 ///
 /// A group is also the [`crate::Members`] a group call chooses from: its
 /// live members (alive or suspected) and its view's version.
@@ -451,7 +453,7 @@ impl Group {
         };
         tokio::spawn(driver.run(inbox_rx, commands_rx));
         tracing::debug!(group = name, %address, "membership started");
-        Ok(Self {
+        let group = Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 address,
@@ -464,7 +466,27 @@ impl Group {
                 token,
                 file_keeper: Mutex::new(None),
             }),
-        })
+        };
+        group.leave_on_finalize();
+        Ok(group)
+    }
+
+    /// A member whose engine finalizes (`finalize()`, a remote shutdown)
+    /// leaves first, while the engine can still send its goodbyes. The
+    /// engine keeps only a weak handle: a membership whose handles are all
+    /// dropped still stops as a death would.
+    fn leave_on_finalize(&self) {
+        let member = Arc::downgrade(&self.inner);
+        self.inner.engine.on_prefinalize_async(move || async move {
+            let Some(inner) = member.upgrade() else {
+                return;
+            };
+            let group = Self { inner };
+            // Stopped already (left, or dropped): nothing to say.
+            if group.leave().await.is_ok() {
+                tracing::debug!(group = %group.name(), "left the group as the engine finalized");
+            }
+        });
     }
 
     /// One join attempt through `address`: is it a member of this group?

@@ -1,5 +1,6 @@
 //! What a member knows of its group: the view.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -87,5 +88,146 @@ impl View {
     /// The state of the member at `address`, if the view has it.
     pub fn state_of(&self, address: &str) -> Option<MemberState> {
         self.member(address).map(|m| m.state)
+    }
+
+    /// What changed from `earlier` (an older view, maybe another member's)
+    /// to this one, member by member, sorted by address: a member new to
+    /// the view, one whose state or generation changed (a restart at the
+    /// same address), one the view forgot.
+    ///
+    /// ```
+    /// use courier_group::{Member, MemberState, View};
+    ///
+    /// let member = |state, generation| Member { address: "tcp://h:1".into(), state, generation };
+    /// let view = |members| View { group: "kv".into(), viewer: "tcp://h:0".into(), version: 1, members };
+    /// let before = view(vec![member(MemberState::Alive, 1)]);
+    /// let after = view(vec![member(MemberState::Down, 1)]);
+    /// let changes = after.changes_since(&before);
+    /// assert_eq!(changes.len(), 1);
+    /// assert_eq!(changes[0].to_string(), "tcp://h:1 down");
+    /// ```
+    pub fn changes_since(&self, earlier: &Self) -> Vec<Change> {
+        let by_address = |v: &Self| -> BTreeMap<String, Member> {
+            v.members
+                .iter()
+                .map(|m| (m.address.clone(), m.clone()))
+                .collect()
+        };
+        let (mut old, new) = (by_address(earlier), by_address(self));
+        let mut changes = Vec::new();
+        for (address, after) in new {
+            let before = old.remove(&address);
+            let unchanged = before
+                .as_ref()
+                .is_some_and(|b| b.state == after.state && b.generation == after.generation);
+            if !unchanged {
+                changes.push(Change {
+                    before,
+                    after: Some(after),
+                });
+            }
+        }
+        changes.extend(old.into_values().map(|before| Change {
+            before: Some(before),
+            after: None,
+        }));
+        changes.sort_by(|a, b| a.address().cmp(b.address()));
+        changes
+    }
+}
+
+/// How one member changed between two views ([`View::changes_since`]).
+///
+/// Displayed as a line: `ADDRESS STATE`, `ADDRESS alive (rejoined)` for a
+/// newer generation at the same address, `ADDRESS forgotten` for a member
+/// the newer view no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The member in the earlier view (`None`: new to the view).
+    pub before: Option<Member>,
+    /// The member in the later view (`None`: forgotten).
+    pub after: Option<Member>,
+}
+
+impl Change {
+    /// The member's address.
+    pub fn address(&self) -> &str {
+        self.after
+            .as_ref()
+            .or(self.before.as_ref())
+            .map_or("", |m| m.address.as_str())
+    }
+
+    /// Whether the member came back as a newer generation at its address.
+    pub fn rejoined(&self) -> bool {
+        matches!((&self.before, &self.after), (Some(b), Some(a)) if a.generation > b.generation)
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.after {
+            None => write!(f, "{} forgotten", self.address()),
+            Some(a) if self.rejoined() => write!(f, "{} {} (rejoined)", a.address, a.state),
+            Some(a) => write!(f, "{} {}", a.address, a.state),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn member(address: &str, state: MemberState, generation: u64) -> Member {
+        Member {
+            address: address.into(),
+            state,
+            generation,
+        }
+    }
+
+    fn view(members: Vec<Member>) -> View {
+        View {
+            group: "g".into(),
+            viewer: "a".into(),
+            version: 0,
+            members,
+        }
+    }
+
+    #[test]
+    fn changes_name_each_member_that_came_changed_rejoined_or_went() {
+        use MemberState::*;
+        let before = view(vec![
+            member("a", Alive, 1),
+            member("b", Alive, 1),
+            member("c", Alive, 1),
+            member("d", Suspect, 1),
+        ]);
+        let after = view(vec![
+            member("a", Alive, 1),
+            member("b", Alive, 2),
+            member("bb", Alive, 1),
+            member("d", Down, 1),
+            member("e", Left, 1),
+        ]);
+        let lines: Vec<String> = after
+            .changes_since(&before)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "b alive (rejoined)",
+                "bb alive",
+                "c forgotten",
+                "d down",
+                "e left"
+            ]
+        );
+        assert!(after.changes_since(&after).is_empty());
+        assert_eq!(view(vec![]).changes_since(&before).len(), 4);
     }
 }

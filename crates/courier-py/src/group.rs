@@ -85,6 +85,15 @@ fn address_text(address: &Bound<'_, PyAny>) -> PyResult<String> {
 
 /// A timeout in milliseconds (None or 0: [`VIEW_TIMEOUT`]) for reading a
 /// view, which always has one.
+/// One address (str or Address) or an iterable of them, as text.
+fn addresses_of(via: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if via.cast::<PyString>().is_ok() || via.cast::<Address>().is_ok() {
+        Ok(vec![address_text(via)?])
+    } else {
+        via.try_iter()?.map(|a| address_text(&a?)).collect()
+    }
+}
+
 fn view_timeout(timeout: Option<f64>) -> PyResult<Duration> {
     Ok(timeout_from_ms(timeout)?.unwrap_or(VIEW_TIMEOUT))
 }
@@ -114,6 +123,34 @@ impl Member {
             "Member('{}', state='{}', generation={})",
             self.address, self.state, self.generation
         )
+    }
+}
+
+/// How one member changed between two views (`View.changes_since`): its
+/// address, its state before and after (None: not in that view) and
+/// whether it came back as a newer generation at its address.
+#[pyclass(module = "courier._native", name = "Change", frozen, get_all)]
+pub(crate) struct Change {
+    /// The member's address.
+    address: String,
+    /// Its state in the earlier view; None when it is new.
+    before: Option<&'static str>,
+    /// Its state in the later view; None when the view forgot it.
+    after: Option<&'static str>,
+    /// Whether it is a newer generation at the same address (a restart).
+    rejoined: bool,
+    /// The change as `courier group view --watch` prints it.
+    line: String,
+}
+
+#[pymethods]
+impl Change {
+    fn __str__(&self) -> &str {
+        &self.line
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Change('{}')", self.line)
     }
 }
 
@@ -177,6 +214,23 @@ impl View {
         Ok(self.inner.state_of(&address).map(|s| s.as_str()))
     }
 
+    /// What changed from `earlier` (an older view, maybe another
+    /// member's) to this one, one `Change` per member that is new, changed
+    /// state or generation, or was forgotten, sorted by address.
+    fn changes_since(&self, earlier: PyRef<'_, Self>) -> Vec<Change> {
+        self.inner
+            .changes_since(&earlier.inner)
+            .into_iter()
+            .map(|c| Change {
+                address: c.address().to_owned(),
+                before: c.before.as_ref().map(|m| m.state.as_str()),
+                after: c.after.as_ref().map(|m| m.state.as_str()),
+                rejoined: c.rejoined(),
+                line: c.to_string(),
+            })
+            .collect()
+    }
+
     fn __repr__(&self) -> String {
         let members: Vec<String> = self
             .inner
@@ -235,6 +289,45 @@ impl Group {
         })
     }
 
+    /// `start` as an asyncio awaitable: the membership is made on the
+    /// engine's runtime, the coroutine gives the `Group`.
+    fn start_async<'py, F>(
+        py: Python<'py>,
+        engine: &Bound<'py, PyAny>,
+        what: &'static str,
+        make: impl FnOnce(courier::Engine) -> F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = Result<courier_group::Group, MembershipError>>
+            + Send
+            + 'static,
+    {
+        let (shared, engine) = engine_of(engine)?;
+        shared.start_handlers();
+        let made = make(shared.engine.clone());
+        let keep = shared.clone();
+        crate::aio::awaitable_with(
+            py,
+            &shared,
+            what,
+            made,
+            crate::aio::OnCancel::Abort,
+            move |py, out| match out {
+                Ok(inner) => Ok(Py::new(
+                    py,
+                    Self {
+                        inner,
+                        shared: keep,
+                        engine,
+                        client: OnceLock::new(),
+                    },
+                )?
+                .into_any()),
+                Err(e) => Err(membership_error(py, &e)),
+            },
+        )
+    }
+
     fn client(&self) -> &GroupClient {
         self.client
             .get_or_init(|| GroupClient::new(&self.shared.engine, Arc::new(self.inner.clone())))
@@ -273,14 +366,7 @@ impl Group {
         options: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = options_of(py, options)?;
-        let addresses: Vec<String> =
-            if via.cast::<PyString>().is_ok() || via.cast::<Address>().is_ok() {
-                vec![address_text(via)?]
-            } else {
-                via.try_iter()?
-                    .map(|a| address_text(&a?))
-                    .collect::<PyResult<_>>()?
-            };
+        let addresses = addresses_of(via)?;
         let name = name.to_owned();
         Self::start(py, engine, "Group.join", |native| async move {
             courier_group::Group::join_any(&native, &name, &addresses, options).await
@@ -303,6 +389,69 @@ impl Group {
         Self::start(py, engine, "Group.open", |native| async move {
             courier_group::Group::open(&native, &path, options).await
         })
+    }
+
+    /// `create` as an asyncio awaitable.
+    #[staticmethod]
+    #[pyo3(signature = (engine, name, options=None))]
+    fn create_async<'py>(
+        py: Python<'py>,
+        engine: &Bound<'py, PyAny>,
+        name: &str,
+        options: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = options_of(py, options)?;
+        let name = name.to_owned();
+        Self::start_async(py, engine, "Group.create_async", |native| async move {
+            courier_group::Group::create(&native, &name, options).await
+        })
+    }
+
+    /// `join` as an asyncio awaitable.
+    #[staticmethod]
+    #[pyo3(signature = (engine, name, via, options=None))]
+    fn join_async<'py>(
+        py: Python<'py>,
+        engine: &Bound<'py, PyAny>,
+        name: &str,
+        via: &Bound<'py, PyAny>,
+        options: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = options_of(py, options)?;
+        let addresses = addresses_of(via)?;
+        let name = name.to_owned();
+        Self::start_async(py, engine, "Group.join_async", |native| async move {
+            courier_group::Group::join_any(&native, &name, &addresses, options).await
+        })
+    }
+
+    /// `open` as an asyncio awaitable.
+    #[staticmethod]
+    #[pyo3(signature = (engine, path, options=None))]
+    fn open_async<'py>(
+        py: Python<'py>,
+        engine: &Bound<'py, PyAny>,
+        path: PathBuf,
+        options: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let options = options_of(py, options)?;
+        Self::start_async(py, engine, "Group.open_async", |native| async move {
+            courier_group::Group::open(&native, &path, options).await
+        })
+    }
+
+    /// Membership messages this engine received and did not apply, by
+    /// reason, since its first group started: `other_group` (for a group
+    /// it is not in), `wire_version` (another version), `malformed`,
+    /// `refused` (by the protocol, or while the group's inbox was full).
+    fn dropped<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = self.inner.dropped();
+        let out = PyDict::new(py);
+        out.set_item("other_group", d.other_group)?;
+        out.set_item("wire_version", d.wire_version)?;
+        out.set_item("malformed", d.malformed)?;
+        out.set_item("refused", d.refused)?;
+        Ok(out)
     }
 
     /// Reads the view of the member at `address` (`group`: which of its

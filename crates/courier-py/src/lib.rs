@@ -96,6 +96,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<group::Group>()?;
     m.add_class::<group::View>()?;
     m.add_class::<group::Member>()?;
+    m.add_class::<group::Change>()?;
     m.add_class::<group::GroupFunction>()?;
     m.add_function(wrap_pyfunction!(bulk::_bulk_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(protocols::_protocol_table, m)?)?;

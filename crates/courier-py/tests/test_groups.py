@@ -339,6 +339,48 @@ def test_wait_for_change_returns_at_its_timeout_and_in_asyncio(engines):
     assert changed.version != view.version
 
 
+def test_a_group_made_from_asyncio_and_its_changes(engines, tmp_path):
+    es = engines(3)
+    path = tmp_path / "kv.json"
+
+    async def main():
+        first = await courier.Group.open_async(es[0], path, FAST)
+        alone = first.view()
+        second = await courier.Group.join_async(es[1], "kv", [first.address], FAST)
+        other = await courier.Group.create_async(es[2], "other", FAST)
+        with pytest.raises(courier.CourierError, match="'nosuch'"):
+            await courier.Group.join_async(es[2], "nosuch", first.address, FAST)
+        return first, alone, second, other
+
+    first, alone, second, other = asyncio.run(main())
+    assert (first.name, second.name, other.name) == ("kv", "kv", "other")
+    assert json.loads(path.read_text())["group"] == "kv"
+    both = wait_view(first, all_alive([first.address, second.address]))
+    [change] = both.changes_since(alone)
+    assert (change.address, change.before, change.after, change.rejoined) == (
+        second.address, None, "alive", False)
+    assert str(change) == f"{second.address} alive"
+    second.leave()
+    gone = wait_view(first, lambda v: v.state_of(second.address) == "left")
+    assert [str(c) for c in gone.changes_since(both)] == [f"{second.address} left"]
+    assert gone.changes_since(gone) == []
+
+
+def test_a_message_that_is_not_membership_is_dropped_and_counted(engines):
+    es = engines(2)
+    g = courier.Group.create(es[0], "kv", FAST)
+    before = g.dropped()
+    assert set(before) == {"other_group", "wire_version", "malformed", "refused"}
+    # A pickled Python object where a membership message is expected.
+    swim = es[1].register("courier.group.swim", disable_response=True)
+    swim.on(g.address)("not a membership message")
+    deadline = time.monotonic() + GUARD_S
+    while sum(g.dropped().values()) == sum(before.values()):
+        assert time.monotonic() < deadline, g.dropped()
+        time.sleep(0.01)  # a poll interval: the message is handled on its own
+    assert g.view().live() == [g.address]
+
+
 def test_a_group_over_tcp(engines):
     es = engines(3, "tcp")
     groups = [courier.Group.create(es[0], "kv", FAST)]

@@ -211,6 +211,37 @@ async fn finalize_is_idempotent_and_runs_callbacks_in_order() {
 }
 
 #[tokio::test]
+async fn async_prefinalize_work_runs_first_while_the_engine_still_calls() {
+    let peer = Engine::new("unix").await.unwrap();
+    peer.register("echo", |h: courier::Handle, text: String| async move {
+        h.respond(&text).await
+    })
+    .unwrap();
+    let peer_address = peer.address().to_string();
+    let e = Engine::new("unix").await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (pre, post) = (tx.clone(), tx.clone());
+    let caller = e.clone();
+    e.on_prefinalize_async(move || async move {
+        // A call from inside finalize: nothing has stopped yet.
+        let at = caller.lookup(&peer_address).await.unwrap();
+        let echo = caller.remote::<String, String>("echo");
+        let answer = echo.on(&at).call(&"goodbye".to_owned()).await.unwrap();
+        tx.send(answer).unwrap();
+    });
+    e.on_prefinalize(move || pre.send("pre".to_owned()).unwrap());
+    e.on_finalize(move || post.send("post".to_owned()).unwrap());
+    // A second finalize meanwhile waits for the first to end.
+    let (first, second) = tokio::join!(e.finalize(), e.finalize());
+    let ((), ()) = (first, second);
+    assert!(e.is_finalized());
+    for expected in ["goodbye", "pre", "post"] {
+        assert_eq!(rx.recv().await.as_deref(), Some(expected));
+    }
+    peer.finalize().await;
+}
+
+#[tokio::test]
 async fn dropping_the_engine_finalizes_it() {
     let e = Engine::new("unix").await.unwrap();
     let path = e.address().wire().rest().to_owned();

@@ -35,15 +35,15 @@ from ._errors import (
     TimeoutError,
 )
 from ._native import (
-    Address, Bulk, CallableRemoteFunction, Group, GroupFunction, Handle, HandleItems, Member,
-    RemoteFunction, Request, StreamCall, View,
+    Address, Bulk, CallableRemoteFunction, Change, Group, GroupFunction, Handle, HandleItems,
+    Member, RemoteFunction, Request, StreamCall, View,
 )
 from . import bulk
 from . import _aio
 
 __all__ = [
     "Engine", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction", "Request",
-    "StreamCall", "HandleItems", "Group", "View", "Member", "GroupFunction",
+    "StreamCall", "HandleItems", "Group", "View", "Member", "Change", "GroupFunction",
     "Bulk", "bulk", "CourierError", "TimeoutError", "RemoteError", "BulkError",
     "BulkTimeoutError", "CancelledError", "DeadlineExceededError", "BusyError", "Mode", "client", "server", "remote", "provider", "Provider",
     "SerializationError", "StreamAbortedError", "on_finalize", "on_prefinalize",

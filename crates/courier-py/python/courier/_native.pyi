@@ -20,7 +20,8 @@ import courier.bulk
 
 __all__ = [
     "Engine", "InstanceId", "Address", "Handle", "RemoteFunction", "CallableRemoteFunction",
-    "Request", "StreamCall", "HandleItems", "Bulk", "Group", "View", "Member", "GroupFunction",
+    "Request", "StreamCall", "HandleItems", "Bulk", "Group", "View", "Member", "Change",
+    "GroupFunction",
     "_Mailbox", "_bulk_from_bytes",
     "_protocol_table", "__version__", "PROTOCOL_OVERRIDE_ENV",
 ]
@@ -354,6 +355,19 @@ class Member:
     def live(self) -> bool: ...
 
 @final
+class Change:
+    @property
+    def address(self) -> str: ...
+    @property
+    def before(self) -> _MemberState | None: ...
+    @property
+    def after(self) -> _MemberState | None: ...
+    @property
+    def rejoined(self) -> bool: ...
+    @property
+    def line(self) -> str: ...
+
+@final
 class View:
     @property
     def group(self) -> str: ...
@@ -365,6 +379,7 @@ class View:
     def members(self) -> list[Member]: ...
     def live(self) -> list[str]: ...
     def state_of(self, address: Address | str) -> _MemberState | None: ...
+    def changes_since(self, earlier: View) -> list[Change]: ...
 
 @final
 class Group:
@@ -381,6 +396,22 @@ class Group:
     def open(
         engine: courier.Engine, path: str | os.PathLike[str], options: _GroupOptionsArg | None = None
     ) -> Group: ...
+    @staticmethod
+    def create_async(
+        engine: courier.Engine, name: str, options: _GroupOptionsArg | None = None
+    ) -> Coroutine[Any, Any, Group]: ...
+    @staticmethod
+    def join_async(
+        engine: courier.Engine,
+        name: str,
+        via: Address | str | Iterable[Address | str],
+        options: _GroupOptionsArg | None = None,
+    ) -> Coroutine[Any, Any, Group]: ...
+    @staticmethod
+    def open_async(
+        engine: courier.Engine, path: str | os.PathLike[str], options: _GroupOptionsArg | None = None
+    ) -> Coroutine[Any, Any, Group]: ...
+    def dropped(self) -> dict[str, int]: ...
     @staticmethod
     def view_at(
         engine: courier.Engine,

@@ -24,6 +24,8 @@
 //!   `StaticMembers`) and through a group of the first alone
 //!   (`group-of-1`); five rounds, every other one in the reverse order;
 //!   after each run of `group`, `SPREAD <address>=<calls answered> …`. Prints `BENCH <kind> <calls/s>` for each.
+//!   `GROUP_MEMBER_BENCH_KINDS` (comma-separated) runs only those kinds;
+//!   `GROUP_MEMBER_CLIENT_CONFIG` is the client engine's JSON config.
 //!
 //! Logs follow `RUST_LOG`, on stderr. Any error ends it with status 1 and the error on stderr. With
 //! `GROUP_MEMBER_JOIN_TRIES=N` in its environment, a member tries to open
@@ -207,8 +209,12 @@ async fn call_group(engine: Engine, group: Group, in_flight: usize) {
 
 async fn bench(addresses: &str, span: Duration, in_flight: usize) {
     let addresses: Vec<&str> = addresses.split(',').collect();
+    // `GROUP_MEMBER_CLIENT_CONFIG`: the client engine's JSON config (its
+    // polling policy, say).
+    let config = std::env::var("GROUP_MEMBER_CLIENT_CONFIG").unwrap_or_else(|_| "{}".to_owned());
     let client = Engine::builder(addresses[0].split("://").next().unwrap_or("tcp"))
         .client()
+        .config_json(&config)
         .build()
         .await
         .unwrap_or_else(|e| fail("a client engine", e));
@@ -227,11 +233,21 @@ async fn bench(addresses: &str, span: Duration, in_flight: usize) {
             .timeout(Duration::from_secs(10))
     };
     let (all, one) = (group_of(&addresses), group_of(&addresses[..1]));
-    let kinds = ["direct", "direct-in-turn", "group", "group-of-1"];
+    // `GROUP_MEMBER_BENCH_KINDS=group,direct-in-turn` runs only those (to
+    // profile one).
+    let chosen = std::env::var("GROUP_MEMBER_BENCH_KINDS").ok();
+    let kinds: Vec<&str> = ["direct", "direct-in-turn", "group", "group-of-1"]
+        .into_iter()
+        .filter(|k| {
+            chosen
+                .as_deref()
+                .is_none_or(|c| c.split(',').any(|c| c == *k))
+        })
+        .collect();
     for round in 0..5 {
         // Every other round in the reverse order: no kind always follows
         // the same one.
-        let mut order = kinds;
+        let mut order = kinds.clone();
         if round % 2 == 1 {
             order.reverse();
         }

@@ -170,6 +170,41 @@ async fn a_member_shut_down_remotely_leaves_rather_than_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_taken_in_announces_itself_to_those_it_learned_of() {
+    // Nothing periodic within the test's guard: no probe, no gossip, no
+    // periodic announce. B can then learn of C only from C itself, which
+    // learned of B from the feed A sent it when it joined.
+    let slow = Duration::from_secs(120);
+    let options = GroupOptions {
+        probe_period: slow,
+        probe_timeout: Duration::from_secs(1),
+        gossip_period: slow,
+        announce_period: slow,
+        announce_to_down_period: slow,
+        max_transmissions: 1,
+        ..GroupOptions::default()
+    };
+    let engines = engines(3).await;
+    let a = Group::create(&engines[0], "fan-out", options.clone())
+        .await
+        .unwrap();
+    let b = Group::join(&engines[1], "fan-out", &a.address(), options.clone())
+        .await
+        .unwrap();
+    wait_view(&a, "A knows B", |v| {
+        v.state_of(&b.address()) == Some(MemberState::Alive)
+    })
+    .await;
+    let c = Group::join(&engines[2], "fan-out", &a.address(), options)
+        .await
+        .unwrap();
+    let all: BTreeSet<String> = [&a, &b, &c].iter().map(|g| g.address()).collect();
+    for g in [&a, &b, &c] {
+        wait_view(g, "all three alive", |v| live_set(v) == all).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_is_seen_as_left_and_ends_the_membership() {
     let engines = engines(3).await;
     let groups = group_of(&engines, "leaves", &fast()).await;

@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_group::{GroupClient, GroupOptions, Hedge, MembershipError, RawGroupFunction};
+use courier_group::{
+    Backoff, GroupClient, GroupOptions, Hedge, MembershipError, RawGroupFunction, RetryBudget,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -593,7 +595,7 @@ impl Group {
     /// members (see `GroupFunction`); the functions of one group share
     /// its members' connections, their counts of calls in flight and the
     /// retry budget.
-    #[pyo3(signature = (name, provider_id=0, *, timeout=None, idempotent=false, max_attempts=None, hedge_after=None, hedge_percentile=None))]
+    #[pyo3(signature = (name, provider_id=0, *, timeout=None, idempotent=false, max_attempts=None, hedge_after=None, hedge_percentile=None, retry_budget=None, retry_backoff=None))]
     #[allow(clippy::too_many_arguments)] // the function's settings, as keywords
     fn remote(
         slf: &Bound<'_, Self>,
@@ -604,6 +606,8 @@ impl Group {
         max_attempts: Option<u32>,
         hedge_after: Option<f64>,
         hedge_percentile: Option<f64>,
+        retry_budget: Option<&Bound<'_, PyAny>>,
+        retry_backoff: Option<(f64, f64)>,
     ) -> PyResult<GroupFunction> {
         let this = slf.get();
         let settings = Settings {
@@ -613,6 +617,8 @@ impl Group {
             max_attempts,
             hedge_after,
             hedge_percentile,
+            retry_budget: retry_budget.map(budget_of).transpose()?,
+            retry_backoff: retry_backoff.map(backoff_of).transpose()?,
         };
         GroupFunction::make(
             this.client().raw_function(name),
@@ -674,6 +680,66 @@ struct Settings {
     max_attempts: Option<u32>,
     hedge_after: Option<f64>,
     hedge_percentile: Option<f64>,
+    /// A budget of the function's own, instead of its group's.
+    retry_budget: Option<RetryBudget>,
+    retry_backoff: Option<Backoff>,
+}
+
+/// `retry_budget=`: a dict of `ratio`, `min_per_second`, `max_tokens`
+/// (each optional, the others keep their defaults), or 0 / False for no
+/// retries nor hedges at all.
+fn budget_of(value: &Bound<'_, PyAny>) -> PyResult<RetryBudget> {
+    if let Ok(dict) = value.cast::<PyDict>() {
+        let mut budget = RetryBudget::default();
+        for (key, v) in dict.iter() {
+            let key: String = key.extract()?;
+            let n: f64 = v.extract().map_err(|_| {
+                PyValueError::new_err(format!("retry_budget['{key}']: a number, not {v}"))
+            })?;
+            if !(n.is_finite() && n >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "retry_budget['{key}']={n}: a number of at least 0"
+                )));
+            }
+            budget = match key.as_str() {
+                "ratio" => budget.ratio(n),
+                "min_per_second" => budget.min_per_second(n),
+                "max_tokens" => budget.max_tokens(n),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "retry_budget: unknown key '{other}' (ratio, min_per_second, max_tokens)"
+                    )))
+                }
+            };
+        }
+        return Ok(budget);
+    }
+    match value.extract::<f64>() {
+        Ok(0.0) => Ok(RetryBudget::none()),
+        _ => Err(PyValueError::new_err(format!(
+            "retry_budget={value}: a dict of ratio, min_per_second, max_tokens, or 0 for none"
+        ))),
+    }
+}
+
+/// `retry_backoff=(base_ms, cap_ms)`: how long a retry waits when every
+/// member has been tried, doubling from `base_ms` to at most `cap_ms`.
+fn backoff_of((base, cap): (f64, f64)) -> PyResult<Backoff> {
+    let ms = |what: &str, v: f64| match timeout_from_ms(Some(v)) {
+        Ok(Some(d)) => Ok(d),
+        _ => Err(PyValueError::new_err(format!(
+            "retry_backoff: {what} {v}: milliseconds, more than 0"
+        ))),
+    };
+    let (base, cap) = (ms("base", base)?, ms("cap", cap)?);
+    if cap < base {
+        return Err(PyValueError::new_err(format!(
+            "retry_backoff: the cap ({} ms) is below the base ({} ms)",
+            cap.as_millis(),
+            base.as_millis()
+        )));
+    }
+    Ok(Backoff::new(base, cap))
 }
 
 /// A remote function bound to a group and a provider id: each call goes
@@ -736,6 +802,12 @@ impl GroupFunction {
             }
             (None, None) => {}
         }
+        if let Some(budget) = settings.retry_budget {
+            raw = raw.retry_budget(budget);
+        }
+        if let Some(backoff) = settings.retry_backoff {
+            raw = raw.retry_backoff(backoff);
+        }
         Ok(Self {
             raw,
             shared,
@@ -777,11 +849,12 @@ impl GroupFunction {
 impl GroupFunction {
     /// `GroupFunction(engine, members, name, provider_id=0, *,
     /// timeout=None, idempotent=False, max_attempts=None,
-    /// hedge_after=None, hedge_percentile=None)`: calls RPC `name` at
+    /// hedge_after=None, hedge_percentile=None, retry_budget=None,
+    /// retry_backoff=None)`: calls RPC `name` at
     /// `provider_id` of `members` (a `Group`: its live members, followed
     /// as its view changes; or a list of addresses) from `engine`.
     #[new]
-    #[pyo3(signature = (engine, members, name, provider_id=0, *, timeout=None, idempotent=false, max_attempts=None, hedge_after=None, hedge_percentile=None))]
+    #[pyo3(signature = (engine, members, name, provider_id=0, *, timeout=None, idempotent=false, max_attempts=None, hedge_after=None, hedge_percentile=None, retry_budget=None, retry_backoff=None))]
     #[allow(clippy::too_many_arguments)] // the function's settings, as keywords
     fn py_new(
         py: Python<'_>,
@@ -794,6 +867,8 @@ impl GroupFunction {
         max_attempts: Option<u32>,
         hedge_after: Option<f64>,
         hedge_percentile: Option<f64>,
+        retry_budget: Option<&Bound<'_, PyAny>>,
+        retry_backoff: Option<(f64, f64)>,
     ) -> PyResult<Self> {
         let (shared, engine) = engine_of(engine)?;
         let (list, callee, kept): (Arc<dyn courier_group::Members>, String, Py<PyAny>) =
@@ -829,6 +904,8 @@ impl GroupFunction {
             max_attempts,
             hedge_after,
             hedge_percentile,
+            retry_budget: retry_budget.map(budget_of).transpose()?,
+            retry_backoff: retry_backoff.map(backoff_of).transpose()?,
         };
         Self::make(
             client.raw_function(name),

@@ -263,6 +263,53 @@ def test_a_call_not_idempotent_is_not_retried(engines):
     }
 
 
+def test_a_function_of_its_own_budget_retries_as_much_as_it_allows(engines):
+    es = engines(2)
+    serve_whoami(es[1:])  # the first member has no such RPC: a retried error
+    # (It serves another, so that its thread runs and answers that.)
+    es[0].register("other", lambda h: h.respond(None))
+    [client] = engines(1)
+    members = [str(e.address) for e in es]
+
+    def calls(f, n=60):
+        failed = 0
+        for i in range(n):
+            try:
+                assert f(i)[1] == i
+            except courier.CourierError:
+                failed += 1
+        return failed
+
+    # The default budget: every call that met the first member was retried.
+    f = courier.GroupFunction(client, members, "whoami", 3, timeout=10_000, idempotent=True)
+    assert calls(f) == 0 and f.stats()["retries"] >= 1
+    # No budget at all: the calls that met it fail, none is retried.
+    f = courier.GroupFunction(
+        client, members, "whoami", 3, timeout=10_000, idempotent=True, retry_budget=0)
+    assert calls(f) >= 1
+    st = f.stats()
+    assert st["retries"] == 0 and st["budget_exhausted"] == st["failed"] >= 1
+    # One token and nothing more: one retry, then none.
+    f = courier.GroupFunction(
+        client, members, "whoami", 3, timeout=10_000, idempotent=True,
+        retry_budget={"ratio": 0, "min_per_second": 0, "max_tokens": 1},
+        retry_backoff=(1, 5))
+    assert calls(f) >= 1
+    assert f.stats()["retries"] == 1 and f.stats()["budget_exhausted"] >= 1
+    # A group's function takes the same settings.
+    g = courier.Group.create(es[1], "kv", FAST)
+    h = g.remote("whoami", 3, idempotent=True, retry_budget={"ratio": 0.5}, retry_backoff=(5, 50))
+    assert h(7)[1] == 7
+    for bad, match in [
+        ({"ratio": -1}, "at least 0"), ({"speed": 1}, "unknown key 'speed'"), (3, "or 0 for none"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            courier.GroupFunction(client, members, "whoami", retry_budget=bad)
+    for bad, match in [((0, 5), "base 0"), ((10, 5), "below the base")]:
+        with pytest.raises(ValueError, match=match):
+            courier.GroupFunction(client, members, "whoami", retry_backoff=bad)
+
+
 def test_an_empty_group_raises(engines):
     [client] = engines(1)
     f = courier.GroupFunction(client, [], "whoami")

@@ -448,6 +448,8 @@ class Group:
         max_attempts: int | None = None,
         hedge_after: float | None = None,
         hedge_percentile: float | None = None,
+        retry_budget: Mapping[str, float] | Literal[0, False] | None = None,
+        retry_backoff: tuple[float, float] | None = None,
     ) -> GroupFunction: ...
 
 @final
@@ -464,6 +466,8 @@ class GroupFunction:
         max_attempts: int | None = None,
         hedge_after: float | None = None,
         hedge_percentile: float | None = None,
+        retry_budget: Mapping[str, float] | Literal[0, False] | None = None,
+        retry_backoff: tuple[float, float] | None = None,
     ) -> Self: ...
     # The handler's response is whatever it passed to `respond()`: Any.
     @overload

@@ -296,6 +296,21 @@ impl Cluster {
             .await
     }
 
+    /// Starts three replicas serving `echo`, one in each of the first three
+    /// hosts, at port 7000 (the fourth is left for a client); returns their
+    /// addresses once each sees all three.
+    async fn start_three_replicas(&mut self) -> BTreeSet<String> {
+        for host in 0..3 {
+            let listen = format!("tcp://{}:7000", self.lan.ips[host]);
+            let m = self.spawn(host, "member", &listen, "{}").await;
+            self.members.push(Some(m));
+        }
+        let replicas = self.addresses();
+        self.wait_all_see("3 replicas see all 3", HANG_GUARD, &replicas)
+            .await;
+        replicas
+    }
+
     /// Starts `per_host` members in each host: the first alone (it creates
     /// the group and its file), then all the others at once (their joins
     /// overlap).
@@ -567,14 +582,7 @@ async fn five_percent_loss_on_every_link_removes_no_live_member() {
 async fn group_calls_fail_none_while_a_replica_is_killed_and_restarted() {
     let _one = SERIAL.lock().await;
     let mut c = Cluster::new(4, TEST_OPTIONS);
-    for host in 0..3 {
-        let listen = format!("tcp://{}:7000", c.lan.ips[host]);
-        let m = c.spawn(host, "member", &listen, "{}").await;
-        c.members.push(Some(m));
-    }
-    let replicas = c.addresses();
-    c.wait_all_see("3 replicas see all 3", HANG_GUARD, &replicas)
-        .await;
+    let replicas = c.start_three_replicas().await;
     let listen = format!("tcp://{}:7000", c.lan.ips[3]);
     let client = c.spawn(3, "client", &listen, "4").await;
     c.members.push(Some(client));
@@ -633,20 +641,7 @@ async fn group_calls_fail_none_while_a_replica_is_killed_and_restarted() {
 async fn figures_calls_through_a_group_of_three() {
     let _one = SERIAL.lock().await;
     let mut c = Cluster::new(4, TEST_OPTIONS);
-    for host in 0..3 {
-        let listen = format!("tcp://{}:7000", c.lan.ips[host]);
-        let m = c.spawn(host, "member", &listen, "{}").await;
-        c.members.push(Some(m));
-    }
-    let replicas = c.addresses();
-    c.wait_all_see("3 replicas see all 3", HANG_GUARD, &replicas)
-        .await;
-    let list: Vec<String> = c
-        .members
-        .iter()
-        .flatten()
-        .map(|m| m.address.clone())
-        .collect();
+    let list: Vec<String> = c.start_three_replicas().await.into_iter().collect();
     for in_flight in ["1", "16"] {
         let out = Command::new("ip")
             .args(["netns", "exec", &c.lan.hosts[3]])

@@ -87,6 +87,37 @@ fn address_text(address: &Bound<'_, PyAny>) -> PyResult<String> {
 
 /// A timeout in milliseconds (None or 0: [`VIEW_TIMEOUT`]) for reading a
 /// view, which always has one.
+/// How a membership is made: `Group.create`, `join` or `open`, and their
+/// asyncio forms.
+enum Maker {
+    Create {
+        name: String,
+    },
+    Join {
+        name: String,
+        addresses: Vec<String>,
+    },
+    Open {
+        path: PathBuf,
+    },
+}
+
+impl Maker {
+    async fn make(
+        self,
+        engine: courier::Engine,
+        options: GroupOptions,
+    ) -> Result<courier_group::Group, MembershipError> {
+        match self {
+            Self::Create { name } => courier_group::Group::create(&engine, &name, options).await,
+            Self::Join { name, addresses } => {
+                courier_group::Group::join_any(&engine, &name, &addresses, options).await
+            }
+            Self::Open { path } => courier_group::Group::open(&engine, &path, options).await,
+        }
+    }
+}
+
 /// One address (str or Address) or an iterable of them, as text.
 fn addresses_of(via: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if via.cast::<PyString>().is_ok() || via.cast::<Address>().is_ok() {
@@ -266,22 +297,20 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// Runs `make(engine)` (a membership's making) on the engine's
-    /// runtime, and starts the engine's thread so that the membership runs
-    /// from then on, whatever the program does.
-    fn start<F>(
+    /// Makes the membership (`maker`) on the engine's runtime, and starts
+    /// the engine's thread so that the membership runs from then on,
+    /// whatever the program does.
+    fn start(
         py: Python<'_>,
         engine: &Bound<'_, PyAny>,
         what: &str,
-        make: impl FnOnce(courier::Engine) -> F,
-    ) -> PyResult<Self>
-    where
-        F: std::future::Future<Output = Result<courier_group::Group, MembershipError>> + Send,
-    {
+        maker: Maker,
+        options: GroupOptions,
+    ) -> PyResult<Self> {
         let (shared, engine) = engine_of(engine)?;
         shared.start_handlers();
         let inner = shared
-            .wait(py, what, make(shared.engine.clone()))?
+            .wait(py, what, maker.make(shared.engine.clone(), options))?
             .map_err(|e| membership_error(py, &e))?;
         Ok(Self {
             inner,
@@ -293,20 +322,16 @@ impl Group {
 
     /// `start` as an asyncio awaitable: the membership is made on the
     /// engine's runtime, the coroutine gives the `Group`.
-    fn start_async<'py, F>(
+    fn start_async<'py>(
         py: Python<'py>,
         engine: &Bound<'py, PyAny>,
         what: &'static str,
-        make: impl FnOnce(courier::Engine) -> F,
-    ) -> PyResult<Bound<'py, PyAny>>
-    where
-        F: std::future::Future<Output = Result<courier_group::Group, MembershipError>>
-            + Send
-            + 'static,
-    {
+        maker: Maker,
+        options: GroupOptions,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (shared, engine) = engine_of(engine)?;
         shared.start_handlers();
-        let made = make(shared.engine.clone());
+        let made = maker.make(shared.engine.clone(), options);
         let keep = shared.clone();
         crate::aio::awaitable_with(
             py,
@@ -350,9 +375,7 @@ impl Group {
     ) -> PyResult<Self> {
         let options = options_of(py, options)?;
         let name = name.to_owned();
-        Self::start(py, engine, "Group.create", |native| async move {
-            courier_group::Group::create(&native, &name, options).await
-        })
+        Self::start(py, engine, "Group.create", Maker::Create { name }, options)
     }
 
     /// Joins group `name` through the member at `via` (an address), or
@@ -370,9 +393,13 @@ impl Group {
         let options = options_of(py, options)?;
         let addresses = addresses_of(via)?;
         let name = name.to_owned();
-        Self::start(py, engine, "Group.join", |native| async move {
-            courier_group::Group::join_any(&native, &name, &addresses, options).await
-        })
+        Self::start(
+            py,
+            engine,
+            "Group.join",
+            Maker::Join { name, addresses },
+            options,
+        )
     }
 
     /// Creates or joins the group of the group file at `path`: without a
@@ -388,9 +415,7 @@ impl Group {
         options: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = options_of(py, options)?;
-        Self::start(py, engine, "Group.open", |native| async move {
-            courier_group::Group::open(&native, &path, options).await
-        })
+        Self::start(py, engine, "Group.open", Maker::Open { path }, options)
     }
 
     /// `create` as an asyncio awaitable.
@@ -404,9 +429,8 @@ impl Group {
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = options_of(py, options)?;
         let name = name.to_owned();
-        Self::start_async(py, engine, "Group.create_async", |native| async move {
-            courier_group::Group::create(&native, &name, options).await
-        })
+        let maker = Maker::Create { name };
+        Self::start_async(py, engine, "Group.create_async", maker, options)
     }
 
     /// `join` as an asyncio awaitable.
@@ -422,9 +446,8 @@ impl Group {
         let options = options_of(py, options)?;
         let addresses = addresses_of(via)?;
         let name = name.to_owned();
-        Self::start_async(py, engine, "Group.join_async", |native| async move {
-            courier_group::Group::join_any(&native, &name, &addresses, options).await
-        })
+        let maker = Maker::Join { name, addresses };
+        Self::start_async(py, engine, "Group.join_async", maker, options)
     }
 
     /// `open` as an asyncio awaitable.
@@ -437,9 +460,13 @@ impl Group {
         options: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = options_of(py, options)?;
-        Self::start_async(py, engine, "Group.open_async", |native| async move {
-            courier_group::Group::open(&native, &path, options).await
-        })
+        Self::start_async(
+            py,
+            engine,
+            "Group.open_async",
+            Maker::Open { path },
+            options,
+        )
     }
 
     /// Membership messages this engine received and did not apply, by
